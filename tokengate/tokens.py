@@ -60,6 +60,9 @@ class Outcome(enum.Enum):
     INVALID = "invalid"  # malformed (e.g. a JWT with a bad signature)
     THROTTLED = "throttled"
     UNAVAILABLE = "unavailable"  # the store could not answer: fail closed
+    NO_APP = "no_app"  # no such application
+    IN_USE = "in_use"  # the stream is already being published
+    NOT_LIVE = "not_live"  # play of a stream that is not live: token kept
 
 
 def mint_token_id() -> str:
@@ -83,7 +86,7 @@ def masked(token_id: str) -> str:
     """
     What may be shown of a token id in listings: its first six characters.
     """
-    return token_id[:6] + "…"
+    return token_id[:6] + "..."
 
 
 @frozen

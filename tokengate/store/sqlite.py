@@ -71,8 +71,9 @@ class SQLiteTokenStore:
     def __init__(self, path: str, reactor: Any) -> None:
         self._path = path
         self._reactor = reactor
+        # Started at first use, so a server that fails to start leaves no
+        # thread behind to keep the process alive.
         self._pool = ThreadPool(1, 1, name="tokengate-sqlite")
-        self._pool.start()
         self._local = threading.local()
         self._closed = False
         # Fail at start-up, not at the first request, when the file cannot
@@ -102,6 +103,10 @@ class SQLiteTokenStore:
             from twisted.internet.defer import fail
 
             return fail(StoreUnavailable("the token store is closed"))
+
+        if not self._pool.started:
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
 
         def call() -> T:
             try:
@@ -201,7 +206,8 @@ class SQLiteTokenStore:
         self._closed = True
 
         def stop(result: object) -> object:
-            self._pool.stop()
+            if self._pool.started:
+                self._pool.stop()
             return result
 
         d.addBoth(stop)

@@ -1,0 +1,611 @@
+# -*- test-case-name: tests.test_auth -*-
+"""
+The one seam between every protocol and the token policy.
+
+A protocol builds L{StreamCredentials} (application, stream id, action,
+token, peer, protocol) and calls L{Gate.login} with itself as the I{mind}.
+The gate throttles abusive addresses, asks the admission prechecks (is the
+stream already live, is it live at all), then logs in through a
+L{twisted.cred.portal.Portal}: L{PolicyChecker} picks the checker the
+application demands (none, L{OneTimeTokenChecker} or L{JwtTokenChecker}) and
+L{GateRealm} returns a L{Grant} that the protocol keeps, and whose
+C{logout} it calls when it disconnects.  Revocation calls the grant's
+C{kick}, which calls the mind's C{kick} so the protocol closes its
+connection its own way.
+
+Refusals are L{Refused} errors that carry an L{Outcome}: the reason, for
+logs and metrics.  Clients are told only the reference server's strings.
+Token values never reach a log line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import jwt as pyjwt
+from attrs import define, field, frozen
+from twisted.cred.credentials import ICredentials
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from .apps import Applications
+from .metrics import Metrics
+from .store import ITokenStore, StoreUnavailable
+from .tokens import MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
+
+
+# --- credentials ---------------------------------------------------------
+
+
+class IStreamCredentials(ICredentials):
+    """
+    A request to publish or play one stream of one application.
+    """
+
+    app = Attribute("The application name.")
+    streamId = Attribute("The stream id.")
+    action = Attribute("'publish' or 'play'.")
+    token = Attribute("The token presented, or None.")
+    peer = Attribute("The client's address (host), for throttling and logs.")
+    protocol = Attribute("rtmp, srt, webrtc, hls, dash, vod, rest: for metrics.")
+    roomId = Attribute("The conference room named by the request, or None.")
+
+
+@implementer(IStreamCredentials)
+@frozen
+class StreamCredentials:
+    app: str
+    streamId: str
+    action: str
+    token: Optional[str] = field(default=None, repr=False)
+    peer: str = ""
+    protocol: str = "unknown"
+    roomId: Optional[str] = None
+
+
+class Refused(UnauthorizedLogin):
+    """
+    A refused login, with the reason for logs and metrics.
+    """
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+# --- avatars ---------------------------------------------------------------
+
+
+class IKickable(Interface):
+    """
+    A protocol connection that the server may end (the login I{mind}).
+    """
+
+    def kick(reason: str) -> None:
+        """
+        End the session now, the protocol's own way; C{reason} is one of
+        C{"revoked"}, C{"expired"}, C{"shutdown"}.
+        """
+
+
+class IGrant(Interface):
+    app = Attribute("application")
+    streamId = Attribute("stream id")
+    action = Attribute("publish or play")
+    protocol = Attribute("the protocol that asked")
+    kind = Attribute("'none', 'onetime' or 'jwt': what admitted it")
+
+    def logout() -> None:
+        """
+        The session ended; call once from the protocol's connectionLost.
+        """
+
+
+class IPublishGrant(IGrant):
+    """
+    Permission to publish a stream.
+    """
+
+
+class IPlayGrant(IGrant):
+    """
+    Permission to play a stream.
+    """
+
+
+_GRANT_INTERFACES = {PUBLISH: IPublishGrant, PLAY: IPlayGrant}
+
+
+@frozen
+class Admission:
+    """
+    What a checker admitted; serialised as the cred avatar id.
+    """
+
+    app: str
+    streamId: str
+    action: str
+    kind: str
+    digest: Optional[str] = None
+    expires: Optional[float] = None
+
+    def toAvatarId(self) -> bytes:
+        return json.dumps(
+            [self.app, self.streamId, self.action, self.kind, self.digest, self.expires]
+        ).encode("utf-8")
+
+    @classmethod
+    def fromAvatarId(cls, avatarId: bytes) -> "Admission":
+        app, streamId, action, kind, dig, expires = json.loads(avatarId)
+        return cls(app, streamId, action, kind, dig, expires)
+
+
+@implementer(IPublishGrant, IPlayGrant)
+@define(eq=False)
+class Grant:
+    """
+    A live session admitted by the gate.
+    """
+
+    app: str
+    streamId: str
+    action: str
+    protocol: str
+    peer: str
+    kind: str
+    digest: Optional[str]
+    expires: Optional[float]
+    mind: Optional[Any]
+    _registry: "SessionRegistry" = field(repr=False)
+    ended: bool = False
+
+    def logout(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._registry._remove(self)
+
+    def kick(self, reason: str) -> None:
+        """
+        End this session from the server side.
+        """
+        if self.ended:
+            return
+        self._registry._metrics.kicked.labels(self.protocol, self.action, reason).inc()
+        mind = self.mind
+        self.logout()
+        if mind is not None:
+            try:
+                mind.kick(reason)
+            except Exception:
+                Logger().failure("kicking a {protocol} session failed", protocol=self.protocol)
+
+
+class SessionRegistry:
+    """
+    Every live grant, by stream, so revocation can end them.
+    """
+
+    _log = Logger()
+
+    def __init__(self, metrics: Metrics, clock: IReactorTime, kickOnExpiry: bool = False) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._kickOnExpiry = kickOnExpiry
+        self._byStream: dict[tuple[str, str], set[Grant]] = {}
+        self._timers: dict[Grant, Any] = {}
+
+    def add(self, grant: Grant) -> None:
+        self._byStream.setdefault((grant.app, grant.streamId), set()).add(grant)
+        self._metrics.sessions.labels(grant.protocol, grant.action).inc()
+        if self._kickOnExpiry and grant.expires is not None:
+            delay = max(0.0, grant.expires - self._clock.seconds())
+            self._timers[grant] = self._clock.callLater(delay, grant.kick, "expired")
+
+    def _remove(self, grant: Grant) -> None:
+        key = (grant.app, grant.streamId)
+        grants = self._byStream.get(key)
+        if grants is not None and grant in grants:
+            grants.discard(grant)
+            if not grants:
+                del self._byStream[key]
+            self._metrics.sessions.labels(grant.protocol, grant.action).dec()
+        timer = self._timers.pop(grant, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def grants(self, app: str, streamId: Optional[str] = None) -> list[Grant]:
+        if streamId is not None:
+            return list(self._byStream.get((app, streamId), ()))
+        return [g for (a, _), gs in self._byStream.items() if a == app for g in gs]
+
+    def kick(self, grants: Iterable[Grant], reason: str) -> int:
+        n = 0
+        for grant in list(grants):
+            if not grant.ended:
+                grant.kick(reason)
+                n += 1
+        return n
+
+    def kickTokenSessions(self, app: str, streamId: str, reason: str = "revoked") -> int:
+        """
+        End the sessions of a stream that a token admitted.
+        """
+        return self.kick(
+            (g for g in self.grants(app, streamId) if g.kind != "none"), reason
+        )
+
+    def kickAll(self, reason: str = "shutdown") -> int:
+        return self.kick(
+            [g for gs in self._byStream.values() for g in gs], reason
+        )
+
+
+@implementer(IRealm)
+class GateRealm:
+    def __init__(self, registry: SessionRegistry) -> None:
+        self._registry = registry
+
+    def requestAvatar(
+        self, avatarId: bytes, mind: Any, *interfaces: Any
+    ) -> tuple[Any, Grant, Callable[[], None]]:
+        admission = Admission.fromAvatarId(avatarId)
+        wanted = _GRANT_INTERFACES[admission.action]
+        if wanted not in interfaces:
+            raise NotImplementedError(
+                "a {} admission cannot give {}".format(admission.action, interfaces)
+            )
+        grant = Grant(
+            app=admission.app,
+            streamId=admission.streamId,
+            action=admission.action,
+            protocol=getattr(mind, "protocolName", "unknown"),
+            peer=getattr(mind, "peerHost", ""),
+            kind=admission.kind,
+            digest=admission.digest,
+            expires=admission.expires,
+            mind=mind,
+            registry=self._registry,
+        )
+        self._registry.add(grant)
+        return wanted, grant, grant.logout
+
+
+# --- checkers ----------------------------------------------------------------
+
+
+def _presented(creds: IStreamCredentials) -> str:
+    token = creds.token
+    if not token:
+        raise Refused(Outcome.MISSING)
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise Refused(Outcome.INVALID)
+    return str(token)
+
+
+class OneTimeTokenChecker:
+    """
+    Redeems one-time tokens through the token store, atomically.
+    """
+
+    credentialInterfaces = (IStreamCredentials,)
+
+    def __init__(self, store: ITokenStore, clock: IReactorTime) -> None:
+        self._store = store
+        self._clock = clock
+
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+        return Deferred.fromCoroutine(self._redeem(creds))
+
+    async def redeem(self, creds: IStreamCredentials) -> Outcome:
+        token = _presented(creds)
+        probe = Probe(
+            app=creds.app,
+            streamId=creds.streamId,
+            type=creds.action,
+            roomId=creds.roomId or None,
+            now=self._clock.seconds(),
+        )
+        try:
+            return await self._store.redeem(digest(token), probe)
+        except StoreUnavailable:
+            return Outcome.UNAVAILABLE
+
+    async def _redeem(self, creds: IStreamCredentials) -> bytes:
+        outcome = await self.redeem(creds)
+        if outcome is not Outcome.GRANTED:
+            raise Refused(outcome)
+        return Admission(
+            creds.app, creds.streamId, creds.action, "onetime", digest(str(creds.token))
+        ).toAvatarId()
+
+
+def mint_jwt(secret: str, streamId: str, type: str, expireDate: int,
+             roomId: Optional[str] = None) -> str:
+    """
+    A stream JWT as the reference server mints it: HS256 over the
+    application's C{jwtStreamSecretKey}, claims C{streamId}, C{type}, C{exp}.
+    """
+    claims: dict[str, Any] = {"streamId": streamId, "type": type, "exp": expireDate}
+    if roomId:
+        claims["roomId"] = roomId
+    return pyjwt.encode(claims, secret, algorithm="HS256")
+
+
+def check_jwt(secret: str, token: str, now: float) -> dict[str, Any]:
+    """
+    Verify an HS256 JWT and its expiry against C{now}.
+
+    @raise Refused: with L{Outcome.EXPIRED} or L{Outcome.INVALID}.
+    """
+    try:
+        claims = pyjwt.decode(
+            token, secret, algorithms=["HS256"], options={"verify_exp": False}
+        )
+    except pyjwt.InvalidTokenError:
+        raise Refused(Outcome.INVALID)
+    exp = claims.get("exp")
+    if exp is not None:
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+            raise Refused(Outcome.INVALID)
+        if not now < exp:
+            raise Refused(Outcome.EXPIRED)
+    return claims
+
+
+class JwtTokenChecker:
+    """
+    Checks stream JWTs (reusable until they expire).
+    """
+
+    credentialInterfaces = (IStreamCredentials,)
+
+    def __init__(self, apps: Applications, clock: IReactorTime) -> None:
+        self._apps = apps
+        self._clock = clock
+
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+        return Deferred.fromCoroutine(self._check(creds))
+
+    async def _check(self, creds: IStreamCredentials) -> bytes:
+        token = _presented(creds)
+        settings = self._apps.get(creds.app)
+        if settings is None:
+            raise Refused(Outcome.NO_APP)
+        claims = check_jwt(settings.jwtStreamSecretKey, token, self._clock.seconds())
+        if claims.get("type") != creds.action:
+            raise Refused(Outcome.WRONG_TYPE)
+        if claims.get("streamId") != creds.streamId:
+            room = claims.get("roomId")
+            if not (room and creds.roomId and room == creds.roomId):
+                raise Refused(Outcome.WRONG_STREAM)
+        exp = claims.get("exp")
+        return Admission(
+            creds.app, creds.streamId, creds.action, "jwt",
+            digest(token), float(exp) if exp is not None else None,
+        ).toAvatarId()
+
+
+class PolicyChecker:
+    """
+    The checker the portal knows: applies the application's settings and
+    delegates to the one-time or the JWT checker, or admits without a token
+    when the application has no token control for the action.
+    """
+
+    credentialInterfaces = (IStreamCredentials,)
+
+    def __init__(self, apps: Applications, onetime: OneTimeTokenChecker,
+                 jwt: JwtTokenChecker) -> None:
+        self._apps = apps
+        self._checkers = {"onetime": onetime, "jwt": jwt}
+
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+        settings = self._apps.get(creds.app)
+        if settings is None:
+            return Deferred.fromCoroutine(_raise(Refused(Outcome.NO_APP)))
+        if creds.action not in _GRANT_INTERFACES:
+            return Deferred.fromCoroutine(_raise(Refused(Outcome.INVALID)))
+        kind = settings.tokenKind(creds.action)
+        if kind is None:
+            from twisted.internet.defer import succeed
+
+            return succeed(
+                Admission(creds.app, creds.streamId, creds.action, "none").toAvatarId()
+            )
+        return self._checkers[kind].requestAvatarId(creds)
+
+
+async def _raise(e: Exception) -> bytes:
+    raise e
+
+
+# --- throttling --------------------------------------------------------------
+
+
+class Throttle:
+    """
+    Slows down addresses that keep failing, and only them.
+
+    Each address has a failure score that halves every C{halfLife} seconds.
+    Below C{threshold} nothing happens; above it each attempt from that
+    address waits C{base * 2**(score - threshold)} seconds (at most
+    C{maxDelay}) before it is even checked, and an address with more than
+    C{maxPending} attempts waiting is refused at once.  Addresses that never
+    fail are never delayed; the table holds at most C{maxTracked} addresses.
+    """
+
+    def __init__(self, clock: IReactorTime, threshold: float = 5.0, halfLife: float = 60.0,
+                 base: float = 0.25, maxDelay: float = 4.0, maxPending: int = 8,
+                 maxTracked: int = 100_000) -> None:
+        self._clock = clock
+        self.threshold = threshold
+        self.halfLife = halfLife
+        self.base = base
+        self.maxDelay = maxDelay
+        self.maxPending = maxPending
+        self.maxTracked = maxTracked
+        self._scores: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._pending: dict[str, int] = {}
+
+    def score(self, peer: str) -> float:
+        entry = self._scores.get(peer)
+        if entry is None:
+            return 0.0
+        score, when = entry
+        return score * 0.5 ** ((self._clock.seconds() - when) / self.halfLife)
+
+    def delay(self, peer: str) -> float:
+        excess = self.score(peer) - self.threshold
+        if excess < 0:
+            return 0.0
+        return min(self.maxDelay, self.base * 2.0**excess)
+
+    def failed(self, peer: str) -> None:
+        score = self.score(peer) + 1.0
+        self._scores[peer] = (score, self._clock.seconds())
+        self._scores.move_to_end(peer)
+        while len(self._scores) > self.maxTracked:
+            self._scores.popitem(last=False)
+
+    async def admit(self, peer: str) -> None:
+        """
+        Wait as long as this address must; raise L{Refused} with
+        L{Outcome.THROTTLED} when too many of its attempts already wait.
+        """
+        wait = self.delay(peer)
+        if wait <= 0:
+            return
+        pending = self._pending.get(peer, 0)
+        if pending >= self.maxPending:
+            raise Refused(Outcome.THROTTLED)
+        self._pending[peer] = pending + 1
+        try:
+            await deferLater(self._clock, wait)
+        finally:
+            left = self._pending[peer] - 1
+            if left:
+                self._pending[peer] = left
+            else:
+                del self._pending[peer]
+
+
+#: Refusal reasons that say nothing about the client's honesty.
+_NOT_SUSPICIOUS = frozenset(
+    {Outcome.THROTTLED, Outcome.UNAVAILABLE, Outcome.NO_APP, Outcome.IN_USE,
+     Outcome.NOT_LIVE}
+)
+
+
+# --- the entry point -------------------------------------------------------------
+
+
+Precheck = Callable[[IStreamCredentials], Optional[Outcome]]
+
+
+class Gate:
+    """
+    The single entry point every protocol calls to publish or play.
+    """
+
+    _log = Logger()
+
+    def __init__(self, portal: Portal, registry: SessionRegistry, throttle: Throttle,
+                 metrics: Metrics) -> None:
+        self._portal = portal
+        self.registry = registry
+        self._throttle = throttle
+        self._metrics = metrics
+        self._prechecks: list[Precheck] = []
+
+    def addPrecheck(self, check: Precheck) -> None:
+        """
+        Add a check run before any token is redeemed (e.g. the hub refusing
+        to publish a stream that is already live, so the token survives).
+        """
+        self._prechecks.append(check)
+
+    def refused(self, creds: IStreamCredentials, outcome: Outcome) -> None:
+        """
+        Count and log a refusal (also for refusals decided by a protocol
+        before it reaches the gate, such as a malformed stream id).
+        """
+        self._metrics.refusals.labels(creds.protocol, creds.action, outcome.value).inc()
+        if outcome not in _NOT_SUSPICIOUS and creds.peer:
+            self._throttle.failed(creds.peer)
+        self._log.info(
+            "refused {protocol} {action} of {app}/{streamId} from {peer}: {reason}",
+            protocol=creds.protocol,
+            action=creds.action,
+            app=creds.app,
+            streamId=creds.streamId,
+            peer=creds.peer,
+            reason=outcome.value,
+        )
+
+    async def login(self, creds: IStreamCredentials, mind: Optional[Any] = None) -> Grant:
+        """
+        Admit C{creds} or raise L{Refused}.  C{mind} should provide
+        L{IKickable} and may have C{protocolName} and C{peerHost}.
+        """
+        try:
+            if creds.peer:
+                await self._throttle.admit(creds.peer)
+            for check in self._prechecks:
+                outcome = check(creds)
+                if outcome is not None:
+                    raise Refused(outcome)
+            interface = _GRANT_INTERFACES.get(creds.action, IPlayGrant)
+            mind = mind if mind is not None else _Mind(creds.protocol, creds.peer)
+            _, grant, _ = await self._portal.login(creds, mind, interface)
+        except Refused as e:
+            self.refused(creds, e.outcome)
+            raise
+        self._metrics.grants.labels(creds.protocol, creds.action, grant.kind).inc()
+        self._log.info(
+            "admitted {protocol} {action} of {app}/{streamId} from {peer} ({kind})",
+            protocol=creds.protocol,
+            action=creds.action,
+            app=creds.app,
+            streamId=creds.streamId,
+            peer=creds.peer,
+            kind=grant.kind,
+        )
+        return grant
+
+
+@frozen
+class _Mind:
+    protocolName: str
+    peerHost: str
+
+    def kick(self, reason: str) -> None:
+        pass
+
+
+def build_gate(apps: Applications, store: ITokenStore, clock: IReactorTime,
+               metrics: Metrics, kickOnExpiry: bool = False,
+               throttle: Optional[Throttle] = None) -> Gate:
+    registry = SessionRegistry(metrics, clock, kickOnExpiry=kickOnExpiry)
+    onetime = OneTimeTokenChecker(store, clock)
+    portal = Portal(GateRealm(registry), [PolicyChecker(apps, onetime, JwtTokenChecker(apps, clock))])
+    return Gate(portal, registry, throttle or Throttle(clock), metrics)
+
+
+def credentials_for(app: str, streamId: str, action: str, token: Optional[str],
+                    peer: str, protocol: str, roomId: Optional[str] = None) -> StreamCredentials:
+    return StreamCredentials(app, streamId, action, token or None, peer, protocol, roomId)
+
+
+__all__: Sequence[str] = [
+    "IStreamCredentials", "StreamCredentials", "Refused", "IKickable", "IGrant",
+    "IPublishGrant", "IPlayGrant", "Grant", "SessionRegistry", "GateRealm",
+    "OneTimeTokenChecker", "JwtTokenChecker", "PolicyChecker", "Throttle", "Gate",
+    "build_gate", "mint_jwt", "check_jwt",
+]

@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Prometheus metrics, in a registry of our own (not the process-global one),
+so that every server object and every test has independent counters.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.minted = Counter(
+            "tokengate_tokens_minted",
+            "Tokens minted over the REST API",
+            ["app", "type", "kind"],
+            registry=r,
+        )
+        self.grants = Counter(
+            "tokengate_grants",
+            "Publish and play requests admitted",
+            ["protocol", "action", "kind"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "tokengate_refusals",
+            "Requests refused, by reason",
+            ["protocol", "action", "reason"],
+            registry=r,
+        )
+        self.revoked = Counter(
+            "tokengate_tokens_revoked",
+            "Tokens deleted by revocation",
+            ["app"],
+            registry=r,
+        )
+        self.purged = Counter(
+            "tokengate_tokens_purged",
+            "Expired tokens purged from the store",
+            registry=r,
+        )
+        self.kicked = Counter(
+            "tokengate_sessions_kicked",
+            "Live sessions ended by revocation or expiry",
+            ["protocol", "action", "reason"],
+            registry=r,
+        )
+        self.sessions = Gauge(
+            "tokengate_sessions",
+            "Live sessions admitted through the gate",
+            ["protocol", "action"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "tokengate_store_errors",
+            "Token store calls that failed (store unreachable)",
+            ["operation"],
+            registry=r,
+        )
+        self.http_refusals = Counter(
+            "tokengate_rest_refusals",
+            "REST API calls refused by its protection",
+            ["reason"],
+            registry=r,
+        )
+
+    def gauge(self, name: str, doc: str, labels: list[str]) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def counter(self, name: str, doc: str, labels: list[str]) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def callbackGauge(self, name: str, doc: str, f: Callable[[], float]) -> Gauge:
+        g = Gauge(name, doc, registry=self.registry)
+        g.set_function(f)
+        return g
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

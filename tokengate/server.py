@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.test_rest -*-
+"""
+The core shared by every listener: applications, token store, the gate,
+metrics and the server-wide settings.  One instance per process; every
+protocol factory and the web site get it at construction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Optional
+
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
+
+from .apps import Applications, parse_cidrs
+from .auth import Gate, Throttle, build_gate
+from .metrics import Metrics
+from .store import ITokenStore
+
+
+@define
+class ServerConfig:
+    """
+    Server-wide settings that are not per application.
+    """
+
+    #: networks allowed to call the management REST API and /metrics
+    restAllowedCIDR: str = "127.0.0.1"
+    #: when set, a bearer JWT signed with it also opens them
+    restJwtSecretKey: str = ""
+    #: end JWT-admitted live sessions when their token expires
+    kickOnExpiry: bool = False
+    #: largest accepted request body, bytes
+    maxBodySize: int = 1 << 20
+    #: seconds between sweeps of expired tokens
+    purgeInterval: float = 300.0
+    restNetworks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        init=False, factory=list
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self.restNetworks = parse_cidrs(self.restAllowedCIDR)
+
+
+@define
+class Server:
+    apps: Applications
+    store: ITokenStore
+    clock: IReactorTime
+    config: ServerConfig = field(factory=ServerConfig)
+    metrics: Metrics = field(factory=Metrics)
+    throttle: Optional[Throttle] = None
+    gate: Gate = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.gate = build_gate(
+            self.apps,
+            self.store,
+            self.clock,
+            self.metrics,
+            kickOnExpiry=self.config.kickOnExpiry,
+            throttle=self.throttle,
+        )
+
+    @classmethod
+    def inMemory(cls, clock: Optional[Any] = None, **kw: Any) -> "Server":
+        """
+        A server with an in-memory store and unpersisted applications.
+        """
+        from .store.memory import MemoryTokenStore
+
+        if clock is None:
+            from twisted.internet import reactor as clock
+        return cls(apps=Applications(None), store=MemoryTokenStore(), clock=clock, **kw)

@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+``twistd tokengate``: options and the service tree.
+
+Every listener is a Twisted endpoint string.  Settings come from the command
+line, then from ``--config FILE`` (TOML, same names), then from the
+defaults; the command line wins.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.logger import Logger
+from twisted.python import usage
+
+DEFAULTS: dict[str, Any] = {
+    "http": "tcp:5080",
+    "https": None,
+    "certificate": None,
+    "private-key": None,
+    "rtmp": "tcp:1935",
+    "srt": "udp:4200",
+    "data-dir": "./tokengate-data",
+    "store": "",
+    "rest-allowed-cidr": "127.0.0.1",
+    "rest-jwt-secret": "",
+    "kick-on-expiry": False,
+}
+
+_log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A streaming server in which every publish and every play can be gated "
+        "by a one-time token (Ant Media Server compatible REST, RTMP, SRT, "
+        "WebRTC, HLS, DASH)."
+    )
+    optParameters = [
+        ["http", None, None, "HTTP endpoint: REST, playback, WebSocket [default: tcp:5080]"],
+        ["https", None, None,
+         "HTTPS endpoint [default: ssl:5443 when --certificate is given]"],
+        ["certificate", None, None, "PEM certificate (chain) for HTTPS"],
+        ["private-key", None, None, "PEM private key for HTTPS [default: the certificate file]"],
+        ["rtmp", None, None, "RTMP endpoint [default: tcp:1935]"],
+        ["srt", None, None, "SRT endpoint, udp:PORT[:interface=ADDR] [default: udp:4200]"],
+        ["data-dir", None, None, "Where settings, tokens and recordings live [default: ./tokengate-data]"],
+        ["store", None, None,
+         "Token store: sqlite (default, in the data dir), sqlite:PATH, memory, or "
+         "redis://host:port/db for a cluster"],
+        ["config", None, None, "A TOML file with any of these settings"],
+        ["rest-allowed-cidr", None, None,
+         "Networks allowed to call the management REST API and /metrics [default: 127.0.0.1]"],
+        ["rest-jwt-secret", None, None,
+         "Also allow management calls bearing a JWT signed with this (32+ characters)"],
+    ]
+    optFlags = [
+        ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
+    ]
+
+    def postOptions(self) -> None:
+        fileValues: dict[str, Any] = {}
+        if self["config"]:
+            fileValues = load_config(self["config"])
+        for key, default in DEFAULTS.items():
+            if key == "kick-on-expiry":
+                if not self[key]:
+                    self[key] = bool(fileValues.get(key, default))
+                continue
+            if self[key] is None:
+                self[key] = fileValues.get(key, default)
+        if self["certificate"] and not self["https"]:
+            self["https"] = "ssl:5443"
+        if self["https"] and "privateKey=" not in self["https"]:
+            if not self["certificate"]:
+                raise usage.UsageError("--https needs --certificate (and --private-key)")
+            self["https"] = "{}:privateKey={}:certKey={}".format(
+                self["https"],
+                _escape(self["private-key"] or self["certificate"]),
+                _escape(self["certificate"]),
+            )
+        srt = self["srt"]
+        if srt and not srt.startswith("udp:"):
+            raise usage.UsageError("--srt must be udp:PORT[:interface=ADDR]")
+        if self["rest-jwt-secret"] and len(self["rest-jwt-secret"]) < 32:
+            raise usage.UsageError("--rest-jwt-secret must be at least 32 characters")
+        from .apps import SettingsError, parse_cidrs
+
+        try:
+            parse_cidrs(self["rest-allowed-cidr"])
+        except SettingsError as e:
+            raise usage.UsageError(str(e))
+
+
+def _escape(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def load_config(path: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise usage.UsageError("cannot read config {}: {}".format(path, e))
+    unknown = set(data) - set(DEFAULTS)
+    if unknown:
+        raise usage.UsageError(
+            "unknown settings in {}: {}".format(path, ", ".join(sorted(unknown)))
+        )
+    return data
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    A listener that aborts start-up with a plain message when it cannot
+    listen (a port already in use, say).
+    """
+
+    def __init__(self, what: str, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.what = what
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            message = "tokengate: cannot listen for {} on {}: {}".format(
+                self.what, self.description, e
+            )
+            raise SystemExit(message)
+
+
+def listener(what: str, description: str, factory: Any, reactor: Any) -> ListenerService:
+    from twisted.internet.endpoints import serverFromString
+
+    return ListenerService(what, description, serverFromString(reactor, description), factory)
+
+
+def makeService(options: Options, reactor: Optional[Any] = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    from .apps import Applications
+    from .server import Server, ServerConfig
+    from .store import open_store
+    from .web.resource import build_site
+
+    dataDir = options["data-dir"]
+    os.makedirs(dataDir, exist_ok=True)
+    try:
+        store = open_store(options["store"], dataDir, reactor)
+    except ValueError as e:
+        raise SystemExit("tokengate: {}".format(e))
+    server = Server(
+        apps=Applications(os.path.join(dataDir, "apps.json")),
+        store=store,
+        clock=reactor,
+        config=ServerConfig(
+            restAllowedCIDR=options["rest-allowed-cidr"],
+            restJwtSecretKey=options["rest-jwt-secret"],
+            kickOnExpiry=options["kick-on-expiry"],
+        ),
+    )
+    top = TokengateService(server)
+    site = build_site(server)
+    listener("HTTP", options["http"], site, reactor).setServiceParent(top)
+    if options["https"]:
+        listener("HTTPS", options["https"], site, reactor).setServiceParent(top)
+    # RTMP (--rtmp) and SRT (--srt) are accepted; their listeners join this
+    # tree as those protocols land.
+    purge = TimerService(server.config.purgeInterval, top.purge)
+    purge.setServiceParent(top)
+    return top
+
+
+class TokengateService(service.MultiService):
+    """
+    The root service: owns the server core and closes it on shutdown.
+    """
+
+    _log = Logger()
+
+    def __init__(self, server: Any) -> None:
+        super().__init__()
+        self.server = server
+
+    async def _purge(self) -> None:
+        from .store import StoreUnavailable
+
+        try:
+            n = await self.server.store.purge_expired(self.server.clock.seconds())
+        except StoreUnavailable as e:
+            self.server.metrics.store_errors.labels("purge").inc()
+            self._log.warn("purging expired tokens failed: {error}", error=str(e))
+            return
+        except Exception:
+            self._log.failure("purging expired tokens failed")
+            return
+        if n:
+            self.server.metrics.purged.inc(n)
+            self._log.info("purged {n} expired tokens", n=n)
+
+    def purge(self) -> Any:
+        from twisted.internet.defer import Deferred
+
+        return Deferred.fromCoroutine(self._purge())
+
+    def stopService(self) -> Any:
+        from twisted.internet.defer import maybeDeferred
+
+        self.server.gate.registry.kickAll("shutdown")
+        d = maybeDeferred(super().stopService)
+
+        def close(_: object) -> Any:
+            return self.server.store.close()
+
+        d.addBoth(close)
+        return d

@@ -1,0 +1,339 @@
+# -*- test-case-name: tests.test_rest -*-
+"""
+The REST API, with the reference server's paths, JSON shapes, status codes
+and messages:
+
+* ``/rest/v2/applications...``: list, create and delete applications, read
+  and replace their settings (the management API);
+* ``/{App}/rest/v2/broadcasts/...``: mint, validate, revoke and list tokens;
+* ``/metrics``: Prometheus.
+
+Only loopback may call any of it unless the application's
+``remoteAllowedCIDR`` (server-wide ``restAllowedCIDR`` for management and
+metrics) or a bearer JWT (``jwtControlEnabled``/``jwtSecretKey``) opens it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from ..apps import AppSettings, SettingsError, address_allowed
+from ..auth import Refused, check_jwt, mint_jwt
+from ..metrics import CONTENT_TYPE_LATEST
+from ..server import Server
+from ..store import StoreUnavailable
+from ..tokens import (
+    MAX_TOKEN_LENGTH,
+    Outcome,
+    Probe,
+    RequestError,
+    StoredToken,
+    check_mint_request,
+    digest,
+    new_token,
+)
+
+#: the reference server's cap on one page of a listing
+MAX_LIST_SIZE = 250
+
+MSG_NOT_ALLOWED_IP = "Not allowed IP"
+MSG_INVALID_APP_JWT = "Invalid App JWT Token"
+MSG_NO_JWT_KEY = (
+    "Cannot create JWT token. The problem can be ->  this is community edition "
+    "or JWT stream key is not set or it's length is less than 32"
+)
+MSG_STORE_DOWN = "Token store is unavailable, try again later"
+MSG_NO_APP = "Application not found"
+
+
+class HTTPError(Exception):
+    """
+    Answer with C{code} and a reference Result body carrying C{message}.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+def result(success: bool, message: str = "", dataId: str = "") -> dict[str, Any]:
+    """
+    The reference server's C{Result} object.
+    """
+    return {"success": success, "message": message, "dataId": dataId, "errorId": 0}
+
+
+def send_json(request: IRequest, obj: object, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def read_json(request: IRequest) -> object:
+    """
+    The request body as JSON; a 400 when it is not.  (Its size was capped by
+    the site before it was buffered.)
+    """
+    raw = request.content.read() if request.content is not None else b""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise HTTPError(400, "Malformed JSON body")
+
+
+def _arg(request: IRequest, name: str) -> Optional[str]:
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "Query parameter {} is not UTF-8".format(name))
+
+
+def _bearer(request: IRequest) -> Optional[str]:
+    header = request.getHeader(b"authorization")
+    if not header:
+        return None
+    value = header.decode("latin-1").strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    return value or None
+
+
+class RestAPI:
+    """
+    The Klein application behind the REST API (class-based: one per server).
+    """
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # --- errors and protection ---------------------------------------------------
+
+    @app.handle_errors(HTTPError)
+    def _httpError(self, request: IRequest, failure: Failure) -> bytes:
+        e = failure.value
+        return send_json(request, result(False, e.message), e.code)
+
+    def _allow(self, request: IRequest, networks: Any, jwtSecret: Optional[str]) -> None:
+        host = request.getClientAddress().host
+        if address_allowed(host, networks):
+            return
+        if jwtSecret:
+            token = _bearer(request)
+            if token and len(token) <= MAX_TOKEN_LENGTH:
+                try:
+                    check_jwt(jwtSecret, token, self._server.clock.seconds())
+                    return
+                except Refused:
+                    pass
+            self._server.metrics.http_refusals.labels("invalid_jwt").inc()
+            raise HTTPError(403, MSG_INVALID_APP_JWT)
+        self._server.metrics.http_refusals.labels("ip").inc()
+        raise HTTPError(403, MSG_NOT_ALLOWED_IP)
+
+    def _protectServer(self, request: IRequest) -> None:
+        config = self._server.config
+        self._allow(request, config.restNetworks, config.restJwtSecretKey or None)
+
+    def _appSettings(self, request: IRequest, appName: str) -> AppSettings:
+        settings = self._server.apps.get(appName)
+        if settings is None:
+            # Protect before telling which applications exist.
+            self._protectServer(request)
+            raise HTTPError(404, MSG_NO_APP)
+        self._allow(
+            request,
+            settings.allowedNetworks(),
+            settings.jwtSecretKey if settings.jwtControlEnabled else None,
+        )
+        return settings
+
+    # --- management: applications and settings -----------------------------------
+
+    @app.route("/rest/v2/applications", methods=["GET"])
+    def listApplications(self, request: IRequest) -> bytes:
+        self._protectServer(request)
+        return send_json(request, {"applications": list(self._server.apps)})
+
+    @app.route("/rest/v2/applications/<string:name>", methods=["POST"])
+    def createApplication(self, request: IRequest, name: str) -> bytes:
+        self._protectServer(request)
+        try:
+            self._server.apps.create(name)
+        except SettingsError as e:
+            return send_json(request, result(False, str(e)))
+        return send_json(request, result(True))
+
+    @app.route("/rest/v2/applications/<string:name>", methods=["DELETE"])
+    async def deleteApplication(self, request: IRequest, name: str) -> bytes:
+        self._protectServer(request)
+        if name not in self._server.apps:
+            raise HTTPError(404, MSG_NO_APP)
+        self._server.apps.delete(name)
+        self._server.gate.registry.kick(self._server.gate.registry.grants(name), "revoked")
+        try:
+            await self._server.store.delete_app(name)
+        except StoreUnavailable:
+            self._server.metrics.store_errors.labels("delete_app").inc()
+            return send_json(
+                request,
+                result(True, "Application deleted; its tokens will expire by themselves"),
+            )
+        return send_json(request, result(True))
+
+    @app.route("/rest/v2/applications/settings/<string:name>", methods=["GET"])
+    def getSettings(self, request: IRequest, name: str) -> bytes:
+        self._protectServer(request)
+        settings = self._server.apps.get(name)
+        if settings is None:
+            raise HTTPError(404, MSG_NO_APP)
+        return send_json(request, settings.asJSON())
+
+    @app.route("/rest/v2/applications/settings/<string:name>", methods=["POST"])
+    def setSettings(self, request: IRequest, name: str) -> bytes:
+        self._protectServer(request)
+        if name not in self._server.apps:
+            raise HTTPError(404, MSG_NO_APP)
+        body = read_json(request)
+        try:
+            settings = AppSettings.fromJSON(body)
+            self._server.apps.update(name, settings)
+        except SettingsError as e:
+            return send_json(request, result(False, str(e)))
+        return send_json(request, result(True))
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        self._protectServer(request)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self._server.metrics.render()
+
+    # --- tokens -----------------------------------------------------------------
+
+    def _mintArgs(self, request: IRequest, streamId: str, checkType: bool = True) -> tuple[str, int, Optional[str]]:
+        type_ = _arg(request, "type")
+        raw = _arg(request, "expireDate")
+        expireDate: Optional[int]
+        try:
+            expireDate = int(raw) if raw is not None else None
+        except ValueError:
+            expireDate = None
+        try:
+            check_mint_request(
+                streamId, type_, expireDate, self._server.clock.seconds(), checkType
+            )
+        except RequestError as e:
+            raise HTTPError(400, str(e))
+        assert type_ is not None and expireDate is not None
+        return type_, expireDate, _arg(request, "roomId") or None
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/token", methods=["GET"])
+    async def mintToken(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        self._appSettings(request, appName)
+        type_, expireDate, roomId = self._mintArgs(request, streamId)
+        token = new_token(streamId, type_, expireDate, roomId)
+        try:
+            await self._server.store.add(StoredToken.fromToken(appName, token))
+        except StoreUnavailable:
+            self._server.metrics.store_errors.labels("add").inc()
+            raise HTTPError(503, MSG_STORE_DOWN)
+        self._server.metrics.minted.labels(appName, type_, "onetime").inc()
+        return send_json(request, token.asJSON())
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/jwt-token", methods=["GET"])
+    def mintJwt(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        settings = self._appSettings(request, appName)
+        type_, expireDate, roomId = self._mintArgs(request, streamId)
+        if len(settings.jwtStreamSecretKey) < 32:
+            raise HTTPError(400, MSG_NO_JWT_KEY)
+        tokenId = mint_jwt(settings.jwtStreamSecretKey, streamId, type_, expireDate, roomId)
+        self._server.metrics.minted.labels(appName, type_, "jwt").inc()
+        return send_json(
+            request,
+            {"tokenId": tokenId, "streamId": streamId, "expireDate": expireDate,
+             "type": type_, "roomId": roomId},
+        )
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/validate-token", methods=["POST"])
+    async def validateToken(self, request: IRequest, appName: str) -> bytes:
+        """
+        Validate a one-time token and, like the reference server, consume it.
+        """
+        self._appSettings(request, appName)
+        body = read_json(request)
+        if not isinstance(body, dict):
+            raise HTTPError(400, "Token must be a JSON object")
+        tokenId, streamId, type_ = body.get("tokenId"), body.get("streamId"), body.get("type")
+        roomId = body.get("roomId") or None
+        if not all(isinstance(v, str) and v for v in (tokenId, streamId, type_)) or (
+            roomId is not None and not isinstance(roomId, str)
+        ):
+            return send_json(request, result(False, "Define tokenId, streamId and type"))
+        assert isinstance(tokenId, str) and isinstance(streamId, str) and isinstance(type_, str)
+        if len(tokenId) > MAX_TOKEN_LENGTH:
+            return send_json(request, result(False))
+        probe = Probe(appName, streamId, type_, roomId, self._server.clock.seconds())
+        try:
+            outcome = await self._server.store.redeem(digest(tokenId), probe)
+        except StoreUnavailable:
+            self._server.metrics.store_errors.labels("redeem").inc()
+            raise HTTPError(503, MSG_STORE_DOWN)
+        if outcome is Outcome.GRANTED:
+            self._server.metrics.grants.labels("rest", type_, "onetime").inc()
+            return send_json(request, result(True))
+        self._server.metrics.refusals.labels("rest", type_, outcome.value).inc()
+        return send_json(request, result(False))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/tokens", methods=["DELETE"])
+    async def revokeTokens(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        """
+        Delete every token of the stream and end the live sessions that
+        tokens admitted.
+        """
+        self._appSettings(request, appName)
+        kicked = self._server.gate.registry.kickTokenSessions(appName, streamId)
+        try:
+            deleted = await self._server.store.revoke_stream(appName, streamId)
+        except StoreUnavailable:
+            self._server.metrics.store_errors.labels("revoke").inc()
+            raise HTTPError(503, MSG_STORE_DOWN)
+        self._server.metrics.revoked.labels(appName).inc(deleted)
+        return send_json(
+            request,
+            result(
+                deleted > 0 or kicked > 0,
+                "{} tokens revoked, {} sessions ended".format(deleted, kicked),
+                str(deleted),
+            ),
+        )
+
+    @app.route(
+        "/<string:appName>/rest/v2/broadcasts/<string:streamId>/tokens/list/<int:offset>/<int:size>",
+        methods=["GET"],
+    )
+    async def listTokens(self, request: IRequest, appName: str, streamId: str,
+                         offset: int, size: int) -> bytes:
+        self._appSettings(request, appName)
+        size = min(size, MAX_LIST_SIZE)
+        try:
+            tokens = await self._server.store.list_stream(appName, streamId, offset, size)
+        except StoreUnavailable:
+            self._server.metrics.store_errors.labels("list").inc()
+            raise HTTPError(503, MSG_STORE_DOWN)
+        return send_json(request, [t.asListedJSON() for t in tokens])

@@ -1,0 +1,104 @@
+# -*- test-case-name: tests.test_site -*-
+"""
+The HTTP site: request body caps and an access log that never shows a token.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+from twisted.web import http
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+#: Query parameters whose values are secrets.
+SECRET_PARAMS = ("token", "tokenId", "jwt", "subscriberCode", "tg", "tgs")
+
+_SECRET_QUERY = re.compile(
+    rb"([?&;](?:" + b"|".join(p.encode() for p in SECRET_PARAMS) + rb")=)[^&;#\s]*",
+    re.IGNORECASE,
+)
+
+
+def redact_uri(uri: bytes) -> bytes:
+    """
+    Replace the value of every secret query parameter with C{REDACTED}.
+    """
+    return _SECRET_QUERY.sub(rb"\1REDACTED", uri)
+
+
+def redacting_log_formatter(timestamp: str, request: Any) -> str:
+    """
+    The combined log format, with secrets removed from the request line and
+    the referrer.
+    """
+    referrer = redact_uri(request.getHeader(b"referer") or b"-")
+    agent = request.getHeader(b"user-agent") or b"-"
+    line = (
+        '"{ip}" - - {timestamp} "{method} {uri} {protocol}" '
+        '{code} {length} "{referrer}" "{agent}"'.format(
+            ip=http._escape(request.getClientAddress().host or "-"),
+            timestamp=timestamp,
+            method=http._escape(request.method),
+            uri=http._escape(redact_uri(request.uri)),
+            protocol=http._escape(request.clientproto),
+            code=request.code,
+            length=request.sentLength or "-",
+            referrer=http._escape(referrer),
+            agent=http._escape(agent),
+        )
+    )
+    return line
+
+
+class CappedRequest(Request):
+    """
+    A request whose body is refused (413) past the site's C{maxBodySize};
+    the excess is discarded as it arrives, never buffered.
+    """
+
+    _received = 0
+    _tooLarge = False
+
+    def _cap(self) -> int:
+        return getattr(self.channel.site, "maxBodySize", 1 << 20)
+
+    def gotLength(self, length: Any) -> None:
+        if length is not None and length > self._cap():
+            self._tooLarge = True
+            self.content = io.BytesIO()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._tooLarge:
+            return
+        self._received += len(data)
+        if self._received > self._cap():
+            self._tooLarge = True
+            self.content = io.BytesIO()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if self._tooLarge:
+            self.setResponseCode(413)
+            self.setHeader(b"content-type", b"application/json")
+            self.write(
+                b'{"success":false,"message":"Request body too large",'
+                b'"dataId":"","errorId":0}'
+            )
+            self.finish()
+            return
+        super().process()
+
+
+class TokengateSite(Site):
+    requestFactory = CappedRequest
+
+    def __init__(self, resource: IResource, maxBodySize: int = 1 << 20, **kw: Any) -> None:
+        kw.setdefault("logFormatter", redacting_log_formatter)
+        super().__init__(resource, **kw)
+        self.maxBodySize = maxBodySize
