@@ -549,11 +549,15 @@ class Gate:
             reason=outcome.value,
         )
 
-    async def login(self, creds: IStreamCredentials, mind: Optional[Any] = None) -> Grant:
+    def login(self, creds: IStreamCredentials, mind: Optional[Any] = None) -> "Deferred[Grant]":
         """
-        Admit C{creds} or raise L{Refused}.  C{mind} should provide
-        L{IKickable} and may have C{protocolName} and C{peerHost}.
+        Admit C{creds} (fire with a L{Grant}) or fail with L{Refused}.
+        C{mind} should provide L{IKickable} and may have C{protocolName} and
+        C{peerHost}.
         """
+        return Deferred.fromCoroutine(self._login(creds, mind))
+
+    async def _login(self, creds: IStreamCredentials, mind: Optional[Any]) -> Grant:
         try:
             if creds.peer:
                 await self._throttle.admit(creds.peer)

@@ -1,0 +1,313 @@
+"""
+The REST API, in memory through StubTreq.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jwt as pyjwt
+from treq.testing import StubTreq
+from twisted.trial.unittest import TestCase
+
+from tokengate.auth import StreamCredentials
+from tokengate.server import Server, ServerConfig
+from tokengate.store import StoreUnavailable
+from tokengate.store.memory import MemoryTokenStore
+from tokengate.tokens import Outcome
+from tokengate.web.rest import RestAPI
+
+from .helpers import NOW, FromPeer, clock_at, json_body
+
+BASE = "http://127.0.0.1:5080"
+KEY = "k" * 32
+
+
+class RestTests(TestCase):
+    def setUp(self):
+        self.clock = clock_at()
+        self.server = Server.inMemory(clock=self.clock)
+        self.resource = RestAPI(self.server).resource()
+        self.treq = StubTreq(self.resource)
+
+    def remote(self, host="203.0.113.9"):
+        return StubTreq(FromPeer(self.resource, host))
+
+    async def get(self, path, treq=None, **kw):
+        r = await (treq or self.treq).get(BASE + path, **kw)
+        return r.code, await json_body(r)
+
+    async def post(self, path, body, treq=None, **kw):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = await (treq or self.treq).post(BASE + path, data=data, **kw)
+        return r.code, await json_body(r)
+
+    async def mint(self, streamId="s1", type="play", expire=NOW + 60, app="LiveApp", extra=""):
+        return await self.get(
+            "/{}/rest/v2/broadcasts/{}/token?expireDate={}&type={}{}".format(
+                app, streamId, expire, type, extra
+            )
+        )
+
+    # --- minting ---------------------------------------------------------------
+
+    async def test_mint(self):
+        code, body = await self.mint()
+        self.assertEqual(code, 200)
+        self.assertEqual(list(body), ["tokenId", "streamId", "expireDate", "type", "roomId"])
+        self.assertEqual(body["streamId"], "s1")
+        self.assertEqual(body["expireDate"], NOW + 60)
+        self.assertEqual(body["type"], "play")
+        self.assertIsNone(body["roomId"])
+        self.assertRegex(body["tokenId"], r"^[0-9]{40}$")
+        code, body = await self.mint(extra="&roomId=room1")
+        self.assertEqual(body["roomId"], "room1")
+
+    async def test_mintErrors(self):
+        def err(m):
+            return {"success": False, "message": m, "dataId": "", "errorId": 0}
+
+        define = err("Define Stream ID, Token Type and Expire Date (unix time)")
+        self.assertEqual(await self.get("/LiveApp/rest/v2/broadcasts/s1/token?type=play"), (400, define))
+        self.assertEqual(await self.get("/LiveApp/rest/v2/broadcasts/s1/token?expireDate=x&type=play"), (400, define))
+        self.assertEqual(
+            await self.mint(type="Play"),
+            (400, err("Invalid token type. Supported types are 'play' and 'publish'")),
+        )
+        code, body = await self.mint(expire=(NOW + 60) * 1000)
+        self.assertEqual(code, 400)
+        self.assertIn("milliseconds", body["message"])
+        code, body = await self.mint(expire=NOW - 1)
+        self.assertEqual(code, 400)
+        self.assertIn("past", body["message"])
+        code, body = await self.mint(app="NoSuchApp")
+        self.assertEqual(code, 404)
+
+    async def test_jwt(self):
+        code, body = await self.get(
+            "/LiveApp/rest/v2/broadcasts/s1/jwt-token?expireDate={}&type=publish".format(NOW + 60)
+        )
+        self.assertEqual(code, 400)
+        self.assertIn("JWT stream key is not set", body["message"])
+        self.server.apps.replace("LiveApp", jwtStreamSecretKey=KEY, publishJwtControlEnabled=True)
+        code, body = await self.get(
+            "/LiveApp/rest/v2/broadcasts/s1/jwt-token?expireDate={}&type=publish".format(NOW + 60)
+        )
+        self.assertEqual(code, 200)
+        claims = pyjwt.decode(body["tokenId"], KEY, algorithms=["HS256"], options={"verify_exp": False})
+        self.assertEqual(claims, {"streamId": "s1", "type": "publish", "exp": NOW + 60})
+        grant = await self.server.gate.login(
+            StreamCredentials("LiveApp", "s1", "publish", body["tokenId"], "1.2.3.4", "rtmp")
+        )
+        self.assertEqual(grant.kind, "jwt")
+
+    # --- validate, revoke, list ------------------------------------------------------
+
+    async def test_validateConsumes(self):
+        _, token = await self.mint()
+        probe = {"tokenId": token["tokenId"], "streamId": "s1", "type": "play"}
+        wrong = dict(probe, streamId="s2")
+        path = "/LiveApp/rest/v2/broadcasts/validate-token"
+        self.assertEqual((await self.post(path, wrong))[1]["success"], False)
+        self.assertEqual((await self.post(path, dict(probe, type="publish")))[1]["success"], False)
+        code, body = await self.post(path, probe)
+        self.assertEqual((code, body["success"]), (200, True))
+        self.assertNotIn(token["tokenId"], json.dumps(body))
+        self.assertEqual((await self.post(path, probe))[1]["success"], False)
+        self.assertEqual((await self.post(path, {"tokenId": 5}))[1]["success"], False)
+
+    async def test_malformedBodies(self):
+        path = "/LiveApp/rest/v2/broadcasts/validate-token"
+        code, body = await self.post(path, b"{nope")
+        self.assertEqual((code, body["success"]), (400, False))
+        code, body = await self.post(path, b"[1,2]")
+        self.assertEqual(code, 400)
+        code, body = await self.post("/rest/v2/applications/settings/LiveApp", b"\xff\xfe")
+        self.assertEqual(code, 400)
+
+    async def test_revokeAndList(self):
+        tokens = [(await self.mint())[1] for _ in range(3)]
+        await self.mint(streamId="s2")
+        code, listed = await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10")
+        self.assertEqual(code, 200)
+        self.assertEqual(len(listed), 3)
+        for t, l in zip(tokens, listed):
+            self.assertNotEqual(l["tokenId"], t["tokenId"])
+            self.assertTrue(l["tokenId"].startswith(t["tokenId"][:6]))
+            self.assertEqual(l["expireDate"], t["expireDate"])
+        self.assertEqual(len((await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/2/10"))[1]), 1)
+        self.assertEqual(len((await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/1"))[1]), 1)
+        r = await self.treq.delete(BASE + "/LiveApp/rest/v2/broadcasts/s1/tokens")
+        body = await json_body(r)
+        self.assertEqual((r.code, body["success"], body["dataId"]), (200, True, "3"))
+        self.assertEqual((await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10"))[1], [])
+        self.assertEqual(len((await self.get("/LiveApp/rest/v2/broadcasts/s2/tokens/list/0/10"))[1]), 1)
+        r = await self.treq.delete(BASE + "/LiveApp/rest/v2/broadcasts/s1/tokens")
+        self.assertEqual((await json_body(r))["success"], False)
+
+    async def test_listCapped(self):
+        for _ in range(260):
+            await self.mint()
+        code, listed = await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/1000")
+        self.assertEqual(len(listed), 250)
+
+    async def test_revokeKicksTokenSessions(self):
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        _, token = await self.mint(type="publish")
+        kicked = []
+
+        class Mind:
+            protocolName = "rtmp"
+            peerHost = "10.0.0.1"
+
+            def kick(self, reason):
+                kicked.append(reason)
+
+        grant = await self.server.gate.login(
+            StreamCredentials("LiveApp", "s1", "publish", token["tokenId"], "10.0.0.1", "rtmp"),
+            Mind(),
+        )
+        # a session admitted without a token (play control is off) stays
+        await self.server.gate.login(StreamCredentials("LiveApp", "s1", "play", None, "10.0.0.2", "rtmp"))
+        r = await self.treq.delete(BASE + "/LiveApp/rest/v2/broadcasts/s1/tokens")
+        body = await json_body(r)
+        self.assertEqual(kicked, ["revoked"])
+        self.assertTrue(grant.ended)
+        self.assertEqual(body["message"], "0 tokens revoked, 1 sessions ended")
+        self.assertEqual(len(self.server.gate.registry.grants("LiveApp", "s1")), 1)
+
+    async def test_storeDown(self):
+        class Down(MemoryTokenStore):
+            def add(self, *args):
+                from twisted.internet.defer import fail
+                return fail(StoreUnavailable("down"))
+
+            redeem = list_stream = revoke_stream = add
+
+        self.server.store = Down()
+        code, body = await self.mint()
+        self.assertEqual(code, 503)
+        self.assertEqual(body["message"], "Token store is unavailable, try again later")
+        code, _ = await self.post("/LiveApp/rest/v2/broadcasts/validate-token",
+                                  {"tokenId": "1", "streamId": "s1", "type": "play"})
+        self.assertEqual(code, 503)
+
+    # --- protection --------------------------------------------------------------
+
+    async def test_remoteRefused(self):
+        remote = self.remote()
+        code, body = await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10", remote)
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
+        code, body = await self.get("/rest/v2/applications", remote)
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
+        r = await remote.get(BASE + "/metrics")
+        self.assertEqual(r.code, 403)
+        # unknown applications are not revealed to outsiders
+        code, body = await self.get("/Nope/rest/v2/broadcasts/s1/tokens/list/0/10", remote)
+        self.assertEqual(code, 403)
+        self.assertIn('tokengate_rest_refusals_total{reason="ip"} 4.0', self.server.metrics.render().decode())
+
+    async def test_ipv6Loopback(self):
+        code, _ = await self.get("/rest/v2/applications", self.remote("::1"))
+        self.assertEqual(code, 200)
+
+    async def test_allowedCIDR(self):
+        self.server.apps.replace("LiveApp", remoteAllowedCIDR="127.0.0.1, 203.0.113.0/24")
+        code, _ = await self.mint()
+        self.assertEqual(code, 200)
+        code, _ = await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10", self.remote())
+        self.assertEqual(code, 200)
+        code, _ = await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10", self.remote("198.51.100.1"))
+        self.assertEqual(code, 403)
+
+    async def test_appJwt(self):
+        secret = "s" * 32
+        self.server.apps.replace("LiveApp", jwtControlEnabled=True, jwtSecretKey=secret)
+        remote = self.remote()
+        path = "/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10"
+        code, body = await self.get(path, remote)
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
+        good = pyjwt.encode({"exp": NOW + 60}, secret, algorithm="HS256")
+        expired = pyjwt.encode({"exp": NOW - 1}, secret, algorithm="HS256")
+        forged = pyjwt.encode({"exp": NOW + 60}, "x" * 32, algorithm="HS256")
+        for token, expected in ((good, 200), ("Bearer " + good, 200), (expired, 403), (forged, 403)):
+            code, _ = await self.get(path, remote, headers={"Authorization": token})
+            self.assertEqual(code, expected, token)
+
+    async def test_serverJwt(self):
+        secret = "m" * 32
+        self.server.config = ServerConfig(restJwtSecretKey=secret)
+        token = pyjwt.encode({"sub": "ops"}, secret, algorithm="HS256")
+        code, _ = await self.get("/rest/v2/applications", self.remote(),
+                                 headers={"Authorization": "Bearer " + token})
+        self.assertEqual(code, 200)
+
+    # --- applications and settings -------------------------------------------------------
+
+    async def test_applications(self):
+        self.assertEqual(await self.get("/rest/v2/applications"),
+                         (200, {"applications": ["LiveApp", "WebRTCAppEE"]}))
+        code, body = await self.post("/rest/v2/applications/Mine", b"")
+        self.assertEqual((code, body["success"]), (200, True))
+        self.assertEqual((await self.post("/rest/v2/applications/Mine", b""))[1]["success"], False)
+        self.assertEqual((await self.post("/rest/v2/applications/rest", b""))[1]["success"], False)
+        self.assertEqual((await self.post("/rest/v2/applications/a.b", b""))[1]["success"], False)
+        code, _ = await self.mint(app="Mine")
+        self.assertEqual(code, 200)
+        r = await self.treq.delete(BASE + "/rest/v2/applications/Mine")
+        self.assertEqual((await json_body(r))["success"], True)
+        self.assertEqual((await self.mint(app="Mine"))[0], 404)
+        self.assertEqual(len(await self.server.store.list_stream("Mine", "s1", 0, 10)), 0)
+
+    async def test_settings(self):
+        code, settings = await self.get("/rest/v2/applications/settings/LiveApp")
+        self.assertEqual(code, 200)
+        self.assertIs(settings["playTokenControlEnabled"], False)
+        self.assertIs(settings["hlsMuxingEnabled"], True)
+        path = "/rest/v2/applications/settings/LiveApp"
+        ok = await self.post(path, dict(settings, playTokenControlEnabled=True, someUnknownField=1))
+        self.assertEqual(ok, (200, {"success": True, "message": "", "dataId": "", "errorId": 0}))
+        self.assertTrue(self.server.apps.get("LiveApp").playTokenControlEnabled)
+        # null and missing fields take defaults
+        await self.post(path, {"playTokenControlEnabled": True, "hlsMuxingEnabled": None})
+        self.assertTrue(self.server.apps.get("LiveApp").hlsMuxingEnabled)
+        await self.post(path, {"dashEnabled": True, "mp4MuxingEnabled": True})
+        s = self.server.apps.get("LiveApp")
+        self.assertTrue(s.dashMuxingEnabled and s.mp4MuxingEnabled)
+        for bad, words in (
+            ({"playTokenControlEnabled": True, "playJwtControlEnabled": True, "jwtStreamSecretKey": KEY}, "Only one token type"),
+            ({"publishJwtControlEnabled": True, "jwtStreamSecretKey": "short"}, "at least 32"),
+            ({"jwtControlEnabled": True, "jwtSecretKey": "short"}, "at least 32"),
+            ({"hlsMuxingEnabled": "yes"}, "true or false"),
+            ({"remoteAllowedCIDR": "nonsense"}, "not a network"),
+            ({"enableTimeTokenForPlay": True}, "not supported"),
+            ([1], "JSON object"),
+        ):
+            code, body = await self.post(path, bad)
+            self.assertEqual((code, body["success"]), (200, False), bad)
+            self.assertIn(words, body["message"])
+        self.assertEqual((await self.get("/rest/v2/applications/settings/Nope"))[0], 404)
+
+    async def test_metrics(self):
+        await self.mint()
+        await self.mint(type="publish")
+        r = await self.treq.get(BASE + "/metrics")
+        self.assertEqual(r.code, 200)
+        text = (await r.content()).decode()
+        self.assertIn('tokengate_tokens_minted_total{app="LiveApp",kind="onetime",type="play"} 1.0', text)
+        self.assertTrue(r.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain"))
+
+    async def test_refusalReasonsCounted(self):
+        self.server.apps.replace("LiveApp", playTokenControlEnabled=True)
+        _, token = await self.mint()
+        gate = self.server.gate
+        for creds, reason in (
+            (StreamCredentials("LiveApp", "s2", "play", token["tokenId"], "10.0.0.1", "hls"), Outcome.WRONG_STREAM),
+            (StreamCredentials("LiveApp", "s1", "play", None, "10.0.0.1", "hls"), Outcome.MISSING),
+            (StreamCredentials("LiveApp", "s1", "play", "123", "10.0.0.1", "hls"), Outcome.UNKNOWN),
+        ):
+            e = await self.assertFailure(gate.login(creds), Exception)
+            self.assertEqual(e.outcome, reason)
+        text = self.server.metrics.render().decode()
+        self.assertIn('tokengate_refusals_total{action="play",protocol="hls",reason="wrong_stream"} 1.0', text)
+        self.assertNotIn(token["tokenId"], text)
