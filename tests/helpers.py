@@ -56,3 +56,32 @@ class FromPeer(Resource):
 
 async def json_body(response: Any) -> Any:
     return json.loads(await response.content())
+
+
+def http_client(testcase: Any) -> Any:
+    """
+    A treq client for real loopback requests whose connections are closed
+    when the test ends (trial checks for a clean reactor).
+    """
+    from twisted.internet import reactor
+    from twisted.web.client import HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    testcase.addCleanup(pool.closeCachedConnections)
+    return _Client(pool)
+
+
+class _Client:
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, method: str) -> Any:
+        import treq
+
+        f = getattr(treq, method)
+
+        def call(*args: Any, **kw: Any) -> Any:
+            kw.setdefault("pool", self._pool)
+            return f(*args, **kw)
+
+        return call

@@ -39,7 +39,7 @@ def redacting_log_formatter(timestamp: str, request: Any) -> str:
     line = (
         '"{ip}" - - {timestamp} "{method} {uri} {protocol}" '
         '{code} {length} "{referrer}" "{agent}"'.format(
-            ip=http._escape(request.getClientAddress().host or "-"),
+            ip=http._escape(getattr(request.getClientAddress(), "host", None) or "-"),
             timestamp=timestamp,
             method=http._escape(request.method),
             uri=http._escape(redact_uri(request.uri)),

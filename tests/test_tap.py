@@ -1,0 +1,74 @@
+"""
+twistd options and the service tree.
+"""
+
+import os
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from tokengate.tap import Options, makeService
+
+
+class OptionsTests(TestCase):
+    def parse(self, *argv):
+        o = Options()
+        o.parseOptions(list(argv))
+        return o
+
+    def test_defaults(self):
+        o = self.parse()
+        self.assertEqual(o["http"], "tcp:5080")
+        self.assertEqual(o["rtmp"], "tcp:1935")
+        self.assertEqual(o["srt"], "udp:4200")
+        self.assertIsNone(o["https"])
+        self.assertEqual(o["data-dir"], "./tokengate-data")
+        self.assertEqual(o["store"], "")
+
+    def test_https(self):
+        o = self.parse("--certificate", "/etc/tg/c:ert.pem")
+        self.assertEqual(o["https"], "ssl:5443:privateKey=/etc/tg/c\\:ert.pem:certKey=/etc/tg/c\\:ert.pem")
+        o = self.parse("--https", "ssl:8443", "--certificate", "c.pem", "--private-key", "k.pem")
+        self.assertEqual(o["https"], "ssl:8443:privateKey=k.pem:certKey=c.pem")
+        self.assertRaises(usage.UsageError, self.parse, "--https", "ssl:8443")
+
+    def test_config(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('http = "tcp:8080"\nstore = "memory"\n"data-dir" = "/tmp/x"\n"kick-on-expiry" = true\n')
+        o = self.parse("--config", path, "--http", "tcp:9090")
+        self.assertEqual(o["http"], "tcp:9090")  # the command line wins
+        self.assertEqual(o["store"], "memory")
+        self.assertEqual(o["data-dir"], "/tmp/x")
+        self.assertTrue(o["kick-on-expiry"])
+        with open(path, "w") as f:
+            f.write('htpp = "tcp:8080"\n')
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
+        self.assertIn("htpp", str(e))
+        self.assertRaises(usage.UsageError, self.parse, "--config", path + ".missing")
+
+    def test_invalid(self):
+        self.assertRaises(usage.UsageError, self.parse, "--srt", "tcp:4200")
+        self.assertRaises(usage.UsageError, self.parse, "--rest-jwt-secret", "short")
+        self.assertRaises(usage.UsageError, self.parse, "--rest-allowed-cidr", "x")
+
+
+class ServiceTests(TestCase):
+    def test_listeners(self):
+        reactor = MemoryReactorClock()
+        data = self.mktemp()
+        o = Options()
+        o.parseOptions(["--data-dir", data, "--http", "tcp:15080:interface=127.0.0.1", "--store", "memory"])
+        svc = makeService(o, reactor)
+        svc.privilegedStartService()
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers], [(15080, "127.0.0.1")])
+        self.assertTrue(os.path.exists(os.path.join(data, "apps.json")))
+        self.assertEqual(list(svc.server.apps), ["LiveApp", "WebRTCAppEE"])
+
+    def test_unknownStore(self):
+        o = Options()
+        o.parseOptions(["--data-dir", self.mktemp(), "--store", "mongodb://x"])
+        self.assertRaises(SystemExit, makeService, o, MemoryReactorClock())
