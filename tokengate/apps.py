@@ -9,6 +9,7 @@ JSON file in the data directory, rewritten atomically on every change.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -163,7 +164,7 @@ class AppSettings:
     def allowedNetworks(
         self,
     ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return parse_cidrs(self.remoteAllowedCIDR)
+        return _cached_cidrs(self.remoteAllowedCIDR)
 
 
 _ALIASES = {"hlsEnabled": "hlsMuxingEnabled", "dashEnabled": "dashMuxingEnabled"}
@@ -190,6 +191,11 @@ def parse_cidrs(
             other = "::1/128" if net.version == 4 else "127.0.0.1/32"
             networks.append(ipaddress.ip_network(other))
     return networks
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_cidrs(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return parse_cidrs(text)
 
 
 def address_allowed(

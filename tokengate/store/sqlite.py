@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -64,6 +64,14 @@ def _row(row: tuple[Any, ...]) -> StoredToken:
     )
 
 
+def _deliver(results: list[tuple["Deferred[Any]", bool, Any]]) -> None:
+    for d, ok, value in results:
+        if ok:
+            d.callback(value)
+        else:
+            d.errback(value)
+
+
 @implementer(ITokenStore)
 class SQLiteTokenStore:
     name = "sqlite"
@@ -76,6 +84,9 @@ class SQLiteTokenStore:
         self._pool = ThreadPool(1, 1, name="tokengate-sqlite")
         self._local = threading.local()
         self._closed = False
+        self._lock = threading.Lock()
+        self._queue: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+        self._draining = False
         # Fail at start-up, not at the first request, when the file cannot
         # be opened; this runs before the reactor does, so block on it.
         directory = os.path.dirname(os.path.abspath(path))
@@ -99,22 +110,62 @@ class SQLiteTokenStore:
         return conn
 
     def _run(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
+        """
+        Queue C{f(db, *args)} for the database thread.
+
+        Calls queued while the thread is busy run together, in order, in one
+        transaction, and their results come back to the reactor in one
+        hop: under load that is one commit and one thread switch for many
+        mints and redemptions instead of one each.  Each call is still one
+        atomic statement (or a statement and a read) in that transaction,
+        and there is only one writer thread.
+        """
         if self._closed:
-            from twisted.internet.defer import fail
-
             return fail(StoreUnavailable("the token store is closed"))
-
         if not self._pool.started:
             self._pool.start()
-            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+            self._trigger = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._pool.stop
+            )
+        d: Deferred[T] = Deferred()
+        with self._lock:
+            self._queue.append((d, f, args))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._pool.callInThread(self._drain)
+        return d
 
-        def call() -> T:
+    def _drain(self) -> None:
+        """
+        On the database thread: run every queued call, then hand the results
+        back to the reactor.
+        """
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._draining = False
+                    return
+            results: list[tuple[Deferred[Any], bool, Any]] = []
             try:
-                return f(self._db(), *args)
-            except sqlite3.OperationalError as e:
-                raise StoreUnavailable(str(e)) from e
-
-        return deferToThreadPool(self._reactor, self._pool, call)
+                db = self._db()
+                db.execute("BEGIN IMMEDIATE")
+                for d, f, args in batch:
+                    try:
+                        results.append((d, True, f(db, *args)))
+                    except sqlite3.OperationalError:
+                        raise  # the whole transaction is lost
+                    except Exception as e:
+                        results.append((d, False, e))
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                try:
+                    self._db().execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                results = [(d, False, StoreUnavailable(str(e))) for d, _, _ in batch]
+            self._reactor.callFromThread(_deliver, results)
 
     # --- ITokenStore --------------------------------------------------------
 
@@ -193,21 +244,29 @@ class SQLiteTokenStore:
         return self._run(delete)
 
     def close(self) -> "Deferred[None]":
+        """
+        Refuse new calls, let queued ones finish, close the connection and
+        stop the database thread.
+        """
         if self._closed:
-            from twisted.internet.defer import succeed
-
+            return succeed(None)
+        self._closed = True
+        if not self._pool.started:
             return succeed(None)
 
-        def close(db: sqlite3.Connection) -> None:
-            db.close()
-            self._local.conn = None
+        def close() -> None:
+            # The pool has one thread and runs jobs in order: every drain
+            # queued before this has finished.
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
 
-        d = self._run(close)
-        self._closed = True
+        d = deferToThreadPool(self._reactor, self._pool, close)
 
         def stop(result: object) -> object:
-            if self._pool.started:
-                self._pool.stop()
+            self._reactor.removeSystemEventTrigger(self._trigger)
+            self._pool.stop()
             return result
 
         d.addBoth(stop)

@@ -1,0 +1,125 @@
+"""
+REST mint requests/s (default SQLite store) against a bare twisted.web
+resource answering a token-sized JSON body, both measured with wrk in the
+same run, one after the other, each server in its own process.
+
+    python bench/rest_mint.py [--seconds 8] [--connections 32]
+
+Needs wrk (Debian package wrk).  Prints requests/s of both and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BARE = r"""
+import sys
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+BODY = (b'{"tokenId":"0123456789012345678901234567890123456789","streamId":"s1",'
+        b'"expireDate":1900000000,"type":"play","roomId":null}')
+
+class Bare(Resource):
+    isLeaf = True
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        return BODY
+
+reactor.listenTCP(int(sys.argv[1]), Site(Bare()), interface="127.0.0.1")
+reactor.run()
+"""
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("server exited early")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+def wrk(url: str, seconds: int, connections: int) -> float:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c{}".format(connections), "-d{}s".format(seconds), url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise SystemExit("wrk said:\n" + out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise SystemExit("{} error responses:\n{}".format(non2xx.group(1), out))
+    return float(m.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    tmp = tempfile.mkdtemp()
+    procs = []
+    try:
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE, str(port)])
+        procs.append(bare)
+        url = "http://127.0.0.1:{}/".format(port)
+        wait_http(url, bare)
+        base = wrk(url, args.seconds, args.connections)
+        bare.terminate()
+
+        port = free_port()
+        tg = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), "tokengate",
+             "--data-dir", tmp, "--http", "tcp:{}:interface=127.0.0.1".format(port),
+             "--rtmp", "tcp:{}:interface=127.0.0.1".format(free_port())],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+        procs.append(tg)
+        wait_http("http://127.0.0.1:{}/rest/v2/applications".format(port), tg)
+        url = "http://127.0.0.1:{}/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}".format(
+            port, int(time.time()) + 3600
+        )
+        mint = wrk(url, args.seconds, args.connections)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("bare twisted.web resource: {:8.0f} requests/s".format(base))
+    print("tokengate REST mint:       {:8.0f} requests/s (SQLite store)".format(mint))
+    print("ratio mint / bare:         {:8.3f}".format(mint / base))
+
+
+if __name__ == "__main__":
+    main()
