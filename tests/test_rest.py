@@ -23,7 +23,7 @@ BASE = "http://127.0.0.1:5080"
 KEY = "k" * 32
 
 
-class RestTests(TestCase):
+class RestBase(TestCase):
     def setUp(self):
         self.clock = clock_at()
         self.server = Server.inMemory(clock=self.clock)
@@ -49,6 +49,9 @@ class RestTests(TestCase):
             )
         )
 
+
+
+class RestTests(RestBase):
     # --- minting ---------------------------------------------------------------
 
     async def test_mint(self):
@@ -167,6 +170,7 @@ class RestTests(TestCase):
             StreamCredentials("LiveApp", "s1", "publish", token["tokenId"], "10.0.0.1", "rtmp"),
             Mind(),
         )
+        self.server.hub.publish("LiveApp", "s1", "RTMP")
         # a session admitted without a token (play control is off) stays
         await self.server.gate.login(StreamCredentials("LiveApp", "s1", "play", None, "10.0.0.2", "rtmp"))
         r = await self.treq.delete(BASE + "/LiveApp/rest/v2/broadcasts/s1/tokens")
@@ -301,6 +305,8 @@ class RestTests(TestCase):
         self.server.apps.replace("LiveApp", playTokenControlEnabled=True)
         _, token = await self.mint()
         gate = self.server.gate
+        self.server.hub.publish("LiveApp", "s1", "RTMP")
+        self.server.hub.publish("LiveApp", "s2", "RTMP")
         for creds, reason in (
             (StreamCredentials("LiveApp", "s2", "play", token["tokenId"], "10.0.0.1", "hls"), Outcome.WRONG_STREAM),
             (StreamCredentials("LiveApp", "s1", "play", None, "10.0.0.1", "hls"), Outcome.MISSING),
@@ -311,3 +317,60 @@ class RestTests(TestCase):
         text = self.server.metrics.render().decode()
         self.assertIn('tokengate_refusals_total{action="play",protocol="hls",reason="wrong_stream"} 1.0', text)
         self.assertNotIn(token["tokenId"], text)
+
+
+class BroadcastTests(RestBase):
+    """
+    Broadcast status and the liveness prechecks.
+    """
+
+    async def test_unknown(self):
+        code, body = await self.get("/LiveApp/rest/v2/broadcasts/nope")
+        self.assertEqual((code, body["message"]), (404, "Broadcast is not found"))
+
+    async def test_lifecycle(self):
+        code, created = await self.post("/LiveApp/rest/v2/broadcasts/create", {"streamId": "cam1"})
+        self.assertEqual((code, created["status"], created["streamId"]), (200, "created", "cam1"))
+        stream = self.server.hub.publish("LiveApp", "cam1", "RTMP")
+        stream.videoReceived(0, bytes([0x17, 0, 0, 0, 0]) + b"cfg")
+        code, live = await self.get("/LiveApp/rest/v2/broadcasts/cam1")
+        self.assertEqual((live["status"], live["publishType"], live["rtmpViewerCount"]),
+                         ("broadcasting", "RTMP", 0))
+        self.assertGreater(live["receivedBytes"], 0)
+        stream.end()
+        code, ended = await self.get("/LiveApp/rest/v2/broadcasts/cam1")
+        self.assertEqual(ended["status"], "finished")
+        code, listed = await self.get("/LiveApp/rest/v2/broadcasts/list/0/10")
+        self.assertEqual([b["streamId"] for b in listed], ["cam1"])
+        code, body = await self.post("/LiveApp/rest/v2/broadcasts/create", {"streamId": "a/b"})
+        self.assertEqual(code, 400)
+        code, body = await self.post("/LiveApp/rest/v2/broadcasts/create", b"")
+        self.assertEqual(body["status"], "created")
+
+    async def test_playNotLiveKeepsToken(self):
+        self.server.apps.replace("LiveApp", playTokenControlEnabled=True)
+        _, token = await self.mint()
+        creds = StreamCredentials("LiveApp", "s1", "play", token["tokenId"], "10.0.0.1", "hls")
+        e = await self.assertFailure(self.server.gate.login(creds), Exception)
+        self.assertEqual(e.outcome, Outcome.NOT_LIVE)
+        self.server.hub.publish("LiveApp", "s1", "RTMP")
+        grant = await self.server.gate.login(creds)
+        self.assertEqual(grant.kind, "onetime")
+
+    async def test_publishInUseKeepsToken(self):
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        _, token = await self.mint(type="publish")
+        stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
+        creds = StreamCredentials("LiveApp", "s1", "publish", token["tokenId"], "10.0.0.1", "rtmp")
+        e = await self.assertFailure(self.server.gate.login(creds), Exception)
+        self.assertEqual(e.outcome, Outcome.IN_USE)
+        stream.end()
+        grant = await self.server.gate.login(creds)
+        self.assertEqual(grant.kind, "onetime")
+
+    async def test_deleteAppEndsStreams(self):
+        self.server.apps.create("Tmp")
+        stream = self.server.hub.publish("Tmp", "s1", "RTMP")
+        r = await self.treq.delete(BASE + "/rest/v2/applications/Tmp")
+        self.assertEqual(r.code, 200)
+        self.assertTrue(stream.ended)

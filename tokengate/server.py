@@ -13,10 +13,12 @@ from typing import Any, Optional
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
-from .apps import Applications, parse_cidrs
-from .auth import Gate, Throttle, build_gate
+from .apps import Applications, AppSettings, parse_cidrs
+from .auth import Gate, IStreamCredentials, Throttle, build_gate
+from .media.hub import Hub
 from .metrics import Metrics
 from .store import ITokenStore
+from .tokens import PUBLISH, Outcome
 
 
 @define
@@ -52,6 +54,7 @@ class Server:
     metrics: Metrics = field(factory=Metrics)
     throttle: Optional[Throttle] = None
     gate: Gate = field(init=False)
+    hub: Hub = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -62,6 +65,30 @@ class Server:
             kickOnExpiry=self.config.kickOnExpiry,
             throttle=self.throttle,
         )
+        self.hub = Hub(self.clock)
+        self.gate.addPrecheck(self._liveness)
+        self.apps.onChange(self._appChanged)
+        m = self.metrics
+        m.callbackGauge("tokengate_live_streams", "Streams being published",
+                        lambda: len(self.hub.liveStreams()))
+
+    def _liveness(self, creds: IStreamCredentials) -> Optional[Outcome]:
+        """
+        Decided before any token is redeemed, so a refused request keeps its
+        token: a stream already live cannot be published again, and a
+        stream that is not live cannot be played (VOD decides for itself).
+        """
+        live = self.hub.isLive(creds.app, creds.streamId)
+        if creds.action == PUBLISH:
+            return Outcome.IN_USE if live else None
+        if creds.protocol == "vod":
+            return None
+        return None if live else Outcome.NOT_LIVE
+
+    def _appChanged(self, name: str, settings: Optional[AppSettings]) -> None:
+        if settings is None:
+            self.gate.registry.kick(self.gate.registry.grants(name), "revoked")
+            self.hub.forget(name)
 
     @classmethod
     def inMemory(cls, clock: Optional[Any] = None, **kw: Any) -> "Server":

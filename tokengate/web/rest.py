@@ -16,6 +16,8 @@ metrics) or a bearer JWT (``jwtControlEnabled``/``jwtSecretKey``) opens it.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from typing import Any, Optional
 
 from klein import Klein
@@ -42,6 +44,9 @@ from ..tokens import (
 #: the reference server's cap on one page of a listing
 MAX_LIST_SIZE = 250
 
+#: the stream ids the reference server's WebSocket accepts
+STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
 MSG_NOT_ALLOWED_IP = "Not allowed IP"
 MSG_INVALID_APP_JWT = "Invalid App JWT Token"
 MSG_NO_JWT_KEY = (
@@ -50,6 +55,7 @@ MSG_NO_JWT_KEY = (
 )
 MSG_STORE_DOWN = "Token store is unavailable, try again later"
 MSG_NO_APP = "Application not found"
+MSG_NO_BROADCAST = "Broadcast is not found"
 
 
 class HTTPError(Exception):
@@ -185,8 +191,7 @@ class RestAPI:
         self._protectServer(request)
         if name not in self._server.apps:
             raise HTTPError(404, MSG_NO_APP)
-        self._server.apps.delete(name)
-        self._server.gate.registry.kick(self._server.gate.registry.grants(name), "revoked")
+        self._server.apps.delete(name)  # ends its sessions and streams
         try:
             await self._server.store.delete_app(name)
         except StoreUnavailable:
@@ -337,3 +342,54 @@ class RestAPI:
             self._server.metrics.store_errors.labels("list").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
         return send_json(request, [t.asListedJSON() for t in tokens])
+
+    # --- broadcasts -----------------------------------------------------------------
+
+    def _broadcastJSON(self, record: Any) -> dict[str, Any]:
+        viewers = record.viewers
+        stream = self._server.hub.get(record.app, record.streamId)
+        return {
+            "streamId": record.streamId,
+            "status": record.status,
+            "type": "liveStream",
+            "name": record.streamId,
+            "publishType": record.publishType,
+            "date": record.startTime,
+            "startTime": record.startTime,
+            "endTime": record.endTime,
+            "hlsViewerCount": viewers.get("hls", 0),
+            "dashViewerCount": viewers.get("dash", 0),
+            "webRTCViewerCount": viewers.get("webrtc", 0),
+            "rtmpViewerCount": viewers.get("rtmp", 0),
+            "receivedBytes": stream.bytesIn if stream is not None else 0,
+        }
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>", methods=["GET"])
+    def getBroadcast(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        self._appSettings(request, appName)
+        record = self._server.hub.record(appName, streamId)
+        if record is None:
+            raise HTTPError(404, MSG_NO_BROADCAST)
+        return send_json(request, self._broadcastJSON(record))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/list/<int:offset>/<int:size>", methods=["GET"])
+    def listBroadcasts(self, request: IRequest, appName: str, offset: int, size: int) -> bytes:
+        self._appSettings(request, appName)
+        records = self._server.hub.records(appName)[offset : offset + min(size, MAX_LIST_SIZE)]
+        return send_json(request, [self._broadcastJSON(r) for r in records])
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/create", methods=["POST"])
+    def createBroadcast(self, request: IRequest, appName: str) -> bytes:
+        """
+        Record a broadcast ahead of its publication (status C{created}).
+        """
+        self._appSettings(request, appName)
+        body = read_json(request) if request.getHeader(b"content-length") not in (None, b"0") else {}
+        if not isinstance(body, dict):
+            raise HTTPError(400, "Broadcast must be a JSON object")
+        streamId = body.get("streamId") or secrets.token_hex(8)
+        if not isinstance(streamId, str) or not STREAM_ID.match(streamId):
+            raise HTTPError(400, "Stream id may have letters, digits, '-', '_' and '.' only")
+        self._server.hub.create(appName, streamId)
+        record = self._server.hub.record(appName, streamId)
+        return send_json(request, self._broadcastJSON(record))
