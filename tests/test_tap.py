@@ -59,12 +59,14 @@ class ServiceTests(TestCase):
         reactor = MemoryReactorClock()
         data = self.mktemp()
         o = Options()
-        o.parseOptions(["--data-dir", data, "--http", "tcp:15080:interface=127.0.0.1", "--store", "memory"])
+        o.parseOptions(["--data-dir", data, "--http", "tcp:15080:interface=127.0.0.1",
+                        "--rtmp", "tcp:11935:interface=127.0.0.1", "--store", "memory"])
         svc = makeService(o, reactor)
         svc.privilegedStartService()
         svc.startService()
         self.addCleanup(svc.stopService)
-        self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers], [(15080, "127.0.0.1")])
+        self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers],
+                         [(15080, "127.0.0.1"), (11935, "127.0.0.1")])
         self.assertTrue(os.path.exists(os.path.join(data, "apps.json")))
         self.assertEqual(list(svc.server.apps), ["LiveApp", "WebRTCAppEE"])
 

@@ -499,7 +499,7 @@ class Throttle:
 #: Refusal reasons that say nothing about the client's honesty.
 _NOT_SUSPICIOUS = frozenset(
     {Outcome.THROTTLED, Outcome.UNAVAILABLE, Outcome.NO_APP, Outcome.IN_USE,
-     Outcome.NOT_LIVE}
+     Outcome.NOT_LIVE, Outcome.DISABLED}
 )
 
 

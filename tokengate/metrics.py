@@ -74,6 +74,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.bytes = Counter(
+            "tokengate_bytes",
+            "Bytes received from and sent to clients",
+            ["protocol", "direction"],
+            registry=r,
+        )
         self.http_refusals = Counter(
             "tokengate_rest_refusals",
             "REST API calls refused by its protection",

@@ -78,6 +78,10 @@ class Server:
         token: a stream already live cannot be published again, and a
         stream that is not live cannot be played (VOD decides for itself).
         """
+        if creds.action != PUBLISH and creds.protocol == "rtmp":
+            settings = self.apps.get(creds.app)
+            if settings is not None and not settings.rtmpPlaybackEnabled:
+                return Outcome.DISABLED
         live = self.hub.isLive(creds.app, creds.streamId)
         if creds.action == PUBLISH:
             return Outcome.IN_USE if live else None

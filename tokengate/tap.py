@@ -176,8 +176,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     listener("HTTP", options["http"], site, reactor).setServiceParent(top)
     if options["https"]:
         listener("HTTPS", options["https"], site, reactor).setServiceParent(top)
-    # RTMP (--rtmp) and SRT (--srt) are accepted; their listeners join this
-    # tree as those protocols land.
+    if options["rtmp"]:
+        from .rtmp.protocol import RTMPFactory
+
+        listener("RTMP", options["rtmp"], RTMPFactory(server), reactor).setServiceParent(top)
+    # SRT (--srt) is accepted; its listener joins this tree when it lands.
     purge = TimerService(server.config.purgeInterval, top.purge)
     purge.setServiceParent(top)
     return top

@@ -63,6 +63,7 @@ class Outcome(enum.Enum):
     NO_APP = "no_app"  # no such application
     IN_USE = "in_use"  # the stream is already being published
     NOT_LIVE = "not_live"  # play of a stream that is not live: token kept
+    DISABLED = "disabled"  # the application turned this protocol off
 
 
 def mint_token_id() -> str:
