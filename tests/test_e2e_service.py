@@ -73,3 +73,59 @@ class ServiceTests(TestCase):
             proc.stderr.decode() + other.logText(),
         )
         self.assertIn("Address already in use", proc.stderr.decode() + other.logText())
+
+
+class ClusterTests(TestCase):
+    """
+    Two tokengate processes on one Redis.
+    """
+
+    timeout = 120
+
+    def setUp(self):
+        from .redisserver import start_redis_server
+
+        self.redis = start_redis_server(self)
+        self.nodes = []
+        for _ in range(2):
+            node = TokengateProcess(self.mktemp(), extra=("--store", self.redis.url))
+            self.addCleanup(node.kill)
+            self.nodes.append(node.start())
+
+    def test_exactlyOnceAcrossNodes(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        a, b = self.nodes
+        for round_ in range(5):
+            code, token = a.get("/LiveApp/rest/v2/broadcasts/s1/token?expireDate={}&type=play".format(
+                int(time.time()) + 600))
+            self.assertEqual(code, 200)
+            probe = {"tokenId": token["tokenId"], "streamId": "s1", "type": "play"}
+            with ThreadPoolExecutor(16) as pool:
+                results = list(pool.map(
+                    lambda node: node.post("/LiveApp/rest/v2/broadcasts/validate-token", probe),
+                    [a, b] * 16,
+                ))
+            self.assertEqual([code for code, _ in results], [200] * 32)
+            self.assertEqual(sum(body["success"] for _, body in results), 1, round_)
+
+    def test_redisDownThenBack(self):
+        a, b = self.nodes
+        path = "/LiveApp/rest/v2/broadcasts/s1/token?expireDate={}&type=play".format(
+            int(time.time()) + 600)
+        code, token = a.get(path)
+        self.assertEqual(code, 200)
+        self.redis.stop()
+        code, body = a.get(path)
+        self.assertEqual((code, body["message"]), (503, "Token store is unavailable, try again later"))
+        code, body = b.post("/LiveApp/rest/v2/broadcasts/validate-token",
+                            {"tokenId": token["tokenId"], "streamId": "s1", "type": "play"})
+        self.assertEqual(code, 503)
+        self.redis.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            code, _ = a.get(path)
+            if code == 200:
+                break
+            time.sleep(0.3)
+        self.assertEqual(code, 200)
