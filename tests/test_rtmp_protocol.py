@@ -1,0 +1,236 @@
+"""
+The RTMP server protocol, in memory: a client RTMPConnection against the
+server protocol over string transports, on a fake clock.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase
+
+from tokengate.apps import Applications
+from tokengate.rtmp.core import CLIENT, AudioData, Command, DataMessage, RTMPConnection, VideoData
+from tokengate.rtmp.protocol import RTMPFactory, parse_stream_name
+from tokengate.server import Server
+from tokengate.store.memory import MemoryTokenStore
+from tokengate.tokens import StoredToken, new_token
+
+from .helpers import NOW, clock_at
+
+AVC_HEADER = bytes([0x17, 0x00, 0, 0, 0]) + bytes.fromhex("0164001fffe1000467640000010004") + b"\x68\xee\x3c\x80"
+AAC_HEADER = bytes([0xAF, 0x00, 0x11, 0x88])
+
+
+def key(n=0):
+    return bytes([0x17, 0x01, 0, 0, 0]) + bytes([n]) * 100
+
+
+def inter(n=0):
+    return bytes([0x27, 0x01, 0, 0, 0]) + bytes([n]) * 100
+
+
+class ParseTests(SynchronousTestCase):
+    def test_forms(self):
+        self.assertEqual(parse_stream_name("s1?token=123"), ("s1", "123"))
+        self.assertEqual(parse_stream_name("s1?foo&token=1%2B2&x=y"), ("s1", "1+2"))
+        self.assertEqual(parse_stream_name("s1/123"), ("s1", "123"))
+        self.assertEqual(parse_stream_name("s1%2F123"), ("s1", "123"))
+        self.assertEqual(parse_stream_name("123", appPath="s1"), ("s1", "123"))
+        self.assertEqual(parse_stream_name("s1"), ("s1", None))
+        self.assertEqual(parse_stream_name("s1?token="), ("s1", None))
+        self.assertEqual(parse_stream_name("mp4:s1.flv?token=9"), ("s1", "9"))
+        self.assertEqual(parse_stream_name(""), ("", None))
+
+
+class Peer:
+    """
+    A client RTMPConnection wired to a server protocol.
+    """
+
+    def __init__(self, test, host="192.0.2.10"):
+        self.test = test
+        self.proto = test.factory.buildProtocol(IPv4Address("TCP", host, 5000))
+        self.transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, 5000))
+        self.transport.protocol = self.proto
+        self.proto.makeConnection(self.transport)
+        self.client = RTMPConnection(CLIENT)
+        self.events = []
+        self.pump()
+
+    def pump(self):
+        for _ in range(10):
+            out = self.client.data_to_send()
+            if out and self.transport.connected:
+                self.proto.dataReceived(out)
+            back = self.transport.value()
+            self.transport.clear()
+            if back:
+                self.events.extend(self.client.receive_data(back))
+            if not out and not back:
+                return
+
+    def command(self, name, txn, obj=None, *args, stream_id=0):
+        self.client.send_command(stream_id, name, txn, obj, *args)
+        self.pump()
+
+    def statuses(self):
+        return [
+            e.args[0] for e in self.events
+            if isinstance(e, Command) and e.name == "onStatus"
+        ]
+
+    def connect(self, app="LiveApp"):
+        self.command("connect", 1, {"app": app, "tcUrl": "rtmp://127.0.0.1/" + app})
+        self.command("createStream", 2, None)
+
+    def publish(self, name):
+        self.connect()
+        self.command("publish", 3, None, name, "live", stream_id=1)
+
+    def media(self, video=(), audio=()):
+        for ts, body in video:
+            self.client.send_video(1, ts, body)
+        for ts, body in audio:
+            self.client.send_audio(1, ts, body)
+        self.pump()
+
+
+class ProtocolTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = clock_at()
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=self.clock)
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        self.factory = RTMPFactory(self.server)
+
+    def mint(self, streamId="s1", type="publish"):
+        t = new_token(streamId, type, NOW + 60)
+        self.server.store.add(StoredToken.fromToken("LiveApp", t))
+        return t.tokenId
+
+    def test_publish(self):
+        peer = Peer(self)
+        peer.publish("s1?token=" + self.mint())
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Publish.Start")
+        peer.client.send_data(1, 0, "@setDataFrame", "onMetaData", {"width": 320.0})
+        peer.media(video=[(0, AVC_HEADER), (0, key()), (40, inter())], audio=[(0, AAC_HEADER)])
+        stream = self.server.hub.get("LiveApp", "s1")
+        self.assertEqual(stream.metadata, {"width": 320.0})
+        self.assertEqual(stream.videoConfig, AVC_HEADER)
+        self.assertEqual(stream.audioConfig, AAC_HEADER)
+        self.assertEqual(len(stream.gop), 2)
+        peer.transport.loseConnection()
+        self.assertFalse(self.server.hub.isLive("LiveApp", "s1"))
+        self.assertEqual(self.server.gate.registry.grants("LiveApp", "s1"), [])
+
+    def test_refusedTellsNoToken(self):
+        peer = Peer(self)
+        token = self.mint(streamId="other")
+        peer.publish("s1?token=" + token)
+        status = peer.statuses()[-1]
+        self.assertEqual(
+            (status["level"], status["code"], status["description"]),
+            ("error", "NetStream.Publish.BadName", "You are not allowed to publish the stream."),
+        )
+        self.assertEqual(status["details"], "s1")
+        self.assertTrue(peer.transport.connected)
+        self.clock.advance(0.2)
+        self.assertFalse(peer.transport.connected)
+
+    def test_unknownApp(self):
+        peer = Peer(self)
+        peer.command("connect", 1, {"app": "Nope"})
+        err = [e for e in peer.events if isinstance(e, Command) and e.name == "_error"]
+        self.assertEqual(err[0].args[0]["code"], "NetConnection.Connect.Rejected")
+        self.clock.advance(0.2)
+        self.assertFalse(peer.transport.connected)
+
+    def test_garbageClosesOnlyThatClient(self):
+        good = Peer(self)
+        good.publish("s1?token=" + self.mint())
+        bad = Peer(self, "192.0.2.66")
+        bad.connect()
+        bad.proto.dataReceived(b"\xff" * 64)
+        self.assertFalse(bad.transport.connected)
+        good.media(video=[(0, AVC_HEADER), (0, key())])
+        self.assertTrue(good.transport.connected)
+        self.assertEqual(len(self.server.hub.get("LiveApp", "s1").gop), 1)
+
+    def test_handshakeTimeout(self):
+        peer = Peer(self)
+        self.clock.advance(11)
+        self.assertFalse(peer.transport.connected)
+
+    def test_kick(self):
+        peer = Peer(self)
+        peer.publish("s1?token=" + self.mint())
+        self.server.gate.registry.kickTokenSessions("LiveApp", "s1")
+        peer.pump()
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Unpublish.Success")
+        self.assertFalse(peer.transport.connected)
+        self.assertFalse(self.server.hub.isLive("LiveApp", "s1"))
+
+    def test_playerGetsKeyframeFirstRebased(self):
+        pub = Peer(self)
+        pub.publish("s1?token=" + self.mint())
+        pub.media(video=[(0, AVC_HEADER), (1000, key()), (1040, inter()), (1080, key(1))],
+                  audio=[(0, AAC_HEADER)])
+        player = Peer(self, "192.0.2.20")
+        player.connect()
+        player.command("play", 3, None, "s1", -2000.0, stream_id=1)
+        codes = [s["code"] for s in player.statuses()]
+        self.assertEqual(codes, ["NetStream.Play.Reset", "NetStream.Play.Start"])
+        media = [(type(e).__name__, e.timestamp, e.payload[:2]) for e in player.events
+                 if isinstance(e, (VideoData, AudioData))]
+        self.assertEqual(media[0][2], AVC_HEADER[:2])
+        self.assertEqual(media[1][2], AAC_HEADER[:2])
+        self.assertEqual(media[2], ("VideoData", 0, key(1)[:2]))
+        pub.media(video=[(1120, inter())])
+        player.pump()
+        last = [e for e in player.events if isinstance(e, VideoData)][-1]
+        self.assertEqual(last.timestamp, 40)
+        # publisher leaves: the player is told and closed
+        pub.transport.loseConnection()
+        player.pump()
+        codes = [s["code"] for s in player.statuses()]
+        self.assertEqual(codes[-2:], ["NetStream.Play.UnpublishNotify", "NetStream.Play.Stop"])
+        self.clock.advance(0.2)
+        self.assertFalse(player.transport.connected)
+
+    def test_slowPlayer(self):
+        pub = Peer(self)
+        pub.publish("s1?token=" + self.mint())
+        pub.media(video=[(0, AVC_HEADER), (0, key())])
+        slow = Peer(self, "192.0.2.21")
+        slow.connect()
+        slow.command("play", 3, None, "s1", stream_id=1)
+        fast = Peer(self, "192.0.2.22")
+        fast.connect()
+        fast.command("play", 3, None, "s1", stream_id=1)
+        # the slow player's socket fills: it is paused as a producer
+        slow.proto.pauseProducing()
+        pub.media(video=[(40, inter()), (80, inter())])
+        self.assertEqual(slow.transport.value(), b"")
+        slow.proto.resumeProducing()
+        pub.media(video=[(120, inter())])  # not a keyframe: still skipped
+        self.assertEqual(slow.transport.value(), b"")
+        pub.media(video=[(160, key(2))])
+        slow.pump()
+        self.assertEqual([e for e in slow.events if isinstance(e, VideoData)][-1].payload, key(2))
+        # congested for too long: disconnected, nobody else disturbed
+        slow.proto.pauseProducing()
+        self.clock.advance(11)
+        pub.media(video=[(200, inter())])
+        self.assertFalse(slow.transport.connected)
+        self.assertTrue(fast.transport.connected and pub.transport.connected)
+        fast.pump()
+        self.assertEqual([e for e in fast.events if isinstance(e, VideoData)][-1].timestamp, 200)
+
+    def test_playDisabled(self):
+        self.server.apps.replace("LiveApp", rtmpPlaybackEnabled=False)
+        pub = Peer(self)
+        pub.publish("s1?token=" + self.mint())
+        player = Peer(self, "192.0.2.20")
+        player.connect()
+        player.command("play", 3, None, "s1", stream_id=1)
+        self.assertEqual(player.statuses()[-1]["level"], "error")
