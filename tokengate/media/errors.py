@@ -1,0 +1,16 @@
+"""
+The one error type of :mod:`tokengate.media`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MediaError"]
+
+
+class MediaError(ValueError):
+    """
+    Malformed, truncated or unsupported media input.
+
+    Every parser and builder in :mod:`tokengate.media` raises only this for
+    bad input, so callers handling untrusted streams need one ``except``.
+    """

@@ -1,0 +1,801 @@
+# -*- test-case-name: tests.test_media_fmp4 -*-
+"""
+ISO BMFF writing: CMAF fragmented MP4 for live HLS/DASH, and progressive
+(faststart) MP4 for recordings.
+
+Pure code, no I/O beyond the ``write``/``read`` callables a recording is
+given.  Video and audio are always separate tracks, each with its own init
+segment and its own fragments, as HLS and DASH need for separate renditions.
+
+* :func:`init_segment` -- ``ftyp`` + ``moov`` for one :class:`Track`;
+* :func:`media_segment` -- ``[styp] moof mdat`` for a run of
+  :class:`Sample` objects: a whole segment, or an LL-HLS part (without
+  ``styp``).  It runs per fragment for every stream, so it packs its fixed
+  header with one ``struct`` call, every trun entry with another, and joins
+  the output once;
+* :func:`write_progressive_mp4` -- ``ftyp`` + ``moov`` + ``mdat`` with the
+  moov first, streaming the mdat from a byte source (see there).
+
+Layouts follow ISO/IEC 14496-12 and 14496-14, the CMAF brand constraints of
+ISO/IEC 23000-19, and what FFmpeg writes.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from itertools import accumulate
+from typing import Callable, Iterable, Optional, Protocol, Sequence, Union
+
+from attrs import frozen
+
+from tokengate.media.codecs import AudioSpecificConfig, AVCDecoderConfigurationRecord
+from tokengate.media.errors import MediaError
+
+__all__ = [
+    "VIDEO",
+    "AUDIO",
+    "SYNC_SAMPLE_FLAGS",
+    "NON_SYNC_SAMPLE_FLAGS",
+    "Track",
+    "Sample",
+    "init_segment",
+    "media_segment",
+    "SampleTable",
+    "file_reader",
+    "write_progressive_mp4",
+]
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+VIDEO = "video"
+AUDIO = "audio"
+
+#: trun sample_flags: sample_depends_on=2 (an I picture), not a non-sync sample.
+SYNC_SAMPLE_FLAGS = 0x02000000
+#: trun sample_flags: sample_depends_on=1, sample_is_non_sync_sample.
+NON_SYNC_SAMPLE_FLAGS = 0x01010000
+
+#: The movie timescale of mvhd, tkhd and edit lists.
+MOVIE_TIMESCALE = 1000
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_BOX = struct.Struct(">I4s")
+_FULL_BOX = struct.Struct(">I4sI")
+_LARGE_MDAT = struct.Struct(">I4sQ")
+_MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+_U32_MAX = 0xFFFFFFFF
+_BIG_ENDIAN = sys.byteorder == "big"
+
+assert array("I").itemsize == 4, "array('I') must be 32-bit"
+
+
+def _box(kind: bytes, *payload: Buffer) -> bytes:
+    body = b"".join(payload)
+    return _BOX.pack(8 + len(body), kind) + body
+
+
+def _full_box(kind: bytes, version: int, flags: int, *payload: Buffer) -> bytes:
+    body = b"".join(payload)
+    return _FULL_BOX.pack(12 + len(body), kind, version << 24 | flags) + body
+
+
+def _u32_array(values: Iterable[int]) -> bytes:
+    """Big-endian u32s, fast for long sample tables."""
+    try:
+        a = array("I", values)
+    except OverflowError as e:
+        raise MediaError(f"sample table value out of u32 range: {e}") from e
+    if not _BIG_ENDIAN:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _u64_array(values: Iterable[int]) -> bytes:
+    try:
+        a = array("Q", values)
+    except OverflowError as e:
+        raise MediaError(f"sample table value out of u64 range: {e}") from e
+    if not _BIG_ENDIAN:
+        a.byteswap()
+    return a.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# Tracks and samples
+# ---------------------------------------------------------------------------
+
+
+@frozen
+class Track:
+    """
+    One track of one rendition.
+
+    ``codec`` is the sample entry type: ``avc1`` (``config`` is the avcC
+    record), ``mp4a`` (``config`` is the AudioSpecificConfig) or ``Opus``
+    (``config`` is the dOps payload).  Use the :meth:`video_avc`,
+    :meth:`audio_aac` and :meth:`audio_opus` constructors, which fill the
+    rest in from the configuration.
+    """
+
+    track_id: int
+    kind: str  # VIDEO or AUDIO
+    timescale: int
+    codec: str
+    config: bytes
+    width: int = 0
+    height: int = 0
+    channels: int = 0
+    sample_rate: int = 0
+    bitrate: int = 0  # average bits per second for esds, 0 when unknown
+    language: str = "und"
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 < self.track_id <= _U32_MAX:
+            raise MediaError(f"track id {self.track_id} out of range")
+        if not 0 < self.timescale <= _U32_MAX:
+            raise MediaError(f"timescale {self.timescale} out of range")
+        expected = {"avc1": VIDEO, "mp4a": AUDIO, "Opus": AUDIO}.get(self.codec)
+        if expected is None or expected != self.kind:
+            raise MediaError(f"codec {self.codec!r} is not a known {self.kind} codec")
+        if not (len(self.language) == 3 and all("a" <= c <= "z" for c in self.language)):
+            raise MediaError(f"language {self.language!r} is not an ISO 639-2 code")
+        if not (
+            0 <= self.width < 0x10000
+            and 0 <= self.height < 0x10000
+            and 0 <= self.channels < 0x10000
+        ):
+            raise MediaError("width, height or channels out of range")
+
+    @classmethod
+    def video_avc(
+        cls,
+        track_id: int,
+        avcc: Buffer,
+        *,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        timescale: int = 90000,
+    ) -> Track:
+        """An H.264 track; the size defaults to the one in the avcC's SPS."""
+        config = bytes(avcc)
+        if width is None or height is None:
+            sps = AVCDecoderConfigurationRecord.parse(config).parsed_sps()
+            width = sps.width if width is None else width
+            height = sps.height if height is None else height
+        return cls(track_id, VIDEO, timescale, "avc1", config, width=width, height=height)
+
+    @classmethod
+    def audio_aac(
+        cls,
+        track_id: int,
+        asc: Buffer,
+        *,
+        channels: Optional[int] = None,
+        timescale: Optional[int] = None,
+        bitrate: int = 0,
+    ) -> Track:
+        """
+        An AAC track; channels and sample rate come from the
+        AudioSpecificConfig, and the timescale defaults to the sample rate.
+        """
+        config = bytes(asc)
+        parsed = AudioSpecificConfig.parse(config)
+        if channels is None:
+            channels = parsed.channel_count or 2
+        return cls(
+            track_id,
+            AUDIO,
+            timescale or parsed.sample_rate,
+            "mp4a",
+            config,
+            channels=channels,
+            sample_rate=parsed.sample_rate,
+            bitrate=bitrate,
+        )
+
+    @classmethod
+    def audio_opus(
+        cls,
+        track_id: int,
+        channels: int = 2,
+        *,
+        pre_skip: int = 312,
+        input_sample_rate: int = 48000,
+        output_gain: int = 0,
+        timescale: int = 48000,
+    ) -> Track:
+        """
+        An Opus track (channel mapping family 0, so 1 or 2 channels), with a
+        dOps box; its fields are big-endian, unlike OpusHead's.
+        """
+        if channels not in (1, 2):
+            raise MediaError("Opus channel mapping family 0 needs 1 or 2 channels")
+        try:
+            dops = struct.pack(">BBHIhB", 0, channels, pre_skip, input_sample_rate, output_gain, 0)
+        except struct.error as e:
+            raise MediaError(f"bad Opus parameters: {e}") from e
+        return cls(track_id, AUDIO, timescale, "Opus", dops, channels=channels, sample_rate=48000)
+
+    @property
+    def codec_string(self) -> str:
+        """The RFC 6381 codec string for HLS ``CODECS`` and DASH ``@codecs``."""
+        if self.codec == "avc1":
+            return AVCDecoderConfigurationRecord.parse(self.config).codec_string
+        if self.codec == "mp4a":
+            return AudioSpecificConfig.parse(self.config).codec_string
+        return "opus"
+
+
+@frozen
+class Sample:
+    """
+    One access unit: length-prefixed NAL units for video, a raw AAC (or
+    Opus) frame for audio.  Times are in the track timescale; ``cts_offset``
+    is PTS - DTS and may be negative.
+    """
+
+    data: Buffer
+    dts: int
+    duration: int
+    cts_offset: int = 0
+    is_sync: bool = True
+
+
+# ---------------------------------------------------------------------------
+# Shared moov pieces
+# ---------------------------------------------------------------------------
+
+
+def _language_code(language: str) -> int:
+    return (
+        (ord(language[0]) - 0x60) << 10 | (ord(language[1]) - 0x60) << 5 | (ord(language[2]) - 0x60)
+    )
+
+
+def _mvhd(duration: int, next_track_id: int) -> bytes:
+    if duration > _U32_MAX:
+        head = _full_box_head_v1(0, 0, MOVIE_TIMESCALE, duration)
+        version = 1
+    else:
+        head = struct.pack(">IIII", 0, 0, MOVIE_TIMESCALE, duration)
+        version = 0
+    return _full_box(
+        b"mvhd",
+        version,
+        0,
+        head,
+        struct.pack(">IHH8x", 0x00010000, 0x0100, 0),
+        _MATRIX,
+        bytes(24),
+        _U32.pack(next_track_id),
+    )
+
+
+def _full_box_head_v1(creation: int, modification: int, timescale: int, duration: int) -> bytes:
+    return struct.pack(">QQIQ", creation, modification, timescale, duration)
+
+
+def _tkhd(track: Track, duration: int) -> bytes:
+    volume = 0x0100 if track.kind == AUDIO else 0
+    if duration > _U32_MAX:
+        version, head = 1, struct.pack(">QQI4xQ", 0, 0, track.track_id, duration)
+    else:
+        version, head = 0, struct.pack(">III4xI", 0, 0, track.track_id, duration)
+    return _full_box(
+        b"tkhd",
+        version,
+        3,  # enabled, in movie
+        head,
+        struct.pack(">8xhhhH", 0, 0, volume, 0),
+        _MATRIX,
+        struct.pack(">II", track.width << 16, track.height << 16),
+    )
+
+
+def _mdhd(track: Track, duration: int) -> bytes:
+    if duration > _U32_MAX:
+        version, head = 1, _full_box_head_v1(0, 0, track.timescale, duration)
+    else:
+        version, head = 0, struct.pack(">IIII", 0, 0, track.timescale, duration)
+    return _full_box(
+        b"mdhd", version, 0, head, struct.pack(">HH", _language_code(track.language), 0)
+    )
+
+
+def _hdlr(kind: str) -> bytes:
+    handler, name = (b"vide", b"VideoHandler\0") if kind == VIDEO else (b"soun", b"SoundHandler\0")
+    return _full_box(b"hdlr", 0, 0, _U32.pack(0), handler, bytes(12), name)
+
+
+_DINF = _box(b"dinf", _full_box(b"dref", 0, 0, _U32.pack(1), _full_box(b"url ", 0, 1)))
+_VMHD = _full_box(b"vmhd", 0, 1, bytes(8))
+_SMHD = _full_box(b"smhd", 0, 0, bytes(4))
+
+
+def _descriptor(tag: int, body: bytes) -> bytes:
+    """An MPEG-4 descriptor with the minimal expandable length encoding."""
+    n = len(body)
+    size = [n & 0x7F]
+    n >>= 7
+    while n:
+        size.append(0x80 | (n & 0x7F))
+        n >>= 7
+    return bytes((tag, *reversed(size))) + body
+
+
+def _esds(asc: bytes, bitrate: int) -> bytes:
+    decoder_config = _descriptor(
+        4,
+        struct.pack(">BB3sII", 0x40, 0x15, bytes(3), bitrate, bitrate) + _descriptor(5, asc),
+    )
+    es = _descriptor(3, struct.pack(">HB", 0, 0) + decoder_config + _descriptor(6, b"\x02"))
+    return _full_box(b"esds", 0, 0, es)
+
+
+def _sample_entry(track: Track) -> bytes:
+    if track.codec == "avc1":
+        return _box(
+            b"avc1",
+            bytes(6),
+            _U16.pack(1),  # data_reference_index
+            bytes(16),
+            struct.pack(">HHIIIH", track.width, track.height, 0x480000, 0x480000, 0, 1),
+            bytes(32),  # compressorname
+            struct.pack(">Hh", 0x18, -1),
+            _box(b"avcC", track.config),
+        )
+    rate = track.sample_rate << 16 if track.sample_rate < 0x10000 else 0
+    audio = struct.pack(">6xH8xHHHHI", 1, track.channels, 16, 0, 0, rate)
+    if track.codec == "mp4a":
+        return _box(b"mp4a", audio, _esds(track.config, track.bitrate))
+    return _box(b"Opus", audio, _box(b"dOps", track.config))
+
+
+def _stsd(track: Track) -> bytes:
+    return _full_box(b"stsd", 0, 0, _U32.pack(1), _sample_entry(track))
+
+
+def _trak(
+    track: Track, stbl: bytes, tkhd_duration: int = 0, mdhd_duration: int = 0, edts: bytes = b""
+) -> bytes:
+    minf = _box(b"minf", _VMHD if track.kind == VIDEO else _SMHD, _DINF, stbl)
+    mdia = _box(b"mdia", _mdhd(track, mdhd_duration), _hdlr(track.kind), minf)
+    return _box(b"trak", _tkhd(track, tkhd_duration), edts, mdia)
+
+
+# ---------------------------------------------------------------------------
+# CMAF: init and media segments
+# ---------------------------------------------------------------------------
+
+_CMAF_FTYP = _box(b"ftyp", b"iso6", _U32.pack(0), b"iso6cmfcmp41")
+_STYP = _box(b"styp", b"msdh", _U32.pack(0), b"msdhmsix")
+_EMPTY_TABLES = b"".join(
+    (
+        _full_box(b"stts", 0, 0, _U32.pack(0)),
+        _full_box(b"stsc", 0, 0, _U32.pack(0)),
+        _full_box(b"stsz", 0, 0, _U32.pack(0), _U32.pack(0)),
+        _full_box(b"stco", 0, 0, _U32.pack(0)),
+    )
+)
+
+
+def init_segment(track: Track) -> bytes:
+    """
+    The CMAF header for one track: ftyp (iso6; iso6 cmfc mp41) and a moov
+    with empty sample tables and an mvex/trex.
+    """
+    stbl = _box(b"stbl", _stsd(track), _EMPTY_TABLES)
+    trex = _full_box(b"trex", 0, 0, struct.pack(">IIIII", track.track_id, 1, 0, 0, 0))
+    moov = _box(
+        b"moov",
+        _mvhd(0, track.track_id + 1),
+        _trak(track, stbl),
+        _box(b"mvex", trex),
+    )
+    return _CMAF_FTYP + moov
+
+
+# moof(8) mfhd(16) traf(8) tfhd(16) tfdt v1(20) trun header(20): 88 bytes.
+_MOOF_HEAD = struct.Struct(">I4s" "I4sII" "I4s" "I4sII" "I4sIQ" "I4sIIi")
+_TFHD_DEFAULT_BASE_IS_MOOF = 0x020000
+_TRUN_FLAGS_CTO = 0x000F01  # data-offset, duration, size, flags, composition time offset
+_TRUN_FLAGS_NO_CTO = 0x000701  # the same without composition time offsets
+
+
+def media_segment(
+    track: Track, sequence_number: int, samples: Sequence[Sample], with_styp: bool = True
+) -> bytes:
+    """
+    One CMAF fragment for *track*: ``[styp] moof mdat``.
+
+    ``tfdt`` is the first sample's DTS; each sample then lasts its
+    ``duration``.  The trun has version 1 (signed composition offsets) and
+    carries per-sample duration, size, flags and, unless every offset is
+    zero, composition offset.  Without *with_styp* the result is an LL-HLS
+    part (or a DASH chunk).
+    """
+    n = len(samples)
+    if not n:
+        raise MediaError("a fragment needs at least one sample")
+    entries: list[int] = []
+    add = entries.extend
+    payload = 0
+    has_cto = False
+    try:
+        for s in samples:
+            size = len(s.data)
+            payload += size
+            cto = s.cts_offset
+            if cto:
+                if not -0x80000000 <= cto <= 0x7FFFFFFF:
+                    raise MediaError(f"composition offset {cto} out of range")
+                has_cto = True
+            add(
+                (
+                    s.duration,
+                    size,
+                    SYNC_SAMPLE_FLAGS if s.is_sync else NON_SYNC_SAMPLE_FLAGS,
+                    cto & 0xFFFFFFFF,
+                )
+            )
+        if has_cto:
+            trun_flags, per_sample = _TRUN_FLAGS_CTO, 16
+            table = struct.pack(">%dI" % (4 * n), *entries)
+        else:
+            trun_flags, per_sample = _TRUN_FLAGS_NO_CTO, 12
+            del entries[3::4]
+            table = struct.pack(">%dI" % (3 * n), *entries)
+    except struct.error as e:
+        raise MediaError(f"sample duration or size out of range: {e}") from e
+    trun_size = 20 + per_sample * n
+    traf_size = 8 + 16 + 20 + trun_size
+    moof_size = 8 + 16 + traf_size
+    if payload + 8 > _U32_MAX:
+        mdat_head = _LARGE_MDAT.pack(1, b"mdat", payload + 16)
+    else:
+        mdat_head = _BOX.pack(payload + 8, b"mdat")
+    try:
+        head = _MOOF_HEAD.pack(
+            moof_size, b"moof",
+            16, b"mfhd", 0, sequence_number,
+            traf_size, b"traf",
+            16, b"tfhd", _TFHD_DEFAULT_BASE_IS_MOOF, track.track_id,
+            20, b"tfdt", 1 << 24, samples[0].dts,
+            trun_size, b"trun", 1 << 24 | trun_flags, n, moof_size + len(mdat_head),
+        )  # fmt: skip
+    except struct.error as e:
+        raise MediaError(
+            f"sequence number, base decode time or data offset out of range: {e}"
+        ) from e
+    parts: list[Buffer] = [_STYP, head, table, mdat_head] if with_styp else [head, table, mdat_head]
+    parts.extend(s.data for s in samples)
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Progressive MP4 recording
+# ---------------------------------------------------------------------------
+
+
+class SampleTable:
+    """
+    The samples of one recorded track, as compact columns (about 40 bytes a
+    sample, so an hour of 30 fps video plus AAC is about 15 MB).
+
+    Each row locates the sample's bytes in the recording's byte source
+    (``offset``, ``size``) and times it in the track timescale (``dts``,
+    ``duration``, ``cts_offset`` = PTS - DTS); ``is_sync`` marks key frames.
+    """
+
+    __slots__ = ("offsets", "sizes", "dts", "durations", "cts_offsets", "sync")
+
+    def __init__(self, rows: Iterable[tuple[int, int, int, int, int, bool]] = ()) -> None:
+        self.offsets = array("q")
+        self.sizes = array("q")
+        self.dts = array("q")
+        self.durations = array("q")
+        self.cts_offsets = array("q")
+        self.sync = array("B")
+        for row in rows:
+            self.append(*row)
+
+    def append(
+        self,
+        offset: int,
+        size: int,
+        dts: int,
+        duration: int,
+        cts_offset: int = 0,
+        is_sync: bool = True,
+    ) -> None:
+        """Add one sample."""
+        if offset < 0 or size < 0 or duration < 0:
+            raise MediaError("sample offset, size and duration must not be negative")
+        try:
+            self.offsets.append(offset)
+            self.sizes.append(size)
+            self.dts.append(dts)
+            self.durations.append(duration)
+            self.cts_offsets.append(cts_offset)
+        except OverflowError as e:
+            del self.offsets[len(self.sync) :], self.sizes[len(self.sync) :]
+            del self.dts[len(self.sync) :], self.durations[len(self.sync) :]
+            del self.cts_offsets[len(self.sync) :]
+            raise MediaError(f"sample value out of range: {e}") from e
+        self.sync.append(1 if is_sync else 0)
+
+    def __len__(self) -> int:
+        return len(self.sync)
+
+
+class _Writable(Protocol):
+    def write(self, data: Buffer, /) -> object: ...
+
+
+class _Readable(Protocol):
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def file_reader(f: _Readable) -> Callable[[int, int], bytes]:
+    """A byte source for :func:`write_progressive_mp4` reading a seekable file."""
+
+    def read(offset: int, size: int) -> bytes:
+        f.seek(offset)
+        return f.read(size)
+
+    return read
+
+
+class _TrackLayout:
+    """A recorded track during layout: its samples, chunks and edit list."""
+
+    __slots__ = (
+        "track",
+        "table",
+        "chunk_sizes",
+        "chunk_offsets",
+        "duration",
+        "media_time",
+        "presented",
+        "start",
+    )
+
+    def __init__(self, track: Track, table: SampleTable) -> None:
+        self.track = track
+        self.table = table
+        self.chunk_sizes: list[int] = []  # samples per chunk
+        self.chunk_offsets: list[int] = []  # relative to the mdat payload
+        self.duration = sum(table.durations)
+        #: The earliest composition time, relative to the first decode time
+        #: (where an edit list starts the media), and the presented length.
+        self.media_time = self.presented = 0
+        self.start = 0.0  # seconds, on the caller's timeline
+        if len(table):
+            earliest = latest = table.cts_offsets[0]
+            for decode_time, cto, duration in zip(
+                accumulate(table.durations, initial=0), table.cts_offsets, table.durations
+            ):
+                composition = decode_time + cto
+                if composition < earliest:
+                    earliest = composition
+                if composition + duration > latest:
+                    latest = composition + duration
+            self.media_time = max(0, earliest)
+            self.presented = max(0, latest - self.media_time)
+            self.start = (table.dts[0] + self.media_time) / track.timescale
+
+
+_MAX_READ = 1 << 22
+
+
+def write_progressive_mp4(
+    tracks: Sequence[
+        tuple[Track, Union[SampleTable, Iterable[tuple[int, int, int, int, int, bool]]]]
+    ],
+    out: _Writable,
+    read: Callable[[int, int], Buffer],
+    *,
+    chunk_duration: float = 1.0,
+    edit_lists: bool = True,
+    co64: Optional[bool] = None,
+) -> int:
+    """
+    Write a progressive MP4 -- ftyp, moov, then mdat (faststart) -- to
+    *out* (anything with ``write``), returning the bytes written.
+
+    The design keeps a long recording out of memory: while recording, append
+    each sample's bytes to a spool (a file, in any order and interleaving)
+    and its row to a :class:`SampleTable` per track (or pass any iterable of
+    ``(offset, size, dts, duration, cts_offset, is_sync)`` rows).  This
+    function lays the samples out in chunks of about *chunk_duration*
+    seconds, interleaved by time, builds the moov from the tables alone, then
+    streams the mdat by calling ``read(offset, size)`` on the spool (see
+    :func:`file_reader`), merging reads of adjacent samples up to 4 MiB.
+
+    Each track's first DTS places it on the movie timeline and the durations
+    time the rest.  With *edit_lists* each track gets an edit list: an empty
+    edit for a late start, then the media from its earliest composition time,
+    so that B-frame delay is not shown.  Chunk offsets use ``co64`` when the
+    file needs it, or as *co64* forces.
+
+    This blocks for as long as the reads and writes take, plus a few Python
+    operations per sample; run long recordings in a thread.
+    """
+    layouts = []
+    for track, rows in tracks:
+        table = rows if isinstance(rows, SampleTable) else SampleTable(rows)
+        layouts.append(_TrackLayout(track, table))
+    if len({layout.track.track_id for layout in layouts}) != len(layouts):
+        raise MediaError("track ids must be unique")
+    if chunk_duration <= 0:
+        raise MediaError("chunk duration must be positive")
+
+    # Chunks of about chunk_duration, interleaved by start time.
+    chunks: list[tuple[float, int, int, int]] = []  # start seconds, layout index, first, end
+    for index, layout in enumerate(layouts):
+        table = layout.table
+        limit = chunk_duration * layout.track.timescale
+        durations = table.durations
+        first, n, elapsed = 0, len(table), 0
+        for i in range(n):
+            elapsed += durations[i]
+            if elapsed >= limit or i == n - 1:
+                chunks.append(((table.dts[first]) / layout.track.timescale, index, first, i + 1))
+                first, elapsed = i + 1, 0
+    chunks.sort()
+    position = 0
+    for _, index, first, end in chunks:
+        layout = layouts[index]
+        layout.chunk_offsets.append(position)
+        layout.chunk_sizes.append(end - first)
+        position += sum(layout.table.sizes[first:end])
+    if position + 8 <= _U32_MAX:
+        mdat_head = _BOX.pack(position + 8, b"mdat")
+    else:
+        mdat_head = _LARGE_MDAT.pack(1, b"mdat", position + 16)
+
+    has_video = any(layout.track.codec == "avc1" for layout in layouts)
+    ftyp = _box(
+        b"ftyp",
+        b"isom",
+        _U32.pack(0x200),
+        b"isomiso2iso6" + (b"avc1" if has_video else b"") + b"mp41",
+    )
+    movie_start = min((layout.start for layout in layouts if len(layout.table)), default=0.0)
+    # Sizes do not depend on offset values: size the moov, then fill it in.
+    if co64 is None:
+        moov = _moov(layouts, movie_start, 0, False, edit_lists)
+        co64 = len(ftyp) + len(moov) + len(mdat_head) + position > _U32_MAX
+        if co64:
+            moov = _moov(layouts, movie_start, 0, True, edit_lists)
+    else:
+        moov = _moov(layouts, movie_start, 0, co64, edit_lists)
+    moov = _moov(layouts, movie_start, len(ftyp) + len(moov) + len(mdat_head), co64, edit_lists)
+
+    out.write(ftyp)
+    out.write(moov)
+    out.write(mdat_head)
+    written = len(ftyp) + len(moov) + len(mdat_head)
+    for _, index, first, end in chunks:
+        table = layouts[index].table
+        offsets, sizes = table.offsets, table.sizes
+        run_start, run_size = offsets[first], sizes[first]
+        for k in range(first + 1, end):
+            offset, size = offsets[k], sizes[k]
+            if offset == run_start + run_size and run_size + size <= _MAX_READ:
+                run_size += size
+                continue
+            written += _copy(read, out, run_start, run_size)
+            run_start, run_size = offset, size
+        written += _copy(read, out, run_start, run_size)
+    return written
+
+
+def _copy(read: Callable[[int, int], Buffer], out: _Writable, offset: int, size: int) -> int:
+    if not size:
+        return 0
+    data = read(offset, size)
+    if len(data) != size:
+        raise MediaError(
+            f"short read from the sample source at {offset}: {len(data)} of {size} bytes"
+        )
+    out.write(data)
+    return size
+
+
+def _to_movie(value: int, timescale: int) -> int:
+    return (value * MOVIE_TIMESCALE + timescale // 2) // timescale
+
+
+def _moov(
+    layouts: list[_TrackLayout], movie_start: float, base: int, co64: bool, edit_lists: bool
+) -> bytes:
+    traks = []
+    movie_duration = 0
+    for layout in layouts:
+        track, table = layout.track, layout.table
+        edts = b""
+        track_duration = _to_movie(layout.duration, track.timescale)
+        if edit_lists and len(table):
+            entries = []
+            delay = round((layout.start - movie_start) * MOVIE_TIMESCALE)
+            if delay > 0:
+                entries.append((delay, -1))
+            entries.append((_to_movie(layout.presented, track.timescale), layout.media_time))
+            track_duration = sum(d for d, _ in entries)
+            if any(d > _U32_MAX or m > 0x7FFFFFFF for d, m in entries):
+                elst = _full_box(
+                    b"elst",
+                    1,
+                    0,
+                    _U32.pack(len(entries)),
+                    *(struct.pack(">QqI", d, m, 0x10000) for d, m in entries),
+                )
+            else:
+                elst = _full_box(
+                    b"elst",
+                    0,
+                    0,
+                    _U32.pack(len(entries)),
+                    *(struct.pack(">IiI", d, m, 0x10000) for d, m in entries),
+                )
+            edts = _box(b"edts", elst)
+        movie_duration = max(movie_duration, track_duration)
+        stbl = _box(b"stbl", _stsd(track), *_sample_tables(layout, base, co64))
+        traks.append(_trak(track, stbl, track_duration, layout.duration, edts))
+    next_id = max((layout.track.track_id for layout in layouts), default=0) + 1
+    return _box(b"moov", _mvhd(movie_duration, next_id), *traks)
+
+
+def _runs(values: Iterable[int]) -> list[int]:
+    """Run-length pairs (count, value), flattened."""
+    out: list[int] = []
+    for v in values:
+        if out and out[-1] == v:
+            out[-2] += 1
+        else:
+            out += (1, v)
+    return out
+
+
+def _sample_tables(layout: _TrackLayout, base: int, co64: bool) -> list[bytes]:
+    table = layout.table
+    n = len(table)
+    boxes = []
+    stts = _runs(table.durations)
+    boxes.append(_full_box(b"stts", 0, 0, _U32.pack(len(stts) // 2), _u32_array(stts)))
+    if any(table.cts_offsets):
+        ctts = _runs(table.cts_offsets)
+        negative = any(c < 0 for c in ctts[1::2])
+        if any(not -0x80000000 <= c <= 0x7FFFFFFF for c in ctts[1::2]):
+            raise MediaError("composition offset out of range")
+        ctts[1::2] = [c & 0xFFFFFFFF for c in ctts[1::2]]
+        boxes.append(
+            _full_box(b"ctts", 1 if negative else 0, 0, _U32.pack(len(ctts) // 2), _u32_array(ctts))
+        )
+    if layout.track.kind == VIDEO and not all(table.sync):
+        sync = [i + 1 for i, s in enumerate(table.sync) if s]
+        boxes.append(_full_box(b"stss", 0, 0, _U32.pack(len(sync)), _u32_array(sync)))
+    stsc: list[int] = []
+    previous = None
+    for chunk, count in enumerate(layout.chunk_sizes, 1):
+        if count != previous:
+            stsc += (chunk, count, 1)
+            previous = count
+    boxes.append(_full_box(b"stsc", 0, 0, _U32.pack(len(stsc) // 3), _u32_array(stsc)))
+    sizes = table.sizes
+    if n and sizes.count(sizes[0]) == n:
+        boxes.append(_full_box(b"stsz", 0, 0, struct.pack(">II", sizes[0], n)))
+    else:
+        boxes.append(_full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), _u32_array(sizes)))
+    offsets = [base + o for o in layout.chunk_offsets]
+    if co64:
+        boxes.append(_full_box(b"co64", 0, 0, _U32.pack(len(offsets)), _u64_array(offsets)))
+    else:
+        boxes.append(_full_box(b"stco", 0, 0, _U32.pack(len(offsets)), _u32_array(offsets)))
+    return boxes
