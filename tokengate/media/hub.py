@@ -44,20 +44,25 @@ MAX_GOP_FRAMES = 3000
 MAX_HISTORY = 1000
 
 
-@frozen
 class Frame:
     """
-    One media message: an FLV tag body with its timestamp.
+    One media message: an FLV tag body with its timestamp.  Treat it as
+    immutable (a plain slotted class: one is made per frame, so it must be
+    cheap).
     """
 
-    kind: str  # VIDEO or AUDIO
-    timestamp: int  # ms, decode time
-    body: bytes  # the FLV tag body
-    keyframe: bool = False
+    __slots__ = ("kind", "timestamp", "body", "keyframe", "size")
 
-    @property
-    def size(self) -> int:
-        return len(self.body)
+    def __init__(self, kind: str, timestamp: int, body: bytes, keyframe: bool = False) -> None:
+        self.kind = kind  # VIDEO or AUDIO
+        self.timestamp = timestamp  # ms, decode time
+        self.body = body  # the FLV tag body
+        self.keyframe = keyframe
+        self.size = len(body)
+
+    def __repr__(self) -> str:
+        return "Frame({}, {}, {} bytes{})".format(
+            self.kind, self.timestamp, self.size, ", key" if self.keyframe else "")
 
 
 def classify_video(body: bytes) -> tuple[bool, bool]:
@@ -160,27 +165,27 @@ class LiveStream:
 
     def _frame(self, frame: Frame) -> None:
         self.framesIn += 1
-        if frame.kind == VIDEO and frame.keyframe:
+        gop = self.gop
+        if frame.keyframe and frame.kind is VIDEO:
             self.gop = [frame]
             self.gopBytes = frame.size
-        elif self.gop or (frame.kind == AUDIO and self.videoConfig is None):
-            if (
-                self.gopBytes + frame.size > MAX_GOP_BYTES
-                or len(self.gop) >= MAX_GOP_FRAMES
-            ):
+        elif gop:
+            if self.videoConfig is None and len(gop) >= 50:
+                # Audio only: a short rolling window is enough to start from.
+                self.gopBytes -= gop[0].size
+                del gop[0]
+            if self.gopBytes + frame.size > MAX_GOP_BYTES or len(gop) >= MAX_GOP_FRAMES:
                 # An absurd GOP: keep nothing until the next keyframe.
                 self.gop = []
                 self.gopBytes = 0
-            elif frame.kind == AUDIO and self.videoConfig is None and len(self.gop) >= 50:
-                # Audio only: a short rolling window is enough to start from.
-                self.gopBytes -= self.gop[0].size
-                del self.gop[0]
-                self.gop.append(frame)
-                self.gopBytes += frame.size
             else:
-                self.gop.append(frame)
+                gop.append(frame)
                 self.gopBytes += frame.size
-        self._fanout("frameReceived", frame)
+        elif frame.kind is AUDIO and self.videoConfig is None:
+            self.gop = [frame]
+            self.gopBytes = frame.size
+        if self.subscribers:
+            self._fanout("frameReceived", frame)
 
     def _fanout(self, method: str, *args: Any) -> None:
         for sub in list(self.subscribers):

@@ -105,6 +105,9 @@ class RTMPServerProtocol(Protocol):
         self.playStreamId = 0
         self._closing = False
         self._timer: Any = None
+        self._lastActivity = 0.0
+        self._connectedAt = 0.0
+        self._idleTimeout = HANDSHAKE_TIMEOUT
         # player state
         self._base: Optional[int] = None
         self._waitKeyframe = True
@@ -122,7 +125,8 @@ class RTMPServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._timedOut)
+        self._connectedAt = self._clock.seconds()
+        self._touch(HANDSHAKE_TIMEOUT)
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -130,15 +134,31 @@ class RTMPServerProtocol(Protocol):
         self.transport.abortConnection()
 
     def _touch(self, timeout: float) -> None:
+        """
+        (Re)arm the inactivity timer: the session is closed after
+        C{timeout} seconds without data from the client.
+        """
+        self._idleTimeout = timeout
+        self._lastActivity = self._clock.seconds()
         if self._timer is not None and self._timer.active():
-            self._timer.reset(timeout)
+            self._timer.cancel()
+        self._timer = self._clock.callLater(timeout, self._checkIdle)
+
+    def _checkIdle(self) -> None:
+        now = self._clock.seconds()
+        idle = now - self._lastActivity
+        if idle >= self._idleTimeout or (
+            self.app is None and now - self._connectedAt >= HANDSHAKE_TIMEOUT
+        ):
+            self._timedOut()
         else:
-            self._timer = self._clock.callLater(timeout, self._timedOut)
+            self._timer = self._clock.callLater(self._idleTimeout - idle, self._checkIdle)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self._server.metrics.bytes.labels("rtmp", "in").inc(len(data))
+        self.factory.bytesIn.inc(len(data))
+        self._lastActivity = self._clock.seconds()
         try:
             events = self.conn.receive_data(data)
             for event in events:
@@ -149,14 +169,12 @@ class RTMPServerProtocol(Protocol):
             self._closing = True
             self.transport.abortConnection()
             return
-        if self.publishing is not None or self.playing is not None:
-            self._touch(IDLE_TIMEOUT if self.publishing is not None else 3600.0)
         self._flush()
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
         if out and not self._closing:
-            self._server.metrics.bytes.labels("rtmp", "out").inc(len(out))
+            self.factory.bytesOut.inc(len(out))
             self.transport.write(out)
 
     def connectionLost(self, reason: object = None) -> None:
@@ -522,3 +540,5 @@ class RTMPFactory(Factory):
 
     def __init__(self, server: Any) -> None:
         self.server = server
+        self.bytesIn = server.metrics.bytes.labels("rtmp", "in")
+        self.bytesOut = server.metrics.bytes.labels("rtmp", "out")

@@ -1,0 +1,415 @@
+"""
+RTMP ingest benchmark: N concurrent 2 Mbps H.264/AAC publishers (plus
+optional players) against tokengate and against nginx with the RTMP module
+(libnginx-mod-rtmp, ``on_publish`` with ``notify_method get`` to a tiny auth
+endpoint), one after the other in the same run.  Reports the server's
+CPU-seconds per stream-second for both and their ratio.
+
+    python bench/rtmp_ingest.py [--publishers 200] [--players 0] [--seconds 15]
+
+The load generator is light: it pre-encodes a 2 Mbps clip into RTMP chunks
+once and each publisher replays the bytes in real time (100 ms slices), so
+the generator spends its CPU on socket writes, not on encoding.  The server
+runs pinned to CPU 0 and the generator to CPU 1 when ``taskset`` exists.
+Needs ffmpeg (to make the clip once, cached in bench/out/) and nginx with
+libnginx-mod-rtmp for the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from twisted.internet import defer, protocol, reactor, task  # noqa: E402
+from twisted.web import resource, server as webserver  # noqa: E402
+
+from tokengate.media.flv import iter_flv_tags  # noqa: E402
+from tokengate.rtmp.core import CLIENT, Command, RTMPConnection, encode_message  # noqa: E402
+
+OUT = os.path.join(ROOT, "bench", "out")
+CHUNK = 4096
+SLICE = 0.1
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def make_clip(seconds: int) -> str:
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, "clip-2mbps-{}s.flv".format(seconds))
+    if not os.path.exists(path):
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
+             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60",
+             "-b:v", "1870k", "-minrate", "1870k", "-maxrate", "1870k", "-bufsize", "1870k",
+             "-x264-params", "nal-hrd=cbr:force-cfr=1", "-c:a", "aac", "-b:a", "128k",
+             "-f", "flv", path + ".tmp"],
+            check=True,
+        )
+        os.rename(path + ".tmp", path)
+    return path
+
+
+def slices_of(path: str) -> tuple[list[bytes], float]:
+    """
+    The clip's media as pre-chunked RTMP bytes (stream id 1, chunk size
+    4096), grouped in 100 ms slices; and the clip's bitrate.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    slices: list[list[bytes]] = []
+    total = 0
+    for tag in iter_flv_tags(data):
+        if tag.tag_type == 8:
+            csid, type_id = 6, 8
+        elif tag.tag_type == 9:
+            csid, type_id = 7, 9
+        elif tag.tag_type == 18:
+            csid, type_id = 5, 18
+        else:
+            continue
+        i = int(tag.timestamp / 1000 / SLICE)
+        while len(slices) <= i:
+            slices.append([])
+        body = bytes(tag.data)
+        if type_id == 18:
+            # onMetaData -> @setDataFrame onMetaData, as encoders send it
+            from tokengate.rtmp import amf0
+            body = amf0.encode("@setDataFrame") + body
+        slices[i].append(encode_message(csid, 1, type_id, tag.timestamp, body, CHUNK))
+        total += len(body)
+    joined = [b"".join(s) for s in slices]
+    return joined, total * 8 / (len(joined) * SLICE)
+
+
+class Client(protocol.Protocol):
+    """
+    A publisher (replays slices) or a player (counts and acknowledges).
+    """
+
+    def __init__(self, bench: "Bench", name: str, publish: bool) -> None:
+        self.bench = bench
+        self.name = name
+        self.publishing = publish
+        self.conn = RTMPConnection(CLIENT)
+        self.state = "handshake"
+        self.received = 0
+        self.acked = 0
+        self.window = 2500000
+        self.loop = None
+        self.index = 0
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.conn.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == "streaming":
+            self.received += len(data)
+            if not self.publishing and self.received - self.acked >= self.window:
+                self.acked = self.received
+                self.conn.send_acknowledgement(self.received & 0xFFFFFFFF)
+                self.transport.write(self.conn.data_to_send())
+            return
+        for ev in self.conn.receive_data(data):
+            self.event(ev)
+        out = self.conn.data_to_send()
+        if out:
+            self.transport.write(out)
+
+    def event(self, ev) -> None:
+        app, _, stream = self.name.partition("/")
+        if type(ev).__name__ == "HandshakeComplete":
+            self.conn.send_set_chunk_size(CHUNK)
+            self.conn.send_command(0, "connect", 1, {
+                "app": app, "type": "nonprivate", "flashVer": "FMLE/3.0 (bench)",
+                "tcUrl": "rtmp://127.0.0.1/" + app})
+            self.conn.send_command(0, "createStream", 2, None)
+        elif isinstance(ev, Command) and ev.name == "onStatus":
+            code = ev.args[0].get("code") if ev.args and isinstance(ev.args[0], dict) else ""
+            if code in ("NetStream.Publish.Start", "NetStream.Play.Start"):
+                self.state = "streaming"
+                self.bench.started(self)
+                if self.publishing:
+                    self.index = random.randrange(len(self.bench.slices) // 4)
+                    self.loop = task.LoopingCall(self.tick)
+                    self.loop.start(SLICE, now=False)
+            elif ev.args and ev.args[0].get("level") == "error":
+                self.bench.failed(self, code)
+        elif isinstance(ev, Command) and ev.name == "_result" and ev.transaction_id == 2.0:
+            if self.publishing:
+                self.conn.send_command(1, "publish", 3, None, stream, "live")
+            else:
+                self.conn.send_command(1, "play", 3, None, stream, -2000.0)
+
+    def tick(self) -> None:
+        slices = self.bench.slices
+        if self.index >= len(slices):
+            self.index = len(slices) // 2  # loop well after the start (timestamps drift: fine)
+        self.transport.write(slices[self.index])
+        self.index += 1
+        buffered = len(self.transport.dataBuffer) + self.transport._tempDataLen
+        self.bench.maxBuffered = max(self.bench.maxBuffered, buffered)
+
+    def connectionLost(self, reason) -> None:
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.bench.lost(self)
+
+
+class Bench:
+    def __init__(self, slices: list[bytes]) -> None:
+        self.slices = slices
+        self.clients: list[Client] = []
+        self.ready = 0
+        self.errors: list[str] = []
+        self.dropped = 0
+        self.maxBuffered = 0
+        self.allReady: defer.Deferred = defer.Deferred()
+        self.expected = 0
+
+    def started(self, c: Client) -> None:
+        self.ready += 1
+        if self.ready == self.expected and not self.allReady.called:
+            self.allReady.callback(None)
+
+    def failed(self, c: Client, code: str) -> None:
+        self.errors.append(code)
+
+    def lost(self, c: Client) -> None:
+        self.dropped += 1
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def drive(port: int, names: list[str], players: list[str], slices: list[bytes],
+                pids_of, seconds: float, bytes_in=None) -> dict:
+    bench = Bench(slices)
+    bench.expected = len(names) + len(players)
+    for i, name in enumerate(names):
+        c = Client(bench, name, True)
+        await protocol.ClientCreator(reactor, lambda c=c: c).connectTCP("127.0.0.1", port)
+        if i % 20 == 19:
+            await task.deferLater(reactor, 0.05)
+    await task.deferLater(reactor, 1.0)
+    for name in players:
+        c = Client(bench, name, False)
+        await protocol.ClientCreator(reactor, lambda c=c: c).connectTCP("127.0.0.1", port)
+    try:
+        await bench.allReady.addTimeout(60, reactor)
+    except defer.TimeoutError:
+        return {"error": "only {} of {} started; errors: {}".format(
+            bench.ready, bench.expected, bench.errors[:5])}
+    await task.deferLater(reactor, 3.0)  # warm up
+    pids = pids_of()
+    b0 = bytes_in() if bytes_in else None
+    c0, t0 = cpu_seconds(pids), time.monotonic()
+    await task.deferLater(reactor, seconds)
+    c1, t1 = cpu_seconds(pids), time.monotonic()
+    b1 = bytes_in() if bytes_in else None
+    dropped = bench.dropped
+    result = {
+        "publishers": len(names),
+        "players": len(players),
+        "cpu_seconds": c1 - c0,
+        "wall": t1 - t0,
+        "cpu_per_stream_second": (c1 - c0) / ((t1 - t0) * len(names)),
+        "cpu_fraction_of_core": (c1 - c0) / (t1 - t0),
+        "dropped": dropped,
+        "max_client_buffer": bench.maxBuffered,
+    }
+    if b0 is not None:
+        result["server_in_mbps"] = (b1 - b0) * 8 / (t1 - t0) / 1e6
+    return result
+
+
+def run_tokengate(args, slices, tmp) -> dict:
+    http, rtmp = free_port(), free_port()
+    profile = ["--profile", os.environ["TG_PROFILE"], "--profiler", "cprofile", "--savestats"] \
+        if os.environ.get("TG_PROFILE") else []
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+            "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), *profile, "tokengate",
+            "--data-dir", os.path.join(tmp, "tg"), "--http",
+            "tcp:{}:interface=127.0.0.1".format(http), "--rtmp",
+            "tcp:{}:interface=127.0.0.1:backlog=1024".format(rtmp)]
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", "0"] + argv
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    base = "http://127.0.0.1:{}".format(http)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/rest/v2/applications", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        req = urllib.request.Request(base + "/rest/v2/applications/settings/LiveApp",
+                                     data=json.dumps({"publishTokenControlEnabled": True,
+                                                      "playTokenControlEnabled": True}).encode(),
+                                     method="POST")
+        urllib.request.urlopen(req).read()
+        names, players = [], []
+        for i in range(args.publishers):
+            t = json.loads(urllib.request.urlopen(
+                base + "/LiveApp/rest/v2/broadcasts/b{}/token?type=publish&expireDate={}".format(
+                    i, int(time.time()) + 3600)).read())["tokenId"]
+            names.append("LiveApp/b{}?token={}".format(i, t))
+        for j in range(args.players):
+            i = j % args.publishers
+            t = json.loads(urllib.request.urlopen(
+                base + "/LiveApp/rest/v2/broadcasts/b{}/token?type=play&expireDate={}".format(
+                    i, int(time.time()) + 3600)).read())["tokenId"]
+            players.append("LiveApp/b{}?token={}".format(i, t))
+        def bytes_in():
+            import re
+            text = urllib.request.urlopen(base + "/metrics").read().decode()
+            m = re.search(r'tokengate_bytes_total\{direction="in",protocol="rtmp"\} ([0-9.e+]+)', text)
+            return float(m.group(1)) if m else 0.0
+
+        return run_driver(rtmp, names, players, slices, lambda: [proc.pid], args.seconds, bytes_in)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+class Auth(resource.Resource):
+    isLeaf = True
+    calls = 0
+
+    def render_GET(self, request):
+        Auth.calls += 1
+        if request.args.get(b"token"):
+            return b"ok"
+        request.setResponseCode(403)
+        return b"no"
+
+
+def run_nginx(args, slices, tmp) -> dict:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    module = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+    if not os.path.exists(nginx) or not os.path.exists(module):
+        return {"error": "nginx with libnginx-mod-rtmp is not installed"}
+    rtmp, auth = free_port(), free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write("""
+load_module {module};
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+rtmp {{
+  server {{
+    listen 127.0.0.1:{rtmp};
+    chunk_size 4096;
+    application LiveApp {{
+      live on;
+      on_publish http://127.0.0.1:{auth}/auth;
+      on_play http://127.0.0.1:{auth}/auth;
+      notify_method get;
+    }}
+  }}
+}}
+""".format(module=module, tmp=tmp, rtmp=rtmp, auth=auth))
+    argv = [nginx, "-c", conf, "-p", tmp]
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", "0"] + argv
+    port = reactor.listenTCP(auth, webserver.Site(Auth()), interface="127.0.0.1")
+    proc = subprocess.Popen(argv)
+    try:
+        time.sleep(1)
+        names = ["LiveApp/b{}?token=t{}".format(i, i) for i in range(args.publishers)]
+        players = ["LiveApp/b{}?token=p{}".format(j % args.publishers, j) for j in range(args.players)]
+
+        def pids():
+            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+            return [proc.pid] + [int(p) for p in out.split()]
+
+        return run_driver(rtmp, names, players, slices, pids, args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        port.stopListening()
+
+
+def run_driver(port, names, players, slices, pids, seconds, bytes_in=None) -> dict:
+    """
+    Run the load from this process's reactor until done (the reactor runs
+    once per benchmark target, iterating until the Deferred fires).
+    """
+    d = defer.Deferred.fromCoroutine(drive(port, names, players, slices, pids, seconds, bytes_in))
+    box: list = []
+    d.addBoth(box.append)
+    while not box:
+        reactor.iterate(0.01)
+    for conn in list(getattr(reactor, "_selectables", {}).values()):
+        if isinstance(getattr(conn, "protocol", None), Client):
+            conn.loseConnection()
+    for _ in range(100):
+        reactor.iterate(0.01)
+    if isinstance(box[0], Exception) or hasattr(box[0], "getTraceback"):
+        raise SystemExit(box[0].getTraceback())
+    return box[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--publishers", type=int, default=200)
+    parser.add_argument("--players", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--clip-seconds", type=int, default=40)
+    args = parser.parse_args()
+    if shutil.which("taskset"):
+        os.sched_setaffinity(0, {1})
+    clip = make_clip(args.clip_seconds)
+    slices, bitrate = slices_of(clip)
+    print("clip: {:.2f} Mbps, {} slices".format(bitrate / 1e6, len(slices)))
+    reactor.startRunning(installSignalHandlers=False)
+    tmp = tempfile.mkdtemp()
+    try:
+        tg = run_tokengate(args, slices, tmp)
+        print("tokengate:", json.dumps(tg, indent=None))
+        ng = run_nginx(args, slices, tmp)
+        print("nginx-rtmp:", json.dumps(ng, indent=None))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "error" in tg or "error" in ng:
+        raise SystemExit(1)
+    print("{} publishers x {:.1f} Mbps{}:".format(
+        args.publishers, bitrate / 1e6, ", {} players".format(args.players) if args.players else ""))
+    print("  tokengate  CPU per stream-second {:.5f} s ({:.0%} of a core), dropped {}".format(
+        tg["cpu_per_stream_second"], tg["cpu_fraction_of_core"], tg["dropped"]))
+    print("  nginx-rtmp CPU per stream-second {:.5f} s ({:.0%} of a core), dropped {}".format(
+        ng["cpu_per_stream_second"], ng["cpu_fraction_of_core"], ng["dropped"]))
+    print("  ratio tokengate / nginx-rtmp: {:.2f}".format(
+        tg["cpu_per_stream_second"] / ng["cpu_per_stream_second"]))
+
+
+if __name__ == "__main__":
+    main()
