@@ -1,0 +1,18 @@
+# -*- test-case-name: tests.test_rtmp_core -*-
+"""
+The RTMP package's single error type.
+
+It lives in its own module so that :mod:`tokengate.rtmp.amf0` and
+:mod:`tokengate.rtmp.core` can both raise it without importing each other;
+:mod:`tokengate.rtmp.core` re-exports it.
+"""
+
+
+class RTMPProtocolError(Exception):
+    """
+    The peer sent something malformed or outside our limits.
+
+    Raised by :func:`tokengate.rtmp.amf0.decode_one` and friends and by
+    :meth:`tokengate.rtmp.core.RTMPConnection.receive_data`.  After it, the
+    connection is dead: drop it.
+    """
