@@ -8,6 +8,7 @@ protocol factory and the web site get it at construction.
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any, Optional
 
 from attrs import define, field
@@ -37,6 +38,17 @@ class ServerConfig:
     maxBodySize: int = 1 << 20
     #: seconds between sweeps of expired tokens
     purgeInterval: float = 300.0
+    #: the secret that signs playback session credentials (share it across
+    #: a cluster); empty: one is made and kept in the data directory
+    sessionSecret: str = ""
+    #: a playback session ends after this many idle seconds (MP4: vodIdle)
+    sessionIdle: float = 120.0
+    vodIdle: float = 6 * 3600.0
+    #: a HEAD then GET, or a retry, of the redeeming request from the same
+    #: address within this many seconds reuses its session (0: never)
+    reuseWindow: float = 5.0
+    #: LL-HLS part duration target, seconds
+    partTarget: float = 0.5
     restNetworks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         init=False, factory=list
     )
@@ -53,8 +65,13 @@ class Server:
     config: ServerConfig = field(factory=ServerConfig)
     metrics: Metrics = field(factory=Metrics)
     throttle: Optional[Throttle] = None
+    dataDir: Optional[str] = None
     gate: Gate = field(init=False)
     hub: Hub = field(init=False)
+    outputs: Any = field(init=False)
+    signer: Any = field(init=False)
+    #: the HTTP playback gate, once the site is built
+    playback: Any = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -66,6 +83,20 @@ class Server:
             throttle=self.throttle,
         )
         self.hub = Hub(self.clock)
+        from .media.outputs import Outputs
+        from .web.sessions import SessionSigner, load_or_create_secret
+
+        self.outputs = Outputs(self, self.dataDir, partTarget=self.config.partTarget)
+        if self.config.sessionSecret:
+            secret = self.config.sessionSecret.encode("utf-8")
+        elif self.dataDir:
+            secret = load_or_create_secret(os.path.join(self.dataDir, "session.key"))
+        else:
+            import secrets
+
+            secret = secrets.token_bytes(32)
+        self.signer = SessionSigner(secret, idle=self.config.sessionIdle,
+                                    vodIdle=self.config.vodIdle)
         self.gate.addPrecheck(self._liveness)
         self.apps.onChange(self._appChanged)
         m = self.metrics
@@ -93,6 +124,7 @@ class Server:
         if settings is None:
             self.gate.registry.kick(self.gate.registry.grants(name), "revoked")
             self.hub.forget(name)
+            self.outputs.forget(name)
 
     @classmethod
     def inMemory(cls, clock: Optional[Any] = None, **kw: Any) -> "Server":

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "rest-allowed-cidr": "127.0.0.1",
     "rest-jwt-secret": "",
     "kick-on-expiry": False,
+    "session-secret": "",
+    "session-reuse-window": 5.0,
+    "part-target": 0.5,
 }
 
 _log = Logger()
@@ -58,6 +61,13 @@ class Options(usage.Options):
          "Networks allowed to call the management REST API and /metrics [default: 127.0.0.1]"],
         ["rest-jwt-secret", None, None,
          "Also allow management calls bearing a JWT signed with this (32+ characters)"],
+        ["session-secret", None, None,
+         "Secret signing playback session credentials; give every node of a cluster "
+         "the same (32+ characters) [default: made once, kept in the data dir]"],
+        ["session-reuse-window", None, None,
+         "Seconds within which a HEAD-then-GET or a retry of a token's first request "
+         "reuses its session; 0 disables [default: 5]", float],
+        ["part-target", None, None, "LL-HLS part duration, seconds [default: 0.5]", float],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -87,6 +97,10 @@ class Options(usage.Options):
         srt = self["srt"]
         if srt and not srt.startswith("udp:"):
             raise usage.UsageError("--srt must be udp:PORT[:interface=ADDR]")
+        if self["session-secret"] and len(self["session-secret"]) < 32:
+            raise usage.UsageError("--session-secret must be at least 32 characters")
+        if not 0.1 <= float(self["part-target"]) <= 2.0:
+            raise usage.UsageError("--part-target must be between 0.1 and 2 seconds")
         if self["rest-jwt-secret"] and len(self["rest-jwt-secret"]) < 32:
             raise usage.UsageError("--rest-jwt-secret must be at least 32 characters")
         from .apps import SettingsError, parse_cidrs
@@ -169,7 +183,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             restAllowedCIDR=options["rest-allowed-cidr"],
             restJwtSecretKey=options["rest-jwt-secret"],
             kickOnExpiry=options["kick-on-expiry"],
+            sessionSecret=options["session-secret"],
+            reuseWindow=float(options["session-reuse-window"]),
+            partTarget=float(options["part-target"]),
         ),
+        dataDir=dataDir,
     )
     top = TokengateService(server)
     site = build_site(server)
@@ -183,6 +201,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     # SRT (--srt) is accepted; its listener joins this tree when it lands.
     purge = TimerService(server.config.purgeInterval, top.purge)
     purge.setServiceParent(top)
+    TimerService(10.0, top.sweep).setServiceParent(top)
     return top
 
 
@@ -213,6 +232,32 @@ class TokengateService(service.MultiService):
             self.server.metrics.purged.inc(n)
             self._log.info("purged {n} expired tokens", n=n)
 
+    def sweep(self) -> None:
+        """
+        End idle playback sessions and drop packagers of long-ended streams.
+        """
+        try:
+            if self.server.playback is not None:
+                self.server.playback.sessions.sweep()
+            self.server.outputs.sweep()
+        except Exception:
+            self._log.failure("sweeping sessions failed")
+
+    def startService(self) -> None:
+        super().startService()
+        # Recover recordings cut short by a crash once the reactor runs (the
+        # work happens on a thread).
+        self.server.clock.callWhenRunning(self._recover)
+
+    def _recover(self) -> None:
+        d = self.server.outputs.recover()
+
+        def recovered(paths: Any) -> None:
+            for path in paths or ():
+                self._log.info("recovered recording {path}", path=path)
+
+        d.addCallbacks(recovered, lambda f: self._log.failure("recovering recordings failed", f))
+
     def purge(self) -> Any:
         from twisted.internet.defer import Deferred
 
@@ -222,10 +267,9 @@ class TokengateService(service.MultiService):
         from twisted.internet.defer import maybeDeferred
 
         self.server.gate.registry.kickAll("shutdown")
+        for stream in self.server.hub.liveStreams():
+            stream.end()
         d = maybeDeferred(super().stopService)
-
-        def close(_: object) -> Any:
-            return self.server.store.close()
-
-        d.addBoth(close)
+        d.addBoth(lambda _: self.server.outputs.close())
+        d.addBoth(lambda _: self.server.store.close())
         return d

@@ -1,16 +1,62 @@
-# -*- test-case-name: tests.test_rest -*-
+# -*- test-case-name: tests.test_playback -*-
 """
-The one HTTP site: REST, metrics (and, as they land, playback, WebSocket
-and pages), built around the server core.
+The one HTTP site: REST and metrics (Klein), playback under
+``/{App}/streams/``, ``/time``, and the pages, built around the server core.
+
+Playback is the hot path, so it is dispatched here, before Klein's router.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.web.resource import Resource
+
 from ..server import Server
+from .pages import Pages
+from .playback import PlaybackGate, PlaybackResource, TimeResource
 from .rest import RestAPI
 from .site import TokengateSite
 
 
+class Root(Resource):
+    def __init__(self, server: Server, api: Any, playback: PlaybackGate) -> None:
+        super().__init__()
+        self._server = server
+        self._api = api
+        self._playback = playback
+        self._time = TimeResource(server.clock)
+        self._pages = Pages()
+
+    def getChildWithDefault(self, name: bytes, request: Any) -> Any:
+        postpath = request.postpath
+        if name == b"time" and not postpath:
+            return self._time
+        if postpath and postpath[0] != b"rest":
+            try:
+                app = name.decode("utf-8")
+            except UnicodeDecodeError:
+                app = ""
+            if app in self._server.apps:
+                if postpath[0] == b"streams":
+                    request.prepath.append(postpath.pop(0))
+                    return PlaybackResource(self._playback, app)
+                first = postpath[0]
+                request.prepath.append(postpath.pop(0))
+                page = self._pages.child(first, request)
+                if page is not None:
+                    return page
+                postpath.insert(0, request.prepath.pop())
+        # Everything else is Klein's: give it the whole path.
+        request.prepath.pop()
+        postpath.insert(0, name)
+        return self._api
+
+
 def build_site(server: Server) -> TokengateSite:
     api = RestAPI(server)
-    return TokengateSite(api.resource(), maxBodySize=server.config.maxBodySize)
+    playback = PlaybackGate(server, server.signer, server.outputs,
+                            reuseWindow=server.config.reuseWindow)
+    server.playback = playback
+    root = Root(server, api.resource(), playback)
+    return TokengateSite(root, maxBodySize=server.config.maxBodySize)

@@ -393,3 +393,20 @@ class RestAPI:
         self._server.hub.create(appName, streamId)
         record = self._server.hub.record(appName, streamId)
         return send_json(request, self._broadcastJSON(record))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/sessions", methods=["DELETE"])
+    def revokeSessions(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        """
+        End every viewing session of the stream, whatever admitted it: RTMP
+        and WebRTC players are disconnected, and the next HLS, DASH or MP4
+        request of any session started before now is refused.
+        """
+        self._appSettings(request, appName)
+        registry = self._server.gate.registry
+        players = [g for g in registry.grants(appName, streamId) if g.action == "play"]
+        kicked = registry.kick(players, "revoked")
+        if self._server.playback is not None:
+            kicked += self._server.playback.sessions.revokeStream(appName, streamId)
+        else:
+            self._server.signer.revokeStream(appName, streamId, self._server.clock.seconds())
+        return send_json(request, result(True, "{} sessions ended".format(kicked), str(kicked)))

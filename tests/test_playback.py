@@ -1,0 +1,278 @@
+"""
+The HTTP playback gate over a real loopback port: sessions, refusals, CORS,
+blocking reloads, DASH, MP4.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from twisted.internet import reactor, task
+from twisted.trial.unittest import TestCase
+
+from tokengate.apps import Applications
+from tokengate.media.flv import iter_flv_tags
+from tokengate.server import Server, ServerConfig
+from tokengate.store.memory import MemoryTokenStore
+from tokengate.tokens import StoredToken, new_token
+from tokengate.web.resource import build_site
+
+from .helpers import http_client, require
+from .test_rtmp_interop import test_clip
+
+
+def feed(stream, path, until_ms=None, start_ms=0):
+    """
+    Push an FLV clip's tags into a live stream as fast as possible.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    for tag in iter_flv_tags(data):
+        if tag.timestamp < start_ms and tag.tag_type == 9 and tag.data[1] != 0:
+            continue
+        if until_ms is not None and tag.timestamp >= until_ms:
+            break
+        body = bytes(tag.data)
+        if tag.tag_type == 9:
+            stream.videoReceived(tag.timestamp, body)
+        elif tag.tag_type == 8:
+            stream.audioReceived(tag.timestamp, body)
+
+
+class PlaybackBase(TestCase):
+    timeout = 60
+    reuseWindow = 0.0
+    tokenControl = True
+
+    def setUp(self):
+        require("ffmpeg")
+        self.clip = test_clip(12)
+        self.dataDir = self.mktemp()
+        os.makedirs(self.dataDir)
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
+                             config=ServerConfig(reuseWindow=self.reuseWindow),
+                             dataDir=self.dataDir)
+        self.server.apps.replace("LiveApp", playTokenControlEnabled=self.tokenControl,
+                                 dashMuxingEnabled=True, mp4MuxingEnabled=True)
+        self.site = build_site(self.server)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.addCleanup(self.server.outputs.close)
+        self.base = "http://127.0.0.1:{}/LiveApp/streams/".format(self.port.getHost().port)
+        self.http = http_client(self)
+
+    def mint(self, streamId="s1", type="play"):
+        t = new_token(streamId, type, int(time.time()) + 600)
+        self.server.store.add(StoredToken.fromToken("LiveApp", t))
+        return t.tokenId
+
+    def live(self, streamId="s1", until_ms=8000):
+        stream = self.server.hub.publish("LiveApp", streamId, "RTMP")
+        self.addCleanup(stream.end)
+        feed(stream, self.clip, until_ms)
+        return stream
+
+    async def get(self, url, **kw):
+        r = await self.http.get(url if url.startswith("http") else self.base + url, **kw)
+        return r, await r.content()
+
+
+def uris(playlist: str) -> list[str]:
+    found = [line for line in playlist.splitlines() if line and not line.startswith("#")]
+    found += re.findall(r'URI="([^"]+)"', playlist)
+    return found
+
+
+class GateTests(PlaybackBase):
+    async def test_oneTokenOneSession(self):
+        self.live()
+        token = self.mint()
+        r, body = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200, body)
+        self.assertEqual(r.headers.getRawHeaders(b"content-type"), [b"application/vnd.apple.mpegurl"])
+        self.assertEqual(r.headers.getRawHeaders(b"access-control-allow-origin"), [b"*"])
+        master = body.decode()
+        self.assertNotIn(token, master)
+        media_uris = uris(master)
+        self.assertTrue(media_uris)
+        for uri in media_uris:
+            self.assertIn("tgs=", uri)
+        # follow the session through media playlists, init and segments, no cookies
+        for uri in media_uris:
+            r, body = await self.get(uri)
+            self.assertEqual(r.code, 200, (uri, body))
+            for child in uris(body.decode())[:4]:
+                self.assertIn("tgs=", child)
+                base = uri.split("/")[0] + "/"
+                r2, data = await self.get(base + child)
+                self.assertEqual(r2.code, 200, (child, data[:200]))
+                self.assertEqual(r2.headers.getRawHeaders(b"content-type"), [b"video/mp4"])
+        # the same token from anyone else: refused
+        r, body = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 403)
+        self.assertIn(b"Invalid Token for streamId:s1", body)
+        self.assertEqual(r.headers.getRawHeaders(b"access-control-allow-origin"), [b"*"])
+
+    async def test_guessedSegmentRefused(self):
+        self.live()
+        for path in ("s1/video/1.m4s", "s1/video/init.mp4", "s1/video.m3u8", "s1/s1.mpd",
+                     "s1/video/1.m4s?tgs=forged.value"):
+            r, body = await self.get(path)
+            self.assertEqual(r.code, 403, path)
+
+    async def test_notLiveKeepsToken(self):
+        token = self.mint()
+        r, body = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 404)
+        self.live()
+        r, body = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+
+    async def test_methods(self):
+        self.live()
+        r = await self.http.request("OPTIONS", self.base + "s1.m3u8")
+        self.assertEqual(r.code, 204)
+        self.assertEqual(r.headers.getRawHeaders(b"access-control-allow-origin"), [b"*"])
+        r = await self.http.post(self.base + "s1.m3u8?token=" + self.mint(), data=b"")
+        self.assertEqual(r.code, 403)
+        self.assertIn(b"Invalid Request Type", await r.content())
+
+    async def test_revokeEndsSession(self):
+        self.live()
+        r, body = await self.get("s1.m3u8?token=" + self.mint())
+        media = uris(body.decode())[0]
+        r, _ = await self.get(media)
+        self.assertEqual(r.code, 200)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+        self.server.gate.registry.kickTokenSessions("LiveApp", "s1")
+        r, _ = await self.get(media)
+        self.assertEqual(r.code, 403)
+
+    async def test_revokeSessionsREST(self):
+        self.live()
+        r, body = await self.get("s1.m3u8?token=" + self.mint())
+        media = uris(body.decode())[0]
+        self.server.playback.sessions.revokeStream("LiveApp", "s1")
+        r, _ = await self.get(media)
+        self.assertEqual(r.code, 403)
+
+    async def test_cookieContinuesWithSpentToken(self):
+        self.live()
+        token = self.mint()
+        r, _ = await self.get("s1/s1.mpd?token=" + token)
+        self.assertEqual(r.code, 200)
+        cookies = r.headers.getRawHeaders(b"set-cookie")
+        self.assertTrue(cookies)
+        cookie = cookies[0].split(b";")[0]
+        self.assertIn(b"Path=/LiveApp/streams/", cookies[0])
+        r, body = await self.get("s1/s1.mpd?token=" + token, headers={b"cookie": cookie})
+        self.assertEqual(r.code, 200)
+        r, body = await self.get("s1/s1.mpd?token=" + token)
+        self.assertEqual(r.code, 403)
+
+    async def test_dashCarriesSession(self):
+        self.live()
+        r, body = await self.get("s1/s1.mpd?token=" + self.mint())
+        self.assertEqual(r.code, 200)
+        mpd = body.decode()
+        self.assertIn("<Location>", mpd)
+        self.assertIn("tgs=", re.search(r"<Location>([^<]+)</Location>", mpd).group(1))
+        self.assertIn('media="video/$Number$.m4s?tgs=', mpd)
+        self.assertIn("UTCTiming", mpd)
+        r, body = await self.get(self.base.replace("/LiveApp/streams/", "/time"))
+        self.assertRegex(body.decode(), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+    async def test_blockingReload(self):
+        stream = self.live(until_ms=4000)
+        r, body = await self.get("s1.m3u8?token=" + self.mint())
+        media = uris(body.decode())[0]
+        r, body = await self.get(media)
+        seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", body.decode()).group(1))
+        count = body.decode().count("#EXTINF")
+        nxt = seq + count + 1
+        from twisted.internet.defer import Deferred
+
+        d = Deferred.fromCoroutine(self.get(media + "&_HLS_msn={}".format(nxt)))
+        await task.deferLater(reactor, 0.3)
+        self.assertFalse(d.called)
+        feed(stream, self.clip, until_ms=9000, start_ms=4000)
+        r, body = await d
+        self.assertEqual(r.code, 200)
+        self.assertIn("{}.m4s".format(nxt), body.decode())
+
+    async def test_reuseWindowOff(self):
+        self.live()
+        token = self.mint()
+        r = await self.http.head(self.base + "s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+        r, _ = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 403)
+
+
+class ReuseWindowTests(PlaybackBase):
+    reuseWindow = 5.0
+
+    async def test_headThenGet(self):
+        self.live()
+        token = self.mint()
+        r = await self.http.head(self.base + "s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+        r, body = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+        self.assertIn(b"tgs=", body)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+
+
+class OpenTests(PlaybackBase):
+    tokenControl = False
+
+    async def test_noTokenNeeded(self):
+        self.live()
+        r, body = await self.get("s1.m3u8")
+        self.assertEqual(r.code, 200)
+        self.assertNotIn(b"tgs=", body)
+        media = uris(body.decode())[0]
+        r, body = await self.get(media)
+        self.assertEqual(r.code, 200)
+
+    async def test_switches(self):
+        self.server.apps.replace("LiveApp", hlsMuxingEnabled=False, dashMuxingEnabled=False)
+        self.live()
+        r, _ = await self.get("s1.m3u8")
+        self.assertEqual(r.code, 404)
+        r, _ = await self.get("s1/s1.mpd")
+        self.assertEqual(r.code, 404)
+
+
+class VodTests(PlaybackBase):
+    async def test_recordingRangeRequests(self):
+        stream = self.live(until_ms=None)
+        stream.end()
+        path = self.server.outputs.recordingPath("LiveApp", "s1")
+        for _ in range(100):
+            if os.path.exists(path):
+                break
+            await task.deferLater(reactor, 0.1)
+        self.assertTrue(os.path.exists(path))
+        token = self.mint()
+        r, _ = await self.get("s1.mp4?token=" + token, )
+        # treq follows the redirect to the session URL
+        self.assertEqual(r.code, 200)
+        final = r.request.absoluteURI.decode()
+        self.assertIn("tgs=", final)
+        r, body = await self.get(final, headers={b"range": b"bytes=0-99"})
+        self.assertEqual(r.code, 206)
+        self.assertEqual(len(body), 100)
+        self.assertEqual(body[4:8], b"ftyp")
+        # the spent token alone: refused
+        r, _ = await self.get("s1.mp4?token=" + token)
+        self.assertEqual(r.code, 403)
+
+    async def test_noRecordingKeepsToken(self):
+        token = self.mint()
+        r, _ = await self.get("nope.mp4?token=" + token)
+        self.assertEqual(r.code, 404)

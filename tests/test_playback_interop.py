@@ -1,0 +1,189 @@
+"""
+Playback through one token with real clients over loopback: ffmpeg publishes
+over RTMP; ffmpeg reads HLS and DASH, ffprobe reads the MP4 recording, and
+headless Chromium plays play.html (hls.js, dash.js, MP4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+from twisted.internet import reactor, task
+from twisted.trial.unittest import TestCase
+
+from tokengate.apps import Applications
+from tokengate.rtmp.protocol import RTMPFactory
+from tokengate.server import Server, ServerConfig
+from tokengate.store.memory import MemoryTokenStore
+from tokengate.tokens import StoredToken, new_token
+from tokengate.web.resource import build_site
+
+from . import procs
+from .helpers import require
+from .test_rtmp_interop import frames, test_clip
+
+
+class LiveServer(TestCase):
+    timeout = 180
+
+    def setUp(self):
+        self.ffmpeg = require("ffmpeg")
+        self.dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dataDir)
+        # no reuse window: a second request with the same token is a second viewer
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
+                             config=ServerConfig(reuseWindow=0.0), dataDir=self.dataDir)
+        self.server.apps.replace("LiveApp", playTokenControlEnabled=True, hlsMuxingEnabled=True,
+                                 dashMuxingEnabled=True, mp4MuxingEnabled=True)
+        self.http = reactor.listenTCP(0, build_site(self.server), interface="127.0.0.1")
+        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
+        self.addCleanup(self.server.outputs.close)
+        self.addCleanup(self.http.stopListening)
+        self.addCleanup(self.rtmp.stopListening)
+        self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
+        self.running: list[procs.Running] = []
+        self.addCleanup(self._killAll)
+
+    async def _killAll(self):
+        for r in self.running:
+            r.kill()
+        for r in self.running:
+            await r.done
+        for stream in self.server.hub.liveStreams():
+            stream.end()
+        await task.deferLater(reactor, 0.2)
+
+    def mint(self, streamId="s1", type="play"):
+        t = new_token(streamId, type, int(time.time()) + 600)
+        self.server.store.add(StoredToken.fromToken("LiveApp", t))
+        return t.tokenId
+
+    def start(self, argv, timeout=90):
+        r = procs.start(argv, timeout)
+        self.running.append(r)
+        return r
+
+    def publish(self, seconds=30, streamId="s1"):
+        url = "rtmp://127.0.0.1:{}/LiveApp/{}".format(self.rtmp.getHost().port, streamId)
+        return self.start([self.ffmpeg, "-hide_banner", "-nostdin", "-re", "-i",
+                           test_clip(seconds), "-c", "copy", "-f", "flv", url])
+
+    async def waitFor(self, condition, timeout=20.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            await task.deferLater(reactor, 0.2)
+        self.fail("timed out waiting for " + what)
+
+    async def waitPlaylist(self, streamId="s1"):
+        def ready():
+            p = self.server.outputs.packager("LiveApp", streamId)
+            return p is not None and p.hls_multivariant("") is not None \
+                and (p.edge("video") or (0, 0))[0] >= 2
+        await self.waitFor(ready, 30, "the first segments")
+
+
+class FFmpegClientTests(LiveServer):
+    async def _readLive(self, url_path):
+        pub = self.publish(40)
+        await self.waitPlaylist()
+        token = self.mint()
+        reader = self.start([self.ffmpeg, "-hide_banner", "-nostdin", "-v", "info",
+                             "-i", self.web + url_path + "?token=" + token,
+                             "-t", "11", "-f", "null", "-"], timeout=90)
+        await task.deferLater(reactor, 4)
+        # the same token from a second client: refused
+        second = self.start([self.ffmpeg, "-hide_banner", "-nostdin", "-i",
+                             self.web + url_path + "?token=" + token, "-t", "2", "-f", "null", "-"])
+        r2 = await second.done
+        self.assertNotEqual(r2.code, 0)
+        self.assertIn("HTTP error 403", r2.stderr)
+        result = await reader.done
+        self.assertEqual(result.code, 0, result.stderr[-1500:])
+        self.assertFalse(result.timedOut)
+        # ffmpeg 5.1's DASH reader re-reads a segment after some manifest
+        # refreshes (it rounds the current time to whole seconds), so it may
+        # count more frames than it played; at least 10 s must decode.
+        self.assertGreaterEqual(frames(result.stderr), 250, result.stderr[-1500:])
+        self.assertRegex(result.stderr, r"time=00:00:1[01]")
+        self.assertNotIn("HTTP error", result.stderr[:20000])
+        pub.kill()
+        return result
+
+    async def test_hls(self):
+        result = await self._readLive("/LiveApp/streams/s1.m3u8")
+        self.assertIn("Video: h264", result.stderr)
+
+    async def test_dash(self):
+        result = await self._readLive("/LiveApp/streams/s1/s1.mpd")
+        self.assertIn("Video: h264", result.stderr)
+
+    async def test_vod(self):
+        ffprobe = require("ffprobe")
+        pub = self.publish(12)
+        r = await pub.done
+        self.assertEqual(r.code, 0, r.stderr[-2000:])
+        path = self.server.outputs.recordingPath("LiveApp", "s1")
+        await self.waitFor(lambda: os.path.exists(path), 30, "the recording")
+        token = self.mint()
+        probe = self.start([ffprobe, "-v", "error", "-show_entries", "format=duration",
+                            "-count_packets", "-show_entries", "stream=nb_read_packets,codec_name",
+                            "-of", "json", self.web + "/LiveApp/streams/s1.mp4?token=" + token])
+        result = await probe.done
+        self.assertEqual(result.code, 0, result.stderr)
+        info = json.loads(result.out)
+        self.assertApproximates(float(info["format"]["duration"]), 12.0, 0.5)
+        self.assertEqual(sorted(s["codec_name"] for s in info["streams"]), ["aac", "h264"])
+        again = await self.start([ffprobe, "-v", "error",
+                                  self.web + "/LiveApp/streams/s1.mp4?token=" + token]).done
+        self.assertNotEqual(again.code, 0)
+
+
+class BrowserTests(LiveServer):
+    """
+    play.html in headless Chromium against the real server.
+    """
+
+    async def _play(self, tech, token, expect_error=False):
+        from . import browser as chromium
+
+        b = await chromium.launch(self)
+        url = "{}/LiveApp/play.html?id=s1&playOrder={}&token={}".format(self.web, tech, token)
+        page = await b.open(url)
+        if expect_error:
+            await page.wait_for("window.tokengateState && window.tokengateState.status === 'error'", 30)
+            return await page.evaluate("document.querySelector('#error').textContent")
+        await page.wait_for("window.tokengateState && window.tokengateState.status === 'playing'", 40)
+        start = await page.evaluate("document.querySelector('video').currentTime")
+        await page.wait_for(
+            "document.querySelector('video').currentTime > {}".format(start + 3), 30)
+        await page.screenshot(os.path.join(self.dataDir, tech + ".png"))
+        await b.close()
+        return None
+
+    async def test_liveHlsAndDash(self):
+        require("chromium")
+        self.publish(60)
+        await self.waitPlaylist()
+        await self._play("hls", self.mint())
+        await self._play("dash", self.mint())
+        spent = self.mint()
+        await self._play("hls", spent)
+        text = await self._play("hls", spent, expect_error=True)
+        self.assertIn("Not authorized", text)
+        text = await self._play("dash", "", expect_error=True)
+        self.assertIn("Not authorized", text)
+
+    async def test_vod(self):
+        require("chromium")
+        pub = self.publish(12)
+        await pub.done
+        path = self.server.outputs.recordingPath("LiveApp", "s1")
+        await self.waitFor(lambda: os.path.exists(path), 30, "the recording")
+        await self._play("vod", self.mint())
+        text = await self._play("vod", "nope", expect_error=True)
+        self.assertIn("Not authorized", text)

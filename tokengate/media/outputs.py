@@ -1,0 +1,103 @@
+# -*- test-case-name: tests.test_playback -*-
+"""
+What every live stream turns into, by its application's switches: CMAF for
+HLS and DASH (one packager per stream, kept across republishes for a while
+so playlists continue with a discontinuity), and an MP4 recording.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from twisted.logger import Logger
+
+from .hub import LiveStream
+
+#: keep an ended stream's packager this long (players finish; a republish
+#: within it continues the same playlists)
+RETAIN_AFTER_END = 60.0
+
+
+class Outputs:
+    _log = Logger()
+
+    def __init__(self, server: Any, dataDir: Optional[str], partTarget: float = 0.5) -> None:
+        self.server = server
+        self.partTarget = partTarget
+        self.recordings = None
+        self._packagers: dict[tuple[str, str], Any] = {}
+        self._recordingsDir = os.path.join(dataDir, "streams") if dataDir else None
+        if self._recordingsDir is not None:
+            from .recorder import RecordingManager
+
+            self.recordings = RecordingManager(self._recordingsDir, server.clock)
+        server.hub.onPublish(self._published)
+
+    def recordingPath(self, app: str, streamId: str) -> str:
+        if self.recordings is None:
+            return os.devnull + ".none"
+        try:
+            return self.recordings.path_for(app, streamId)
+        except ValueError:
+            return os.devnull + ".none"
+
+    def packager(self, app: str, streamId: str) -> Optional[Any]:
+        return self._packagers.get((app, streamId))
+
+    def _published(self, stream: LiveStream) -> None:
+        settings = self.server.apps.get(stream.app)
+        if settings is None:
+            return
+        if settings.hlsMuxingEnabled or settings.dashMuxingEnabled:
+            key = (stream.app, stream.streamId)
+            packager = self._packagers.get(key)
+            if packager is None:
+                from .packager import Packager
+
+                packager = Packager(
+                    stream.app, stream.streamId, self.server.clock,
+                    segmentTarget=float(settings.hlsTime),
+                    partTarget=self.partTarget,
+                    windowSegments=int(settings.hlsListSize),
+                    hls=settings.hlsMuxingEnabled, dash=settings.dashMuxingEnabled,
+                )
+                self._packagers[key] = packager
+            packager.attach(stream)
+        if settings.mp4MuxingEnabled and self.recordings is not None:
+            try:
+                self.recordings.start(stream)
+            except Exception:
+                self._log.failure("cannot record {app}/{streamId}", app=stream.app,
+                                  streamId=stream.streamId)
+
+    def sweep(self) -> None:
+        """
+        Drop packagers of streams that ended long enough ago.
+        """
+        now = self.server.clock.seconds()
+        for key, packager in list(self._packagers.items()):
+            if packager.ended and now - packager.lastActivity > RETAIN_AFTER_END:
+                del self._packagers[key]
+                packager.close()
+
+    def forget(self, app: str) -> None:
+        for key in [k for k in self._packagers if k[0] == app]:
+            self._packagers.pop(key).close()
+
+    def recover(self) -> Any:
+        if self.recordings is None:
+            from twisted.internet.defer import succeed
+
+            return succeed([])
+        return self.recordings.recover()
+
+    def close(self) -> Any:
+        for packager in self._packagers.values():
+            packager.close()
+        self._packagers.clear()
+        if self.recordings is not None:
+            return self.recordings.close()
+        from twisted.internet.defer import succeed
+
+        return succeed(None)

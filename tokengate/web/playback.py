@@ -1,0 +1,558 @@
+# -*- test-case-name: tests.test_playback -*-
+"""
+The HTTP playback gate: HLS, LL-HLS, DASH and MP4 under ``/{App}/streams/``.
+
+When the application controls play with tokens, **one token admits one
+viewing session**.  The first request (``?token=T``) redeems the token
+through the gate and opens a session; the server then writes a signed session
+credential (``tgs=...``) into everything it serves: the media-playlist URIs of
+the multivariant playlist, every map, segment, part and preload-hint URI, the
+MPD's segment templates and ``Location``, and a redirect for MP4 (whose
+Range requests then carry it).  A cookie scoped to the stream carries it
+too, for clients that re-request the original URL with the spent token
+(ffmpeg's DASH reader does).  A HEAD followed by its GET, or a retry of the
+redeeming request from the same address within ``reuseWindow`` seconds, is
+answered from the same session.
+
+URL layout (the packager writes URIs relative to these)::
+
+    streams/{id}.m3u8               multivariant playlist (also {id}_adaptive.m3u8)
+    streams/{id}/video.m3u8         media playlists (video, audio), LL-HLS
+    streams/{id}/{id}.mpd           DASH
+    streams/{id}/{kind}/init.mp4    CMAF init segments
+    streams/{id}/{kind}/{n}.m4s     segments; {n}.{p}.m4s parts
+    streams/{id}.mp4                the MP4 recording (Range requests)
+
+GET and HEAD are checked, OPTIONS passes, anything else is 403.  Refusals are
+403 (404 when the stream is not live, in which case the token is kept) with
+the reference reason strings, and every answer carries CORS headers, so a
+browser player sees the refusal rather than a CORS error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import OrderedDict
+from typing import Any, Optional
+from urllib.parse import quote
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import File
+
+from ..auth import Grant, Refused, StreamCredentials
+from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
+from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$")
+
+MPEGURL = b"application/vnd.apple.mpegurl"
+DASHXML = b"application/dash+xml"
+MP4 = b"video/mp4"
+
+KINDS = ("video", "audio")
+
+
+def _cors(request: Any) -> None:
+    request.setHeader(b"access-control-allow-origin", b"*")
+    request.setHeader(b"access-control-allow-methods", b"GET, HEAD, OPTIONS")
+    request.setHeader(b"access-control-allow-headers", b"range, content-type")
+    request.setHeader(b"access-control-expose-headers",
+                      b"content-length, content-range, accept-ranges")
+
+
+def _fail(request: Any, code: int, message: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps({"success": False, "message": message, "dataId": "", "errorId": 0}
+                      ).encode("utf-8")
+
+
+class HTTPSessions:
+    """
+    The live HTTP viewing sessions of this node: for viewer counts, for
+    revocation through the gate's registry, and to end their grants when
+    they go idle.  Bounded.
+    """
+
+    def __init__(self, signer: SessionSigner, clock: Any, maxSessions: int = 100_000) -> None:
+        self.signer = signer
+        self._clock = clock
+        self._max = maxSessions
+        self._sessions: OrderedDict[str, tuple[Session, Grant, float]] = OrderedDict()
+
+    def add(self, session: Session, grant: Grant) -> None:
+        self._sessions[session.sessionId] = (session, grant, self._clock.seconds())
+        while len(self._sessions) > self._max:
+            _, (_, old, _) = self._sessions.popitem(last=False)
+            old.logout()
+
+    def seen(self, session: Session) -> None:
+        entry = self._sessions.get(session.sessionId)
+        if entry is not None:
+            self._sessions[session.sessionId] = (entry[0], entry[1], self._clock.seconds())
+            self._sessions.move_to_end(session.sessionId)
+
+    def sweep(self) -> int:
+        """
+        End the grants of sessions idle longer than their credentials live.
+        """
+        now = self._clock.seconds()
+        ended = 0
+        for sid, (session, grant, last) in list(self._sessions.items()):
+            idle = self.signer.vodIdle if session.kind == "vod" else self.signer.idle
+            if now - last > idle:
+                del self._sessions[sid]
+                grant.logout()
+                ended += 1
+        self.signer.forgetRevocations(now)
+        return ended
+
+    def count(self, app: str, streamId: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for session, grant, _ in self._sessions.values():
+            if session.app == app and session.streamId == streamId and not grant.ended:
+                counts[session.kind] = counts.get(session.kind, 0) + 1
+        return counts
+
+    def revokeStream(self, app: str, streamId: str) -> int:
+        """
+        End every session of a stream (their next request is refused).
+        """
+        now = self._clock.seconds()
+        self.signer.revokeStream(app, streamId, now)
+        n = 0
+        for sid, (session, grant, _) in list(self._sessions.items()):
+            if session.app == app and session.streamId == streamId:
+                del self._sessions[sid]
+                grant.logout()
+                n += 1
+        return n
+
+
+class _SessionMind:
+    """
+    The login mind of an HTTP session: a kick revokes the session.
+    """
+
+    def __init__(self, sessions: HTTPSessions, protocolName: str, peerHost: str) -> None:
+        self._sessions = sessions
+        self.protocolName = protocolName
+        self.peerHost = peerHost
+        self.session: Optional[Session] = None
+
+    def kick(self, reason: str) -> None:
+        if self.session is not None:
+            self._sessions.signer.revokeSession(self.session.sessionId,
+                                                self._sessions._clock.seconds())
+            self._sessions._sessions.pop(self.session.sessionId, None)
+
+
+class PlaybackResource(Resource):
+    """
+    ``/{App}/streams/...`` for one application.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, gate: "PlaybackGate", app: str) -> None:
+        super().__init__()
+        self._gate = gate
+        self._app = app
+
+    def render(self, request: Any) -> Any:
+        _cors(request)
+        method = request.method
+        if method == b"OPTIONS":
+            request.setResponseCode(204)
+            return b""
+        if method not in (b"GET", b"HEAD"):
+            return _fail(request, 403, "Invalid Request Type")
+        return self._gate.serve(request, self._app, request.postpath)
+
+
+class PlaybackGate:
+    """
+    Parses playback URLs, admits sessions and serves the packaged media.
+    """
+
+    _log = Logger()
+
+    def __init__(self, server: Any, signer: SessionSigner, outputs: Any,
+                 reuseWindow: float = 5.0, blockTimeoutFactor: float = 3.0) -> None:
+        self.server = server
+        self.signer = signer
+        self.outputs = outputs
+        self.sessions = HTTPSessions(signer, server.clock)
+        self.reuseWindow = reuseWindow
+        self.blockTimeoutFactor = blockTimeoutFactor
+        # (token digest, peer) -> (session, when): HEAD-then-GET and retries
+        self._recent: OrderedDict[tuple[str, str], tuple[Session, float]] = OrderedDict()
+        server.hub.addViewerCounter(self.sessions.count)
+
+    # --- parsing -------------------------------------------------------------
+
+    @staticmethod
+    def parse(postpath: list[bytes]) -> Optional[tuple[str, str, tuple[Any, ...]]]:
+        """
+        @return: (stream id, what, details) or None for an unknown path.
+        """
+        try:
+            parts = [p.decode("utf-8") for p in postpath]
+        except UnicodeDecodeError:
+            return None
+        if len(parts) == 1:
+            name = parts[0]
+            if name.endswith("_adaptive.m3u8"):
+                return name[: -len("_adaptive.m3u8")], "hls", ()
+            if name.endswith(".m3u8"):
+                return name[: -len(".m3u8")], "hls", ()
+            if name.endswith(".mp4"):
+                return name[: -len(".mp4")], "vod", ()
+            return None
+        streamId = parts[0]
+        if len(parts) == 2:
+            name = parts[1]
+            if name == streamId + ".mpd":
+                return streamId, "dash", ()
+            if name in ("video.m3u8", "audio.m3u8"):
+                return streamId, "media", (name[:-5],)
+            return None
+        if len(parts) == 3 and parts[1] in KINDS and _RESOURCE.match(parts[2]):
+            return streamId, "resource", (parts[1], parts[2])
+        return None
+
+    # --- admission -----------------------------------------------------------------
+
+    def _arg(self, request: Any, name: bytes) -> Optional[str]:
+        values = request.args.get(name)
+        if not values:
+            return None
+        try:
+            return values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def serve(self, request: Any, app: str, postpath: list[bytes]) -> Any:
+        parsed = self.parse(postpath)
+        if parsed is None:
+            return _fail(request, 404, "Not found")
+        streamId, what, details = parsed
+        if not STREAM_ID.match(streamId):
+            return _fail(request, 404, "Not found")
+        settings = self.server.apps.get(app)
+        if settings is None:
+            return _fail(request, 404, "Not found")
+        protocol = {"hls": "hls", "media": "hls", "dash": "dash", "vod": "vod"}.get(what)
+        if protocol is None:
+            # init and segments: HLS or DASH; either switch admits them
+            protocol = "hls" if settings.hlsMuxingEnabled else "dash"
+        if protocol == "hls" and not settings.hlsMuxingEnabled:
+            return _fail(request, 404, "HLS is not enabled for this application")
+        if protocol == "dash" and not settings.dashMuxingEnabled:
+            return _fail(request, 404, "DASH is not enabled for this application")
+        if what == "vod" and not os.path.isfile(self.outputs.recordingPath(app, streamId)):
+            return _fail(request, 404, "No recording of this stream")
+        kind = settings.tokenKind("play")
+        if kind is None:
+            return self._deliver(request, app, streamId, what, details, None)
+        now = self.server.clock.seconds()
+        session = self._sessionOf(request, app, streamId, now)
+        if session is not None:
+            self.sessions.seen(session)
+            return self._deliver(request, app, streamId, what, details, session)
+        if what == "resource":
+            # A segment name without a session: never admitted by a token.
+            self.server.gate.refused(
+                StreamCredentials(app, streamId, "play", None, self._peer(request), protocol),
+                Outcome.MISSING)
+            return _fail(request, 403, self._refusal(kind, streamId))
+        token = self._arg(request, b"token")
+        if token is not None and len(token) <= MAX_TOKEN_LENGTH and self.reuseWindow > 0:
+            recent = self._recent.get((digest(token), self._peer(request)))
+            if recent is not None and now - recent[1] <= self.reuseWindow \
+                    and recent[0].streamId == streamId and recent[0].app == app:
+                return self._deliver(request, app, streamId, what, details, recent[0])
+        d = self._admit(request, app, streamId, protocol, token, now)
+        d.addCallback(lambda s: self._deliverLater(request, app, streamId, what, details, s))
+        d.addErrback(self._refused, request, kind, streamId)
+        d.addErrback(self._unexpected, request)
+        return NOT_DONE_YET
+
+    def _peer(self, request: Any) -> str:
+        return getattr(request.getClientAddress(), "host", "") or ""
+
+    def _sessionOf(self, request: Any, app: str, streamId: str, now: float) -> Optional[Session]:
+        for credential in (self._arg(request, b"tgs"),
+                           _cookie(request, cookie_name(app, streamId))):
+            if credential:
+                try:
+                    return self.signer.check(credential, app, streamId, now)
+                except InvalidCredential:
+                    continue
+        return None
+
+    async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
+                          token: Optional[str], now: float) -> Session:
+        mind = _SessionMind(self.sessions, protocol, self._peer(request))
+        creds = StreamCredentials(app, streamId, "play", token, mind.peerHost, protocol)
+        grant = await self.server.gate.login(creds, mind)
+        session = self.signer.new(app, streamId, protocol, self.server.clock.seconds())
+        mind.session = session
+        self.sessions.add(session, grant)
+        if token and self.reuseWindow > 0:
+            key = (digest(token), mind.peerHost)
+            self._recent[key] = (session, now)
+            while len(self._recent) > 10_000 or (
+                self._recent and now - next(iter(self._recent.values()))[1] > self.reuseWindow
+            ):
+                self._recent.popitem(last=False)
+        return session
+
+    def _admit(self, request: Any, *args: Any) -> "Deferred[Session]":
+        return Deferred.fromCoroutine(self._admitAsync(request, *args))
+
+    def _refusal(self, kind: str, streamId: str) -> str:
+        if kind == "jwt":
+            return "Invalid JWT Token"
+        return "Invalid Token for streamId:" + streamId
+
+    def _refused(self, failure: Any, request: Any, kind: str, streamId: str) -> None:
+        failure.trap(Refused)
+        outcome = failure.value.outcome
+        if outcome is Outcome.NOT_LIVE:
+            body = _fail(request, 404, "Stream is not live: " + streamId)
+        elif outcome is Outcome.UNAVAILABLE:
+            body = _fail(request, 503, "Token store is unavailable, try again later")
+        else:
+            body = _fail(request, 403, self._refusal(kind, streamId))
+        _finish(request, body)
+
+    def _unexpected(self, failure: Any, request: Any) -> None:
+        self._log.failure("playback request failed", failure)
+        _finish(request, _fail(request, 500, "Internal error"))
+
+    # --- delivery ------------------------------------------------------------------------
+
+    def _deliverLater(self, request: Any, app: str, streamId: str, what: str,
+                      details: tuple[Any, ...], session: Session) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        result = self._deliver(request, app, streamId, what, details, session)
+        if result is not NOT_DONE_YET:
+            _finish(request, result)
+
+    def _query(self, request: Any, app: str, streamId: str, session: Optional[Session]) -> str:
+        """
+        The query string to write into served URIs: a fresh credential, and
+        a cookie carrying it too.
+        """
+        if session is None:
+            return ""
+        credential = self.signer.issue(session, self.server.clock.seconds())
+        request.addCookie(cookie_name(app, streamId).encode("ascii"), credential.encode("ascii"),
+                          path="/{}/streams/".format(app).encode("utf-8"), httpOnly=True,
+                          max_age=str(int(self.signer.vodIdle if session.kind == "vod"
+                                          else self.signer.idle)).encode("ascii"))
+        return "tgs=" + credential
+
+    def _deliver(self, request: Any, app: str, streamId: str, what: str,
+                 details: tuple[Any, ...], session: Optional[Session]) -> Any:
+        if what == "vod":
+            return self._vod(request, app, streamId, session)
+        packager = self.outputs.packager(app, streamId)
+        if packager is None:
+            return _fail(request, 404, "Stream is not live: " + streamId)
+        if what == "hls":
+            text = packager.hls_multivariant(self._query(request, app, streamId, session))
+            return self._text(request, text, MPEGURL)
+        if what == "media":
+            return self._media(request, packager, details[0], app, streamId, session)
+        if what == "dash":
+            query = self._query(request, app, streamId, session)
+            location = None
+            if query:
+                location = "{}://{}/{}/streams/{}/{}.mpd?{}".format(
+                    "https" if request.isSecure() else "http",
+                    (request.getHeader(b"host") or b"localhost").decode("latin-1"),
+                    quote(app), quote(streamId), quote(streamId), query)
+            text = packager.dash_mpd(query, location)
+            return self._text(request, text, DASHXML)
+        if what == "resource":
+            kind, name = details
+            data = packager.resource(kind, name)
+            if data is None and name[:-4].isdigit() and not packager.ended:
+                msn = int(name[:-4])
+                edge = packager.edge(kind)
+                if edge is not None and edge[0] <= msn <= edge[0] + 1:
+                    return self._streamSegment(request, packager, kind, msn)
+            return self._bytes(request, data)
+        return _fail(request, 404, "Not found")
+
+    def _streamSegment(self, request: Any, packager: Any, kind: str, msn: int) -> Any:
+        """
+        Serve the segment in progress (or the next one) as its parts are
+        made, with chunked transfer: what DASH low-latency players expect,
+        and what lets a client that asks for a segment slightly early (as
+        ffmpeg's DASH reader does) get it instead of a 404.  The bytes are
+        exactly those of the complete segment: styp, then the parts.
+        """
+        request.setHeader(b"content-type", MP4)
+        request.setHeader(b"cache-control", b"no-cache")
+        timeout = self.blockTimeoutFactor * getattr(packager, "segmentTarget", 2.0)
+        state = {"wait": None}
+        gone = request.notifyFinish()
+
+        def stop(_: object) -> None:
+            if state["wait"] is not None:
+                state["wait"].cancel()
+
+        gone.addErrback(stop)
+
+        async def run() -> None:
+            from ..media.fmp4 import _STYP
+
+            wrote = False
+            index = 0
+            while not request.finished and not getattr(request, "_disconnected", False):
+                data = packager.part(kind, msn, index)
+                if data is not None:
+                    if not wrote:
+                        request.write(_STYP)
+                        wrote = True
+                    request.write(data)
+                    index += 1
+                    continue
+                if packager.segment(kind, msn) is not None:
+                    break  # complete, and every part written
+                if packager.ended:
+                    break
+                wait = packager.wait(kind, msn, index)
+                wait.addTimeout(timeout, self.server.clock)
+                state["wait"] = wait
+                try:
+                    await wait
+                except Exception:
+                    break
+                finally:
+                    state["wait"] = None
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            if not wrote:
+                _finish(request, _fail(request, 404, "No such segment"))
+            else:
+                request.finish()
+
+        d = Deferred.fromCoroutine(run())
+        d.addErrback(self._unexpected, request)
+        return NOT_DONE_YET
+
+    def _text(self, request: Any, text: Optional[str], ctype: bytes) -> bytes:
+        if text is None:
+            return _fail(request, 404, "Stream is starting; try again shortly")
+        request.setHeader(b"content-type", ctype)
+        request.setHeader(b"cache-control", b"no-cache, no-store")
+        return text.encode("utf-8")
+
+    def _bytes(self, request: Any, data: Optional[bytes]) -> bytes:
+        if data is None:
+            return _fail(request, 404, "No such segment")
+        request.setHeader(b"content-type", MP4)
+        # A URI names the same bytes while the packager lives (it is dropped
+        # a minute after the stream ends, and numbering restarts): cacheable
+        # briefly.
+        request.setHeader(b"cache-control", b"max-age=30")
+        return data
+
+    def _media(self, request: Any, packager: Any, kind: str, app: str, streamId: str,
+               session: Optional[Session]) -> Any:
+        msn = _int(self._arg(request, b"_HLS_msn"))
+        part = _int(self._arg(request, b"_HLS_part"))
+
+        def render() -> bytes:
+            return self._text(request, packager.hls_media(
+                kind, self._query(request, app, streamId, session)), MPEGURL)
+
+        if msn is None:
+            return render()
+        wait = packager.wait(kind, msn, part)
+        timeout = self.blockTimeoutFactor * getattr(packager, "segmentTarget", 2.0)
+        wait.addTimeout(timeout, self.server.clock)
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: wait.cancel())
+
+        def ready(_: object) -> None:
+            if not request.finished and not getattr(request, "_disconnected", False):
+                _finish(request, render())
+
+        def failed(f: Any) -> None:
+            if f.check(CancelledError) and (request.finished
+                                            or getattr(request, "_disconnected", False)):
+                return
+            if not request.finished and not getattr(request, "_disconnected", False):
+                _finish(request, render())
+
+        wait.addCallbacks(ready, failed)
+        return NOT_DONE_YET
+
+    def _vod(self, request: Any, app: str, streamId: str, session: Optional[Session]) -> Any:
+        path = self.outputs.recordingPath(app, streamId)
+        if session is not None and self._arg(request, b"tgs") is None:
+            # Redirect to a URL carrying the session, so Range requests do.
+            query = self._query(request, app, streamId, session)
+            request.setResponseCode(302)
+            request.setHeader(b"location", "{}.mp4?{}".format(quote(streamId), query).encode("ascii"))
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
+        f = File(path, defaultType="video/mp4")
+        f.type, f.encoding = "video/mp4", None
+        return f.render(request)
+
+
+def _int(value: Optional[str]) -> Optional[int]:
+    if value is None or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
+
+
+def _cookie(request: Any, name: str) -> Optional[str]:
+    value = request.getCookie(name.encode("ascii"))
+    return value.decode("ascii", "replace") if value else None
+
+
+def _finish(request: Any, body: bytes) -> None:
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    if request.method != b"HEAD":
+        request.write(body)
+    else:
+        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+    request.finish()
+
+
+class TimeResource(Resource):
+    """
+    ``/time``: the server's clock for DASH players (UTCTiming http-iso).
+    """
+
+    isLeaf = True
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def render_GET(self, request: Any) -> bytes:
+        _cors(request)
+        now = self._clock.seconds()
+        request.setHeader(b"content-type", b"text/plain")
+        request.setHeader(b"cache-control", b"no-store")
+        return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                + ".{:03d}Z".format(int(now * 1000) % 1000)).encode("ascii")
