@@ -69,7 +69,8 @@
   var errorBox = document.getElementById('error');
 
   var state = window.tokengateState = {
-    tech: null, status: 'loading', error: null, currentTime: 0, attempts: []
+    tech: null, status: 'loading', error: null, currentTime: 0, attempts: [],
+    liveLatency: null
   };
 
   function flag(params, name, dflt) {
@@ -204,6 +205,13 @@
         }
         hls = new Hls({lowLatencyMode: true, backBufferLength: 30});
         hls.on(Hls.Events.MANIFEST_PARSED, function () { startVideo(); });
+        // Live latency for operators and benchmarks: how far the frame on
+        // screen is behind the wall clock (the server stamps each segment
+        // with the time its first frame arrived, EXT-X-PROGRAM-DATE-TIME).
+        hls.on(Hls.Events.FRAG_CHANGED, function () {
+          var when = hls && hls.playingDate;
+          state.liveLatency = when ? (Date.now() - when.getTime()) / 1000 : null;
+        });
         hls.on(Hls.Events.ERROR, function (event, data) {
           if (!data || !data.fatal || stopped) { return; }
           if (data.type === Hls.ErrorTypes.MEDIA_ERROR && !recovered) {
