@@ -144,6 +144,7 @@ setup(
         "tokengate.web",
         "tokengate.rtmp",
         "tokengate.media",
+        "tokengate.srt",
         "twisted.plugins",
     ],
     package_data={"tokengate.web": ["static/*", "static/vendor/*"]},

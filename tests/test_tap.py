@@ -50,6 +50,7 @@ class OptionsTests(TestCase):
 
     def test_invalid(self):
         self.assertRaises(usage.UsageError, self.parse, "--srt", "tcp:4200")
+        self.assertRaises(usage.UsageError, self.parse, "--srt", "udp:4200:bogus=1")
         self.assertRaises(usage.UsageError, self.parse, "--rest-jwt-secret", "short")
         self.assertRaises(usage.UsageError, self.parse, "--rest-allowed-cidr", "x")
 
@@ -57,16 +58,21 @@ class OptionsTests(TestCase):
 class ServiceTests(TestCase):
     def test_listeners(self):
         reactor = MemoryReactorClock()
+        udp = []
+        reactor.listenUDP = lambda port, proto, interface="", maxPacketSize=8192: udp.append(
+            (port, interface, type(proto).__name__)) or proto
         data = self.mktemp()
         o = Options()
         o.parseOptions(["--data-dir", data, "--http", "tcp:15080:interface=127.0.0.1",
-                        "--rtmp", "tcp:11935:interface=127.0.0.1", "--store", "memory"])
+                        "--rtmp", "tcp:11935:interface=127.0.0.1", "--store", "memory",
+                        "--srt", "udp:14200:interface=127.0.0.1"])
         svc = makeService(o, reactor)
         svc.privilegedStartService()
         svc.startService()
         self.addCleanup(svc.stopService)
         self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers],
                          [(15080, "127.0.0.1"), (11935, "127.0.0.1")])
+        self.assertEqual(udp, [(14200, "127.0.0.1", "SRTListener")])
         self.assertTrue(os.path.exists(os.path.join(data, "apps.json")))
         self.assertEqual(list(svc.server.apps), ["LiveApp", "WebRTCAppEE"])
 

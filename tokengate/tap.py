@@ -94,9 +94,8 @@ class Options(usage.Options):
                 _escape(self["private-key"] or self["certificate"]),
                 _escape(self["certificate"]),
             )
-        srt = self["srt"]
-        if srt and not srt.startswith("udp:"):
-            raise usage.UsageError("--srt must be udp:PORT[:interface=ADDR]")
+        if self["srt"]:
+            parse_udp(self["srt"])
         if self["session-secret"] and len(self["session-secret"]) < 32:
             raise usage.UsageError("--session-secret must be at least 32 characters")
         if not 0.1 <= float(self["part-target"]) <= 2.0:
@@ -153,6 +152,58 @@ class ListenerService(StreamServerEndpointService):
             raise SystemExit(message)
 
 
+def parse_udp(description: str) -> tuple[int, str]:
+    """
+    C{udp:PORT[:interface=ADDR]} -> (port, interface).
+    """
+    parts = description.split(":")
+    if parts[0] != "udp" or len(parts) < 2 or not parts[1].isdigit():
+        raise usage.UsageError("--srt must be udp:PORT[:interface=ADDR]")
+    interface = ""
+    for extra in parts[2:]:
+        key, _, value = extra.partition("=")
+        if key != "interface":
+            raise usage.UsageError("--srt: unknown parameter {!r}".format(key))
+        interface = value
+    return int(parts[1]), interface
+
+
+class UDPListenerService(service.Service):
+    """
+    A UDP listener that, like L{ListenerService}, aborts start-up with a
+    plain message when it cannot bind.
+    """
+
+    def __init__(self, what: str, description: str, protocol: Any, reactor: Any) -> None:
+        self.what = what
+        self.description = description
+        self.protocol = protocol
+        self.reactor = reactor
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        port, interface = parse_udp(self.description)
+        try:
+            self.port = self.reactor.listenUDP(port, self.protocol, interface=interface,
+                                               maxPacketSize=65536)
+        except Exception as e:
+            raise SystemExit("tokengate: cannot listen for {} on {}: {}".format(
+                self.what, self.description, e))
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self.privilegedStartService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
 def listener(what: str, description: str, factory: Any, reactor: Any) -> ListenerService:
     from twisted.internet.endpoints import serverFromString
 
@@ -198,7 +249,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         from .rtmp.protocol import RTMPFactory
 
         listener("RTMP", options["rtmp"], RTMPFactory(server), reactor).setServiceParent(top)
-    # SRT (--srt) is accepted; its listener joins this tree when it lands.
+    if options["srt"]:
+        from .srt.protocol import SRTListener
+
+        UDPListenerService("SRT", options["srt"], SRTListener(server), reactor).setServiceParent(top)
     purge = TimerService(server.config.purgeInterval, top.purge)
     purge.setServiceParent(top)
     TimerService(10.0, top.sweep).setServiceParent(top)

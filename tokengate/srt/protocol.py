@@ -1,0 +1,307 @@
+# -*- test-case-name: tests.test_srt_interop -*-
+"""
+The SRT listener: a thin Twisted adapter (one UDP port for every caller)
+over the sans-IO L{tokengate.srt.connection.Listener} and
+L{tokengate.media.ts.TSDemuxer}.
+
+The token is decided **inside the handshake**: a caller's conclusion
+(``streamid=App/StreamId,token=T`` or ``#!::r=App/StreamId,m=publish,token=T``)
+goes to the gate before any media is accepted; the caller gets the agreement
+only when the gate admits it, otherwise a rejection:
+
+====================================  =====================================
+case                                  reject code (wire reqtype = 1000+code)
+====================================  =====================================
+bad, missing, spent or expired token  1401 SRT_REJX_UNAUTHORIZED
+malformed stream id                   1400 SRT_REJX_BAD_REQUEST
+unknown application                   1404 SRT_REJX_NOTFOUND
+stream already live (token kept)      1409 SRT_REJX_CONFLICT
+``m=request`` (play over SRT)         1405 SRT_REJX_BAD_MODE
+encryption (a passphrase) requested   11 SRT_REJ_UNSECURE
+throttled or store down               1503 SRT_REJX_DOWN
+====================================  =====================================
+
+Admitted callers' MPEG-TS is demuxed into the hub, where the stream plays as
+RTMP, HLS, DASH and MP4 like any other (``publishType`` ``SRT``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any, Optional
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..auth import Grant, IKickable, Refused, StreamCredentials
+from ..media.errors import MediaError
+from ..media.hub import LiveStream, StreamInUse
+from ..media.ts import Audio, AudioConfig, TSDemuxer, Video, VideoConfig
+from ..tokens import PUBLISH, Outcome
+from .connection import (
+    REJX_BAD_MODE,
+    REJX_BAD_REQUEST,
+    REJX_CONFLICT,
+    REJX_DOWN,
+    REJX_NOTFOUND,
+    REJX_UNAUTHORIZED,
+    Closed,
+    Connection,
+    Listener,
+    NeedsAuthorization,
+    Payload,
+    Rejected,
+    Reply,
+)
+from .errors import SRTProtocolError
+from .packets import peek_dst
+
+TICK = 0.01
+
+_CODES = {
+    Outcome.NO_APP: REJX_NOTFOUND,
+    Outcome.IN_USE: REJX_CONFLICT,
+    Outcome.THROTTLED: REJX_DOWN,
+    Outcome.UNAVAILABLE: REJX_DOWN,
+    Outcome.INVALID: REJX_BAD_REQUEST,
+}
+
+
+@implementer(IKickable)
+class SRTSession:
+    """
+    One admitted SRT publisher: its connection, demuxer, stream and grant.
+    """
+
+    protocolName = "srt"
+    _log = Logger()
+
+    def __init__(self, listener: "SRTListener", peerHost: str) -> None:
+        self._listener = listener
+        self.peerHost = peerHost
+        self.conn: Optional[Connection] = None
+        self.stream: Optional[LiveStream] = None
+        self.grant: Optional[Grant] = None
+        self.demux = TSDemuxer()
+        self.ended = False
+
+    def payload(self, data: bytes) -> None:
+        try:
+            events = self.demux.feed(data)
+        except MediaError as e:
+            self._log.info("bad MPEG-TS from {peer}: {error}", peer=self.peerHost, error=str(e))
+            self.end("bad media")
+            return
+        self._deliver(events)
+
+    def _deliver(self, events: list[Any]) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        for ev in events:
+            t = type(ev)
+            if t is Video:
+                stream.videoReceived(ev.timestamp_ms, ev.tag_body)
+            elif t is Audio:
+                stream.audioReceived(ev.timestamp_ms, ev.tag_body)
+            elif t is VideoConfig:
+                stream.videoReceived(ev.timestamp_ms, ev.tag_body)
+            elif t is AudioConfig:
+                stream.audioReceived(ev.timestamp_ms, ev.tag_body)
+
+    def kick(self, reason: str) -> None:
+        self._log.info("ending SRT session of {peer}: {reason}", peer=self.peerHost,
+                       reason=reason)
+        self.grant = None  # already logged out by the gate
+        self.end(reason, shutdown=True)
+
+    def end(self, reason: str, shutdown: bool = False) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.conn is not None:
+            self._listener._forget(self, shutdown)
+        try:
+            self._deliver(self.demux.flush())
+        except MediaError:
+            pass
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.end()
+        if self.grant is not None:
+            grant, self.grant = self.grant, None
+            grant.logout()
+
+
+class SRTListener(DatagramProtocol):
+    """
+    ``udp:4200``: every caller on one port.
+    """
+
+    _log = Logger()
+
+    def __init__(self, server: Any, latency_ms: int = 120) -> None:
+        self.server = server
+        self._ids: set[int] = set()
+        self.listener = Listener(secrets.token_bytes(32), self._newSocketId,
+                                 latency_ms=latency_ms)
+        self.sessions: dict[int, SRTSession] = {}  # by our socket id
+        self._ticker: Optional[LoopingCall] = None
+        m = server.metrics
+        self._packets = m.counter("tokengate_srt_packets",
+                                  "SRT data packets, by what became of them", ["kind"])
+        self._bytesIn = m.bytes.labels("srt", "in")
+        m.callbackGauge("tokengate_srt_connections", "SRT callers connected",
+                        lambda: len(self.sessions))
+        self._last: dict[int, tuple[int, int, int, int]] = {}
+
+    def _newSocketId(self) -> int:
+        while True:
+            sid = int.from_bytes(os.urandom(4), "big") & 0x3FFFFFFF
+            if sid and sid not in self._ids:
+                self._ids.add(sid)
+                return sid
+
+    def startProtocol(self) -> None:
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self.server.clock
+        self._ticker.start(TICK, now=False)
+
+    def stopProtocol(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        for session in list(self.sessions.values()):
+            session.end("shutdown", shutdown=True)
+
+    # --- datagrams -----------------------------------------------------------------
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        now = self.server.clock.seconds()
+        self._bytesIn.inc(len(data))
+        try:
+            dst = peek_dst(data)
+            if dst == 0:
+                self._handshake(data, addr, now)
+                return
+            conn = self.listener.lookup(dst, addr)
+            if conn is None:
+                return
+            session = self.sessions.get(dst)
+            events = conn.receive(data, now)
+            for out in conn.data_to_send():
+                self.transport.write(out, addr)
+        except SRTProtocolError:
+            return  # a malformed datagram is dropped; the connection goes on
+        if session is not None:
+            self._events(session, events)
+
+    def _events(self, session: SRTSession, events: list[Any]) -> None:
+        for ev in events:
+            if type(ev) is Payload:
+                session.payload(ev.data)
+            elif type(ev) is Closed:
+                self._log.info("SRT caller {peer} left: {reason}", peer=session.peerHost,
+                               reason=ev.reason)
+                session.end(ev.reason)
+
+    def _tick(self) -> None:
+        now = self.server.clock.seconds()
+        for sid, session in list(self.sessions.items()):
+            conn = session.conn
+            if conn is None:
+                continue
+            try:
+                for out in conn.tick(now):
+                    self.transport.write(out, conn.peer)
+                self._events(session, conn.take_events())
+            except Exception:
+                self._log.failure("SRT connection tick failed")
+                session.end("error", shutdown=True)
+            self._count(sid, conn)
+
+    def _count(self, sid: int, conn: Connection) -> None:
+        s = conn.stats()
+        last = self._last.get(sid, (0, 0, 0, 0))
+        now = (s.packets_received, s.packets_retransmitted, s.packets_dropped, s.packets_lost)
+        for kind, a, b in zip(("received", "retransmitted", "dropped", "lost"), now, last):
+            if a > b:
+                self._packets.labels(kind).inc(a - b)
+        self._last[sid] = now
+
+    # --- handshake -------------------------------------------------------------------
+
+    def _handshake(self, data: bytes, addr: Any, now: float) -> None:
+        decision = self.listener.handle_handshake(data, addr, now)
+        if isinstance(decision, NeedsAuthorization):
+            self._authorize(decision, addr)
+        elif isinstance(decision, Rejected):
+            self.server.gate.refused(
+                StreamCredentials("", "", PUBLISH, None, addr[0], "srt"), Outcome.INVALID)
+            if decision.data:
+                self.transport.write(decision.data, addr)
+        elif isinstance(decision, Reply) and decision.data:
+            self.transport.write(decision.data, addr)
+
+    def _reject(self, decision: NeedsAuthorization, code: int) -> None:
+        reply = self.listener.reject(decision, code, self.server.clock.seconds())
+        self.transport.write(reply, decision.peer)
+
+    def _authorize(self, decision: NeedsAuthorization, addr: Any) -> None:
+        peer = addr[0]
+        if decision.error is not None or decision.request is None:
+            self.server.gate.refused(StreamCredentials("", "", PUBLISH, None, peer, "srt"),
+                                     Outcome.INVALID)
+            self._reject(decision, REJX_BAD_REQUEST)
+            return
+        request = decision.request
+        creds = StreamCredentials(request.app, request.stream_id, PUBLISH, request.token,
+                                  peer, "srt")
+        if request.mode != "publish":
+            self.server.gate.refused(creds, Outcome.DISABLED)
+            self._reject(decision, REJX_BAD_MODE)
+            return
+        session = SRTSession(self, peer)
+        d = self.server.gate.login(creds, session)
+
+        def granted(grant: Grant) -> None:
+            session.grant = grant
+            try:
+                stream = self.server.hub.publish(request.app, request.stream_id, "SRT")
+            except StreamInUse:
+                grant.logout()
+                session.grant = None
+                self._reject(decision, REJX_CONFLICT)
+                return
+            reply, conn = self.listener.accept(decision, self.server.clock.seconds())
+            session.stream = stream
+            session.conn = conn
+            self.sessions[conn.socket_id] = session
+            self.transport.write(reply, decision.peer)
+
+        def refused(failure: Any) -> None:
+            failure.trap(Refused)
+            self._reject(decision, _CODES.get(failure.value.outcome, REJX_UNAUTHORIZED))
+
+        def unexpected(failure: Any) -> None:
+            self._log.failure("SRT authorization failed", failure)
+            self._reject(decision, REJX_DOWN)
+
+        d.addCallbacks(granted, refused)
+        d.addErrback(unexpected)
+
+    def _forget(self, session: SRTSession, shutdown: bool) -> None:
+        conn = session.conn
+        if conn is None:
+            return
+        self.sessions.pop(conn.socket_id, None)
+        self._last.pop(conn.socket_id, None)
+        self._ids.discard(conn.socket_id)
+        if shutdown and self.transport is not None:
+            try:
+                self.transport.write(conn.close(self.server.clock.seconds()), conn.peer)
+            except Exception:
+                pass
+        self.listener.remove(conn)
