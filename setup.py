@@ -144,6 +144,7 @@ setup(
         "tokengate.web",
         "tokengate.rtmp",
         "tokengate.media",
+        "tokengate.webrtc",
         "tokengate.srt",
         "twisted.plugins",
     ],
@@ -159,6 +160,11 @@ setup(
         "PyJWT>=2.8",
         "prometheus-client>=0.20",
         "txredisapi>=1.4.10",
+        # WebRTC media: tokengate.webrtc.media relies on aiortc internals
+        # (the receiver's decoder worker), so aiortc is pinned; av is kept in
+        # the range aiortc 1.16.0 declares (verified with 18.1.0).
+        "aiortc==1.16.0",
+        "av>=18.1,<20",
     ],
     extras_require={
         "test": ["hypothesis>=6.100", "redis>=5"],

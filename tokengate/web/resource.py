@@ -27,11 +27,16 @@ class Root(Resource):
         self._playback = playback
         self._time = TimeResource(server.clock)
         self._pages = Pages()
+        self._webrtc: Any = None  # WebRTCPages, set by build_site
 
     def getChildWithDefault(self, name: bytes, request: Any) -> Any:
         postpath = request.postpath
         if name == b"time" and not postpath:
             return self._time
+        if self._webrtc is not None:
+            page = self._webrtc.child(name, request)
+            if page is not None:
+                return page
         if postpath and postpath[0] != b"rest":
             try:
                 app = name.decode("utf-8")
@@ -59,4 +64,7 @@ def build_site(server: Server) -> TokengateSite:
                             reuseWindow=server.config.reuseWindow)
     server.playback = playback
     root = Root(server, api.resource(), playback)
+    from ..webrtc.pages import WebRTCPages
+
+    root._webrtc = WebRTCPages(server)
     return TokengateSite(root, maxBodySize=server.config.maxBodySize)

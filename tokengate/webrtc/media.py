@@ -1,0 +1,504 @@
+# -*- test-case-name: tests.test_webrtc_media -*-
+"""
+WebRTC media with aiortc, on Twisted's asyncio reactor.
+
+Publish: the browser's offer is answered with H.264 preferred (only H.264
+is kept when the offer has it); the receiver's decoder is bypassed (a
+per-receiver replacement of aiortc's decoder thread hands over the encoded
+access units as C{av.Packet}s), and each Annex B access unit becomes an FLV
+video tag body in the hub: an AVC sequence header built from SPS/PPS when
+they change, then length-prefixed NAL units, keyframes marked, millisecond
+timestamps from the 90 kHz RTP clock.  Opus audio is received but not put
+in the hub (its audio path is AAC).  A VP8-only publisher is accepted, but
+its video cannot reach the hub (no H.264 for HLS, DASH, RTMP or WebRTC
+players).  The publisher is asked for a keyframe (PLI) every
+L{KEYFRAME_INTERVAL} seconds, since browsers send them only on request,
+and whenever a WebRTC viewer asks for one.
+
+Play: the server offers a send-only H.264 video track whose frames are the
+hub's, unchanged (Annex B C{av.Packet}s with 90 kHz pts, SPS/PPS in front of
+every keyframe), starting at a keyframe.  No audio is sent (AAC to Opus
+transcoding is not done).
+
+This relies on aiortc internals (the receiver's decoder worker and the
+transceiver's negotiated codec list): setup.py pins aiortc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import weakref
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from ..media.codecs import (
+    AVCDecoderConfigurationRecord,
+    FRAME_INTER,
+    FRAME_KEY,
+    AVC_SEQUENCE_HEADER,
+    build_avcc_from_sps_pps,
+    build_video_tag,
+    length_prefixed_to_annexb,
+    split_annexb,
+)
+from ..media.hub import VIDEO, Frame, LiveStream
+
+_log = Logger()
+
+#: seconds between keyframe requests to a WebRTC publisher
+KEYFRAME_INTERVAL = 2.0
+#: frames a viewer may have queued before it skips to the next keyframe
+MAX_QUEUE = 120
+VIDEO_CLOCK = 90000
+
+
+class UnavailableEngine:
+    """
+    No WebRTC media in this process, and why.
+    """
+
+    available = False
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+def make_engine(server: Any, reactor: Any) -> Any:
+    """
+    The aiortc engine when C{reactor} is Twisted's asyncio reactor and aiortc
+    imports; otherwise an L{UnavailableEngine}, logged once.
+    """
+    try:
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+    except ImportError:  # pragma: no cover
+        AsyncioSelectorReactor = ()  # type: ignore
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        reason = ("WebRTC media needs Twisted's asyncio reactor (start with "
+                  "'twistd -r asyncio -n tokengate'); this process runs {}".format(
+                      type(reactor).__name__))
+        _log.warn("WebRTC media is off: {reason}", reason=reason)
+        return UnavailableEngine(reason)
+    try:
+        import aiortc  # noqa: F401
+        import av  # noqa: F401
+    except ImportError as e:
+        reason = "aiortc is not installed ({})".format(e)
+        _log.warn("WebRTC media is off: {reason}", reason=reason)
+        return UnavailableEngine(reason)
+    return AiortcEngine(server, reactor)
+
+
+def _bridge(coro: Any) -> Deferred:
+    return Deferred.fromFuture(asyncio.ensure_future(coro))
+
+
+# --- encoded frames without decoding ------------------------------------------------
+
+_PASSTHROUGH: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_installed = False
+
+
+def _install_passthrough() -> None:
+    """
+    Replace aiortc's decoder worker by one that, for the receivers marked
+    with L{_passthrough}, forwards the encoded frames as C{av.Packet}s (other
+    receivers in the process still decode).
+    """
+    global _installed
+    if _installed:
+        return
+    import av
+    from aiortc import rtcrtpreceiver
+
+    original = rtcrtpreceiver.decoder_worker
+
+    def worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+        if input_q not in _PASSTHROUGH:
+            return original(loop, input_q, output_q, decode_error)
+        while True:
+            task = input_q.get()
+            if task is None:
+                asyncio.run_coroutine_threadsafe(output_q.put(None), loop)
+                return
+            codec, encoded = task
+            packet = av.Packet(encoded.data)
+            packet.pts = encoded.timestamp
+            packet.time_base = fractions.Fraction(1, codec.clockRate)
+            asyncio.run_coroutine_threadsafe(output_q.put((codec.name, packet)), loop)
+
+    rtcrtpreceiver.decoder_worker = worker
+    _installed = True
+
+
+def _passthrough(receiver: Any) -> None:
+    _PASSTHROUGH.add(receiver._RTCRtpReceiver__decoder_queue)
+
+
+# --- H.264 between Annex B and FLV ---------------------------------------------------
+
+
+class AnnexBToFLV:
+    """
+    Turns Annex B access units (90 kHz pts) into FLV video tag bodies.
+    """
+
+    def __init__(self) -> None:
+        self.sps: Optional[bytes] = None
+        self.pps: Optional[bytes] = None
+        self._base: Optional[int] = None
+
+    def convert(self, data: bytes, pts: int) -> list[tuple[int, bytes]]:
+        """
+        @return: (ms timestamp, tag body) pairs: a sequence header when the
+            parameter sets changed, then the frame (none before the first
+            keyframe with SPS/PPS).
+        """
+        nals = split_annexb(data)
+        out: list[tuple[int, bytes]] = []
+        if self._base is None:
+            self._base = pts
+        ms = max(0, (pts - self._base) * 1000 // VIDEO_CLOCK)
+        sps = pps = None
+        key = False
+        keep = []
+        for nal in nals:
+            t = nal[0] & 0x1F
+            if t == 7:
+                sps = nal
+            elif t == 8:
+                pps = nal
+            elif t == 9:
+                continue
+            if t == 5:
+                key = True
+            keep.append(nal)
+        if sps is not None and pps is not None and (sps != self.sps or pps != self.pps):
+            self.sps, self.pps = sps, pps
+            record = build_avcc_from_sps_pps(sps, pps)
+            out.append((ms, build_video_tag(FRAME_KEY, record,
+                                            avc_packet_type=AVC_SEQUENCE_HEADER)))
+        if self.sps is None or not keep:
+            return out
+        body = b"".join(len(n).to_bytes(4, "big") + n for n in keep)
+        out.append((ms, build_video_tag(FRAME_KEY if key else FRAME_INTER, body)))
+        return out
+
+
+def flv_to_annexb(body: bytes, config: Optional[bytes]) -> tuple[bytes, bool, int]:
+    """
+    An FLV AVC NALU tag body as Annex B (SPS/PPS from C{config}, an avcC
+    record, in front of keyframes).
+
+    @return: (Annex B, is a keyframe, composition offset in ms)
+    """
+    key = (body[0] >> 4) == FRAME_KEY
+    cts = int.from_bytes(body[2:5], "big", signed=True)
+    data = length_prefixed_to_annexb(body[5:])
+    if key and config is not None:
+        data = config + data
+    return data, key, cts
+
+
+def _config_annexb(record: bytes) -> bytes:
+    r = AVCDecoderConfigurationRecord.parse(record)
+    return b"".join(b"\x00\x00\x00\x01" + bytes(n) for n in (*r.sps, *r.pps))
+
+
+# --- the engine --------------------------------------------------------------------------
+
+
+class AiortcEngine:
+    available = True
+    reason = ""
+
+    def __init__(self, server: Any, reactor: Any) -> None:
+        _install_passthrough()
+        self._server = server
+        self._reactor = reactor
+        self.peers: set[Any] = set()
+        #: (app, streamId) -> the WebRTC publisher of that stream
+        self.publishers: dict[tuple[str, str], "PublisherPeer"] = {}
+        reactor.addSystemEventTrigger("before", "shutdown", self.close)
+
+    def publisher(self, stream: LiveStream, events: Any) -> "PublisherPeer":
+        peer = PublisherPeer(self, stream, events)
+        self.peers.add(peer)
+        self.publishers[(stream.app, stream.streamId)] = peer
+        return peer
+
+    def player(self, stream: LiveStream, events: Any) -> "PlayerPeer":
+        peer = PlayerPeer(self, stream, events)
+        self.peers.add(peer)
+        return peer
+
+    def requestKeyframe(self, stream: LiveStream) -> None:
+        peer = self.publishers.get((stream.app, stream.streamId))
+        if peer is not None and peer.stream is stream:
+            peer.requestKeyframe()
+
+    def _forget(self, peer: Any) -> None:
+        self.peers.discard(peer)
+        if isinstance(peer, PublisherPeer):
+            key = (peer.stream.app, peer.stream.streamId)
+            if self.publishers.get(key) is peer:
+                del self.publishers[key]
+
+    def close(self) -> Deferred:
+        """
+        Close every peer connection (the reactor's shutdown waits for it).
+        """
+        return DeferredList([p.close() for p in list(self.peers)], consumeErrors=True)
+
+
+class _Peer:
+    def __init__(self, engine: AiortcEngine, stream: LiveStream, events: Any) -> None:
+        from aiortc import RTCPeerConnection
+
+        self.engine = engine
+        self.stream = stream
+        self.events = events
+        self.pc = RTCPeerConnection()
+        self._closing: Optional[Deferred] = None
+        self._connected = False
+        self.pc.on("connectionstatechange", self._stateChanged)
+
+    def _stateChanged(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and not self._connected:
+            self._connected = True
+            self.onConnected()
+            self.events.connected()
+        elif state in ("failed", "closed") and self._closing is None:
+            self.events.ended(state)
+
+    def onConnected(self) -> None:
+        pass
+
+    def addCandidate(self, candidate: str, sdpMid: Optional[str],
+                     sdpMLineIndex: Optional[int]) -> Deferred:
+        from aiortc.sdp import candidate_from_sdp
+
+        text = candidate[len("candidate:"):] if candidate.startswith("candidate:") else candidate
+        if not text:
+            return succeed(None)
+        c = candidate_from_sdp(text)
+        c.sdpMid = sdpMid
+        c.sdpMLineIndex = sdpMLineIndex
+        return _bridge(self.pc.addIceCandidate(c))
+
+    def close(self) -> Deferred:
+        if self._closing is None:
+            self.engine._forget(self)
+            self.onClose()
+            self._closing = _bridge(self.pc.close())
+        d: Deferred = Deferred()
+        self._closing.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def onClose(self) -> None:
+        pass
+
+
+class PublisherPeer(_Peer):
+    def __init__(self, engine: AiortcEngine, stream: LiveStream, events: Any) -> None:
+        super().__init__(engine, stream, events)
+        self.converter = AnnexBToFLV()
+        self.videoCodec: Optional[str] = None
+        self._tasks: list[Any] = []
+        self._receiver: Any = None
+        self._pli: Any = None
+        self._lastPli = -1e9
+        self.pc.on("track", self._track)
+
+    def answer(self, sdp: str) -> Deferred:
+        return _bridge(self._answer(sdp))
+
+    async def _answer(self, sdp: str) -> str:
+        from aiortc import RTCSessionDescription
+
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for t in self.pc.getTransceivers():
+            if t.kind == "video":
+                h264 = [c for c in t._codecs if c.mimeType.lower() == "video/h264"]
+                if h264:
+                    # Packetization mode 1 first, then everything that is
+                    # H.264 or a retransmission of it; the browser sends H.264.
+                    h264.sort(key=lambda c: str(c.parameters.get("packetization-mode")) != "1")
+                    pts = {c.payloadType for c in h264}
+                    rtx = [c for c in t._codecs if c.mimeType.lower() == "video/rtx"
+                           and c.parameters.get("apt") in pts]
+                    t._codecs = h264 + rtx
+                self._receiver = t.receiver
+            _passthrough(t.receiver)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription.sdp
+
+    def _track(self, track: Any) -> None:
+        self._tasks.append(asyncio.ensure_future(self._pump(track)))
+
+    async def _pump(self, track: Any) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                item = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(item, tuple):
+                continue
+            codec, packet = item
+            if track.kind != "video" or self.stream.ended:
+                continue
+            self.videoCodec = codec
+            if codec != "H264":
+                continue  # VP8: no H.264 for the hub
+            try:
+                for ms, body in self.converter.convert(bytes(packet), int(packet.pts)):
+                    self.stream.videoReceived(ms, body)
+            except Exception:
+                _log.failure("a bad H.264 access unit from a WebRTC publisher")
+
+    def onConnected(self) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self._pli = LoopingCall(self.requestKeyframe)
+        self._pli.clock = self.engine._reactor
+        self._pli.start(KEYFRAME_INTERVAL, now=True)
+
+    def requestKeyframe(self) -> None:
+        now = self.engine._reactor.seconds()
+        receiver = self._receiver
+        if receiver is None or self._closing is not None or now - self._lastPli < 0.5:
+            return
+        self._lastPli = now
+        for ssrc in list(receiver._RTCRtpReceiver__active_ssrc):
+            asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+
+    def onClose(self) -> None:
+        if self._pli is not None and self._pli.running:
+            self._pli.stop()
+        for t in self._tasks:
+            t.cancel()
+
+
+def _track_class() -> Any:
+    from aiortc import MediaStreamTrack
+
+    class _HubVideoTrack(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.queue: asyncio.Queue = asyncio.Queue()
+
+        async def recv(self) -> Any:
+            from aiortc.mediastreams import MediaStreamError
+
+            if self.readyState != "live":
+                raise MediaStreamError
+            item = await self.queue.get()
+            if item is None:
+                self.stop()
+                raise MediaStreamError
+            return item
+
+    return _HubVideoTrack
+
+
+class PlayerPeer(_Peer):
+    viewerKind = "webrtc"
+
+    def __init__(self, engine: AiortcEngine, stream: LiveStream, events: Any) -> None:
+        super().__init__(engine, stream, events)
+        from aiortc import RTCRtpSender
+
+        self.track = _track_class()()
+        t = self.pc.addTransceiver(self.track, direction="sendonly")
+        caps = RTCRtpSender.getCapabilities("video").codecs
+        t.setCodecPreferences([c for c in caps if c.mimeType.lower() in ("video/h264", "video/rtx")])
+        # A viewer's picture loss: ask the publisher (WebRTC) for a keyframe.
+        t.sender._send_keyframe = self._pictureLost
+        self._config: Optional[bytes] = None
+        self._waitKey = True
+        self._base: Optional[int] = None
+        self._subscribed = False
+        self.framesSent = 0
+
+    def offer(self) -> Deferred:
+        return _bridge(self._offer())
+
+    async def _offer(self) -> str:
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        return self.pc.localDescription.sdp
+
+    def accept(self, sdp: str) -> Deferred:
+        from aiortc import RTCSessionDescription
+
+        return _bridge(self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer")))
+
+    def onConnected(self) -> None:
+        self._subscribed = True
+        self.stream.subscribe(self)
+        self.engine.requestKeyframe(self.stream)
+
+    def onClose(self) -> None:
+        if self._subscribed:
+            self._subscribed = False
+            self.stream.unsubscribe(self)
+        self.track.queue.put_nowait(None)
+
+    def _pictureLost(self) -> None:
+        self.engine.requestKeyframe(self.stream)
+
+    # --- ISubscriber ---------------------------------------------------------------------
+
+    def streamStarted(self, stream: LiveStream) -> None:
+        self._waitKey = True
+
+    def metadataChanged(self, metadata: dict[str, Any]) -> None:
+        pass
+
+    def configChanged(self, kind: str, body: bytes, timestamp: int) -> None:
+        if kind == VIDEO and len(body) > 5 and body[0] & 0x0F == 7:
+            try:
+                self._config = _config_annexb(body[5:])
+            except Exception:
+                self._config = None
+
+    def frameReceived(self, frame: Frame) -> None:
+        if frame.kind != VIDEO or len(frame.body) < 6 or frame.body[0] & 0x0F != 7:
+            return
+        if frame.body[1] != 1:
+            return
+        q = self.track.queue
+        if q.qsize() >= MAX_QUEUE:
+            # The viewer's sender lags: drop what is queued, restart at a keyframe.
+            while not q.empty():
+                q.get_nowait()
+            self._waitKey = True
+        if self._waitKey:
+            if not frame.keyframe:
+                return
+            self._waitKey = False
+        import av
+
+        data, key, cts = flv_to_annexb(frame.body, self._config)
+        if self._base is None:
+            self._base = frame.timestamp
+        packet = av.Packet(data)
+        packet.pts = max(0, frame.timestamp + cts - self._base) * 90
+        packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        q.put_nowait(packet)
+        self.framesSent += 1
+
+    def streamEnded(self) -> None:
+        self._subscribed = False
+        self.events.ended("stream ended")

@@ -1,0 +1,80 @@
+# -*- test-case-name: tests.test_webrtc_signalling -*-
+"""
+What WebRTC adds to the site of every application:
+
+  ``/{App}/websocket``   the signalling WebSocket (L{signalling})
+  ``/{App}?id=&token=``  the publish page (camera preview, publish)
+  ``/{App}/webrtc.js``   play.html's WebRTC technology
+  ``/{App}/publish.js``  the publish page's script
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any, Optional
+
+from twisted.web.resource import Resource
+from twisted.web.static import File
+
+from .signalling import SignallingFactory
+
+STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "web", "static")
+SCRIPTS = {b"webrtc.js": "webrtc.js", b"publish.js": "publish.js"}
+
+
+class PublishPage(Resource):
+    isLeaf = True
+
+    def __init__(self, app: str) -> None:
+        super().__init__()
+        self._app = app
+
+    def render_GET(self, request: Any) -> bytes:
+        with open(os.path.join(STATIC, "publish.html"), encoding="utf-8") as f:
+            text = f.read()
+        text = text.replace("__APP__", html.escape(self._app, quote=True))
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        return text.encode("utf-8")
+
+    render_HEAD = render_GET
+
+
+class WebRTCPages:
+    def __init__(self, server: Any, engine: Any = None) -> None:
+        from twisted.internet import reactor
+
+        from autobahn.twisted.resource import WebSocketResource
+
+        if engine is None:
+            from .media import make_engine
+
+            engine = make_engine(server, reactor)
+        self.engine = engine
+        self.factory = SignallingFactory(server, engine)
+        self._server = server
+        self._ws = WebSocketResource(self.factory)
+        self._scripts = {name: File(os.path.join(STATIC, path))
+                         for name, path in SCRIPTS.items()}
+
+    def child(self, name: bytes, request: Any) -> Optional[Resource]:
+        try:
+            app = name.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if app not in self._server.apps:
+            return None
+        postpath = request.postpath
+        if not postpath or postpath == [b""]:
+            return PublishPage(app)
+        if len(postpath) == 1:
+            if postpath[0] == b"websocket":
+                request.prepath.append(postpath.pop(0))
+                return self._ws
+            if postpath[0] in self._scripts:
+                request.prepath.append(postpath.pop(0))
+                return self._scripts[request.prepath[-1]]
+        return None
