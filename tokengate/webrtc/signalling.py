@@ -264,7 +264,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             return
         handler = getattr(self, "cmd_" + command, None)
         if handler is None:
-            self.error("unknown_command", command=command[:64])
+            self.error("unknown_command", request=command[:64])
             return
         streamId = message.get("streamId")
         if command not in _NO_STREAM_ID:
@@ -320,10 +320,10 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def cmd_getRoomInfo(self, message: dict[str, Any]) -> None:
         room = message.get("room") if isinstance(message.get("room"), str) else message["streamId"]
-        self.error("not_supported", message["streamId"], command="getRoomInfo", room=room)
+        self.error("not_supported", message["streamId"], request="getRoomInfo", room=room)
 
     def cmd_joinRoom(self, message: dict[str, Any]) -> None:
-        self.error("not_supported", message["streamId"], command="joinRoom")
+        self.error("not_supported", message["streamId"], request="joinRoom")
 
     def cmd_enableTrack(self, message: dict[str, Any]) -> None:
         pass  # single-track streams: nothing to enable

@@ -1,0 +1,343 @@
+"""
+The WebSocket signalling at /{App}/websocket, with a real Autobahn client
+over loopback against the real site.  The media engine is a test double
+(signalling only; real media is in test_webrtc_media), except in
+L{NoMedia}, which runs the engine this (non-asyncio) reactor gets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import TestCase
+
+from tokengate.apps import Applications
+from tokengate.server import Server
+from tokengate.store.memory import MemoryTokenStore
+from tokengate.tokens import StoredToken, new_token
+from tokengate.web.resource import build_site
+from tokengate.webrtc import signalling
+
+
+class FakePeer:
+    def __init__(self, events: Any, kind: str) -> None:
+        self.events = events
+        self.kind = kind
+        self.candidates: list[Any] = []
+        self.closed = False
+
+    def answer(self, sdp: str) -> Deferred:
+        reactor.callLater(0, self.events.connected)
+        return succeed("fake-answer to " + sdp)
+
+    def offer(self) -> Deferred:
+        return succeed("fake-offer")
+
+    def accept(self, sdp: str) -> Deferred:
+        reactor.callLater(0, self.events.connected)
+        return succeed(None)
+
+    def addCandidate(self, candidate: str, mid: Any, label: Any) -> Deferred:
+        self.candidates.append((candidate, mid, label))
+        return succeed(None)
+
+    def close(self) -> Deferred:
+        self.closed = True
+        return succeed(None)
+
+
+class FakeEngine:
+    available = True
+    reason = ""
+
+    def __init__(self) -> None:
+        self.peers: list[FakePeer] = []
+
+    def publisher(self, stream: Any, events: Any) -> FakePeer:
+        self.peers.append(FakePeer(events, "publish"))
+        return self.peers[-1]
+
+    def player(self, stream: Any, events: Any) -> FakePeer:
+        self.peers.append(FakePeer(events, "play"))
+        return self.peers[-1]
+
+
+class _Client(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.messages.append(json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        self.factory.closeCode = code
+        if not self.factory.closed.called:
+            self.factory.closed.callback(code)
+
+
+class WS:
+    def __init__(self, url: str) -> None:
+        f = self.factory = WebSocketClientFactory(url)
+        f.protocol = _Client
+        f.opened, f.closed = Deferred(), Deferred()
+        f.messages, f.closeCode = [], None
+        connectWS(f)
+
+    async def open(self) -> "WS":
+        self.proto = await self.factory.opened
+        return self
+
+    def send(self, **msg: Any) -> None:
+        self.proto.sendMessage(json.dumps(msg).encode())
+
+    def raw(self, data: bytes) -> None:
+        self.proto.sendMessage(data)
+
+    async def expect(self, timeout: float = 5.0, **fields: Any) -> dict:
+        deadline = time.time() + timeout
+        while True:
+            for i, m in enumerate(self.factory.messages):
+                if all(m.get(k) == v for k, v in fields.items()):
+                    return self.factory.messages.pop(i)
+            if time.time() > deadline:
+                raise AssertionError("no {} in {}".format(fields, self.factory.messages))
+            await task.deferLater(reactor, 0.02)
+
+
+class Signalling(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
+                                 playTokenControlEnabled=True)
+        self.site = build_site(self.server)
+        self.pages = self.site.resource._webrtc
+        self.engine = FakeEngine()
+        self.pages.factory.engine = self.engine
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = "ws://127.0.0.1:{}/LiveApp/websocket".format(self.port.getHost().port)
+        self.clients: list[WS] = []
+        self.addCleanup(self._close)
+
+    async def _close(self) -> None:
+        for c in self.clients:
+            if c.factory.closeCode is None and hasattr(c, "proto"):
+                c.proto.sendClose()
+                await c.factory.closed
+        for s in self.server.hub.liveStreams():
+            s.end()
+
+    async def ws(self) -> WS:
+        c = await WS(self.url).open()
+        self.clients.append(c)
+        return c
+
+    def mint(self, streamId: str = "s1", type: str = "publish") -> str:
+        t = new_token(streamId, type, int(time.time()) + 600)
+        self.server.store.add(StoredToken.fromToken("LiveApp", t))
+        return t.tokenId
+
+    async def publish(self, c: WS, streamId: str = "s1") -> None:
+        c.send(command="publish", streamId=streamId, token=self.mint(streamId))
+        await c.expect(command="start", streamId=streamId)
+        c.send(command="takeConfiguration", streamId=streamId, type="offer", sdp="o")
+        m = await c.expect(command="takeConfiguration", streamId=streamId)
+        self.assertEqual((m["type"], m["sdp"]), ("answer", "fake-answer to o"))
+        await c.expect(command="notification", definition="publish_started", streamId=streamId)
+
+    async def test_ping_and_ice(self) -> None:
+        c = await self.ws()
+        c.send(command="ping")
+        await c.expect(command="pong")
+        c.send(command="getIceServerConfig")
+        m = await c.expect(command="iceServerConfig")
+        self.assertIn("stunServerUri", m)
+
+    async def test_stream_id_errors(self) -> None:
+        c = await self.ws()
+        c.send(command="publish", token="x")
+        await c.expect(command="error", definition="noStreamNameSpecified")
+        c.send(command="play", streamId="bad/id", token="x")
+        await c.expect(command="error", definition="invalidStreamName", streamId="bad/id")
+        c.send(command="getStreamInfo", streamId="")
+        await c.expect(command="error", definition="noStreamNameSpecified")
+
+    async def test_malformed(self) -> None:
+        c = await self.ws()
+        c.raw(b"{not json")
+        await c.expect(command="error", definition="invalid_json")
+        c.raw(b"[1, 2]")
+        await c.expect(command="error", definition="invalid_json")
+        c.send(streamId="s1")
+        await c.expect(command="error", definition="missing_command")
+        c.send(command="selfDestruct", streamId="s1")
+        await c.expect(command="error", definition="unknown_command")
+        c.proto.sendMessage(b"\xff\xfe", isBinary=True)
+        await c.expect(command="error", definition="invalid_json")
+        # still served
+        c.send(command="ping")
+        await c.expect(command="pong")
+
+    async def test_bad_token_then_good(self) -> None:
+        c = await self.ws()
+        c.send(command="publish", streamId="s1", token="123")
+        await c.expect(command="error", definition="unauthorized_access", streamId="s1")
+        c.send(command="publish", streamId="s1", token="")
+        await c.expect(command="error", definition="unauthorized_access", streamId="s1")
+        await self.publish(c)
+        self.assertTrue(self.server.hub.isLive("LiveApp", "s1"))
+        self.assertEqual(self.server.hub.get("LiveApp", "s1").publishType, "WebRTC")
+        c.send(command="takeCandidate", streamId="s1", label=0, id="0",
+               candidate="candidate:1 1 udp 1 127.0.0.1 9 typ host")
+        c.send(command="publish", streamId="s1", token=self.mint())
+        await c.expect(command="error", definition="already_publishing", streamId="s1")
+        self.assertEqual(self.engine.peers[0].candidates[0][1:], ("0", 0))
+        c.send(command="getStreamInfo", streamId="s1")
+        await c.expect(command="streamInformation", streamId="s1")
+        c.send(command="stop", streamId="s1")
+        await c.expect(command="notification", definition="publish_finished", streamId="s1")
+        self.assertFalse(self.server.hub.isLive("LiveApp", "s1"))
+        self.assertTrue(self.engine.peers[0].closed)
+        refusals = self.server.metrics.refusals.labels("webrtc", "publish", "unknown")
+        self.assertEqual(refusals._value.get(), 1)
+
+    async def test_in_use_keeps_token(self) -> None:
+        a = await self.ws()
+        await self.publish(a)
+        b = await self.ws()
+        token = self.mint("s1")
+        b.send(command="publish", streamId="s1", token=token)
+        await b.expect(command="error", definition="streamIdInUse", streamId="s1")
+        a.send(command="stop", streamId="s1")
+        await a.expect(command="notification", definition="publish_finished")
+        b.send(command="publish", streamId="s1", token=token)
+        await b.expect(command="start", streamId="s1")
+
+    async def test_play(self) -> None:
+        c = await self.ws()
+        token = self.mint("s1", "play")
+        c.send(command="play", streamId="s1", token=token)
+        m = await c.expect(command="error", definition="no_stream_exist", streamId="s1")
+        self.assertEqual(m["error_code"], "404")
+        c.send(command="getStreamInfo", streamId="s1")
+        await c.expect(command="error", definition="no_stream_exist")
+        pub = await self.ws()
+        await self.publish(pub)
+        # the token was kept
+        c.send(command="play", streamId="s1", token=token)
+        m = await c.expect(command="takeConfiguration", streamId="s1")
+        self.assertEqual((m["type"], m["sdp"]), ("offer", "fake-offer"))
+        self.assertFalse([x for x in c.factory.messages if x.get("command") == "start"])
+        c.send(command="play", streamId="s1", token=token)
+        await c.expect(command="error", definition="already_playing", streamId="s1")
+        c.send(command="takeConfiguration", streamId="s1", type="answer", sdp="a")
+        await c.expect(command="notification", definition="play_started", streamId="s1")
+        # spent
+        d = await self.ws()
+        d.send(command="play", streamId="s1", token=token)
+        await d.expect(command="error", definition="unauthorized_access", streamId="s1")
+        c.send(command="stop", streamId="s1")
+        await c.expect(command="notification", definition="play_finished", streamId="s1")
+
+    async def test_other_commands(self) -> None:
+        c = await self.ws()
+        c.send(command="takeConfiguration", streamId="s1", type="offer", sdp="x")
+        await c.expect(command="error", definition="no_peer_associated_before")
+        c.send(command="takeCandidate", streamId="s1", candidate="x")
+        await c.expect(command="error", definition="no_peer_associated_before")
+        c.send(command="getTrackList", streamId="s1", token="")
+        await c.expect(command="trackList", streamId="s1")
+        c.send(command="joinRoom", streamId="room1")
+        await c.expect(command="error", definition="not_supported")
+        c.send(command="getRoomInfo", streamId="room1")
+        await c.expect(command="error", definition="not_supported")
+        for name in ("enableTrack", "toggleVideo", "toggleAudio"):
+            c.send(command=name, streamId="s1")
+        c.send(command="ping")
+        await c.expect(command="pong")
+
+    async def test_kick_closes_4003(self) -> None:
+        c = await self.ws()
+        await self.publish(c)
+        n = self.server.gate.registry.kickTokenSessions("LiveApp", "s1")
+        self.assertEqual(n, 1)
+        code = await c.factory.closed
+        self.assertEqual(code, signalling.CLOSE_REVOKED)
+        self.assertTrue(self.engine.peers[0].closed)
+        self.assertFalse(self.server.hub.isLive("LiveApp", "s1"))
+
+    async def test_rate_limit(self) -> None:
+        c = await self.ws()
+        for _ in range(int(signalling.RATE_BURST) + 20):
+            c.send(command="ping")
+        await c.expect(command="error", definition="too_many_requests")
+
+    async def test_flood_closes(self) -> None:
+        c = await self.ws()
+        for _ in range(int(signalling.RATE_BURST) + signalling.RATE_ABUSE + 50):
+            c.send(command="ping")
+        code = await c.factory.closed
+        self.assertEqual(code, signalling.CLOSE_ABUSE)
+
+    async def test_message_size(self) -> None:
+        c = await self.ws()
+        c.raw(json.dumps({"command": "ping", "pad": "x" * signalling.MAX_MESSAGE_SIZE}).encode())
+        code = await c.factory.closed
+        # the server fails the connection (1009 "too big", seen by the client
+        # as 1006 when it drops before the closing handshake)
+        self.assertIn(code, (1006, 1009))
+        c2 = await self.ws()
+        c2.send(command="ping")
+        await c2.expect(command="pong")
+
+    async def test_streams_per_socket(self) -> None:
+        c = await self.ws()
+        for i in range(signalling.MAX_STREAMS):
+            await self.publish(c, "s{}".format(i))
+        c.send(command="publish", streamId="extra", token=self.mint("extra"))
+        await c.expect(command="error", definition="too_many_streams", streamId="extra")
+
+    async def test_sessions_gauge(self) -> None:
+        await self.ws()
+        await self.ws()
+        text = self.server.metrics.render() if hasattr(self.server.metrics, "render") else None
+        self.assertEqual(len(self.pages.factory.connections), 2)
+        if text is not None:
+            self.assertIn(b"tokengate_websocket_sessions 2.0", text)
+
+
+class NoMedia(TestCase):
+    """
+    On a reactor that is not the asyncio one, publish and play are answered
+    with not_initialized_yet and the token is not spent.
+    """
+
+    timeout = 30
+
+    async def test_not_initialized(self) -> None:
+        server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
+        server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        site = build_site(server)
+        self.assertFalse(site.resource._webrtc.engine.available)
+        self.assertIn("asyncio", site.resource._webrtc.engine.reason)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        c = await WS("ws://127.0.0.1:{}/LiveApp/websocket".format(port.getHost().port)).open()
+        c.send(command="publish", streamId="s1", token="1")
+        m = await c.expect(command="error", definition="not_initialized_yet", streamId="s1")
+        self.assertIn("asyncio", m["information"])
+        c.send(command="ping")
+        await c.expect(command="pong")
+        c.proto.sendClose()
+        await c.factory.closed
