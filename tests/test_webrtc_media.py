@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -68,3 +69,76 @@ class AiortcPeers(TestCase):
         # RTMP in, WebRTC out
         self.assertEqual(out["rtmpPlay"]["notification"], "play_started")
         self.assertGreaterEqual(out["rtmpPlay"]["frames"], 50)
+
+
+class Chromium(TestCase):
+    """
+    Headless Chromium with a fake camera: the publish page publishes, and
+    play.html (no playOrder: WebRTC first) plays it over WebRTC, decoding
+    frames (its own getStats); a bad token shows the error.  The server runs
+    in a subprocess on the asyncio reactor.
+    """
+
+    timeout = 180
+
+    async def test_publish_page_and_player(self):
+        from . import browser as browser_mod
+
+        require("chromium")
+        try:
+            import aiortc  # noqa: F401
+        except ImportError:
+            self.skipTest("aiortc not installed")
+        from twisted.internet import reactor, task
+        import treq
+
+        r = procs.start([sys.executable, SCRIPT, "-", "serve"], 150)
+        self.addCleanup(lambda: (r.kill(), r.done)[1])
+        ports = None
+        for _ in range(200):
+            text = b"".join(r.proto.out).decode()
+            if text.strip():
+                ports = json.loads(text.splitlines()[0])
+                break
+            await task.deferLater(reactor, 0.05)
+        self.assertIsNotNone(ports, r.stderrSoFar())
+        web = "http://127.0.0.1:{}".format(ports["http"])
+
+        async def mint(streamId, type):
+            resp = await treq.get(
+                "{}/LiveApp/rest/v2/broadcasts/{}/token?expireDate={}&type={}".format(
+                    web, streamId, int(time.time()) + 600, type), persistent=False)
+            return json.loads(await resp.content())["tokenId"]
+
+        b = await browser_mod.launch(self, args=[
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        pub = await b.open("{}/LiveApp?id=cam1&token={}".format(web, await mint("cam1", "publish")))
+        await pub.wait_for("window.tokengatePublishState.status === 'publishing' || "
+                           "window.tokengatePublishState.status === 'error'", timeout=40)
+        self.assertEqual(await pub.evaluate("window.tokengatePublishState.status"), "publishing",
+                         await pub.evaluate("window.tokengatePublishState.error"))
+        resp = await treq.get("{}/LiveApp/rest/v2/broadcasts/cam1".format(web), persistent=False)
+        self.assertEqual(json.loads(await resp.content())["status"], "broadcasting")
+
+        play = await b.open("{}/LiveApp/play.html?id=cam1&token={}".format(
+            web, await mint("cam1", "play")))
+        await play.wait_for("window.tokengateState.status === 'playing' || "
+                            "window.tokengateState.status === 'error'", timeout=40)
+        self.assertEqual(await play.evaluate("window.tokengateState.tech"), "webrtc")
+        decoded = 0
+        for _ in range(60):
+            decoded = await play.evaluate(
+                "window.tokengateWebRTC.pc.getStats().then(function (s) { var n = 0;"
+                " s.forEach(function (r) { if (r.type === 'inbound-rtp' && r.kind === 'video')"
+                " { n = r.framesDecoded || 0; } }); return n; })")
+            if decoded > 0:
+                break
+            await task.deferLater(reactor, 0.5)
+        self.assertGreater(decoded, 0)
+
+        bad = await b.open("{}/LiveApp/play.html?id=cam1&token=123456".format(web))
+        await bad.wait_for("window.tokengateState.status === 'error'", timeout=30)
+        self.assertIn("Not authorized", await bad.evaluate("window.tokengateState.error"))
+        badpub = await b.open("{}/LiveApp?id=cam2&token=nope".format(web))
+        await badpub.wait_for("window.tokengatePublishState.status === 'error'", timeout=30)
+        self.assertIn("Not authorized", await badpub.evaluate("window.tokengatePublishState.error"))
