@@ -270,7 +270,10 @@ def run_tokengate(args, slices, tmp) -> dict:
                 time.sleep(0.1)
         req = urllib.request.Request(base + "/rest/v2/applications/settings/LiveApp",
                                      data=json.dumps({"publishTokenControlEnabled": True,
-                                                      "playTokenControlEnabled": True}).encode(),
+                                                      "playTokenControlEnabled": True,
+                                                      # ingest and RTMP relay only, as nginx-rtmp
+                                                      # is configured here (live on, no hls)
+                                                      "hlsMuxingEnabled": False}).encode(),
                                      method="POST")
         urllib.request.urlopen(req).read()
         names, players = [], []

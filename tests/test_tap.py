@@ -59,8 +59,12 @@ class ServiceTests(TestCase):
     def test_listeners(self):
         reactor = MemoryReactorClock()
         udp = []
+        class FakePort:
+            def stopListening(self):
+                udp.append("stopped")
+
         reactor.listenUDP = lambda port, proto, interface="", maxPacketSize=8192: udp.append(
-            (port, interface, type(proto).__name__)) or proto
+            (port, interface, type(proto).__name__)) or FakePort()
         data = self.mktemp()
         o = Options()
         o.parseOptions(["--data-dir", data, "--http", "tcp:15080:interface=127.0.0.1",

@@ -157,6 +157,9 @@ class SRTListener(DatagramProtocol):
         m.callbackGauge("tokengate_srt_connections", "SRT callers connected",
                         lambda: len(self.sessions))
         self._last: dict[int, tuple[int, int, int, int]] = {}
+        self._kinds = [(kind, self._packets.labels(kind))
+                       for kind in ("received", "retransmitted", "dropped", "lost")]
+        self._ticks = 0
 
     def _newSocketId(self) -> int:
         while True:
@@ -209,6 +212,8 @@ class SRTListener(DatagramProtocol):
 
     def _tick(self) -> None:
         now = self.server.clock.seconds()
+        self._ticks += 1
+        count = self._ticks % 100 == 0  # statistics once a second
         for sid, session in list(self.sessions.items()):
             conn = session.conn
             if conn is None:
@@ -220,15 +225,16 @@ class SRTListener(DatagramProtocol):
             except Exception:
                 self._log.failure("SRT connection tick failed")
                 session.end("error", shutdown=True)
-            self._count(sid, conn)
+            if count:
+                self._count(sid, conn)
 
     def _count(self, sid: int, conn: Connection) -> None:
         s = conn.stats()
         last = self._last.get(sid, (0, 0, 0, 0))
         now = (s.packets_received, s.packets_retransmitted, s.packets_dropped, s.packets_lost)
-        for kind, a, b in zip(("received", "retransmitted", "dropped", "lost"), now, last):
+        for (kind, counter), a, b in zip(self._kinds, now, last):
             if a > b:
-                self._packets.labels(kind).inc(a - b)
+                counter.inc(a - b)
         self._last[sid] = now
 
     # --- handshake -------------------------------------------------------------------
@@ -296,6 +302,7 @@ class SRTListener(DatagramProtocol):
         conn = session.conn
         if conn is None:
             return
+        self._count(conn.socket_id, conn)
         self.sessions.pop(conn.socket_id, None)
         self._last.pop(conn.socket_id, None)
         self._ids.discard(conn.socket_id)
