@@ -33,7 +33,6 @@ sys.path.insert(0, ROOT)
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402
 
 from bench.rtmp_ingest import (  # noqa: E402
-    Bench,
     cpu_seconds,
     drive,
     free_port,

@@ -6,7 +6,6 @@ running reactor, each bounded in time.
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any, Optional, Sequence
 
 from attrs import define
@@ -100,3 +99,46 @@ def start(argv: Sequence[str], timeout: float = 60.0, env: Optional[dict] = None
 
 def run(argv: Sequence[str], timeout: float = 60.0) -> "Deferred[Result]":
     return start(argv, timeout).done
+
+
+class ClientsMixin:
+    """
+    For interop tests: real client processes started by the test are killed
+    and awaited at cleanup, then the server's live streams are ended; tokens
+    are minted straight into the server's store.
+
+    The test sets C{self.server} and calls L{startClients} in C{setUp}.
+    """
+
+    tokenType = "publish"
+
+    def startClients(self) -> None:
+        self.running: list[Running] = []
+        self.addCleanup(self._killClients)
+
+    def start(self, argv: Sequence[str], timeout: float = 60.0) -> Running:
+        r = start(argv, timeout)
+        self.running.append(r)
+        return r
+
+    async def _killClients(self) -> None:
+        from twisted.internet.task import deferLater
+
+        for r in self.running:
+            r.kill()
+        for r in self.running:
+            await r.done
+        # let every connection close
+        for stream in self.server.hub.liveStreams():
+            stream.end()
+        await deferLater(reactor, 0.2)
+
+    def mint(self, streamId: str = "s1", type: Optional[str] = None,
+             expire: Optional[int] = None, app: str = "LiveApp") -> str:
+        import time
+
+        from tokengate.tokens import StoredToken, new_token
+
+        token = new_token(streamId, type or self.tokenType, expire or int(time.time()) + 600)
+        self.server.store.add(StoredToken.fromToken(app, token))
+        return token.tokenId

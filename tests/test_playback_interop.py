@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 
 from twisted.internet import reactor, task
@@ -18,7 +17,6 @@ from tokengate.apps import Applications
 from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server, ServerConfig
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, new_token
 from tokengate.web.resource import build_site
 
 from . import procs
@@ -26,8 +24,9 @@ from .helpers import require
 from .test_rtmp_interop import frames, test_clip
 
 
-class LiveServer(TestCase):
+class LiveServer(procs.ClientsMixin, TestCase):
     timeout = 180
+    tokenType = "play"
 
     def setUp(self):
         self.ffmpeg = require("ffmpeg")
@@ -44,27 +43,7 @@ class LiveServer(TestCase):
         self.addCleanup(self.http.stopListening)
         self.addCleanup(self.rtmp.stopListening)
         self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
-        self.running: list[procs.Running] = []
-        self.addCleanup(self._killAll)
-
-    async def _killAll(self):
-        for r in self.running:
-            r.kill()
-        for r in self.running:
-            await r.done
-        for stream in self.server.hub.liveStreams():
-            stream.end()
-        await task.deferLater(reactor, 0.2)
-
-    def mint(self, streamId="s1", type="play"):
-        t = new_token(streamId, type, int(time.time()) + 600)
-        self.server.store.add(StoredToken.fromToken("LiveApp", t))
-        return t.tokenId
-
-    def start(self, argv, timeout=90):
-        r = procs.start(argv, timeout)
-        self.running.append(r)
-        return r
+        self.startClients()
 
     def publish(self, seconds=30, streamId="s1"):
         url = "rtmp://127.0.0.1:{}/LiveApp/{}".format(self.rtmp.getHost().port, streamId)

@@ -16,7 +16,6 @@ from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.apps import Applications
-from tokengate.tokens import StoredToken, new_token
 
 from . import procs
 from .helpers import require
@@ -50,7 +49,7 @@ def test_clip(seconds: int = 4) -> str:
     return path
 
 
-class RTMPInteropBase(TestCase):
+class RTMPInteropBase(procs.ClientsMixin, TestCase):
     timeout = 120
 
     def setUp(self):
@@ -60,41 +59,21 @@ class RTMPInteropBase(TestCase):
         self.port = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = "rtmp://127.0.0.1:{}".format(self.port.getHost().port)
-        self.running: list[procs.Running] = []
-        self.addCleanup(self._killAll)
-
-    async def _killAll(self):
-        for r in self.running:
-            r.kill()
-        for r in self.running:
-            await r.done
-        # let every RTMP connection close
-        for stream in self.server.hub.liveStreams():
-            stream.end()
-        await task.deferLater(reactor, 0.2)
-
-    def mint(self, streamId="s1", type="publish", expire=None, app="LiveApp"):
-        token = new_token(streamId, type, expire or int(time.time()) + 600)
-        self.server.store.add(StoredToken.fromToken(app, token))
-        return token.tokenId
+        self.startClients()
 
     def publish(self, path, seconds_timeout=60, clip=None, realtime=True):
         argv = [self.ffmpeg, "-hide_banner", "-nostdin"]
         if realtime:
             argv.append("-re")
         argv += ["-i", clip or self.clip, "-c", "copy", "-f", "flv", self.url + path]
-        r = procs.start(argv, seconds_timeout)
-        self.running.append(r)
-        return r
+        return self.start(argv, seconds_timeout)
 
     def play(self, path, seconds=None, timeout=60):
         argv = [self.ffmpeg, "-hide_banner", "-nostdin", "-i", self.url + path]
         if seconds:
             argv += ["-t", str(seconds)]
         argv += ["-f", "null", "-"]
-        r = procs.start(argv, timeout)
-        self.running.append(r)
-        return r
+        return self.start(argv, timeout)
 
     async def waitLive(self, streamId="s1", app="LiveApp", timeout=15.0):
         deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.apps import Applications
-from tokengate.rtmp.core import CLIENT, AudioData, Command, DataMessage, RTMPConnection, VideoData
+from tokengate.rtmp.core import CLIENT, AudioData, Command, RTMPConnection, VideoData
 from tokengate.rtmp.protocol import RTMPFactory, parse_stream_name
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore

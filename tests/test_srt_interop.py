@@ -21,7 +21,6 @@ from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
 from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, new_token
 
 from . import procs
 from .helpers import require
@@ -71,7 +70,7 @@ class Relay(DatagramProtocol):
         self.transport.write(data, self.target)
 
 
-class SRTInterop(TestCase):
+class SRTInterop(procs.ClientsMixin, TestCase):
     timeout = 120
 
     def setUp(self):
@@ -84,27 +83,7 @@ class SRTInterop(TestCase):
         self.addCleanup(self.rtmp.stopListening)
         self.addCleanup(self.udp.stopListening)
         self.port = self.udp.getHost().port
-        self.running: list[procs.Running] = []
-        self.addCleanup(self._killAll)
-
-    async def _killAll(self):
-        for r in self.running:
-            r.kill()
-        for r in self.running:
-            await r.done
-        for stream in self.server.hub.liveStreams():
-            stream.end()
-        await task.deferLater(reactor, 0.2)
-
-    def mint(self, streamId="s1", type="publish"):
-        t = new_token(streamId, type, int(time.time()) + 600)
-        self.server.store.add(StoredToken.fromToken("LiveApp", t))
-        return t.tokenId
-
-    def start(self, argv, timeout=60):
-        r = procs.start(argv, timeout)
-        self.running.append(r)
-        return r
+        self.startClients()
 
     def publish(self, streamid, seconds=6, port=None):
         url = "srt://127.0.0.1:{}?streamid={}&linger=3".format(port or self.port, streamid)

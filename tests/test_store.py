@@ -9,7 +9,6 @@ real redis-server.
 from __future__ import annotations
 
 import os
-import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults

@@ -2,7 +2,6 @@
 The token rules, unit and property tests.
 """
 
-import re
 
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..auth import Grant, IKickable, Refused, StreamCredentials
-from ..media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
+from ..media.hub import VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
 from ..tokens import PLAY, PUBLISH, Outcome
 from . import amf0
 from .core import (
