@@ -184,7 +184,8 @@ class Grant:
             try:
                 mind.kick(reason)
             except Exception:
-                Logger().failure("kicking a {protocol} session failed", protocol=self.protocol)
+                self._registry._log.failure("kicking a {protocol} session failed",
+                                            protocol=self.protocol)
 
 
 class SessionRegistry:
@@ -517,12 +518,20 @@ class Gate:
     _log = Logger()
 
     def __init__(self, portal: Portal, registry: SessionRegistry, throttle: Throttle,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, apps: Optional[Applications] = None) -> None:
         self._portal = portal
+        self._apps = apps
         self.registry = registry
         self._throttle = throttle
         self._metrics = metrics
         self._prechecks: list[Precheck] = []
+
+    def knowsApplication(self, app: str) -> bool:
+        """
+        Whether C{app} names an application (protocols ask before anything
+        else, e.g. at RTMP C{connect}).
+        """
+        return self._apps is not None and self._apps.get(app) is not None
 
     def addPrecheck(self, check: Precheck) -> None:
         """
@@ -599,7 +608,7 @@ def build_gate(apps: Applications, store: ITokenStore, clock: IReactorTime,
     registry = SessionRegistry(metrics, clock, kickOnExpiry=kickOnExpiry)
     onetime = OneTimeTokenChecker(store, clock)
     portal = Portal(GateRealm(registry), [PolicyChecker(apps, onetime, JwtTokenChecker(apps, clock))])
-    return Gate(portal, registry, throttle or Throttle(clock), metrics)
+    return Gate(portal, registry, throttle or Throttle(clock), metrics, apps)
 
 
 def credentials_for(app: str, streamId: str, action: str, token: Optional[str],

@@ -34,13 +34,17 @@ class Outputs:
             self.recordings = RecordingManager(self._recordingsDir, server.clock)
         server.hub.onPublish(self._published)
 
-    def recordingPath(self, app: str, streamId: str) -> str:
+    def recordingPath(self, app: str, streamId: str) -> Optional[str]:
+        """
+        Where the stream's MP4 recording is (or would be); None when this
+        server does not record or the name cannot be a file name.
+        """
         if self.recordings is None:
-            return os.devnull + ".none"
+            return None
         try:
-            return self.recordings.path_for(app, streamId)
+            return str(self.recordings.path_for(app, streamId))
         except ValueError:
-            return os.devnull + ".none"
+            return None
 
     def packager(self, app: str, streamId: str) -> Optional[Any]:
         return self._packagers.get((app, streamId))

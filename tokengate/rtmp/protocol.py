@@ -266,7 +266,7 @@ class RTMPServerProtocol(Protocol):
         app = app if isinstance(app, str) else ""
         app = app.partition("?")[0].strip("/")
         name, _, rest = app.partition("/")
-        if not self._server.apps.get(name):
+        if not self._server.gate.knowsApplication(name):
             self._server.gate.refused(
                 StreamCredentials(name, "", "connect", None, self.peerHost, "rtmp"),
                 Outcome.NO_APP,

@@ -122,6 +122,13 @@ class HTTPSessions:
                 counts[session.kind] = counts.get(session.kind, 0) + 1
         return counts
 
+    def revokeSession(self, sessionId: str) -> None:
+        """
+        End one session (its grant was already ended by the gate).
+        """
+        self.signer.revokeSession(sessionId, self._clock.seconds())
+        self._sessions.pop(sessionId, None)
+
     def revokeStream(self, app: str, streamId: str) -> int:
         """
         End every session of a stream (their next request is refused).
@@ -150,9 +157,7 @@ class _SessionMind:
 
     def kick(self, reason: str) -> None:
         if self.session is not None:
-            self._sessions.signer.revokeSession(self.session.sessionId,
-                                                self._sessions._clock.seconds())
-            self._sessions._sessions.pop(self.session.sessionId, None)
+            self._sessions.revokeSession(self.session.sessionId)
 
 
 class PlaybackResource(Resource):
@@ -259,8 +264,10 @@ class PlaybackGate:
             return _fail(request, 404, "HLS is not enabled for this application")
         if protocol == "dash" and not settings.dashMuxingEnabled:
             return _fail(request, 404, "DASH is not enabled for this application")
-        if what == "vod" and not os.path.isfile(self.outputs.recordingPath(app, streamId)):
-            return _fail(request, 404, "No recording of this stream")
+        if what == "vod":
+            path = self.outputs.recordingPath(app, streamId)
+            if path is None or not os.path.isfile(path):
+                return _fail(request, 404, "No recording of this stream")
         kind = settings.tokenKind("play")
         if kind is None:
             return self._deliver(request, app, streamId, what, details, None)

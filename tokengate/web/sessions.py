@@ -28,8 +28,6 @@ import json
 import os
 import secrets
 from collections import OrderedDict
-from typing import Optional
-
 from attrs import frozen
 
 VERSION = 1
@@ -184,7 +182,3 @@ def cookie_name(app: str, streamId: str) -> str:
 
 __all__ = ["Session", "SessionSigner", "InvalidCredential", "cookie_name",
            "load_or_create_secret"]
-
-
-def _unused(x: Optional[int]) -> None:  # pragma: no cover
-    pass
