@@ -198,12 +198,19 @@ def _cached_cidrs(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Netwo
     return parse_cidrs(text)
 
 
+@functools.lru_cache(maxsize=4096)
+def _address(host: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def address_allowed(
     host: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 ) -> bool:
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
+    addr = _address(host)
+    if addr is None:
         return False
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
