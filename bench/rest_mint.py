@@ -1,7 +1,8 @@
 """
 REST mint requests/s (default SQLite store) against a bare twisted.web
 resource answering a token-sized JSON body, both measured with wrk in the
-same run, one after the other, each server in its own process.
+same run, one after the other, each server in its own process, both run by
+twistd with its access log going to a file (as an operator runs them).
 
     python bench/rest_mint.py [--seconds 8] [--connections 32]
 
@@ -24,8 +25,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BARE = r"""
-import sys
-from twisted.internet import reactor
+import os
+from twisted.application import internet, service
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -38,8 +39,9 @@ class Bare(Resource):
         request.setHeader(b"content-type", b"application/json")
         return BODY
 
-reactor.listenTCP(int(sys.argv[1]), Site(Bare()), interface="127.0.0.1")
-reactor.run()
+application = service.Application("bare")
+internet.TCPServer(int(os.environ["BARE_PORT"]), Site(Bare()),
+                   interface="127.0.0.1").setServiceParent(application)
 """
 
 
@@ -89,7 +91,13 @@ def main() -> None:
     procs = []
     try:
         port = free_port()
-        bare = subprocess.Popen([sys.executable, "-c", BARE, str(port)])
+        tac = os.path.join(tmp, "bare.tac")
+        with open(tac, "w") as f:
+            f.write(BARE)
+        bare = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "--logfile", os.path.join(tmp, "bare.log"), "-y", tac],
+            env=dict(os.environ, BARE_PORT=str(port)))
         procs.append(bare)
         url = "http://127.0.0.1:{}/".format(port)
         wait_http(url, bare)
