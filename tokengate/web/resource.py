@@ -20,38 +20,40 @@ from .site import TokengateSite
 
 
 class Root(Resource):
-    def __init__(self, server: Server, api: Any, playback: PlaybackGate) -> None:
+    def __init__(self, server: Server, api: Any, playback: PlaybackGate,
+                 webrtc: Any = None) -> None:
         super().__init__()
         self._server = server
         self._api = api
         self._playback = playback
         self._time = TimeResource(server.clock)
         self._pages = Pages()
-        self._webrtc: Any = None  # WebRTCPages, set by build_site
+        self._webrtc = webrtc  # the WebSocket and the WebRTC pages
 
     def getChildWithDefault(self, name: bytes, request: Any) -> Any:
         postpath = request.postpath
         if name == b"time" and not postpath:
             return self._time
-        if self._webrtc is not None:
+        try:
+            app = name.decode("utf-8")
+        except UnicodeDecodeError:
+            app = ""
+        known = app in self._server.apps
+        # Playback first: it is the hot path.
+        if known and postpath and postpath[0] == b"streams":
+            request.prepath.append(postpath.pop(0))
+            return PlaybackResource(self._playback, app)
+        if known and self._webrtc is not None:
             page = self._webrtc.child(name, request)
             if page is not None:
                 return page
-        if postpath and postpath[0] != b"rest":
-            try:
-                app = name.decode("utf-8")
-            except UnicodeDecodeError:
-                app = ""
-            if app in self._server.apps:
-                if postpath[0] == b"streams":
-                    request.prepath.append(postpath.pop(0))
-                    return PlaybackResource(self._playback, app)
-                first = postpath[0]
-                request.prepath.append(postpath.pop(0))
-                page = self._pages.child(first, request)
-                if page is not None:
-                    return page
-                postpath.insert(0, request.prepath.pop())
+        if known and postpath and postpath[0] != b"rest":
+            first = postpath[0]
+            request.prepath.append(postpath.pop(0))
+            page = self._pages.child(first, request)
+            if page is not None:
+                return page
+            postpath.insert(0, request.prepath.pop())
         # Everything else is Klein's: give it the whole path.
         request.prepath.pop()
         postpath.insert(0, name)
@@ -63,8 +65,7 @@ def build_site(server: Server) -> TokengateSite:
     playback = PlaybackGate(server, server.signer, server.outputs,
                             reuseWindow=server.config.reuseWindow)
     server.playback = playback
-    root = Root(server, api.resource(), playback)
     from ..webrtc.pages import WebRTCPages
 
-    root._webrtc = WebRTCPages(server)
+    root = Root(server, api.resource(), playback, WebRTCPages(server))
     return TokengateSite(root, maxBodySize=server.config.maxBodySize)
