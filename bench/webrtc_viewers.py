@@ -1,0 +1,301 @@
+"""
+WebRTC viewers benchmark: one 1 Mbps H.264 stream published over RTMP
+(ffmpeg -re, a testsrc2 640x360 clip made once and cached in bench/out/),
+played by N aiortc viewers through the WebSocket signalling.
+
+    python bench/webrtc_viewers.py [--viewers 50] [--seconds 15] [--baseline 8]
+
+The tokengate server runs under ``twistd -r asyncio`` (WebRTC needs it),
+pinned to CPU 0 when ``taskset`` exists; this load generator runs on CPU 1.
+The viewers do not decode: their receivers use the server's own
+encoded-frame passthrough (tokengate.webrtc.media), so each one only counts
+the H.264 access units it gets.
+
+Measured, in the same run: the server's CPU with the publisher and no
+viewers (the baseline), then with N viewers; the server's CPU-seconds per
+viewer-second (above the baseline), its ratio to the baseline's CPU per
+second, how many viewers one core would carry, and the time from sending
+``play`` to the first received video frame (median, p95).  Bounded in time;
+stops by itself and cleans up its processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+loop = asyncio.new_event_loop()
+asyncio.set_event_loop(loop)
+from twisted.internet import asyncioreactor  # noqa: E402
+
+asyncioreactor.install(loop)
+
+from autobahn.twisted.websocket import (  # noqa: E402
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
+from twisted.internet import defer, reactor, task  # noqa: E402
+
+OUT = os.path.join(ROOT, "bench", "out")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(udp: bool = False) -> int:
+    s = socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def make_clip(seconds: int = 30) -> str:
+    """
+    testsrc2 640x360 at 30 fps, H.264 ~1 Mbps CBR, no B-frames, 2 s GOP,
+    and 64 kb/s AAC; made once.
+    """
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, "clip-1mbps-360p-{}s.flv".format(seconds))
+    if not os.path.exists(path):
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
+             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
+             "-bf", "0", "-b:v", "1000k", "-minrate", "1000k", "-maxrate", "1000k",
+             "-bufsize", "1000k", "-x264-params", "nal-hrd=cbr:force-cfr=1",
+             "-c:a", "aac", "-b:a", "64k", "-f", "flv", path + ".tmp"],
+            check=True,
+        )
+        os.rename(path + ".tmp", path)
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    with open("/proc/{}/stat".format(pid)) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime, stime are fields 14 and 15 (1-based); fields[0] is field 3
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Client(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        msg = json.loads(payload)
+        cmd = msg.get("command")
+        if cmd in ("takeConfiguration", "error") and not self.factory.offer.called:
+            self.factory.offer.callback(msg)
+
+    def send(self, **msg):
+        self.sendMessage(json.dumps(msg).encode())
+
+
+class Viewer:
+    def __init__(self, url: str, streamId: str, token: str) -> None:
+        self.url = url
+        self.streamId = streamId
+        self.token = token
+        self.frames = 0
+        self.audio = 0
+        self.first: float | None = None
+        self.error: object = None
+        self.pc = None
+        self.ws = None
+
+    async def start(self) -> None:
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+        from tokengate.webrtc.media import _passthrough
+
+        f = WebSocketClientFactory(self.url)
+        f.protocol = Client
+        f.opened = defer.Deferred()
+        f.offer = defer.Deferred()
+        connectWS(f)
+        self.ws = await f.opened
+        started = time.monotonic()
+        self.ws.send(command="play", streamId=self.streamId, token=self.token)
+        m = await f.offer
+        if m["command"] == "error":
+            self.error = m
+            return
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+        async def consume(track):
+            from aiortc.mediastreams import MediaStreamError
+
+            while True:
+                try:
+                    await track.recv()
+                except MediaStreamError:
+                    return
+                if track.kind == "video":
+                    self.frames += 1
+                    if self.first is None:
+                        self.first = time.monotonic() - started
+                else:
+                    self.audio += 1
+
+        pc.on("track", lambda tr: asyncio.ensure_future(consume(tr)))
+        await defer.Deferred.fromFuture(asyncio.ensure_future(
+            pc.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="offer"))))
+        for t in pc.getTransceivers():
+            _passthrough(t.receiver)  # count access units, do not decode
+        answer = await defer.Deferred.fromFuture(asyncio.ensure_future(pc.createAnswer()))
+        await defer.Deferred.fromFuture(asyncio.ensure_future(pc.setLocalDescription(answer)))
+        self.ws.send(command="takeConfiguration", streamId=self.streamId, type="answer",
+                     sdp=pc.localDescription.sdp)
+
+    async def stop(self) -> None:
+        if self.pc is not None:
+            await defer.Deferred.fromFuture(asyncio.ensure_future(self.pc.close()))
+        if self.ws is not None:
+            self.ws.sendClose()
+
+
+def q(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))]
+
+
+async def run(args, base: str, ws: str, pid: int) -> dict:
+    from tokengate.webrtc.media import _install_passthrough
+
+    _install_passthrough()
+    await task.deferLater(reactor, 3.0)  # the publisher settles
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    await task.deferLater(reactor, args.baseline)
+    c1, t1 = cpu_seconds(pid), time.monotonic()
+    baseline = (c1 - c0) / (t1 - t0)
+    viewers = [Viewer(ws, "s1", "") for _ in range(args.viewers)]
+    # Connect in batches of 10 per 0.5 s (ICE, DTLS handshakes are bursts).
+    starts = []
+    for i in range(0, len(viewers), 10):
+        for v in viewers[i:i + 10]:
+            starts.append(defer.ensureDeferred(v.start()))
+        await task.deferLater(reactor, 0.5)
+    await defer.DeferredList(starts, consumeErrors=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(v.first is None and v.error is None
+                                              for v in viewers):
+        await task.deferLater(reactor, 0.2)
+    await task.deferLater(reactor, 2.0)
+    f0 = sum(v.frames for v in viewers)
+    c2, t2 = cpu_seconds(pid), time.monotonic()
+    await task.deferLater(reactor, args.seconds)
+    c3, t3 = cpu_seconds(pid), time.monotonic()
+    f1 = sum(v.frames for v in viewers)
+    a1 = sum(v.audio for v in viewers)
+    await defer.DeferredList([defer.ensureDeferred(v.stop()) for v in viewers],
+                             consumeErrors=True)
+    playing = [v for v in viewers if v.first is not None]
+    loaded = (c3 - c2) / (t3 - t2)
+    perViewer = (loaded - baseline) / max(1, len(playing))
+    firsts = [v.first for v in playing]
+    return {
+        "viewers": len(viewers),
+        "playing": len(playing),
+        "errors": [v.error for v in viewers if v.error is not None][:3],
+        "baseline_cpu_per_second": baseline,
+        "loaded_cpu_per_second": loaded,
+        "cpu_per_viewer_second": perViewer,
+        "ratio_viewer_to_baseline": perViewer / baseline if baseline > 0 else None,
+        "viewers_per_core": int((1 - baseline) / perViewer) if perViewer > 0 else None,
+        "fps_per_viewer": (f1 - f0) / (t3 - t2) / max(1, len(playing)),
+        "audio_frames_received": a1,
+        "first_frame_median": statistics.median(firsts) if firsts else None,
+        "first_frame_p95": q(firsts, 0.95) if firsts else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--viewers", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--baseline", type=float, default=8)
+    args = parser.parse_args()
+    clip = make_clip()
+    taskset = shutil.which("taskset")
+    if taskset:
+        os.sched_setaffinity(0, {1 % os.cpu_count()})
+    tmp = tempfile.mkdtemp()
+    http, rtmp, srt = free_port(), free_port(), free_port(udp=True)
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-r", "asyncio",
+            "-n", "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), "tokengate",
+            "--data-dir", os.path.join(tmp, "tg"),
+            "--http", "tcp:{}:interface=127.0.0.1".format(http),
+            "--rtmp", "tcp:{}:interface=127.0.0.1".format(rtmp),
+            "--srt", "udp:{}:interface=127.0.0.1".format(srt)]
+    if taskset:
+        argv = [taskset, "-c", "0"] + argv
+    server = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    pub = None
+    base = "http://127.0.0.1:{}".format(http)
+    result: dict = {}
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/rest/v2/applications", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        pub = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
+                                "-i", clip, "-c", "copy", "-f", "flv",
+                                "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)])
+        box: list = []
+
+        def go():
+            d = defer.ensureDeferred(run(args, base, "ws://127.0.0.1:{}/LiveApp/websocket".format(
+                http), server.pid))
+            d.addBoth(lambda r: (box.append(r), reactor.stop()))
+            reactor.callLater(args.baseline + args.seconds + 120,
+                              lambda: box or (box.append(RuntimeError("timed out")),
+                                              reactor.stop()))
+
+        reactor.callWhenRunning(go)
+        reactor.run(installSignalHandlers=False)
+        result = box[0]
+        if not isinstance(result, dict):
+            raise SystemExit("benchmark failed: {}".format(
+                result.getTraceback() if hasattr(result, "getTraceback") else result))
+    finally:
+        if pub is not None:
+            pub.terminate()
+            pub.wait(10)
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result))
+    print("{} WebRTC viewers of one 1 Mbps H.264 stream ({} playing, {:.1f} fps each):".format(
+        result["viewers"], result["playing"], result["fps_per_viewer"]))
+    print("  server CPU, publisher only: {:.1%} of a core; with viewers: {:.1%}".format(
+        result["baseline_cpu_per_second"], result["loaded_cpu_per_second"]))
+    print("  CPU-seconds per viewer-second: {:.5f} ({:.2f}x the publish-only baseline's "
+          "CPU per second)".format(result["cpu_per_viewer_second"],
+                                   result["ratio_viewer_to_baseline"] or 0))
+    print("  one core would carry about {} viewers (target >= 100)".format(
+        result["viewers_per_core"]))
+    if result["first_frame_median"] is not None:
+        print("  play -> first video frame: median {:.2f} s, p95 {:.2f} s".format(
+            result["first_frame_median"], result["first_frame_p95"]))
+
+
+if __name__ == "__main__":
+    main()
