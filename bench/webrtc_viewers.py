@@ -9,7 +9,9 @@ The tokengate server runs under ``twistd -r asyncio`` (WebRTC needs it),
 pinned to CPU 0 when ``taskset`` exists; this load generator runs on CPU 1.
 The viewers do not decode: their receivers use the server's own
 encoded-frame passthrough (tokengate.webrtc.media), so each one only counts
-the H.264 access units it gets.
+the H.264 access units it gets.  They decline the Opus audio track (the
+clip has AAC, which the server would transcode once and send to each
+viewer) unless ``--audio`` is given.
 
 Measured, in the same run: the server's CPU with the publisher and no
 viewers (the baseline), then with N viewers; the server's CPU-seconds per
@@ -105,7 +107,8 @@ class Client(WebSocketClientProtocol):
 
 
 class Viewer:
-    def __init__(self, url: str, streamId: str, token: str) -> None:
+    def __init__(self, url: str, streamId: str, token: str, audio: bool = False) -> None:
+        self.audio_on = audio
         self.url = url
         self.streamId = streamId
         self.token = token
@@ -115,6 +118,7 @@ class Viewer:
         self.error: object = None
         self.pc = None
         self.ws = None
+        self.tasks: list = []
 
     async def start(self) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -150,17 +154,21 @@ class Viewer:
                 else:
                     self.audio += 1
 
-        pc.on("track", lambda tr: asyncio.ensure_future(consume(tr)))
+        pc.on("track", lambda tr: self.tasks.append(asyncio.ensure_future(consume(tr))))
         await defer.Deferred.fromFuture(asyncio.ensure_future(
             pc.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="offer"))))
         for t in pc.getTransceivers():
             _passthrough(t.receiver)  # count access units, do not decode
+            if t.kind == "audio" and not self.audio_on:
+                t.direction = "inactive"  # decline the Opus track
         answer = await defer.Deferred.fromFuture(asyncio.ensure_future(pc.createAnswer()))
         await defer.Deferred.fromFuture(asyncio.ensure_future(pc.setLocalDescription(answer)))
         self.ws.send(command="takeConfiguration", streamId=self.streamId, type="answer",
                      sdp=pc.localDescription.sdp)
 
     async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
         if self.pc is not None:
             await defer.Deferred.fromFuture(asyncio.ensure_future(self.pc.close()))
         if self.ws is not None:
@@ -181,7 +189,7 @@ async def run(args, base: str, ws: str, pid: int) -> dict:
     await task.deferLater(reactor, args.baseline)
     c1, t1 = cpu_seconds(pid), time.monotonic()
     baseline = (c1 - c0) / (t1 - t0)
-    viewers = [Viewer(ws, "s1", "") for _ in range(args.viewers)]
+    viewers = [Viewer(ws, "s1", "", args.audio) for _ in range(args.viewers)]
     # Connect in batches of 10 per 0.5 s (ICE, DTLS handshakes are bursts).
     starts = []
     for i in range(0, len(viewers), 10):
@@ -195,9 +203,9 @@ async def run(args, base: str, ws: str, pid: int) -> dict:
         await task.deferLater(reactor, 0.2)
     await task.deferLater(reactor, 2.0)
     f0 = sum(v.frames for v in viewers)
-    c2, t2 = cpu_seconds(pid), time.monotonic()
+    c2, t2, g2 = cpu_seconds(pid), time.monotonic(), cpu_seconds(os.getpid())
     await task.deferLater(reactor, args.seconds)
-    c3, t3 = cpu_seconds(pid), time.monotonic()
+    c3, t3, g3 = cpu_seconds(pid), time.monotonic(), cpu_seconds(os.getpid())
     f1 = sum(v.frames for v in viewers)
     a1 = sum(v.audio for v in viewers)
     await defer.DeferredList([defer.ensureDeferred(v.stop()) for v in viewers],
@@ -216,7 +224,8 @@ async def run(args, base: str, ws: str, pid: int) -> dict:
         "ratio_viewer_to_baseline": perViewer / baseline if baseline > 0 else None,
         "viewers_per_core": int((1 - baseline) / perViewer) if perViewer > 0 else None,
         "fps_per_viewer": (f1 - f0) / (t3 - t2) / max(1, len(playing)),
-        "audio_frames_received": a1,
+        "audio_packets_received": a1,
+        "generator_cpu_per_second": (g3 - g2) / (t3 - t2),
         "first_frame_median": statistics.median(firsts) if firsts else None,
         "first_frame_p95": q(firsts, 0.95) if firsts else None,
     }
@@ -227,6 +236,8 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--baseline", type=float, default=8)
+    parser.add_argument("--audio", action="store_true",
+                        help="viewers accept the Opus track too (default: video only)")
     args = parser.parse_args()
     clip = make_clip()
     taskset = shutil.which("taskset")
@@ -283,8 +294,12 @@ def main() -> None:
             server.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
-    print("{} WebRTC viewers of one 1 Mbps H.264 stream ({} playing, {:.1f} fps each):".format(
-        result["viewers"], result["playing"], result["fps_per_viewer"]))
+    print("{} WebRTC viewers of one 1 Mbps H.264 stream{} ({} playing, {:.1f} fps each):".format(
+        result["viewers"], " + Opus" if args.audio else "", result["playing"],
+        result["fps_per_viewer"]))
+    if result["generator_cpu_per_second"] > 0.9:
+        print("  warning: the load generator used {:.0%} of its core; the viewers may lose "
+              "packets (fewer fps, retransmissions)".format(result["generator_cpu_per_second"]))
     print("  server CPU, publisher only: {:.1%} of a core; with viewers: {:.1%}".format(
         result["baseline_cpu_per_second"], result["loaded_cpu_per_second"]))
     print("  CPU-seconds per viewer-second: {:.5f} ({:.2f}x the publish-only baseline's "

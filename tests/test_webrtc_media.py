@@ -7,7 +7,8 @@ bounded in time:
 - aiortc publishes an H.264 clip (made by ffmpeg) with a publish token and
   aiortc plays it with a play token, decoding frames;
 - the spent play token is refused (unauthorized_access);
-- ffmpeg publishes over RTMP and aiortc plays that stream over WebRTC.
+- ffmpeg publishes over RTMP (H.264, AAC) and aiortc plays that stream
+  over WebRTC, with the AAC transcoded to Opus.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webrtc_media_
 
 def h264_clip(ffmpeg: str, path: str) -> list[str]:
     return [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
-            "-i", "testsrc=size=320x240:rate=25", "-t", "6", "-pix_fmt", "yuv420p",
-            "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0", path]
+            "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi",
+            "-i", "sine=frequency=440:sample_rate=44100", "-t", "6", "-pix_fmt", "yuv420p",
+            "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0",
+            "-c:a", "aac", "-b:a", "64k", path]
 
 
 class AiortcPeers(TestCase):
@@ -69,6 +72,12 @@ class AiortcPeers(TestCase):
         # RTMP in, WebRTC out
         self.assertEqual(out["rtmpPlay"]["notification"], "play_started")
         self.assertGreaterEqual(out["rtmpPlay"]["frames"], 50)
+        # ... with its AAC as Opus, 48 kHz
+        self.assertTrue(out["rtmpPlay"]["audioTrack"])
+        self.assertGreater(out["rtmpPlay"]["audioFrames"], 0)
+        self.assertEqual(out["rtmpPlay"]["audioRate"], 48000)
+        # a WebRTC-published stream has no AAC: no audio track is offered
+        self.assertFalse(out["play"]["audioTrack"])
 
 
 class Chromium(TestCase):

@@ -7,8 +7,8 @@ reactor (trial's reactor is global and is not the asyncio one):
 Without C{serve}: a tokengate server (memory store, LiveApp with publish and
 play token control) on loopback; aiortc publishes CLIP over the WebSocket
 signalling with a publish token, aiortc plays it with a play token and
-decodes it, a spent token is refused, ffmpeg publishes over RTMP and aiortc
-plays that over WebRTC.  Prints one JSON line with what happened.
+decodes it, a spent token is refused, ffmpeg publishes over RTMP (H.264 and
+AAC) and aiortc plays that over WebRTC (H.264 and Opus).  Prints one JSON line with what happened.
 
 With C{serve}: only the server; prints {"http": port, "rtmp": port} and runs
 until stdin closes (for the Chromium tests).
@@ -134,7 +134,7 @@ async def play(url, token, streamId="s1", want=50, seconds=12.0):
     if m["command"] == "error":
         return {"error": m}
     pc = RTCPeerConnection()
-    frames = {"n": 0, "first": None, "size": None}
+    frames = {"n": 0, "first": None, "size": None, "audio": 0, "rate": None}
     done = Deferred()
 
     async def consume(track):
@@ -143,6 +143,10 @@ async def play(url, token, streamId="s1", want=50, seconds=12.0):
                 f = await track.recv()
             except MediaStreamError:
                 break
+            if track.kind == "audio":
+                frames["audio"] += 1
+                frames["rate"] = f.sample_rate
+                continue
             frames["n"] += 1
             if frames["first"] is None:
                 frames["first"] = time.time() - started
@@ -167,6 +171,8 @@ async def play(url, token, streamId="s1", want=50, seconds=12.0):
     ws.proto.sendClose()
     return {"notification": n["definition"], "frames": frames["n"],
             "firstFrame": frames["first"], "size": frames["size"],
+            "audioFrames": frames["audio"], "audioRate": frames["rate"],
+            "audioTrack": "m=audio" in m["sdp"],
             "finished": fin["definition"]}
 
 

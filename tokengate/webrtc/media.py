@@ -17,8 +17,9 @@ and whenever a WebRTC viewer asks for one.
 
 Play: the server offers a send-only H.264 video track whose frames are the
 hub's, unchanged (Annex B C{av.Packet}s with 90 kHz pts, SPS/PPS in front of
-every keyframe), starting at a keyframe.  No audio is sent (AAC to Opus
-transcoding is not done).
+every keyframe), starting at a keyframe.  When the stream has AAC, an Opus
+audio track too: the AAC is transcoded once per stream (L{AacToOpus}, shared
+by the stream's viewers) and sent as pre-encoded C{av.Packet}s.
 
 This relies on aiortc internals (the receiver's decoder worker and the
 transceiver's negotiated codec list): setup.py pins aiortc.
@@ -39,12 +40,14 @@ from ..media.codecs import (
     FRAME_INTER,
     FRAME_KEY,
     AVC_SEQUENCE_HEADER,
+    SOUND_AAC,
     build_avcc_from_sps_pps,
     build_video_tag,
     length_prefixed_to_annexb,
     split_annexb,
 )
-from ..media.hub import VIDEO, Frame, LiveStream
+from ..media.hub import AUDIO, VIDEO, Frame, LiveStream
+from .audio import OPUS_RATE, OPUS_TIME_BASE, AacToOpus
 
 _log = Logger()
 
@@ -224,6 +227,8 @@ class AiortcEngine:
         self.peers: set[Any] = set()
         #: (app, streamId) -> the WebRTC publisher of that stream
         self.publishers: dict[tuple[str, str], "PublisherPeer"] = {}
+        #: (app, streamId) -> (stream, its AAC to Opus transcoder)
+        self._audio: dict[tuple[str, str], tuple[LiveStream, AacToOpus]] = {}
         reactor.addSystemEventTrigger("before", "shutdown", self.close)
 
     def publisher(self, stream: LiveStream, events: Any) -> "PublisherPeer":
@@ -242,8 +247,33 @@ class AiortcEngine:
         if peer is not None and peer.stream is stream:
             peer.requestKeyframe()
 
+    def audioTranscoder(self, stream: LiveStream) -> Optional[AacToOpus]:
+        """
+        The shared AAC to Opus transcoder of C{stream} (a new one when the
+        stream or its AudioSpecificConfig changed); L{None} without AAC.
+        """
+        config = stream.audioConfig
+        if config is None or len(config) < 3:
+            return None
+        key = (stream.app, stream.streamId)
+        known = self._audio.get(key)
+        if known is not None and known[0] is stream and known[1].asc == config[2:]:
+            return known[1]
+        try:
+            transcoder = AacToOpus(bytes(config[2:]))
+        except Exception:
+            _log.failure("no AAC to Opus transcoder")
+            return None
+        self._audio[key] = (stream, transcoder)
+        return transcoder
+
     def _forget(self, peer: Any) -> None:
         self.peers.discard(peer)
+        if isinstance(peer, PlayerPeer):
+            key = (peer.stream.app, peer.stream.streamId)
+            if key in self._audio and not any(
+                    isinstance(p, PlayerPeer) and p.stream is peer.stream for p in self.peers):
+                del self._audio[key]
         if isinstance(peer, PublisherPeer):
             key = (peer.stream.app, peer.stream.streamId)
             if self.publishers.get(key) is peer:
@@ -391,11 +421,12 @@ class PublisherPeer(_Peer):
 def _track_class() -> Any:
     from aiortc import MediaStreamTrack
 
-    class _HubVideoTrack(MediaStreamTrack):
+    class _HubTrack(MediaStreamTrack):
         kind = "video"
 
-        def __init__(self) -> None:
+        def __init__(self, kind: str = "video") -> None:
             super().__init__()
+            self.kind = kind
             self.queue: asyncio.Queue = asyncio.Queue()
 
         async def recv(self) -> Any:
@@ -409,7 +440,7 @@ def _track_class() -> Any:
                 raise MediaStreamError
             return item
 
-    return _HubVideoTrack
+    return _HubTrack
 
 
 class PlayerPeer(_Peer):
@@ -425,6 +456,16 @@ class PlayerPeer(_Peer):
         t.setCodecPreferences([c for c in caps if c.mimeType.lower() in ("video/h264", "video/rtx")])
         # A viewer's picture loss: ask the publisher (WebRTC) for a keyframe.
         t.sender._send_keyframe = self._pictureLost
+        # Audio when the stream has AAC: Opus transcoded once per stream.
+        self.audioTrack: Any = None
+        self._audioTrack: Any = None
+        if stream.audioConfig is not None and len(stream.audioConfig) > 2 \
+                and stream.audioConfig[0] >> 4 == SOUND_AAC:
+            self.audioTrack = self._audioTrack = _track_class()("audio")
+            a = self.pc.addTransceiver(self.audioTrack, direction="sendonly")
+            a.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("audio").codecs
+                                   if c.mimeType.lower() == "audio/opus"])
+        self.audioSent = 0
         self._config: Optional[bytes] = None
         self._waitKey = True
         self._base: Optional[int] = None
@@ -442,7 +483,14 @@ class PlayerPeer(_Peer):
     def accept(self, sdp: str) -> Deferred:
         from aiortc import RTCSessionDescription
 
-        return _bridge(self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer")))
+        return _bridge(self._accept(RTCSessionDescription(sdp=sdp, type="answer")))
+
+    async def _accept(self, answer: Any) -> None:
+        await self.pc.setRemoteDescription(answer)
+        if self.audioTrack is not None and not any(
+                t.kind == "audio" and t.currentDirection in ("sendonly", "sendrecv")
+                for t in self.pc.getTransceivers()):
+            self.audioTrack = None  # the viewer declined the audio: do not transcode for it
 
     def onConnected(self) -> None:
         self._subscribed = True
@@ -454,6 +502,8 @@ class PlayerPeer(_Peer):
             self._subscribed = False
             self.stream.unsubscribe(self)
         self.track.queue.put_nowait(None)
+        if self._audioTrack is not None:
+            self._audioTrack.queue.put_nowait(None)
 
     def _pictureLost(self) -> None:
         self.engine.requestKeyframe(self.stream)
@@ -474,6 +524,9 @@ class PlayerPeer(_Peer):
                 self._config = None
 
     def frameReceived(self, frame: Frame) -> None:
+        if frame.kind == AUDIO:
+            self._audioFrame(frame)
+            return
         if frame.kind != VIDEO or len(frame.body) < 6 or frame.body[0] & 0x0F != 7:
             return
         if frame.body[1] != 1:
@@ -498,6 +551,29 @@ class PlayerPeer(_Peer):
         packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         q.put_nowait(packet)
         self.framesSent += 1
+
+    def _audioFrame(self, frame: Frame) -> None:
+        if self.audioTrack is None or self._base is None or self._waitKey:
+            return  # no audio track, or the video has not started
+        body = frame.body
+        if len(body) < 3 or body[0] >> 4 != SOUND_AAC or body[1] != 1:
+            return
+        transcoder = self.engine.audioTranscoder(self.stream)
+        if transcoder is None:
+            return
+        q = self.audioTrack.queue
+        if q.qsize() >= MAX_QUEUE:
+            while not q.empty():
+                q.get_nowait()
+        import av
+
+        base = self._base * OPUS_RATE // 1000
+        for p in transcoder.packets(frame):
+            packet = av.Packet(bytes(p))
+            packet.pts = max(0, p.pts - base)
+            packet.time_base = OPUS_TIME_BASE
+            q.put_nowait(packet)
+            self.audioSent += 1
 
     def streamEnded(self) -> None:
         self._subscribed = False
