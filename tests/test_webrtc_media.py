@@ -4,8 +4,9 @@ reactor, and trial's reactor is global, so each test runs a script
 (tests/webrtc_media_script.py) in a subprocess with its own asyncio reactor,
 bounded in time:
 
-- aiortc publishes an H.264 clip (made by ffmpeg) with a publish token and
-  aiortc plays it with a play token, decoding frames;
+- aiortc publishes an H.264 + Opus clip (made by ffmpeg) with a publish
+  token (the hub gets the Opus as AAC) and aiortc plays it with a play
+  token, decoding frames (H.264 and Opus);
 - the spent play token is refused (unauthorized_access);
 - ffmpeg publishes over RTMP (H.264, AAC) and aiortc plays that stream
   over WebRTC, with the AAC transcoded to Opus.
@@ -29,7 +30,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webrtc_media_
 def h264_clip(ffmpeg: str, path: str) -> list[str]:
     return [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
             "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi",
-            "-i", "sine=frequency=440:sample_rate=44100", "-t", "6", "-pix_fmt", "yuv420p",
+            "-i", "sine=frequency=440:sample_rate=44100", "-t", "10", "-pix_fmt", "yuv420p",
             "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0",
             "-c:a", "aac", "-b:a", "64k", path]
 
@@ -76,8 +77,22 @@ class AiortcPeers(TestCase):
         self.assertTrue(out["rtmpPlay"]["audioTrack"])
         self.assertGreater(out["rtmpPlay"]["audioFrames"], 0)
         self.assertEqual(out["rtmpPlay"]["audioRate"], 48000)
-        # a WebRTC-published stream has no AAC: no audio track is offered
-        self.assertFalse(out["play"]["audioTrack"])
+        # WebRTC publisher's Opus reaches the hub as AAC-LC 48 kHz stereo
+        # (a sequence header, then decodable raw frames near the video's
+        # timestamps), and so WebRTC viewers of it get Opus back
+        audio = out["publishAudio"]
+        self.assertTrue(audio["config"].startswith("af001190"), audio)
+        self.assertGreater(audio["frames"], 10)
+        self.assertTrue(audio["monotonic"])
+        self.assertGreaterEqual(audio["samples"], 9 * 1024)
+        self.assertEqual(audio["rate"], 48000)
+        self.assertLess(abs(audio["avGap"]), 500)
+        # ... and its HLS has an AAC rendition
+        self.assertEqual(out["hls"]["code"], 200, out["hls"])
+        self.assertIn("TYPE=AUDIO", out["hls"]["body"])
+        self.assertIn("mp4a.40.2", out["hls"]["body"])
+        self.assertTrue(out["play"]["audioTrack"])
+        self.assertGreater(out["play"]["audioFrames"], 0)
 
 
 class Chromium(TestCase):

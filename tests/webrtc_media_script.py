@@ -5,8 +5,8 @@ reactor (trial's reactor is global and is not the asyncio one):
     python tests/webrtc_media_script.py CLIP [serve]
 
 Without C{serve}: a tokengate server (memory store, LiveApp with publish and
-play token control) on loopback; aiortc publishes CLIP over the WebSocket
-signalling with a publish token, aiortc plays it with a play token and
+play token control) on loopback; aiortc publishes CLIP (H.264 and Opus) over the
+WebSocket signalling with a publish token (the hub gets its audio as AAC), aiortc plays it with a play token and
 decodes it, a spent token is refused, ffmpeg publishes over RTMP (H.264 and
 AAC) and aiortc plays that over WebRTC (H.264 and Opus).  Prints one JSON line with what happened.
 
@@ -104,7 +104,7 @@ async def publish(url, clip, token, streamId="s1"):
     from aiortc.contrib.media import MediaPlayer
 
     ws = await WS(url).open()
-    ws.proto.send(command="publish", streamId=streamId, token=token, video=True, audio=False)
+    ws.proto.send(command="publish", streamId=streamId, token=token, video=True, audio=True)
     m = await ws.expect(lambda m: m.get("command") in ("start", "error"))
     if m["command"] == "error":
         return ws, None, m
@@ -113,6 +113,8 @@ async def publish(url, clip, token, streamId="s1"):
     t = pc.addTransceiver(player.video, direction="sendonly")
     t.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
                            if c.mimeType == "video/H264"])
+    if player.audio is not None:
+        pc.addTransceiver(player.audio, direction="sendonly")  # Opus
     offer = await aw(pc.createOffer())
     await aw(pc.setLocalDescription(offer))
     ws.proto.send(command="takeConfiguration", streamId=streamId, type="offer",
@@ -176,6 +178,65 @@ async def play(url, token, streamId="s1", want=50, seconds=12.0):
             "finished": fin["definition"]}
 
 
+class AudioCounter:
+    """
+    A hub subscriber counting the AAC it gets.
+    """
+
+    def __init__(self):
+        self.config = None
+        self.frames = 0
+        self.last = -1
+        self.monotonic = True
+        self.samples = 0
+        self.rate = None
+        self.lastVideo = None
+        self.avGap = None
+
+    def streamStarted(self, stream):
+        pass
+
+    def metadataChanged(self, metadata):
+        pass
+
+    def configChanged(self, kind, body, timestamp):
+        if kind == "audio":
+            import av
+
+            self.config = body.hex()
+            self.decoder = av.CodecContext.create("aac", "r")
+            self.decoder.extradata = bytes(body[2:])
+
+    def frameReceived(self, frame):
+        if frame.kind == "video":
+            self.lastVideo = frame.timestamp
+        if frame.kind == "audio" and frame.body[:2] == b"\xaf\x01":
+            import av
+
+            self.frames += 1
+            if self.frames <= 10:
+                for f in self.decoder.decode(av.Packet(bytes(frame.body[2:]))):
+                    self.samples += f.samples
+                    self.rate = f.sample_rate
+            if self.avGap is None and self.lastVideo is not None:
+                self.avGap = frame.timestamp - self.lastVideo
+            if frame.timestamp < self.last:
+                self.monotonic = False
+            self.last = frame.timestamp
+
+    def streamEnded(self):
+        pass
+
+
+async def hls_master(port, token):
+    from twisted.web.client import Agent, readBody
+
+    agent = Agent(reactor)
+    r = await agent.request(b"GET", "http://127.0.0.1:{}/LiveApp/streams/s1.m3u8?token={}".format(
+        port, token).encode())
+    return {"code": r.code, "body": (await readBody(r)).decode("utf-8", "replace")}
+
+
 def make_server():
     server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
     server.apps.replace("LiveApp", publishTokenControlEnabled=True,
@@ -200,7 +261,22 @@ async def main(clip):
     out["publish"] = n
     out["live"] = server.hub.isLive("LiveApp", "s1")
     if pc is not None:
+        # The hub gets the publisher's Opus as AAC: a config, then frames.
+        counter = AudioCounter()
+        server.hub.get("LiveApp", "s1").subscribe(counter)
+        for _ in range(50):
+            if server.hub.get("LiveApp", "s1").audioConfig is not None and counter.frames:
+                break
+            await task.deferLater(reactor, 0.1)
         await task.deferLater(reactor, 1.0)
+        for _ in range(20):
+            out["hls"] = await hls_master(http.getHost().port, await mint(server, "s1", "play"))
+            if out["hls"]["code"] == 200:
+                break
+            await task.deferLater(reactor, 0.25)
+        out["publishAudio"] = {"config": counter.config, "frames": counter.frames,
+                               "monotonic": counter.monotonic, "samples": counter.samples,
+                               "rate": counter.rate, "avGap": counter.avGap}
         tok = await mint(server, "s1", "play")
         out["play"] = await play(url, tok)
         out["spent"] = await play(url, tok)

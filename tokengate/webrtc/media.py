@@ -8,10 +8,10 @@ per-receiver replacement of aiortc's decoder thread hands over the encoded
 access units as C{av.Packet}s), and each Annex B access unit becomes an FLV
 video tag body in the hub: an AVC sequence header built from SPS/PPS when
 they change, then length-prefixed NAL units, keyframes marked, millisecond
-timestamps from the 90 kHz RTP clock.  Opus audio is received but not put
-in the hub (its audio path is AAC).  A VP8-only publisher is accepted, but
-its video cannot reach the hub (no H.264 for HLS, DASH, RTMP or WebRTC
-players).  The publisher is asked for a keyframe (PLI) every
+timestamps from the 90 kHz RTP clock.  Opus audio is transcoded to AAC
+(L{OpusToAac}) into the hub, aligned to the video by arrival time.  A
+VP8-only publisher is accepted, but its video cannot reach the hub (no
+H.264 for HLS, DASH, RTMP or WebRTC players).  The publisher is asked for a keyframe (PLI) every
 L{KEYFRAME_INTERVAL} seconds, since browsers send them only on request,
 and whenever a WebRTC viewer asks for one.
 
@@ -39,15 +39,17 @@ from ..media.codecs import (
     AVCDecoderConfigurationRecord,
     FRAME_INTER,
     FRAME_KEY,
+    AAC_SEQUENCE_HEADER,
     AVC_SEQUENCE_HEADER,
     SOUND_AAC,
+    build_audio_tag,
     build_avcc_from_sps_pps,
     build_video_tag,
     length_prefixed_to_annexb,
     split_annexb,
 )
 from ..media.hub import AUDIO, VIDEO, Frame, LiveStream
-from .audio import OPUS_RATE, OPUS_TIME_BASE, AacToOpus
+from .audio import OPUS_RATE, OPUS_TIME_BASE, AacToOpus, OpusToAac
 
 _log = Logger()
 
@@ -344,6 +346,10 @@ class PublisherPeer(_Peer):
         self._receiver: Any = None
         self._pli: Any = None
         self._lastPli = -1e9
+        #: Opus to AAC, made at the first audio packet
+        self.audio: Optional[OpusToAac] = None
+        self._audioOffset: Optional[int] = None
+        self._lastVideo: Optional[tuple[int, float]] = None
         self.pc.on("track", self._track)
 
     def answer(self, sdp: str) -> Deferred:
@@ -384,7 +390,12 @@ class PublisherPeer(_Peer):
             if not isinstance(item, tuple):
                 continue
             codec, packet = item
-            if track.kind != "video" or self.stream.ended:
+            if self.stream.ended:
+                continue
+            if track.kind == "audio":
+                self._audio(codec, packet)
+                continue
+            if track.kind != "video":
                 continue
             self.videoCodec = codec
             if codec != "H264":
@@ -392,8 +403,39 @@ class PublisherPeer(_Peer):
             try:
                 for ms, body in self.converter.convert(bytes(packet), int(packet.pts)):
                     self.stream.videoReceived(ms, body)
+                    self._lastVideo = (ms, self.engine._reactor.seconds())
             except Exception:
                 _log.failure("a bad H.264 access unit from a WebRTC publisher")
+
+    def _audio(self, codec: str, packet: Any) -> None:
+        """
+        Opus from the publisher: AAC into the hub (a sequence header, then
+        raw frames), on the video's millisecond timeline (aligned by arrival
+        time at the first packet; audio-only publishers start at 0).
+        """
+        if codec.lower() != "opus":
+            return
+        if self._lastVideo is None and self._receiver is not None:
+            return  # wait for the video to start, to align the timelines
+        if self.audio is None:
+            try:
+                self.audio = OpusToAac()
+            except Exception:
+                _log.failure("no Opus to AAC transcoder")
+                return
+            self.stream.audioReceived(
+                self._lastVideo[0] if self._lastVideo else 0,
+                build_audio_tag(self.audio.config, aac_packet_type=AAC_SEQUENCE_HEADER))
+        pts = int(packet.pts)
+        if self._audioOffset is None:
+            now = 0
+            if self._lastVideo is not None:
+                ms, at = self._lastVideo
+                now = ms + int((self.engine._reactor.seconds() - at) * 1000)
+            self._audioOffset = now - pts * 1000 // OPUS_RATE
+        for apts, raw in self.audio.transcode(packet):
+            ms = max(0, apts * 1000 // OPUS_RATE + self._audioOffset)
+            self.stream.audioReceived(ms, build_audio_tag(raw))
 
     def onConnected(self) -> None:
         from twisted.internet.task import LoopingCall
