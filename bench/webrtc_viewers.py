@@ -245,8 +245,11 @@ def main() -> None:
         os.sched_setaffinity(0, {1 % os.cpu_count()})
     tmp = tempfile.mkdtemp()
     http, rtmp, srt = free_port(), free_port(), free_port(udp=True)
+    # TG_PROFILE=path: cProfile the server (pstats saved there at exit)
+    profile = ["--profile", os.environ["TG_PROFILE"], "--profiler", "cprofile", "--savestats"] \
+        if os.environ.get("TG_PROFILE") else []
     argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-r", "asyncio",
-            "-n", "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), "tokengate",
+            "-n", "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), *profile, "tokengate",
             "--data-dir", os.path.join(tmp, "tg"),
             "--http", "tcp:{}:interface=127.0.0.1".format(http),
             "--rtmp", "tcp:{}:interface=127.0.0.1".format(rtmp),
