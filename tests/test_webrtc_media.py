@@ -166,3 +166,49 @@ class Chromium(TestCase):
         badpub = await b.open("{}/LiveApp?id=cam2&token=nope".format(web))
         await badpub.wait_for("window.tokengatePublishState.status === 'error'", timeout=30)
         self.assertIn("Not authorized", await badpub.evaluate("window.tokengatePublishState.error"))
+
+
+class SharedPackets(TestCase):
+    """
+    The viewers of a stream share one Annex B packet per hub frame, and
+    aiortc's H.264 packetizer packetizes a shared packet once.
+    """
+
+    def setUp(self):
+        try:
+            import aiortc  # noqa: F401
+        except ImportError:
+            self.skipTest("aiortc not installed")
+
+    def test_shared(self):
+        from types import SimpleNamespace
+
+        import av
+        from aiortc.codecs.h264 import H264Encoder
+
+        from tokengate.media.codecs import FRAME_KEY, build_video_tag
+        from tokengate.media.hub import VIDEO, Frame
+        from tokengate.webrtc.media import AiortcEngine
+
+        engine = AiortcEngine(None, SimpleNamespace(addSystemEventTrigger=lambda *a: None))
+        stream = SimpleNamespace(app="LiveApp", streamId="x")
+        idr = b"\x65" + bytes(range(256)) * 20  # bigger than one RTP packet
+        frame = Frame(VIDEO, 40, build_video_tag(FRAME_KEY, len(idr).to_bytes(4, "big") + idr),
+                      True)
+        config = b"\x00\x00\x00\x01\x67\x42\xc0\x1f\x00\x00\x00\x01\x68\xce\x3c\x80"
+        p1 = engine.videoPacket(stream, frame, config)
+        self.assertIs(engine.videoPacket(stream, frame, config), p1)
+        self.assertEqual(p1.pts, 40 * 90)
+        self.assertEqual(bytes(p1), config + b"\x00\x00\x00\x01" + idr)
+        # another config: another packet
+        self.assertIsNot(engine.videoPacket(stream, frame, None), p1)
+        r1 = H264Encoder().pack(p1)
+        self.assertIs(H264Encoder().pack(p1), r1)
+        # an unshared packet of the same bytes packs the same, separately
+        other = av.Packet(bytes(p1))
+        other.pts = p1.pts
+        other.time_base = p1.time_base
+        r2 = H264Encoder().pack(other)
+        self.assertIsNot(r2, r1)
+        self.assertEqual(r2, r1)
+        self.assertGreater(len(r1[0]), 1)

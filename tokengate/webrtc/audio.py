@@ -94,6 +94,8 @@ class AacToOpus:
                     r.time_base = OPUS_TIME_BASE
                     self._next += r.samples
                     for p in self._encoder.encode(r):
+                        if p.pts is not None and p.pts < 0:
+                            p.pts = 0  # the encoder's priming
                         out.append(p)
             return out
         except Exception:

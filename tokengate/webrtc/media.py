@@ -19,10 +19,13 @@ Play: the server offers a send-only H.264 video track whose frames are the
 hub's, unchanged (Annex B C{av.Packet}s with 90 kHz pts, SPS/PPS in front of
 every keyframe), starting at a keyframe.  When the stream has AAC, an Opus
 audio track too: the AAC is transcoded once per stream (L{AacToOpus}, shared
-by the stream's viewers) and sent as pre-encoded C{av.Packet}s.
+by the stream's viewers) and sent as pre-encoded C{av.Packet}s.  The video
+packets are shared by the stream's viewers too (L{AiortcEngine.videoPacket}),
+and aiortc's H.264 packetizer packetizes a shared packet once.
 
-This relies on aiortc internals (the receiver's decoder worker and the
-transceiver's negotiated codec list): setup.py pins aiortc.
+This relies on aiortc internals (the receiver's decoder worker, the H.264
+packetizer and the transceiver's negotiated codec list): setup.py pins
+aiortc.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import weakref
+from collections import OrderedDict, deque
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -49,7 +53,7 @@ from ..media.codecs import (
     split_annexb,
 )
 from ..media.hub import AUDIO, VIDEO, Frame, LiveStream
-from .audio import OPUS_RATE, OPUS_TIME_BASE, AacToOpus, OpusToAac
+from .audio import OPUS_RATE, AacToOpus, OpusToAac
 
 _log = Logger()
 
@@ -145,6 +149,47 @@ def _passthrough(receiver: Any) -> None:
     _PASSTHROUGH.add(receiver._RTCRtpReceiver__decoder_queue)
 
 
+# --- one RTP packetization per frame for all viewers -----------------------------------
+
+#: id -> [packet, its (payloads, timestamp) once packed]: the shared packets
+#: of the recent frames (the senders of every viewer of a stream pack the
+#: same av.Packet; the payloads are made once)
+_SHARED: "OrderedDict[int, list[Any]]" = OrderedDict()
+_SHARED_MAX = 256
+_packCache = False
+
+
+def _install_pack_cache() -> None:
+    """
+    Make aiortc's H.264 packetizer (stateless) packetize a shared packet
+    once; other packets are packed as before.
+    """
+    global _packCache
+    if _packCache:
+        return
+    from aiortc.codecs import h264
+
+    original = h264.H264Encoder.pack
+
+    def pack(self: Any, packet: Any) -> Any:
+        entry = _SHARED.get(id(packet))
+        if entry is None or entry[0] is not packet:
+            return original(self, packet)
+        if entry[1] is None:
+            entry[1] = original(self, packet)
+        return entry[1]
+
+    h264.H264Encoder.pack = pack
+    _packCache = True
+
+
+def _share(packet: Any) -> Any:
+    _SHARED[id(packet)] = [packet, None]
+    while len(_SHARED) > _SHARED_MAX:
+        _SHARED.popitem(last=False)
+    return packet
+
+
 # --- H.264 between Annex B and FLV ---------------------------------------------------
 
 
@@ -224,6 +269,7 @@ class AiortcEngine:
 
     def __init__(self, server: Any, reactor: Any) -> None:
         _install_passthrough()
+        _install_pack_cache()
         self._server = server
         self._reactor = reactor
         self.peers: set[Any] = set()
@@ -231,6 +277,8 @@ class AiortcEngine:
         self.publishers: dict[tuple[str, str], "PublisherPeer"] = {}
         #: (app, streamId) -> (stream, its AAC to Opus transcoder)
         self._audio: dict[tuple[str, str], tuple[LiveStream, AacToOpus]] = {}
+        #: (app, streamId) -> (stream, its recent (frame, config, packet))
+        self._video: dict[tuple[str, str], tuple[LiveStream, deque]] = {}
         reactor.addSystemEventTrigger("before", "shutdown", self.close)
 
     def publisher(self, stream: LiveStream, events: Any) -> "PublisherPeer":
@@ -269,13 +317,37 @@ class AiortcEngine:
         self._audio[key] = (stream, transcoder)
         return transcoder
 
+    def videoPacket(self, stream: LiveStream, frame: Frame, config: Optional[bytes]) -> Any:
+        """
+        The Annex B C{av.Packet} of a hub video frame (SPS/PPS from
+        C{config} in front of keyframes; pts in 90 kHz units on the hub's
+        timeline), made once and shared by the stream's WebRTC viewers.
+        """
+        import av
+
+        key = (stream.app, stream.streamId)
+        known = self._video.get(key)
+        if known is None or known[0] is not stream:
+            known = self._video[key] = (stream, deque(maxlen=16))
+        recent = known[1]
+        for f, c, p in reversed(recent):
+            if f is frame and c == config:
+                return p
+        data, _, cts = flv_to_annexb(frame.body, config)
+        packet = av.Packet(data)
+        packet.pts = max(0, frame.timestamp + cts) * (VIDEO_CLOCK // 1000)
+        packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        recent.append((frame, config, _share(packet)))
+        return packet
+
     def _forget(self, peer: Any) -> None:
         self.peers.discard(peer)
         if isinstance(peer, PlayerPeer):
             key = (peer.stream.app, peer.stream.streamId)
-            if key in self._audio and not any(
-                    isinstance(p, PlayerPeer) and p.stream is peer.stream for p in self.peers):
-                del self._audio[key]
+            if not any(isinstance(p, PlayerPeer) and p.stream is peer.stream
+                       for p in self.peers):
+                self._audio.pop(key, None)
+                self._video.pop(key, None)
         if isinstance(peer, PublisherPeer):
             key = (peer.stream.app, peer.stream.streamId)
             if self.publishers.get(key) is peer:
@@ -583,15 +655,9 @@ class PlayerPeer(_Peer):
             if not frame.keyframe:
                 return
             self._waitKey = False
-        import av
-
-        data, key, cts = flv_to_annexb(frame.body, self._config)
         if self._base is None:
             self._base = frame.timestamp
-        packet = av.Packet(data)
-        packet.pts = max(0, frame.timestamp + cts - self._base) * 90
-        packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        q.put_nowait(packet)
+        q.put_nowait(self.engine.videoPacket(self.stream, frame, self._config))
         self.framesSent += 1
 
     def _audioFrame(self, frame: Frame) -> None:
@@ -607,14 +673,8 @@ class PlayerPeer(_Peer):
         if q.qsize() >= MAX_QUEUE:
             while not q.empty():
                 q.get_nowait()
-        import av
-
-        base = self._base * OPUS_RATE // 1000
-        for p in transcoder.packets(frame):
-            packet = av.Packet(bytes(p))
-            packet.pts = max(0, p.pts - base)
-            packet.time_base = OPUS_TIME_BASE
-            q.put_nowait(packet)
+        for p in transcoder.packets(frame):  # shared by the stream's viewers
+            q.put_nowait(p)
             self.audioSent += 1
 
     def streamEnded(self) -> None:
