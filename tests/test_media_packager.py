@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from tests.test_media_codecs import decode_errors, ffmpeg_output, ffprobe, require, run
-from tests.test_media_fmp4 import read_fragment, root
+from tests.test_media_fmp4 import ProbeTestCase, read_fragment, root
 from tokengate.media.codecs import (
     AVC_NALU,
     AVCDecoderConfigurationRecord,
@@ -362,7 +362,7 @@ def seconds(duration: str) -> float:
 # ---------------------------------------------------------------------------
 
 
-class PackagerTestCase(SynchronousTestCase):
+class PackagerTestCase(ProbeTestCase):
     def setUp(self) -> None:
         require("ffmpeg")
         require("ffprobe")
@@ -374,21 +374,6 @@ class PackagerTestCase(SynchronousTestCase):
 
     def assertClose(self, first: float, second: float, delta: float) -> None:
         assert_close(self, first, second, delta)
-
-    def write(self, name: str, *parts: bytes) -> str:
-        directory = self.mktemp()
-        os.makedirs(directory)
-        path = os.path.join(directory, name)
-        with open(path, "wb") as f:
-            for part in parts:
-                f.write(part)
-        return path
-
-    def assertClean(self, path: str) -> dict[str, Any]:
-        info, errors = ffprobe(path)
-        self.assertEqual(errors, "", f"ffprobe complained about {path}")
-        self.assertEqual(decode_errors(path), "", f"ffmpeg could not decode {path} cleanly")
-        return info
 
     def segments(self, p: Packager, kind: str) -> list[Any]:
         return list(p._track(kind).segments)  # type: ignore[union-attr]
@@ -507,7 +492,7 @@ class SegmentTests(PackagerTestCase):
             for s in self.segments(self.p, kind):
                 segment = self.p.segment(kind, s.msn)
                 assert segment is not None
-                info = self.assertClean(self.write(f"{kind}-{s.msn}.mp4", init, segment))
+                info = self.probe(self.write(f"{kind}-{s.msn}.mp4", init, segment))
                 self.assertEqual(info["streams"][0]["codec_type"], kind)
                 # A part decodes on its own when it is independent (every
                 # audio part is); otherwise after the parts before it.
@@ -517,7 +502,7 @@ class SegmentTests(PackagerTestCase):
                         start = i
                     parts = [self.p.part(kind, s.msn, j) or b"" for j in range(start, i + 1)]
                     path = self.write(f"{kind}-{s.msn}.{start}-{i}.mp4", init, *parts)
-                    self.assertClean(path)
+                    self.probe(path)
                     if kind == "audio":
                         self.assertTrue(independent)
 
@@ -531,7 +516,7 @@ class SegmentTests(PackagerTestCase):
         assert init is not None
         segments = [self.p.segment("video", s.msn) for s in self.segments(self.p, "video")]
         path = self.write("video.mp4", init, *segments)  # type: ignore[arg-type]
-        info = self.assertClean(path)
+        info = self.probe(path)
         source = source_video(av_clip())
         self.assertEqual(int(info["streams"][0]["nb_read_frames"]), len(source))
         result = run(
@@ -564,7 +549,7 @@ class SegmentTests(PackagerTestCase):
         init = self.p.init("audio")
         assert init is not None
         segments = [self.p.segment("audio", s.msn) for s in self.segments(self.p, "audio")]
-        info = self.assertClean(self.write("audio.mp4", init, *segments))  # type: ignore[arg-type]
+        info = self.probe(self.write("audio.mp4", init, *segments))  # type: ignore[arg-type]
         # Audio before the first video keyframe's presentation time is dropped.
         count = int(info["streams"][0]["nb_read_frames"])
         self.assertLessEqual(count, source_audio_count(av_clip()))
@@ -1015,7 +1000,7 @@ class SingleTrackTests(PackagerTestCase):
         assert init is not None
         self.assertEqual(root(init).child("moov").kind, b"moov")
         segments = [p.segment("video", s.msn) for s in self.segments(p, "video")]
-        info = self.assertClean(self.write("v.mp4", init, *segments))  # type: ignore[arg-type]
+        info = self.probe(self.write("v.mp4", init, *segments))  # type: ignore[arg-type]
         self.assertEqual(int(info["streams"][0]["nb_read_frames"]), len(source_video(av_clip())))
 
     def test_audio_ahead_of_video(self) -> None:
@@ -1094,7 +1079,7 @@ class RepublishTests(PackagerTestCase):
             init = p.init(kind)
             assert init is not None
             second = [p.segment(kind, msn) for msn in (5, 6, 7, 8)]
-            self.assertClean(self.write(f"{kind}.mp4", init, *second))  # type: ignore[arg-type]
+            self.probe(self.write(f"{kind}.mp4", init, *second))  # type: ignore[arg-type]
 
     def test_republish_new_configuration(self) -> None:
         """A new resolution gets a new init URI; the old one stays served."""
@@ -1121,7 +1106,7 @@ class RepublishTests(PackagerTestCase):
         self.assertEqual(parse_media(self, text, "audio", "s=1").maps, ["audio/init.mp4"])
         assert new is not None
         segments = [p.segment("video", 5) or b"", p.segment("video", 6) or b""]
-        info = self.assertClean(self.write("v.mp4", new, *segments))
+        info = self.probe(self.write("v.mp4", new, *segments))
         self.assertEqual(info["streams"][0]["width"], 160)
         text = p.dash_mpd("")
         assert text is not None
@@ -1221,7 +1206,7 @@ class LeaderTests(PackagerTestCase):
         init = p.init("video")
         assert init is not None
         data = [s.data for s in video if s.data is not None]
-        info = self.assertClean(self.write("v.mp4", init, *data))
+        info = self.probe(self.write("v.mp4", init, *data))
         self.assertEqual(int(info["streams"][0]["nb_read_frames"]), sum(s.frames for s in video))
 
     def test_late_video(self) -> None:
