@@ -34,7 +34,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.rtmp_ingest import free_port, make_clip  # noqa: E402
+from bench.common import Tokengate  # noqa: E402
+from bench.rtmp_ingest import make_clip  # noqa: E402
 
 
 def parse_time(text: str) -> float:
@@ -126,23 +127,10 @@ def main() -> None:
     args = parser.parse_args()
     clip = make_clip(40)
     tmp = tempfile.mkdtemp()
-    http, rtmp = free_port(), free_port()
-    tg = subprocess.Popen(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-         "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), "tokengate",
-         "--data-dir", os.path.join(tmp, "tg"), "--part-target", str(args.part_target),
-         "--http", "tcp:{}:interface=127.0.0.1".format(http),
-         "--rtmp", "tcp:{}:interface=127.0.0.1".format(rtmp)],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    server = Tokengate(tmp, "--part-target", str(args.part_target))
+    base, rtmp = server.base, server.rtmp
     pub = None
-    base = "http://127.0.0.1:{}".format(http)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/rest/v2/applications", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
         pub = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
                                 "-i", clip, "-c", "copy", "-f", "flv",
                                 "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)])
@@ -168,8 +156,7 @@ def main() -> None:
     finally:
         if pub is not None:
             pub.terminate()
-        tg.terminate()
-        tg.wait(10)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     def q(values: list[float], p: float) -> float:

@@ -13,11 +13,9 @@ Needs ffmpeg (to publish), wrk and nginx.  Prints requests/s and ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import Tokengate, free_port, pinned  # noqa: E402
 from bench.rtmp_ingest import make_clip  # noqa: E402
 
 STATIC = r"""
@@ -37,18 +36,6 @@ from twisted.web.static import File
 reactor.listenTCP(int(sys.argv[1]), Site(File(sys.argv[2])), interface="127.0.0.1")
 reactor.run()
 """
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def pinned(argv: list[str], cpu: int) -> list[str]:
-    return (["taskset", "-c", str(cpu)] + argv) if shutil.which("taskset") else argv
 
 
 def wrk(url: str, seconds: int, connections: int) -> float:
@@ -68,7 +55,9 @@ def get(url: str) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternate session/plain runs this many times; keep the best of each")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "ffmpeg"):
@@ -78,57 +67,37 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     procs: list[subprocess.Popen] = []
     try:
-        http, rtmp = free_port(), free_port()
-        tg = subprocess.Popen(pinned(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-             "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), "tokengate",
-             "--data-dir", os.path.join(tmp, "tg"),
-             "--http", "tcp:{}:interface=127.0.0.1".format(http),
-             "--rtmp", "tcp:{}:interface=127.0.0.1".format(rtmp)], 0),
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-        procs.append(tg)
-        base = "http://127.0.0.1:{}".format(http)
-        for _ in range(200):
-            try:
-                get(base + "/rest/v2/applications")
-                break
-            except OSError:
-                time.sleep(0.1)
+        tg = Tokengate(tmp)
+        procs.append(tg.proc)
+        base, rtmp = tg.base, tg.rtmp
         pub = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
                                 "-i", clip, "-c", "copy", "-f", "flv",
                                 "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)])
         procs.append(pub)
         time.sleep(8)
-        # token control off: the plain segment URL
-        master = get(base + "/LiveApp/streams/s1.m3u8").decode()
-        media = [l for l in master.splitlines() if l and not l.startswith("#")][0]
-        playlist = get(base + "/LiveApp/streams/" + media).decode()
-        # the newest complete segment: it stays in the window longest
-        seg = [l for l in playlist.splitlines() if l and not l.startswith("#")][-1]
-        open_url = base + "/LiveApp/streams/s1/" + seg
-        body = get(open_url)
-        # token control on: a session credential
-        req = urllib.request.Request(base + "/rest/v2/applications/settings/LiveApp",
-                                     data=json.dumps({"playTokenControlEnabled": True}).encode(),
-                                     method="POST")
-        urllib.request.urlopen(req).read()
-        token = json.loads(get(base + "/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}"
-                               .format(int(time.time()) + 3600)))["tokenId"]
-        master = get(base + "/LiveApp/streams/s1.m3u8?token=" + token).decode()
-        media = [l for l in master.splitlines() if l and not l.startswith("#")][0]
-        playlist = get(base + "/LiveApp/streams/" + media).decode()
-        session_seg = [l for l in playlist.splitlines() if l.startswith(seg + "?")][0]
-        gated_url = base + "/LiveApp/streams/s1/" + session_seg
-        assert get(gated_url) == body, "the gated segment differs"
-        # measure while the segment is still in the window (about 16 s)
-        gated = wrk(gated_url, args.seconds, args.connections)
-        req = urllib.request.Request(base + "/rest/v2/applications/settings/LiveApp",
-                                     data=json.dumps({"playTokenControlEnabled": False}).encode(),
-                                     method="POST")
-        urllib.request.urlopen(req).read()
-        plain = wrk(open_url, args.seconds, args.connections)
+        gated = plain = 0.0
+        for _ in range(args.rounds):
+            # token control off: the newest complete segment (it stays in the
+            # window longest), by its plain URL
+            master = get(base + "/LiveApp/streams/s1.m3u8").decode()
+            media = [l for l in master.splitlines() if l and not l.startswith("#")][0]
+            playlist = get(base + "/LiveApp/streams/" + media).decode()
+            seg = [l for l in playlist.splitlines() if l and not l.startswith("#")][-1]
+            open_url = base + "/LiveApp/streams/s1/" + seg
+            body = get(open_url)
+            # token control on: the same segment through a session credential
+            tg.settings(playTokenControlEnabled=True)
+            master = get(base + "/LiveApp/streams/s1.m3u8?token=" + tg.token("s1", "play")).decode()
+            media = [l for l in master.splitlines() if l and not l.startswith("#")][0]
+            playlist = get(base + "/LiveApp/streams/" + media).decode()
+            session_seg = [l for l in playlist.splitlines() if l.startswith(seg + "?")][0]
+            gated_url = base + "/LiveApp/streams/s1/" + session_seg
+            assert get(gated_url) == body, "the gated segment differs"
+            gated = max(gated, wrk(gated_url, args.seconds, args.connections))
+            tg.settings(playTokenControlEnabled=False)
+            plain = max(plain, wrk(open_url, args.seconds, args.connections))
         pub.terminate()
-        tg.terminate()
+        tg.stop()
 
         # the same bytes from disk
         root = os.path.join(tmp, "www")
@@ -164,8 +133,8 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ro
                 p.terminate()
                 p.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print("segment of {} bytes, wrk -c{} for {} s each".format(len(body), args.connections,
-                                                            args.seconds))
+    print("segment of {} bytes, wrk -c{} for {} s each, best of {} alternating runs".format(
+        len(body), args.connections, args.seconds, args.rounds))
     print("  tokengate, session checked:  {:8.0f} req/s".format(gated))
     print("  tokengate, token control off:{:8.0f} req/s".format(plain))
     print("  nginx from disk:             {:8.0f} req/s".format(nginx))

@@ -21,8 +21,8 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402
+
+from bench.common import Tokengate, cpu_seconds, free_port, pinned  # noqa: E402
 from twisted.web import resource, server as webserver  # noqa: E402
 
 from tokengate.media.flv import iter_flv_tags  # noqa: E402
@@ -41,14 +43,6 @@ from tokengate.rtmp.core import CLIENT, Command, RTMPConnection, encode_message 
 OUT = os.path.join(ROOT, "bench", "out")
 CHUNK = 4096
 SLICE = 0.1
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def make_clip(seconds: int) -> str:
@@ -197,16 +191,6 @@ class Bench:
         self.dropped += 1
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        with open("/proc/{}/stat".format(pid)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 async def drive(port: int, names: list[str], players: list[str], slices: list[bytes],
                 pids_of, seconds: float, bytes_in=None) -> dict:
     bench = Bench(slices)
@@ -249,55 +233,29 @@ async def drive(port: int, names: list[str], players: list[str], slices: list[by
 
 
 def run_tokengate(args, slices, tmp) -> dict:
-    http, rtmp = free_port(), free_port()
-    profile = ["--profile", os.environ["TG_PROFILE"], "--profiler", "cprofile", "--savestats"] \
-        if os.environ.get("TG_PROFILE") else []
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-            "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), *profile, "tokengate",
-            "--data-dir", os.path.join(tmp, "tg"), "--http",
-            "tcp:{}:interface=127.0.0.1".format(http), "--rtmp",
-            "tcp:{}:interface=127.0.0.1:backlog=1024".format(rtmp)]
-    if shutil.which("taskset"):
-        argv = ["taskset", "-c", "0"] + argv
-    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    base = "http://127.0.0.1:{}".format(http)
+    tg = Tokengate(tmp)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/rest/v2/applications", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        req = urllib.request.Request(base + "/rest/v2/applications/settings/LiveApp",
-                                     data=json.dumps({"publishTokenControlEnabled": True,
-                                                      "playTokenControlEnabled": True,
-                                                      # ingest and RTMP relay only, as nginx-rtmp
-                                                      # is configured here (live on, no hls)
-                                                      "hlsMuxingEnabled": False}).encode(),
-                                     method="POST")
-        urllib.request.urlopen(req).read()
-        names, players = [], []
-        for i in range(args.publishers):
-            t = json.loads(urllib.request.urlopen(
-                base + "/LiveApp/rest/v2/broadcasts/b{}/token?type=publish&expireDate={}".format(
-                    i, int(time.time()) + 3600)).read())["tokenId"]
-            names.append("LiveApp/b{}?token={}".format(i, t))
+        # ingest and RTMP relay only, as nginx-rtmp is configured here (live
+        # on, no hls)
+        tg.settings(publishTokenControlEnabled=True, playTokenControlEnabled=True,
+                    hlsMuxingEnabled=False)
+        names = ["LiveApp/b{}?token={}".format(i, tg.token("b{}".format(i), "publish"))
+                 for i in range(args.publishers)]
+        players = []
         for j in range(args.players):
-            i = j % args.publishers
-            t = json.loads(urllib.request.urlopen(
-                base + "/LiveApp/rest/v2/broadcasts/b{}/token?type=play&expireDate={}".format(
-                    i, int(time.time()) + 3600)).read())["tokenId"]
-            players.append("LiveApp/b{}?token={}".format(i, t))
+            sid = "b{}".format(j % args.publishers)
+            players.append("LiveApp/{}?token={}".format(sid, tg.token(sid, "play")))
+
         def bytes_in():
-            import re
-            text = urllib.request.urlopen(base + "/metrics").read().decode()
-            m = re.search(r'tokengate_bytes_total\{direction="in",protocol="rtmp"\} ([0-9.e+]+)', text)
+            text = urllib.request.urlopen(tg.base + "/metrics").read().decode()
+            m = re.search(r'tokengate_bytes_total\{direction="in",protocol="rtmp"\} ([0-9.e+]+)',
+                          text)
             return float(m.group(1)) if m else 0.0
 
-        return run_driver(rtmp, names, players, slices, lambda: [proc.pid], args.seconds, bytes_in)
+        return run_driver(tg.rtmp, names, players, slices, lambda: [tg.pid], args.seconds,
+                          bytes_in)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        tg.stop()
 
 
 class Auth(resource.Resource):
@@ -340,9 +298,7 @@ rtmp {{
   }}
 }}
 """.format(module=module, tmp=tmp, rtmp=rtmp, auth=auth))
-    argv = [nginx, "-c", conf, "-p", tmp]
-    if shutil.which("taskset"):
-        argv = ["taskset", "-c", "0"] + argv
+    argv = pinned([nginx, "-c", conf, "-p", tmp], 0)
     port = reactor.listenTCP(auth, webserver.Site(Auth()), interface="127.0.0.1")
     proc = subprocess.Popen(argv)
     try:

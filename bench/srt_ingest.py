@@ -32,13 +32,8 @@ sys.path.insert(0, ROOT)
 
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402
 
-from bench.rtmp_ingest import (  # noqa: E402
-    cpu_seconds,
-    drive,
-    free_port,
-    make_clip,
-    slices_of,
-)
+from bench.common import Tokengate, cpu_seconds  # noqa: E402
+from bench.rtmp_ingest import drive, make_clip, slices_of  # noqa: E402
 from tokengate.srt import packets as P  # noqa: E402
 
 PAYLOAD = 1316
@@ -232,32 +227,12 @@ def main() -> None:
         len(chunks) * PAYLOAD * 8 / duration / 1e6, rate))
     slices, _ = slices_of(flv)
     tmp = tempfile.mkdtemp()
-    http, rtmp, srt = free_port(), free_port(), free_port()
-    profile = ["--profile", os.environ["TG_PROFILE"], "--profiler", "cprofile", "--savestats"] \
-        if os.environ.get("TG_PROFILE") else []
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-            "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), *profile, "tokengate",
-            "--data-dir", os.path.join(tmp, "tg"),
-            "--http", "tcp:{}:interface=127.0.0.1".format(http),
-            "--rtmp", "tcp:{}:interface=127.0.0.1:backlog=1024".format(rtmp),
-            "--srt", "udp:{}:interface=127.0.0.1".format(srt)]
-    if shutil.which("taskset"):
-        argv = ["taskset", "-c", "0"] + argv
-    tg = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    base = "http://127.0.0.1:{}".format(http)
+    tg = Tokengate(tmp, srt=True)
+    base, rtmp, srt = tg.base, tg.rtmp, tg.srt
     reactor.startRunning(installSignalHandlers=False)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/rest/v2/applications", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
         # measure ingest alone (no HLS/DASH packaging), the same for both
-        req = urllib.request.Request(base + "/rest/v2/applications/settings/LiveApp",
-                                     data=json.dumps({"hlsMuxingEnabled": False}).encode(),
-                                     method="POST")
-        urllib.request.urlopen(req).read()
+        tg.settings(hlsMuxingEnabled=False)
         n = args.publishers
         srt_cpu, srt_core = run(srt_drive(srt, ["LiveApp/srt{}".format(i) for i in range(n)],
                                           chunks, rate, [tg.pid], args.seconds))
@@ -273,8 +248,7 @@ def main() -> None:
             losses.append((loss, dropped))
             time.sleep(6)
     finally:
-        tg.terminate()
-        tg.wait(20)
+        tg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print("{} publishers at 2 Mbps:".format(n))
     print("  SRT  CPU per stream-second {:.5f} s ({:.0%} of a core)".format(srt_cpu, srt_core))

@@ -31,13 +31,11 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -55,16 +53,9 @@ from autobahn.twisted.websocket import (  # noqa: E402
 )
 from twisted.internet import defer, reactor, task  # noqa: E402
 
+from bench import common  # noqa: E402
+
 OUT = os.path.join(ROOT, "bench", "out")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port(udp: bool = False) -> int:
-    s = socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def make_clip(seconds: int = 30) -> str:
@@ -89,10 +80,7 @@ def make_clip(seconds: int = 30) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open("/proc/{}/stat".format(pid)) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime, stime are fields 14 and 15 (1-based); fields[0] is field 3
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return common.cpu_seconds([pid])
 
 
 class Client(WebSocketClientProtocol):
@@ -283,29 +271,11 @@ def main() -> None:
     if taskset:
         os.sched_setaffinity(0, {1 % os.cpu_count()})
     tmp = tempfile.mkdtemp()
-    http, rtmp, srt = free_port(), free_port(), free_port(udp=True)
-    # TG_PROFILE=path: cProfile the server (pstats saved there at exit)
-    profile = ["--profile", os.environ["TG_PROFILE"], "--profiler", "cprofile", "--savestats"] \
-        if os.environ.get("TG_PROFILE") else []
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-r", "asyncio",
-            "-n", "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), *profile, "tokengate",
-            "--data-dir", os.path.join(tmp, "tg"),
-            "--http", "tcp:{}:interface=127.0.0.1".format(http),
-            "--rtmp", "tcp:{}:interface=127.0.0.1".format(rtmp),
-            "--srt", "udp:{}:interface=127.0.0.1".format(srt)]
-    if taskset:
-        argv = [taskset, "-c", "0"] + argv
-    server = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    server = common.Tokengate(tmp, asyncio=True)
+    http, rtmp, base = server.http, server.rtmp, server.base
     pub = None
-    base = "http://127.0.0.1:{}".format(http)
     result: dict = {}
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/rest/v2/applications", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
         pub = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
                                 "-i", clip, "-c", "copy", "-f", "flv",
                                 "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)])
@@ -329,11 +299,7 @@ def main() -> None:
         if pub is not None:
             pub.terminate()
             pub.wait(10)
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
     print("{} WebRTC viewers{} of one 1 Mbps H.264 stream{} ({} playing, {:.1f} fps each):".format(

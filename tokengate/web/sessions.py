@@ -97,6 +97,11 @@ class SessionSigner:
         self._streamRevoked: dict[tuple[str, str], float] = {}
         self._sessionRevoked: OrderedDict[str, float] = OrderedDict()
         self._maxRevoked = maxRevokedSessions
+        # credentials already verified: a playlist's segments all carry the
+        # same one, so most checks are a dict lookup (bounded, and cleared
+        # whole when full: entries are cheap to recompute)
+        self._verified: dict[str, Session] = {}
+        self._maxVerified = 50_000
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
@@ -122,6 +127,28 @@ class SessionSigner:
 
         @raise InvalidCredential: otherwise.
         """
+        session = self._verified.get(credential)
+        if session is None:
+            session = self._verify(credential)
+            if len(self._verified) >= self._maxVerified:
+                self._verified.clear()
+            self._verified[credential] = session
+        if session.app != app or session.streamId != streamId:
+            raise InvalidCredential("wrong stream")
+        idle = self.vodIdle if session.kind == "vod" else self.idle
+        if not (session.issued - 5 <= now < session.issued + idle):
+            raise InvalidCredential("expired")
+        revoked = self._streamRevoked.get((app, streamId))
+        if revoked is not None and session.started <= revoked:
+            raise InvalidCredential("revoked")
+        if session.sessionId in self._sessionRevoked:
+            raise InvalidCredential("revoked")
+        return session
+
+    def _verify(self, credential: str) -> Session:
+        """
+        Decode a credential and check its MAC (nothing about time or scope).
+        """
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
             raise InvalidCredential("malformed")
         body, _, mac = credential.partition(".")
@@ -138,16 +165,10 @@ class SessionSigner:
             raise InvalidCredential("malformed")
         if version != VERSION:
             raise InvalidCredential("version")
-        if sApp != app or sStream != streamId:
-            raise InvalidCredential("wrong stream")
-        idle = self.vodIdle if kind == "vod" else self.idle
-        if not (issued - 5 <= now < issued + idle):
-            raise InvalidCredential("expired")
-        revoked = self._streamRevoked.get((app, streamId))
-        if revoked is not None and started <= revoked:
-            raise InvalidCredential("revoked")
-        if sid in self._sessionRevoked:
-            raise InvalidCredential("revoked")
+        if not all(isinstance(v, str) for v in (sApp, sStream, sid, kind)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (started, issued)
+        ):
+            raise InvalidCredential("malformed")
         return Session(sApp, sStream, sid, started, issued, kind)
 
     def revokeStream(self, app: str, streamId: str, now: float) -> None:

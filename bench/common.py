@@ -1,0 +1,114 @@
+"""
+What the benchmarks share: free loopback ports, CPU pinning, process CPU
+time, and a tokengate server run by twistd in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port(udp: bool = False) -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def pinned(argv: Sequence[str], cpu: int) -> list[str]:
+    """
+    C{argv} run on one CPU when C{taskset} exists (servers on CPU 0, load
+    generators on CPU 1, so they do not measure each other).
+    """
+    return (["taskset", "-c", str(cpu)] + list(argv)) if shutil.which("taskset") else list(argv)
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """
+    User plus system CPU time of processes, from /proc.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def wait_http(url: str, proc: Optional[subprocess.Popen] = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit("the server exited early")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the server did not start: " + url)
+
+
+class Tokengate:
+    """
+    ``twistd -n tokengate`` on free loopback ports in a data directory,
+    pinned to CPU 0; C{TG_PROFILE=path} in the environment profiles it.
+    """
+
+    def __init__(self, tmp: str, *extra: str, asyncio: bool = False, srt: bool = False) -> None:
+        self.http, self.rtmp = free_port(), free_port()
+        self.srt = free_port(udp=True) if srt else None
+        profile = os.environ.get("TG_PROFILE")
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                *(["-r", "asyncio"] if asyncio else []), "-n", "--pidfile=",
+                "--logfile", os.path.join(tmp, "tokengate.log"),
+                *(["--profile", profile, "--profiler", "cprofile", "--savestats"]
+                  if profile else []),
+                "tokengate", "--data-dir", os.path.join(tmp, "tokengate-data"),
+                "--http", "tcp:{}:interface=127.0.0.1".format(self.http),
+                "--rtmp", "tcp:{}:interface=127.0.0.1:backlog=1024".format(self.rtmp),
+                "--srt", "udp:{}:interface=127.0.0.1".format(self.srt or free_port(udp=True)),
+                *extra]
+        self.proc = subprocess.Popen(pinned(argv, 0), cwd=ROOT,
+                                     env=dict(os.environ, PYTHONPATH=ROOT))
+        self.base = "http://127.0.0.1:{}".format(self.http)
+        wait_http(self.base + "/rest/v2/applications", self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def settings(self, **changes: object) -> None:
+        """
+        POST changed settings of LiveApp (missing ones take their defaults).
+        """
+        import json
+
+        req = urllib.request.Request(self.base + "/rest/v2/applications/settings/LiveApp",
+                                     data=json.dumps(changes).encode(), method="POST")
+        urllib.request.urlopen(req).read()
+
+    def token(self, streamId: str, type: str) -> str:
+        import json
+
+        return json.loads(urllib.request.urlopen(
+            self.base + "/LiveApp/rest/v2/broadcasts/{}/token?type={}&expireDate={}".format(
+                streamId, type, int(time.time()) + 3600)).read())["tokenId"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
