@@ -15,14 +15,15 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import Tokengate, free_port, pinned, wait_http  # noqa: E402
 
 BARE = r"""
 import os
@@ -45,30 +46,9 @@ internet.TCPServer(int(os.environ["BARE_PORT"]), Site(Bare()),
 """
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("server exited early")
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
-
-
 def wrk(url: str, seconds: int, connections: int) -> float:
     out = subprocess.run(
-        ["wrk", "-t1", "-c{}".format(connections), "-d{}s".format(seconds), url],
+        pinned(["wrk", "-t1", "-c{}".format(connections), "-d{}s".format(seconds), url], 1),
         capture_output=True, text=True, timeout=seconds + 30,
     ).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -94,9 +74,9 @@ def main() -> None:
         tac = os.path.join(tmp, "bare.tac")
         with open(tac, "w") as f:
             f.write(BARE)
-        bare = subprocess.Popen(
+        bare = subprocess.Popen(pinned(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-             "--pidfile=", "--logfile", os.path.join(tmp, "bare.log"), "-y", tac],
+             "--pidfile=", "--logfile", os.path.join(tmp, "bare.log"), "-y", tac], 0),
             env=dict(os.environ, BARE_PORT=str(port)))
         procs.append(bare)
         url = "http://127.0.0.1:{}/".format(port)
@@ -104,19 +84,10 @@ def main() -> None:
         base = wrk(url, args.seconds, args.connections)
         bare.terminate()
 
-        port = free_port()
-        tg = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "--logfile", os.path.join(tmp, "tg.log"), "tokengate",
-             "--data-dir", tmp, "--http", "tcp:{}:interface=127.0.0.1".format(port),
-             "--rtmp", "tcp:{}:interface=127.0.0.1".format(free_port())],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-        )
-        procs.append(tg)
-        wait_http("http://127.0.0.1:{}/rest/v2/applications".format(port), tg)
-        url = "http://127.0.0.1:{}/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}".format(
-            port, int(time.time()) + 3600
-        )
+        tg = Tokengate(tmp)
+        procs.append(tg.proc)
+        url = "{}/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}".format(
+            tg.base, int(time.time()) + 3600)
         mint = wrk(url, args.seconds, args.connections)
     finally:
         for p in procs:
