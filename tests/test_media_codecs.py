@@ -19,7 +19,7 @@ from typing import Any, Optional
 from attrs import frozen
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.media.codecs import (
     AAC_RAW,
@@ -58,6 +58,7 @@ from tokengate.media.codecs import (
     split_annexb,
 )
 from tokengate.media.errors import MediaError
+from tests.helpers import require
 from tokengate.media.flv import (
     TAG_AUDIO,
     TAG_SCRIPT,
@@ -71,14 +72,6 @@ from tokengate.media.flv import (
 # ---------------------------------------------------------------------------
 # Shared helpers: external tools and the test clip
 # ---------------------------------------------------------------------------
-
-
-def require(binary: str) -> str:
-    """The path of *binary*, or SkipTest naming it."""
-    path = shutil.which(binary)
-    if path is None:
-        raise SkipTest(f"{binary} is not installed")
-    return path
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

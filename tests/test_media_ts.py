@@ -7,13 +7,9 @@ with what ffmpeg itself puts in an FLV of the same stream.
 
 from __future__ import annotations
 
-import atexit
 import os
 import random
-import shutil
 import subprocess
-import tempfile
-from typing import Optional
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,38 +33,11 @@ from tokengate.media.ts import (
 )
 
 from .helpers import require
-
-_scratch: Optional[str] = None
-_made: dict[str, str] = {}
-
-
-def _scratch_dir() -> str:
-    global _scratch
-    if _scratch is None:
-        _scratch = tempfile.mkdtemp(prefix="tokengate-ts-")
-        atexit.register(shutil.rmtree, _scratch, True)
-    return _scratch
-
-
-def ffmpeg_make(name: str, *args: str) -> str:
-    """Run ffmpeg once per test run to make scratch file *name*; its path."""
-    if name in _made and os.path.exists(_made[name]):
-        return _made[name]
-    ffmpeg = require("ffmpeg")
-    path = os.path.join(_scratch_dir(), name)
-    result = subprocess.run(
-        [ffmpeg, "-nostdin", "-v", "error", "-y", *args, path],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if result.returncode:
-        raise AssertionError(f"ffmpeg failed making {name}: {result.stderr}")
-    _made[name] = path
-    return path
-
+from .test_media_codecs import ffmpeg_output, scratch_dir
 
 def ts_clip(size: str = "320x240", bframes: int = 0) -> str:
     """Three seconds of H.264 (25 fps, GOP 25, no B-frames) and AAC 48 kHz, in MPEG-TS."""
-    return ffmpeg_make(
+    return ffmpeg_output(
         f"clip-{size}-bf{bframes}.ts",
         "-f", "lavfi", "-i", f"testsrc=size={size}:rate=25",
         "-f", "lavfi", "-i", "sine=sample_rate=48000", "-t", "3",
@@ -84,7 +53,7 @@ def ts_bytes(size: str = "320x240", bframes: int = 0) -> bytes:
 
 def flv_of_clip(bframes: int = 0) -> str:
     """The same clip remuxed by ffmpeg into FLV (-c copy)."""
-    return ffmpeg_make(
+    return ffmpeg_output(
         f"clip-320x240-bf{bframes}.flv", "-i", ts_clip(bframes=bframes), "-c", "copy", "-f", "flv"
     )
 
@@ -111,7 +80,7 @@ def of(events, cls) -> list:
 def count_adts_frames(data: bytes) -> int:
     """Audio frames in a TS, counted the slow way (ffprobe's packet count)."""
     ffprobe = require("ffprobe")
-    path = os.path.join(_scratch_dir(), "count.ts")
+    path = os.path.join(scratch_dir(), "count.ts")
     with open(path, "wb") as f:
         f.write(data)
     out = subprocess.run(
