@@ -112,3 +112,31 @@ class Tokengate:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+OUT = os.path.join(ROOT, "bench", "out")
+
+
+def make_cbr_clip(name: str, seconds: int, size: str, kbps: int, preset: str,
+                  audio_kbps: int, bframes: Optional[int] = None) -> str:
+    """
+    A constant-bitrate testsrc2 H.264 + AAC FLV clip at 30 fps with a 2 s
+    GOP, made once with ffmpeg and cached in bench/out/.
+    """
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, name)
+    if not os.path.exists(path):
+        rate = "{}k".format(kbps)
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+             "testsrc2=size={}:rate=30".format(size),
+             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
+             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", preset, "-g", "60",
+             *(["-bf", str(bframes)] if bframes is not None else []),
+             "-b:v", rate, "-minrate", rate, "-maxrate", rate, "-bufsize", rate,
+             "-x264-params", "nal-hrd=cbr:force-cfr=1",
+             "-c:a", "aac", "-b:a", "{}k".format(audio_kbps), "-f", "flv", path + ".tmp"],
+            check=True,
+        )
+        os.rename(path + ".tmp", path)
+    return path

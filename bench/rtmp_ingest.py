@@ -34,32 +34,22 @@ sys.path.insert(0, ROOT)
 
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402
 
-from bench.common import Tokengate, cpu_seconds, free_port, pinned  # noqa: E402
+from bench.common import Tokengate, cpu_seconds, free_port, make_cbr_clip, pinned  # noqa: E402
 from twisted.web import resource, server as webserver  # noqa: E402
 
 from tokengate.media.flv import iter_flv_tags  # noqa: E402
 from tokengate.rtmp.core import CLIENT, Command, RTMPConnection, encode_message  # noqa: E402
 
-OUT = os.path.join(ROOT, "bench", "out")
 CHUNK = 4096
 SLICE = 0.1
 
 
 def make_clip(seconds: int) -> str:
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "clip-2mbps-{}s.flv".format(seconds))
-    if not os.path.exists(path):
-        subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
-             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
-             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60",
-             "-b:v", "1870k", "-minrate", "1870k", "-maxrate", "1870k", "-bufsize", "1870k",
-             "-x264-params", "nal-hrd=cbr:force-cfr=1", "-c:a", "aac", "-b:a", "128k",
-             "-f", "flv", path + ".tmp"],
-            check=True,
-        )
-        os.rename(path + ".tmp", path)
-    return path
+    """
+    The 2 Mbps 720p clip the ingest benchmarks replay.
+    """
+    return make_cbr_clip("clip-2mbps-{}s.flv".format(seconds), seconds, "1280x720", 1870,
+                         "ultrafast", 128)
 
 
 def slices_of(path: str) -> tuple[list[bytes], float]:

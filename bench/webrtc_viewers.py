@@ -55,7 +55,6 @@ from twisted.internet import defer, reactor, task  # noqa: E402
 
 from bench import common  # noqa: E402
 
-OUT = os.path.join(ROOT, "bench", "out")
 
 
 def make_clip(seconds: int = 30) -> str:
@@ -63,20 +62,8 @@ def make_clip(seconds: int = 30) -> str:
     testsrc2 640x360 at 30 fps, H.264 ~1 Mbps CBR, no B-frames, 2 s GOP,
     and 64 kb/s AAC; made once.
     """
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "clip-1mbps-360p-{}s.flv".format(seconds))
-    if not os.path.exists(path):
-        subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
-             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
-             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
-             "-bf", "0", "-b:v", "1000k", "-minrate", "1000k", "-maxrate", "1000k",
-             "-bufsize", "1000k", "-x264-params", "nal-hrd=cbr:force-cfr=1",
-             "-c:a", "aac", "-b:a", "64k", "-f", "flv", path + ".tmp"],
-            check=True,
-        )
-        os.rename(path + ".tmp", path)
-    return path
+    return common.make_cbr_clip("clip-1mbps-360p-{}s.flv".format(seconds), seconds, "640x360",
+                                1000, "veryfast", 64, bframes=0)
 
 
 def cpu_seconds(pid: int) -> float:
