@@ -49,6 +49,10 @@ class ServerConfig:
     reuseWindow: float = 5.0
     #: LL-HLS part duration target, seconds
     partTarget: float = 0.5
+    #: ICE servers the server's own WebRTC peer connections use (STUN for a
+    #: server-reflexive candidate behind 1:1 NAT): dicts with "urls" and,
+    #: for TURN, "username" and "credential"
+    serverIceServers: list[dict[str, str]] = field(factory=list)
     restNetworks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         init=False, factory=list
     )

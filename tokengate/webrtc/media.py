@@ -281,6 +281,19 @@ class AiortcEngine:
         self._video: dict[tuple[str, str], tuple[LiveStream, deque]] = {}
         reactor.addSystemEventTrigger("before", "shutdown", self.close)
 
+    def rtcConfiguration(self) -> Any:
+        """
+        The configuration of the server's peer connections: the ICE servers
+        of C{ServerConfig.serverIceServers}.
+        """
+        from aiortc import RTCConfiguration, RTCIceServer
+
+        servers = getattr(self._server.config, "serverIceServers", None) or []
+        return RTCConfiguration(iceServers=[
+            RTCIceServer(urls=s["urls"], username=s.get("username"),
+                         credential=s.get("credential"))
+            for s in servers])
+
     def publisher(self, stream: LiveStream, events: Any) -> "PublisherPeer":
         peer = PublisherPeer(self, stream, events)
         self.peers.add(peer)
@@ -367,7 +380,7 @@ class _Peer:
         self.engine = engine
         self.stream = stream
         self.events = events
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(configuration=engine.rtcConfiguration())
         self._closing: Optional[Deferred] = None
         self._connected = False
         self.pc.on("connectionstatechange", self._stateChanged)
