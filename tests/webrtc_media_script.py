@@ -99,7 +99,7 @@ def aw(coro):
     return Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
-async def publish(url, clip, token, streamId="s1"):
+async def publish(url, clip, token, streamId="s1", video="video/H264", audio=None):
     from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
 
@@ -112,14 +112,20 @@ async def publish(url, clip, token, streamId="s1"):
     pc = RTCPeerConnection()
     t = pc.addTransceiver(player.video, direction="sendonly")
     t.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                           if c.mimeType == "video/H264"])
+                           if c.mimeType == video])
     if player.audio is not None:
-        pc.addTransceiver(player.audio, direction="sendonly")  # Opus
+        a = pc.addTransceiver(player.audio, direction="sendonly")  # Opus by default
+        if audio is not None:
+            a.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("audio").codecs
+                                   if c.mimeType == audio])
     offer = await aw(pc.createOffer())
     await aw(pc.setLocalDescription(offer))
     ws.proto.send(command="takeConfiguration", streamId=streamId, type="offer",
                   sdp=pc.localDescription.sdp)
-    m = await ws.expect(lambda m: m.get("command") == "takeConfiguration")
+    m = await ws.expect(lambda m: m.get("command") in ("takeConfiguration", "error"))
+    if m["command"] == "error":
+        await aw(pc.close())
+        return ws, None, m
     await aw(pc.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="answer")))
     n = await ws.expect(lambda m: m.get("command") == "notification")
     return ws, pc, n
@@ -228,13 +234,17 @@ class AudioCounter:
         pass
 
 
-async def hls_master(port, token):
+async def hls_master(port, token, streamId="s1"):
     from twisted.web.client import Agent, readBody
 
     agent = Agent(reactor)
-    r = await agent.request(b"GET", "http://127.0.0.1:{}/LiveApp/streams/s1.m3u8?token={}".format(
-        port, token).encode())
+    r = await agent.request(b"GET", "http://127.0.0.1:{}/LiveApp/streams/{}.m3u8?token={}".format(
+        port, streamId, token).encode())
     return {"code": r.code, "body": (await readBody(r)).decode("utf-8", "replace")}
+
+
+#: id(server) -> its WebRTC media engine
+ENGINES = {}
 
 
 def make_server():
@@ -243,6 +253,7 @@ def make_server():
                         playTokenControlEnabled=True)
     http = reactor.listenTCP(0, build_site(server), interface="127.0.0.1")
     rtmp = reactor.listenTCP(0, RTMPFactory(server), interface="127.0.0.1")
+    ENGINES[id(server)] = http.factory.resource._webrtc.engine  # for the tests' checks
     return server, http, rtmp
 
 
@@ -305,6 +316,72 @@ async def main(clip):
     print(json.dumps(out), flush=True)
 
 
+async def codecs(clip):
+    """
+    A VP8-only publisher with G.711 (PCMU) audio: its video is transcoded to
+    H.264 and its audio to AAC, so WebRTC viewers and HLS get both; a
+    second VP8-only publisher while the only transcoding slot is taken is
+    refused with highResourceUsage.  The audio is placed by the RTCP
+    sender reports.
+    """
+    server, http, rtmp = make_server()
+    ENGINES[id(server)].transcodeSlots.limit = 1
+    url = "ws://127.0.0.1:{}/LiveApp/websocket".format(http.getHost().port)
+    out = {}
+    ws, pc, n = await publish(url, clip, await mint(server, "v1", "publish"), streamId="v1",
+                              video="video/VP8", audio="audio/PCMU")
+    out["publish"] = n
+    if pc is None:
+        print(json.dumps(out), flush=True)
+        return
+    stream = server.hub.get("LiveApp", "v1")
+    counter = AudioCounter()
+    stream.subscribe(counter)
+    for _ in range(100):
+        if stream.videoConfig is not None and counter.frames > 20:
+            break
+        await task.deferLater(reactor, 0.1)
+    peer = server_peer(server, "v1")
+    out["videoCodec"] = peer.videoCodec
+    out["audioCodec"] = peer.audioCodec
+    out["avc"] = stream.videoConfig is not None and stream.videoConfig[0] & 0x0F == 7
+    out["publishAudio"] = {"config": counter.config, "frames": counter.frames,
+                           "monotonic": counter.monotonic, "rate": counter.rate,
+                           "samples": counter.samples}
+    for _ in range(40):
+        if peer.timeline.syncedBy == "rtcp":
+            break
+        await task.deferLater(reactor, 0.1)
+    out["syncedBy"] = peer.timeline.syncedBy
+    out["audioOffset"] = peer.timeline.audioOffset
+    out["transcoded"] = peer.transcoder.framesOut if peer.transcoder else 0
+    # the only slot is taken: a second VP8-only publisher is refused
+    ws2, pc2, m2 = await publish(url, clip, await mint(server, "v2", "publish"), streamId="v2",
+                                 video="video/VP8")
+    out["second"] = m2
+    if pc2 is not None:
+        await aw(pc2.close())
+    out["secondLive"] = server.hub.isLive("LiveApp", "v2")
+    for _ in range(20):
+        out["hls"] = await hls_master(http.getHost().port, await mint(server, "v1", "play"),
+                                      "v1")
+        if out["hls"]["code"] == 200:
+            break
+        await task.deferLater(reactor, 0.25)
+    out["play"] = await play(url, await mint(server, "v1", "play"), streamId="v1", want=100)
+    ws.proto.send(command="stop", streamId="v1")
+    await ws.expect(lambda m: m.get("definition") == "publish_finished")
+    await aw(pc.close())
+    await task.deferLater(reactor, 0.2)
+    out["slotsAfter"] = ENGINES[id(server)].transcodeSlots.used
+    await pages_close(server)
+    print(json.dumps(out), flush=True)
+
+
+def server_peer(server, streamId):
+    return ENGINES[id(server)].publishers[("LiveApp", streamId)]
+
+
 async def pages_close(server):
     for s in server.hub.liveStreams():
         s.end()
@@ -350,5 +427,7 @@ if __name__ == "__main__":
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     if len(sys.argv) > 2 and sys.argv[2] == "serve":
         serve()
+    elif len(sys.argv) > 2 and sys.argv[2] == "codecs":
+        run(codecs, sys.argv[1])
     else:
         run(main, sys.argv[1])

@@ -53,6 +53,20 @@ class ServerConfig:
     #: server-reflexive candidate behind 1:1 NAT): dicts with "urls" and,
     #: for TURN, "username" and "credential"
     serverIceServers: list[dict[str, str]] = field(factory=list)
+    #: STUN/TURN URIs handed to browsers in the signalling's iceServerConfig
+    #: (see tokengate.webrtc.ice.IceServers)
+    iceServers: list[str] = field(factory=list)
+    #: static TURN credentials ...
+    turnUsername: str = ""
+    turnCredential: str = field(default="", repr=False)
+    #: ... or the secret shared with coturn (use-auth-secret): time-limited
+    #: credentials, valid for turnCredentialTtl seconds
+    turnSecret: str = field(default="", repr=False)
+    turnCredentialTtl: int = 86400
+    #: "all", or "relay": browsers use TURN only
+    iceTransportPolicy: str = "all"
+    #: VP8-only WebRTC publishers transcoded to H.264 at once (0: refused)
+    webrtcTranscodes: int = 2
     restNetworks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         init=False, factory=list
     )

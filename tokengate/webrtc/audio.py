@@ -2,7 +2,8 @@
 """
 Audio transcoding for WebRTC with PyAV: the hub's AAC (FLV AACAUDIODATA
 tag bodies, after an AudioSpecificConfig) to Opus at 48 kHz for WebRTC
-viewers.
+viewers, and a WebRTC publisher's Opus or G.711 to AAC for the hub
+(L{ToAac}).
 
 One L{AacToOpus} per live stream is shared by all of its WebRTC viewers:
 each AAC frame (the hub hands every subscriber the same L{Frame} object) is
@@ -104,22 +105,36 @@ class AacToOpus:
             return []
 
 
-class OpusToAac:
+#: WebRTC audio codecs a publisher may send: name -> (FFmpeg decoder, RTP
+#: clock rate, channels)
+PUBLISHER_AUDIO = {
+    "opus": ("libopus", OPUS_RATE, 2),
+    "pcmu": ("pcm_mulaw", 8000, 1),
+    "pcma": ("pcm_alaw", 8000, 1),
+}
+
+
+class ToAac:
     """
-    Decode a WebRTC publisher's Opus (C{av.Packet}s, 48 kHz RTP clock),
-    encode AAC-LC 48 kHz stereo (FFmpeg's encoder, 1024-sample frames).
+    Decode a WebRTC publisher's audio (Opus, or G.711 PCMU/PCMA), encode
+    AAC-LC 48 kHz stereo (FFmpeg's encoder, 1024-sample frames).
 
     L{config} is the AudioSpecificConfig once the encoder is open;
-    L{transcode} returns (pts in 48 kHz units, raw AAC frame) pairs on the
-    publisher's RTP timeline.
+    L{transcode} takes a packet's payload with its pts in 48 kHz units and
+    returns (pts in 48 kHz units, raw AAC frame) pairs on the same count.
+
+    @param codec: a key of L{PUBLISHER_AUDIO} (any case)
     """
 
-    def __init__(self, bitrate: int = 128000) -> None:
+    def __init__(self, codec: str = "opus", bitrate: int = 128000) -> None:
         import av
 
-        self._decoder = av.CodecContext.create("libopus", "r")
-        self._decoder.sample_rate = OPUS_RATE
-        self._decoder.layout = "stereo"
+        name, rate, channels = PUBLISHER_AUDIO[codec.lower()]
+        self.codec = codec.lower()
+        self.clockRate = rate
+        self._decoder = av.CodecContext.create(name, "r")
+        self._decoder.sample_rate = rate
+        self._decoder.layout = "stereo" if channels == 2 else "mono"
         self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=OPUS_RATE,
                                             frame_size=1024)
         enc = av.CodecContext.create("aac", "w")
@@ -134,15 +149,16 @@ class OpusToAac:
         self._next: Optional[int] = None
         self.failed = False
 
-    def transcode(self, packet: Any) -> list[tuple[int, bytes]]:
+    def transcode(self, data: bytes, pts: int) -> list[tuple[int, bytes]]:
         if self.failed:
             return []
+        import av
+
         try:
-            pts = int(packet.pts)
             if self._next is None or abs(self._next - pts) > OPUS_RATE // 5:
                 self._next = pts  # the first packet, or a gap: resync
             out = []
-            for f in self._decoder.decode(packet):
+            for f in self._decoder.decode(av.Packet(data)):
                 f.pts = None
                 for r in self._resampler.resample(f):
                     r.pts = self._next
@@ -152,6 +168,7 @@ class OpusToAac:
                         out.append((int(p.pts), bytes(p)))
             return out
         except Exception:
-            _log.failure("Opus to AAC transcoding failed; no more audio from this publisher")
+            _log.failure("{codec} to AAC transcoding failed; no more audio from this publisher",
+                         codec=self.codec)
             self.failed = True
             return []

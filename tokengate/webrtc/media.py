@@ -7,13 +7,16 @@ is kept when the offer has it); the receiver's decoder is bypassed (a
 per-receiver replacement of aiortc's decoder thread hands over the encoded
 access units as C{av.Packet}s), and each Annex B access unit becomes an FLV
 video tag body in the hub: an AVC sequence header built from SPS/PPS when
-they change, then length-prefixed NAL units, keyframes marked, millisecond
-timestamps from the 90 kHz RTP clock.  Opus audio is transcoded to AAC
-(L{OpusToAac}) into the hub, aligned to the video by arrival time.  A
-VP8-only publisher is accepted, but its video cannot reach the hub (no
-H.264 for HLS, DASH, RTMP or WebRTC players).  The publisher is asked for a keyframe (PLI) every
-L{KEYFRAME_INTERVAL} seconds, since browsers send them only on request,
-and whenever a WebRTC viewer asks for one.
+they change, then length-prefixed NAL units, keyframes marked.  A
+publisher that offers no H.264 sends VP8, transcoded to H.264 on a worker
+thread (L{tokengate.webrtc.video}; a bounded number at once, over it the
+publish is refused with C{highResourceUsage}).  Opus or G.711 (PCMU, PCMA)
+audio is transcoded to AAC (L{ToAac}).  Both are placed on one millisecond
+timeline by L{PublisherTimeline}: video from its 90 kHz clock, audio by the
+RTCP sender reports of both tracks (by arrival until they come).  The
+publisher is asked for a keyframe (PLI) every L{KEYFRAME_INTERVAL} seconds,
+since browsers send them only on request, and whenever a WebRTC viewer
+asks for one.
 
 Play: the server offers a send-only H.264 video track whose frames are the
 hub's, unchanged (Annex B C{av.Packet}s with 90 kHz pts, SPS/PPS in front of
@@ -23,9 +26,9 @@ by the stream's viewers) and sent as pre-encoded C{av.Packet}s.  The video
 packets are shared by the stream's viewers too (L{AiortcEngine.videoPacket}),
 and aiortc's H.264 packetizer packetizes a shared packet once.
 
-This relies on aiortc internals (the receiver's decoder worker, the H.264
-packetizer and the transceiver's negotiated codec list): setup.py pins
-aiortc.
+This relies on aiortc internals (the receiver's decoder worker, timestamp
+mapper and RTCP handler, the H.264 packetizer and the transceiver's
+negotiated codec list): setup.py pins aiortc.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ from ..media.codecs import (
     split_annexb,
 )
 from ..media.hub import AUDIO, VIDEO, Frame, LiveStream
-from .audio import OPUS_RATE, AacToOpus, OpusToAac
+from .audio import OPUS_RATE, PUBLISHER_AUDIO, AacToOpus, ToAac
+from .rtpsync import PublisherTimeline
+from .video import TranscodeSlots, Vp8ToH264
 
 _log = Logger()
 
@@ -195,15 +200,14 @@ def _share(packet: Any) -> Any:
 
 class AnnexBToFLV:
     """
-    Turns Annex B access units (90 kHz pts) into FLV video tag bodies.
+    Turns Annex B access units into FLV video tag bodies.
     """
 
     def __init__(self) -> None:
         self.sps: Optional[bytes] = None
         self.pps: Optional[bytes] = None
-        self._base: Optional[int] = None
 
-    def convert(self, data: bytes, pts: int) -> list[tuple[int, bytes]]:
+    def convert(self, data: bytes, ms: int) -> list[tuple[int, bytes]]:
         """
         @return: (ms timestamp, tag body) pairs: a sequence header when the
             parameter sets changed, then the frame (none before the first
@@ -211,9 +215,6 @@ class AnnexBToFLV:
         """
         nals = split_annexb(data)
         out: list[tuple[int, bytes]] = []
-        if self._base is None:
-            self._base = pts
-        ms = max(0, (pts - self._base) * 1000 // VIDEO_CLOCK)
         sps = pps = None
         key = False
         keep = []
@@ -279,6 +280,14 @@ class AiortcEngine:
         self._audio: dict[tuple[str, str], tuple[LiveStream, AacToOpus]] = {}
         #: (app, streamId) -> (stream, its recent (frame, config, packet))
         self._video: dict[tuple[str, str], tuple[LiveStream, deque]] = {}
+        #: VP8 publishers transcoded to H.264 at once
+        config = getattr(server, "config", None)
+        self.transcodeSlots = TranscodeSlots(getattr(config, "webrtcTranscodes", 2))
+        metrics = getattr(server, "metrics", None)
+        if metrics is not None:
+            metrics.callbackGauge("tokengate_webrtc_transcodes",
+                                  "WebRTC publishers whose VP8 is transcoded to H.264",
+                                  lambda: self.transcodeSlots.used)
         reactor.addSystemEventTrigger("before", "shutdown", self.close)
 
     def rtcConfiguration(self) -> Any:
@@ -422,19 +431,31 @@ class _Peer:
         pass
 
 
+class HighResourceUsage(Exception):
+    """
+    A VP8-only publisher while every transcoding slot is taken.
+    """
+
+    definition = "highResourceUsage"
+
+
 class PublisherPeer(_Peer):
     def __init__(self, engine: AiortcEngine, stream: LiveStream, events: Any) -> None:
         super().__init__(engine, stream, events)
         self.converter = AnnexBToFLV()
         self.videoCodec: Optional[str] = None
+        self.audioCodec: Optional[str] = None
         self._tasks: list[Any] = []
         self._receiver: Any = None
         self._pli: Any = None
         self._lastPli = -1e9
-        #: Opus to AAC, made at the first audio packet
-        self.audio: Optional[OpusToAac] = None
-        self._audioOffset: Optional[int] = None
-        self._lastVideo: Optional[tuple[int, float]] = None
+        #: the publisher's audio to AAC, made at the first audio packet
+        self.audio: Optional[ToAac] = None
+        #: VP8 to H.264, for a publisher that offered no H.264
+        self.transcoder: Optional[Vp8ToH264] = None
+        self._slot = False
+        self._configSent = False
+        self.timeline = PublisherTimeline(engine._reactor.seconds)
         self.pc.on("track", self._track)
 
     def answer(self, sdp: str) -> Deferred:
@@ -444,22 +465,65 @@ class PublisherPeer(_Peer):
         from aiortc import RTCSessionDescription
 
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        hasVideo = False
         for t in self.pc.getTransceivers():
             if t.kind == "video":
-                h264 = [c for c in t._codecs if c.mimeType.lower() == "video/h264"]
-                if h264:
-                    # Packetization mode 1 first, then everything that is
-                    # H.264 or a retransmission of it; the browser sends H.264.
-                    h264.sort(key=lambda c: str(c.parameters.get("packetization-mode")) != "1")
-                    pts = {c.payloadType for c in h264}
-                    rtx = [c for c in t._codecs if c.mimeType.lower() == "video/rtx"
-                           and c.parameters.get("apt") in pts]
-                    t._codecs = h264 + rtx
+                self._chooseVideoCodec(t)
                 self._receiver = t.receiver
+                hasVideo = True
             _passthrough(t.receiver)
+            self._watchSenderReports(t.receiver, t.kind)
+        self.timeline.hasVideo = hasVideo
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp
+
+    def _chooseVideoCodec(self, t: Any) -> None:
+        """
+        H.264 when offered (packetization mode 1 first), else VP8 (to be
+        transcoded, when a slot is free): only it and its retransmission
+        stay in the answer.
+        """
+        def named(name: str) -> list[Any]:
+            return [c for c in t._codecs if c.mimeType.lower() == name]
+
+        chosen = named("video/h264")
+        if chosen:
+            chosen.sort(key=lambda c: str(c.parameters.get("packetization-mode")) != "1")
+        else:
+            chosen = named("video/vp8")
+            if not chosen:
+                return  # nothing we can use: aiortc refuses the offer
+            if not self._slot:
+                if not self.engine.transcodeSlots.take():
+                    raise HighResourceUsage()
+                self._slot = True
+        pts = {c.payloadType for c in chosen}
+        rtx = [c for c in t._codecs if c.mimeType.lower() == "video/rtx"
+               and c.parameters.get("apt") in pts]
+        t._codecs = chosen + rtx
+
+    def _watchSenderReports(self, receiver: Any, kind: str) -> None:
+        """
+        Hand the RTCP sender reports of the receiver's media (not of its
+        retransmissions) to the timeline.
+        """
+        from aiortc.rtcrtpreceiver import RtcpSrPacket
+
+        handle = receiver._handle_rtcp_packet
+        timeline = self.timeline
+
+        async def handleRtcp(packet: Any) -> None:
+            # The frames' timestamps are aiortc's (RTP minus the first
+            # one): the report's is made relative the same way.
+            origin = receiver._RTCRtpReceiver__timestamp_mapper._origin
+            if isinstance(packet, RtcpSrPacket) and origin is not None and \
+                    packet.ssrc not in receiver._RTCRtpReceiver__rtx_ssrc:
+                timeline.senderReport(kind, packet.sender_info.ntp_timestamp,
+                                      (packet.sender_info.rtp_timestamp - origin) % (1 << 32))
+            await handle(packet)
+
+        receiver._handle_rtcp_packet = handleRtcp
 
     def _track(self, track: Any) -> None:
         self._tasks.append(asyncio.ensure_future(self._pump(track)))
@@ -483,43 +547,55 @@ class PublisherPeer(_Peer):
             if track.kind != "video":
                 continue
             self.videoCodec = codec
-            if codec != "H264":
-                continue  # VP8: no H.264 for the hub
-            try:
-                for ms, body in self.converter.convert(bytes(packet), int(packet.pts)):
-                    self.stream.videoReceived(ms, body)
-                    self._lastVideo = (ms, self.engine._reactor.seconds())
-            except Exception:
-                _log.failure("a bad H.264 access unit from a WebRTC publisher")
+            ms = self.timeline.video(int(packet.pts))
+            if codec == "H264":
+                self._video(bytes(packet), ms)
+            elif codec == "VP8" and self._slot:
+                if self.transcoder is None:
+                    self.transcoder = Vp8ToH264(self.engine._reactor.callFromThread,
+                                                self._transcoded, self.requestKeyframe)
+                self.transcoder.frame(bytes(packet), ms * (VIDEO_CLOCK // 1000))
+
+    def _transcoded(self, data: bytes, pts: int) -> None:
+        if self._closing is None and not self.stream.ended:
+            self._video(data, pts // (VIDEO_CLOCK // 1000))
+
+    def _video(self, data: bytes, ms: int) -> None:
+        try:
+            for ms, body in self.converter.convert(data, ms):
+                self.stream.videoReceived(ms, body)
+        except Exception:
+            _log.failure("a bad H.264 access unit from a WebRTC publisher")
 
     def _audio(self, codec: str, packet: Any) -> None:
         """
-        Opus from the publisher: AAC into the hub (a sequence header, then
-        raw frames), on the video's millisecond timeline (aligned by arrival
-        time at the first packet; audio-only publishers start at 0).
+        Opus or G.711 from the publisher: AAC into the hub (a sequence
+        header, then raw frames), placed on the video's timeline by
+        L{PublisherTimeline}.
         """
-        if codec.lower() != "opus":
+        name = codec.lower()
+        if name not in PUBLISHER_AUDIO:
             return
-        if self._lastVideo is None and self._receiver is not None:
-            return  # wait for the video to start, to align the timelines
-        if self.audio is None:
+        if self.audio is None or self.audio.codec != name:
             try:
-                self.audio = OpusToAac()
+                self.audio = ToAac(name)
             except Exception:
-                _log.failure("no Opus to AAC transcoder")
+                _log.failure("no {codec} to AAC transcoder", codec=codec)
                 return
-            self.stream.audioReceived(
-                self._lastVideo[0] if self._lastVideo else 0,
-                build_audio_tag(self.audio.config, aac_packet_type=AAC_SEQUENCE_HEADER))
-        pts = int(packet.pts)
-        if self._audioOffset is None:
-            now = 0
-            if self._lastVideo is not None:
-                ms, at = self._lastVideo
-                now = ms + int((self.engine._reactor.seconds() - at) * 1000)
-            self._audioOffset = now - pts * 1000 // OPUS_RATE
-        for apts, raw in self.audio.transcode(packet):
-            ms = max(0, apts * 1000 // OPUS_RATE + self._audioOffset)
+            self.audioCodec = name
+            self.timeline.audioRate = self.audio.clockRate
+            self._configSent = False
+        seconds = self.timeline.audioSeconds(int(packet.pts))
+        if not self.timeline.audioStarts():
+            return  # the video has not started: the timeline starts with it
+        for apts, raw in self.audio.transcode(bytes(packet), round(seconds * OPUS_RATE)):
+            ms = self.timeline.audio(apts / OPUS_RATE)
+            if ms is None:
+                continue
+            if not self._configSent:
+                self._configSent = True
+                self.stream.audioReceived(
+                    ms, build_audio_tag(self.audio.config, aac_packet_type=AAC_SEQUENCE_HEADER))
             self.stream.audioReceived(ms, build_audio_tag(raw))
 
     def onConnected(self) -> None:
@@ -543,6 +619,11 @@ class PublisherPeer(_Peer):
             self._pli.stop()
         for t in self._tasks:
             t.cancel()
+        if self.transcoder is not None:
+            self.transcoder.close()
+        if self._slot:
+            self._slot = False
+            self.engine.transcodeSlots.give()
 
 
 def _track_class() -> Any:

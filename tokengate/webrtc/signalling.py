@@ -37,6 +37,7 @@ from zope.interface import implementer
 from ..auth import Grant, IKickable, Refused, StreamCredentials
 from ..media.hub import LiveStream, StreamInUse
 from ..tokens import PLAY, PUBLISH, Outcome
+from .ice import IceServers
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -289,9 +290,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         self.send({"command": "pong"})
 
     def cmd_getIceServerConfig(self, message: dict[str, Any]) -> None:
-        stun = self.factory.stunServerUri
-        self.send({"command": "iceServerConfig", "stunServerUri": stun,
-                   "turnServerUsername": "", "turnServerCredential": ""})
+        # fresh (time-limited) TURN credentials for every reply; never logged
+        self.send(self.factory.ice.reply(self._clock.seconds()))
 
     def cmd_getStreamInfo(self, message: dict[str, Any]) -> None:
         streamId = message["streamId"]
@@ -430,8 +430,17 @@ class SignallingProtocol(WebSocketServerProtocol):
     def _mediaFailed(self, failure: Any, session: StreamSession, definition: str) -> None:
         if session.state == "closed":
             return
-        self._log.failure("WebRTC media of {streamId} failed", failure,
-                          streamId=session.streamId)
+        refusal = getattr(failure.value, "definition", None)
+        if refusal is not None:
+            # the media engine refused (no transcoding slot): not a fault
+            self._log.warn("WebRTC {action} of {streamId} refused: {definition}",
+                           action=session.action, streamId=session.streamId,
+                           definition=refusal)
+            self._server.metrics.refusals.labels("webrtc", session.action, refusal).inc()
+            definition = refusal
+        else:
+            self._log.failure("WebRTC media of {streamId} failed", failure,
+                              streamId=session.streamId)
         self.error(definition, session.streamId)
         self.endSession(session, notify=True)
 
@@ -525,17 +534,22 @@ class SignallingFactory(WebSocketServerFactory):
     The factory behind ``/{App}/websocket`` of every application.
 
     C{tokengate} is the L{tokengate.server.Server}; C{engine} the media
-    engine, or None.
+    engine, or None; C{ice} the L{IceServers} handed to browsers in
+    C{iceServerConfig} (C{stunServerUri}, when given instead, is a lone STUN
+    URI).
     """
 
     protocol = SignallingProtocol
     _log = Logger()
 
-    def __init__(self, tokengate: Any, engine: Any = None, stunServerUri: str = "") -> None:
+    def __init__(self, tokengate: Any, engine: Any = None, stunServerUri: str = "",
+                 ice: Optional[IceServers] = None) -> None:
         super().__init__()
         self.tokengate = tokengate
         self.engine = engine
-        self.stunServerUri = stunServerUri
+        if ice is None:
+            ice = IceServers(uris=(stunServerUri,) if stunServerUri else ())
+        self.ice = ice
         self.connections: set[SignallingProtocol] = set()
         self.setProtocolOptions(
             maxMessagePayloadSize=MAX_MESSAGE_SIZE,
