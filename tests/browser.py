@@ -391,9 +391,10 @@ class Browser:
     def stderr(self) -> str:
         return self._proc.stderrText()
 
-    async def open(self, url: str, timeout: float = 30.0) -> Page:
+    async def open(self, url: str, timeout: float = 30.0, init_script: str = "") -> Page:
         """
-        A new tab that has loaded C{url}.
+        A new tab that has loaded C{url}; C{init_script} runs in it before
+        any of the page's own scripts.
         """
         target = await self._cdp.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
         attached = await self._cdp.send("Target.attachToTarget",
@@ -403,6 +404,9 @@ class Browser:
         self.pages.append(page)
         for domain in ("Runtime", "Page", "Log", "Network"):
             await page.send(domain + ".enable", timeout=timeout)
+        if init_script:
+            await page.send("Page.addScriptToEvaluateOnNewDocument", {"source": init_script},
+                            timeout=timeout)
         await page.navigate(url, timeout)
         return page
 

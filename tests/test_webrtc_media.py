@@ -95,6 +95,56 @@ class AiortcPeers(TestCase):
         self.assertGreater(out["play"]["audioFrames"], 0)
 
 
+#: Run before the publish page's scripts: every offer sends only VP8 video
+#: and PCMU audio (as a browser without H.264 and Opus would).
+ONLY_VP8_PCMU = """
+(function () {
+  var createOffer = RTCPeerConnection.prototype.createOffer;
+  RTCPeerConnection.prototype.createOffer = function () {
+    var pc = this;
+    pc.getTransceivers().forEach(function (t) {
+      var kind = t.receiver.track.kind;
+      var want = kind === 'video' ? 'video/VP8' : 'audio/PCMU';
+      var codecs = RTCRtpReceiver.getCapabilities(kind).codecs.filter(function (c) {
+        return c.mimeType === want;
+      });
+      t.setCodecPreferences(codecs);
+    });
+    return createOffer.apply(pc, arguments);
+  };
+})();
+"""
+
+#: The codecs a publish page sends (once both are flowing), else null.
+OUTBOUND_CODECS = """
+window.tokengatePublishState.pc.getStats().then(function (s) {
+  var codecs = {}, out = [];
+  s.forEach(function (r) { if (r.type === 'codec') { codecs[r.id] = r.mimeType; } });
+  s.forEach(function (r) {
+    if (r.type === 'outbound-rtp' && r.codecId && r.packetsSent > 0) {
+      out.push(codecs[r.codecId]);
+    }
+  });
+  return out.length === 2 ? out : null;
+})
+"""
+
+#: The video codec a WebRTC player decodes and its decoded frames, once
+#: frames were decoded, else null.
+INBOUND_DECODED = """
+window.tokengateWebRTC.pc.getStats().then(function (s) {
+  var codecs = {}, got = null;
+  s.forEach(function (r) { if (r.type === 'codec') { codecs[r.id] = r.mimeType; } });
+  s.forEach(function (r) {
+    if (r.type === 'inbound-rtp' && r.kind === 'video' && r.framesDecoded > 0) {
+      got = {codec: codecs[r.codecId], frames: r.framesDecoded};
+    }
+  });
+  return got;
+})
+"""
+
+
 class PublisherCodecs(TestCase):
     """
     aiortc publishes VP8 video (no H.264 offered) with G.711 PCMU audio:
@@ -215,6 +265,25 @@ class Chromium(TestCase):
                 break
             await task.deferLater(reactor, 0.5)
         self.assertGreater(decoded, 0)
+
+        # A browser that sends VP8 and G.711 (its offer stripped of H.264
+        # and Opus): transcoded to H.264 and AAC, it plays over WebRTC.
+        vp8 = await b.open("{}/LiveApp?id=cam3&token={}".format(
+            web, await mint("cam3", "publish")), init_script=ONLY_VP8_PCMU)
+        await vp8.wait_for("window.tokengatePublishState.status === 'publishing' || "
+                           "window.tokengatePublishState.status === 'error'", timeout=40)
+        self.assertEqual(await vp8.evaluate("window.tokengatePublishState.status"), "publishing",
+                         await vp8.evaluate("window.tokengatePublishState.error"))
+        sent = await vp8.wait_for(OUTBOUND_CODECS, timeout=20)
+        self.assertEqual(sorted(sent), ["audio/PCMU", "video/VP8"])
+        play3 = await b.open("{}/LiveApp/play.html?id=cam3&token={}".format(
+            web, await mint("cam3", "play")))
+        await play3.wait_for("window.tokengateState.status === 'playing' || "
+                             "window.tokengateState.status === 'error'", timeout=40)
+        self.assertEqual(await play3.evaluate("window.tokengateState.tech"), "webrtc")
+        got = await play3.wait_for(INBOUND_DECODED, timeout=30)
+        self.assertEqual(got["codec"], "video/H264")
+        self.assertGreater(got["frames"], 0)
 
         bad = await b.open("{}/LiveApp/play.html?id=cam1&token=123456".format(web))
         await bad.wait_for("window.tokengateState.status === 'error'", timeout=30)
