@@ -65,8 +65,9 @@ class ServerConfig:
     turnCredentialTtl: int = 86400
     #: "all", or "relay": browsers use TURN only
     iceTransportPolicy: str = "all"
-    #: VP8-only WebRTC publishers transcoded to H.264 at once (0: refused)
-    webrtcTranscodes: int = 2
+    #: VP8-only WebRTC publishers transcoded to H.264 at once (0: refused);
+    #: one 720p30 publisher costs about a sixth of a core
+    webrtcTranscodes: int = field(factory=lambda: 2 * (os.cpu_count() or 1))
     restNetworks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         init=False, factory=list
     )
