@@ -32,6 +32,13 @@ DEFAULTS: dict[str, Any] = {
     "session-secret": "",
     "session-reuse-window": 5.0,
     "part-target": 0.5,
+    "ice-servers": "",
+    "turn-username": "",
+    "turn-credential": "",
+    "turn-secret": "",
+    "turn-credential-ttl": 86400,
+    "ice-transport-policy": "all",
+    "server-stun": "",
 }
 
 _log = Logger()
@@ -68,6 +75,21 @@ class Options(usage.Options):
          "Seconds within which a HEAD-then-GET or a retry of a token's first request "
          "reuses its session; 0 disables [default: 5]", float],
         ["part-target", None, None, "LL-HLS part duration, seconds [default: 0.5]", float],
+        ["ice-servers", None, None,
+         "STUN/TURN URIs handed to WebRTC browsers, comma-separated, e.g. "
+         "stun:stun.example.com:3478,turn:turn.example.com:3478?transport=udp"],
+        ["turn-username", None, None, "Static TURN username (with --turn-credential)"],
+        ["turn-credential", None, None, "Static TURN password (with --turn-username)"],
+        ["turn-secret", None, None,
+         "Secret shared with coturn (use-auth-secret, static-auth-secret): each browser "
+         "gets fresh time-limited TURN credentials"],
+        ["turn-credential-ttl", None, None,
+         "Seconds time-limited TURN credentials stay valid [default: 86400]", int],
+        ["ice-transport-policy", None, None,
+         "all, or relay: browsers use only TURN (needs a turn: URI) [default: all]"],
+        ["server-stun", None, None,
+         "STUN URI(s) the server's own WebRTC peer connections use, for a "
+         "server-reflexive candidate behind 1:1 NAT (aiortc uses the first)"],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -107,6 +129,32 @@ class Options(usage.Options):
         try:
             parse_cidrs(self["rest-allowed-cidr"])
         except SettingsError as e:
+            raise usage.UsageError(str(e))
+        self._checkIce()
+
+    def _checkIce(self) -> None:
+        """
+        Normalize the STUN/TURN settings (the URI options become lists) and
+        refuse inconsistent ones.
+        """
+        from .webrtc.ice import IceConfigError, IceServers, parse_uris, server_ice_servers
+
+        try:
+            self["ice-servers"] = parse_uris(self["ice-servers"])
+            self["server-stun"] = [s["urls"] for s in server_ice_servers(self["server-stun"])]
+            for key in ("turn-username", "turn-credential", "turn-secret",
+                        "ice-transport-policy"):
+                if not isinstance(self[key], str):
+                    raise IceConfigError("--{} must be a string".format(key))
+            IceServers(
+                uris=self["ice-servers"],
+                turnUsername=self["turn-username"],
+                turnCredential=self["turn-credential"],
+                turnSecret=self["turn-secret"],
+                credentialTtl=self["turn-credential-ttl"],
+                transportPolicy=self["ice-transport-policy"],
+            )
+        except IceConfigError as e:
             raise usage.UsageError(str(e))
 
 
@@ -237,6 +285,13 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             sessionSecret=options["session-secret"],
             reuseWindow=float(options["session-reuse-window"]),
             partTarget=float(options["part-target"]),
+            iceServers=list(options["ice-servers"]),
+            turnUsername=options["turn-username"],
+            turnCredential=options["turn-credential"],
+            turnSecret=options["turn-secret"],
+            turnCredentialTtl=int(options["turn-credential-ttl"]),
+            iceTransportPolicy=options["ice-transport-policy"],
+            serverIceServers=[{"urls": uri} for uri in options["server-stun"]],
         ),
         dataDir=dataDir,
     )

@@ -14,9 +14,11 @@ import html
 import os
 from typing import Any, Optional
 
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.static import File
 
+from .ice import IceServers
 from .signalling import SignallingFactory
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -44,6 +46,8 @@ class PublishPage(Resource):
 
 
 class WebRTCPages:
+    _log = Logger()
+
     def __init__(self, server: Any, engine: Any = None) -> None:
         from twisted.internet import reactor
 
@@ -54,7 +58,14 @@ class WebRTCPages:
 
             engine = make_engine(server, reactor)
         self.engine = engine
-        self.factory = SignallingFactory(server, engine)
+        ice = IceServers.fromConfig(server.config)
+        self.factory = SignallingFactory(server, engine, ice=ice)
+        if ice.uris:
+            self._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
+        own = [s["urls"] for s in getattr(server.config, "serverIceServers", None) or ()]
+        if own:
+            self._log.info("The server's WebRTC peer connections use ICE servers {uris}",
+                           uris=", ".join(map(str, own)))
         self._server = server
         self._ws = WebSocketResource(self.factory)
         self._scripts = {name: File(os.path.join(STATIC, path))
