@@ -26,11 +26,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 class TokengateProcess:
     """
-    ``twistd -n tokengate`` on loopback ports, in a data directory.
+    ``twistd -n tokengate`` on loopback ports, in a data directory;
+    C{reactor="asyncio"} runs it on the asyncio reactor (WebRTC media).
     """
 
     def __init__(self, dataDir: str, extra: tuple[str, ...] = (), http: Optional[int] = None,
-                 rtmp: Optional[int] = None, srt: Optional[int] = None) -> None:
+                 rtmp: Optional[int] = None, srt: Optional[int] = None,
+                 reactor: Optional[str] = None) -> None:
+        self.reactor = reactor
         self.dataDir = os.path.abspath(dataDir)
         self.http = http or free_port()
         self.rtmp = rtmp or free_port()
@@ -46,7 +49,9 @@ class TokengateProcess:
     def argv(self) -> list[str]:
         return [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "--logfile", self.log, "tokengate",
+            "-n", "--pidfile=", "--logfile", self.log,
+            *(("-r", self.reactor) if self.reactor else ()),
+            "tokengate",
             "--data-dir", self.dataDir,
             "--http", "tcp:{}:interface=127.0.0.1".format(self.http),
             "--rtmp", "tcp:{}:interface=127.0.0.1".format(self.rtmp),

@@ -4,8 +4,13 @@
  * Camera preview, then publish over the WebSocket signalling at
  * /{App}/websocket with the token from the URL ("publish"; the server answers
  * "start"; the browser offers, H.264 preferred; the server answers).
- * State for tests: window.tokengatePublishState = {status, error}, status one
- * of 'starting', 'ready', 'connecting', 'publishing', 'finished', 'error'.
+ * Right after the socket opens it asks for the STUN/TURN servers
+ * ("getIceServerConfig" -> "iceServerConfig" with iceServers and
+ * iceTransportPolicy) and creates the RTCPeerConnection with them, waiting at
+ * most ICE_CONFIG_WAIT ms for the answer (then it goes on without).
+ * State for tests: window.tokengatePublishState = {status, error, pc, config,
+ * iceErrors}, status one of 'starting', 'ready', 'connecting', 'publishing',
+ * 'finished', 'error'.
  */
 (function () {
   'use strict';
@@ -28,8 +33,26 @@
   var errorBox = document.getElementById('error');
   var startBtn = document.getElementById('start');
   var stopBtn = document.getElementById('stop');
+  var ICE_CONFIG_WAIT = 2000;
   var state = window.tokengatePublishState = {status: 'starting', error: null};
   var media = null, ws = null, pc = null, pinger = null, used = false;
+  var iceConfigured = null, gotIceConfig = null, pending = [];
+
+  /* The RTCConfiguration from an iceServerConfig reply (null: none came). */
+  function rtcConfiguration(m) {
+    var config = {iceServers: []};
+    if (m && Array.isArray(m.iceServers)) {
+      config.iceServers = m.iceServers;
+    } else if (m && typeof m.stunServerUri === 'string' && m.stunServerUri) {
+      // a server that sends only the Ant Media Server SDK's fields
+      config.iceServers = [/^turns?:/.test(m.stunServerUri)
+        ? {urls: m.stunServerUri, username: m.turnServerUsername || '',
+           credential: m.turnServerCredential || ''}
+        : {urls: m.stunServerUri}];
+    }
+    if (m && m.iceTransportPolicy === 'relay') { config.iceTransportPolicy = 'relay'; }
+    return config;
+  }
 
   function setStatus(status, text) {
     state.status = status;
@@ -63,15 +86,41 @@
     if (h264.length) { transceiver.setCodecPreferences(h264.concat(rest)); }
   }
 
-  function offer() {
-    pc = new RTCPeerConnection({iceServers: []});
-    window.tokengatePublishState.pc = pc;
+  function addCandidate(m) {
+    pc.addIceCandidate({candidate: m.candidate, sdpMid: m.id, sdpMLineIndex: m.label})
+      .catch(function () { /* ignore */ });
+  }
+
+  function offer(config) {
+    if (!ws) { return; }  // ended meanwhile
+    try {
+      pc = new RTCPeerConnection(config);
+    } catch (e) {
+      showError('Bad ICE server configuration: ' + (e && e.message));
+      return;
+    }
+    var gathered = 0;
+    state.pc = pc;
+    state.iceErrors = [];
     media.getTracks().forEach(function (track) {
       var t = pc.addTransceiver(track, {direction: 'sendonly', streams: [media]});
       if (track.kind === 'video') { preferH264(t); }
     });
+    pc.onicecandidateerror = function (e) {
+      state.iceErrors.push({url: e.url, errorCode: e.errorCode, errorText: e.errorText});
+    };
+    pc.onicegatheringstatechange = function () {
+      // nothing to connect with: a relay-only policy whose TURN server
+      // refused or could not be reached
+      if (pc && pc.iceGatheringState === 'complete' && !gathered) {
+        showError('The WebRTC connection failed: no ICE candidates' +
+                  (config.iceTransportPolicy === 'relay'
+                    ? ' (the TURN server refused the credentials or cannot be reached)' : ''));
+      }
+    };
     pc.onicecandidate = function (e) {
       if (e.candidate && e.candidate.candidate) {
+        gathered += 1;
         send({command: 'takeCandidate', streamId: streamId, label: e.candidate.sdpMLineIndex,
               id: e.candidate.sdpMid, candidate: e.candidate.candidate});
       }
@@ -95,7 +144,16 @@
     setStatus('connecting', 'Connecting\u2026');
     ws = new WebSocket((location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host +
                        '/' + encodeURIComponent(app) + '/websocket');
+    iceConfigured = new Promise(function (resolve) {
+      var timer = setTimeout(function () { gotIceConfig(null); }, ICE_CONFIG_WAIT);
+      gotIceConfig = function (m) {
+        clearTimeout(timer);
+        gotIceConfig = function () {};
+        resolve(state.config = rtcConfiguration(m));
+      };
+    });
     ws.onopen = function () {
+      send({command: 'getIceServerConfig'});
       send({command: 'publish', streamId: streamId, token: token, subscriberId: '',
             subscriberCode: '', streamName: streamId, mainTrack: '', video: true,
             audio: media.getAudioTracks().length > 0, metaData: '', role: ''});
@@ -104,14 +162,16 @@
     ws.onmessage = function (ev) {
       var m;
       try { m = JSON.parse(ev.data); } catch (e) { return; }
-      if (m.command === 'start') {
-        offer();
+      if (m.command === 'iceServerConfig') {
+        gotIceConfig(m);
+      } else if (m.command === 'start') {
+        iceConfigured.then(offer);
       } else if (m.command === 'takeConfiguration' && m.type === 'answer' && pc) {
         pc.setRemoteDescription({type: 'answer', sdp: m.sdp})
+          .then(function () { pending.splice(0).forEach(addCandidate); })
           .catch(function (e) { showError('WebRTC negotiation failed: ' + (e && e.message)); });
-      } else if (m.command === 'takeCandidate' && pc) {
-        pc.addIceCandidate({candidate: m.candidate, sdpMid: m.id, sdpMLineIndex: m.label})
-          .catch(function () { /* ignore */ });
+      } else if (m.command === 'takeCandidate') {
+        if (pc && pc.remoteDescription) { addCandidate(m); } else { pending.push(m); }
       } else if (m.command === 'notification' && m.definition === 'publish_started') {
         setStatus('publishing', 'Publishing ' + streamId);
         stopBtn.disabled = false;

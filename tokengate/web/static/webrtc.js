@@ -7,8 +7,13 @@
  *   -> {command: "takeConfiguration", type: "answer", sdp}, takeCandidate both ways
  *   <- notification play_started / play_finished, or error (unauthorized_access
  *      -> 'auth', no_stream_exist -> 'notlive', anything else -> 'other').
+ * Right after the socket opens it also asks for the STUN/TURN servers
+ * ({command: "getIceServerConfig"} -> "iceServerConfig" with iceServers and
+ * iceTransportPolicy) and creates the RTCPeerConnection with them, waiting at
+ * most ICE_CONFIG_WAIT ms for the answer (then it goes on without).
  * The RTCPeerConnection is exposed as window.tokengateWebRTC.pc (tests read
- * its getStats()).
+ * its getStats()), the configuration it got as .config, and the ICE candidate
+ * errors (e.g. 401 from a TURN server refusing the credentials) as .iceErrors.
  */
 (function () {
   'use strict';
@@ -23,8 +28,27 @@
       encodeURIComponent(app) + '/websocket';
   }
 
+  var ICE_CONFIG_WAIT = 2000;
+
+  /* The RTCConfiguration from an iceServerConfig reply ({} for none). */
+  function rtcConfiguration(m) {
+    var config = {iceServers: []};
+    if (m && Array.isArray(m.iceServers)) {
+      config.iceServers = m.iceServers;
+    } else if (m && typeof m.stunServerUri === 'string' && m.stunServerUri) {
+      // a server that sends only the Ant Media Server SDK's fields
+      config.iceServers = [/^turns?:/.test(m.stunServerUri)
+        ? {urls: m.stunServerUri, username: m.turnServerUsername || '',
+           credential: m.turnServerCredential || ''}
+        : {urls: m.stunServerUri}];
+    }
+    if (m && m.iceTransportPolicy === 'relay') { config.iceTransportPolicy = 'relay'; }
+    return config;
+  }
+
   var players = window.tokengatePlayers = window.tokengatePlayers || {};
   var exposed = window.tokengateWebRTC = window.tokengateWebRTC || {pc: null};
+  exposed.rtcConfiguration = rtcConfiguration;
 
   players.webrtc = {
     available: function () { return 'RTCPeerConnection' in window && 'WebSocket' in window; },
@@ -34,11 +58,82 @@
       var pc = null;
       var stopped = false;
       var pinger = null;
+      var iceConfigured = null;  // resolves with the RTCConfiguration
+      var gotIceConfig = null;
+      var pending = [];  // candidates that came before the peer connection
 
       function send(m) { if (ws.readyState === 1) { ws.send(JSON.stringify(m)); } }
       function fail(kind, detail) { if (!stopped) { ctx.fail(kind, detail); } }
 
+      iceConfigured = new Promise(function (resolve) {
+        var timer = setTimeout(function () { gotIceConfig(null); }, ICE_CONFIG_WAIT);
+        gotIceConfig = function (m) {
+          clearTimeout(timer);
+          gotIceConfig = function () {};
+          resolve(exposed.config = rtcConfiguration(m));
+        };
+      });
+
+      function answer(offerSdp, config) {
+        if (stopped) { return; }
+        try {
+          pc = exposed.pc = new RTCPeerConnection(config);
+        } catch (e) {
+          fail('other', 'bad ICE server configuration: ' + (e && e.message));
+          return;
+        }
+        var gathered = 0;
+        exposed.iceErrors = [];
+        pc.onicecandidateerror = function (e) {
+          exposed.iceErrors.push({url: e.url, errorCode: e.errorCode, errorText: e.errorText});
+        };
+        pc.onicegatheringstatechange = function () {
+          // nothing to connect with: a relay-only policy whose TURN server
+          // refused or could not be reached
+          if (pc && pc.iceGatheringState === 'complete' && !gathered) {
+            fail('other', 'no ICE candidates' + (config.iceTransportPolicy === 'relay'
+              ? ' (the TURN server refused the credentials or cannot be reached)' : ''));
+          }
+        };
+        pc.ontrack = function (e) {
+          var stream = (e.streams && e.streams[0]) || new MediaStream([e.track]);
+          if (ctx.video.srcObject !== stream) { ctx.video.srcObject = stream; }
+          ctx.video.muted = !!ctx.mute;
+          if (ctx.autoplay) {
+            var p = ctx.video.play();
+            if (p && p.catch) { p.catch(function () { /* autoplay refused: wait for the user */ }); }
+          }
+        };
+        pc.onicecandidate = function (e) {
+          if (e.candidate && e.candidate.candidate) {
+            gathered += 1;
+            send({command: 'takeCandidate', streamId: streamId, label: e.candidate.sdpMLineIndex,
+                  id: e.candidate.sdpMid, candidate: e.candidate.candidate});
+          }
+        };
+        pc.onconnectionstatechange = function () {
+          if (pc && pc.connectionState === 'failed') { fail('other', 'the WebRTC connection failed'); }
+        };
+        pc.setRemoteDescription({type: 'offer', sdp: offerSdp})
+          .then(function () {
+            pending.splice(0).forEach(addCandidate);
+            return pc.createAnswer();
+          })
+          .then(function (a) { return pc.setLocalDescription(a); })
+          .then(function () {
+            send({command: 'takeConfiguration', streamId: streamId, type: 'answer',
+                  sdp: pc.localDescription.sdp});
+          })
+          .catch(function (e) { fail('other', 'WebRTC negotiation failed: ' + (e && e.message)); });
+      }
+
+      function addCandidate(m) {
+        pc.addIceCandidate({candidate: m.candidate, sdpMid: m.id, sdpMLineIndex: m.label})
+          .catch(function () { /* ignore a bad candidate */ });
+      }
+
       ws.onopen = function () {
+        send({command: 'getIceServerConfig'});
         send({command: 'play', streamId: streamId, token: ctx.token || '', room: '',
               trackList: [], subscriberId: '', subscriberCode: '', viewerInfo: ''});
         pinger = setInterval(function () { send({command: 'ping'}); }, 3000);
@@ -46,37 +141,12 @@
       ws.onmessage = function (ev) {
         var m;
         try { m = JSON.parse(ev.data); } catch (e) { return; }
-        if (m.command === 'takeConfiguration' && m.type === 'offer') {
-          pc = exposed.pc = new RTCPeerConnection({iceServers: []});
-          pc.ontrack = function (e) {
-            var stream = (e.streams && e.streams[0]) || new MediaStream([e.track]);
-            if (ctx.video.srcObject !== stream) { ctx.video.srcObject = stream; }
-            ctx.video.muted = !!ctx.mute;
-            if (ctx.autoplay) {
-              var p = ctx.video.play();
-              if (p && p.catch) { p.catch(function () { /* autoplay refused: wait for the user */ }); }
-            }
-          };
-          pc.onicecandidate = function (e) {
-            if (e.candidate && e.candidate.candidate) {
-              send({command: 'takeCandidate', streamId: streamId, label: e.candidate.sdpMLineIndex,
-                    id: e.candidate.sdpMid, candidate: e.candidate.candidate});
-            }
-          };
-          pc.onconnectionstatechange = function () {
-            if (pc && pc.connectionState === 'failed') { fail('other', 'the WebRTC connection failed'); }
-          };
-          pc.setRemoteDescription({type: 'offer', sdp: m.sdp})
-            .then(function () { return pc.createAnswer(); })
-            .then(function (a) { return pc.setLocalDescription(a); })
-            .then(function () {
-              send({command: 'takeConfiguration', streamId: streamId, type: 'answer',
-                    sdp: pc.localDescription.sdp});
-            })
-            .catch(function (e) { fail('other', 'WebRTC negotiation failed: ' + (e && e.message)); });
-        } else if (m.command === 'takeCandidate' && pc) {
-          pc.addIceCandidate({candidate: m.candidate, sdpMid: m.id, sdpMLineIndex: m.label})
-            .catch(function () { /* ignore a bad candidate */ });
+        if (m.command === 'iceServerConfig') {
+          gotIceConfig(m);
+        } else if (m.command === 'takeConfiguration' && m.type === 'offer') {
+          iceConfigured.then(function (config) { answer(m.sdp, config); });
+        } else if (m.command === 'takeCandidate') {
+          if (pc && pc.remoteDescription) { addCandidate(m); } else { pending.push(m); }
         } else if (m.command === 'error') {
           if (m.definition === 'unauthorized_access') {
             fail('auth', 'the server refused the token (unauthorized_access)');
