@@ -75,7 +75,7 @@ def transcode(frames: list[tuple[bytes, int]]) -> tuple[float, int]:
     done = threading.Event()
     got = []
 
-    def deliver(data: bytes, pts: int) -> None:
+    def deliver(data: bytes, pts: int, key: bool) -> None:
         got.append(pts)
         if len(got) == len(frames):
             done.set()

@@ -52,6 +52,7 @@ def vp8_frames(count, size=(320, 240), gop=30, start=0):
 class Collect:
     def __init__(self):
         self.units = []
+        self.keys = []
         self.wanted = 0
         self.lock = threading.Lock()
 
@@ -59,8 +60,9 @@ class Collect:
         with self.lock:
             f(*args)
 
-    def deliver(self, data, pts):
+    def deliver(self, data, pts, key):
         self.units.append((data, pts))
+        self.keys.append(key)
 
     def want(self):
         self.wanted += 1
@@ -162,6 +164,86 @@ class Vp8ToH264Tests(SynchronousTestCase):
         self.assertEqual(self.c.wanted, 1)
         self.t.frame(*frames[30])  # the keyframe
         self.assertEqual(self.t._queue.get_nowait()[1], frames[30][1])
+
+
+def h264_with_bframes(count, gop=30):
+    """
+    H.264 from libx264 with B-frames: (Annex B, pts, dts, keyframe), in
+    decode order.
+    """
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height = 320, 240
+    enc.pix_fmt = "yuv420p"
+    enc.time_base = TB
+    enc.framerate = fractions.Fraction(30, 1)
+    enc.gop_size = gop
+    enc.max_b_frames = 3
+    enc.options = {"preset": "veryfast", "x264-params": "scenecut=0"}
+    out = []
+    for i in range(count):
+        f = av.VideoFrame(320, 240, "yuv420p")
+        for n, plane in enumerate(f.planes):
+            plane.update(bytes([(i * 7 + n * 50) % 256]) * plane.buffer_size)
+        f.pts = i * 3000
+        f.time_base = TB
+        out.extend(enc.encode(f))
+    out.extend(enc.encode(None))
+    return [(bytes(p), int(p.pts), int(p.dts), bool(p.is_keyframe)) for p in out]
+
+
+class BFramesTests(SynchronousTestCase):
+    """
+    H.264 with B-frames re-encoded without them (for WebRTC viewers).
+    """
+
+    def setUp(self):
+        if av is None:
+            raise self.skipTest("PyAV not installed")
+        from tokengate.webrtc.video import VideoTranscoder
+
+        self.c = Collect()
+        self.t = VideoTranscoder(self.c.call, self.c.deliver, self.c.want, decoder="h264",
+                                 maxPending=200)
+        self.addCleanup(lambda: (self.t.close(), self.t._thread.join(10)))
+
+    def drain(self, n, timeout=20.0):
+        import time
+
+        deadline = time.time() + timeout
+        while len(self.c.units) < n and time.time() < deadline:
+            time.sleep(0.02)
+        return list(self.c.units)
+
+    def test_reordered(self):
+        frames = h264_with_bframes(60)
+        pts = [p for _, p, _, _ in frames]
+        self.assertNotEqual(pts, sorted(pts))  # the source has B-frames
+        for data, p, d, key in frames:
+            self.t.frame(data, p, key, dts=d)
+        # the decoder keeps its reordering delay (here 2 frames) until more come
+        units = self.drain(58)
+        self.assertEqual(len(units), 58)
+        self.assertEqual([p for _, p in units], sorted(pts)[:58])  # in presentation order
+        self.assertEqual([p for (_, p), k in zip(units, self.c.keys) if k], [0, 90000])
+        dec = av.CodecContext.create("h264", "r")
+        types = []
+        for data, _ in units:
+            types.extend(int(f.pict_type) for f in dec.decode(av.Packet(data)))
+        self.assertEqual(len(types), 58)
+        self.assertNotIn(int(av.video.frame.PictureType.B), types)
+
+    def test_forced_keyframe(self):
+        frames = h264_with_bframes(20)
+        for data, p, d, key in frames[:10]:
+            self.t.frame(data, p, key, dts=d)
+        self.drain(5)
+        self.t.forceKeyframe()
+        for data, p, d, key in frames[10:]:
+            self.t.frame(data, p, key, dts=d)
+        self.drain(20)
+        # the IDR of the start, and one forced after it
+        self.assertGreaterEqual(self.c.keys.count(True), 2)
+        self.assertTrue(self.c.keys[0])
 
 
 class Helpers(SynchronousTestCase):

@@ -58,7 +58,7 @@ from ..media.codecs import (
 from ..media.hub import AUDIO, VIDEO, Frame, LiveStream
 from .audio import OPUS_RATE, PUBLISHER_AUDIO, AacToOpus, ToAac
 from .rtpsync import PublisherTimeline
-from .video import TranscodeSlots, Vp8ToH264
+from .video import TranscodeSlots, VideoTranscoder, Vp8ToH264
 
 _log = Logger()
 
@@ -280,7 +280,11 @@ class AiortcEngine:
         self._audio: dict[tuple[str, str], tuple[LiveStream, AacToOpus]] = {}
         #: (app, streamId) -> (stream, its recent (frame, config, packet))
         self._video: dict[tuple[str, str], tuple[LiveStream, deque]] = {}
-        #: VP8 publishers transcoded to H.264 at once
+        #: (app, streamId) -> (stream, whether its H.264 has B-frames)
+        self._bframes: dict[tuple[str, str], tuple[LiveStream, bool]] = {}
+        #: (app, streamId) -> the re-encoder of a stream with B-frames
+        self._reencoders: dict[tuple[str, str], "Reencoder"] = {}
+        #: streams transcoded to H.264 at once (VP8 publishers, B-frames)
         config = getattr(server, "config", None)
         self.transcodeSlots = TranscodeSlots(getattr(config, "webrtcTranscodes", 2))
         metrics = getattr(server, "metrics", None)
@@ -315,9 +319,65 @@ class AiortcEngine:
         return peer
 
     def requestKeyframe(self, stream: LiveStream) -> None:
+        """
+        A keyframe for the WebRTC viewers of C{stream}: the next one
+        re-encoded, or one asked of its WebRTC publisher.
+        """
+        known = self._reencoders.get((stream.app, stream.streamId))
+        if known is not None and known.stream is stream:
+            known.transcoder.forceKeyframe()
+            return
+        self._askPublisher(stream)
+
+    def _askPublisher(self, stream: LiveStream) -> None:
         peer = self.publishers.get((stream.app, stream.streamId))
         if peer is not None and peer.stream is stream:
             peer.requestKeyframe()
+
+    # --- H.264 with B-frames: re-encoded once per stream for its viewers ---------
+
+    def hasBFrames(self, stream: LiveStream, frame: Optional[Frame] = None) -> bool:
+        """
+        Whether C{stream}'s H.264 has B-frames (a frame with a composition
+        offset: in its GOP cache, or C{frame}); once seen, for good.
+        """
+        key = (stream.app, stream.streamId)
+        known = self._bframes.get(key)
+        if known is not None and known[0] is stream and known[1]:
+            return True
+        frames = [frame] if frame is not None else list(stream.gop)
+        found = any(f.kind == VIDEO and len(f.body) >= 5 and f.body[1] == 1
+                    and f.body[2:5] != b"\x00\x00\x00" for f in frames)
+        if known is None or known[0] is not stream or found:
+            self._bframes[key] = (stream, found)
+        return found
+
+    def reencoder(self, stream: LiveStream) -> Optional["Reencoder"]:
+        """
+        The re-encoder of C{stream} (made, taking a transcoding slot, when
+        there is none), or L{None} when every slot is taken.
+        """
+        key = (stream.app, stream.streamId)
+        known = self._reencoders.get(key)
+        if known is not None and known.stream is stream:
+            return known
+        if known is not None:
+            self._dropReencoder(key)
+        if not self.transcodeSlots.take():
+            return None
+        r = self._reencoders[key] = Reencoder(self, stream)
+        return r
+
+    def _dropReencoder(self, key: tuple[str, str]) -> None:
+        r = self._reencoders.pop(key, None)
+        if r is not None:
+            r.transcoder.close()
+            self.transcodeSlots.give()
+
+    def reencoded(self, stream: LiveStream, packet: Any, key: bool) -> None:
+        for p in list(self.peers):
+            if isinstance(p, PlayerPeer) and p.stream is stream and p.reencoding:
+                p.videoOut(packet, key)
 
     def audioTranscoder(self, stream: LiveStream) -> Optional[AacToOpus]:
         """
@@ -370,6 +430,8 @@ class AiortcEngine:
                        for p in self.peers):
                 self._audio.pop(key, None)
                 self._video.pop(key, None)
+                self._bframes.pop(key, None)
+                self._dropReencoder(key)
         if isinstance(peer, PublisherPeer):
             key = (peer.stream.app, peer.stream.streamId)
             if self.publishers.get(key) is peer:
@@ -556,7 +618,7 @@ class PublisherPeer(_Peer):
                                                 self._transcoded, self.requestKeyframe)
                 self.transcoder.frame(bytes(packet), ms * (VIDEO_CLOCK // 1000))
 
-    def _transcoded(self, data: bytes, pts: int) -> None:
+    def _transcoded(self, data: bytes, pts: int, key: bool) -> None:
         if self._closing is None and not self.stream.ended:
             self._video(data, pts // (VIDEO_CLOCK // 1000))
 
@@ -626,6 +688,49 @@ class PublisherPeer(_Peer):
             self.engine.transcodeSlots.give()
 
 
+class Reencoder:
+    """
+    The H.264 of a stream with B-frames (browsers' WebRTC has no frame
+    reordering and drops nearly all of it), decoded and encoded again
+    without B-frames once, for all of the stream's WebRTC viewers.
+    """
+
+    #: frames waiting: room for a whole GOP replayed to the first viewer
+    MAX_PENDING = 300
+
+    def __init__(self, engine: AiortcEngine, stream: LiveStream) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.transcoder = VideoTranscoder(
+            engine._reactor.callFromThread, self._out,
+            lambda: engine._askPublisher(stream), decoder="h264",
+            maxPending=self.MAX_PENDING)
+        self._last: Optional[Frame] = None
+
+    def feed(self, frame: Frame, config: Optional[bytes]) -> None:
+        """
+        A hub video frame (every viewer hands over every frame, and a new
+        viewer the GOP again: each is fed once, in order).
+        """
+        last = self._last
+        if last is not None and (frame is last or frame.timestamp < last.timestamp):
+            return
+        self._last = frame
+        data, key, cts = flv_to_annexb(frame.body, config)
+        self.transcoder.frame(data, max(0, frame.timestamp + cts) * (VIDEO_CLOCK // 1000), key,
+                              dts=frame.timestamp * (VIDEO_CLOCK // 1000))
+
+    def _out(self, data: bytes, pts: int, key: bool) -> None:
+        import av
+
+        if self.engine._reencoders.get((self.stream.app, self.stream.streamId)) is not self:
+            return  # closed meanwhile
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.engine.reencoded(self.stream, _share(packet), key)
+
+
 def _track_class() -> Any:
     from aiortc import MediaStreamTrack
 
@@ -676,7 +781,10 @@ class PlayerPeer(_Peer):
         self.audioSent = 0
         self._config: Optional[bytes] = None
         self._waitKey = True
-        self._base: Optional[int] = None
+        self._videoStarted = False
+        #: this viewer's video comes from the stream's re-encoder
+        self.reencoding = False
+        self._warned = False
         self._subscribed = False
         self.framesSent = 0
 
@@ -684,6 +792,8 @@ class PlayerPeer(_Peer):
         return _bridge(self._offer())
 
     async def _offer(self) -> str:
+        if self.engine.hasBFrames(self.stream):
+            self._reencode()
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         return self.pc.localDescription.sdp
@@ -731,6 +841,15 @@ class PlayerPeer(_Peer):
             except Exception:
                 self._config = None
 
+    def _reencode(self) -> None:
+        """
+        Take this stream's video from its re-encoder (B-frames).
+        """
+        if self.engine.reencoder(self.stream) is None:
+            raise HighResourceUsage()
+        self.reencoding = True
+        self._waitKey = True
+
     def frameReceived(self, frame: Frame) -> None:
         if frame.kind == AUDIO:
             self._audioFrame(frame)
@@ -739,6 +858,26 @@ class PlayerPeer(_Peer):
             return
         if frame.body[1] != 1:
             return
+        if not self.reencoding and self.engine.hasBFrames(self.stream, frame):
+            try:
+                self._reencode()
+            except HighResourceUsage:
+                if not self._warned:
+                    self._warned = True
+                    _log.warn("{app}/{streamId} has B-frames and no transcoding slot is "
+                              "free: its WebRTC viewers get it as it is",
+                              app=self.stream.app, streamId=self.stream.streamId)
+        if self.reencoding:
+            reencoder = self.engine.reencoder(self.stream)
+            if reencoder is not None:
+                reencoder.feed(frame, self._config)
+            return
+        self.videoOut(self.engine.videoPacket(self.stream, frame, self._config), frame.keyframe)
+
+    def videoOut(self, packet: Any, key: bool) -> None:
+        """
+        An Annex B packet for this viewer (from the hub, or re-encoded).
+        """
         q = self.track.queue
         if q.qsize() >= MAX_QUEUE:
             # The viewer's sender lags: drop what is queued, restart at a keyframe.
@@ -746,16 +885,17 @@ class PlayerPeer(_Peer):
                 q.get_nowait()
             self._waitKey = True
         if self._waitKey:
-            if not frame.keyframe:
+            if not key:
+                if self.reencoding:
+                    self.engine.requestKeyframe(self.stream)
                 return
             self._waitKey = False
-        if self._base is None:
-            self._base = frame.timestamp
-        q.put_nowait(self.engine.videoPacket(self.stream, frame, self._config))
+        self._videoStarted = True
+        q.put_nowait(packet)
         self.framesSent += 1
 
     def _audioFrame(self, frame: Frame) -> None:
-        if self.audioTrack is None or self._base is None or self._waitKey:
+        if self.audioTrack is None or not self._videoStarted or self._waitKey:
             return  # no audio track, or the video has not started
         body = frame.body
         if len(body) < 3 or body[0] >> 4 != SOUND_AAC or body[1] != 1:
