@@ -53,6 +53,26 @@ class OptionsTests(TestCase):
         self.assertRaises(usage.UsageError, self.parse, "--srt", "udp:4200:bogus=1")
         self.assertRaises(usage.UsageError, self.parse, "--rest-jwt-secret", "short")
         self.assertRaises(usage.UsageError, self.parse, "--rest-allowed-cidr", "x")
+        self.assertRaises(usage.UsageError, self.parse, "--webrtc-transcodes", "-1")
+        self.assertRaises(usage.UsageError, self.parse, "--webrtc-transcodes", "many")
+
+    def test_webrtcTranscodes(self):
+        """
+        The default (2 per CPU) stays in ServerConfig unless one is given,
+        on the command line or in the config file.
+        """
+        self.assertIsNone(self.parse()["webrtc-transcodes"])
+        self.assertEqual(self.parse("--webrtc-transcodes", "0")["webrtc-transcodes"], 0)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('"webrtc-transcodes" = 3\n')
+        self.assertEqual(self.parse("--config", path)["webrtc-transcodes"], 3)
+        for argv, expected in ((["--webrtc-transcodes", "5"], 5),
+                               ([], 2 * (os.cpu_count() or 1))):
+            o = Options()
+            o.parseOptions(["--data-dir", self.mktemp(), "--store", "memory"] + argv)
+            svc = makeService(o, MemoryReactorClock())
+            self.assertEqual(svc.server.config.webrtcTranscodes, expected)
 
 
 class ServiceTests(TestCase):

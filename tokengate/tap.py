@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "turn-credential-ttl": 86400,
     "ice-transport-policy": "all",
     "server-stun": "",
+    "webrtc-transcodes": None,
 }
 
 _log = Logger()
@@ -90,6 +91,9 @@ class Options(usage.Options):
         ["server-stun", None, None,
          "STUN URI(s) the server's own WebRTC peer connections use, for a "
          "server-reflexive candidate behind 1:1 NAT (aiortc uses the first)"],
+        ["webrtc-transcodes", None, None,
+         "Streams transcoded to H.264 at once for WebRTC (VP8-only publishers, and "
+         "WebRTC viewers of H.264 with B-frames); 0 refuses them [default: 2 per CPU]", int],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -131,6 +135,9 @@ class Options(usage.Options):
         except SettingsError as e:
             raise usage.UsageError(str(e))
         self._checkIce()
+        transcodes = self["webrtc-transcodes"]
+        if transcodes is not None and (not isinstance(transcodes, int) or transcodes < 0):
+            raise usage.UsageError("--webrtc-transcodes must be a whole number, 0 or more")
 
     def _checkIce(self) -> None:
         """
@@ -292,6 +299,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             turnCredentialTtl=int(options["turn-credential-ttl"]),
             iceTransportPolicy=options["ice-transport-policy"],
             serverIceServers=[{"urls": uri} for uri in options["server-stun"]],
+            **({} if options["webrtc-transcodes"] is None
+               else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
         dataDir=dataDir,
     )
