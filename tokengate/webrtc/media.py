@@ -290,7 +290,8 @@ class AiortcEngine:
         metrics = getattr(server, "metrics", None)
         if metrics is not None:
             metrics.callbackGauge("tokengate_webrtc_transcodes",
-                                  "WebRTC publishers whose VP8 is transcoded to H.264",
+                                  "Streams transcoded to H.264 for WebRTC (VP8 publishers, "
+                                  "B-frame streams with WebRTC viewers)",
                                   lambda: self.transcodeSlots.used)
         reactor.addSystemEventTrigger("before", "shutdown", self.close)
 
@@ -495,7 +496,8 @@ class _Peer:
 
 class HighResourceUsage(Exception):
     """
-    A VP8-only publisher while every transcoding slot is taken.
+    Every transcoding slot is taken: a VP8-only publisher, or the first
+    WebRTC viewer of a stream with B-frames, is refused.
     """
 
     definition = "highResourceUsage"
