@@ -118,6 +118,15 @@ class RestTests(RestBase):
         self.assertNotIn(token["tokenId"], json.dumps(body))
         self.assertEqual((await self.post(path, probe))[1]["success"], False)
         self.assertEqual((await self.post(path, {"tokenId": 5}))[1]["success"], False)
+        # counted through the gate, with the reasons
+        metrics = self.server.metrics.render().decode()
+        self.assertIn('tokengate_grants_total{action="play",kind="onetime",protocol="rest"} 1.0',
+                      metrics)
+        for reason, n in (("wrong_stream", 1), ("wrong_type", 1), ("unknown", 1)):
+            self.assertIn('tokengate_refusals_total{action="%s",protocol="rest",reason="%s"} %d.0'
+                          % ("publish" if reason == "wrong_type" else "play", reason, n), metrics)
+        # the caller is never throttled (it is the application's backend)
+        self.assertEqual(self.server.gate._throttle.score("127.0.0.1"), 0.0)
 
     async def test_malformedBodies(self):
         path = "/LiveApp/rest/v2/broadcasts/validate-token"
@@ -188,7 +197,8 @@ class RestTests(RestBase):
 
             redeem = list_stream = revoke_stream = add
 
-        self.server.store = Down()
+        self.server = Server(apps=self.server.apps, store=Down(), clock=self.clock)
+        self.treq = StubTreq(RestAPI(self.server).resource())
         code, body = await self.mint()
         self.assertEqual(code, 503)
         self.assertEqual(body["message"], "Token store is unavailable, try again later")

@@ -518,9 +518,11 @@ class Gate:
     _log = Logger()
 
     def __init__(self, portal: Portal, registry: SessionRegistry, throttle: Throttle,
-                 metrics: Metrics, apps: Optional[Applications] = None) -> None:
+                 metrics: Metrics, apps: Optional[Applications] = None,
+                 onetime: Optional[OneTimeTokenChecker] = None) -> None:
         self._portal = portal
         self._apps = apps
+        self._onetime = onetime
         self.registry = registry
         self._throttle = throttle
         self._metrics = metrics
@@ -532,6 +534,32 @@ class Gate:
         else, e.g. at RTMP C{connect}).
         """
         return self._apps is not None and self._apps.get(app) is not None
+
+    def tokenKind(self, app: str, action: str) -> Optional[str]:
+        """
+        Which token C{app} demands for C{action}: C{"onetime"}, C{"jwt"},
+        or L{None} when it has no token control (or is unknown).
+        """
+        settings = self._apps.get(app) if self._apps is not None else None
+        return settings.tokenKind(action) if settings is not None else None
+
+    async def validate(self, creds: IStreamCredentials) -> Outcome:
+        """
+        Redeem a one-time token without admitting a session (the REST
+        C{validate-token}, which consumes it like the reference server):
+        counted like a login, never throttled (the management API is
+        protected by its own rules).  L{Outcome.UNAVAILABLE} when the store
+        could not answer.
+        """
+        if self._onetime is None:
+            outcome = Outcome.UNAVAILABLE
+        else:
+            outcome = await self._onetime.redeem(creds)
+        if outcome is Outcome.GRANTED:
+            self._metrics.grants.labels(creds.protocol, creds.action, "onetime").inc()
+        else:
+            self.refused(creds, outcome)
+        return outcome
 
     def addPrecheck(self, check: Precheck) -> None:
         """
@@ -608,7 +636,7 @@ def build_gate(apps: Applications, store: ITokenStore, clock: IReactorTime,
     registry = SessionRegistry(metrics, clock, kickOnExpiry=kickOnExpiry)
     onetime = OneTimeTokenChecker(store, clock)
     portal = Portal(GateRealm(registry), [PolicyChecker(apps, onetime, JwtTokenChecker(apps, clock))])
-    return Gate(portal, registry, throttle or Throttle(clock), metrics, apps)
+    return Gate(portal, registry, throttle or Throttle(clock), metrics, apps, onetime)
 
 
 def credentials_for(app: str, streamId: str, action: str, token: Optional[str],

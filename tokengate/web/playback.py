@@ -268,7 +268,7 @@ class PlaybackGate:
             path = self.outputs.recordingPath(app, streamId)
             if path is None or not os.path.isfile(path):
                 return _fail(request, 404, "No recording of this stream")
-        kind = settings.tokenKind("play")
+        kind = self.server.gate.tokenKind(app, "play")
         if kind is None:
             return self._deliver(request, app, streamId, what, details, None)
         now = self.server.clock.seconds()

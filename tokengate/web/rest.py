@@ -26,18 +26,16 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from ..apps import AppSettings, SettingsError, address_allowed
-from ..auth import Refused, check_jwt, mint_jwt
+from ..auth import Refused, StreamCredentials, check_jwt, mint_jwt
 from ..metrics import CONTENT_TYPE_LATEST
 from ..server import Server
 from ..store import StoreUnavailable
 from ..tokens import (
     MAX_TOKEN_LENGTH,
     Outcome,
-    Probe,
     RequestError,
     StoredToken,
     check_mint_request,
-    digest,
     new_token,
 )
 
@@ -293,17 +291,13 @@ class RestAPI:
         assert isinstance(tokenId, str) and isinstance(streamId, str) and isinstance(type_, str)
         if len(tokenId) > MAX_TOKEN_LENGTH:
             return send_json(request, result(False))
-        probe = Probe(appName, streamId, type_, roomId, self._server.clock.seconds())
-        try:
-            outcome = await self._server.store.redeem(digest(tokenId), probe)
-        except StoreUnavailable:
+        # No peer: the management caller is never throttled by the gate.
+        creds = StreamCredentials(appName, streamId, type_, tokenId, "", "rest", roomId)
+        outcome = await self._server.gate.validate(creds)
+        if outcome is Outcome.UNAVAILABLE:
             self._server.metrics.store_errors.labels("redeem").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
-        if outcome is Outcome.GRANTED:
-            self._server.metrics.grants.labels("rest", type_, "onetime").inc()
-            return send_json(request, result(True))
-        self._server.metrics.refusals.labels("rest", type_, outcome.value).inc()
-        return send_json(request, result(False))
+        return send_json(request, result(outcome is Outcome.GRANTED))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/tokens", methods=["DELETE"])
     async def revokeTokens(self, request: IRequest, appName: str, streamId: str) -> bytes:
