@@ -140,13 +140,24 @@ class StreamIdTests(SynchronousTestCase):
         self.assertIn(r.mode, ("publish", "request"))
         self.assertTrue(r.app and r.stream_id)
 
-    @given(st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=20),
+    @given(st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="/"),
+                   min_size=1, max_size=20),
            st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40))
     def test_percentRoundTrip(self, stream, token):
+        """
+        Any stream id without "/" and any token survive percent-encoding.
+        """
         from urllib.parse import quote
 
         r = parse_stream_id(f"App/{quote(stream, safe='')},token={quote(token, safe='')}")
         self.assertEqual((r.stream_id, r.token), (stream, token))
+
+    def test_percentEncodedSlash(self):
+        """
+        A "/" in a stream id is refused, percent-encoded or not.
+        """
+        for raw in ("App/a%2Fb,token=1", "App/a/b,token=1", "App%2Fx/b,token=1"):
+            self.assertRaises(BadStreamId, parse_stream_id, raw)
 
 
 # ---------------------------------------------------------------------------
