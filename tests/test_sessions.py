@@ -62,6 +62,11 @@ class SignerTests(SynchronousTestCase):
         self.assertRaises(InvalidCredential, self.signer.check, self.signer.issue(s2, NOW + 4), "LiveApp", "s1", NOW + 4)
         later = self.signer.new("LiveApp", "s1", "hls", NOW + 5)
         self.signer.check(self.signer.issue(later, NOW + 5), "LiveApp", "s1", NOW + 5)
+        # an earlier revocation (a late one from another node) changes nothing
+        mid = self.signer.new("LiveApp", "s1", "hls", NOW + 2)
+        self.signer.revokeStream("LiveApp", "s1", NOW + 1)
+        self.assertRaises(InvalidCredential, self.signer.check, self.signer.issue(mid, NOW + 4), "LiveApp", "s1", NOW + 4)
+        self.signer.check(self.signer.issue(later, NOW + 5), "LiveApp", "s1", NOW + 5)
         self.signer.forgetRevocations(NOW + 10_000)
 
     @given(st.text(max_size=300))

@@ -165,6 +165,8 @@ class Grant:
     mind: Optional[Any]
     _registry: "SessionRegistry" = field(repr=False)
     ended: bool = False
+    #: when the gate admitted it (the registry's clock)
+    started: float = 0.0
 
     def logout(self) -> None:
         if not self.ended:
@@ -273,6 +275,7 @@ class GateRealm:
             expires=admission.expires,
             mind=mind,
             registry=self._registry,
+            started=self._registry._clock.seconds(),
         )
         self._registry.add(grant)
         return wanted, grant, grant.logout

@@ -91,6 +91,8 @@ class Server:
     signer: Any = field(init=False)
     #: the HTTP playback gate, once the site is built
     playback: Any = field(init=False, default=None)
+    #: how REST revocations reach this node and the rest of the cluster
+    revocations: Any = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -116,6 +118,9 @@ class Server:
             secret = secrets.token_bytes(32)
         self.signer = SessionSigner(secret, idle=self.config.sessionIdle,
                                     vodIdle=self.config.vodIdle)
+        from .cluster import revocation_bus
+
+        self.revocations = revocation_bus(self)
         self.gate.addPrecheck(self._liveness)
         self.apps.onChange(self._appChanged)
         m = self.metrics

@@ -363,6 +363,7 @@ class TokengateService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.server.revocations.start()
         # Recover recordings cut short by a crash once the reactor runs (the
         # work happens on a thread).
         self.server.clock.callWhenRunning(self._recover)
@@ -388,6 +389,7 @@ class TokengateService(service.MultiService):
         for stream in self.server.hub.liveStreams():
             stream.end()
         d = maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.server.revocations.stop())
         d.addBoth(lambda _: self.server.outputs.close())
         d.addBoth(lambda _: self.server.store.close())
         return d

@@ -326,6 +326,199 @@ class _PoolFactory(txredisapi.RedisFactory):
         super().connectionError(why)
 
 
+def _startFactory(factory: Any, endpoint: Any, reconnectMaxDelay: float) -> None:
+    factory.maxDelay = reconnectMaxDelay
+    factory.initialDelay = min(factory.initialDelay, reconnectMaxDelay)
+    # fires (or fails) once; nobody else waits on it with a lazy pool
+    factory.deferred.addErrback(lambda f: None)
+    factory.startConnecting(endpoint)
+
+
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.factory._subscription._received(message)
+
+
+class _SubscriberFactory(txredisapi.RedisFactory):
+    """
+    One subscriber connection, never giving up reconnecting.
+    """
+
+    protocol = _SubscriberProtocol
+
+    def __init__(self, subscription: "RedisSubscription", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._subscription = subscription
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self._subscription._connectionUp(conn)
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        self._subscription._connectionDown(conn)
+
+    def stopTrying(self) -> "Deferred[None]":
+        # see _PoolFactory.stopTrying
+        return succeed(None)
+
+
+class RedisSubscription:
+    """
+    A pub/sub subscription of L{RedisTokenStore.subscribe}.
+
+    When a connection is ready (AUTH and SELECT done) it sends SUBSCRIBE;
+    once Redis confirms, C{onSubscribed} is called.  A SUBSCRIBE or PING not
+    answered within the store's timeout drops the connection, which is then
+    replaced like any lost one.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: "RedisTokenStore",
+        channel: str,
+        onMessage: Callable[[Any], None],
+        onSubscribed: Callable[[], None],
+        keepalive: float,
+    ) -> None:
+        self._store = store
+        self._reactor = store._reactor
+        self.channel = channel
+        self._onMessage = onMessage
+        self._onSubscribed = onSubscribed
+        self._keepalive = keepalive
+        self._closed = False
+        self._conn: Any = None
+        self._ping: Any = None
+        self._lostOnce = False
+        #: whether the subscription is in place now
+        self.subscribed = False
+        factory = _SubscriberFactory(
+            self,
+            uuid="{}:{}".format(store._host, store._port),
+            dbid=store._db or None,
+            poolsize=1,
+            isLazy=True,
+            charset="utf-8",
+            password=store._password,
+            replyTimeout=store._timeout,
+            convertNumbers=False,
+            username=store._username,
+        )
+        self._factory = factory
+        _startFactory(factory, store._endpoint(), store._reconnectMaxDelay)
+
+    def _connectionUp(self, conn: Any) -> None:
+        if self._closed:
+            conn.transport.loseConnection()
+            return
+        self._conn = conn
+        d = conn.subscribe(self.channel)
+        d.addTimeout(self._store._timeout, self._reactor)
+
+        def subscribed(_: Any) -> None:
+            if self._closed or self._conn is not conn:
+                return
+            self.subscribed = True
+            if self._lostOnce:
+                self.log.info(
+                    "redis subscription to {channel}: in place again",
+                    channel=self.channel,
+                )
+            self._schedulePing(conn)
+            try:
+                self._onSubscribed()
+            except Exception:
+                self.log.failure("handling a new redis subscription failed")
+
+        def failed(f: Failure) -> None:
+            if self._closed or self._conn is not conn:
+                return
+            self.log.warn(
+                "redis subscription to {channel} failed: {error}",
+                channel=self.channel,
+                error=f.getErrorMessage(),
+            )
+            self._drop(conn)
+
+        d.addCallbacks(subscribed, failed)
+
+    def _drop(self, conn: Any) -> None:
+        transport = getattr(conn, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _schedulePing(self, conn: Any) -> None:
+        if self._keepalive > 0 and not self._closed:
+            self._ping = self._reactor.callLater(self._keepalive, self._sendPing, conn)
+
+    def _sendPing(self, conn: Any) -> None:
+        self._ping = None
+        if self._closed or self._conn is not conn:
+            return
+        try:
+            d = conn.ping()
+        except txredisapi.ConnectionError:
+            return
+        d.addTimeout(self._store._timeout, self._reactor)
+
+        def answered(_: Any) -> None:
+            if self._conn is conn:
+                self._schedulePing(conn)
+
+        def unanswered(f: Failure) -> None:
+            if self._conn is conn and not self._closed:
+                self.log.warn(
+                    "redis subscription to {channel}: no answer to PING, reconnecting",
+                    channel=self.channel,
+                )
+                self._drop(conn)
+
+        d.addCallbacks(answered, unanswered)
+
+    def _connectionDown(self, conn: Any) -> None:
+        if self._conn is not conn:
+            return
+        self._conn = None
+        self.subscribed = False
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        self._ping = None
+        if not self._closed:
+            self._lostOnce = True
+            self.log.warn(
+                "redis subscription to {channel}: connection lost, reconnecting",
+                channel=self.channel,
+            )
+
+    def _received(self, message: Any) -> None:
+        if self._closed:
+            return
+        try:
+            self._onMessage(message)
+        except Exception:
+            self.log.failure("handling a message on {channel} failed",
+                             channel=self.channel)
+
+    def close(self) -> "Deferred[None]":
+        """
+        Stop listening and reconnecting; fires once the connection is closed.
+        """
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        self.subscribed = False
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        self._ping = None
+        d = self._factory.disconnect()
+        d.addErrback(lambda f: self.log.failure("closing a redis subscription", f))
+        return d.addCallback(lambda _: None)
+
+
 @implementer(ITokenStore)
 class RedisTokenStore:
     """
@@ -368,6 +561,11 @@ class RedisTokenStore:
         self._port = port
         self._reactor = reactor
         self._prefix = prefix
+        self._db = int(db)
+        self._password = password
+        self._username = username
+        self._tls = tls
+        self._reconnectMaxDelay = reconnectMaxDelay
         self._timeout = float(timeout)
         self._grace = grace
         self._batch = int(batch)
@@ -393,15 +591,16 @@ class RedisTokenStore:
             convertNumbers=False,
             username=username,
         )
-        factory.maxDelay = reconnectMaxDelay
-        factory.initialDelay = min(factory.initialDelay, reconnectMaxDelay)
-        # fires (or fails) once; nobody else waits on it with a lazy pool
-        factory.deferred.addErrback(lambda f: None)
         self._factory = factory
-        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=self._timeout)
-        if tls is not None:
-            endpoint = wrapClientTLS(tls, endpoint)
-        factory.startConnecting(endpoint)
+        _startFactory(factory, self._endpoint(), reconnectMaxDelay)
+
+    def _endpoint(self) -> Any:
+        endpoint: Any = HostnameEndpoint(
+            self._reactor, self._host, self._port, timeout=self._timeout
+        )
+        if self._tls is not None:
+            endpoint = wrapClientTLS(self._tls, endpoint)
+        return endpoint
 
     @classmethod
     def fromURL(cls, url: str, reactor: Any, **overrides: Any) -> "RedisTokenStore":
@@ -463,6 +662,21 @@ class RedisTokenStore:
             raise ValueError("the ca parameter needs a rediss:// URL")
         options.update(overrides)
         return cls(host, port, reactor, **options)
+
+    @property
+    def prefix(self) -> str:
+        """
+        The prefix of every key (and channel) of this store.
+        """
+        return self._prefix
+
+    @property
+    def db(self) -> int:
+        return self._db
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
     def __repr__(self) -> str:
         return "<RedisTokenStore {}:{} prefix={!r}>".format(
@@ -606,6 +820,36 @@ class RedisTokenStore:
         # txredisapi sends EVALSHA once a connection has run the script,
         # and falls back to EVAL on NOSCRIPT.
         return self._call(lambda conn: conn.eval(script, keys, args))
+
+    def eval(self, script: str, keys: list[str], args: list[Any]) -> "Deferred[Any]":
+        """
+        Run a Lua script on a connection of the pool, answered or failed with
+        L{StoreUnavailable} within the store's timeout (for other parts of
+        tokengate that keep state next to the tokens: see
+        L{tokengate.cluster}).
+        """
+        return self._eval(script, keys, args)
+
+    def subscribe(
+        self,
+        channel: str,
+        onMessage: Callable[[Any], None],
+        onSubscribed: Callable[[], None],
+        keepalive: float = 15.0,
+    ) -> "RedisSubscription":
+        """
+        Listen to a pub/sub channel on a dedicated connection with this
+        store's settings (address, TLS, credentials), re-established with
+        back-off for ever until L{RedisSubscription.close}.
+
+        @param onMessage: called with each message (C{str}, or C{bytes}
+            when it is not UTF-8).
+        @param onSubscribed: called each time the subscription is (again)
+            in place: messages published while it was down are lost.
+        @param keepalive: seconds between PINGs that detect a dead or frozen
+            connection (which is then dropped and replaced).
+        """
+        return RedisSubscription(self, channel, onMessage, onSubscribed, keepalive)
 
     # --- ITokenStore --------------------------------------------------------
 

@@ -129,15 +129,17 @@ class HTTPSessions:
         self.signer.revokeSession(sessionId, self._clock.seconds())
         self._sessions.pop(sessionId, None)
 
-    def revokeStream(self, app: str, streamId: str) -> int:
+    def revokeStream(self, app: str, streamId: str, when: Optional[float] = None) -> int:
         """
-        End every session of a stream (their next request is refused).
+        End every session of a stream started up to C{when} (default: now);
+        their next request is refused.
         """
-        now = self._clock.seconds()
-        self.signer.revokeStream(app, streamId, now)
+        if when is None:
+            when = self._clock.seconds()
+        self.signer.revokeStream(app, streamId, when)
         n = 0
         for sid, (session, grant, _) in list(self._sessions.items()):
-            if session.app == app and session.streamId == streamId:
+            if session.app == app and session.streamId == streamId and session.started <= when:
                 del self._sessions[sid]
                 grant.logout()
                 n += 1

@@ -306,12 +306,16 @@ class RestAPI:
         tokens admitted.
         """
         self._appSettings(request, appName)
-        kicked = self._server.gate.registry.kickTokenSessions(appName, streamId)
+        # ends this node's sessions at once, then tells the other nodes
+        # (never fails; a failure to tell them is counted and logged)
+        revoking = self._server.revocations.revokeTokens(appName, streamId)
         try:
             deleted = await self._server.store.revoke_stream(appName, streamId)
         except StoreUnavailable:
+            await revoking
             self._server.metrics.store_errors.labels("revoke").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
+        kicked = await revoking
         self._server.metrics.revoked.labels(appName).inc(deleted)
         return send_json(
             request,
@@ -389,18 +393,13 @@ class RestAPI:
         return send_json(request, self._broadcastJSON(record))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/sessions", methods=["DELETE"])
-    def revokeSessions(self, request: IRequest, appName: str, streamId: str) -> bytes:
+    async def revokeSessions(self, request: IRequest, appName: str, streamId: str) -> bytes:
         """
         End every viewing session of the stream, whatever admitted it: RTMP
         and WebRTC players are disconnected, and the next HLS, DASH or MP4
-        request of any session started before now is refused.
+        request of any session started before now is refused; on every node
+        of a cluster on Redis (see L{tokengate.cluster}).
         """
         self._appSettings(request, appName)
-        registry = self._server.gate.registry
-        players = [g for g in registry.grants(appName, streamId) if g.action == "play"]
-        kicked = registry.kick(players, "revoked")
-        if self._server.playback is not None:
-            kicked += self._server.playback.sessions.revokeStream(appName, streamId)
-        else:
-            self._server.signer.revokeStream(appName, streamId, self._server.clock.seconds())
+        kicked = await self._server.revocations.revokeSessions(appName, streamId)
         return send_json(request, result(True, "{} sessions ended".format(kicked), str(kicked)))

@@ -173,9 +173,12 @@ class SessionSigner:
 
     def revokeStream(self, app: str, streamId: str, now: float) -> None:
         """
-        End every session of a stream that started up to now.
+        End every session of a stream that started up to C{now} (an earlier
+        time than one already recorded for the stream changes nothing).
         """
-        self._streamRevoked[(app, streamId)] = now
+        key = (app, streamId)
+        if now > self._streamRevoked.get(key, float("-inf")):
+            self._streamRevoked[key] = now
 
     def revokeSession(self, sessionId: str, now: float) -> None:
         self._sessionRevoked[sessionId] = now

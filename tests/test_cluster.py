@@ -1,0 +1,450 @@
+"""
+L{tokengate.cluster}: revocation across the nodes of a cluster.
+
+The cluster tests run two L{Server} objects ("nodes") in this process, each
+with its own L{RedisTokenStore} and revocation bus, on one real redis-server
+(L{tests.redisserver}); skipped when redis-server is not installed (CI
+installs it and counts such skips as failures).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis as redis_py
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, succeed
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tokengate.apps import Applications
+from tokengate.auth import StreamCredentials
+from tokengate.cluster import (
+    MAX_EVENT_BYTES,
+    MalformedEvent,
+    RedisRevocationBus,
+    RevocationBus,
+    parse_event,
+)
+from tokengate.server import Server, ServerConfig
+from tokengate.store.redis import RedisTokenStore
+from tokengate.web.playback import HTTPSessions
+from tokengate.web.sessions import InvalidCredential
+
+from .helpers import NOW, clock_at, json_body
+from .redisserver import start_redis_server
+
+BASE = "http://127.0.0.1:5080"
+SECRET = "s" * 32
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("not true within {}s".format(timeout))
+        await sleep(interval)
+
+
+def counted(server, direction: str) -> float:
+    value = server.metrics.registry.get_sample_value(
+        "tokengate_cluster_revocations_total", {"direction": direction}
+    )
+    return value or 0.0
+
+
+class Mind:
+    protocolName = "rtmp"
+
+    def __init__(self, peer="192.0.2.1"):
+        self.peerHost = peer
+        self.kicked = []
+
+    def kick(self, reason):
+        self.kicked.append(reason)
+
+
+class Node:
+    """
+    One tokengate node: a server on the shared Redis, its REST API, and an
+    HTTP session table (as the playback gate keeps).
+    """
+
+    def __init__(self, testcase, url: str, keepalive: float = 15.0) -> None:
+        self.store = RedisTokenStore.fromURL(url, reactor, timeout=1.0, reconnectMaxDelay=0.5)
+        self.server = Server(
+            apps=Applications(None), store=self.store, clock=reactor,
+            config=ServerConfig(sessionSecret=SECRET),
+        )
+        self.sessions = HTTPSessions(self.server.signer, reactor)
+
+        class Playback:
+            sessions = self.sessions
+
+        self.server.playback = Playback()
+        self.bus = self.server.revocations
+        self.bus._keepalive = keepalive
+        from tokengate.web.rest import RestAPI
+
+        self.rest = StubTreq(RestAPI(self.server).resource())
+        # cleanups run last-in first-out: the bus stops before the store
+        testcase.addCleanup(self.store.close)
+        testcase.addCleanup(self.bus.stop)
+        self.bus.start()
+
+    async def _pumped(self, d):
+        """
+        The result of a StubTreq Deferred that Redis answers later: StubTreq
+        only moves bytes when flushed.
+        """
+        done = []
+        d = ensureDeferred(d)
+        d.addBoth(lambda result: done.append(result))
+        deadline = time.monotonic() + 10
+        while not done:
+            if time.monotonic() > deadline:
+                raise AssertionError("no HTTP answer within 10s")
+            self.rest.flush()
+            await sleep(0.005)
+        return await succeed(done[0])
+
+    async def delete(self, path: str):
+        r = await self._pumped(self.rest.delete(BASE + path))
+        return r.code, await self._pumped(json_body(r))
+
+    async def mint(self, streamId="s1", type="publish"):
+        r = await self._pumped(self.rest.get(
+            BASE + "/LiveApp/rest/v2/broadcasts/{}/token?expireDate={}&type={}".format(
+                streamId, int(time.time()) + 600, type
+            )
+        ))
+        return (await self._pumped(json_body(r)))["tokenId"]
+
+    async def login(self, token, action="publish", streamId="s1", peer="192.0.2.1"):
+        if action == "play" and not self.server.hub.isLive("LiveApp", streamId):
+            self.server.hub.publish("LiveApp", streamId, "RTMP")
+        mind = Mind(peer)
+        grant = await self.server.gate.login(
+            StreamCredentials("LiveApp", streamId, action, token, peer, "rtmp"), mind
+        )
+        return grant, mind
+
+    def httpSession(self, streamId="s1"):
+        """
+        A playback session of this node and its credential.
+        """
+        now = reactor.seconds()
+        session = self.server.signer.new("LiveApp", streamId, "hls", now)
+        return session, self.server.signer.issue(session, now)
+
+    def refuses(self, credential, streamId="s1") -> bool:
+        try:
+            self.server.signer.check(credential, "LiveApp", streamId, reactor.seconds())
+        except InvalidCredential:
+            return True
+        return False
+
+
+class ClusterTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.redisServer = start_redis_server(self)
+        self.redis = redis_py.Redis(
+            host=self.redisServer.host, port=self.redisServer.port, socket_timeout=5
+        )
+        self.addCleanup(self.redis.close)
+        self.a = Node(self, self.redisServer.url)
+        self.b = Node(self, self.redisServer.url)
+        for node in (self.a, self.b):
+            node.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+
+    async def subscribed(self, *nodes):
+        nodes = nodes or (self.a, self.b)
+        await eventually(lambda: all(n.bus.subscribed for n in nodes))
+        # and caught up once
+        await eventually(lambda: all(n.bus._catchingUp is None for n in nodes))
+
+    def test_busForRedis(self):
+        self.assertIsInstance(self.a.bus, RedisRevocationBus)
+        self.assertEqual(self.a.bus.channel, "tokengate:revocations:0")
+        self.assertNotEqual(self.a.bus.nodeId, self.b.bus.nodeId)
+
+    async def test_tokensRevokedEverywhere(self):
+        """
+        DELETE .../tokens on node A ends the token-admitted live session on
+        node B; a session admitted without a token stays; A does not apply
+        its own event.
+        """
+        await self.subscribed()
+        token = await self.a.mint()
+        grant, mind = await self.b.login(token)
+        self.b.server.hub.publish("LiveApp", "s1", "RTMP")
+        # a player on B admitted without a token (play control is off)
+        untokened, _ = await self.b.login(None, action="play", peer="192.0.2.2")
+        # a token session on A, kicked locally
+        tokenA = await self.a.mint(streamId="s1")
+        grantA, mindA = await self.a.login(tokenA, peer="192.0.2.3")
+        code, body = await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/tokens")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            body, {"success": True, "message": "0 tokens revoked, 1 sessions ended",
+                   "dataId": "0", "errorId": 0}
+        )
+        await eventually(lambda: mind.kicked)
+        self.assertEqual(mind.kicked, ["revoked"])
+        self.assertTrue(grant.ended)
+        self.assertFalse(untokened.ended)
+        self.assertEqual(mindA.kicked, ["revoked"])
+        self.assertEqual(counted(self.a.server, "sent"), 1)
+        self.assertEqual(counted(self.b.server, "received"), 1)
+        await sleep(0.2)
+        self.assertEqual(counted(self.a.server, "received"), 0)
+        self.assertEqual(
+            self.a.server.metrics.registry.get_sample_value(
+                "tokengate_sessions_kicked_total",
+                {"protocol": "rtmp", "action": "publish", "reason": "revoked"},
+            ),
+            1,
+        )
+
+    async def test_sessionsRevokedEverywhere(self):
+        """
+        DELETE .../sessions on node A: node B refuses its playback credential
+        for the stream, ends its HTTP session and its player; the response
+        has its usual shape.
+        """
+        await self.subscribed()
+        session, credential = self.b.httpSession()
+        httpGrant, _ = await self.b.login(None, action="play", peer="192.0.2.4")
+        self.b.sessions.add(session, httpGrant)
+        other, otherCredential = self.b.httpSession(streamId="s2")
+        self.assertFalse(self.b.refuses(credential))
+        # a credential issued by B works on A too (same secret) until revoked
+        self.assertFalse(self.a.refuses(credential))
+        code, body = await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/sessions")
+        self.assertEqual(
+            (code, body), (200, {"success": True, "message": "0 sessions ended",
+                                 "dataId": "0", "errorId": 0})
+        )
+        self.assertTrue(self.a.refuses(credential))
+        await eventually(lambda: self.b.refuses(credential))
+        self.assertTrue(httpGrant.ended)
+        self.assertEqual(self.b.sessions.count("LiveApp", "s1"), {})
+        self.assertFalse(self.b.refuses(otherCredential, streamId="s2"))
+        # a session started after the revocation is not refused
+        await sleep(0.01)
+        _, later = self.b.httpSession()
+        self.assertFalse(self.b.refuses(later))
+        # recorded for nodes that missed it
+        members = self.redis.zrange("tokengate:revoked", 0, -1)
+        self.assertEqual(members, [b"sessions:LiveApp:s1"])
+        self.assertGreater(self.redis.pttl("tokengate:revoked"), 6 * 3600 * 1000)
+
+    async def test_catchUpAfterMissedEvent(self):
+        """
+        A node whose subscription was down while another node revoked learns
+        it from the record once its subscription is back, and ends only
+        what started before the revocation.
+        """
+        await self.subscribed()
+        _, credential = self.b.httpSession()
+        token = await self.a.mint()
+        tokenGrant, tokenMind = await self.b.login(token)
+        self.b.server.hub.publish("LiveApp", "s1", "RTMP")
+        player, playerMind = await self.b.login(None, action="play")
+        # drop B's subscriber connection (Redis' side): it comes back by
+        # itself after its back-off (about a second)
+        port = self.b.bus._subscription._conn.transport.getHost().port
+        self.redis.execute_command("CLIENT", "KILL", "ADDR", "127.0.0.1:{}".format(port))
+        await eventually(lambda: not self.b.bus.subscribed, timeout=5)
+        await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/sessions")
+        await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/tokens")
+        self.assertEqual(counted(self.a.server, "sent"), 2)
+        self.assertFalse(self.b.bus.subscribed, "B came back too early for this test")
+        self.assertFalse(self.b.refuses(credential))
+        await self.subscribed(self.b)
+        self.assertEqual(counted(self.b.server, "received"), 0)
+        self.assertTrue(self.b.refuses(credential))
+        self.assertTrue(player.ended)
+        self.assertEqual(playerMind.kicked, ["revoked"])
+        self.assertEqual(tokenMind.kicked, ["revoked"])
+        # what B admits now is not ended by catching up again
+        _, fresh = self.b.httpSession()
+        newPlayer, _ = await self.b.login(None, action="play")
+        await self.b.bus.catchUp()
+        self.assertFalse(self.b.refuses(fresh))
+        self.assertFalse(newPlayer.ended)
+
+    async def test_catchUpAtStart(self):
+        """
+        A node started after a revocation catches up: a credential issued
+        before it is refused there too.
+        """
+        await self.subscribed()
+        _, credential = self.a.httpSession()
+        await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/sessions")
+        c = Node(self, self.redisServer.url)
+        c.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        self.assertFalse(c.refuses(credential))
+        await self.subscribed(c)
+        self.assertTrue(c.refuses(credential))
+
+    async def test_resubscribesAfterRedisRestart(self):
+        """
+        The subscriber reconnects by itself when Redis comes back.
+        """
+        await self.subscribed()
+        self.redisServer.stop()
+        await eventually(lambda: not self.a.bus.subscribed and not self.b.bus.subscribed)
+        self.redisServer.start()
+        await self.subscribed()
+        _, credential = self.b.httpSession()
+        await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/sessions")
+        await eventually(lambda: self.b.refuses(credential))
+        self.assertEqual(counted(self.b.server, "received"), 1)
+
+    async def test_frozenRedisDetected(self):
+        """
+        A subscription to a Redis that stops answering (SIGSTOP) is dropped
+        after an unanswered PING, and comes back when Redis does.
+        """
+        c = Node(self, self.redisServer.url, keepalive=0.2)
+        c.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        await self.subscribed(c)
+        self.redisServer.freeze()
+        try:
+            await eventually(lambda: not c.bus.subscribed, timeout=5)
+        finally:
+            self.redisServer.thaw()
+        await self.subscribed(c)
+        _, credential = c.httpSession()
+        await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/sessions")
+        await eventually(lambda: c.refuses(credential))
+
+    async def test_redisDown(self):
+        """
+        With Redis down, DELETE .../sessions still acts on this node and
+        answers as before, within the store's timeout; the failure to tell
+        the cluster is counted.
+        """
+        await self.subscribed()
+        _, credential = self.a.httpSession()
+        player, mind = await self.a.login(None, action="play")
+        self.redisServer.stop()
+        await eventually(lambda: not self.a.bus.subscribed)
+        started = time.monotonic()
+        code, body = await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/sessions")
+        self.assertLess(time.monotonic() - started, 3.0)
+        self.assertEqual(
+            (code, body), (200, {"success": True, "message": "1 sessions ended",
+                                 "dataId": "1", "errorId": 0})
+        )
+        self.assertTrue(self.a.refuses(credential))
+        self.assertEqual(mind.kicked, ["revoked"])
+        self.assertEqual(counted(self.a.server, "failed"), 1)
+        self.assertEqual(counted(self.a.server, "sent"), 0)
+        # tokens: the local sessions end, the store answers 503 as before
+        code, body = await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/tokens")
+        self.assertEqual(code, 503)
+        self.assertEqual(counted(self.a.server, "failed"), 2)
+
+    async def test_malformedEvents(self):
+        """
+        Garbage on the channel is ignored and counted, and the subscriber
+        goes on working.
+        """
+        await self.subscribed()
+        channel = self.a.bus.channel
+        good = {"v": 1, "kind": "sessions", "app": "LiveApp", "streamId": "s1",
+                "time": time.time(), "origin": "elsewhere"}
+        garbage = [
+            b"\xff\xfe\x00",
+            b"not json",
+            b"[]",
+            b"{" * 5000,
+            b"[" * 3000 + b"]" * 3000,
+            json.dumps(dict(good, kind="nuke")).encode(),
+            json.dumps(dict(good, v=2)).encode(),
+            json.dumps(dict(good, time="now")).encode(),
+            json.dumps(dict(good, time=float("nan"))).encode(),
+            json.dumps(dict(good, app=7)).encode(),
+            json.dumps(dict(good, streamId="")).encode(),
+            json.dumps(dict(good, origin="x" * (MAX_EVENT_BYTES))).encode(),
+        ]
+        for message in garbage:
+            self.redis.publish(channel, message)
+        await eventually(lambda: counted(self.b.server, "malformed") == len(garbage))
+        self.assertEqual(counted(self.a.server, "malformed"), len(garbage))
+        self.assertEqual(counted(self.b.server, "received"), 0)
+        self.assertTrue(self.b.bus.subscribed)
+        # an event for an application B does not have: received, no effect
+        self.redis.publish(channel, json.dumps(dict(good, app="Nope")))
+        _, credential = self.b.httpSession()
+        self.redis.publish(channel, json.dumps(dict(good, time=time.time())))
+        await eventually(lambda: self.b.refuses(credential))
+        self.assertEqual(counted(self.b.server, "received"), 2)
+        self.assertNotIn(("Nope", "s1"), self.b.server.signer._streamRevoked)
+
+
+class LocalBusTests(SynchronousTestCase):
+    def test_memoryStoreIsLocal(self):
+        server = Server.inMemory(clock=clock_at())
+        self.assertIs(type(server.revocations), RevocationBus)
+        server.revocations.start()
+        self.assertEqual(self.successResultOf(server.revocations.revokeSessions("LiveApp", "s1")), 0)
+        self.assertIsNone(self.successResultOf(server.revocations.stop()))
+        self.assertEqual(server.signer._streamRevoked, {("LiveApp", "s1"): NOW})
+
+
+class ParseEventTests(SynchronousTestCase):
+    def test_good(self):
+        event = {"v": 1, "kind": "tokens", "app": "LiveApp", "streamId": "s/1:x",
+                 "time": 12, "origin": "abc"}
+        self.assertEqual(
+            parse_event(json.dumps(event)),
+            {"kind": "tokens", "app": "LiveApp", "streamId": "s/1:x", "time": 12.0,
+             "origin": "abc"},
+        )
+        self.assertEqual(parse_event(json.dumps(event).encode())["kind"], "tokens")
+
+    def test_bad(self):
+        for message in (None, 5, b"\xff", "x" * (MAX_EVENT_BYTES + 1), "1", "{}",
+                        '{"v":1,"kind":"tokens","app":"a","streamId":"s","time":true,'
+                        '"origin":"o"}',
+                        '{"v":1,"kind":"tokens","app":"a","streamId":"s","time":-1,'
+                        '"origin":"o"}'):
+            self.assertRaises(MalformedEvent, parse_event, message)
+
+
+class ServiceTests(TestCase):
+    timeout = 60
+
+    async def test_twistdWiring(self):
+        """
+        C{twistd tokengate --store redis://...} subscribes when the service
+        starts and closes the subscription when it stops (trial checks that
+        nothing is left in the reactor).
+        """
+        from tokengate.tap import Options, makeService
+
+        redisServer = start_redis_server(self)
+        o = Options()
+        o.parseOptions(["--data-dir", self.mktemp(), "--store", redisServer.url,
+                        "--http", "tcp:0:interface=127.0.0.1", "--rtmp", "", "--srt", ""])
+        svc = makeService(o, reactor)
+        bus = svc.server.revocations
+        self.assertIsInstance(bus, RedisRevocationBus)
+        svc.privilegedStartService()
+        svc.startService()
+        try:
+            await eventually(lambda: bus.subscribed)
+        finally:
+            await svc.stopService()
+        self.assertFalse(bus.subscribed)
