@@ -486,7 +486,8 @@ class CoturnRelay(TestCase):
         stats = None
         for _ in range(60):
             stats = await page.evaluate(SELECTED_PAIR % pc)
-            if stats and stats["frames"] > 0 and stats["local"]:
+            # (the pair's state may still read in-progress at the first frames)
+            if stats and stats["frames"] > 0 and stats["local"] and stats["pair"] == "succeeded":
                 break
             await task.deferLater(reactor, 0.25)
         self.assertTrue(stats and stats["frames"] > 0 and stats["local"],
