@@ -197,6 +197,30 @@ class ProtocolTests(SynchronousTestCase):
         self.clock.advance(0.2)
         self.assertFalse(player.transport.connected)
 
+    def test_playerWritesOncePerPublisherRead(self):
+        """
+        The frames of one publisher read reach a player in one write, and
+        frames outside a read (no burst) are written at once.
+        """
+        pub = Peer(self)
+        pub.publish("s1?token=" + self.mint())
+        pub.media(video=[(0, AVC_HEADER), (0, key())], audio=[(0, AAC_HEADER)])
+        player = Peer(self, "192.0.2.20")
+        player.connect()
+        player.command("play", 3, None, "s1", -2000.0, stream_id=1)
+        writes = []
+        write = player.transport.write
+        player.transport.write = lambda data: (writes.append(data), write(data))
+        pub.media(video=[(40, inter()), (80, inter()), (120, inter())])
+        self.assertEqual(len(writes), 1)
+        player.pump()
+        self.assertEqual(
+            [e.timestamp for e in player.events if isinstance(e, VideoData)][-3:], [40, 80, 120])
+        stream = self.server.hub.get("LiveApp", "s1")
+        stream.videoReceived(160, inter())
+        self.assertEqual(len(writes), 2)
+        self.assertFalse(stream.inBurst)
+
     def test_slowPlayer(self):
         pub = Peer(self)
         pub.publish("s1?token=" + self.mint())

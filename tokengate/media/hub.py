@@ -109,7 +109,9 @@ class ISubscriber(Interface):
 
     def frameReceived(frame: Frame) -> None:
         """
-        One media frame.
+        One media frame.  While C{stream.inBurst} is set, a subscriber that
+        writes to a socket may hold the write back until its optional
+        C{flushBurst()} is called (after the frames of one publisher read).
         """
 
     def streamEnded() -> None:
@@ -136,6 +138,9 @@ class LiveStream:
     ended: bool = False
     #: how many times this stream id was published before (for discontinuities)
     generation: int = 0
+    #: True while a publisher hands over the frames of one network read;
+    #: subscribers may then hold their writes until L{burstEnded}
+    inBurst: bool = False
     _hub: Optional["Hub"] = field(default=None, repr=False)
 
     _log = Logger()
@@ -147,45 +152,74 @@ class LiveStream:
         self._fanout("metadataChanged", metadata)
 
     def videoReceived(self, timestamp: int, body: bytes) -> None:
-        header, key = classify_video(body)
+        # classify_video inlined: this runs for every frame of every stream.
         self.bytesIn += len(body)
-        if header:
-            self.videoConfig = body
-            self._fanout("configChanged", VIDEO, body, timestamp)
-            return
-        self._frame(Frame(VIDEO, timestamp, body, key))
+        key = False
+        if len(body) >= 2:
+            b0 = body[0]
+            if b0 & 0x0F == CODEC_AVC:
+                if body[1] == AVC_SEQUENCE_HEADER:
+                    self.videoConfig = body
+                    self._fanout("configChanged", VIDEO, body, timestamp)
+                    return
+                key = b0 >> 4 == FRAME_KEY and body[1] != AVC_END_OF_SEQUENCE
+            else:
+                key = b0 >> 4 == FRAME_KEY
+        frame = Frame(VIDEO, timestamp, body, key)
+        self.framesIn += 1
+        if key:
+            self.gop = [frame]
+            self.gopBytes = frame.size
+        elif self.gop:
+            self._cache(frame)
+        if self.subscribers:
+            self._deliver(frame)
 
     def audioReceived(self, timestamp: int, body: bytes) -> None:
         self.bytesIn += len(body)
-        if classify_audio(body):
+        if len(body) >= 2 and body[0] >> 4 == SOUND_AAC and body[1] == AAC_SEQUENCE_HEADER:
             self.audioConfig = body
             self._fanout("configChanged", AUDIO, body, timestamp)
             return
-        self._frame(Frame(AUDIO, timestamp, body, self.videoConfig is None))
-
-    def _frame(self, frame: Frame) -> None:
+        audioOnly = self.videoConfig is None
+        frame = Frame(AUDIO, timestamp, body, audioOnly)
         self.framesIn += 1
-        gop = self.gop
-        if frame.keyframe and frame.kind is VIDEO:
-            self.gop = [frame]
-            self.gopBytes = frame.size
-        elif gop:
-            if self.videoConfig is None and len(gop) >= 50:
-                # Audio only: a short rolling window is enough to start from.
-                self.gopBytes -= gop[0].size
-                del gop[0]
-            if self.gopBytes + frame.size > MAX_GOP_BYTES or len(gop) >= MAX_GOP_FRAMES:
-                # An absurd GOP: keep nothing until the next keyframe.
-                self.gop = []
-                self.gopBytes = 0
-            else:
-                gop.append(frame)
-                self.gopBytes += frame.size
-        elif frame.kind is AUDIO and self.videoConfig is None:
+        if self.gop:
+            self._cache(frame)
+        elif audioOnly:
             self.gop = [frame]
             self.gopBytes = frame.size
         if self.subscribers:
-            self._fanout("frameReceived", frame)
+            self._deliver(frame)
+
+    def _cache(self, frame: Frame) -> None:
+        """
+        Append a non-key frame to a non-empty GOP cache, within its bounds.
+        """
+        gop = self.gop
+        if self.videoConfig is None and len(gop) >= 50:
+            # Audio only: a short rolling window is enough to start from.
+            self.gopBytes -= gop[0].size
+            del gop[0]
+        if self.gopBytes + frame.size > MAX_GOP_BYTES or len(gop) >= MAX_GOP_FRAMES:
+            # An absurd GOP: keep nothing until the next keyframe.
+            self.gop = []
+            self.gopBytes = 0
+        else:
+            gop.append(frame)
+            self.gopBytes += frame.size
+
+    def _deliver(self, frame: Frame) -> None:
+        for sub in tuple(self.subscribers):
+            try:
+                sub.frameReceived(frame)
+            except Exception:
+                self._log.failure(
+                    "a subscriber of {app}/{streamId} failed; dropping it",
+                    app=self.app,
+                    streamId=self.streamId,
+                )
+                self._remove(sub)
 
     def _fanout(self, method: str, *args: Any) -> None:
         for sub in list(self.subscribers):
@@ -198,6 +232,26 @@ class LiveStream:
                     streamId=self.streamId,
                 )
                 self._remove(sub)
+
+    def burstEnded(self) -> None:
+        """
+        The publisher delivered the frames of one network read (it set
+        C{inBurst} before them): subscribers with a C{flushBurst()} method
+        write what they held back.
+        """
+        self.inBurst = False
+        for sub in tuple(self.subscribers):
+            flush = getattr(sub, "flushBurst", None)
+            if flush is not None:
+                try:
+                    flush()
+                except Exception:
+                    self._log.failure(
+                        "a subscriber of {app}/{streamId} failed; dropping it",
+                        app=self.app,
+                        streamId=self.streamId,
+                    )
+                    self._remove(sub)
 
     # --- subscriber side -----------------------------------------------------
 

@@ -159,16 +159,32 @@ class RTMPServerProtocol(Protocol):
             return
         self.factory.bytesIn.inc(len(data))
         self._lastActivity = self._clock.seconds()
+        burst = self.publishing
         try:
             events = self.conn.receive_data(data)
+            if burst is not None:
+                # Players write once for all the frames of this read.
+                burst.inBurst = True
             for event in events:
-                self._dispatch(event)
+                # Media first, inline: nearly every event is one.
+                t = type(event)
+                if t is AudioData:
+                    if self.publishing is not None and event.stream_id == self.publishStreamId:
+                        self.publishing.audioReceived(event.timestamp, event.payload)
+                elif t is VideoData:
+                    if self.publishing is not None and event.stream_id == self.publishStreamId:
+                        self.publishing.videoReceived(event.timestamp, event.payload)
+                else:
+                    self._dispatch(event)
         except RTMPProtocolError as e:
             self._log.info("bad RTMP from {peer}: {error}", peer=self.peerHost, error=str(e))
             self._flush()
             self._closing = True
             self.transport.abortConnection()
             return
+        finally:
+            if burst is not None:
+                burst.burstEnded()
         self._flush()
 
     def _flush(self) -> None:
@@ -501,6 +517,12 @@ class RTMPServerProtocol(Protocol):
             self.conn.send_video(self.playStreamId, ts, frame.body)
         else:
             self.conn.send_audio(self.playStreamId, ts, frame.body)
+        stream = self.playing
+        if stream is None or not stream.inBurst:
+            self._flush()
+        # else the stream calls flushBurst after the publisher's read
+
+    def flushBurst(self) -> None:
         self._flush()
 
     def _rebase(self, timestamp: int) -> int:
