@@ -56,7 +56,8 @@ class Client(WebSocketClientProtocol):
         self.factory.messages.append(msg)
         waiters, self.factory.waiters = self.factory.waiters, []
         for w in waiters:
-            w.callback(None)
+            if not w.called:  # its timer may have fired it already
+                w.callback(None)
 
     def onClose(self, wasClean, code, reason):
         self.factory.closeCode = code
