@@ -87,6 +87,7 @@ class SQLiteTokenStore:
         self._lock = threading.Lock()
         self._queue: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
         self._draining = False
+        self._kick: Optional[Any] = None  # the pending delayed call of _start
         # Fail at start-up, not at the first request, when the file cannot
         # be opened; this runs before the reactor does, so block on it.
         directory = os.path.dirname(os.path.abspath(path))
@@ -119,6 +120,12 @@ class SQLiteTokenStore:
         mints and redemptions instead of one each.  Each call is still one
         atomic statement (or a statement and a read) in that transaction,
         and there is only one writer thread.
+
+        The thread is woken at the end of the reactor iteration (a
+        C{callLater(0)}), not by the first call: every request read in the
+        same iteration joins that first batch, rather than the thread
+        taking the GIL at the reactor's next system call to commit a batch
+        of one.
         """
         if self._closed:
             return fail(StoreUnavailable("the token store is closed"))
@@ -133,8 +140,12 @@ class SQLiteTokenStore:
             start = not self._draining
             self._draining = True
         if start:
-            self._pool.callInThread(self._drain)
+            self._kick = self._reactor.callLater(0, self._start)
         return d
+
+    def _start(self) -> None:
+        self._kick = None
+        self._pool.callInThread(self._drain)
 
     def _drain(self) -> None:
         """
@@ -253,6 +264,10 @@ class SQLiteTokenStore:
         self._closed = True
         if not self._pool.started:
             return succeed(None)
+        if self._kick is not None:
+            # Queued calls run before the connection is closed.
+            self._kick.cancel()
+            self._start()
 
         def close() -> None:
             # The pool has one thread and runs jobs in order: every drain

@@ -29,28 +29,48 @@ def redact_uri(uri: bytes) -> bytes:
     return _SECRET_QUERY.sub(rb"\1REDACTED", uri)
 
 
+#: C{twisted.web.http._escape}, looked up once: C{twisted.web.http} is a
+#: deprecation proxy, each attribute read through it costs a Python call.
+_escape = http._escape
+
+#: Printable ASCII but for C{"} and C{\\}: what L{_escape} returns unchanged.
+_PLAIN_BYTES = re.compile(rb'[\x20\x21\x23-\x5b\x5d-\x7e]*').fullmatch
+_PLAIN_TEXT = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*').fullmatch
+
+
+def _escaped(s: Any) -> str:
+    """
+    L{_escape}, without its C{repr} round trip for the usual plain value.
+    """
+    if type(s) is bytes:
+        if _PLAIN_BYTES(s) is not None:
+            return s.decode("ascii")
+    elif type(s) is str and _PLAIN_TEXT(s) is not None:
+        return s
+    return _escape(s)
+
+
 def redacting_log_formatter(timestamp: str, request: Any) -> str:
     """
     The combined log format, with secrets removed from the request line and
     the referrer.
     """
-    referrer = redact_uri(request.getHeader(b"referer") or b"-")
-    agent = request.getHeader(b"user-agent") or b"-"
-    line = (
-        '"{ip}" - - {timestamp} "{method} {uri} {protocol}" '
-        '{code} {length} "{referrer}" "{agent}"'.format(
-            ip=http._escape(getattr(request.getClientAddress(), "host", None) or "-"),
-            timestamp=timestamp,
-            method=http._escape(request.method),
-            uri=http._escape(redact_uri(request.uri)),
-            protocol=http._escape(request.clientproto),
-            code=request.code,
-            length=request.sentLength or "-",
-            referrer=http._escape(referrer),
-            agent=http._escape(agent),
-        )
+    referrer = request.getHeader(b"referer")
+    agent = request.getHeader(b"user-agent")
+    uri = request.uri
+    if b"=" in uri:
+        uri = redact_uri(uri)
+    return '"%s" - - %s "%s %s %s" %s %s "%s" "%s"' % (
+        _escaped(getattr(request.getClientAddress(), "host", None) or "-"),
+        timestamp,
+        _escaped(request.method),
+        _escaped(uri),
+        _escaped(request.clientproto),
+        request.code,
+        request.sentLength or "-",
+        _escaped(redact_uri(referrer)) if referrer else "-",
+        _escaped(agent) if agent else "-",
     )
-    return line
 
 
 class CappedRequest(Request):
