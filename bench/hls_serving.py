@@ -2,12 +2,21 @@
 Segment serving: requests/s for one live CMAF segment fetched through
 tokengate with session checks on (a signed session credential on every
 request) and with token control off, and the same bytes served from disk by
-nginx and by a bare twisted.web static File, all measured with wrk in one
-run, one after the other.
+nginx and by a bare twisted.web static File, all measured with wrk.
 
-    python bench/hls_serving.py [--seconds 8] [--connections 32]
+    python bench/hls_serving.py [--seconds 4] [--rounds 5] [--connections 32]
 
-Needs ffmpeg (to publish), wrk and nginx.  Prints requests/s and ratios.
+All four servers run for the whole benchmark (each pinned to CPU 0, wrk and
+the publishing ffmpeg on CPU 1).  Each round picks the newest complete
+segment, writes it to disk for nginx and the static File, and runs wrk
+against the four (tokengate's two first, while the segment is fresh; each
+pair in an order alternating from round to round); the ratios are
+computed within each round (so a slow drift of the shared machine cancels)
+and the median over the rounds is reported, with its range.  Also printed:
+the server processes' CPU time per request (user + system, from /proc),
+which is steadier than requests/s.
+
+Needs ffmpeg (to publish), wrk and nginx.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import argparse
 import os
 import re
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +36,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import Tokengate, free_port, pinned  # noqa: E402
+from bench.common import Tokengate, cpu_seconds, free_port, pinned, wait_http  # noqa: E402
 from bench.rtmp_ingest import make_clip  # noqa: E402
 
 STATIC = r"""
@@ -37,15 +48,23 @@ reactor.listenTCP(int(sys.argv[1]), Site(File(sys.argv[2])), interface="127.0.0.
 reactor.run()
 """
 
+NAMES = ("session", "plain", "nginx", "static")
 
-def wrk(url: str, seconds: int, connections: int) -> float:
-    out = subprocess.run(pinned(["wrk", "-t1", "-c{}".format(connections),
-                                 "-d{}s".format(seconds), url], 1),
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
+
+def wrk(url: str, seconds: float, connections: int) -> tuple[float, int]:
+    """
+    C{(requests/s, requests)} of a wrk run.
+    """
+    run = subprocess.run(pinned(["wrk", "-t1", "-c{}".format(connections),
+                                 "-d{:g}s".format(seconds), url], 1),
+                         capture_output=True, text=True, timeout=seconds + 30)
+    out = run.stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m or "Non-2xx" in out:
-        raise SystemExit("wrk said:\n" + out)
-    return float(m.group(1))
+    n = re.search(r"(\d+) requests in", out)
+    if not m or not n or "Non-2xx" in out:
+        raise SystemExit("wrk ({}) exited {} and said:\n{}{}".format(
+            url, run.returncode, out, run.stderr))
+    return float(m.group(1)), int(n.group(1))
 
 
 def get(url: str) -> bytes:
@@ -53,11 +72,28 @@ def get(url: str) -> bytes:
         return r.read()
 
 
+def children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/{}/stat".format(entry)) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return kids
+
+
+def lines(text: str) -> list[str]:
+    return [l for l in text.splitlines() if l and not l.startswith("#")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="alternate session/plain runs this many times; keep the best of each")
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of the four runs; medians over the rounds are reported")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "ffmpeg"):
@@ -66,48 +102,28 @@ def main() -> None:
     clip = make_clip(40)
     tmp = tempfile.mkdtemp()
     procs: list[subprocess.Popen] = []
+    rps: dict[str, list[float]] = {name: [] for name in NAMES}
+    cpu: dict[str, list[float]] = {name: [] for name in NAMES}
+    sizes = []
     try:
         tg = Tokengate(tmp)
         procs.append(tg.proc)
         base, rtmp = tg.base, tg.rtmp
-        pub = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
-                                "-i", clip, "-c", "copy", "-f", "flv",
-                                "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)])
+        pub = subprocess.Popen(pinned(["ffmpeg", "-v", "error", "-nostdin", "-re",
+                                       "-stream_loop", "-1", "-i", clip, "-c", "copy", "-f", "flv",
+                                       "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)], 1))
         procs.append(pub)
-        time.sleep(8)
-        gated = plain = 0.0
-        for _ in range(args.rounds):
-            # token control off: the newest complete segment (it stays in the
-            # window longest), by its plain URL
-            master = get(base + "/LiveApp/streams/s1.m3u8").decode()
-            media = [l for l in master.splitlines() if l and not l.startswith("#")][0]
-            playlist = get(base + "/LiveApp/streams/" + media).decode()
-            seg = [l for l in playlist.splitlines() if l and not l.startswith("#")][-1]
-            open_url = base + "/LiveApp/streams/s1/" + seg
-            body = get(open_url)
-            # token control on: the same segment through a session credential
-            tg.settings(playTokenControlEnabled=True)
-            master = get(base + "/LiveApp/streams/s1.m3u8?token=" + tg.token("s1", "play")).decode()
-            media = [l for l in master.splitlines() if l and not l.startswith("#")][0]
-            playlist = get(base + "/LiveApp/streams/" + media).decode()
-            session_seg = [l for l in playlist.splitlines() if l.startswith(seg + "?")][0]
-            gated_url = base + "/LiveApp/streams/s1/" + session_seg
-            assert get(gated_url) == body, "the gated segment differs"
-            gated = max(gated, wrk(gated_url, args.seconds, args.connections))
-            tg.settings(playTokenControlEnabled=False)
-            plain = max(plain, wrk(open_url, args.seconds, args.connections))
-        pub.terminate()
-        tg.stop()
 
-        # the same bytes from disk
+        # the same bytes from disk (rewritten each round)
         root = os.path.join(tmp, "www")
         os.makedirs(root)
-        with open(os.path.join(root, "seg.m4s"), "wb") as f:
-            f.write(body)
+        disk = os.path.join(root, "seg.m4s")
+        with open(disk, "wb") as f:
+            f.write(b"not yet")
         # nginx workers may run as another user (nobody): let them read it
         for path in (tmp, root):
             os.chmod(path, 0o755)
-        os.chmod(os.path.join(root, "seg.m4s"), 0o644)
+        os.chmod(disk, 0o644)
         port = free_port()
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
@@ -119,29 +135,91 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ro
         ngx = subprocess.Popen(pinned([shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf,
                                        "-p", tmp], 0))
         procs.append(ngx)
-        time.sleep(1)
-        nginx = wrk("http://127.0.0.1:{}/seg.m4s".format(port), args.seconds, args.connections)
-        ngx.terminate()
+        nginx_url = "http://127.0.0.1:{}/seg.m4s".format(port)
         port = free_port()
         bare = subprocess.Popen(pinned([sys.executable, "-c", STATIC, str(port), root], 0))
         procs.append(bare)
-        time.sleep(1.5)
-        static = wrk("http://127.0.0.1:{}/seg.m4s".format(port), args.seconds, args.connections)
+        static_url = "http://127.0.0.1:{}/seg.m4s".format(port)
+        wait_http(nginx_url, ngx)
+        wait_http(static_url, bare)
+        time.sleep(8)
+        ngx_pids = [ngx.pid] + children(ngx.pid)
+        pids = {"session": [tg.pid], "plain": [tg.pid], "nginx": ngx_pids, "static": [bare.pid]}
+
+        for n in range(args.rounds + 1):
+            # token control off: the newest complete segment (it stays in the
+            # window longest), by its plain URL
+            tg.settings(playTokenControlEnabled=False)
+            media = lines(get(base + "/LiveApp/streams/s1.m3u8").decode())[0]
+            seg = lines(get(base + "/LiveApp/streams/" + media).decode())[-1]
+            plain_url = base + "/LiveApp/streams/s1/" + seg
+            body = get(plain_url)
+            with open(disk + ".tmp", "wb") as f:
+                f.write(body)
+            os.chmod(disk + ".tmp", 0o644)
+            os.replace(disk + ".tmp", disk)
+            # token control on: the same segment through a session credential
+            tg.settings(playTokenControlEnabled=True)
+            master = get(base + "/LiveApp/streams/s1.m3u8?token=" + tg.token("s1", "play"))
+            media = lines(master.decode())[0]
+            playlist = get(base + "/LiveApp/streams/" + media).decode()
+            session_seg = [l for l in playlist.splitlines() if l.startswith(seg + "?")][0]
+            session_url = base + "/LiveApp/streams/s1/" + session_seg
+            for url in (session_url, nginx_url, static_url):
+                assert get(url) == body, "{} serves other bytes".format(url)
+            urls = {"session": session_url, "plain": plain_url, "nginx": nginx_url,
+                    "static": static_url}
+            # tokengate first (the segment must stay in the window), each
+            # pair in alternating order
+            order = (("session", "plain") if n % 2 else ("plain", "session")) + (
+                ("nginx", "static") if n % 2 else ("static", "nginx"))
+            if n == 0:
+                # warm-up round, not counted
+                for name in order:
+                    if name == "plain":
+                        tg.settings(playTokenControlEnabled=False)
+                    wrk(urls[name], 1, args.connections)
+                continue
+            sizes.append(len(body))
+            for name in order:
+                tg.settings(playTokenControlEnabled=name != "plain")
+                before = cpu_seconds(pids[name])
+                rate, count = wrk(urls[name], args.seconds, args.connections)
+                used = cpu_seconds(pids[name]) - before
+                rps[name].append(rate)
+                cpu[name].append(used / count * 1e6)
     finally:
         for p in procs:
             if p.poll() is None:
-                p.terminate()
-                p.wait(10)
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    print("segment of {} bytes, wrk -c{} for {} s each, best of {} alternating runs".format(
-        len(body), args.connections, args.seconds, args.rounds))
-    print("  tokengate, session checked:  {:8.0f} req/s".format(gated))
-    print("  tokengate, token control off:{:8.0f} req/s".format(plain))
-    print("  nginx from disk:             {:8.0f} req/s".format(nginx))
-    print("  twisted.web static File:     {:8.0f} req/s".format(static))
-    print("  session-check overhead: {:.1%}".format(1 - gated / plain))
-    print("  tokengate (session) / nginx: {:.2f}".format(gated / nginx))
-    print("  twisted.web File / nginx:    {:.2f}".format(static / nginx))
+
+    def ratios(a: str, b: str) -> list[float]:
+        return [x / y for x, y in zip(rps[a], rps[b])]
+
+    def spread(values: list[float], fmt: str) -> str:
+        return "{} ({} … {})".format(fmt.format(statistics.median(values)),
+                                     fmt.format(min(values)).strip(),
+                                     fmt.format(max(values)).strip())
+
+    print("segment of {}–{} bytes, wrk -c{} for {:g} s each, {} rounds (medians, range)".format(
+        min(sizes), max(sizes), args.connections, args.seconds, args.rounds))
+    labels = {"session": "tokengate, session checked:  ",
+              "plain": "tokengate, token control off:",
+              "nginx": "nginx from disk:             ",
+              "static": "twisted.web static File:     "}
+    for name in NAMES:
+        print("  {} {} req/s, {:5.0f} µs CPU/request".format(
+            labels[name], spread(rps[name], "{:6.0f}"), statistics.median(cpu[name])))
+    overhead = [1 - r for r in ratios("session", "plain")]
+    print("  session-check overhead:       " + spread([o * 100 for o in overhead], "{:5.1f} %"))
+    print("  tokengate (session) / nginx:   " + spread(ratios("session", "nginx"), "{:.2f}"))
+    print("  tokengate (plain) / nginx:     " + spread(ratios("plain", "nginx"), "{:.2f}"))
+    print("  twisted.web File / nginx:      " + spread(ratios("static", "nginx"), "{:.2f}"))
 
 
 if __name__ == "__main__":

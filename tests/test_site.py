@@ -49,3 +49,38 @@ class SiteTests(TestCase):
                             data=b'{"tokenId":"1","streamId":"s","type":"play"}')
         self.assertEqual(r.code, 200)
         self.assertEqual((await r.json())["success"], False)
+
+
+class LargeBodyTests(TestCase):
+    """
+    A large body is sent without being copied behind its headers: the bytes
+    and the headers arrive as they are.
+    """
+
+    def setUp(self):
+        from twisted.web.resource import Resource
+
+        from tokengate.web.site import LARGE_BODY, TokengateSite
+
+        self.body = bytes(range(256)) * (3 * LARGE_BODY // 256 + 7)
+        body = self.body
+
+        class Big(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                request.setHeader(b"content-type", b"video/mp4")
+                return body
+
+        self.port = reactor.listenTCP(0, TokengateSite(Big()), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = "http://127.0.0.1:{}/seg.m4s".format(self.port.getHost().port)
+        self.http = http_client(self)
+
+    async def test_large(self):
+        for _ in range(2):
+            r = await self.http.get(self.url)
+            self.assertEqual(r.code, 200)
+            self.assertEqual(r.length, len(self.body))
+            self.assertEqual(r.headers.getRawHeaders(b"content-type"), [b"video/mp4"])
+            self.assertEqual(await r.content(), self.body)

@@ -300,13 +300,19 @@ class PlaybackGate:
         return getattr(request.getClientAddress(), "host", "") or ""
 
     def _sessionOf(self, request: Any, app: str, streamId: str, now: float) -> Optional[Session]:
-        for credential in (self._arg(request, b"tgs"),
-                           _cookie(request, cookie_name(app, streamId))):
-            if credential:
-                try:
-                    return self.signer.check(credential, app, streamId, now)
-                except InvalidCredential:
-                    continue
+        credential = self._arg(request, b"tgs")
+        if credential:
+            try:
+                return self.signer.check(credential, app, streamId, now)
+            except InvalidCredential:
+                pass
+        # the cookie (its name is a hash) only when the URL carries none
+        credential = _cookie(request, cookie_name(app, streamId))
+        if credential:
+            try:
+                return self.signer.check(credential, app, streamId, now)
+            except InvalidCredential:
+                pass
         return None
 
     async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
@@ -469,7 +475,7 @@ class PlaybackGate:
             return _fail(request, 404, "Stream is starting; try again shortly")
         request.setHeader(b"content-type", ctype)
         request.setHeader(b"cache-control", b"no-cache, no-store")
-        return text.encode("utf-8")
+        return _body(request, text.encode("utf-8"))
 
     def _bytes(self, request: Any, data: Optional[bytes]) -> bytes:
         if data is None:
@@ -479,7 +485,7 @@ class PlaybackGate:
         # a minute after the stream ends, and numbering restarts): cacheable
         # briefly.
         request.setHeader(b"cache-control", b"max-age=30")
-        return data
+        return _body(request, data)
 
     def _media(self, request: Any, packager: Any, kind: str, app: str, streamId: str,
                session: Optional[Session]) -> Any:
@@ -530,6 +536,17 @@ def _int(value: Optional[str]) -> Optional[int]:
     if value is None or not value.isdigit() or len(value) > 9:
         return None
     return int(value)
+
+
+def _body(request: Any, data: bytes) -> bytes:
+    """
+    C{data} as the answer; for HEAD its length only (twisted.web would
+    otherwise log a warning for every HEAD answered with a body).
+    """
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", b"%d" % (len(data),))
+        return b""
+    return data
 
 
 def _cookie(request: Any, name: str) -> Optional[str]:

@@ -22,6 +22,7 @@ Pure code: no I/O, time is passed in.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -197,6 +198,7 @@ class SessionSigner:
             self._sessionRevoked.popitem(last=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def cookie_name(app: str, streamId: str) -> str:
     """
     The session cookie of one stream (all streams share the cookie path).

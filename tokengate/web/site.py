@@ -9,6 +9,7 @@ import io
 import re
 from typing import Any
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -73,14 +74,34 @@ def redacting_log_formatter(timestamp: str, request: Any) -> str:
     )
 
 
+#: Response bodies from this size on are not copied behind their headers.
+LARGE_BODY = 64 * 1024
+
+
 class CappedRequest(Request):
     """
     A request whose body is refused (413) past the site's C{maxBodySize};
     the excess is discarded as it arrives, never buffered.
+
+    A large body written at once (a media segment) is sent without a copy:
+    a socket transport joins everything queued since its last send into one
+    buffer, so the status line and headers queued just before the body would
+    cost a copy of the whole body.  Sending them first leaves the body alone
+    in the queue, where it is sent from as it is.
     """
 
     _received = 0
     _tooLarge = False
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and len(data) >= LARGE_BODY:
+            transport = self.channel.transport
+            if isinstance(transport, FileDescriptor) and not transport.dataBuffer:
+                super().write(b"")
+                # what the reactor does once the socket is writable; errors
+                # (a lost connection) are left for the reactor's own call
+                transport.doWrite()
+        super().write(data)
 
     def _cap(self) -> int:
         return getattr(self.channel.site, "maxBodySize", 1 << 20)
