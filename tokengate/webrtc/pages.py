@@ -6,6 +6,7 @@ What WebRTC adds to the site of every application:
   ``/{App}?id=&token=``  the publish page (camera preview, publish)
   ``/{App}/webrtc.js``   play.html's WebRTC technology
   ``/{App}/publish.js``  the publish page's script
+  ``/{App}/ice.js``      the ICE side both share
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .signalling import SignallingFactory
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "web", "static")
-SCRIPTS = {b"webrtc.js": "webrtc.js", b"publish.js": "publish.js"}
+SCRIPTS = {b"webrtc.js": "webrtc.js", b"publish.js": "publish.js", b"ice.js": "ice.js"}
 
 
 class PublishPage(Resource):

@@ -7,7 +7,7 @@
  * Right after the socket opens it asks for the STUN/TURN servers
  * ("getIceServerConfig" -> "iceServerConfig" with iceServers and
  * iceTransportPolicy) and creates the RTCPeerConnection with them, waiting at
- * most ICE_CONFIG_WAIT ms for the answer (then it goes on without).
+ * most tokengateIce.WAIT ms for the answer (then it goes on without; ice.js).
  * State for tests: window.tokengatePublishState = {status, error, pc, config,
  * iceErrors}, status one of 'starting', 'ready', 'connecting', 'publishing',
  * 'finished', 'error'.
@@ -33,26 +33,10 @@
   var errorBox = document.getElementById('error');
   var startBtn = document.getElementById('start');
   var stopBtn = document.getElementById('stop');
-  var ICE_CONFIG_WAIT = 2000;
+  var ice = window.tokengateIce;  // ice.js
   var state = window.tokengatePublishState = {status: 'starting', error: null};
   var media = null, ws = null, pc = null, pinger = null, used = false;
-  var iceConfigured = null, gotIceConfig = null, pending = [];
-
-  /* The RTCConfiguration from an iceServerConfig reply (null: none came). */
-  function rtcConfiguration(m) {
-    var config = {iceServers: []};
-    if (m && Array.isArray(m.iceServers)) {
-      config.iceServers = m.iceServers;
-    } else if (m && typeof m.stunServerUri === 'string' && m.stunServerUri) {
-      // a server that sends only the Ant Media Server SDK's fields
-      config.iceServers = [/^turns?:/.test(m.stunServerUri)
-        ? {urls: m.stunServerUri, username: m.turnServerUsername || '',
-           credential: m.turnServerCredential || ''}
-        : {urls: m.stunServerUri}];
-    }
-    if (m && m.iceTransportPolicy === 'relay') { config.iceTransportPolicy = 'relay'; }
-    return config;
-  }
+  var iceConfig = null, pending = [];
 
   function setStatus(status, text) {
     state.status = status;
@@ -99,35 +83,15 @@
       showError('Bad ICE server configuration: ' + (e && e.message));
       return;
     }
-    var gathered = 0;
     state.pc = pc;
     state.iceErrors = [];
     media.getTracks().forEach(function (track) {
       var t = pc.addTransceiver(track, {direction: 'sendonly', streams: [media]});
       if (track.kind === 'video') { preferH264(t); }
     });
-    pc.onicecandidateerror = function (e) {
-      state.iceErrors.push({url: e.url, errorCode: e.errorCode, errorText: e.errorText});
-    };
-    pc.onicegatheringstatechange = function () {
-      // nothing to connect with: a relay-only policy whose TURN server
-      // refused or could not be reached
-      if (pc && pc.iceGatheringState === 'complete' && !gathered) {
-        showError('The WebRTC connection failed: no ICE candidates' +
-                  (config.iceTransportPolicy === 'relay'
-                    ? ' (the TURN server refused the credentials or cannot be reached)' : ''));
-      }
-    };
-    pc.onicecandidate = function (e) {
-      if (e.candidate && e.candidate.candidate) {
-        gathered += 1;
-        send({command: 'takeCandidate', streamId: streamId, label: e.candidate.sdpMLineIndex,
-              id: e.candidate.sdpMid, candidate: e.candidate.candidate});
-      }
-    };
-    pc.onconnectionstatechange = function () {
-      if (pc && pc.connectionState === 'failed') { showError('The WebRTC connection failed'); }
-    };
+    ice.watch(pc, config, streamId, send, state.iceErrors, function (detail) {
+      if (pc) { showError('The WebRTC connection failed' + (detail ? ': ' + detail : '')); }
+    });
     pc.createOffer()
       .then(function (o) { return pc.setLocalDescription(o); })
       .then(function () {
@@ -144,14 +108,8 @@
     setStatus('connecting', 'Connecting\u2026');
     ws = new WebSocket((location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host +
                        '/' + encodeURIComponent(app) + '/websocket');
-    iceConfigured = new Promise(function (resolve) {
-      var timer = setTimeout(function () { gotIceConfig(null); }, ICE_CONFIG_WAIT);
-      gotIceConfig = function (m) {
-        clearTimeout(timer);
-        gotIceConfig = function () {};
-        resolve(state.config = rtcConfiguration(m));
-      };
-    });
+    iceConfig = ice.awaitConfig();
+    iceConfig.promise.then(function (config) { state.config = config; });
     ws.onopen = function () {
       send({command: 'getIceServerConfig'});
       send({command: 'publish', streamId: streamId, token: token, subscriberId: '',
@@ -163,9 +121,9 @@
       var m;
       try { m = JSON.parse(ev.data); } catch (e) { return; }
       if (m.command === 'iceServerConfig') {
-        gotIceConfig(m);
+        iceConfig.got(m);
       } else if (m.command === 'start') {
-        iceConfigured.then(offer);
+        iceConfig.promise.then(offer);
       } else if (m.command === 'takeConfiguration' && m.type === 'answer' && pc) {
         pc.setRemoteDescription({type: 'answer', sdp: m.sdp})
           .then(function () { pending.splice(0).forEach(addCandidate); })

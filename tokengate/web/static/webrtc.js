@@ -10,7 +10,7 @@
  * Right after the socket opens it also asks for the STUN/TURN servers
  * ({command: "getIceServerConfig"} -> "iceServerConfig" with iceServers and
  * iceTransportPolicy) and creates the RTCPeerConnection with them, waiting at
- * most ICE_CONFIG_WAIT ms for the answer (then it goes on without).
+ * most tokengateIce.WAIT ms for the answer (then it goes on without; ice.js).
  * The RTCPeerConnection is exposed as window.tokengateWebRTC.pc (tests read
  * its getStats()), the configuration it got as .config, and the ICE candidate
  * errors (e.g. 401 from a TURN server refusing the credentials) as .iceErrors.
@@ -28,27 +28,10 @@
       encodeURIComponent(app) + '/websocket';
   }
 
-  var ICE_CONFIG_WAIT = 2000;
-
-  /* The RTCConfiguration from an iceServerConfig reply ({} for none). */
-  function rtcConfiguration(m) {
-    var config = {iceServers: []};
-    if (m && Array.isArray(m.iceServers)) {
-      config.iceServers = m.iceServers;
-    } else if (m && typeof m.stunServerUri === 'string' && m.stunServerUri) {
-      // a server that sends only the Ant Media Server SDK's fields
-      config.iceServers = [/^turns?:/.test(m.stunServerUri)
-        ? {urls: m.stunServerUri, username: m.turnServerUsername || '',
-           credential: m.turnServerCredential || ''}
-        : {urls: m.stunServerUri}];
-    }
-    if (m && m.iceTransportPolicy === 'relay') { config.iceTransportPolicy = 'relay'; }
-    return config;
-  }
+  var ice = window.tokengateIce;  // ice.js
 
   var players = window.tokengatePlayers = window.tokengatePlayers || {};
   var exposed = window.tokengateWebRTC = window.tokengateWebRTC || {pc: null};
-  exposed.rtcConfiguration = rtcConfiguration;
 
   players.webrtc = {
     available: function () { return 'RTCPeerConnection' in window && 'WebSocket' in window; },
@@ -58,21 +41,13 @@
       var pc = null;
       var stopped = false;
       var pinger = null;
-      var iceConfigured = null;  // resolves with the RTCConfiguration
-      var gotIceConfig = null;
+      var iceConfig = ice.awaitConfig();  // .promise: the RTCConfiguration
       var pending = [];  // candidates that came before the peer connection
 
       function send(m) { if (ws.readyState === 1) { ws.send(JSON.stringify(m)); } }
       function fail(kind, detail) { if (!stopped) { ctx.fail(kind, detail); } }
 
-      iceConfigured = new Promise(function (resolve) {
-        var timer = setTimeout(function () { gotIceConfig(null); }, ICE_CONFIG_WAIT);
-        gotIceConfig = function (m) {
-          clearTimeout(timer);
-          gotIceConfig = function () {};
-          resolve(exposed.config = rtcConfiguration(m));
-        };
-      });
+      iceConfig.promise.then(function (config) { exposed.config = config; });
 
       function answer(offerSdp, config) {
         if (stopped) { return; }
@@ -82,19 +57,10 @@
           fail('other', 'bad ICE server configuration: ' + (e && e.message));
           return;
         }
-        var gathered = 0;
         exposed.iceErrors = [];
-        pc.onicecandidateerror = function (e) {
-          exposed.iceErrors.push({url: e.url, errorCode: e.errorCode, errorText: e.errorText});
-        };
-        pc.onicegatheringstatechange = function () {
-          // nothing to connect with: a relay-only policy whose TURN server
-          // refused or could not be reached
-          if (pc && pc.iceGatheringState === 'complete' && !gathered) {
-            fail('other', 'no ICE candidates' + (config.iceTransportPolicy === 'relay'
-              ? ' (the TURN server refused the credentials or cannot be reached)' : ''));
-          }
-        };
+        ice.watch(pc, config, streamId, send, exposed.iceErrors, function (detail) {
+          fail('other', detail || 'the WebRTC connection failed');
+        });
         pc.ontrack = function (e) {
           var stream = (e.streams && e.streams[0]) || new MediaStream([e.track]);
           if (ctx.video.srcObject !== stream) { ctx.video.srcObject = stream; }
@@ -103,16 +69,6 @@
             var p = ctx.video.play();
             if (p && p.catch) { p.catch(function () { /* autoplay refused: wait for the user */ }); }
           }
-        };
-        pc.onicecandidate = function (e) {
-          if (e.candidate && e.candidate.candidate) {
-            gathered += 1;
-            send({command: 'takeCandidate', streamId: streamId, label: e.candidate.sdpMLineIndex,
-                  id: e.candidate.sdpMid, candidate: e.candidate.candidate});
-          }
-        };
-        pc.onconnectionstatechange = function () {
-          if (pc && pc.connectionState === 'failed') { fail('other', 'the WebRTC connection failed'); }
         };
         pc.setRemoteDescription({type: 'offer', sdp: offerSdp})
           .then(function () {
@@ -142,9 +98,9 @@
         var m;
         try { m = JSON.parse(ev.data); } catch (e) { return; }
         if (m.command === 'iceServerConfig') {
-          gotIceConfig(m);
+          iceConfig.got(m);
         } else if (m.command === 'takeConfiguration' && m.type === 'offer') {
-          iceConfigured.then(function (config) { answer(m.sdp, config); });
+          iceConfig.promise.then(function (config) { answer(m.sdp, config); });
         } else if (m.command === 'takeCandidate') {
           if (pc && pc.remoteDescription) { addCandidate(m); } else { pending.push(m); }
         } else if (m.command === 'error') {
