@@ -214,24 +214,14 @@ class LiveStream:
             try:
                 sub.frameReceived(frame)
             except Exception:
-                self._log.failure(
-                    "a subscriber of {app}/{streamId} failed; dropping it",
-                    app=self.app,
-                    streamId=self.streamId,
-                )
-                self._remove(sub)
+                self._failed(sub)
 
     def _fanout(self, method: str, *args: Any) -> None:
         for sub in list(self.subscribers):
             try:
                 getattr(sub, method)(*args)
             except Exception:
-                self._log.failure(
-                    "a subscriber of {app}/{streamId} failed; dropping it",
-                    app=self.app,
-                    streamId=self.streamId,
-                )
-                self._remove(sub)
+                self._failed(sub)
 
     def burstEnded(self) -> None:
         """
@@ -246,12 +236,7 @@ class LiveStream:
                 try:
                     flush()
                 except Exception:
-                    self._log.failure(
-                        "a subscriber of {app}/{streamId} failed; dropping it",
-                        app=self.app,
-                        streamId=self.streamId,
-                    )
-                    self._remove(sub)
+                    self._failed(sub)
 
     # --- subscriber side -----------------------------------------------------
 
@@ -281,6 +266,17 @@ class LiveStream:
             self._remove(subscriber)
 
     def unsubscribe(self, subscriber: Any) -> None:
+        self._remove(subscriber)
+
+    def _failed(self, subscriber: Any) -> None:
+        """
+        A subscriber raised (call from its C{except} block): log it, drop it.
+        """
+        self._log.failure(
+            "a subscriber of {app}/{streamId} failed; dropping it",
+            app=self.app,
+            streamId=self.streamId,
+        )
         self._remove(subscriber)
 
     def _remove(self, subscriber: Any) -> None:
