@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
+from typing import Any
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data, File
 
-from . import procs
+from . import mediaserver, procs
 from .helpers import require
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +36,6 @@ SDK_JS = os.path.join(SDK_DIR, "node_modules", "@antmedia", "webrtc_adaptor", "d
 #: background plugin), as the reference server's sample pages load it
 SELFIE_JS = os.path.join(SDK_DIR, "node_modules", "@mediapipe", "selfie_segmentation",
                          "selfie_segmentation.js")
-SCRIPT = os.path.join(HERE, "webrtc_media_script.py")
 
 PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>AMS SDK</title></head>
@@ -95,17 +93,7 @@ class AntMediaSDK(TestCase):
 
         require("chromium")
         await self.ensureSDK()
-        server = procs.start([sys.executable, SCRIPT, "-", "serve"], 150)
-        self.addCleanup(lambda: (server.kill(), server.done)[1])
-        ports = None
-        for _ in range(200):
-            text = b"".join(server.proto.out).decode()
-            if text.strip():
-                ports = json.loads(text.splitlines()[0])
-                break
-            await task.deferLater(reactor, 0.05)
-        self.assertIsNotNone(ports, server.stderrSoFar())
-        web = "http://127.0.0.1:{}".format(ports["http"])
+        web, ports = await mediaserver.serve(self)
         ws = "ws://127.0.0.1:{}/LiveApp/websocket".format(ports["http"])
 
         root = Resource()
@@ -116,11 +104,8 @@ class AntMediaSDK(TestCase):
         self.addCleanup(site.stopListening)
         page_url = "http://127.0.0.1:{}/".format(site.getHost().port)
 
-        async def mint(streamId: str, type: str) -> str:
-            resp = await treq.get(
-                "{}/LiveApp/rest/v2/broadcasts/{}/token?expireDate={}&type={}".format(
-                    web, streamId, int(time.time()) + 600, type), persistent=False)
-            return json.loads(await resp.content())["tokenId"]
+        def mint(streamId: str, type: str) -> Any:
+            return mediaserver.mint(web, streamId, type)
 
         b = await browser_mod.launch(self, args=[
             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])

@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 from twisted.trial.unittest import TestCase
 
-from . import procs
+from . import mediaserver, procs
 from .helpers import require
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webrtc_media_script.py")
@@ -35,7 +34,12 @@ def h264_clip(ffmpeg: str, path: str) -> list[str]:
             "-c:a", "aac", "-b:a", "64k", path]
 
 
-class AiortcPeers(TestCase):
+class _ScriptRun(TestCase):
+    """
+    Runs tests/webrtc_media_script.py on a clip made by ffmpeg; its last
+    JSON line says what happened.
+    """
+
     timeout = 180
 
     def setUp(self):
@@ -45,15 +49,22 @@ class AiortcPeers(TestCase):
         except ImportError:
             self.skipTest("aiortc not installed")
 
-    async def test_publish_play_rtmp(self):
+    async def runScript(self, *args: str) -> dict:
         clip = os.path.abspath(self.mktemp()) + ".mp4"
         made = await procs.start(h264_clip(self.ffmpeg, clip), 60).done
         self.assertEqual(made.code, 0, made.stderr)
-        r = await procs.start([sys.executable, SCRIPT, clip], 120).done
+        r = await procs.start([sys.executable, SCRIPT, clip, *args], 120).done
         lines = [ln for ln in r.out.decode().splitlines() if ln.startswith("{")]
         self.assertTrue(lines, r.stderr)
         out = json.loads(lines[-1])
         self.assertNotIn("exception", out, r.stderr)
+        return out
+
+
+class AiortcPeers(_ScriptRun):
+
+    async def test_publish_play_rtmp(self):
+        out = await self.runScript()
         # WebRTC publish with a publish token
         self.assertEqual(out["publish"]["definition"], "publish_started")
         self.assertTrue(out["live"])
@@ -160,7 +171,7 @@ window.tokengateWebRTC.pc.getStats().then(function (s) {
 """
 
 
-class PublisherCodecs(TestCase):
+class PublisherCodecs(_ScriptRun):
     """
     aiortc publishes VP8 video (no H.264 offered) with G.711 PCMU audio:
     the server transcodes the VP8 to H.264 and the PCMU to AAC, so HLS gets
@@ -170,24 +181,9 @@ class PublisherCodecs(TestCase):
     is given back when the first one stops.
     """
 
-    timeout = 180
-
-    def setUp(self):
-        self.ffmpeg = require("ffmpeg")
-        try:
-            import aiortc  # noqa: F401
-        except ImportError:
-            self.skipTest("aiortc not installed")
 
     async def test_vp8_pcmu(self):
-        clip = os.path.abspath(self.mktemp()) + ".mp4"
-        made = await procs.start(h264_clip(self.ffmpeg, clip), 60).done
-        self.assertEqual(made.code, 0, made.stderr)
-        r = await procs.start([sys.executable, SCRIPT, clip, "codecs"], 120).done
-        lines = [ln for ln in r.out.decode().splitlines() if ln.startswith("{")]
-        self.assertTrue(lines, r.stderr)
-        out = json.loads(lines[-1])
-        self.assertNotIn("exception", out, r.stderr)
+        out = await self.runScript("codecs")
         self.assertEqual(out["publish"]["definition"], "publish_started")
         self.assertEqual(out["videoCodec"], "VP8")
         self.assertEqual(out["audioCodec"], "pcmu")
@@ -237,23 +233,10 @@ class Chromium(TestCase):
         from twisted.internet import reactor, task
         import treq
 
-        r = procs.start([sys.executable, SCRIPT, "-", "serve"], 150)
-        self.addCleanup(lambda: (r.kill(), r.done)[1])
-        ports = None
-        for _ in range(200):
-            text = b"".join(r.proto.out).decode()
-            if text.strip():
-                ports = json.loads(text.splitlines()[0])
-                break
-            await task.deferLater(reactor, 0.05)
-        self.assertIsNotNone(ports, r.stderrSoFar())
-        web = "http://127.0.0.1:{}".format(ports["http"])
+        web, ports = await mediaserver.serve(self)
 
-        async def mint(streamId, type):
-            resp = await treq.get(
-                "{}/LiveApp/rest/v2/broadcasts/{}/token?expireDate={}&type={}".format(
-                    web, streamId, int(time.time()) + 600, type), persistent=False)
-            return json.loads(await resp.content())["tokenId"]
+        def mint(streamId, type):
+            return mediaserver.mint(web, streamId, type)
 
         b = await browser_mod.launch(self, args=[
             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])

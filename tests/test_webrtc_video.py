@@ -68,16 +68,20 @@ class Collect:
         self.wanted += 1
 
 
-class Vp8ToH264Tests(SynchronousTestCase):
+class _Transcoding(SynchronousTestCase):
+    """
+    A transcoder (L{make}) whose output the test collects; its worker
+    thread must end at cleanup.
+    """
+
+    def make(self):
+        raise NotImplementedError
+
     def setUp(self):
         if av is None:
             raise self.skipTest("PyAV not installed")
-        from tokengate.webrtc.video import Vp8ToH264
-
         self.c = Collect()
-        # room for every frame of a test: the worker may be slower than
-        # the test feeds it (test_full_queue checks the bound)
-        self.t = Vp8ToH264(self.c.call, self.c.deliver, self.c.want, maxPending=200)
+        self.t = self.make()
         self.addCleanup(self.finish)
 
     def finish(self):
@@ -92,6 +96,15 @@ class Vp8ToH264Tests(SynchronousTestCase):
         while len(self.c.units) < n and time.time() < deadline:
             time.sleep(0.02)
         return list(self.c.units)
+
+
+class Vp8ToH264Tests(_Transcoding):
+    def make(self):
+        from tokengate.webrtc.video import Vp8ToH264
+
+        # room for every frame of a test: the worker may be slower than
+        # the test feeds it (test_full_queue checks the bound)
+        return Vp8ToH264(self.c.call, self.c.deliver, self.c.want, maxPending=200)
 
     def test_transcode(self):
         """
@@ -191,28 +204,16 @@ def h264_with_bframes(count, gop=30):
     return [(bytes(p), int(p.pts), int(p.dts), bool(p.is_keyframe)) for p in out]
 
 
-class BFramesTests(SynchronousTestCase):
+class BFramesTests(_Transcoding):
     """
     H.264 with B-frames re-encoded without them (for WebRTC viewers).
     """
 
-    def setUp(self):
-        if av is None:
-            raise self.skipTest("PyAV not installed")
+    def make(self):
         from tokengate.webrtc.video import VideoTranscoder
 
-        self.c = Collect()
-        self.t = VideoTranscoder(self.c.call, self.c.deliver, self.c.want, decoder="h264",
-                                 maxPending=200)
-        self.addCleanup(lambda: (self.t.close(), self.t._thread.join(10)))
-
-    def drain(self, n, timeout=20.0):
-        import time
-
-        deadline = time.time() + timeout
-        while len(self.c.units) < n and time.time() < deadline:
-            time.sleep(0.02)
-        return list(self.c.units)
+        return VideoTranscoder(self.c.call, self.c.deliver, self.c.want, decoder="h264",
+                               maxPending=200)
 
     def test_reordered(self):
         frames = h264_with_bframes(60)
