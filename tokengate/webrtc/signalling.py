@@ -219,8 +219,16 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.sessions.pop(session.streamId, None)
             session.close()
 
+    def _open(self) -> bool:
+        """
+        Whether messages may still be exchanged: not closed, and not
+        closing (autobahn refuses to send once its closing handshake began,
+        and a read may still hold messages sent before it).
+        """
+        return not self._closed and self.state == WebSocketServerProtocol.STATE_OPEN
+
     def send(self, message: dict[str, Any]) -> None:
-        if not self._closed:
+        if self._open():
             self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
 
     def error(self, definition: str, streamId: Optional[str] = None, **extra: Any) -> None:
@@ -238,7 +246,7 @@ class SignallingProtocol(WebSocketServerProtocol):
     # --- messages ---------------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self._closed:
+        if not self._open():
             return
         assert self._bucket is not None
         if not self._bucket.take():
