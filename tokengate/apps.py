@@ -13,18 +13,18 @@ import functools
 import ipaddress
 import json
 import os
-import re
 from typing import Any, Callable, Iterator, Optional
 
 from attrs import asdict, define, evolve, fields
-from twisted.logger import Logger
+
+from tokengate.access.names import isValidAppName
+from tokengate.logsafe import Logger
 
 DEFAULT_APPS = ("LiveApp", "WebRTCAppEE")
 
 #: First path segments that name something other than an application.
 RESERVED_NAMES = frozenset({"rest", "metrics", "time", "static", "favicon.ico"})
 
-APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 MIN_JWT_KEY_LENGTH = 32
 
@@ -297,7 +297,7 @@ class Applications:
         self._changed(name, settings)
 
     def create(self, name: str, settings: Optional[AppSettings] = None) -> None:
-        if not APP_NAME.match(name) or name.lower() in RESERVED_NAMES:
+        if not isValidAppName(name) or name.lower() in RESERVED_NAMES:
             raise SettingsError(
                 "Application name must be 1-64 letters, digits, '-' or '_' "
                 "and not one of: " + ", ".join(sorted(RESERVED_NAMES))

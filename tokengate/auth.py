@@ -32,9 +32,9 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from tokengate.logsafe import Logger
 from .apps import Applications
 from .metrics import Metrics
 from .store import ITokenStore, StoreUnavailable

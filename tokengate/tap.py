@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.logger import Logger
 from twisted.python import usage
+from tokengate.logsafe import Logger
 
 DEFAULTS: dict[str, Any] = {
     "http": "tcp:5080",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from twisted.logger import Logger
 
+from tokengate.logsafe import Logger
 from .hub import LiveStream
 
 #: keep an ended stream's packager this long (players finish; a republish

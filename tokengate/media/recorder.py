@@ -64,11 +64,11 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from tokengate.logsafe import Logger
 from .codecs import AAC_RAW, AVC_NALU, AudioSpecificConfig, parse_audio_tag, parse_video_tag
 from .errors import MediaError
 from .fmp4 import SampleTable, Track, file_reader, write_progressive_mp4

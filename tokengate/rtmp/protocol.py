@@ -18,15 +18,15 @@ keyframe after it recovers, and is disconnected if it stays congested.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 from urllib.parse import parse_qsl, unquote
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from tokengate.access.names import isValidStreamId
+from tokengate.logsafe import Logger
 from ..auth import Grant, IKickable, Refused, StreamCredentials
 from ..media.hub import VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
 from ..tokens import PLAY, PUBLISH, Outcome
@@ -42,7 +42,6 @@ from .core import (
     VideoData,
 )
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 MAX_STREAMS = 8
 HANDSHAKE_TIMEOUT = 10.0
@@ -373,7 +372,7 @@ class RTMPServerProtocol(Protocol):
         if not isinstance(name, str) or cmd.stream_id not in self._streamIds:
             return None
         streamId, token = parse_stream_name(name, self.appPath)
-        if not STREAM_ID.match(streamId):
+        if not isValidStreamId(streamId):
             self._refuse(cmd.stream_id, action, streamId[:128] or "-", Outcome.INVALID,
                          StreamCredentials(self.app, streamId[:128], action, None,
                                            self.peerHost, "rtmp"))

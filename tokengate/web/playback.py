@@ -40,16 +40,16 @@ from typing import Any, Optional
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 
+from tokengate.access.names import isValidStreamId
+from tokengate.logsafe import Logger
 from ..auth import Grant, Refused, StreamCredentials
 from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
 from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$")
 
 MPEGURL = b"application/vnd.apple.mpegurl"
@@ -253,7 +253,7 @@ class PlaybackGate:
         if parsed is None:
             return _fail(request, 404, "Not found")
         streamId, what, details = parsed
-        if not STREAM_ID.match(streamId):
+        if not isValidStreamId(streamId):
             return _fail(request, 404, "Not found")
         settings = self.server.apps.get(app)
         if settings is None:

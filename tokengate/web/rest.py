@@ -16,15 +16,15 @@ metrics) or a bearer JWT (``jwtControlEnabled``/``jwtSecretKey``) opens it.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from typing import Any, Optional
 
 from klein import Klein
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from tokengate.access.names import isValidStreamId
+from tokengate.logsafe import Logger
 from ..apps import AppSettings, SettingsError, address_allowed
 from ..auth import Refused, StreamCredentials, check_jwt, mint_jwt
 from ..metrics import CONTENT_TYPE_LATEST
@@ -32,6 +32,7 @@ from ..server import Server
 from ..store import StoreUnavailable
 from ..tokens import (
     MAX_TOKEN_LENGTH,
+    MSG_BAD_STREAM_ID,
     Outcome,
     RequestError,
     StoredToken,
@@ -41,9 +42,6 @@ from ..tokens import (
 
 #: the reference server's cap on one page of a listing
 MAX_LIST_SIZE = 250
-
-#: the stream ids the reference server's WebSocket accepts
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 MSG_NOT_ALLOWED_IP = "Not allowed IP"
 MSG_INVALID_APP_JWT = "Invalid App JWT Token"
@@ -237,14 +235,15 @@ class RestAPI:
             expireDate = int(raw) if raw is not None else None
         except ValueError:
             expireDate = None
+        roomId = _arg(request, "roomId") or None
         try:
             check_mint_request(
-                streamId, type_, expireDate, self._server.clock.seconds(), checkType
+                streamId, type_, expireDate, self._server.clock.seconds(), checkType, roomId
             )
         except RequestError as e:
             raise HTTPError(400, str(e))
         assert type_ is not None and expireDate is not None
-        return type_, expireDate, _arg(request, "roomId") or None
+        return type_, expireDate, roomId
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/token", methods=["GET"])
     async def mintToken(self, request: IRequest, appName: str, streamId: str) -> bytes:
@@ -386,8 +385,8 @@ class RestAPI:
         if not isinstance(body, dict):
             raise HTTPError(400, "Broadcast must be a JSON object")
         streamId = body.get("streamId") or secrets.token_hex(8)
-        if not isinstance(streamId, str) or not STREAM_ID.match(streamId):
-            raise HTTPError(400, "Stream id may have letters, digits, '-', '_' and '.' only")
+        if not isValidStreamId(streamId):
+            raise HTTPError(400, MSG_BAD_STREAM_ID)
         self._server.hub.create(appName, streamId)
         record = self._server.hub.record(appName, streamId)
         return send_json(request, self._broadcastJSON(record))

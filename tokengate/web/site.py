@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.web import http
@@ -123,16 +124,25 @@ class CappedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def _refuse(self, code: int, message: bytes) -> None:
+        self.setResponseCode(code)
+        self.setHeader(b"content-type", b"application/json")
+        self.write(b'{"success":false,"message":"' + message + b'","dataId":"","errorId":0}')
+        self.finish()
+
     def process(self) -> None:
         if self._tooLarge:
-            self.setResponseCode(413)
-            self.setHeader(b"content-type", b"application/json")
-            self.write(
-                b'{"success":false,"message":"Request body too large",'
-                b'"dataId":"","errorId":0}'
-            )
-            self.finish()
+            self._refuse(413, b"Request body too large")
             return
+        if b"%" in self.path:
+            # Every resource (Klein's router, static files) decodes the path
+            # as UTF-8; one that is not is refused here, once, without the
+            # traceback each of them would log.
+            try:
+                unquote_to_bytes(self.path).decode("utf-8")
+            except UnicodeDecodeError:
+                self._refuse(400, b"The request path is not UTF-8")
+                return
         super().process()
 
 

@@ -25,21 +25,20 @@ token closes the WebSocket with an application close code (4003 revoked,
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from tokengate.access.names import isValidStreamId
+from tokengate.logsafe import Logger
 from ..auth import Grant, IKickable, Refused, StreamCredentials
 from ..media.hub import LiveStream, StreamInUse
 from ..tokens import PLAY, PUBLISH, Outcome
 from .ice import IceServers
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 #: Limits per connection.
 MAX_MESSAGE_SIZE = 64 * 1024
@@ -280,7 +279,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             if not isinstance(streamId, str) or not streamId:
                 self.error("noStreamNameSpecified")
                 return
-            if not STREAM_ID.match(streamId):
+            if not isValidStreamId(streamId):
                 if command in ("publish", "play"):
                     self._server.gate.refused(
                         StreamCredentials(self.app, streamId[:128], command, None,
