@@ -165,3 +165,38 @@ class ValueTests(SynchronousTestCase):
             e = self.assertRaises(JSONError, decimalText, bad, "hlsTime", 1, 60)
             self.assertEqual(str(e), "hlsTime must be an integer from 1 to 60")
 
+
+class OneReaderTests(SynchronousTestCase):
+    #: modules that parse JSON the server wrote itself, and why that is not
+    #: client input
+    SERVER_AUTHORED = {
+        "apps.py": "its own apps.json",
+        "auth.py": "avatar ids it serialized itself",
+        "cluster.py": "revocation events of the other nodes, size-capped, RecursionError caught",
+        "web/sessions.py": "session credentials, parsed only after their MAC is checked",
+        "media/recorder.py": "a recording's own config file",
+    }
+
+    def test_everyClientDocumentThroughTheReader(self) -> None:
+        """
+        json.loads/json.load appear only in readJSON and in modules that
+        parse server-authored JSON: client JSON has one reader.
+        """
+        import ast
+        import os
+
+        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "tokengate")
+        found = set()
+        for base, _, files in os.walk(root):
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(base, name)
+                rel = os.path.relpath(path, root).replace(os.sep, "/")
+                tree = ast.parse(open(path, encoding="utf-8").read())
+                for node in ast.walk(tree):
+                    if (isinstance(node, ast.Attribute) and node.attr in ("loads", "load")
+                            and isinstance(node.value, ast.Name) and node.value.id == "json"):
+                        found.add(rel)
+        self.assertEqual(found - {"jsonvalue.py"}, set(self.SERVER_AUTHORED))
