@@ -175,7 +175,8 @@ class StoredSettings(SynchronousTestCase):
 
     def test_numbersClamped(self) -> None:
         for stored, expected in (((NINES, "0"), ("60", "1")), (("\u00b2", "-3"), ("2", "1")),
-                                 (("30", "15"), ("30", "15")), (("x", 999), ("2", "100"))):
+                                 (("30", "15"), ("30", "15")), (("x", 999), ("2", "100")),
+                                 (("--5", "0" * 50 + "7"), ("2", "7"))):
             log = LogCapture(self)
             apps = Applications(self.store(hlsTime=stored[0], hlsListSize=stored[1]))
             settings = apps.get("LiveApp")

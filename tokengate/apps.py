@@ -20,6 +20,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 from typing import Any, Callable, Iterator, Optional
 
 from attrs import asdict, define, evolve
@@ -47,6 +48,8 @@ MAX_KEY_LENGTH = 1024
 #: the longest C{remoteAllowedCIDR} and the most networks in it
 MAX_CIDR_TEXT = 4096
 MAX_NETWORKS = 256
+
+_SIGNED = re.compile(r"-?[0-9]+")
 
 
 class SettingsError(ValueError):
@@ -104,7 +107,7 @@ class DecimalField:
 
     def repair(self, value: object, name: str) -> Optional[object]:
         text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        if isinstance(text, str) and text.isascii() and text.lstrip("-").isdigit():
+        if isinstance(text, str) and _SIGNED.fullmatch(text) is not None:
             # an older version took any isdigit() text (inf as a float)
             if len(text.lstrip("-0")) > len(str(self.high)):
                 return str(self.low if text.startswith("-") else self.high)
@@ -131,8 +134,8 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
     "mp4MuxingEnabled": BoolField(),
     "webRTCEnabled": BoolField(),
     "rtmpPlaybackEnabled": BoolField(),
-    # segment target in seconds: at least the LL-HLS part target's upper bound
-    # (2 s), at most a minute (a segment is held in memory while it grows)
+    # segment target in whole seconds, at most a minute (a segment is held in
+    # memory while it grows); a larger --part-target is lowered to it
     "hlsTime": DecimalField(1, 60, "2"),
     # segments listed in a playlist (the packager's memory is bounded apart)
     "hlsListSize": DecimalField(1, 100, "5"),
