@@ -59,10 +59,13 @@ class Outputs:
             if packager is None:
                 from .packager import Packager
 
+                # hlsTime is an integer from 1 to 60 (apps.SETTINGS_FIELDS); a
+                # part never exceeds its segment
+                segmentTarget = float(settings.hlsTime)
                 packager = Packager(
                     stream.app, stream.streamId, self.server.clock,
-                    segmentTarget=float(settings.hlsTime),
-                    partTarget=self.partTarget,
+                    segmentTarget=segmentTarget,
+                    partTarget=min(self.partTarget, segmentTarget),
                     windowSegments=int(settings.hlsListSize),
                     hls=settings.hlsMuxingEnabled, dash=settings.dashMuxingEnabled,
                 )
