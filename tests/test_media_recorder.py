@@ -33,13 +33,15 @@ from typing import Any, Callable, Optional
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from tests.test_media_codecs import decode_errors, ffmpeg_output, ffprobe, require, run
 from tests.test_media_fmp4 import read_progressive, root, table_entries
+from tokengate.apps import Applications
+from tokengate.media import outputs as outputs_module
 from tokengate.media import recorder as recorder_module
 from tokengate.media.codecs import (
     AAC_RAW,
@@ -68,6 +70,8 @@ from tokengate.media.recorder import (
     read_journal,
     valid_name,
 )
+from tokengate.server import Server, ServerConfig
+from tokengate.store.memory import MemoryTokenStore
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -988,3 +992,39 @@ class RecoveryAttemptTests(TestCase):
         self.assertEqual((paths, [n[0] for n in notes]), ([], ["error"]))
         self.assertFalse(os.path.exists(recdir))
 
+
+class RefusedNameTests(TestCase):
+    """A publication whose name cannot be a recording's file name."""
+
+    def test_refused(self) -> None:
+        """
+        Stream ids such as C{..} and C{.hidden} are not recorded: one
+        warning each, escaped and short, without a traceback, counted in
+        C{tokengate_recordings_refused_total}; the publication carries on.
+        """
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
+                        config=ServerConfig(), dataDir=dataDir)
+        server.apps.replace("LiveApp", mp4MuxingEnabled=True)
+        self.addCleanup(server.outputs.close)
+        names = ["..", ".hidden", "x\x1b[31m\n" + "y" * 5000]
+        for name in names:
+            with capturedLogs() as events:
+                stream = server.hub.publish("LiveApp", name, "RTMP")
+            self.assertFalse(server.outputs.recordings.active("LiveApp", name))
+            mine = [e for e in events if e.get("log_namespace", "").startswith(
+                outputs_module.__name__)]
+            self.assertEqual([e["log_level"].name for e in mine], ["warn"], mine)
+            self.assertFalse(any("log_failure" in e for e in events))
+            self.assertFalse(any(e["log_level"].name in ("error", "critical") for e in events))
+            text = formatEvent(mine[0])
+            self.assertLess(len(text), 300)
+            self.assertNotIn("\x1b", text)
+            self.assertNotIn("\n", text)
+            self.assertIn(stream, server.hub.liveStreams())
+            stream.end()
+        count = server.metrics.registry.get_sample_value(
+            "tokengate_recordings_refused_total", {"reason": "bad_name"})
+        self.assertEqual(count, len(names))
+        self.assertFalse(os.path.exists(os.path.join(dataDir, "streams")))
