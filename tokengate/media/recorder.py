@@ -16,8 +16,12 @@ milliseconds)::
         index          the journal: an 8-byte magic, then fixed 36-byte rows
         media.spool    the sample bytes, appended in arrival order
         config         JSON: the avcC and the AudioSpecificConfig (base64)
+        track1.samples, track2.samples
+                       scratch: each track's sample table while finalizing
         out.mp4.tmp    the MP4 being written at the end
+        attempts       how many times start-up recovery tried it
     {directory}/{app}/{streamId}.{ms}.corrupt/  a .rec that could not be read
+    {directory}/{app}/{streamId}.{ms}.failed/   a .rec recovery gave up on
 
 A journal row is little-endian ``track u8, flags u8 (1: sync), u16 0,
 size u32, offset u64, dts i64 (ms, as received), cto i32 (ms), crc32 of the
@@ -35,6 +39,14 @@ runs recovery, so that writing a long recording's MP4 does not hold up the
 live recordings' appends.  A recording whose queue (queued plus being
 written) exceeds C{maxQueueBytes}, or whose writes fail, is stopped with a
 logged error; what already reached the disk is still finalized.
+
+Finishing takes memory bounded by a block size, not by the number of
+samples: the journal is read a block of rows at a time, each track's table
+goes to its scratch file (L{_TrackFile}) and is retimed there in place, and
+L{write_progressive_mp4} reads it back a block at a time as a
+L{SampleSource} (about 5 MB in all, for any length).  Start-up recovery
+tries a C{.rec} at most L{MAX_RECOVERY_ATTEMPTS} times (each counted before
+it starts, so a crash during it counts), then renames it C{.failed}.
 
 Finishing: the MP4 is written to C{out.mp4.tmp} inside the C{.rec}
 directory, fsynced, then renamed over C{{streamId}.mp4}: a recording
@@ -391,7 +403,7 @@ def read_config(recdir: str) -> Optional[dict[str, Optional[bytes]]]:
     """The codec configurations of a recording, or None without a config file."""
     try:
         with open(os.path.join(recdir, CONFIG), "rb") as f:
-            raw = f.read(1 << 16)
+            raw = f.read()
     except FileNotFoundError:
         return None
     try:
