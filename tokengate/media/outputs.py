@@ -32,6 +32,11 @@ class Outputs:
             from .recorder import RecordingManager
 
             self.recordings = RecordingManager(self._recordingsDir, server.clock)
+        self._notRecorded = server.metrics.counter(
+            "tokengate_recordings_refused",
+            "Publications of applications that record which were not recorded, by reason",
+            ["reason"],
+        )
         server.hub.onPublish(self._published)
 
     def recordingPath(self, app: str, streamId: str) -> Optional[str]:
@@ -72,11 +77,18 @@ class Outputs:
                 self._packagers[key] = packager
             packager.attach(stream)
         if settings.mp4MuxingEnabled and self.recordings is not None:
+            from tokengate.media.recorder import RecordingRefused, shown
+
             try:
                 self.recordings.start(stream)
+            except RecordingRefused as e:
+                # the publication goes on, unrecorded: one line, no traceback
+                self._notRecorded.labels("bad_name").inc()
+                self._log.warn("not recording a stream of {app}: {reason}",
+                               app=shown(stream.app), reason=str(e))
             except Exception:
-                self._log.failure("cannot record {app}/{streamId}", app=stream.app,
-                                  streamId=stream.streamId)
+                self._log.failure("cannot record {app}/{streamId}", app=shown(stream.app),
+                                  streamId=shown(stream.streamId))
 
     def sweep(self) -> None:
         """
