@@ -77,7 +77,7 @@ class Outputs:
                 self._packagers[key] = packager
             packager.attach(stream)
         if settings.mp4MuxingEnabled and self.recordings is not None:
-            from tokengate.media.recorder import RecordingRefused, shown
+            from tokengate.media.recorder import RecordingRefused
 
             try:
                 self.recordings.start(stream)
@@ -85,10 +85,10 @@ class Outputs:
                 # the publication goes on, unrecorded: one line, no traceback
                 self._notRecorded.labels("bad_name").inc()
                 self._log.warn("not recording a stream of {app}: {reason}",
-                               app=shown(stream.app), reason=str(e))
+                               app=stream.app, reason=str(e))
             except Exception:
-                self._log.failure("cannot record {app}/{streamId}", app=shown(stream.app),
-                                  streamId=shown(stream.streamId))
+                self._log.failure("cannot record {app}/{streamId}", app=stream.app,
+                                  streamId=stream.streamId)
 
     def sweep(self) -> None:
         """

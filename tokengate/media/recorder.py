@@ -85,7 +85,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from tokengate.logsafe import Logger
+from tokengate.logsafe import Logger, loggable
 from .codecs import AAC_RAW, AVC_NALU, AudioSpecificConfig, parse_audio_tag, parse_video_tag
 from .errors import MediaError
 from .fmp4 import SampleSource, SampleTable, Track, file_reader, write_progressive_mp4
@@ -160,15 +160,10 @@ class RecordingRefused(ValueError):
     """
 
 
-def shown(name: object, limit: int = 64) -> str:
-    """A client-supplied name for a log line: ASCII-escaped, at most C{limit} characters of it."""
-    text = name if isinstance(name, str) else repr(name)
-    return ascii(text[:limit]) + ("..." if len(text) > limit else "")
-
-
 def _check(name: str, what: str) -> str:
     if not valid_name(name):
-        raise RecordingRefused(f"{what} {shown(name)} cannot name a recording")
+        shown = loggable(name if isinstance(name, str) else repr(name), 64)
+        raise RecordingRefused(f"{what} {shown} cannot name a recording")
     return name
 
 
