@@ -18,7 +18,9 @@ generator gone blind fails instead of passing.
 
 Separately, for SQLite and Redis: two store instances on the same database
 (two connections; for SQLite two threads) race two redemptions of one token
-in the same reactor turn; exactly one wins.
+in the same reactor turn; exactly one wins.  Generated races (matching or
+not, plain or room tokens) must answer as the model does for one of the two
+serial orders.
 
 Hypothesis runs in a worker thread and hands each whole program to the
 reactor (and waits for it, bounded), so the stores run unmodified on the
@@ -35,7 +37,17 @@ import queue
 import threading
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Callable, Counter, Iterator, Optional, Sequence, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Coroutine,
+    Counter,
+    Iterator,
+    Optional,
+    Sequence,
+    Union,
+)
 
 from attrs import frozen
 from hypothesis import example, given, settings, strategies as st
@@ -487,19 +499,85 @@ else:
     _Mixin = object
 
 
-class EquivalenceMixin(_Mixin):
+class HypothesisOnReactorMixin(_Mixin):
+    """
+    Run Hypothesis examples whose work is a coroutine on the reactor.
+    """
+
+    # the state of one run of Hypothesis
+    _examples: Iterator[int]
+    _failing: set[tuple[object, ...]]
+    _failedAt: Optional[float]
+    _stopped: bool
+
+    def startHypothesis(self) -> None:
+        self._examples = itertools.count()
+        self._failing = set()
+        self._failedAt = None
+        self._stopped = False
+
+    def runExample(
+        self,
+        example: Sequence[object],
+        work: Callable[[int], Coroutine[Any, Any, None]],
+    ) -> None:
+        """
+        From the Hypothesis thread: run C{work(n)} (for the C{n}th example)
+        on the reactor and wait for it, at most L{PROGRAM_TIMEOUT} seconds.
+
+        Once an example has failed, Hypothesis shrinks it, running many
+        smaller ones; after L{SHRINK_BUDGET} seconds of that, new examples
+        are no longer run (Hypothesis takes them as not failing), so that
+        the test reports the smallest failing example found by then instead
+        of running into its timeout.  Examples that failed are always run
+        again, so what is reported has really failed.
+        """
+        if self._stopped:
+            raise AssertionError("the test is over")
+        key = tuple(example)
+        if (
+            self._failedAt is not None
+            and key not in self._failing
+            and time.monotonic() - self._failedAt > SHRINK_BUDGET
+        ):
+            return
+        n = next(self._examples)
+        answers: queue.Queue[object] = queue.Queue(1)
+
+        def start() -> None:
+            d = Deferred.fromCoroutine(work(n))
+            d.addTimeout(PROGRAM_TIMEOUT, reactor).addBoth(answers.put)
+
+        reactor.callFromThread(start)
+        try:
+            # not blockingCallFromThread: that waits for ever once the
+            # reactor has stopped
+            answer = answers.get(timeout=PROGRAM_TIMEOUT + 10)
+        except queue.Empty:
+            answer = Failure(AssertionError("the reactor did not run the example"))
+        if isinstance(answer, Failure):
+            self._failing.add(key)
+            if self._failedAt is None:
+                self._failedAt = time.monotonic()
+            if answer.check(self.failureException):
+                # trial does not show Hypothesis' note of the falsifying
+                # example: name it, ready to paste into a test
+                raise self.failureException(
+                    "{}\nprogram = [\n{}]".format(
+                        answer.getErrorMessage(),
+                        "".join("    {!r},\n".format(op) for op in example),
+                    )
+                )
+            answer.raiseException()
+
+
+class EquivalenceMixin(HypothesisOnReactorMixin):
     """
     Generated programs against the model and one kind of store.
     """
 
     #: a whole test: MAX_EXAMPLES programs, each bounded by PROGRAM_TIMEOUT
     timeout = 120
-
-    # the state of one run of Hypothesis
-    _programs: Iterator[int]
-    _failing: set[tuple[Op, ...]]
-    _failedAt: Optional[float]
-    _stopped: bool
 
     def makeStore(self, n: int) -> ITokenStore:
         """
@@ -522,72 +600,19 @@ class EquivalenceMixin(_Mixin):
             await store.close()
             self.discardStore(n)
 
-    def check(self, program: Sequence[Op], seen: "Counter[str]") -> None:
-        """
-        From the Hypothesis thread: run one program on the reactor and wait
-        for it, at most L{PROGRAM_TIMEOUT} seconds.
-
-        Once a program has failed, Hypothesis shrinks it, running many
-        smaller programs; after L{SHRINK_BUDGET} seconds of that, new
-        programs are no longer run (Hypothesis takes them as not failing),
-        so that the test reports the smallest failing program found by then
-        instead of running into its timeout.  Programs that failed are
-        always run again, so what is reported has really failed.
-        """
-        if self._stopped:
-            raise AssertionError("the test is over")
-        key = tuple(program)
-        if (
-            self._failedAt is not None
-            and key not in self._failing
-            and time.monotonic() - self._failedAt > SHRINK_BUDGET
-        ):
-            return
-        n = next(self._programs)
-        answers: queue.Queue[object] = queue.Queue(1)
-
-        def start() -> None:
-            d = Deferred.fromCoroutine(self._oneProgram(n, program, seen))
-            d.addTimeout(PROGRAM_TIMEOUT, reactor).addBoth(answers.put)
-
-        reactor.callFromThread(start)
-        try:
-            # not blockingCallFromThread: that waits for ever once the
-            # reactor has stopped
-            answer = answers.get(timeout=PROGRAM_TIMEOUT + 10)
-        except queue.Empty:
-            answer = Failure(AssertionError("the reactor did not run the program"))
-        if isinstance(answer, Failure):
-            self._failing.add(key)
-            if self._failedAt is None:
-                self._failedAt = time.monotonic()
-            if answer.check(self.failureException):
-                # trial does not show Hypothesis' note of the falsifying
-                # example: name the program, ready to paste into a test
-                raise self.failureException(
-                    "{}\nprogram = [\n{}]".format(
-                        answer.getErrorMessage(),
-                        "".join("    {!r},\n".format(op) for op in program),
-                    )
-                )
-            answer.raiseException()
-
     def test_sameAnswersAsTheRules(self):
         """
         Every answer of the store to a generated program equals the model's,
         and the programs exercised every rule and every operation.
         """
-        self._programs = itertools.count()
-        self._failing = set()
-        self._failedAt = None
-        self._stopped = False
+        self.startHypothesis()
         seen: Counter[str] = collections.Counter()
 
         @settings(max_examples=MAX_EXAMPLES, deadline=timedelta(seconds=10))
         @example(ROOM_PROGRAM)
         @given(programs)
         def sameAnswers(program):
-            self.check(program, seen)
+            self.runExample(program, lambda n: self._oneProgram(n, program, seen))
 
         def covered(_):
             missing = [what for what in EXERCISED if not seen[what]]
@@ -635,17 +660,67 @@ class RedisEquivalenceTests(EquivalenceMixin, TestCase):
 # --- exactly once under concurrency ---------------------------------------
 
 
-class RaceMixin(_Mixin):
+
+def mostlyTheToken(others: st.SearchStrategy) -> st.SearchStrategy:
     """
-    Two store instances on one database (two connections) redeem the same
-    token in the same reactor turn.
+    L{OWN} four times out of five, else one of C{others}.
+    """
+    return weighted((4, st.just(OWN)), (1, others))
+
+
+#: In a race, redemptions mostly of the token and mostly valid, so that
+#: both often want to consume it; a plain token most of the time.
+raceRedeems = st.builds(
+    Redeem,
+    token=weighted((6, st.just(0)), (1, st.none())),
+    live=st.just(True),
+    app=mostlyTheToken(apps),
+    streamId=mostlyTheToken(streams),
+    type=mostlyTheToken(types),
+    roomId=mostlyTheToken(st.sampled_from((None,) + PROBE_ROOMS)),
+    now=clocks,
+)
+raceMints = st.builds(
+    Mint,
+    app=apps,
+    streamId=streams,
+    type=types,
+    expireDate=expiries,
+    roomId=weighted((3, st.none()), (1, st.sampled_from(ROOMS))),
+)
+#: a race: a token, and two redemptions of it (or of another) at once
+races = st.tuples(raceMints, raceRedeems, raceRedeems)
+
+#: Generated races per store.
+MAX_RACES = 40
+
+
+class RaceMixin(HypothesisOnReactorMixin):
+    """
+    Two store instances on one database (two connections) redeem in the
+    same reactor turn.
     """
 
     timeout = 60
     ROUNDS = 100
 
-    def makeStores(self) -> tuple[ITokenStore, ITokenStore]:
+    def makeStores(self, n: int) -> tuple[ITokenStore, ITokenStore]:
+        """
+        Two instances of the store on the C{n}th fresh, empty database.
+        """
         raise NotImplementedError()
+
+    def discardStores(self, n: int) -> None:
+        """
+        Remove what the C{n}th database left behind, once its stores are
+        closed.
+        """
+
+    def openStores(self) -> tuple[ITokenStore, ITokenStore]:
+        a, b = self.makeStores(0)
+        self.addCleanup(b.close)
+        self.addCleanup(a.close)
+        return a, b
 
     async def test_twoConcurrentRedeemsOneWinner(self):
         """
@@ -654,7 +729,7 @@ class RaceMixin(_Mixin):
         UNKNOWN, and the token is spent for both stores afterwards.  Each
         store issues first in half the rounds.
         """
-        a, b = self.makeStores()
+        a, b = self.openStores()
         wins = {a: 0, b: 0}
         for n in range(self.ROUNDS):
             token = StoredToken.fromToken(
@@ -683,7 +758,7 @@ class RaceMixin(_Mixin):
         A room token is not consumed: both concurrent redemptions are
         granted, and it stays usable.
         """
-        a, b = self.makeStores()
+        a, b = self.openStores()
         token = StoredToken.fromToken(
             "LiveApp", Token(tokenId(0), "s1", T0 + 60, PLAY, "r1")
         )
@@ -696,23 +771,90 @@ class RaceMixin(_Mixin):
         self.assertEqual(results, [Outcome.GRANTED, Outcome.GRANTED])
         self.assertEqual(await b.redeem(token.digest, here), Outcome.GRANTED)
 
+    async def _oneRace(
+        self, n: int, mint: Mint, one: Redeem, other: Redeem, seen: "Counter[str]"
+    ) -> None:
+        a, b = self.makeStores(n)
+        try:
+            token = StoredToken.fromToken(
+                mint.app,
+                Token(tokenId(0), mint.streamId, mint.expireDate, mint.type, mint.roomId),
+            )
+            await a.add(token)
+            requests = [resolve(one, [token], [token]), resolve(other, [token], [token])]
+            got = await gatherResults(
+                [a.redeem(*requests[0]), b.redeem(*requests[1])]
+            )
+            own = Probe(token.app, token.streamId, token.type, None, T0 - 2)
+            after = await b.redeem(token.digest, own)
+            serial = []
+            for order in ((0, 1), (1, 0)):
+                model = Model()
+                model.add(token)
+                answers: list[Optional[Outcome]] = [None, None]
+                for i in order:
+                    answers[i] = model.redeem(*requests[i])
+                serial.append((answers, model.redeem(token.digest, own)))
+            if serial[0] != serial[1]:
+                seen["contended"] += 1
+            self.assertIn(
+                (got, after),
+                serial,
+                "the answers {} and then {} match no serial order".format(got, after),
+            )
+        finally:
+            await a.close()
+            await b.close()
+            self.discardStores(n)
+
+    def test_racesAreSerial(self):
+        """
+        Two redemptions at once (generated: the same token or not, matching
+        or not) through the two stores answer as the model does when they
+        run one after the other, in one order or the other, and leave the
+        token as that order does.
+        """
+        self.startHypothesis()
+        seen: Counter[str] = collections.Counter()
+
+        @settings(max_examples=MAX_RACES, deadline=timedelta(seconds=10))
+        @given(races)
+        def serial(race):
+            self.runExample(race, lambda n: self._oneRace(n, *race, seen))
+
+        def contended(_):
+            self.assertTrue(seen["contended"], "no race where the order mattered")
+
+        return inThread(self, serial).addCallback(contended)
+
 
 class SQLiteRaceTests(RaceMixin, TestCase):
-    def makeStores(self):
-        path = os.path.join(os.path.abspath(self.mktemp()), "tokens.sqlite3")
-        stores = (SQLiteTokenStore(path, reactor), SQLiteTokenStore(path, reactor))
-        for store in stores:
-            self.addCleanup(store.close)
-        return stores
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    def path(self, n):
+        return os.path.join(self.directory, "tokens{}.sqlite3".format(n))
+
+    def makeStores(self, n):
+        return (
+            SQLiteTokenStore(self.path(n), reactor),
+            SQLiteTokenStore(self.path(n), reactor),
+        )
+
+    def discardStores(self, n):
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path(n) + suffix):
+                os.remove(self.path(n) + suffix)
 
 
 class RedisRaceTests(RaceMixin, TestCase):
-    def makeStores(self):
-        host, port = start_redis(self)
-        stores = (
-            RedisTokenStore(host, port, reactor),
-            RedisTokenStore(host, port, reactor),
+    def setUp(self):
+        self.host, self.port = start_redis(self)
+
+    def makeStores(self, n):
+        prefix = "race{}:".format(n)
+        return (
+            RedisTokenStore(self.host, self.port, reactor, prefix=prefix),
+            RedisTokenStore(self.host, self.port, reactor, prefix=prefix),
         )
-        for store in stores:
-            self.addCleanup(store.close)
-        return stores
