@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -20,10 +21,11 @@ from tokengate.access.subscribers import (
     Subscriber,
     SubscriberLease,
     SubscriberRefused,
+    admitSubscriber,
     isValidSubscriberId,
     subscriberFromJSON,
 )
-from tokengate.access.totp import derivedKey, keyFromB32Secret
+from tokengate.access.totp import derivedKey, hotp, keyFromB32Secret, stepAt, totpAt
 from tokengate.jsonvalue import JSONError, readJSON
 
 B32 = "JBSWY3DPEHPK3PXPJBSWY3DP"
@@ -289,3 +291,76 @@ class StoreTests(SynchronousTestCase):
             record = self.successResultOf(store.getSubscriber("s", "alice"))
             assert record is not None
             self.assertEqual(record.currentConcurrentConnections, len(leases))
+
+
+class AdmitTests(SynchronousTestCase):
+    """
+    L{admitSubscriber}: the whole TOTP check over the memory store.
+    """
+
+    SECRET = "appsecret"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MemorySubscriberStore(self.clock)
+
+    def admit(self, subscriberId: object, code: object, action: str = "play",
+              secret: str = SECRET) -> "Deferred[SubscriberLease]":
+        return Deferred.fromCoroutine(admitSubscriber(
+            self.store, "s", subscriberId, code, action, secret, 60, self.clock.seconds(),
+            "webrtc"))
+
+    def refusal(self, subscriberId: object, code: object, action: str = "play",
+                secret: str = SECRET) -> Refusal:
+        f = self.failureResultOf(self.admit(subscriberId, code, action, secret),
+                                 SubscriberRefused)
+        return f.value.refusal
+
+    def derivedCode(self, subscriberId: str, action: str) -> str:
+        return totpAt(derivedKey(self.SECRET, subscriberId, "s", action), self.clock.seconds())
+
+    def test_derived(self) -> None:
+        """
+        A subscriber nobody recorded, with the code Ant Media derives for
+        it: admitted once at a time; a code for the other type is not its.
+        """
+        code = self.derivedCode("alice", "play")
+        lease = self.successResultOf(self.admit("alice", code))
+        self.assertEqual(self.refusal("alice", code), Refusal.IN_USE)
+        lease.release()
+        self.successResultOf(self.admit("alice", code)).release()
+        self.assertEqual(self.refusal("alice", code, "publish"), Refusal.INVALID)
+        self.assertEqual(self.refusal("alice", code, secret="other"), Refusal.INVALID)
+        self.assertEqual(self.refusal("alice", code, secret=""), Refusal.INVALID)
+
+    def test_recorded(self) -> None:
+        self.successResultOf(self.store.addSubscriber(
+            Subscriber("alice", "s", "play", b32Secret=B32, totpExpiryPeriodSeconds=30)))
+        key = keyFromB32Secret(B32)
+        code = hotp(key, stepAt(self.clock.seconds(), 30))
+        self.successResultOf(self.admit("alice", code)).release()
+        # the derived code is not this subscriber's, and play may not publish
+        self.assertEqual(self.refusal("alice", self.derivedCode("alice", "play")),
+                         Refusal.INVALID)
+        self.assertEqual(self.refusal("alice", code, "publish"), Refusal.TYPE)
+
+    def test_publisherMayPlay(self) -> None:
+        self.successResultOf(self.store.addSubscriber(Subscriber("alice", "s", "publish")))
+        self.successResultOf(self.admit("alice", self.derivedCode("alice", "play"))).release()
+
+    def test_blockedAfterTheCode(self) -> None:
+        self.successResultOf(self.store.blockSubscriber("s", "alice", "play", 60))
+        right = self.derivedCode("alice", "play")
+        wrong = "000000" if right != "000000" else "111111"
+        self.assertEqual(self.refusal("alice", wrong), Refusal.INVALID)
+        self.assertEqual(self.refusal("alice", self.derivedCode("alice", "play")),
+                         Refusal.BLOCKED)
+        self.clock.advance(60)
+        self.successResultOf(self.admit("alice", self.derivedCode("alice", "play")))
+
+    def test_badInput(self) -> None:
+        for subscriberId in [None, "abc", "a/b/c", 12345]:
+            self.assertEqual(self.refusal(subscriberId, "123456"), Refusal.INVALID)
+        self.assertEqual(self.refusal("alice", self.derivedCode("alice", "play"), "delete"),
+                         Refusal.INVALID)

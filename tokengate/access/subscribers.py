@@ -73,6 +73,7 @@ from tokengate.access.totp import (
     SecretError,
     derivedKey,
     keyFromB32Secret,
+    verifyCode,
 )
 from tokengate.jsonvalue import JSONError, JSONValue, intValue, requireObject, stringValue
 
@@ -304,6 +305,12 @@ class Refusal(enum.Enum):
     REPLAYED = "replayed"
     #: the store holds L{MAX_SUBSCRIBERS} and cannot track another
     FULL = "full"
+    #: no valid subscriber id, or a code that does not verify, or no key
+    #: to verify it with (Ant Media: 403 "Time Based subscriber id or code
+    #: is invalid", C{unauthorized_access})
+    INVALID = "invalid"
+    #: a C{play} subscriber asked to publish
+    TYPE = "type"
 
 
 class SubscriberRefused(Exception):
@@ -557,3 +564,57 @@ class MemorySubscriberStore:
             return succeed([])
         events = list(self._events.get(streamId, ()))
         return succeed(events[offset:offset + size])
+
+
+class SubscriberStore(Protocol):
+    """
+    What L{admitSubscriber} uses of an L{ISubscriberStore}, as mypy sees it.
+    """
+
+    def getSubscriber(self, streamId: str, subscriberId: str
+                      ) -> "Deferred[Optional[Subscriber]]": ...
+
+    def acquire(self, streamId: str, subscriberId: str, action: str, step: int,
+                protocol: str, instanceIP: Optional[str] = None
+                ) -> "Deferred[SubscriberLease]": ...
+
+
+async def admitSubscriber(store: SubscriberStore, streamId: str, subscriberId: object,
+                          code: object, action: str, secretFromSettings: str, appPeriod: int,
+                          now: float, protocol: str, instanceIP: Optional[str] = None
+                          ) -> SubscriberLease:
+    """
+    The whole TOTP subscriber check, in Ant Media's terms: the record of
+    (C{streamId}, C{subscriberId}) if there is one, else a derived
+    subscriber; its type must allow C{action}; its code must verify (its
+    own C{b32Secret} and period, else the key derived from
+    C{secretFromSettings} and C{appPeriod}); then L{ISubscriberStore.acquire}
+    (blocked, older code, live connections).  The code is checked before
+    the block, so that a client without a valid code learns nothing about
+    blocks.
+
+    @param secretFromSettings: C{timeTokenSecretForPublish} or
+        C{timeTokenSecretForPlay}, by C{action}.
+    @param appPeriod: the application's C{timeTokenPeriod}.
+    @param now: unix time, seconds (the same clock as the store's).
+    @return: the lease of the admitted connection.
+    @raise SubscriberRefused: with the reason.
+    """
+    if action not in TYPES or not isValidSubscriberId(subscriberId):
+        raise SubscriberRefused(Refusal.INVALID)
+    assert isinstance(subscriberId, str)
+    record = await store.getSubscriber(streamId, subscriberId)
+    if record is None:
+        record = Subscriber(subscriberId=subscriberId, streamId=streamId, type=None)
+    if not record.allows(action):
+        raise SubscriberRefused(Refusal.TYPE)
+    try:
+        key = record.key(secretFromSettings, action)
+    except SecretError:
+        raise SubscriberRefused(Refusal.INVALID)
+    step = verifyCode(key, code, now, record.period(appPeriod))
+    if step is None:
+        raise SubscriberRefused(Refusal.INVALID)
+    lease: SubscriberLease = await store.acquire(streamId, subscriberId, action, step, protocol,
+                                                 instanceIP)
+    return lease
