@@ -65,6 +65,15 @@ def hang(request: Request) -> Any:
     return NOT_DONE_YET
 
 
+def hangInBody(request: Request) -> Any:
+    """
+    A 200 whose headers and first bytes come, and the rest never.
+    """
+    request.notifyFinish().addErrback(lambda _: None)
+    request.write(b"partial")
+    return NOT_DONE_YET
+
+
 def chunked(size: int) -> Callable[[Request], Any]:
     """
     A 200 answer of C{size} bytes with no Content-Length (chunked).
@@ -97,6 +106,12 @@ class Receiver:
     def url(self, path: str) -> str:
         assert self._port is not None
         return "http://127.0.0.1:{}{}".format(self._port.getHost().port, path)
+
+    def connections(self) -> int:
+        """
+        How many connections the server has open.
+        """
+        return len(self._factory.protocols)
 
     async def stop(self) -> None:
         if self._port is not None:

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.httpreceiver import Receiver, chunked, closedPortURL, hang, reactor
+from tests.httpreceiver import Receiver, chunked, closedPortURL, hang, hangInBody, reactor
 from tokengate.access.outbound import Outbound, checkURL, newHTTPClient
 from tokengate.access.webhook import (
     DEFAULT_TIMEOUT,
@@ -121,6 +121,23 @@ class ReceiverTests(TestCase):
         self.assertEqual((outcome.verdict, outcome.allowed), (Verdict.TIMEOUT, False))
         self.assertLess(reactor.seconds() - start, 5)
         self.assertNoSecretLogged()
+
+    async def test_slowBody(self) -> None:
+        """
+        A receiver that sends 200 and then stalls in the body: the timeout
+        still refuses, and the connection is closed (the receiver's cleanup
+        would otherwise find it open).
+        """
+        self.receiver.answers["/slow"] = hangInBody
+        outbound = Outbound(reactor, 0.3, MAX_BODY)
+        webhook = AuthorizationWebhook(self.receiver.url("/slow"), reactor, outbound=outbound)
+        outcome = await webhook.authorize(REQUEST)
+        self.assertEqual(outcome.verdict, Verdict.TIMEOUT)
+        for _ in range(100):
+            if not self.receiver.connections():
+                break
+            await _sleep(0.01)
+        self.assertEqual(self.receiver.connections(), 0)
 
     async def test_slowOnAClock(self) -> None:
         """

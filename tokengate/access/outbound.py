@@ -21,10 +21,18 @@ from urllib.parse import urlsplit
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from treq.client import HTTPClient
-from treq.content import collect
 
 #: the longest URL accepted
 MAX_URL = 2048
@@ -84,37 +92,58 @@ async def _exchange(client: HTTPClient, method: str, url: str, data: Optional[by
     for name, value in headers.items():
         sent.setRawHeaders(name, [value])
     response = await client.request(method, url, data=data, headers=sent, allow_redirects=False)
+    body = _Body(maxBody)
     length = response.length
     if isinstance(length, int) and length > maxBody:
-        response.deliverBody(_Discard())
-        raise _TooLarge()
-    chunks: list[bytes] = []
-    size = 0
-
-    def collector(chunk: bytes) -> None:
-        nonlocal size
-        size += len(chunk)
-        if size > maxBody:
-            raise _TooLarge()
-        chunks.append(chunk)
-
-    await collect(response, collector)
-    return response.code, b"".join(chunks)
+        body.tooLarge = True
+    response.deliverBody(body)
+    return response.code, await body.deferred
 
 
-class _Discard:
+class _Body(Protocol):
     """
-    A body protocol that closes the connection at once.
+    A response body read up to a limit.  Over the limit, or when its
+    L{Deferred} is cancelled (the timeout), the connection is closed at
+    once (treq's C{collect} cannot be cancelled).
     """
 
-    def makeConnection(self, transport: Any) -> None:
-        transport.stopProducing()
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.tooLarge = False
+        self.size = 0
+        self.chunks: list[bytes] = []
+        self.deferred: Deferred[bytes] = Deferred(self._cancel)
+
+    def connectionMade(self) -> None:
+        if self.tooLarge:
+            self._stop(_TooLarge())
+
+    def _stop(self, reason: Exception) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+        if not self.deferred.called:
+            self.deferred.errback(reason)
+
+    def _cancel(self, d: "Deferred[bytes]") -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
-        pass
+        if self.deferred.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self._stop(_TooLarge())
+            return
+        self.chunks.append(data)
 
-    def connectionLost(self, reason: object) -> None:
-        pass
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.deferred.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.deferred.callback(b"".join(self.chunks))
+        else:
+            self.deferred.errback(reason)
 
 
 def _classify(e: BaseException) -> OutboundError:
