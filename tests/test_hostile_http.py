@@ -245,29 +245,26 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def _closed(sock: socket.socket) -> Optional[bytes]:
+def _closed(sock: socket.socket, received: Optional[bytearray] = None) -> Optional[bytes]:
     """
-    What the server sent before closing C{sock}, or None while it is open.
+    Everything the server sent on C{sock} once it has closed it, or None
+    while it is open (what it sent so far is kept in C{received}).
     """
-    try:
-        data = sock.recv(65536)
-    except BlockingIOError:
-        return None
-    except OSError as e:
-        if e.errno in (errno.ECONNRESET, errno.EPIPE):
-            return b""
-        raise
-    if not data:
-        return b""
-    rest = data
-    while True:
+    if received is None:
+        received = bytearray()
+    for _ in range(64):
         try:
-            more = sock.recv(65536)
-        except (BlockingIOError, OSError):
-            return None if rest == data and not data.endswith(b"\r\n\r\n") else rest
-        if not more:
-            return rest
-        rest += more
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ECONNRESET, errno.EPIPE):
+                return bytes(received)
+            raise
+        if not data:
+            return bytes(received)
+        received += data
+    return None
 
 
 class SlowlorisProcessTests(SynchronousTestCase):
@@ -281,12 +278,18 @@ class SlowlorisProcessTests(SynchronousTestCase):
     CONNECTIONS = 400
     TIMEOUT = 2.0
     #: growth of the server's RSS allowed during the flood
-    RSS_BOUND = 24 * 1024 * 1024
+    RSS_BOUND = 8 * 1024 * 1024
 
     def setUp(self) -> None:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        self.tg = TokengateProcess(os.path.join(directory, "data"), extra=(
+        from .service import free_port
+
+        port = free_port()
+        # a listen backlog above the flood, so that no connect waits for a
+        # SYN retry (the deadline would then free slots during the flood)
+        self.tg = TokengateProcess(os.path.join(directory, "data"), http=port, extra=(
+            "--http", "tcp:{}:interface=127.0.0.1:backlog=1024".format(port),
             "--store", "memory", "--max-connections-per-address", str(self.LIMIT),
             "--http-request-timeout", str(self.TIMEOUT),
         )).start()
@@ -306,7 +309,9 @@ class SlowlorisProcessTests(SynchronousTestCase):
             s = socket.create_connection(("127.0.0.1", self.tg.http), timeout=5)
             s.setblocking(False)
             socks.append(s)
+        self.assertLess(time.monotonic() - started, self.TIMEOUT / 2, "connecting was slow")
         results: dict[int, bytes] = {}
+        received = [bytearray() for _ in socks]
         sent = 0
         request = b"GET /LiveApp/streams/x.m3u8 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: "
         deadline = started + self.TIMEOUT + 10.0
@@ -324,7 +329,7 @@ class SlowlorisProcessTests(SynchronousTestCase):
             select.select([s for i, s in enumerate(socks) if i not in results], [], [], 0.25)
             for i, s in enumerate(socks):
                 if i not in results:
-                    got = _closed(s)
+                    got = _closed(s, received[i])
                     if got is not None:
                         results[i] = got
             peak = max(peak, _rss(pid))
@@ -356,6 +361,64 @@ class SlowlorisProcessTests(SynchronousTestCase):
                              r'reason="(\w+)"\} ([0-9.e+]+)', text):
             found[(m.group(2), m.group(1), m.group(3))] = float(m.group(4))
         return found
+
+
+class ListenerLimitProcessTests(SynchronousTestCase):
+    """
+    The same limit on the RTMP and HTTPS listeners of a real server: the
+    connections past it are closed at once (under HTTPS before any TLS
+    handshake), the others stay open and the HTTPS site still answers.
+    """
+
+    LIMIT = 4
+
+    def setUp(self) -> None:
+        from .test_store_redis import _write_certificates
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.ca, cert, key, _ = _write_certificates(directory)
+        from .service import free_port
+
+        self.https = free_port()
+        self.tg = TokengateProcess(os.path.join(directory, "data"), extra=(
+            "--store", "memory", "--max-connections-per-address", str(self.LIMIT),
+            "--https", "ssl:{}:interface=127.0.0.1".format(self.https),
+            "--certificate", cert, "--private-key", key,
+        )).start()
+        self.addCleanup(self.tg.stop)
+
+    def flood(self, port: int) -> tuple[list[socket.socket], list[socket.socket]]:
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                 for _ in range(self.LIMIT + 6)]
+        self.addCleanup(lambda: [s.close() for s in socks])
+        time.sleep(0.5)
+        closed, open_ = [], []
+        for s in socks:
+            s.setblocking(False)
+            (closed if _closed(s) is not None else open_).append(s)
+        return closed, open_
+
+    def test_rtmpAndHttps(self) -> None:
+        import ssl
+        import urllib.request
+
+        closed, open_ = self.flood(self.tg.rtmp)
+        self.assertEqual((len(closed), len(open_)), (6, self.LIMIT))
+        closed, open_ = self.flood(self.https)
+        self.assertEqual((len(closed), len(open_)), (6, self.LIMIT))
+        for s in open_:
+            s.close()
+        time.sleep(0.5)
+        context = ssl.create_default_context(cafile=self.ca)
+        with urllib.request.urlopen("https://127.0.0.1:{}/time".format(self.https),
+                                    timeout=10, context=context) as r:
+            self.assertEqual(r.status, 200)
+        with urllib.request.urlopen(self.tg.base + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for protocol in ("rtmp", "https"):
+            self.assertIn('tokengate_refusals_total{action="connect",protocol="%s",'
+                          'reason="address_limit"} 6.0' % protocol, text)
 
 
 # --- finding 7: multi-range requests -------------------------------------------------
