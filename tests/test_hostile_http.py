@@ -234,6 +234,61 @@ class PerAddressLimitTests(SynchronousTestCase):
         self.assertEqual(self.factory.counts, {})
 
 
+class _Transport(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.seen.append(request.channel.transport)
+        return b"x" * (128 * 1024)
+
+
+class LimitedSiteTests(TestCase):
+    """
+    The site behind the limit over real TCP: the channel's transport is the
+    counting wrapper around the socket, which L{CappedRequest} looks through
+    to send a large body without copying it.
+    """
+
+    async def test_transport(self) -> None:
+        from twisted.internet.abstract import FileDescriptor
+
+        from tokengate.limits import CountedProtocol, LimitingReactor
+
+        resource = _Transport()
+        limited = LimitingReactor(reactor, lambda f: PerAddressLimit(f, 2))
+        port = limited.listenTCP(0, TokengateSite(resource), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        from .helpers import http_client
+
+        http = http_client(self)
+        r = await http.get("http://127.0.0.1:{}/big".format(port.getHost().port))
+        self.assertEqual(len(await r.content()), 128 * 1024)
+        self.assertIsInstance(resource.seen[0], CountedProtocol)
+        self.assertIsInstance(resource.seen[0].transport, FileDescriptor)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_options(self) -> None:
+        from twisted.python.usage import UsageError
+
+        from tokengate.tap import Options
+
+        o = Options()
+        o.parseOptions([])
+        self.assertEqual((o["max-connections-per-address"], o["http-request-timeout"],
+                          o["rest-jwt-max-lifetime"]), (256, 20.0, 86400.0))
+        o = Options()
+        o.parseOptions(["--max-connections-per-address", "0", "--http-request-timeout", "0"])
+        self.assertEqual((o["max-connections-per-address"], o["http-request-timeout"]), (0, 0))
+        for bad in (["--max-connections-per-address", "-1"], ["--http-request-timeout", "nan"],
+                    ["--http-request-timeout", "0.5"], ["--rest-jwt-max-lifetime", "inf"]):
+            self.assertRaises(UsageError, Options().parseOptions, bad)
+
+
 # --- finding 6 against a real server process ---------------------------------------
 
 

@@ -7,11 +7,12 @@ counted against its peer's address for as long as it is open; a connection
 past the limit is closed as soon as it is accepted (before any byte of it is
 read, and before a TLS handshake) and counted as a refusal.
 
-The wrapper sits between the transport and the wrapped protocol
+The wrapper sits between the socket and the protocol above it
 (L{twisted.protocols.policies.ProtocolWrapper}), so the count follows the
 connection, not the protocol: a WebSocket that takes over an HTTP
-connection (Autobahn swaps the wrapper's C{wrappedProtocol}) is still
-counted, and uncounted when it closes.
+connection (Autobahn swaps the C{wrappedProtocol} of the wrapper, or of
+the TLS layer above it) is still counted, and uncounted when it closes.
+L{LimitingReactor} places it below TLS for C{ssl:} endpoints.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import directlyProvides, providedBy
 
 from tokengate.logsafe import Logger
-
-#: The default limit: enough for an office or a campus behind one NAT
-#: address (browsers open up to six connections per host and viewer).
-DEFAULT_PER_ADDRESS = 256
-
 
 class CountedProtocol(ProtocolWrapper):
     """

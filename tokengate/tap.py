@@ -169,7 +169,7 @@ class Options(usage.Options):
             if key == "http-request-timeout" and value == 0:
                 continue  # disabled
             if not low <= value <= high:
-                raise usage.UsageError("--{} must be between {:g} and {:g} seconds".format(
+                raise usage.UsageError("--{} must be between {:.0f} and {:.0f} seconds".format(
                     key, low, high))
             self[key] = float(value)
 

@@ -293,9 +293,12 @@ class DeadlineChannel(http.HTTPChannel):
             metrics.refusals.labels("http", "request", phase).inc()
         if self.transport is not None:
             self.transport.write(_TIMEOUT_RESPONSE)
-        # twisted.web's own timeout: close, and abort if the client does not
-        # read what is left
-        self.timeoutConnection()
+        # as twisted.web's idle timeout does, but without a log line per
+        # client (a flood of them is counted, not logged): close, and abort
+        # if the client does not read what is left
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadlineAt is None:
