@@ -670,8 +670,8 @@ class VodRangeTests(PlaybackBase):
         r, body = await self.get(final, headers={b"range": b"bytes=0-9,20-29"})
         self.assertEqual(r.code, 206)
         self.assertIn(content[20:30], body)
-        self.flushLoggedErrors()
-        self.assertEqual(self.flushLoggedErrors(ValueError), [])
+        # (trial fails the test for any error logged, as twisted.web's
+        # producer's ValueError was)
 
 
 # --- finding 13: redaction on parsed arguments ---------------------------------------
