@@ -110,6 +110,12 @@ class DeadlineTests(SynchronousTestCase):
         self.assertLessEqual(self.clock.seconds(), 20.0)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
         self.assertEqual(self.timeouts(), 1)
+        # what it sends after is ignored; a client that does not read is
+        # aborted once twisted.web's abort timeout passes
+        channel.dataReceived(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.clock.advance(channel.abortTimeout)
+        self.assertEqual(self.timeouts(), 1)
 
     def test_silentConnection(self) -> None:
         channel, transport = self.connect()

@@ -242,13 +242,14 @@ class DeadlineChannel(http.HTTPChannel):
     #: the timer (an IDelayedCall) that checks C{_deadlineAt}
     _deadlineCall: Any = None
     _inBody = False
+    #: timed out: what the client still sends is ignored
+    _timedOutAlready = False
+    #: the clock of C{callLater} (the site's reactor)
+    clock: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._startDeadline()
-
-    #: the clock of C{callLater} (the site's reactor)
-    clock: Any = None
 
     def _now(self) -> float:
         if self.clock is None:
@@ -288,6 +289,7 @@ class DeadlineChannel(http.HTTPChannel):
     def _timedOut(self) -> None:
         phase = "body_timeout" if self._inBody else "request_timeout"
         self._deadlineAt = None
+        self._timedOutAlready = True
         metrics = getattr(getattr(self, "site", None), "metrics", None)
         if metrics is not None:
             metrics.refusals.labels("http", "request", phase).inc()
@@ -301,6 +303,8 @@ class DeadlineChannel(http.HTTPChannel):
         self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._timedOutAlready:
+            return
         if self._deadlineAt is None:
             if not self._handlingRequest:
                 self._startDeadline()
