@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.apps import Applications
@@ -181,30 +182,37 @@ class ParserBudgetTests(SynchronousTestCase):
         self.assertEqual(server.pending_bytes, 0)
 
 
-class InMemoryTests(SynchronousTestCase):
+class _Harness:
     """
-    The protocol's budgets, deadlines and congestion rule over string
-    transports on a fake clock.
+    A server and its RTMP factory on a fake clock, with a publisher and
+    players of C{LiveApp/s1} (no tokens).
     """
 
-    def setUp(self) -> None:
+    def setUp(self: Any) -> None:
         self.clock = clock_at()
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
                              clock=self.clock)
         self.factory = RTMPFactory(self.server)
 
-    def publisher(self) -> Peer:
+    def publisher(self: Any) -> Peer:
         pub = Peer(self)
         pub.publish("s1")
         pub.media(video=[(0, AVC_HEADER), (0, key())], audio=[(0, AAC_HEADER)])
         return pub
 
-    def player(self) -> Peer:
+    def player(self: Any) -> Peer:
         player = Peer(self, "192.0.2.20")
         player.connect()
         player.command("play", 3, None, "s1", -2000.0, stream_id=1)
         self.assertEqual(player.statuses()[-1]["code"], "NetStream.Play.Start")
         return player
+
+
+class InMemoryTests(_Harness, SynchronousTestCase):
+    """
+    The protocol's budgets, deadlines and congestion rule over string
+    transports on a fake clock.
+    """
 
     # --- budgets -------------------------------------------------------------
 
@@ -381,6 +389,48 @@ class InMemoryTests(SynchronousTestCase):
         self.assertLessEqual(len(pub.transport.value()) - written, MAX_CONGESTED_BYTES)
         self.assertEqual(dropped(self.server, "slow_reader"), 1)
         self.assertFalse(self.server.hub.isLive("LiveApp", "s1"))
+
+
+class _SlowTransport(StringTransportWithDisconnection):
+    """
+    A transport whose C{loseConnection} waits for a buffer that does not
+    drain (the peer does not read); only C{abortConnection} closes it.
+    """
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        StringTransportWithDisconnection.loseConnection(self)
+
+
+class ClosingTests(_Harness, SynchronousTestCase):
+    def test_closeOfACongestedPlayerIsBounded(self) -> None:
+        """
+        A player told the stream ended while its socket is full is closed
+        within L{MAX_CONGESTION}, its producer unregistered first (a paused
+        streaming producer keeps a Twisted transport open forever).
+        """
+        pub = self.publisher()
+        player = Peer(self, "192.0.2.20")
+        slow = _SlowTransport(peerAddress=player.transport.getPeer())
+        slow.protocol = player.proto
+        player.proto.transport = slow
+        player.transport = slow
+        slow.registerProducer(player.proto, True)
+        player.connect()
+        player.command("play", 3, None, "s1", -2000.0, stream_id=1)
+        player.proto.pauseProducing()
+        pub.transport.loseConnection()
+        self.clock.advance(0.2)
+        self.assertTrue(slow.disconnecting)
+        self.assertIsNone(slow.producer)
+        self.assertTrue(slow.connected)
+        # its buffer drains a little: the congestion timer is off, not the close
+        player.proto.resumeProducing()
+        self.clock.advance(MAX_CONGESTION)
+        self.assertFalse(slow.connected)
+        self.assertEqual(dropped(self.server, "slow_reader"), 1)
 
 
 class RawClient:

@@ -151,6 +151,7 @@ class RTMPServerProtocol(Protocol):
         self._congestedSince: Optional[float] = None
         self._congestedBytes = 0
         self._congestionTimer: Any = None
+        self._closeTimer: Any = None
         # player state
         self._base: Optional[int] = None
         self._waitKeyframe = True
@@ -285,10 +286,10 @@ class RTMPServerProtocol(Protocol):
 
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
-        for timer in (self._timer, self._congestionTimer):
+        for timer in (self._timer, self._congestionTimer, self._closeTimer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._timer = self._congestionTimer = None
+        self._timer = self._congestionTimer = self._closeTimer = None
         self._endSession()
 
     def _endSession(self) -> None:
@@ -308,7 +309,31 @@ class RTMPServerProtocol(Protocol):
         """
         self._flush()
         self._closing = True
-        self._clock.callLater(REFUSAL_DELAY, self.transport.loseConnection)
+        self._clock.callLater(REFUSAL_DELAY, self._loseConnection)
+
+    def _loseConnection(self) -> None:
+        """
+        Close once what is queued is written, within L{MAX_CONGESTION}.
+
+        The producer is unregistered first: a transport with a paused
+        streaming producer resumes it when its buffer drains, instead of
+        closing.
+        """
+        if not self.transport.connected:
+            return
+        self._closing = True
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        if self._closeTimer is None:
+            self._closeTimer = self._clock.callLater(MAX_CONGESTION, self._closeTimedOut)
+
+    def _closeTimedOut(self) -> None:
+        self._closeTimer = None
+        if self.transport.connected:
+            self._log.info("RTMP client {peer} did not read its last bytes; disconnecting",
+                           peer=self.peerHost)
+            self._drop("slow_reader")
 
     # --- IKickable ---------------------------------------------------------------
 
@@ -324,8 +349,7 @@ class RTMPServerProtocol(Protocol):
                                   "Session ended by the server.")
         self._flush()
         self._endSession()
-        self._closing = True
-        self.transport.loseConnection()
+        self._loseConnection()
 
     # --- dispatch ------------------------------------------------------------------
 
