@@ -38,12 +38,14 @@ from tokengate.rtmp.core import (
     RTMPConnection,
     RTMPProtocolError,
     VideoData,
+    encode_message,
 )
 from tokengate.rtmp.protocol import (
     ADMISSION_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     MAX_CONGESTED_BYTES,
     MAX_CONGESTION,
+    MAX_AMF_MESSAGE,
     MAX_METADATA_BYTES,
     UNADMITTED_MAX_PENDING,
     RTMPFactory,
@@ -153,6 +155,15 @@ class ParserBudgetTests(SynchronousTestCase):
             server.receive_data(b"\xc6x")  # fmt 3 on a chunk stream never opened
         self.assertFalse(caught.exception.limit)
 
+    def test_amfBoundApartFromMedia(self) -> None:
+        server = ready_server(max_amf_message_size=100)
+        self.assertEqual(server.receive_data(encode_message(6, 1, 9, 0, bytes(2000))),
+                         [VideoData(1, 0, bytes(2000))])
+        payload = amf0.encode("x" * 200)
+        with self.assertRaises(RTMPProtocolError) as caught:
+            server.receive_data(encode_message(5, 0, 18, 0, payload))
+        self.assertTrue(caught.exception.limit)
+
     @given(
         chunk=st.integers(1, 300),
         lengths=st.lists(st.integers(0, 3000), min_size=1, max_size=6),
@@ -249,6 +260,20 @@ class InMemoryTests(_Harness, SynchronousTestCase):
         pub.media(video=[(40, big)])
         self.assertTrue(pub.transport.connected)
         self.assertEqual(self.server.hub.get("LiveApp", "s1").gop[0].body, big)
+
+    def test_amfMessagesBoundApart(self) -> None:
+        """
+        An admitted publisher may send 4 MiB of video, but a command or data
+        message over L{MAX_AMF_MESSAGE} (decoded AMF takes many times its
+        size) closes it.
+        """
+        pub = self.publisher()
+        many = amf0.ECMAArray({str(i): None for i in range(60000)})
+        self.assertGreater(len(amf0.encode(many)), MAX_AMF_MESSAGE)
+        pub.client.send_data(1, 0, "@setDataFrame", "onMetaData", many)
+        pub.pump()
+        self.assertFalse(pub.transport.connected)
+        self.assertEqual(dropped(self.server, "limit"), 1)
 
     def test_metadataBound(self) -> None:
         """

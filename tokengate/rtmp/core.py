@@ -10,7 +10,7 @@ Usage, in the style of h11 and wsproto::
     transport.write(conn.data_to_send())  # queued bytes for the peer
 
 ``RTMPConnection(role, *, max_message_size=4 MiB, max_chunk_streams=64,
-max_pending_bytes=None, random_bytes=os.urandom)``; ``role`` is
+max_pending_bytes=None, max_amf_message_size=None, random_bytes=os.urandom)``; ``role`` is
 :data:`SERVER` (``"server"``) or :data:`CLIENT` (``"client"``).  State:
 ``role``, ``bytes_received``, ``handshake_complete``,
 ``handshake_echo_ok``, ``in_chunk_size``, ``out_chunk_size``,
@@ -53,7 +53,10 @@ Receiving
     tiny chunk size cannot multiply memory; a partial message held in more
     than ``COALESCE_PIECES`` (1024) pieces is coalesced into one buffer, so
     a peer with a tiny chunk size still gets its budget's worth of bytes.
-    ``pending_bytes`` is what is held.  A limit error has ``limit=True``.
+    ``pending_bytes`` is what is held.  ``max_amf_message_size`` (default
+    ``max_message_size``) bounds command and data messages apart, as their
+    decoded values take many times their encoded size.  A limit error has
+    ``limit=True``.
     Between calls at most one partial chunk header (< 18 bytes) is kept:
     chunk payloads are consumed as they arrive.
 
@@ -459,6 +462,7 @@ class RTMPConnection:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_chunk_streams: int = DEFAULT_MAX_CHUNK_STREAMS,
         max_pending_bytes: int | None = None,
+        max_amf_message_size: int | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if role not in (SERVER, CLIENT):
@@ -468,6 +472,9 @@ class RTMPConnection:
         self._max_chunk_streams = max_chunk_streams
         self._max_pending = (
             2 * max_message_size if max_pending_bytes is None else max_pending_bytes
+        )
+        self._max_amf = (
+            max_message_size if max_amf_message_size is None else max_amf_message_size
         )
         self._random_bytes = random_bytes
         self.bytes_received = 0
@@ -530,6 +537,7 @@ class RTMPConnection:
         *,
         max_message_size: int | None = None,
         max_pending_bytes: int | None = None,
+        max_amf_message_size: int | None = None,
     ) -> None:
         """
         Change the receiving limits (a server raises them once a publish or
@@ -541,6 +549,8 @@ class RTMPConnection:
             self._max_message_size = max_message_size
         if max_pending_bytes is not None:
             self._max_pending = max_pending_bytes
+        if max_amf_message_size is not None:
+            self._max_amf = max_amf_message_size
 
     @property
     def pending_bytes(self) -> int:
@@ -1007,6 +1017,17 @@ class RTMPConnection:
         Turn one complete message into an event, applying protocol control.
         """
         type_id = cs.type_id
+        if (
+            type_id == MSG_COMMAND_AMF0
+            or type_id == MSG_COMMAND_AMF3
+            or type_id == MSG_DATA_AMF0
+            or type_id == MSG_DATA_AMF3
+        ) and len(payload) > self._max_amf:
+            # Decoded AMF takes many times its encoded size: bound it apart.
+            raise RTMPProtocolError(
+                f"AMF message of {len(payload)} bytes exceeds the limit of {self._max_amf}",
+                limit=True,
+            )
         if type_id == MSG_COMMAND_AMF0 or type_id == MSG_COMMAND_AMF3:
             events.append(
                 self._command(cs, payload, 1 if type_id == MSG_COMMAND_AMF3 else 0)

@@ -18,7 +18,8 @@ Limits and deadlines (see docs/rtmp.md):
 - Until a publish or play is admitted, the parser may hold little
   (L{UNADMITTED_MAX_MESSAGE}, L{UNADMITTED_MAX_PENDING}, counted in bytes
   including per-chunk bookkeeping); an admitted publisher gets the parser's
-  full limits.  Past a limit the connection is closed.
+  full limits but command and data messages stay within
+  L{MAX_AMF_MESSAGE}.  Past a limit the connection is closed.
 - The handshake and C{connect} must be done within L{HANDSHAKE_TIMEOUT} of
   the TCP connection, a publish or play admitted within
   L{ADMISSION_TIMEOUT}, whatever the client keeps sending; an idle
@@ -84,6 +85,9 @@ UNADMITTED_MAX_PENDING = 64 * 1024
 #: the same for an admitted publisher (the parser's defaults)
 MAX_MESSAGE = DEFAULT_MAX_MESSAGE_SIZE
 MAX_PENDING = 2 * DEFAULT_MAX_MESSAGE_SIZE
+#: the largest command or data message of an admitted publisher (decoded AMF
+#: takes many times its size; metadata is bounded lower, see below)
+MAX_AMF_MESSAGE = 256 * 1024
 #: the largest C{onMetaData} kept and sent to players, AMF0-encoded
 MAX_METADATA_BYTES = 64 * 1024
 
@@ -584,7 +588,8 @@ class RTMPServerProtocol(Protocol):
         self.publishing = stream
         self.publishStreamId = sid
         self._admitted = True
-        self.conn.set_limits(max_message_size=MAX_MESSAGE, max_pending_bytes=MAX_PENDING)
+        self.conn.set_limits(max_message_size=MAX_MESSAGE, max_pending_bytes=MAX_PENDING,
+                             max_amf_message_size=MAX_AMF_MESSAGE)
         self.conn.send_stream_begin(sid)
         self.conn.send_status(sid, "status", "NetStream.Publish.Start",
                               "{} is now published.".format(streamId), streamId)
