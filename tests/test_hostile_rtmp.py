@@ -604,7 +604,12 @@ class StalledPlayerProcessTests(ProcessFloodMixin, SynchronousTestCase):
     read, one publisher sending 1 MiB messages that every player is sent.
     """
 
-    def flood(self, send: Callable[[RawClient, int], None], count: int = 40) -> None:
+    def flood(self, send: Callable[[RawClient, int], None], count: int = 40) -> bool:
+        """
+        Run the flood; assert the server's growth is bounded.
+
+        @return: whether the server closed the publisher.
+        """
         tg = self.startServer()
         pub = RawClient(tg.rtmp)
         pub.start("publish", "s1")
@@ -619,25 +624,33 @@ class StalledPlayerProcessTests(ProcessFloodMixin, SynchronousTestCase):
         time.sleep(0.5)
         before = rss(tg.proc.pid)
         pub.conn.send_set_chunk_size(65536)
+        closed = False
         for i in range(count):
             send(pub, i)
-            pub.flush()
+            try:
+                pub.flush()
+            except OSError:
+                closed = True
+                break
         # The publisher is sent acknowledgements; read them (not to stall it).
         pub.sock.settimeout(0.2)
         end = time.monotonic() + 3.0
-        while time.monotonic() < end:
+        while time.monotonic() < end and not closed:
             try:
-                if not pub.sock.recv(65536):
-                    break
-            except OSError:
+                closed = not pub.sock.recv(65536)
+            except socket.timeout:
                 pass
+            except OSError:
+                closed = True
         self.assertGrowthBounded(tg, before)
         for p in players + [pub]:
             p.close()
+        return closed
 
     def test_metadataFlood(self) -> None:
         """
-        40 C{onMetaData} messages of 1 MiB (the old code grew by 205 MB).
+        40 C{onMetaData} messages of 1 MiB (the old code grew by 205 MB):
+        over the 256 KiB bound of AMF messages, the publisher is closed.
         """
         big = "m" * (1024 * 1024)
 
@@ -645,7 +658,21 @@ class StalledPlayerProcessTests(ProcessFloodMixin, SynchronousTestCase):
             pub.conn.send_data(1, 0, "@setDataFrame", "onMetaData",
                                amf0.ECMAArray({"n": float(i), "pad": big}))
 
-        self.flood(send)
+        self.assertTrue(self.flood(send))
+
+    def test_metadataWithinTheBoundsFlood(self) -> None:
+        """
+        400 C{onMetaData} messages just under the 64 KiB metadata bound
+        (120 MB for five stalled players): the publisher stays, the players'
+        share is bounded by the congestion rule.
+        """
+        pad = "m" * 60000
+
+        def send(pub: RawClient, i: int) -> None:
+            pub.conn.send_data(1, 0, "@setDataFrame", "onMetaData",
+                               amf0.ECMAArray({"n": float(i), "pad": pad}))
+
+        self.assertFalse(self.flood(send, count=400))
 
     def test_configFlood(self) -> None:
         """
@@ -656,4 +683,4 @@ class StalledPlayerProcessTests(ProcessFloodMixin, SynchronousTestCase):
         def send(pub: RawClient, i: int) -> None:
             pub.conn.send_video(1, 0, AVC_HEADER + bytes([i]) * (1024 * 1024))
 
-        self.flood(send)
+        self.assertFalse(self.flood(send))
