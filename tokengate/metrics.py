@@ -93,6 +93,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.malformed = Counter(
+            "tokengate_malformed_requests",
+            "Client JSON refused: the document (json) or a value in it (field)",
+            ["protocol", "reason"],
+            registry=r,
+        )
 
     def gauge(self, name: str, doc: str, labels: list[str]) -> Gauge:
         return Gauge(name, doc, labels, registry=self.registry)

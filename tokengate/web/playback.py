@@ -45,12 +45,13 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 
 from tokengate.access.names import isValidStreamId
+from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
 from ..auth import Grant, Refused, StreamCredentials
 from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
 from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
 
-_RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$")
+_RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$", re.ASCII)
 
 MPEGURL = b"application/vnd.apple.mpegurl"
 DASHXML = b"application/dash+xml"
@@ -404,8 +405,8 @@ class PlaybackGate:
         if what == "resource":
             kind, name = details
             data = packager.resource(kind, name)
-            if data is None and name[:-4].isdigit() and not packager.ended:
-                msn = int(name[:-4])
+            msn = _int(name[:-4])
+            if data is None and msn is not None and not packager.ended:
                 edge = packager.edge(kind)
                 if edge is not None and edge[0] <= msn <= edge[0] + 1:
                     return self._streamSegment(request, packager, kind, msn)
@@ -533,9 +534,14 @@ class PlaybackGate:
 
 
 def _int(value: Optional[str]) -> Optional[int]:
-    if value is None or not value.isdigit() or len(value) > 9:
+    """
+    A sequence number from a URL (ASCII digits, at most nine), else L{None}:
+    C{"\u00b2".isdigit()} holds, but C{int("\u00b2")} raises.
+    """
+    try:
+        return optionalDecimalText(value, "sequence number", 0, 999_999_999)
+    except JSONError:
         return None
-    return int(value)
 
 
 def _body(request: Any, data: bytes) -> bytes:

@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 
 from tokengate.access.names import isValidStreamId
+from tokengate.jsonvalue import JSONError, readJSON
 from tokengate.logsafe import Logger
 from ..auth import Grant, IKickable, Refused, StreamCredentials
 from ..media.hub import LiveStream, StreamInUse
@@ -259,11 +260,15 @@ class SignallingProtocol(WebSocketServerProtocol):
                 self.error("too_many_requests")
             return
         try:
-            message = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            message = readJSON(payload)
+        except JSONError:
+            # too deep, NaN, huge numbers, not UTF-8, not JSON: the socket
+            # stays open
+            self._server.metrics.malformed.labels("webrtc", "json").inc()
             self.error("invalid_json")
             return
         if not isinstance(message, dict):
+            self._server.metrics.malformed.labels("webrtc", "json").inc()
             self.error("invalid_json")
             return
         command = message.get("command")
