@@ -42,11 +42,11 @@ from urllib.parse import quote
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.static import File
 
 from tokengate.access.names import isValidStreamId
 from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
+from tokengate.web.vod import RecordingFile
 from ..auth import Grant, Refused, StreamCredentials
 from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
 from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
@@ -528,7 +528,7 @@ class PlaybackGate:
             request.setHeader(b"location", "{}.mp4?{}".format(quote(streamId), query).encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
             return b""
-        f = File(path, defaultType="video/mp4")
+        f = RecordingFile(path, defaultType="video/mp4")
         f.type, f.encoding = "video/mp4", None
         return f.render(request)
 
