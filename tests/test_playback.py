@@ -381,3 +381,75 @@ class VodTests(PlaybackBase):
         token = self.mint()
         r, _ = await self.get("nope.mp4?token=" + token)
         self.assertEqual(r.code, 404)
+
+
+class _Grant:
+    def __init__(self):
+        self.ended = False
+
+    def logout(self):
+        self.ended = True
+
+
+class HTTPSessionsTests(TestCase):
+    """
+    The session registry's token index, in memory (a Clock, no sockets).
+    """
+
+    def setUp(self):
+        from tokengate.web.playback import HTTPSessions
+        from tokengate.web.sessions import SessionSigner
+
+        from .helpers import clock_at
+
+        self.clock = clock_at()
+        self.signer = SessionSigner(b"s" * 32, idle=120, vodIdle=3600)
+        self.sessions = HTTPSessions(self.signer, self.clock, maxSessions=3)
+
+    def open(self, token, peer="10.0.0.1", kind="hls", streamId="s1"):
+        session = self.signer.new("LiveApp", streamId, kind, self.clock.seconds())
+        grant = _Grant()
+        self.sessions.add(session, grant, token, peer)
+        return session, grant
+
+    def test_continuedOnlyByItsOpener(self):
+        session, _ = self.open("d1")
+        self.assertEqual(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"),
+                         session)
+        for args in [("d1", "10.0.0.2", "LiveApp", "s1", "hls"),   # another address
+                     ("d2", "10.0.0.1", "LiveApp", "s1", "hls"),   # another token
+                     ("d1", "10.0.0.1", "LiveApp", "s2", "hls"),   # another stream
+                     ("d1", "10.0.0.1", "WebRTCAppEE", "s1", "hls"),
+                     ("d1", "10.0.0.1", "LiveApp", "s1", "dash")]:  # another format
+            self.assertIsNone(self.sessions.continued(*args), args)
+
+    def test_aliveOnly(self):
+        session, grant = self.open("d1")
+        self.clock.advance(100)
+        self.assertIsNotNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        # continuing counts as activity
+        self.clock.advance(100)
+        self.assertIsNotNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.clock.advance(121)
+        self.assertIsNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.assertEqual(self.sessions.sweep(), 1)
+        self.assertTrue(grant.ended)
+        # a session whose grant ended (a kick) is not continued either
+        _, grant2 = self.open("d2")
+        grant2.logout()
+        self.assertIsNone(self.sessions.continued("d2", "10.0.0.1", "LiveApp", "s1", "hls"))
+
+    def test_revokedAndEvictedForgotten(self):
+        s1, _ = self.open("d1")
+        self.sessions.revokeSession(s1.sessionId)
+        self.assertIsNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.open("d2")
+        self.sessions.revokeStream("LiveApp", "s1")
+        self.assertIsNone(self.sessions.continued("d2", "10.0.0.1", "LiveApp", "s1", "hls"))
+        # beyond maxSessions the oldest go, and their tokens with them
+        grants = [self.open("e{}".format(i))[1] for i in range(5)]
+        self.assertEqual([g.ended for g in grants], [True, True, False, False, False])
+        self.assertIsNone(self.sessions.continued("e0", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.assertIsNotNone(self.sessions.continued("e4", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.assertEqual(len(self.sessions._opener), 3)
+        self.assertEqual(len(self.sessions._byId), 3)
