@@ -262,6 +262,12 @@ class PlayersBase(procs.ClientsMixin):
                       r'reason="unknown"\} ([0-9.]+)' % protocol, text)
         return float(m.group(1)) if m else 0.0
 
+    def grants(self, protocol: str) -> float:
+        text = self.server.metrics.render().decode()
+        found = re.findall(r'tokengate_grants_total\{action="play",kind="[^"]*",protocol="%s"\} '
+                           r'([0-9.]+)' % protocol, text)
+        return sum(map(float, found))
+
     def assertPlayed(self, result: Played, atLeast: int) -> None:
         out = self.player.text(result)
         self.assertFalse(result.timedOut, out[-3000:])
@@ -283,14 +289,21 @@ class PlayersBase(procs.ClientsMixin):
         RTMP play with a play token until the publisher stops (the player
         leaves by itself); a token never minted is refused.
         """
-        pub = self.publish(12)
+        pub = self.publish(14)
         await self.waitFor(self.live, 20, "the stream to go live")
-        good = self.play("{}/LiveApp/s1?token={}".format(self.rtmpBase, self.mint()), "rtmp")
-        bad = self.play("{}/LiveApp/s1?token={}".format(self.rtmpBase, BAD), "rtmp")
+        url = "{}/LiveApp/s1?token=".format(self.rtmpBase)
+        token = self.mint()
+        good = self.play(url + token, "rtmp")
+        bad = self.play(url + BAD, "rtmp")
         refused = await bad
         self.assertRefused(refused)
         self.assertIn("not allowed to play", self.player.text(refused))
         self.assertGreaterEqual(self.refusals("rtmp"), 1)
+        # once the first player is admitted, its token is spent: refused
+        await self.waitFor(lambda: self.grants("rtmp") >= 1, 20, "the player's admission")
+        spent = await self.play(url + token, "rtmp")
+        self.assertRefused(spent)
+        self.assertIn("not allowed to play", self.player.text(spent))
         result = await pub.done
         self.assertEqual(result.code, 0, result.stderr[-2000:])
         ended = time.monotonic()
