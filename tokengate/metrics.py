@@ -80,10 +80,23 @@ class Metrics:
             ["protocol", "direction"],
             registry=r,
         )
+        self.dropped = Counter(
+            "tokengate_connections_dropped",
+            "Client connections the server closed: malformed input, a limit, a deadline, "
+            "a client that does not read",
+            ["protocol", "reason"],
+            registry=r,
+        )
         self.http_refusals = Counter(
             "tokengate_rest_refusals",
             "REST API calls refused by its protection",
             ["reason"],
+            registry=r,
+        )
+        self.malformed = Counter(
+            "tokengate_malformed_requests",
+            "Client JSON refused: the document (json) or a value in it (field)",
+            ["protocol", "reason"],
             registry=r,
         )
 

@@ -36,6 +36,15 @@ class ServerConfig:
     kickOnExpiry: bool = False
     #: largest accepted request body, bytes
     maxBodySize: int = 1 << 20
+    #: seconds an HTTP client has to send a request's line and headers
+    #: (then its body at 1 KiB/s or more); 0 disables
+    requestTimeout: float = 20.0
+    #: most connections one address may hold open on each TCP listener
+    #: (HTTP, HTTPS, RTMP); 0 disables
+    maxConnectionsPerAddress: int = 256
+    #: a management (REST bearer) JWT must carry an exp at most this many
+    #: seconds ahead
+    restJwtMaxLifetime: float = 24 * 3600.0
     #: seconds between sweeps of expired tokens
     purgeInterval: float = 300.0
     #: the secret that signs playback session credentials (share it across

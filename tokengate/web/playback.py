@@ -47,17 +47,18 @@ from typing import Any, Optional
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.static import File
 
+from tokengate.access.names import isValidStreamId
+from tokengate.jsonvalue import JSONError, optionalDecimalText
+from tokengate.logsafe import Logger
+from tokengate.web.vod import RecordingFile
 from ..auth import Grant, Refused, StreamCredentials
 from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
 from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$")
+_RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$", re.ASCII)
 
 MPEGURL = b"application/vnd.apple.mpegurl"
 DASHXML = b"application/dash+xml"
@@ -316,7 +317,7 @@ class PlaybackGate:
         if parsed is None:
             return _fail(request, 404, "Not found")
         streamId, what, details = parsed
-        if not STREAM_ID.match(streamId):
+        if not isValidStreamId(streamId):
             return _fail(request, 404, "Not found")
         settings = self.server.apps.get(app)
         if settings is None:
@@ -492,8 +493,8 @@ class PlaybackGate:
         if what == "resource":
             kind, name = details
             data = packager.resource(kind, name)
-            if data is None and name[:-4].isdigit() and not packager.ended:
-                msn = int(name[:-4])
+            msn = _int(name[:-4])
+            if data is None and msn is not None and not packager.ended:
                 edge = packager.edge(kind)
                 if edge is not None and edge[0] <= msn <= edge[0] + 1:
                     return self._streamSegment(request, packager, kind, msn)
@@ -615,15 +616,20 @@ class PlaybackGate:
             request.setHeader(b"location", "{}.mp4?{}".format(quote(streamId), query).encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
             return b""
-        f = File(path, defaultType="video/mp4")
+        f = RecordingFile(path, defaultType="video/mp4")
         f.type, f.encoding = "video/mp4", None
         return f.render(request)
 
 
 def _int(value: Optional[str]) -> Optional[int]:
-    if value is None or not value.isdigit() or len(value) > 9:
+    """
+    A sequence number from a URL (ASCII digits, at most nine), else L{None}:
+    C{"\u00b2".isdigit()} holds, but C{int("\u00b2")} raises.
+    """
+    try:
+        return optionalDecimalText(value, "sequence number", 0, 999_999_999)
+    except JSONError:
         return None
-    return int(value)
 
 
 def _body(request: Any, data: bytes) -> bytes:

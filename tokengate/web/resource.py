@@ -67,4 +67,5 @@ def build_site(server: Server) -> TokengateSite:
     from ..webrtc.pages import WebRTCPages
 
     root = Root(server, api.resource(), playback, WebRTCPages(server))
-    return TokengateSite(root, maxBodySize=server.config.maxBodySize)
+    return TokengateSite(root, maxBodySize=server.config.maxBodySize, metrics=server.metrics,
+                         requestTimeout=server.config.requestTimeout)
