@@ -53,9 +53,6 @@ class ServerConfig:
     #: a playback session ends after this many idle seconds (MP4: vodIdle)
     sessionIdle: float = 120.0
     vodIdle: float = 6 * 3600.0
-    #: a HEAD then GET, or a retry, of the redeeming request from the same
-    #: address within this many seconds reuses its session (0: never)
-    reuseWindow: float = 5.0
     #: LL-HLS part duration target, seconds
     partTarget: float = 0.5
     #: ICE servers the server's own WebRTC peer connections use (STUN for a

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "rest-jwt-secret": "",
     "kick-on-expiry": False,
     "session-secret": "",
-    "session-reuse-window": 5.0,
+    "session-reuse-window": None,
     "part-target": 0.5,
     "ice-servers": "",
     "turn-username": "",
@@ -76,8 +76,8 @@ class Options(usage.Options):
          "Secret signing playback session credentials; give every node of a cluster "
          "the same (32+ characters) [default: made once, kept in the data dir]"],
         ["session-reuse-window", None, None,
-         "Seconds within which a HEAD-then-GET or a retry of a token's first request "
-         "reuses its session; 0 disables [default: 5]", float],
+         "Deprecated, no effect: a spent play token continues the session it opened "
+         "from the same address while that session is alive (docs/playback.md)", float],
         ["part-target", None, None, "LL-HLS part duration, seconds [default: 0.5]", float],
         ["ice-servers", None, None,
          "STUN/TURN URIs handed to WebRTC browsers, comma-separated, e.g. "
@@ -337,6 +337,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
 
     dataDir = options["data-dir"]
     os.makedirs(dataDir, exist_ok=True)
+    if options["session-reuse-window"] is not None:
+        _log.warn("--session-reuse-window is deprecated and has no effect: a spent play "
+                  "token continues the session it opened, from the same address, while "
+                  "that session is alive (see docs/playback.md)")
     try:
         store = open_store(options["store"], dataDir, reactor)
     except ValueError as e:
@@ -350,7 +354,6 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             restJwtSecretKey=options["rest-jwt-secret"],
             kickOnExpiry=options["kick-on-expiry"],
             sessionSecret=options["session-secret"],
-            reuseWindow=float(options["session-reuse-window"]),
             partTarget=float(options["part-target"]),
             iceServers=list(options["ice-servers"]),
             turnUsername=options["turn-username"],

@@ -62,8 +62,7 @@ class Root(Resource):
 
 def build_site(server: Server) -> TokengateSite:
     api = RestAPI(server)
-    playback = PlaybackGate(server, server.signer, server.outputs,
-                            reuseWindow=server.config.reuseWindow)
+    playback = PlaybackGate(server, server.signer, server.outputs)
     server.playback = playback
     from ..webrtc.pages import WebRTCPages
 
