@@ -143,9 +143,9 @@ class Server:
             settings = self.apps.get(creds.app)
             if settings is not None and not settings.rtmpPlaybackEnabled:
                 return Outcome.DISABLED
-        live = self.hub.isLive(creds.app, creds.streamId)
         if creds.action == PUBLISH:
-            return Outcome.IN_USE if live else None
+            return Outcome.IN_USE if self.hub.isTaken(creds.app, creds.streamId) else None
+        live = self.hub.isLive(creds.app, creds.streamId)
         if creds.protocol == "vod":
             return None
         return None if live else Outcome.NOT_LIVE
