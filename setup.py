@@ -138,8 +138,14 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
+    # Everything maps from the project root: an editable install (pip install
+    # -e .) then puts the root itself on sys.path, where twistd finds
+    # twisted/plugins/tokengate_plugin.py (a finder-only editable install
+    # would import tokengate but hide the plugin from twistd).
+    package_dir={"": "."},
     packages=[
         "tokengate",
+        "tokengate.access",
         "tokengate.store",
         "tokengate.web",
         "tokengate.rtmp",
@@ -167,6 +173,6 @@ setup(
         "av>=18.1,<20",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "redis>=5"],
+        "test": ["hypothesis>=6.100", "redis>=5", "pyotp>=2.9"],
     },
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from attrs import frozen
 from hypothesis import given
@@ -732,6 +732,42 @@ class ProgressiveTests(ProbeTestCase):
         write_progressive_mp4([(spooled.video, rows)], a, spooled.read)
         write_progressive_mp4([(spooled.video, spooled.video_table)], b, spooled.read)
         self.assertEqual(a.getvalue(), b.getvalue())
+
+    def test_blocks(self) -> None:
+        """
+        A L{SampleSource} that yields its samples in blocks of any size
+        makes the same file as the whole table, whatever the chunking,
+        offset width, edit lists and spool order.
+        """
+
+        class Blocks:
+            def __init__(self, table: SampleTable, size: int) -> None:
+                self.table, self.size = table, size
+
+            def __len__(self) -> int:
+                return len(self.table)
+
+            def blocks(self) -> Iterator[SampleTable]:
+                t = self.table
+                for i in range(0, len(t), self.size):
+                    j = i + self.size
+                    yield SampleTable.from_columns(
+                        t.offsets[i:j], t.sizes[i:j], t.dts[i:j], t.durations[i:j],
+                        t.cts_offsets[i:j], t.sync[i:j],
+                    )  # fmt: skip
+
+        clip = load_clip()
+        for spooled, options in [
+            (SpooledClip(clip), {}),
+            (SpooledClip(clip, audio_first=True), {"chunk_duration": 0.1}),
+            (SpooledClip(clip, cto_shift=-7200), {"co64": True, "edit_lists": False}),
+        ]:
+            whole = self.record(spooled, **options)
+            for size in (1, 2, 7, 64):
+                out = io.BytesIO()
+                sources = [(track, Blocks(table, size)) for track, table in spooled.tracks()]
+                write_progressive_mp4(sources, out, spooled.read, **options)
+                self.assertEqual(out.getvalue(), whole, (options, size))
 
     def test_errors(self) -> None:
         """Short reads, duplicate ids, bad chunking and bad rows raise MediaError."""

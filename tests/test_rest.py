@@ -251,7 +251,7 @@ class RestTests(RestBase):
     async def test_serverJwt(self):
         secret = "m" * 32
         self.server.config = ServerConfig(restJwtSecretKey=secret)
-        token = pyjwt.encode({"sub": "ops"}, secret, algorithm="HS256")
+        token = pyjwt.encode({"sub": "ops", "exp": NOW + 3600}, secret, algorithm="HS256")
         code, _ = await self.get("/rest/v2/applications", self.remote(),
                                  headers={"Authorization": "Bearer " + token})
         self.assertEqual(code, 200)
@@ -292,13 +292,20 @@ class RestTests(RestBase):
             ({"playTokenControlEnabled": True, "playJwtControlEnabled": True, "jwtStreamSecretKey": KEY}, "Only one token type"),
             ({"publishJwtControlEnabled": True, "jwtStreamSecretKey": "short"}, "at least 32"),
             ({"jwtControlEnabled": True, "jwtSecretKey": "short"}, "at least 32"),
-            ({"hlsMuxingEnabled": "yes"}, "true or false"),
             ({"remoteAllowedCIDR": "nonsense"}, "not a network"),
             ({"enableTimeTokenForPlay": True}, "not supported"),
-            ([1], "JSON object"),
         ):
             code, body = await self.post(path, bad)
             self.assertEqual((code, body["success"]), (200, False), bad)
+            self.assertIn(words, body["message"])
+        # a field of the wrong type (or out of range) is a 400 naming it, as
+        # the reference server's JSON binding refuses it
+        for bad, words in (
+            ({"hlsMuxingEnabled": "yes"}, "hlsMuxingEnabled must be true or false"),
+            ([1], "Settings must be a JSON object"),
+        ):
+            code, body = await self.post(path, bad)
+            self.assertEqual((code, body["success"]), (400, False), bad)
             self.assertIn(words, body["message"])
         self.assertEqual((await self.get("/rest/v2/applications/settings/Nope"))[0], 404)
 

@@ -113,7 +113,12 @@ class WS:
             await task.deferLater(reactor, 0.02)
 
 
-class Signalling(TestCase):
+class SignallingBase(TestCase):
+    """
+    A site with the signalling (test-double engine) on a loopback port, and
+    clients for it (also used by tests.test_hostile_json).
+    """
+
     timeout = 30
 
     def setUp(self) -> None:
@@ -156,6 +161,9 @@ class Signalling(TestCase):
         self.assertEqual((m["type"], m["sdp"]), ("answer", "fake-answer to o"))
         await c.expect(command="notification", definition="publish_started", streamId=streamId)
 
+
+
+class Signalling(SignallingBase):
     async def test_ping_and_ice(self) -> None:
         c = await self.ws()
         c.send(command="ping")

@@ -5,6 +5,13 @@ Applications and their settings.
 Each application (``LiveApp`` and ``WebRTCAppEE`` exist by default) has its
 own settings, named as the reference server names them.  They persist as one
 JSON file in the data directory, rewritten atomically on every change.
+
+Every field's type and range is checked in one place, L{SETTINGS_FIELDS}
+(through L{tokengate.jsonvalue}): a POSTed value of the wrong type or out of
+range raises L{JSONError} naming the field (a 400), the rules that combine
+fields raise L{SettingsError} (the reference server's C{success:false}).
+A stored value out of range (written by an older version) is clamped when
+it is numeric and refuses the load otherwise (see L{AppSettings.fromStored}).
 """
 
 from __future__ import annotations
@@ -16,23 +23,123 @@ import os
 import re
 from typing import Any, Callable, Iterator, Optional
 
-from attrs import asdict, define, evolve, fields
-from twisted.logger import Logger
+from attrs import asdict, define, evolve
+
+from tokengate.access.names import isValidAppName
+from tokengate.jsonvalue import (
+    JSONError,
+    boolValue,
+    decimalText,
+    intValue,
+    requireObject,
+    stringValue,
+)
+from tokengate.logsafe import Logger
 
 DEFAULT_APPS = ("LiveApp", "WebRTCAppEE")
 
 #: First path segments that name something other than an application.
 RESERVED_NAMES = frozenset({"rest", "metrics", "time", "static", "favicon.ico"})
 
-APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 MIN_JWT_KEY_LENGTH = 32
+#: the longest secret key (C{jwtStreamSecretKey}, C{jwtSecretKey})
+MAX_KEY_LENGTH = 1024
+#: the longest C{remoteAllowedCIDR} and the most networks in it
+MAX_CIDR_TEXT = 4096
+MAX_NETWORKS = 256
+
+_SIGNED = re.compile(r"-?[0-9]+")
 
 
 class SettingsError(ValueError):
     """
     Settings that cannot be applied; the message is shown to the caller.
     """
+
+
+class BoolField:
+    """
+    C{true} or C{false}.  Not repairable: a switch stored with another value
+    refuses the load rather than guess (many switches are security ones).
+    """
+
+    def check(self, value: object, name: str) -> bool:
+        return boolValue(value, name)
+
+    def repair(self, value: object, name: str) -> Optional[object]:
+        return None
+
+
+@define(frozen=True)
+class TextField:
+    """
+    A string of at most C{maxLength} characters, no control characters.
+    Not repairable (cutting a key or a network list changes its meaning).
+    """
+
+    maxLength: int
+
+    def check(self, value: object, name: str) -> str:
+        return stringValue(value, name, self.maxLength)
+
+    def repair(self, value: object, name: str) -> Optional[object]:
+        return None
+
+
+@define(frozen=True)
+class DecimalField:
+    """
+    An integer in [C{low}, C{high}] that the reference server keeps as a
+    string (C{"2"}): a JSON integer or a string of ASCII digits is accepted
+    and kept as its canonical string.  A stored value out of range is
+    clamped into it; one that is not a number at all takes C{default}.
+    """
+
+    low: int
+    high: int
+    default: str
+
+    def check(self, value: object, name: str) -> str:
+        if isinstance(value, str):
+            return str(decimalText(value, name, self.low, self.high))
+        return str(intValue(value, name, self.low, self.high))
+
+    def repair(self, value: object, name: str) -> Optional[object]:
+        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(text, str) and _SIGNED.fullmatch(text) is not None:
+            # an older version took any isdigit() text (inf as a float)
+            if len(text.lstrip("-0")) > len(str(self.high)):
+                return str(self.low if text.startswith("-") else self.high)
+            return str(min(max(int(text), self.low), self.high))
+        return self.default
+
+
+#: The type and range of every settings field: the one place they are
+#: checked, for a POST (L{AppSettings.fromJSON}), for any change
+#: (L{AppSettings.validate}) and for what was stored (L{AppSettings.fromStored}).
+SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
+    "publishTokenControlEnabled": BoolField(),
+    "playTokenControlEnabled": BoolField(),
+    "publishJwtControlEnabled": BoolField(),
+    "playJwtControlEnabled": BoolField(),
+    "jwtStreamSecretKey": TextField(MAX_KEY_LENGTH),
+    "enableTimeTokenForPublish": BoolField(),
+    "enableTimeTokenForPlay": BoolField(),
+    "remoteAllowedCIDR": TextField(MAX_CIDR_TEXT),
+    "jwtControlEnabled": BoolField(),
+    "jwtSecretKey": TextField(MAX_KEY_LENGTH),
+    "hlsMuxingEnabled": BoolField(),
+    "dashMuxingEnabled": BoolField(),
+    "mp4MuxingEnabled": BoolField(),
+    "webRTCEnabled": BoolField(),
+    "rtmpPlaybackEnabled": BoolField(),
+    # segment target in whole seconds, at most a minute (a segment is held in
+    # memory while it grows); a larger --part-target is lowered to it
+    "hlsTime": DecimalField(1, 60, "2"),
+    # segments listed in a playlist (the packager's memory is bounded apart)
+    "hlsListSize": DecimalField(1, 100, "5"),
+}
 
 
 @define
@@ -74,38 +181,57 @@ class AppSettings:
         """
         Build settings from a POSTed object and validate them.
 
-        @raise SettingsError: when a field has the wrong type or the
-            combination is invalid.
+        @raise JSONError: when a field has the wrong type or is out of its
+            range (the message names the field).
+        @raise SettingsError: when the combination is invalid.
         """
-        if not isinstance(data, dict):
-            raise SettingsError("Settings must be a JSON object")
-        data = dict(data)
-        # Accept the short names of the media switches too.
-        for alias, name in _ALIASES.items():
-            if alias in data and name not in data:
-                data[name] = data[alias]
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in data or data[f.name] is None:
-                continue
-            value = data[f.name]
-            if f.type in ("bool", bool):
-                if not isinstance(value, bool):
-                    raise SettingsError("{} must be true or false".format(f.name))
-            elif f.name in ("hlsTime", "hlsListSize"):
-                if isinstance(value, bool) or not isinstance(value, (int, str)):
-                    raise SettingsError("{} must be a number".format(f.name))
-                value = str(value)
-                if not value.isdigit() or int(value) < 1:
-                    raise SettingsError("{} must be a positive number".format(f.name))
-            elif not isinstance(value, str):
-                raise SettingsError("{} must be a string".format(f.name))
-            values[f.name] = value
+        for name, value in _present(data):
+            values[name] = SETTINGS_FIELDS[name].check(value, name)
         settings = cls(**values)
         settings.validate()
         return settings
 
+    @classmethod
+    def fromStored(cls, data: object, app: str) -> tuple["AppSettings", list[str]]:
+        """
+        Build settings from what was stored, which an older version may
+        have written with values this one refuses: a numeric field out of
+        range is clamped into it (not a number at all: its default), and
+        the repair is reported; anything else wrong refuses the load.
+
+        @return: the settings and one message per repaired field.
+        @raise SettingsError: naming the application and the field.
+        """
+        values: dict[str, Any] = {}
+        repairs: list[str] = []
+        try:
+            for name, value in _present(data):
+                spec = SETTINGS_FIELDS[name]
+                try:
+                    values[name] = spec.check(value, name)
+                except JSONError as e:
+                    repaired = spec.repair(value, name)
+                    if repaired is None:
+                        raise
+                    values[name] = repaired
+                    repairs.append("{}; using {}".format(e, repaired))
+            settings = cls(**values)
+            settings.validate()
+        except (JSONError, SettingsError) as e:
+            raise SettingsError("stored settings of application {}: {}".format(app, e))
+        return settings, repairs
+
     def validate(self) -> None:
+        """
+        Check every field's type and range (L{SETTINGS_FIELDS}) and the
+        rules that combine fields.
+
+        @raise JSONError: a field of the wrong type or out of range.
+        @raise SettingsError: an invalid combination.
+        """
+        for name, spec in SETTINGS_FIELDS.items():
+            spec.check(getattr(self, name), name)
         for direction, onetime, jwt_, totp in (
             (
                 "publish",
@@ -170,6 +296,23 @@ class AppSettings:
 _ALIASES = {"hlsEnabled": "hlsMuxingEnabled", "dashEnabled": "dashMuxingEnabled"}
 
 
+def _present(data: object) -> Iterator[tuple[str, object]]:
+    """
+    The settings fields present (and not null) in a settings object, the
+    aliases of the media switches resolved.  Unknown fields are skipped.
+
+    @raise JSONError: when C{data} is not an object.
+    """
+    obj = requireObject(data, "Settings")
+    for name in SETTINGS_FIELDS:
+        value = obj.get(name)
+        if value is None:
+            alias = next((a for a, n in _ALIASES.items() if n == name), None)
+            value = obj.get(alias) if alias is not None else None
+        if value is not None:
+            yield name, value
+
+
 def parse_cidrs(
     text: str,
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -178,10 +321,10 @@ def parse_cidrs(
     address of the other family is implied by ``127.0.0.1`` and ``::1``.
     """
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) > MAX_NETWORKS:
+        raise SettingsError("remoteAllowedCIDR: more than {} networks".format(MAX_NETWORKS))
+    for part in parts:
         try:
             net = ipaddress.ip_network(part, strict=False)
         except ValueError:
@@ -244,9 +387,14 @@ class Applications:
                 raw = json.load(f)
         except FileNotFoundError:
             return None
+        stored = raw.get("applications") if isinstance(raw, dict) else None
+        if not isinstance(stored, dict):
+            raise SettingsError("{}: no applications object".format(self._path))
         apps = {}
-        for name, data in raw.get("applications", {}).items():
-            apps[name] = AppSettings.fromJSON(data)
+        for name, data in stored.items():
+            apps[name], repairs = AppSettings.fromStored(data, name)
+            for repair in repairs:
+                self._log.warn("application {app}: stored {repair}", app=name, repair=repair)
         return apps
 
     def _save(self) -> None:
@@ -297,7 +445,7 @@ class Applications:
         self._changed(name, settings)
 
     def create(self, name: str, settings: Optional[AppSettings] = None) -> None:
-        if not APP_NAME.match(name) or name.lower() in RESERVED_NAMES:
+        if not isValidAppName(name) or name.lower() in RESERVED_NAMES:
             raise SettingsError(
                 "Application name must be 1-64 letters, digits, '-' or '_' "
                 "and not one of: " + ", ".join(sorted(RESERVED_NAMES))

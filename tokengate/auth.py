@@ -32,13 +32,13 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from tokengate.logsafe import Logger
 from .apps import Applications
 from .metrics import Metrics
 from .store import ITokenStore, StoreUnavailable
-from .tokens import MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
+from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
 
 
 # --- credentials ---------------------------------------------------------
@@ -342,10 +342,19 @@ def mint_jwt(secret: str, streamId: str, type: str, expireDate: int,
     return pyjwt.encode(claims, secret, algorithm="HS256")
 
 
-def check_jwt(secret: str, token: str, now: float) -> dict[str, Any]:
+def check_jwt(secret: str, token: str, now: float,
+              maxLifetime: Optional[float] = None) -> dict[str, Any]:
     """
     Verify an HS256 JWT and its expiry against C{now}.
 
+    The JWT must carry an C{exp} (a finite number of unix seconds) after
+    C{now} and below L{MAX_EXPIRE_SECONDS} (what a mint accepts): one
+    without it would be valid for ever, so it is refused (the reference
+    server checks C{exp} only when present; tokengate is stricter).
+
+    @param maxLifetime: when given, an C{exp} more than this many seconds
+        after C{now} is refused too (management JWTs: a leaked one stays
+        usable for a bounded time).
     @raise Refused: with L{Outcome.EXPIRED} or L{Outcome.INVALID}.
     """
     try:
@@ -355,11 +364,14 @@ def check_jwt(secret: str, token: str, now: float) -> dict[str, Any]:
     except pyjwt.InvalidTokenError:
         raise Refused(Outcome.INVALID)
     exp = claims.get("exp")
-    if exp is not None:
-        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-            raise Refused(Outcome.INVALID)
-        if not now < exp:
-            raise Refused(Outcome.EXPIRED)
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not (
+            0 < exp < MAX_EXPIRE_SECONDS):
+        # no exp, not a number, NaN, or past what a mint accepts (milliseconds)
+        raise Refused(Outcome.INVALID)
+    if not now < exp:
+        raise Refused(Outcome.EXPIRED)
+    if maxLifetime is not None and exp > now + maxLifetime:
+        raise Refused(Outcome.INVALID)
     return claims
 
 
@@ -389,10 +401,8 @@ class JwtTokenChecker:
             room = claims.get("roomId")
             if not (room and creds.roomId and room == creds.roomId):
                 raise Refused(Outcome.WRONG_STREAM)
-        exp = claims.get("exp")
         return Admission(
-            creds.app, creds.streamId, creds.action, "jwt",
-            digest(token), float(exp) if exp is not None else None,
+            creds.app, creds.streamId, creds.action, "jwt", digest(token), float(claims["exp"]),
         ).toAvatarId()
 
 

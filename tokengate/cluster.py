@@ -56,8 +56,8 @@ from typing import Any, Optional
 from urllib.parse import quote, unquote
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+from tokengate.logsafe import Logger
 
 TOKENS = "tokens"
 SESSIONS = "sessions"

@@ -80,6 +80,13 @@ class Metrics:
             ["protocol", "direction"],
             registry=r,
         )
+        self.dropped = Counter(
+            "tokengate_connections_dropped",
+            "Client connections the server closed: malformed input, a limit, a deadline, "
+            "a client that does not read",
+            ["protocol", "reason"],
+            registry=r,
+        )
         self.http_refusals = Counter(
             "tokengate_rest_refusals",
             "REST API calls refused by its protection",
@@ -92,6 +99,12 @@ class Metrics:
             " exist (past the end of an ended stream, far ahead of the live edge) or of the"
             " manifest of an ended stream",
             ["protocol"],
+            registry=r,
+        )
+        self.malformed = Counter(
+            "tokengate_malformed_requests",
+            "Client JSON refused: the document (json) or a value in it (field)",
+            ["protocol", "reason"],
             registry=r,
         )
 

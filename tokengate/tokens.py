@@ -25,6 +25,8 @@ from typing import Optional
 
 from attrs import field, frozen
 
+from tokengate.access.names import isValidStreamId
+
 PUBLISH = "publish"
 PLAY = "play"
 TOKEN_TYPES = (PUBLISH, PLAY)
@@ -199,6 +201,9 @@ class RequestError(ValueError):
 MSG_DEFINE = "Define Stream ID, Token Type and Expire Date (unix time)"
 MSG_BAD_TYPE = "Invalid token type. Supported types are 'play' and 'publish'"
 MSG_PAST = "Expire Date is in the past (unix time in seconds)"
+#: tokengate's own (the reference server takes any string): see L{isValidStreamId}
+MSG_BAD_STREAM_ID = "Stream id must be 1-128 letters, digits, '-', '_' or '.', not starting with '.'"
+MSG_BAD_ROOM_ID = "Room id must be 1-128 letters, digits, '-', '_' or '.', not starting with '.'"
 MSG_MILLIS = (
     "Expire Date looks like milliseconds; give it in unix time (seconds)"
 )
@@ -210,6 +215,7 @@ def check_mint_request(
     expireDate: Optional[int],
     now: float,
     checkType: bool = True,
+    roomId: Optional[str] = None,
 ) -> None:
     """
     Validate the parameters of a mint request in the reference order.
@@ -224,6 +230,10 @@ def check_mint_request(
         raise RequestError(MSG_MILLIS)
     if expireDate <= now:
         raise RequestError(MSG_PAST)
+    if not isValidStreamId(streamId):
+        raise RequestError(MSG_BAD_STREAM_ID)
+    if roomId and not isValidStreamId(roomId):
+        raise RequestError(MSG_BAD_ROOM_ID)
 
 
 def new_token(

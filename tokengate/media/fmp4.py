@@ -25,8 +25,12 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from itertools import accumulate
-from typing import Callable, Iterable, Optional, Protocol, Sequence, Union
+from bisect import bisect_left
+from heapq import merge
+from itertools import accumulate, compress, groupby
+from math import ceil
+from operator import add
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence, Union
 
 from attrs import frozen
 
@@ -43,6 +47,7 @@ __all__ = [
     "init_segment",
     "media_segment",
     "SampleTable",
+    "SampleSource",
     "file_reader",
     "write_progressive_mp4",
 ]
@@ -358,12 +363,60 @@ def _stsd(track: Track) -> bytes:
     return _full_box(b"stsd", 0, 0, _U32.pack(1), _sample_entry(track))
 
 
+class _Lazy:
+    """
+    A box too long to hold in memory: its size, and its bytes produced
+    piece by piece when it is written (see L{_lazy_box}).
+    """
+
+    __slots__ = ("size", "_pieces")
+
+    def __init__(self, size: int, pieces: Callable[[], Iterable[Buffer]]) -> None:
+        self.size = size
+        self._pieces = pieces
+
+    def pieces(self) -> Iterable[Buffer]:
+        return self._pieces()
+
+
+#: A box, or a part of a box's payload: bytes, or lazily produced bytes.
+Part = Union[bytes, _Lazy]
+
+
+def _part_size(part: Part) -> int:
+    return len(part) if isinstance(part, bytes) else part.size
+
+
+def _pieces(part: Part) -> Iterable[Buffer]:
+    if isinstance(part, bytes):
+        return (part,)
+    return part.pieces()
+
+
+def _lazy_box(kind: bytes, *parts: Part) -> Part:
+    """L{_box} for parts that may be lazy: bytes when every part is bytes."""
+    if all(isinstance(p, bytes) for p in parts):
+        return _box(kind, *parts)  # type: ignore[arg-type]
+    size = 8 + sum(_part_size(p) for p in parts)
+
+    def pieces() -> Iterator[Buffer]:
+        yield _BOX.pack(size, kind)
+        for part in parts:
+            yield from _pieces(part)
+
+    return _Lazy(size, pieces)
+
+
+def _lazy_full_box(kind: bytes, version: int, flags: int, *parts: Part) -> Part:
+    return _lazy_box(kind, _U32.pack(version << 24 | flags), *parts)
+
+
 def _trak(
-    track: Track, stbl: bytes, tkhd_duration: int = 0, mdhd_duration: int = 0, edts: bytes = b""
-) -> bytes:
-    minf = _box(b"minf", _VMHD if track.kind == VIDEO else _SMHD, _DINF, stbl)
-    mdia = _box(b"mdia", _mdhd(track, mdhd_duration), _hdlr(track.kind), minf)
-    return _box(b"trak", _tkhd(track, tkhd_duration), edts, mdia)
+    track: Track, stbl: Part, tkhd_duration: int = 0, mdhd_duration: int = 0, edts: bytes = b""
+) -> Part:
+    minf = _lazy_box(b"minf", _VMHD if track.kind == VIDEO else _SMHD, _DINF, stbl)
+    mdia = _lazy_box(b"mdia", _mdhd(track, mdhd_duration), _hdlr(track.kind), minf)
+    return _lazy_box(b"trak", _tkhd(track, tkhd_duration), edts, mdia)
 
 
 # ---------------------------------------------------------------------------
@@ -389,12 +442,9 @@ def init_segment(track: Track) -> bytes:
     """
     stbl = _box(b"stbl", _stsd(track), _EMPTY_TABLES)
     trex = _full_box(b"trex", 0, 0, struct.pack(">IIIII", track.track_id, 1, 0, 0, 0))
-    moov = _box(
-        b"moov",
-        _mvhd(0, track.track_id + 1),
-        _trak(track, stbl),
-        _box(b"mvex", trex),
-    )
+    trak = _trak(track, stbl)
+    assert isinstance(trak, bytes)
+    moov = _box(b"moov", _mvhd(0, track.track_id + 1), trak, _box(b"mvex", trex))
     return _CMAF_FTYP + moov
 
 
@@ -488,6 +538,8 @@ class SampleTable:
     Each row locates the sample's bytes in the recording's byte source
     (``offset``, ``size``) and times it in the track timescale (``dts``,
     ``duration``, ``cts_offset`` = PTS - DTS); ``is_sync`` marks key frames.
+
+    A table is also a :class:`SampleSource` of one block.
     """
 
     __slots__ = ("offsets", "sizes", "dts", "durations", "cts_offsets", "sync")
@@ -501,6 +553,28 @@ class SampleTable:
         self.sync = array("B")
         for row in rows:
             self.append(*row)
+
+    @classmethod
+    def from_columns(
+        cls,
+        offsets: "array[int]",
+        sizes: "array[int]",
+        dts: "array[int]",
+        durations: "array[int]",
+        cts_offsets: "array[int]",
+        sync: "array[int]",
+    ) -> SampleTable:
+        """
+        A table of these columns (``q`` arrays, and ``B`` for ``sync``, all
+        of one length; used as they are, not copied).
+        """
+        n = len(sync)
+        if any(len(c) != n for c in (offsets, sizes, dts, durations, cts_offsets)):
+            raise MediaError("sample table columns differ in length")
+        table = cls.__new__(cls)
+        table.offsets, table.sizes, table.dts = offsets, sizes, dts
+        table.durations, table.cts_offsets, table.sync = durations, cts_offsets, sync
+        return table
 
     def append(
         self,
@@ -530,6 +604,24 @@ class SampleTable:
     def __len__(self) -> int:
         return len(self.sync)
 
+    def blocks(self) -> Iterator[SampleTable]:
+        """The table as one block (see :class:`SampleSource`)."""
+        yield self
+
+
+class SampleSource(Protocol):
+    """
+    The samples of one track, for tables too long to hold in memory:
+    ``len()`` counts them, and every call of ``blocks()`` yields them again
+    from the first, in decode order, as consecutive :class:`SampleTable`
+    blocks.  :func:`write_progressive_mp4` holds a few blocks at a time, so
+    its memory is bounded by the block size, not by the number of samples.
+    """
+
+    def __len__(self) -> int: ...
+
+    def blocks(self) -> Iterator[SampleTable]: ...
+
 
 class _Writable(Protocol):
     def write(self, data: Buffer, /) -> object: ...
@@ -551,51 +643,181 @@ def file_reader(f: _Readable) -> Callable[[int, int], bytes]:
     return read
 
 
+def _run_count(values: Sequence[int], previous: Optional[int]) -> int:
+    """The runs of equal values in *values*, not counting one continuing *previous*."""
+    runs = sum(1 for _ in groupby(values))
+    return runs - 1 if values and values[0] == previous else runs
+
+
 class _TrackLayout:
-    """A recorded track during layout: its samples, chunks and edit list."""
+    """
+    A recorded track during layout: what its boxes need to know of its
+    samples (counts, ranges, its edit list), from one pass over its blocks.
+    """
 
     __slots__ = (
         "track",
-        "table",
-        "chunk_sizes",
-        "chunk_offsets",
+        "source",
+        "n",
+        "limit",
         "duration",
         "media_time",
         "presented",
         "start",
+        "stts_entries",
+        "ctts_entries",
+        "has_ctts",
+        "negative_ctts",
+        "sync_count",
+        "uniform_size",
+        "nbytes",
+        "chunk_count",
+        "stsc_entries",
     )
 
-    def __init__(self, track: Track, table: SampleTable) -> None:
+    def __init__(self, track: Track, source: SampleSource, chunk_duration: float) -> None:
         self.track = track
-        self.table = table
-        self.chunk_sizes: list[int] = []  # samples per chunk
-        self.chunk_offsets: list[int] = []  # relative to the mdat payload
-        self.duration = sum(table.durations)
+        self.source = source
+        self.n = n = len(source)
+        #: a chunk ends with the sample that brings it to this duration
+        self.limit = max(0, ceil(chunk_duration * track.timescale))
         #: The earliest composition time, relative to the first decode time
         #: (where an edit list starts the media), and the presented length.
         self.media_time = self.presented = 0
         self.start = 0.0  # seconds, on the caller's timeline
-        if len(table):
-            earliest = latest = table.cts_offsets[0]
-            for decode_time, cto, duration in zip(
-                accumulate(table.durations, initial=0), table.cts_offsets, table.durations
-            ):
-                composition = decode_time + cto
-                if composition < earliest:
-                    earliest = composition
-                if composition + duration > latest:
-                    latest = composition + duration
+        duration = stts = ctts = sync = nbytes = seen = 0
+        has_ctts = negative = False
+        uniform: Optional[int] = None
+        first_dts: Optional[int] = None
+        earliest = latest = 0
+        last_duration: Optional[int] = None
+        last_cto: Optional[int] = None
+        for block in source.blocks():
+            m = len(block)
+            if not m:
+                continue
+            durations, ctos, sizes = block.durations, block.cts_offsets, block.sizes
+            if max(durations) > _U32_MAX or max(sizes) > _U32_MAX:
+                raise MediaError("sample duration or size out of u32 range")
+            low, high = min(ctos), max(ctos)
+            if low < -0x80000000 or high > 0x7FFFFFFF:
+                raise MediaError("composition offset out of range")
+            decode = array("q", accumulate(durations, initial=duration))
+            compositions = list(map(add, decode, ctos))
+            low, high = min(compositions), max(map(add, compositions, durations))
+            if first_dts is None:
+                first_dts, uniform = block.dts[0], sizes[0]
+                earliest, latest = low, high
+            else:
+                earliest, latest = min(earliest, low), max(latest, high)
+            duration = decode[-1]
+            stts += _run_count(durations, last_duration)
+            ctts += _run_count(ctos, last_cto)
+            last_duration, last_cto = durations[-1], ctos[-1]
+            has_ctts = has_ctts or any(ctos)
+            negative = negative or min(ctos) < 0
+            sync += m - block.sync.count(0)
+            if uniform is not None and sizes.count(uniform) != m:
+                uniform = None
+            nbytes += sum(sizes)
+            seen += m
+        if seen != n:
+            raise MediaError(f"the sample source has {seen} samples, not {n}")
+        self.duration = duration
+        self.stts_entries, self.ctts_entries = stts, ctts
+        self.has_ctts, self.negative_ctts = has_ctts, negative
+        self.sync_count, self.uniform_size, self.nbytes = sync, uniform, nbytes
+        if first_dts is not None:
             self.media_time = max(0, earliest)
             self.presented = max(0, latest - self.media_time)
-            self.start = (table.dts[0] + self.media_time) / track.timescale
+            self.start = (first_dts + self.media_time) / track.timescale
+        chunks = entries = 0
+        previous = None
+        for _, _, count, _ in self.chunks(0):
+            chunks += 1
+            if count != previous:
+                entries += 1
+                previous = count
+        self.chunk_count, self.stsc_entries = chunks, entries
+
+    def chunks(self, index: int) -> Iterator[tuple[float, int, int, int]]:
+        """
+        The track's chunks, in order: (start in seconds, *index*, samples,
+        bytes).  A chunk ends with the sample that makes it last at least
+        the chunk duration, or with the last sample.
+        """
+        limit, timescale, n = self.limit, self.track.timescale, self.n
+        seen = carry = count = nbytes = start = 0
+        for block in self.source.blocks():
+            m = len(block)
+            if not m:
+                continue
+            sizes, dts = block.sizes, block.dts
+            prefix = array("q", accumulate(block.durations, initial=0))
+            last = seen + m >= n
+            pos = 0
+            while pos < m:
+                if not count:
+                    start = dts[pos]
+                end = bisect_left(prefix, limit - carry + prefix[pos], pos + 1, m + 1)
+                if end > m:
+                    if not last:
+                        carry += prefix[m] - prefix[pos]
+                        count += m - pos
+                        nbytes += sum(sizes[pos:m])
+                        break
+                    end = m
+                count += end - pos
+                nbytes += sum(sizes[pos:end])
+                yield (start / timescale, index, count, nbytes)
+                carry = count = nbytes = 0
+                pos = end
+            seen += m
+
+
+def _chunk_key(chunk: tuple[float, int, int, int]) -> tuple[float, int]:
+    return chunk[0], chunk[1]
+
+
+def _chunk_order(layouts: Sequence[_TrackLayout]) -> Iterator[tuple[float, int, int, int]]:
+    """Every track's chunks, interleaved by start time (then track order)."""
+    return merge(*(layout.chunks(i) for i, layout in enumerate(layouts)), key=_chunk_key)
+
+
+class _Cursor:
+    """Walks one track's samples in order, block by block."""
+
+    def __init__(self, source: SampleSource) -> None:
+        self._blocks = iter(source.blocks())
+        self._block: Optional[SampleTable] = None
+        self._pos = 0
+
+    def take(self, count: int) -> Iterator[tuple[SampleTable, int, int]]:
+        """The next *count* samples, as (block, first, end) spans."""
+        while count:
+            block = self._block
+            if block is None or self._pos >= len(block):
+                block = self._block = next(self._blocks, None)
+                self._pos = 0
+                if block is None:
+                    raise MediaError("the sample source ended early")
+                continue
+            end = min(len(block), self._pos + count)
+            yield block, self._pos, end
+            count -= end - self._pos
+            self._pos = end
 
 
 _MAX_READ = 1 << 22
+#: entries per piece of a long table box
+_PIECE = 4096
 
 
 def write_progressive_mp4(
     tracks: Sequence[
-        tuple[Track, Union[SampleTable, Iterable[tuple[int, int, int, int, int, bool]]]]
+        tuple[
+            Track, Union[SampleTable, SampleSource, Iterable[tuple[int, int, int, int, int, bool]]]
+        ]
     ],
     out: _Writable,
     read: Callable[[int, int], Buffer],
@@ -610,12 +832,16 @@ def write_progressive_mp4(
 
     The design keeps a long recording out of memory: while recording, append
     each sample's bytes to a spool (a file, in any order and interleaving)
-    and its row to a :class:`SampleTable` per track (or pass any iterable of
-    ``(offset, size, dts, duration, cts_offset, is_sync)`` rows).  This
-    function lays the samples out in chunks of about *chunk_duration*
-    seconds, interleaved by time, builds the moov from the tables alone, then
-    streams the mdat by calling ``read(offset, size)`` on the spool (see
-    :func:`file_reader`), merging reads of adjacent samples up to 4 MiB.
+    and its row to a :class:`SampleTable` per track, or to anything that is
+    a :class:`SampleSource` (a table kept on disk, read back in blocks), or
+    pass any iterable of ``(offset, size, dts, duration, cts_offset,
+    is_sync)`` rows.  This function lays the samples out in chunks of about
+    *chunk_duration* seconds, interleaved by time, writes the moov from the
+    tables, then streams the mdat by calling ``read(offset, size)`` on the
+    spool (see :func:`file_reader`), merging reads of adjacent samples up to
+    4 MiB.  It walks each source's blocks several times and never holds
+    more than a few blocks of each, nor a whole sample-table box: its
+    memory does not grow with the number of samples.
 
     Each track's first DTS places it on the movie timeline and the durations
     time the rest.  With *edit_lists* each track gets an edit list: an empty
@@ -626,34 +852,19 @@ def write_progressive_mp4(
     This blocks for as long as the reads and writes take, plus a few Python
     operations per sample; run long recordings in a thread.
     """
-    layouts = []
+    sources: list[tuple[Track, SampleSource]] = []
     for track, rows in tracks:
-        table = rows if isinstance(rows, SampleTable) else SampleTable(rows)
-        layouts.append(_TrackLayout(track, table))
-    if len({layout.track.track_id for layout in layouts}) != len(layouts):
+        if isinstance(rows, SampleTable) or hasattr(rows, "blocks"):
+            sources.append((track, rows))  # type: ignore[arg-type]
+        else:
+            sources.append((track, SampleTable(rows)))  # type: ignore[arg-type]
+    if len({track.track_id for track, _ in sources}) != len(sources):
         raise MediaError("track ids must be unique")
     if chunk_duration <= 0:
         raise MediaError("chunk duration must be positive")
+    layouts = [_TrackLayout(track, source, chunk_duration) for track, source in sources]
 
-    # Chunks of about chunk_duration, interleaved by start time.
-    chunks: list[tuple[float, int, int, int]] = []  # start seconds, layout index, first, end
-    for index, layout in enumerate(layouts):
-        table = layout.table
-        limit = chunk_duration * layout.track.timescale
-        durations = table.durations
-        first, n, elapsed = 0, len(table), 0
-        for i in range(n):
-            elapsed += durations[i]
-            if elapsed >= limit or i == n - 1:
-                chunks.append(((table.dts[first]) / layout.track.timescale, index, first, i + 1))
-                first, elapsed = i + 1, 0
-    chunks.sort()
-    position = 0
-    for _, index, first, end in chunks:
-        layout = layouts[index]
-        layout.chunk_offsets.append(position)
-        layout.chunk_sizes.append(end - first)
-        position += sum(layout.table.sizes[first:end])
+    position = sum(layout.nbytes for layout in layouts)
     if position + 8 <= _U32_MAX:
         mdat_head = _BOX.pack(position + 8, b"mdat")
     else:
@@ -666,33 +877,41 @@ def write_progressive_mp4(
         _U32.pack(0x200),
         b"isomiso2iso6" + (b"avc1" if has_video else b"") + b"mp41",
     )
-    movie_start = min((layout.start for layout in layouts if len(layout.table)), default=0.0)
+    movie_start = min((layout.start for layout in layouts if layout.n), default=0.0)
     # Sizes do not depend on offset values: size the moov, then fill it in.
     if co64 is None:
-        moov = _moov(layouts, movie_start, 0, False, edit_lists)
-        co64 = len(ftyp) + len(moov) + len(mdat_head) + position > _U32_MAX
+        size = _part_size(_moov(layouts, movie_start, 0, False, edit_lists))
+        co64 = len(ftyp) + size + len(mdat_head) + position > _U32_MAX
         if co64:
-            moov = _moov(layouts, movie_start, 0, True, edit_lists)
+            size = _part_size(_moov(layouts, movie_start, 0, True, edit_lists))
     else:
-        moov = _moov(layouts, movie_start, 0, co64, edit_lists)
-    moov = _moov(layouts, movie_start, len(ftyp) + len(moov) + len(mdat_head), co64, edit_lists)
+        size = _part_size(_moov(layouts, movie_start, 0, co64, edit_lists))
+    moov = _moov(layouts, movie_start, len(ftyp) + size + len(mdat_head), co64, edit_lists)
 
     out.write(ftyp)
-    out.write(moov)
+    written = len(ftyp)
+    for piece in _pieces(moov):
+        out.write(piece)
+        written += len(piece)
+    if written != len(ftyp) + size:
+        raise MediaError(f"the moov came out as {written - len(ftyp)} bytes, not {size}")
     out.write(mdat_head)
-    written = len(ftyp) + len(moov) + len(mdat_head)
-    for _, index, first, end in chunks:
-        table = layouts[index].table
-        offsets, sizes = table.offsets, table.sizes
-        run_start, run_size = offsets[first], sizes[first]
-        for k in range(first + 1, end):
-            offset, size = offsets[k], sizes[k]
-            if offset == run_start + run_size and run_size + size <= _MAX_READ:
-                run_size += size
-                continue
+    written += len(mdat_head)
+    cursors = [_Cursor(layout.source) for layout in layouts]
+    for _, index, count, _ in _chunk_order(layouts):
+        run_start = run_size = -1
+        for block, first, end in cursors[index].take(count):
+            offsets, sizes = block.offsets, block.sizes
+            for k in range(first, end):
+                offset, size = offsets[k], sizes[k]
+                if offset == run_start + run_size and run_size + size <= _MAX_READ:
+                    run_size += size
+                    continue
+                if run_size >= 0:
+                    written += _copy(read, out, run_start, run_size)
+                run_start, run_size = offset, size
+        if run_size >= 0:
             written += _copy(read, out, run_start, run_size)
-            run_start, run_size = offset, size
-        written += _copy(read, out, run_start, run_size)
     return written
 
 
@@ -714,14 +933,14 @@ def _to_movie(value: int, timescale: int) -> int:
 
 def _moov(
     layouts: list[_TrackLayout], movie_start: float, base: int, co64: bool, edit_lists: bool
-) -> bytes:
+) -> Part:
     traks = []
     movie_duration = 0
-    for layout in layouts:
-        track, table = layout.track, layout.table
+    for index, layout in enumerate(layouts):
+        track = layout.track
         edts = b""
         track_duration = _to_movie(layout.duration, track.timescale)
-        if edit_lists and len(table):
+        if edit_lists and layout.n:
             entries = []
             delay = round((layout.start - movie_start) * MOVIE_TIMESCALE)
             if delay > 0:
@@ -746,56 +965,125 @@ def _moov(
                 )
             edts = _box(b"edts", elst)
         movie_duration = max(movie_duration, track_duration)
-        stbl = _box(b"stbl", _stsd(track), *_sample_tables(layout, base, co64))
+        stbl = _lazy_box(b"stbl", _stsd(track), *_sample_tables(layouts, index, base, co64))
         traks.append(_trak(track, stbl, track_duration, layout.duration, edts))
     next_id = max((layout.track.track_id for layout in layouts), default=0) + 1
-    return _box(b"moov", _mvhd(movie_duration, next_id), *traks)
+    return _lazy_box(b"moov", _mvhd(movie_duration, next_id), *traks)
 
 
-def _runs(values: Iterable[int]) -> list[int]:
-    """Run-length pairs (count, value), flattened."""
+def _table_box(
+    kind: bytes, version: int, count: int, entry: int, entries: Callable[[], Iterable[Buffer]]
+) -> Part:
+    """A full box of a u32 entry count and *count* entries of *entry* bytes."""
+    size = 16 + count * entry
+
+    def pieces() -> Iterator[Buffer]:
+        yield _FULL_BOX.pack(size, kind, version << 24) + _U32.pack(count)
+        yield from entries()
+
+    return _Lazy(size, pieces)
+
+
+def _runs(source: SampleSource, column: str, mask: int = _U32_MAX) -> Iterator[bytes]:
+    """(count, value) u32 pairs for the runs of equal values of a column."""
+    value, run = 0, 0
+    for block in source.blocks():
+        out: list[int] = []
+        for v, group in groupby(getattr(block, column)):
+            length = sum(1 for _ in group)
+            if run and v == value:
+                run += length
+                continue
+            if run:
+                out += (run, value & mask)
+            value, run = v, length
+        if out:
+            yield _u32_array(out)
+    if run:
+        yield _u32_array((run, value & mask))
+
+
+def _sync_numbers(source: SampleSource) -> Iterator[bytes]:
+    seen = 0
+    for block in source.blocks():
+        m = len(block)
+        yield _u32_array(compress(range(seen + 1, seen + m + 1), block.sync))
+        seen += m
+
+
+def _sample_to_chunk(layout: _TrackLayout) -> Iterator[bytes]:
     out: list[int] = []
-    for v in values:
-        if out and out[-1] == v:
-            out[-2] += 1
-        else:
-            out += (1, v)
-    return out
-
-
-def _sample_tables(layout: _TrackLayout, base: int, co64: bool) -> list[bytes]:
-    table = layout.table
-    n = len(table)
-    boxes = []
-    stts = _runs(table.durations)
-    boxes.append(_full_box(b"stts", 0, 0, _U32.pack(len(stts) // 2), _u32_array(stts)))
-    if any(table.cts_offsets):
-        ctts = _runs(table.cts_offsets)
-        negative = any(c < 0 for c in ctts[1::2])
-        if any(not -0x80000000 <= c <= 0x7FFFFFFF for c in ctts[1::2]):
-            raise MediaError("composition offset out of range")
-        ctts[1::2] = [c & 0xFFFFFFFF for c in ctts[1::2]]
-        boxes.append(
-            _full_box(b"ctts", 1 if negative else 0, 0, _U32.pack(len(ctts) // 2), _u32_array(ctts))
-        )
-    if layout.track.kind == VIDEO and not all(table.sync):
-        sync = [i + 1 for i, s in enumerate(table.sync) if s]
-        boxes.append(_full_box(b"stss", 0, 0, _U32.pack(len(sync)), _u32_array(sync)))
-    stsc: list[int] = []
     previous = None
-    for chunk, count in enumerate(layout.chunk_sizes, 1):
+    for number, (_, _, count, _) in enumerate(layout.chunks(0), 1):
         if count != previous:
-            stsc += (chunk, count, 1)
+            out += (number, count, 1)
             previous = count
-    boxes.append(_full_box(b"stsc", 0, 0, _U32.pack(len(stsc) // 3), _u32_array(stsc)))
-    sizes = table.sizes
-    if n and sizes.count(sizes[0]) == n:
-        boxes.append(_full_box(b"stsz", 0, 0, struct.pack(">II", sizes[0], n)))
+            if len(out) >= 3 * _PIECE:
+                yield _u32_array(out)
+                out = []
+    if out:
+        yield _u32_array(out)
+
+
+def _chunk_offsets(
+    layouts: Sequence[_TrackLayout], index: int, base: int, co64: bool
+) -> Iterator[bytes]:
+    pack = _u64_array if co64 else _u32_array
+    out: list[int] = []
+    position = base
+    for _, i, _, nbytes in _chunk_order(layouts):
+        if i == index:
+            out.append(position)
+            if len(out) >= _PIECE:
+                yield pack(out)
+                out = []
+        position += nbytes
+    if out:
+        yield pack(out)
+
+
+def _sample_sizes(source: SampleSource) -> Iterator[bytes]:
+    for block in source.blocks():
+        yield _u32_array(block.sizes)
+
+
+def _sample_tables(layouts: list[_TrackLayout], index: int, base: int, co64: bool) -> list[Part]:
+    layout = layouts[index]
+    source, n = layout.source, layout.n
+    boxes: list[Part] = [
+        _table_box(b"stts", 0, layout.stts_entries, 8, lambda: _runs(source, "durations"))
+    ]
+    if layout.has_ctts:
+        boxes.append(
+            _table_box(
+                b"ctts",
+                1 if layout.negative_ctts else 0,
+                layout.ctts_entries,
+                8,
+                lambda: _runs(source, "cts_offsets"),
+            )
+        )
+    if layout.track.kind == VIDEO and layout.sync_count != n:
+        boxes.append(_table_box(b"stss", 0, layout.sync_count, 4, lambda: _sync_numbers(source)))
+    boxes.append(_table_box(b"stsc", 0, layout.stsc_entries, 12, lambda: _sample_to_chunk(layout)))
+    if n and layout.uniform_size is not None:
+        boxes.append(_full_box(b"stsz", 0, 0, struct.pack(">II", layout.uniform_size, n)))
     else:
-        boxes.append(_full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), _u32_array(sizes)))
-    offsets = [base + o for o in layout.chunk_offsets]
-    if co64:
-        boxes.append(_full_box(b"co64", 0, 0, _U32.pack(len(offsets)), _u64_array(offsets)))
-    else:
-        boxes.append(_full_box(b"stco", 0, 0, _U32.pack(len(offsets)), _u32_array(offsets)))
+        # stsz has a sample size before the count: one more u32
+        size = 20 + 4 * n
+
+        def sizes() -> Iterator[Buffer]:
+            yield _FULL_BOX.pack(size, b"stsz", 0) + struct.pack(">II", 0, n)
+            yield from _sample_sizes(source)
+
+        boxes.append(_Lazy(size, sizes))
+    boxes.append(
+        _table_box(
+            b"co64" if co64 else b"stco",
+            0,
+            layout.chunk_count,
+            8 if co64 else 4,
+            lambda: _chunk_offsets(layouts, index, base, co64),
+        )
+    )
     return boxes

@@ -21,9 +21,9 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from attrs import define, field, frozen
-from twisted.logger import Logger
 from zope.interface import Interface
 
+from tokengate.logsafe import Logger
 from .codecs import (
     AAC_SEQUENCE_HEADER,
     AVC_END_OF_SEQUENCE,

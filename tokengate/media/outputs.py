@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from twisted.logger import Logger
 
+from tokengate.logsafe import Logger
 from .hub import LiveStream
 
 #: keep an ended stream's packager this long (players finish; a republish
@@ -32,6 +32,11 @@ class Outputs:
             from .recorder import RecordingManager
 
             self.recordings = RecordingManager(self._recordingsDir, server.clock)
+        self._notRecorded = server.metrics.counter(
+            "tokengate_recordings_refused",
+            "Publications of applications that record which were not recorded, by reason",
+            ["reason"],
+        )
         server.hub.onPublish(self._published)
 
     def recordingPath(self, app: str, streamId: str) -> Optional[str]:
@@ -59,18 +64,28 @@ class Outputs:
             if packager is None:
                 from .packager import Packager
 
+                # hlsTime is an integer from 1 to 60 (apps.SETTINGS_FIELDS); a
+                # part never exceeds its segment
+                segmentTarget = float(settings.hlsTime)
                 packager = Packager(
                     stream.app, stream.streamId, self.server.clock,
-                    segmentTarget=float(settings.hlsTime),
-                    partTarget=self.partTarget,
+                    segmentTarget=segmentTarget,
+                    partTarget=min(self.partTarget, segmentTarget),
                     windowSegments=int(settings.hlsListSize),
                     hls=settings.hlsMuxingEnabled, dash=settings.dashMuxingEnabled,
                 )
                 self._packagers[key] = packager
             packager.attach(stream)
         if settings.mp4MuxingEnabled and self.recordings is not None:
+            from tokengate.media.recorder import RecordingRefused
+
             try:
                 self.recordings.start(stream)
+            except RecordingRefused as e:
+                # the publication goes on, unrecorded: one line, no traceback
+                self._notRecorded.labels("bad_name").inc()
+                self._log.warn("not recording a stream of {app}: {reason}",
+                               app=stream.app, reason=str(e))
             except Exception:
                 self._log.failure("cannot record {app}/{streamId}", app=stream.app,
                                   streamId=stream.streamId)

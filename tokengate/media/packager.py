@@ -185,7 +185,6 @@ from xml.sax.saxutils import escape, quoteattr
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from tokengate.media.codecs import (
@@ -201,6 +200,7 @@ from tokengate.media.errors import MediaError
 from tokengate.media.fmp4 import _STYP as STYP  # the CMAF styp box, shared with fmp4
 from tokengate.media.fmp4 import AUDIO, VIDEO, Sample, Track, init_segment, media_segment
 from tokengate.media.hub import Frame, ISubscriber, LiveStream
+from tokengate.logsafe import Logger
 
 __all__ = ["Packager", "MAX_WAITERS", "MAX_BYTES", "VIDEO", "AUDIO"]
 

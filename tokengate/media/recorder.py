@@ -16,8 +16,12 @@ milliseconds)::
         index          the journal: an 8-byte magic, then fixed 36-byte rows
         media.spool    the sample bytes, appended in arrival order
         config         JSON: the avcC and the AudioSpecificConfig (base64)
+        track1.samples, track2.samples
+                       scratch: each track's sample table while finalizing
         out.mp4.tmp    the MP4 being written at the end
+        attempts       how many times start-up recovery tried it
     {directory}/{app}/{streamId}.{ms}.corrupt/  a .rec that could not be read
+    {directory}/{app}/{streamId}.{ms}.failed/   a .rec recovery gave up on
 
 A journal row is little-endian ``track u8, flags u8 (1: sync), u16 0,
 size u32, offset u64, dts i64 (ms, as received), cto i32 (ms), crc32 of the
@@ -36,6 +40,14 @@ live recordings' appends.  A recording whose queue (queued plus being
 written) exceeds C{maxQueueBytes}, or whose writes fail, is stopped with a
 logged error; what already reached the disk is still finalized.
 
+Finishing takes memory bounded by a block size, not by the number of
+samples: the journal is read a block of rows at a time, each track's table
+goes to its scratch file (L{_TrackFile}) and is retimed there in place, and
+L{write_progressive_mp4} reads it back a block at a time as a
+L{SampleSource} (about 5 MB in all, for any length).  Start-up recovery
+tries a C{.rec} at most L{MAX_RECOVERY_ATTEMPTS} times (each counted before
+it starts, so a crash during it counts), then renames it C{.failed}.
+
 Finishing: the MP4 is written to C{out.mp4.tmp} inside the C{.rec}
 directory, fsynced, then renamed over C{{streamId}.mp4}: a recording
 B{replaces} any older recording of the same stream id (a reader that has the
@@ -52,26 +64,31 @@ from __future__ import annotations
 
 import base64
 import errno
+import io
 import json
 import os
 import re
 import shutil
 import struct
+import sys
 import time
 import zlib
-from typing import Any, Callable, Iterable, Optional
+from array import array
+from itertools import islice
+from operator import sub
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from tokengate.logsafe import Logger, loggable
 from .codecs import AAC_RAW, AVC_NALU, AudioSpecificConfig, parse_audio_tag, parse_video_tag
 from .errors import MediaError
-from .fmp4 import SampleTable, Track, file_reader, write_progressive_mp4
+from .fmp4 import SampleSource, SampleTable, Track, file_reader, write_progressive_mp4
 from .hub import AUDIO, VIDEO, ISubscriber, LiveStream
 
 try:
@@ -79,7 +96,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Recorder", "RecordingManager", "valid_name"]
+__all__ = ["Recorder", "RecordingManager", "RecordingRefused", "valid_name"]
 
 #: Track numbers in the journal, and the MP4 track ids.
 VIDEO_TRACK = 1
@@ -135,9 +152,18 @@ def valid_name(name: str) -> bool:
     )
 
 
+class RecordingRefused(ValueError):
+    """
+    A stream that cannot be recorded: its application or stream id cannot
+    be a file name.  The message shows the name escaped and truncated, so
+    it is safe to log.
+    """
+
+
 def _check(name: str, what: str) -> str:
     if not valid_name(name):
-        raise ValueError(f"{what} {name!r} cannot name a recording")
+        shown = loggable(name if isinstance(name, str) else repr(name), 64)
+        raise RecordingRefused(f"{what} {shown} cannot name a recording")
     return name
 
 
@@ -298,52 +324,74 @@ class _Corrupt(Exception):
 
 Row = tuple[int, int, int, int, int, bool]  # track, offset, size, dts ms, cto ms, sync
 
+#: Journal rows read at a time.
+_JOURNAL_READ = 4096
+#: Samples per block of a track file (see L{_TrackFile}).
+_BLOCK = 8192
+#: How many times start-up recovery tries one .rec directory before moving
+#: it aside as C{.failed}.
+MAX_RECOVERY_ATTEMPTS = 3
+ATTEMPTS = "attempts"
+#: Scratch files of a finalization, in the .rec directory.
+_TRACK_FILE = "track{}.samples"
+
+
+def journal_rows(recdir: str, verify: bool = False) -> Iterator[Row]:
+    """
+    The complete, consistent rows of a recording's journal, in order, read
+    L{_JOURNAL_READ} rows at a time.  Reading stops at the first torn or
+    damaged row, at a row whose bytes are not all in the spool, and (with
+    C{verify}) at a row whose bytes do not match its checksum; everything
+    before it is kept.  L{_Corrupt} for a journal that is not one.
+    """
+    try:
+        f = open(os.path.join(recdir, INDEX), "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        magic = f.read(len(JOURNAL_MAGIC))
+        if len(magic) < len(JOURNAL_MAGIC):
+            if JOURNAL_MAGIC.startswith(magic):
+                return
+            raise _Corrupt("the journal has no header")
+        if magic != JOURNAL_MAGIC:
+            raise _Corrupt("the journal has an unknown header")
+        try:
+            spoolSize = os.path.getsize(os.path.join(recdir, SPOOL))
+        except FileNotFoundError:
+            spoolSize = 0
+        spool = (open(os.path.join(recdir, SPOOL), "rb", buffering=1 << 20)
+                 if verify and spoolSize else None)
+        unpack, crcOf, crc32 = _ROW_HEAD.unpack_from, _CRC.unpack_from, zlib.crc32
+        headSize, want = _ROW_HEAD.size, ROW_SIZE * _JOURNAL_READ
+        expected = 0
+        try:
+            while True:
+                data = f.read(want)
+                usable = len(data) - len(data) % ROW_SIZE
+                view = memoryview(data)
+                for i in range(0, usable, ROW_SIZE):
+                    if crcOf(data, i + headSize)[0] != crc32(view[i : i + headSize]):
+                        return
+                    track, flags, _, size, offset, dts, cto, dataCrc = unpack(data, i)
+                    if track not in (VIDEO_TRACK, AUDIO_TRACK) or offset != expected:
+                        return
+                    if offset + size > spoolSize:
+                        return
+                    if spool is not None and crc32(spool.read(size)) != dataCrc:
+                        return
+                    yield (track, offset, size, dts, cto, bool(flags & _SYNC))
+                    expected = offset + size
+                if len(data) < want:
+                    return
+        finally:
+            if spool is not None:
+                spool.close()
+
 
 def read_journal(recdir: str, verify: bool = False) -> list[Row]:
-    """
-    The complete, consistent rows of a recording's journal.  Reading stops
-    at the first torn or damaged row, at a row whose bytes are not all in
-    the spool, and (with C{verify}) at a row whose bytes do not match its
-    checksum; everything before it is kept.
-    """
-    try:
-        with open(os.path.join(recdir, INDEX), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    if len(data) < len(JOURNAL_MAGIC):
-        if JOURNAL_MAGIC.startswith(data):
-            return []
-        raise _Corrupt("the journal has no header")
-    if not data.startswith(JOURNAL_MAGIC):
-        raise _Corrupt("the journal has an unknown header")
-    try:
-        spoolSize = os.path.getsize(os.path.join(recdir, SPOOL))
-    except FileNotFoundError:
-        spoolSize = 0
-    rows: list[Row] = []
-    expected = 0
-    body = memoryview(data)[len(JOURNAL_MAGIC) :]
-    body = body[: len(body) - len(body) % ROW_SIZE]
-    spool = open(os.path.join(recdir, SPOOL), "rb") if verify and spoolSize else None
-    try:
-        for i in range(0, len(body), ROW_SIZE):
-            head = body[i : i + _ROW_HEAD.size]
-            if _CRC.unpack_from(body, i + _ROW_HEAD.size)[0] != zlib.crc32(head):
-                break
-            track, flags, _, size, offset, dts, cto, dataCrc = _ROW_HEAD.unpack(head)
-            if track not in (VIDEO_TRACK, AUDIO_TRACK) or offset != expected:
-                break
-            if offset + size > spoolSize:
-                break
-            if spool is not None and zlib.crc32(spool.read(size)) != dataCrc:
-                break
-            rows.append((track, offset, size, dts, cto, bool(flags & _SYNC)))
-            expected = offset + size
-    finally:
-        if spool is not None:
-            spool.close()
-    return rows
+    """Every row L{journal_rows} reads, in a list (for small journals and tests)."""
+    return list(journal_rows(recdir, verify))
 
 
 def read_config(recdir: str) -> Optional[dict[str, Optional[bytes]]]:
@@ -374,11 +422,152 @@ def _aac_frame_length(asc: bytes) -> int:
     return 1024
 
 
-def build_tracks(
-    rows: Iterable[Row], video: Optional[bytes], audio: Optional[bytes]
-) -> list[tuple[Track, SampleTable]]:
+class _TrackFile:
     """
-    The MP4 tracks and sample tables for journal rows (in arrival order).
+    One track's samples, kept in a seekable binary file in blocks of
+    C{block} samples rather than in memory.  Within a block the columns
+    follow each other: offsets, sizes, times and composition offsets
+    (native int64), then sync flags (a byte each); only the last block may
+    be short.  Appending holds one block; reading returns one block.
+    """
+
+    _WIDTH = 4 * 8 + 1  # bytes per sample
+
+    def __init__(self, f: BinaryIO, block: int = _BLOCK) -> None:
+        self._f = f
+        self.block = block
+        self.count = 0
+        self._pending = self._empty()
+
+    @staticmethod
+    def _empty() -> tuple["array[int]", ...]:
+        return (array("q"), array("q"), array("q"), array("q"), array("B"))
+
+    def append(self, offset: int, size: int, t: int, cto: int, sync: bool) -> None:
+        offsets, sizes, times, ctos, syncs = self._pending
+        offsets.append(offset)
+        sizes.append(size)
+        times.append(t)
+        ctos.append(cto)
+        syncs.append(sync)
+        self.count += 1
+        if len(syncs) == self.block:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending (last) block out; call before reading."""
+        if len(self._pending[4]):
+            self._f.seek(0, os.SEEK_END)
+            self._f.write(b"".join(column.tobytes() for column in self._pending))
+            self._pending = self._empty()
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.count // self.block)
+
+    def _span(self, k: int) -> tuple[int, int]:
+        return k * self.block * self._WIDTH, min(self.block, self.count - k * self.block)
+
+    def read(self, k: int) -> tuple["array[int]", ...]:
+        """Block C{k}'s columns: offsets, sizes, times, composition offsets, sync flags."""
+        start, m = self._span(k)
+        self._f.seek(start)
+        data = self._f.read(self._WIDTH * m)
+        if len(data) != self._WIDTH * m:
+            raise OSError(errno.EIO, "a track file is shorter than written")
+        view, q = memoryview(data), 8 * m
+        columns = self._empty()
+        for i in range(4):
+            columns[i].frombytes(view[i * q : (i + 1) * q])
+        columns[4].frombytes(view[4 * q :])
+        return columns
+
+    def time(self, k: int) -> int:
+        """The time of block C{k}'s first sample."""
+        start, m = self._span(k)
+        self._f.seek(start + 2 * 8 * m)
+        return int.from_bytes(self._f.read(8), sys.byteorder, signed=True)
+
+    def rewrite(self, k: int, column: int, values: "array[int]") -> None:
+        """Replace block C{k}'s column C{column} (0 to 4)."""
+        start, m = self._span(k)
+        assert len(values) == m
+        self._f.seek(start + column * 8 * m)
+        self._f.write(values.tobytes())
+
+
+class _TrackTable:
+    """
+    A L{SampleSource} over a retimed L{_TrackFile}: each sample lasts until
+    the next one, the last one C{lastDuration}.
+    """
+
+    def __init__(self, file: _TrackFile, lastDuration: int) -> None:
+        self._file = file
+        self._lastDuration = lastDuration
+
+    def __len__(self) -> int:
+        return self._file.count
+
+    def blocks(self) -> Iterator[SampleTable]:
+        f = self._file
+        n = f.blocks
+        for k in range(n):
+            offsets, sizes, dts, ctos, sync = f.read(k)
+            following = f.time(k + 1) if k + 1 < n else dts[-1] + self._lastDuration
+            durations = array("q", map(sub, islice(dts, 1, None), dts))
+            durations.append(following - dts[-1])
+            yield SampleTable.from_columns(offsets, sizes, dts, durations, ctos, sync)
+
+
+def _video_clock(base: int) -> Callable[[int], int]:
+    """Milliseconds to strictly increasing 90 kHz decode times."""
+    previous = -1 << 63
+
+    def clock(t: int) -> int:
+        nonlocal previous
+        d = (t - base) * 90
+        if d <= previous:
+            d = previous + 1
+        previous = d
+        return d
+
+    return clock
+
+
+def _audio_clock(base: int, rate: int, frame: int) -> Callable[[int], int]:
+    """
+    Milliseconds to decode times at the sampling rate, snapped to whole
+    frames while the timestamps agree within half a frame.
+    """
+    previous = -1 << 63
+    expected: Optional[int] = None
+    half = frame // 2
+
+    def clock(t: int) -> int:
+        nonlocal previous, expected
+        actual = ((t - base) * rate + 500) // 1000
+        d = expected if expected is not None and abs(actual - expected) <= half else actual
+        if d <= previous:
+            d = previous + 1
+        previous = d
+        expected = d + frame
+        return d
+
+    return clock
+
+
+def track_tables(
+    rows: Iterable[Row],
+    video: Optional[bytes],
+    audio: Optional[bytes],
+    scratch: Callable[[int], BinaryIO],
+) -> list[tuple[Track, SampleSource]]:
+    """
+    The MP4 tracks and sample tables for journal rows (in arrival order),
+    kept in the files C{scratch(track number)} opens (read-write, empty),
+    so that memory does not depend on how many rows there are: one pass
+    places the rows, one retimes each track in place.
 
     Timestamps are rebased so that the earliest sample is at 0.  A jump of
     more than L{MAX_JUMP_MS} within a track (a publisher restarting its
@@ -390,87 +579,111 @@ def build_tracks(
     frame, so jitter does not make uneven durations; the last frame lasts a
     frame.
     """
-    videoTrack = Track.video_avc(VIDEO_TRACK, video) if video else None
-    audioTrack = Track.audio_aac(AUDIO_TRACK, audio) if audio else None
-    per: dict[int, list[tuple[int, int, int, int, bool]]] = {VIDEO_TRACK: [], AUDIO_TRACK: []}
+    tracks: dict[int, Track] = {}
+    if video:
+        tracks[VIDEO_TRACK] = Track.video_avc(VIDEO_TRACK, video)
+    if audio:
+        tracks[AUDIO_TRACK] = Track.audio_aac(AUDIO_TRACK, audio)
+    files = {number: _TrackFile(scratch(number)) for number in tracks}
     shift = 0
     last: dict[int, int] = {}
     step: dict[int, int] = {}
+    firsts: list[int] = []
     newest: Optional[int] = None
-    for track, offset, size, dts, cto, sync in rows:
-        if (videoTrack if track == VIDEO_TRACK else audioTrack) is None:
+    for number, offset, size, dts, cto, sync in rows:
+        out = files.get(number)
+        if out is None:
             continue
-        out = per[track]
-        if track == VIDEO_TRACK and not out and not sync:
+        if number == VIDEO_TRACK and not out.count and not sync:
             continue
         t = dts + shift
-        prev = last.get(track)
-        if prev is not None and abs(t - prev) > MAX_JUMP_MS:
+        prev = last.get(number)
+        if prev is None:
+            firsts.append(t)
+        elif abs(t - prev) > MAX_JUMP_MS:
             assert newest is not None
-            target = newest + step.get(track, 20)
+            target = newest + step.get(number, 20)
             shift += target - t
             t = target
         if prev is not None and t > prev:
-            step[track] = t - prev
-        last[track] = t
-        newest = t if newest is None else max(newest, t)
-        out.append((offset, size, t, cto, sync))
-    firsts = [samples[0][2] for samples in per.values() if samples]
+            step[number] = t - prev
+        last[number] = t
+        newest = t if newest is None or t > newest else newest
+        out.append(offset, size, t, cto, sync)
     if not firsts:
         return []
     base = min(firsts)
-    result = []
-    if videoTrack is not None and per[VIDEO_TRACK]:
-        samples = per[VIDEO_TRACK]
-        dts_list: list[int] = []
-        for _, _, t, _, _ in samples:
-            d = (t - base) * 90
-            if dts_list and d <= dts_list[-1]:
-                d = dts_list[-1] + 1
-            dts_list.append(d)
-        n = len(samples)
-        last_duration = (dts_list[-1] - dts_list[0]) // (n - 1) if n > 1 else 3600
-        table = SampleTable()
-        for i, (offset, size, _, cto, sync) in enumerate(samples):
-            duration = dts_list[i + 1] - dts_list[i] if i + 1 < n else max(1, last_duration)
-            table.append(offset, size, dts_list[i], duration, cto * 90, sync)
-        result.append((videoTrack, table))
-    if audioTrack is not None and per[AUDIO_TRACK]:
-        samples = per[AUDIO_TRACK]
-        rate = audioTrack.timescale
-        frame = _aac_frame_length(audioTrack.config)
-        dts_list = []
-        expected: Optional[int] = None
-        for _, _, t, _, _ in samples:
-            actual = ((t - base) * rate + 500) // 1000
-            d = expected if expected is not None and abs(actual - expected) <= frame // 2 else actual
-            if dts_list and d <= dts_list[-1]:
-                d = dts_list[-1] + 1
-            dts_list.append(d)
-            expected = d + frame
-        n = len(samples)
-        table = SampleTable()
-        for i, (offset, size, _, _, _) in enumerate(samples):
-            duration = dts_list[i + 1] - dts_list[i] if i + 1 < n else frame
-            table.append(offset, size, dts_list[i], duration)
-        result.append((audioTrack, table))
+    result: list[tuple[Track, SampleSource]] = []
+    for number, track in tracks.items():
+        f = files[number]
+        f.flush()
+        n = f.count
+        if not n:
+            continue
+        if number == VIDEO_TRACK:
+            clock = _video_clock(base)
+        else:
+            frame = _aac_frame_length(track.config)
+            clock = _audio_clock(base, track.timescale, frame)
+        for k in range(f.blocks):
+            _, _, times, ctos, _ = f.read(k)
+            f.rewrite(k, 2, array("q", map(clock, times)))
+            if number == VIDEO_TRACK:
+                f.rewrite(k, 3, array("q", [c * 90 for c in ctos]))
+            else:  # audio: no composition offsets, every frame a sync sample
+                f.rewrite(k, 3, array("q", bytes(8 * len(ctos))))
+                f.rewrite(k, 4, array("B", b"\x01" * len(ctos)))
+        if number == VIDEO_TRACK:
+            first, final = f.time(0), f.read(f.blocks - 1)[2][-1]
+            lastDuration = max(1, (final - first) // (n - 1) if n > 1 else 3600)
+        else:
+            lastDuration = frame
+        result.append((track, _TrackTable(f, lastDuration)))
     return result
 
 
-def _move_aside(recdir: str) -> str:
+def build_tracks(
+    rows: Iterable[Row], video: Optional[bytes], audio: Optional[bytes]
+) -> list[tuple[Track, SampleTable]]:
+    """L{track_tables} in memory, as whole L{SampleTable}s (for tests and small inputs)."""
+    result = []
+    for track, source in track_tables(rows, video, audio, lambda _: io.BytesIO()):
+        table = SampleTable()
+        for block in source.blocks():
+            for column in SampleTable.__slots__:
+                getattr(table, column).extend(getattr(block, column))
+        result.append((track, table))
+    return result
+
+
+def _move_aside(recdir: str, suffix: str = ".corrupt") -> str:
     stem = recdir[: -len(".rec")] if recdir.endswith(".rec") else recdir
-    aside = stem + ".corrupt"
+    aside = stem + suffix
     n = 1
     while os.path.exists(aside):
         n += 1
-        aside = f"{stem}.corrupt{n}"
+        aside = f"{stem}{suffix}{n}"
     os.rename(recdir, aside)
     return aside
+
+
+def _scratch(recdir: str, opened: list[BinaryIO]) -> Callable[[int], BinaryIO]:
+    def open_track(number: int) -> BinaryIO:
+        f = open(os.path.join(recdir, _TRACK_FILE.format(number)), "w+b", buffering=1 << 16)
+        opened.append(f)
+        return f
+
+    return open_track
 
 
 def finalize_recording(recdir: str, target: str, verify: bool = False) -> tuple[Optional[str], list[Note]]:
     """
     Make the MP4 of a recording directory and install it at C{target}.
+
+    Memory stays bounded whatever the recording's length: the journal is
+    read in blocks, each track's sample table is kept in a scratch file in
+    the directory (about 33 bytes a sample), and the MP4 is written from it
+    block by block (L{write_progressive_mp4} with a L{SampleSource}).
 
     Returns the path (None when there was no media; the directory is then
     removed) and log notes.  A directory that cannot be read as a recording
@@ -479,26 +692,29 @@ def finalize_recording(recdir: str, target: str, verify: bool = False) -> tuple[
     """
     notes: list[Note] = []
     tmp = os.path.join(recdir, OUT_TMP)
+    opened: list[BinaryIO] = []
     try:
         try:
             config = read_config(recdir)
-            rows = read_journal(recdir, verify)
+            rows = journal_rows(recdir, verify)
             if config is None:
-                if rows:
+                if next(rows, None) is not None:
                     raise _Corrupt("media but no config")
-                tracks = []
+                tracks: list[tuple[Track, SampleSource]] = []
             else:
-                tracks = build_tracks(rows, config[VIDEO], config[AUDIO])
+                tracks = track_tables(rows, config[VIDEO], config[AUDIO], _scratch(recdir, opened))
             if not tracks:
+                _close_all(opened)
                 shutil.rmtree(recdir)
                 notes.append(("info", "{recdir}: no media, nothing recorded", {"recdir": recdir}))
                 return None, notes
             with open(tmp, "wb", buffering=1 << 20) as out, open(
-                os.path.join(recdir, SPOOL), "rb"
+                os.path.join(recdir, SPOOL), "rb", buffering=1 << 20
             ) as src:
                 write_progressive_mp4(tracks, out, file_reader(src))
                 out.flush()
                 os.fsync(out.fileno())
+            _close_all(opened)
             os.replace(tmp, target)
             _fsync_dir(os.path.dirname(target))
             shutil.rmtree(recdir, ignore_errors=True)
@@ -507,21 +723,56 @@ def finalize_recording(recdir: str, target: str, verify: bool = False) -> tuple[
                           {"target": target, "samples": samples}))
             return target, notes
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _close_all(opened)
+            for name in [OUT_TMP] + [_TRACK_FILE.format(n) for n in (VIDEO_TRACK, AUDIO_TRACK)]:
+                try:
+                    os.unlink(os.path.join(recdir, name))
+                except OSError:
+                    pass
             notes.append(("error", "cannot finalize {recdir} ({error}); it is kept for recovery",
                           {"recdir": recdir, "error": e}))
             return None, notes
         except (_Corrupt, MediaError, ValueError, KeyError, struct.error) as e:
+            _close_all(opened)
             aside = _move_aside(recdir)
             notes.append(("error", "recording {recdir} is unreadable ({error}); moved to {aside}",
                           {"recdir": recdir, "error": e, "aside": aside}))
             return None, notes
     except Exception as e:
+        _close_all(opened)
         notes.append(("error", "cannot finalize {recdir}: {error!r}", {"recdir": recdir, "error": e}))
         return None, notes
+
+
+def _close_all(files: list[BinaryIO]) -> None:
+    while files:
+        try:
+            files.pop().close()
+        except OSError:
+            pass
+
+
+def _count_attempt(recdir: str) -> int:
+    """
+    Count one more recovery attempt of C{recdir}, durably, before it is
+    made (a crash or an out-of-memory kill during it counts too); the count.
+    """
+    path = os.path.join(recdir, ATTEMPTS)
+    try:
+        with open(path, "rb") as f:
+            done = int(f.read(32).strip() or b"0")
+    except FileNotFoundError:
+        done = 0
+    except ValueError:
+        done = MAX_RECOVERY_ATTEMPTS
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(b"%d\n" % (done + 1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(recdir)
+    return done + 1
 
 
 def recover_directory(directory: str, now: Optional[float] = None) -> tuple[list[str], list[Note]]:
@@ -529,7 +780,9 @@ def recover_directory(directory: str, now: Optional[float] = None) -> tuple[list
     Finalize every leftover C{.rec} directory under C{directory}, oldest
     first within each application.  A C{.rec} whose journal is locked
     belongs to a live recording (here or in another process) and is skipped.
-    Never raises.
+    Each directory is tried at most L{MAX_RECOVERY_ATTEMPTS} times (counted
+    in its C{attempts} file); then it is moved aside to C{.failed}, with one
+    error logged, and no later start tries it again.  Never raises.
     """
     paths: list[str] = []
     notes: list[Note] = []
@@ -575,7 +828,28 @@ def recover_directory(directory: str, now: Optional[float] = None) -> tuple[list
                 if not _lock(fd):
                     notes.append(("info", "{recdir} is being recorded; left alone", {"recdir": recdir}))
                     continue
-                notes.append(("warn", "recovering {recdir}, cut short", {"recdir": recdir}))
+                try:
+                    attempt = _count_attempt(recdir)
+                except OSError as e:
+                    notes.append(("error", "cannot recover {recdir}: cannot count the attempt "
+                                  "({error}); it is left for the next start",
+                                  {"recdir": recdir, "error": e}))
+                    continue
+                if attempt > MAX_RECOVERY_ATTEMPTS:
+                    try:
+                        aside = _move_aside(recdir, ".failed")
+                    except OSError as e:
+                        notes.append(("error", "cannot move {recdir} aside: {error}",
+                                      {"recdir": recdir, "error": e}))
+                        continue
+                    notes.append(("error", "recovering {recdir} failed {attempts} times; moved to "
+                                  "{aside}, not tried again",
+                                  {"recdir": recdir, "attempts": MAX_RECOVERY_ATTEMPTS,
+                                   "aside": aside}))
+                    continue
+                notes.append(("warn", "recovering {recdir}, cut short (attempt {attempt} of "
+                              "{attempts})", {"recdir": recdir, "attempt": attempt,
+                                             "attempts": MAX_RECOVERY_ATTEMPTS}))
                 path, more = finalize_recording(
                     recdir, os.path.join(appDir, streamId + ".mp4"), verify=True
                 )
@@ -909,7 +1183,10 @@ class RecordingManager:
     # --- public API -------------------------------------------------------------
 
     def path_for(self, app: str, streamId: str) -> str:
-        """Where the recording of C{app}/C{streamId} goes; ValueError for a bad name."""
+        """
+        Where the recording of C{app}/C{streamId} goes; L{RecordingRefused}
+        (a ValueError) for a name that cannot be a file name.
+        """
         return os.path.join(self.directory, _check(app, "application"),
                             _check(streamId, "stream id") + ".mp4")
 
@@ -923,8 +1200,9 @@ class RecordingManager:
 
     def start(self, stream: LiveStream) -> Recorder:
         """
-        Record C{stream}: subscribe a new L{Recorder} to it.  ValueError for
-        a name that cannot be a file name, RuntimeError once closed.
+        Record C{stream}: subscribe a new L{Recorder} to it.
+        L{RecordingRefused} (nothing subscribed, nothing on disk) for a name
+        that cannot be a file name, RuntimeError once closed.
         """
         if self._closed:
             raise RuntimeError("the recording manager is closed")

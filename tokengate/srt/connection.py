@@ -61,6 +61,7 @@ from urllib.parse import unquote
 
 from attrs import define, field, frozen
 
+from tokengate.access.names import isValidAppName, isValidStreamId
 from tokengate.srt import packets as P
 from tokengate.srt.errors import SRTProtocolError
 
@@ -167,6 +168,11 @@ def _resource(value: str) -> tuple[str, str]:
     app, stream = _pct(app, "application"), _pct(stream, "stream id")
     if not app or not stream or "/" in app or "/" in stream:
         raise BadStreamId("the stream id needs App/StreamId")
+    # The grammar every protocol shares, on the decoded names.
+    if not isValidAppName(app):
+        raise BadStreamId("the application name is not a valid one")
+    if not isValidStreamId(stream):
+        raise BadStreamId("the stream id is not a valid one")
     return app, stream
 
 

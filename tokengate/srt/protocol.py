@@ -33,9 +33,9 @@ from typing import Any, Optional
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from tokengate.logsafe import Logger
 from ..auth import Grant, IKickable, Refused, StreamCredentials
 from ..media.errors import MediaError
 from ..media.hub import LiveStream, StreamInUse

@@ -82,10 +82,10 @@ from twisted.internet.defer import (
 )
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tokengate.logsafe import Logger
 from ..tokens import Outcome, Probe, StoredToken
 from . import ITokenStore, StoreUnavailable
 

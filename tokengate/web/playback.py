@@ -10,9 +10,16 @@ the multivariant playlist, every map, segment, part and preload-hint URI, the
 MPD's segment templates and ``Location``, and a redirect for MP4 (whose
 Range requests then carry it).  A cookie scoped to the stream carries it
 too, for clients that re-request the original URL with the spent token
-(ffmpeg's DASH reader does).  A HEAD followed by its GET, or a retry of the
-redeeming request from the same address within ``reuseWindow`` seconds, is
-answered from the same session.
+(ffmpeg's DASH reader does).
+
+A spent token presented again **from the address that redeemed it**, for the
+same stream and format, continues the session it opened while that session is
+alive (not ended, revoked or idle): mpv opens a playlist, an MPD or an MP4
+twice (its stream layer probes, then libavformat reopens the URL), a HEAD is
+followed by its GET, a player retries its first request.  A request arriving
+while the token's first redemption from that address is still in flight
+waits for it.  Anyone else presenting the token is refused: the token never
+opens a second session, and from another address it reaches none.
 
 URL layout (the packager writes URIs relative to these)::
 
@@ -40,17 +47,18 @@ from typing import Any, Optional
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.static import File
 
+from tokengate.access.names import isValidStreamId
+from tokengate.jsonvalue import JSONError, optionalDecimalText
+from tokengate.logsafe import Logger
+from tokengate.web.vod import RecordingFile
 from ..auth import Grant, Refused, StreamCredentials
 from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
 from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$")
+_RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$", re.ASCII)
 
 MPEGURL = b"application/vnd.apple.mpegurl"
 DASHXML = b"application/dash+xml"
@@ -133,12 +141,60 @@ class HTTPSessions:
         self._clock = clock
         self._max = maxSessions
         self._sessions: OrderedDict[str, tuple[Session, Grant, float]] = OrderedDict()
+        # token digest -> (session id, the address that redeemed it): what
+        # lets a spent token continue the session it opened (see continued)
+        self._opener: dict[str, tuple[str, str]] = {}
+        self._byId: dict[str, str] = {}  # session id -> token digest
 
-    def add(self, session: Session, grant: Grant) -> None:
+    def add(self, session: Session, grant: Grant, token: Optional[str] = None,
+            peer: str = "") -> None:
+        """
+        Register a session that C{grant} admitted; C{token} (the digest of
+        the token it redeemed) and C{peer} (the address that presented it)
+        let that token continue this session (L{continued}).
+        """
         self._sessions[session.sessionId] = (session, grant, self._clock.seconds())
+        if token is not None:
+            self._opener[token] = (session.sessionId, peer)
+            self._byId[session.sessionId] = token
         while len(self._sessions) > self._max:
-            _, (_, old, _) = self._sessions.popitem(last=False)
+            sid, (_, old, _) = self._sessions.popitem(last=False)
+            self._forget(sid)
             old.logout()
+
+    def _forget(self, sessionId: str) -> None:
+        token = self._byId.pop(sessionId, None)
+        if token is not None:
+            self._opener.pop(token, None)
+
+    def continued(self, token: str, peer: str, app: str, streamId: str, kind: str
+                  ) -> Optional[Session]:
+        """
+        The live session that the token with digest C{token} opened, if
+        C{peer} is the address that redeemed it and the request is for the
+        same stream and format; None otherwise (the token must then go
+        through admission, which refuses a spent one).
+
+        A session is alive while it is registered here: not ended by its
+        grant (revocation, kick), not revoked, not idle longer than its
+        credentials live (L{sweep} removes those; the check below covers the
+        time between sweeps).
+        """
+        entry = self._opener.get(token)
+        if entry is None or entry[1] != peer:
+            return None
+        found = self._sessions.get(entry[0])
+        if found is None:
+            return None
+        session, grant, last = found
+        if grant.ended or session.app != app or session.streamId != streamId \
+                or session.kind != kind:
+            return None
+        idle = self.signer.vodIdle if session.kind == "vod" else self.signer.idle
+        if self._clock.seconds() - last > idle:
+            return None
+        self.seen(session)
+        return session
 
     def seen(self, session: Session) -> None:
         entry = self._sessions.get(session.sessionId)
@@ -156,6 +212,7 @@ class HTTPSessions:
             idle = self.signer.vodIdle if session.kind == "vod" else self.signer.idle
             if now - last > idle:
                 del self._sessions[sid]
+                self._forget(sid)
                 grant.logout()
                 ended += 1
         self.signer.forgetRevocations(now)
@@ -184,6 +241,7 @@ class HTTPSessions:
         """
         self.signer.revokeSession(sessionId, self._clock.seconds())
         self._sessions.pop(sessionId, None)
+        self._forget(sessionId)
 
     def revokeStream(self, app: str, streamId: str, when: Optional[float] = None) -> int:
         """
@@ -197,6 +255,7 @@ class HTTPSessions:
         for sid, (session, grant, _) in list(self._sessions.items()):
             if session.app == app and session.streamId == streamId and session.started <= when:
                 del self._sessions[sid]
+                self._forget(sid)
                 grant.logout()
                 n += 1
         return n
@@ -249,18 +308,23 @@ class PlaybackGate:
 
     _log = Logger()
 
+    #: at most this many first redemptions in flight are waited on by
+    #: repeats of their token (beyond, a repeat goes through admission)
+    maxPending = 10_000
+    maxWaiters = 16
+
     def __init__(self, server: Any, signer: SessionSigner, outputs: Any,
-                 reuseWindow: float = 5.0, blockTimeoutFactor: float = 3.0) -> None:
+                 blockTimeoutFactor: float = 3.0) -> None:
         self.server = server
         self.signer = signer
         self.outputs = outputs
         self.sessions = HTTPSessions(signer, server.clock)
-        self.reuseWindow = reuseWindow
         self.blockTimeoutFactor = blockTimeoutFactor
         self.futile = FutileRequests(server.clock)
         self.endedDocuments = FutileRequests(server.clock, ENDED_DOCUMENTS, 600.0)
-        # (token digest, peer) -> (session, when): HEAD-then-GET and retries
-        self._recent: OrderedDict[tuple[str, str], tuple[Session, float]] = OrderedDict()
+        # (token digest, peer) -> the requests waiting for that token's
+        # redemption in flight from that address
+        self._pending: dict[tuple[str, str], list[Deferred[None]]] = {}
         server.hub.addViewerCounter(self.sessions.count)
 
     # --- parsing -------------------------------------------------------------
@@ -311,7 +375,7 @@ class PlaybackGate:
         if parsed is None:
             return _fail(request, 404, "Not found")
         streamId, what, details = parsed
-        if not STREAM_ID.match(streamId):
+        if not isValidStreamId(streamId):
             return _fail(request, 404, "Not found")
         settings = self.server.apps.get(app)
         if settings is None:
@@ -343,11 +407,11 @@ class PlaybackGate:
                 Outcome.MISSING)
             return _fail(request, 403, self._refusal(kind, streamId))
         token = self._arg(request, b"token")
-        if token is not None and len(token) <= MAX_TOKEN_LENGTH and self.reuseWindow > 0:
-            recent = self._recent.get((digest(token), self._peer(request)))
-            if recent is not None and now - recent[1] <= self.reuseWindow \
-                    and recent[0].streamId == streamId and recent[0].app == app:
-                return self._deliver(request, app, streamId, what, details, recent[0])
+        if token is not None and len(token) <= MAX_TOKEN_LENGTH:
+            session = self.sessions.continued(digest(token), self._peer(request), app,
+                                              streamId, protocol)
+            if session is not None:
+                return self._deliver(request, app, streamId, what, details, session)
         d = self._admit(request, app, streamId, protocol, token, now)
         d.addCallback(lambda s: self._deliverLater(request, app, streamId, what, details, s))
         d.addErrback(self._refused, request, kind, streamId)
@@ -375,19 +439,44 @@ class PlaybackGate:
 
     async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
                           token: Optional[str], now: float) -> Session:
-        mind = _SessionMind(self.sessions, protocol, self._peer(request))
-        creds = StreamCredentials(app, streamId, "play", token, mind.peerHost, protocol)
+        peer = self._peer(request)
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return await self._login(app, streamId, protocol, token, peer, None)
+        key = (digest(token), peer)
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            # the same token's redemption from this address is in flight (mpv
+            # opens a URL twice at once): wait for it, then continue its
+            # session if it opened one for this stream and format
+            if len(waiters) < self.maxWaiters:
+                waiter: Deferred[None] = Deferred()
+                waiters.append(waiter)
+                await waiter
+                session = self.sessions.continued(key[0], peer, app, streamId, protocol)
+                if session is not None:
+                    return session
+            return await self._login(app, streamId, protocol, token, peer, None)
+        if len(self._pending) >= self.maxPending:
+            return await self._login(app, streamId, protocol, token, peer, key[0])
+        self._pending[key] = []
+        try:
+            return await self._login(app, streamId, protocol, token, peer, key[0])
+        finally:
+            for waiter in self._pending.pop(key, []):
+                waiter.callback(None)
+
+    async def _login(self, app: str, streamId: str, protocol: str, token: Optional[str],
+                     peer: str, tokenDigest: Optional[str]) -> Session:
+        """
+        Redeem through the gate and open a session (indexed by the token's
+        digest, so that the token may continue it from C{peer}).
+        """
+        mind = _SessionMind(self.sessions, protocol, peer)
+        creds = StreamCredentials(app, streamId, "play", token, peer, protocol)
         grant = await self.server.gate.login(creds, mind)
         session = self.signer.new(app, streamId, protocol, self.server.clock.seconds())
         mind.session = session
-        self.sessions.add(session, grant)
-        if token and self.reuseWindow > 0:
-            key = (digest(token), mind.peerHost)
-            self._recent[key] = (session, now)
-            while len(self._recent) > 10_000 or (
-                self._recent and now - next(iter(self._recent.values()))[1] > self.reuseWindow
-            ):
-                self._recent.popitem(last=False)
+        self.sessions.add(session, grant, tokenDigest, peer)
         return session
 
     def _admit(self, request: Any, *args: Any) -> "Deferred[Session]":
@@ -645,15 +734,20 @@ class PlaybackGate:
             request.setHeader(b"location", "{}.mp4?{}".format(quote(streamId), query).encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
             return b""
-        f = File(path, defaultType="video/mp4")
+        f = RecordingFile(path, defaultType="video/mp4")
         f.type, f.encoding = "video/mp4", None
         return f.render(request)
 
 
 def _int(value: Optional[str]) -> Optional[int]:
-    if value is None or not value.isdigit() or len(value) > 9:
+    """
+    A sequence number from a URL (ASCII digits, at most nine), else L{None}:
+    C{"\u00b2".isdigit()} holds, but C{int("\u00b2")} raises.
+    """
+    try:
+        return optionalDecimalText(value, "sequence number", 0, 999_999_999)
+    except JSONError:
         return None
-    return int(value)
 
 
 def _body(request: Any, data: bytes) -> bytes:

@@ -16,15 +16,16 @@ metrics) or a bearer JWT (``jwtControlEnabled``/``jwtSecretKey``) opens it.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from typing import Any, Optional
 
 from klein import Klein
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from tokengate.access.names import isValidStreamId
+from tokengate.jsonvalue import JSONError, decimalText, readJSON, requireObject
+from tokengate.logsafe import Logger
 from ..apps import AppSettings, SettingsError, address_allowed
 from ..auth import Refused, StreamCredentials, check_jwt, mint_jwt
 from ..metrics import CONTENT_TYPE_LATEST
@@ -32,6 +33,7 @@ from ..server import Server
 from ..store import StoreUnavailable
 from ..tokens import (
     MAX_TOKEN_LENGTH,
+    MSG_BAD_STREAM_ID,
     Outcome,
     RequestError,
     StoredToken,
@@ -41,9 +43,10 @@ from ..tokens import (
 
 #: the reference server's cap on one page of a listing
 MAX_LIST_SIZE = 250
-
-#: the stream ids the reference server's WebSocket accepts
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: path integers (offsets and sizes of listings) are Java ints there
+MAX_PATH_INT = 2**31 - 1
+#: the largest expireDate read (beyond, it is "not a positive integer")
+MAX_EXPIRE_DATE = 2**63 - 1
 
 MSG_NOT_ALLOWED_IP = "Not allowed IP"
 MSG_INVALID_APP_JWT = "Invalid App JWT Token"
@@ -83,14 +86,13 @@ def send_json(request: IRequest, obj: object, code: int = 200) -> bytes:
 
 def read_json(request: IRequest) -> object:
     """
-    The request body as JSON; a 400 when it is not.  (Its size was capped by
-    the site before it was buffered.)
+    The request body as JSON (L{tokengate.jsonvalue.readJSON}: depth,
+    numbers and encoding bounded); its L{JSONError} is answered 400 by
+    L{RestAPI}.  (The body's size was capped by the site before it was
+    buffered.)
     """
     raw = request.content.read() if request.content is not None else b""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise HTTPError(400, "Malformed JSON body")
+    return readJSON(raw)
 
 
 def _arg(request: IRequest, name: str) -> Optional[str]:
@@ -101,6 +103,15 @@ def _arg(request: IRequest, name: str) -> Optional[str]:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPError(400, "Query parameter {} is not UTF-8".format(name))
+
+
+def _page(offset: str, size: str) -> tuple[int, int]:
+    """
+    A listing's page from its path: ASCII digits within a Java int (a 400
+    naming the part otherwise), the size capped at L{MAX_LIST_SIZE}.
+    """
+    first = decimalText(offset, "offset", 0, MAX_PATH_INT)
+    return first, min(decimalText(size, "size", 0, MAX_PATH_INT), MAX_LIST_SIZE)
 
 
 def _bearer(request: IRequest) -> Optional[str]:
@@ -134,6 +145,16 @@ class RestAPI:
         e = failure.value
         return send_json(request, result(False, e.message), e.code)
 
+    @app.handle_errors(JSONError)
+    def _jsonError(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        Malformed JSON, or a value (body field, path or query integer) of
+        the wrong type or out of range: 400 with the reason, counted.
+        """
+        e = failure.value
+        self._server.metrics.malformed.labels("rest", e.kind).inc()
+        return send_json(request, result(False, str(e)), 400)
+
     def _allow(self, request: IRequest, networks: Any, jwtSecret: Optional[str]) -> None:
         host = request.getClientAddress().host
         if address_allowed(host, networks):
@@ -142,7 +163,8 @@ class RestAPI:
             token = _bearer(request)
             if token and len(token) <= MAX_TOKEN_LENGTH:
                 try:
-                    check_jwt(jwtSecret, token, self._server.clock.seconds())
+                    check_jwt(jwtSecret, token, self._server.clock.seconds(),
+                              self._server.config.restJwtMaxLifetime)
                     return
                 except Refused:
                     pass
@@ -215,6 +237,7 @@ class RestAPI:
             raise HTTPError(404, MSG_NO_APP)
         body = read_json(request)
         try:
+            # a field of the wrong type or out of range: JSONError, a 400
             settings = AppSettings.fromJSON(body)
             self._server.apps.update(name, settings)
         except SettingsError as e:
@@ -234,17 +257,19 @@ class RestAPI:
         raw = _arg(request, "expireDate")
         expireDate: Optional[int]
         try:
-            expireDate = int(raw) if raw is not None else None
-        except ValueError:
-            expireDate = None
+            expireDate = (decimalText(raw, "expireDate", 0, MAX_EXPIRE_DATE)
+                          if raw is not None else None)
+        except JSONError:
+            expireDate = None  # the reference message: "Define ... Expire Date"
+        roomId = _arg(request, "roomId") or None
         try:
             check_mint_request(
-                streamId, type_, expireDate, self._server.clock.seconds(), checkType
+                streamId, type_, expireDate, self._server.clock.seconds(), checkType, roomId
             )
         except RequestError as e:
             raise HTTPError(400, str(e))
         assert type_ is not None and expireDate is not None
-        return type_, expireDate, _arg(request, "roomId") or None
+        return type_, expireDate, roomId
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/token", methods=["GET"])
     async def mintToken(self, request: IRequest, appName: str, streamId: str) -> bytes:
@@ -279,9 +304,7 @@ class RestAPI:
         Validate a one-time token and, like the reference server, consume it.
         """
         self._appSettings(request, appName)
-        body = read_json(request)
-        if not isinstance(body, dict):
-            raise HTTPError(400, "Token must be a JSON object")
+        body = requireObject(read_json(request), "Token")
         tokenId, streamId, type_ = body.get("tokenId"), body.get("streamId"), body.get("type")
         roomId = body.get("roomId") or None
         if not all(isinstance(v, str) and v for v in (tokenId, streamId, type_)) or (
@@ -327,15 +350,15 @@ class RestAPI:
         )
 
     @app.route(
-        "/<string:appName>/rest/v2/broadcasts/<string:streamId>/tokens/list/<int:offset>/<int:size>",
+        "/<string:appName>/rest/v2/broadcasts/<string:streamId>/tokens/list/<string:offset>/<string:size>",
         methods=["GET"],
     )
     async def listTokens(self, request: IRequest, appName: str, streamId: str,
-                         offset: int, size: int) -> bytes:
+                         offset: str, size: str) -> bytes:
         self._appSettings(request, appName)
-        size = min(size, MAX_LIST_SIZE)
+        first, count = _page(offset, size)
         try:
-            tokens = await self._server.store.list_stream(appName, streamId, offset, size)
+            tokens = await self._server.store.list_stream(appName, streamId, first, count)
         except StoreUnavailable:
             self._server.metrics.store_errors.labels("list").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
@@ -370,10 +393,12 @@ class RestAPI:
             raise HTTPError(404, MSG_NO_BROADCAST)
         return send_json(request, self._broadcastJSON(record))
 
-    @app.route("/<string:appName>/rest/v2/broadcasts/list/<int:offset>/<int:size>", methods=["GET"])
-    def listBroadcasts(self, request: IRequest, appName: str, offset: int, size: int) -> bytes:
+    @app.route("/<string:appName>/rest/v2/broadcasts/list/<string:offset>/<string:size>",
+               methods=["GET"])
+    def listBroadcasts(self, request: IRequest, appName: str, offset: str, size: str) -> bytes:
         self._appSettings(request, appName)
-        records = self._server.hub.records(appName)[offset : offset + min(size, MAX_LIST_SIZE)]
+        first, count = _page(offset, size)
+        records = self._server.hub.records(appName)[first : first + count]
         return send_json(request, [self._broadcastJSON(r) for r in records])
 
     @app.route("/<string:appName>/rest/v2/broadcasts/create", methods=["POST"])
@@ -382,12 +407,12 @@ class RestAPI:
         Record a broadcast ahead of its publication (status C{created}).
         """
         self._appSettings(request, appName)
-        body = read_json(request) if request.getHeader(b"content-length") not in (None, b"0") else {}
-        if not isinstance(body, dict):
-            raise HTTPError(400, "Broadcast must be a JSON object")
+        body = requireObject(
+            read_json(request) if request.getHeader(b"content-length") not in (None, b"0") else {},
+            "Broadcast")
         streamId = body.get("streamId") or secrets.token_hex(8)
-        if not isinstance(streamId, str) or not STREAM_ID.match(streamId):
-            raise HTTPError(400, "Stream id may have letters, digits, '-', '_' and '.' only")
+        if not isinstance(streamId, str) or not isValidStreamId(streamId):
+            raise HTTPError(400, MSG_BAD_STREAM_ID)
         self._server.hub.create(appName, streamId)
         record = self._server.hub.record(appName, streamId)
         return send_json(request, self._broadcastJSON(record))

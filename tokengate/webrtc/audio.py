@@ -17,8 +17,8 @@ from __future__ import annotations
 import fractions
 from collections import deque
 from typing import Any, Optional
+from tokengate.logsafe import Logger
 
-from twisted.logger import Logger
 
 _log = Logger()
 

@@ -40,8 +40,8 @@ from collections import OrderedDict, deque
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
 
+from tokengate.logsafe import Logger
 from ..media.codecs import (
     AVCDecoderConfigurationRecord,
     FRAME_INTER,

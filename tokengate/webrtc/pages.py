@@ -15,10 +15,10 @@ import html
 import os
 from typing import Any, Optional
 
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.static import File
 
+from tokengate.logsafe import Logger
 from .ice import IceServers
 from .signalling import SignallingFactory
 

@@ -25,21 +25,21 @@ token closes the WebSocket with an application close code (4003 revoked,
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from tokengate.access.names import isValidStreamId
+from tokengate.jsonvalue import JSONError, readJSON
+from tokengate.logsafe import Logger
 from ..auth import Grant, IKickable, Refused, StreamCredentials
 from ..media.hub import LiveStream, StreamInUse
 from ..tokens import PLAY, PUBLISH, Outcome
 from .ice import IceServers
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 #: Limits per connection.
 MAX_MESSAGE_SIZE = 64 * 1024
@@ -260,11 +260,15 @@ class SignallingProtocol(WebSocketServerProtocol):
                 self.error("too_many_requests")
             return
         try:
-            message = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            message = readJSON(payload)
+        except JSONError:
+            # too deep, NaN, huge numbers, not UTF-8, not JSON: the socket
+            # stays open
+            self._server.metrics.malformed.labels("webrtc", "json").inc()
             self.error("invalid_json")
             return
         if not isinstance(message, dict):
+            self._server.metrics.malformed.labels("webrtc", "json").inc()
             self.error("invalid_json")
             return
         command = message.get("command")
@@ -280,7 +284,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             if not isinstance(streamId, str) or not streamId:
                 self.error("noStreamNameSpecified")
                 return
-            if not STREAM_ID.match(streamId):
+            if not isValidStreamId(streamId):
                 if command in ("publish", "play"):
                     self._server.gate.refused(
                         StreamCredentials(self.app, streamId[:128], command, None,

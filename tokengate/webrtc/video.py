@@ -29,8 +29,8 @@ import fractions
 import queue
 import threading
 from typing import Any, Callable, Optional
+from tokengate.logsafe import Logger
 
-from twisted.logger import Logger
 
 _log = Logger()
 

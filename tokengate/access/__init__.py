@@ -1,0 +1,3 @@
+"""
+The one door: what every protocol's admission has in common.
+"""
