@@ -17,8 +17,6 @@ is what stops its requests.
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 import time
 from collections import Counter
 from typing import Any
@@ -36,6 +34,7 @@ from tokengate.web.resource import build_site
 
 from . import procs
 from .helpers import require
+from .test_players import GStreamer, Mpv, Played, Vlc
 from .test_rtmp_interop import frames, test_clip
 
 #: After the publisher stopped, a player leaves within this many seconds
@@ -127,44 +126,33 @@ class DashPlayers(procs.ClientsMixin, TestCase):
         mpv, ffmpeg, playbin, playbin3 and VLC play live DASH through the end
         of a 50 s publication.
         """
-        mpv = require("mpv")
-        gst = require("gst-launch-1.0")
-        cvlc = require("cvlc")
-        setpriv = require("setpriv")
+        mpv, vlc, gst = Mpv(self), Vlc(self), GStreamer(self)
         ids = ["mpv", "ffmpeg", "playbin", "playbin3", "vlc"]
         publishers = {sid: self.publish(sid, 50) for sid in ids}
         for sid in ids:
             await self.segments(sid)
         started = time.monotonic()
         players = {}
-        players["mpv"] = self.start(
-            [mpv, "--no-config", "--vo=null", "--ao=null", "--msg-level=all=warn,statusline=status",
-             "--term-status-msg=TGSTAT frames=${estimated-frame-number}", self.mpd("mpv")],
-            timeout=200)
+        players["mpv"] = self.start(mpv.argv(self.mpd("mpv"), "dash"), timeout=200)
         players["ffmpeg"] = self.start(
             [self.ffmpeg, "-hide_banner", "-nostdin", "-i", self.mpd("ffmpeg"), "-f", "null", "-"],
             timeout=200)
-        sink = "fakesink name=vs sync=true silent=false"
+        # playbin (dashdemux): the playbin3 command line with the legacy bin
         players["playbin"] = self.start(
-            [gst, "-v", "playbin", "uri=" + self.mpd("playbin"), "video-sink=" + sink,
-             "audio-sink=fakesink sync=true"], timeout=200)
-        home = tempfile.mkdtemp(prefix="tg-vlc-")
-        os.chmod(home, 0o777)
-        players["vlc"] = self.start(
-            [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/env",
-             "HOME=" + home, cvlc, "--play-and-exit", "-I", "dummy", "--vout=dummy",
-             "--aout=dummy", "--no-video-title-show", self.mpd("vlc")], timeout=200)
+            ["playbin" if arg == "playbin3" else arg
+             for arg in gst.argv(self.mpd("playbin"), "dash")], timeout=200)
+        players["vlc"] = self.start(vlc.argv(self.mpd("vlc"), "dash"), 200, vlc.env())
+        vlcOutput = vlc.output
         # dashdemux2 leaves buffering only with 30 s of media ahead of where it
         # starts (DASH_DELAY behind the edge): join once that much is there.
         await task.deferLater(reactor, max(0.0, DASH_DELAY + 4 - (time.monotonic() - started)))
-        players["playbin3"] = self.start(
-            [gst, "-v", "playbin3", "uri=" + self.mpd("playbin3"), "video-sink=" + sink,
-             "audio-sink=fakesink sync=true"], timeout=200)
+        players["playbin3"] = self.start(gst.argv(self.mpd("playbin3"), "dash"), timeout=200)
         for sid in ids:
             r = await publishers[sid].done
             self.assertEqual(r.code, 0, (sid, r.stderr[-1000:]))
         ended = time.monotonic()
-        live_frames = b"".join(players["playbin3"].proto.out).count(b"vs: last-message = chain")
+        live_frames = b"".join(players["playbin3"].proto.out).count(
+            b"/GstFakeSink:vs: last-message = chain")
         self.assertGreater(live_frames, 25, "playbin3 rendered no frame while the stream was live")
 
         results = {}
@@ -178,12 +166,12 @@ class DashPlayers(procs.ClientsMixin, TestCase):
                 sid, took, len(self.seen(sid)), len(self.seen(sid, ended))))
             self.assertLess(took, MPV_EXIT_BOUND if sid == "mpv" else EXIT_BOUND, sid)
             self.checkRequests(sid, ended, sid)
-        status = re.findall(r"TGSTAT frames=(\d+)", results["mpv"].stderr.replace("\r", "\n"))
-        self.assertGreater(int(status[-1]) if status else 0, 500, results["mpv"].stderr[-1500:])
+        self.assertGreater(mpv.frames(Played(results["mpv"], None)), 500,
+                           results["mpv"].stderr[-1500:])
         self.assertGreater(frames(results["ffmpeg"].stderr), 500, results["ffmpeg"].stderr[-1500:])
         for sid in ("playbin", "playbin3"):
             out = results[sid].out.decode("utf-8", "replace")
-            rendered = out.count("vs: last-message = chain")
+            rendered = gst.frames(Played(results[sid], None))
             self.assertGreater(rendered, 500 if sid == "playbin" else 300, (sid, out[-1500:]))
             self.assertIn("Got EOS", out, sid)
         # a segment past the end is answered 204 to ffmpeg's reader (mpv's
@@ -200,8 +188,9 @@ class DashPlayers(procs.ClientsMixin, TestCase):
         quiet = self.seen("vlc", time.monotonic() - 15)
         self.assertLessEqual(len(quiet), 3, quiet)
         players["vlc"].kill()
-        await players["vlc"].done
+        result = await players["vlc"].done
         self.assertGreater(codes[200], 20)
+        self.assertGreater(vlc.frames(Played(result, vlcOutput)), 300)
 
     async def test_dashjsToTheEnd(self):
         """
