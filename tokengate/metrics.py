@@ -93,6 +93,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.playback_floods = Counter(
+            "tokengate_playback_floods",
+            "HTTP playback sessions ended (410) for too many requests of segments that do not"
+            " exist (past the end of an ended stream, far ahead of the live edge) or of the"
+            " manifest of an ended stream",
+            ["protocol"],
+            registry=r,
+        )
         self.malformed = Counter(
             "tokengate_malformed_requests",
             "Client JSON refused: the document (json) or a value in it (field)",

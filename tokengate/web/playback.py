@@ -66,6 +66,52 @@ MP4 = b"video/mp4"
 
 KINDS = ("video", "audio")
 
+#: A viewing session may make this many futile requests within
+#: L{FUTILE_WINDOW} seconds: segments or parts the server does not hold (past
+#: the end of an ended stream, far ahead of the live edge, long gone) and
+#: manifests of an ended stream.  The next one ends the session with 410.
+FUTILE_LIMIT = 40
+FUTILE_WINDOW = 30.0
+#: Once a stream ended, each of its documents (MPD, playlists) is served
+#: this many times per viewing session; later requests get 410.  A player
+#: that keeps polling the final MPD as if the stream were live (VLC 3 does:
+#: it never takes the MPD's change to static) stops after a few refusals.
+ENDED_DOCUMENTS = 3
+
+
+class FutileRequests:
+    """
+    Per viewing session (or, without play tokens, per address and stream):
+    how many futile requests it made in its current window.  Bounded: the
+    least recently counted keys are forgotten first.
+    """
+
+    def __init__(self, clock: Any, limit: int = FUTILE_LIMIT, window: float = FUTILE_WINDOW,
+                 maxKeys: int = 100_000) -> None:
+        self._clock = clock
+        self.limit = limit
+        self.window = window
+        self._max = maxKeys
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def spend(self, key: str) -> bool:
+        """
+        Count one futile request of C{key}; False once it went over the limit
+        in the current window.
+        """
+        now = self._clock.seconds()
+        start, count = self._counts.pop(key, (now, 0))
+        if now - start > self.window:
+            start, count = now, 0
+        count += 1
+        self._counts[key] = (start, count)
+        while len(self._counts) > self._max:
+            self._counts.popitem(last=False)
+        return count <= self.limit
+
+    def forget(self, key: str) -> None:
+        self._counts.pop(key, None)
+
 
 def _cors(request: Any) -> None:
     request.setHeader(b"access-control-allow-origin", b"*")
@@ -179,6 +225,16 @@ class HTTPSessions:
                 counts[session.kind] = counts.get(session.kind, 0) + 1
         return counts
 
+    def end(self, sessionId: str) -> None:
+        """
+        End one session here: its credentials stop working and its grant
+        ends (it no longer counts as a viewer).
+        """
+        self.signer.revokeSession(sessionId, self._clock.seconds())
+        entry = self._sessions.pop(sessionId, None)
+        if entry is not None:
+            entry[1].logout()
+
     def revokeSession(self, sessionId: str) -> None:
         """
         End one session (its grant was already ended by the gate).
@@ -264,6 +320,8 @@ class PlaybackGate:
         self.outputs = outputs
         self.sessions = HTTPSessions(signer, server.clock)
         self.blockTimeoutFactor = blockTimeoutFactor
+        self.futile = FutileRequests(server.clock)
+        self.endedDocuments = FutileRequests(server.clock, ENDED_DOCUMENTS, 600.0)
         # (token digest, peer) -> the requests waiting for that token's
         # redemption in flight from that address
         self._pending: dict[tuple[str, str], list[Deferred[None]]] = {}
@@ -475,6 +533,13 @@ class PlaybackGate:
         packager = self.outputs.packager(app, streamId)
         if packager is None:
             return _fail(request, 404, "Stream is not live: " + streamId)
+        if packager.ended and what in ("hls", "media", "dash"):
+            document = "{}:{}:{}".format(self._futileKey(request, app, streamId, session),
+                                         what, details[0] if details else "")
+            if not self.endedDocuments.spend(document):
+                if not self._spend(request, app, streamId, session):
+                    return self._flood(request, app, streamId, session, what)
+                return _fail(request, 410, "Stream ended: " + streamId)
         if what == "hls":
             text = packager.hls_multivariant(self._query(request, app, streamId, session))
             return self._text(request, text, MPEGURL)
@@ -493,13 +558,66 @@ class PlaybackGate:
         if what == "resource":
             kind, name = details
             data = packager.resource(kind, name)
-            msn = _int(name[:-4])
-            if data is None and msn is not None and not packager.ended:
-                edge = packager.edge(kind)
-                if edge is not None and edge[0] <= msn <= edge[0] + 1:
-                    return self._streamSegment(request, packager, kind, msn)
-            return self._bytes(request, data)
+            if data is not None:
+                return self._bytes(request, data)
+            edge = packager.edge(kind)
+            msn = int(name.split(".", 1)[0]) if name[0].isdigit() else None
+            if msn is not None and name[:-4].isdigit() and not packager.ended \
+                    and edge is not None and edge[0] <= msn <= edge[0] + 1:
+                return self._streamSegment(request, packager, kind, msn)
+            # Futile: anything missing once the stream ended, or far ahead of
+            # the live edge.  Not a part or segment about to be made (LL-HLS
+            # preload hints ask for those before they exist).
+            futile = packager.ended or (msn is not None and edge is not None
+                                        and msn > edge[0] + 2)
+            if futile and not self._spend(request, app, streamId, session):
+                return self._flood(request, app, streamId, session, what)
+            if msn is not None and packager.ended and (edge is None or msn > edge[0]):
+                # Past the end of the presentation: nothing, cheaply.  A 204
+                # rather than a 404, because ffmpeg's DASH reader (mpv too)
+                # keeps treating a stream it opened live as live after the
+                # MPD turned static: it skips every segment that fails to
+                # open and asks for the next one, forever, while an empty
+                # segment ends its reading of the track.
+                request.setResponseCode(204)
+                request.setHeader(b"cache-control", b"no-store")
+                return b""
+            return self._bytes(request, None)
         return _fail(request, 404, "Not found")
+
+    def _futileKey(self, request: Any, app: str, streamId: str,
+                   session: Optional[Session]) -> str:
+        if session is not None:
+            return "s:" + session.sessionId
+        return "a:{}/{}/{}".format(self._peer(request), app, streamId)
+
+    def _spend(self, request: Any, app: str, streamId: str, session: Optional[Session]) -> bool:
+        """
+        Count a futile request (a segment not held, a manifest of an ended
+        stream); False once the session spent its allowance.
+        """
+        return self.futile.spend(self._futileKey(request, app, streamId, session))
+
+    def _flood(self, request: Any, app: str, streamId: str, session: Optional[Session],
+               what: str) -> bytes:
+        """
+        The session made too many futile requests: end it (its credentials
+        stop working), count it, answer 410.  Without play tokens there is no
+        session to end: the address gets 410 for futile requests until its
+        window passes.
+        """
+        protocol = session.kind if session is not None else (
+            "dash" if what == "dash" else "hls" if what in ("hls", "media") else "http")
+        self.server.metrics.playback_floods.labels(protocol).inc()
+        if session is not None:
+            self.futile.forget(self._futileKey(request, app, streamId, session))
+            self.sessions.end(session.sessionId)
+            self._log.info(
+                "ended {protocol} session of {app}/{streamId} from {peer}: too many requests"
+                " for segments that do not exist", protocol=protocol, app=app,
+                streamId=streamId, peer=self._peer(request))
+        return _fail(request, 410, "Too many requests for segments that do not exist;"
+                                   " the viewing session ended")
 
     def _streamSegment(self, request: Any, packager: Any, kind: str, msn: int) -> Any:
         """
