@@ -173,6 +173,6 @@ setup(
         "av>=18.1,<20",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "redis>=5"],
+        "test": ["hypothesis>=6.100", "redis>=5", "pyotp>=2.9"],
     },
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
@@ -58,22 +58,29 @@ async def json_body(response: Any) -> Any:
     return json.loads(await response.content())
 
 
-def http_client(testcase: Any) -> Any:
+def http_client(testcase: Any, source: Optional[str] = None) -> Any:
     """
     A treq client for real loopback requests whose connections are closed
     when the test ends (trial checks for a clean reactor).
+
+    @param source: the local address to connect from (another loopback
+        address, e.g. C{"127.0.0.2"}, is another client to the server).
     """
     from twisted.internet import reactor
-    from twisted.web.client import HTTPConnectionPool
+    from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=False)
     testcase.addCleanup(pool.closeCachedConnections)
-    return _Client(pool)
+    agent = None
+    if source is not None:
+        agent = Agent(reactor, pool=pool, bindAddress=(source, 0))
+    return _Client(pool, agent)
 
 
 class _Client:
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, agent: Any = None) -> None:
         self._pool = pool
+        self._agent = agent
 
     def __getattr__(self, method: str) -> Any:
         import treq
@@ -81,7 +88,10 @@ class _Client:
         f = getattr(treq, method)
 
         def call(*args: Any, **kw: Any) -> Any:
-            kw.setdefault("pool", self._pool)
+            if self._agent is not None:
+                kw.setdefault("agent", self._agent)
+            else:
+                kw.setdefault("pool", self._pool)
             return f(*args, **kw)
 
         return call

@@ -116,8 +116,9 @@ class ClientsMixin:
         self.running: list[Running] = []
         self.addCleanup(self._killClients)
 
-    def start(self, argv: Sequence[str], timeout: float = 60.0) -> Running:
-        r = start(argv, timeout)
+    def start(self, argv: Sequence[str], timeout: float = 60.0,
+              env: Optional[dict] = None) -> Running:
+        r = start(argv, timeout, env)
         self.running.append(r)
         return r
 

@@ -171,8 +171,8 @@ class ThrottleTests(SynchronousTestCase):
         return self.gate.login(StreamCredentials("LiveApp", "s1", "play", token, peer, "srt"))
 
     def test_onlyTheAbuserIsSlowed(self):
-        for _ in range(5):
-            self.failureResultOf(self.attempt("198.51.100.7"), Refused)
+        for i in range(5):
+            self.failureResultOf(self.attempt("198.51.100.7", "guess%d" % i), Refused)
         # the sixth attempt from the abuser waits before it is checked
         d = self.attempt("198.51.100.7")
         self.assertNoResult(d)
@@ -203,6 +203,71 @@ class ThrottleTests(SynchronousTestCase):
         self.clock.advance(5)
         for d in waiting:
             self.failureResultOf(d, Refused)
+
+    def test_repeatsCountOnce(self):
+        """
+        A client retrying the same refused request (srt-live-transmit
+        retries a rejected call by itself) feeds the throttle once; each
+        different attempt counts.
+        """
+        for _ in range(20):
+            self.failureResultOf(self.attempt("a", "nope"), Refused)
+        self.assertEqual(self.throttle.score("a"), 1)
+        self.failureResultOf(self.attempt("a", "other"), Refused)
+        self.assertEqual(self.throttle.score("a"), 2)
+        # the same token for another stream is another attempt
+        d = self.gate.login(StreamCredentials("LiveApp", "s2", "play", "nope", "a", "srt"))
+        self.failureResultOf(d, Refused)
+        self.assertEqual(self.throttle.score("a"), 3)
+        # another address trying the same is counted for that address
+        self.failureResultOf(self.attempt("b", "nope"), Refused)
+        self.assertEqual(self.throttle.score("b"), 1)
+
+    def test_repeatCountsAgainAfterTheWindow(self):
+        t = Throttle(self.clock, halfLife=1e9, repeatWindow=10)
+        self.assertTrue(t.failed("a", b"x"))
+        self.clock.advance(9)
+        self.assertFalse(t.failed("a", b"x"))
+        self.clock.advance(1)
+        self.assertTrue(t.failed("a", b"x"))
+        self.assertAlmostEqual(t.score("a"), 2)
+        # without an attempt, every failure counts
+        self.assertTrue(t.failed("a"))
+        self.assertTrue(t.failed("a"))
+        self.assertAlmostEqual(t.score("a"), 4)
+
+    def test_attemptsBounded(self):
+        t = Throttle(self.clock, maxTracked=100)
+        for i in range(1000):
+            t.failed("a", b"%d" % i)
+        self.assertEqual(len(t._attempts), 100)
+
+    def test_refusalsNameNoTokenInMemory(self):
+        """
+        The throttle remembers attempts by a digest, not the token.
+        """
+        self.failureResultOf(self.attempt("a", "secret-token-value"), Refused)
+        self.assertNotIn(b"secret-token-value", repr(self.throttle._attempts).encode())
+
+    def test_deadlineRefusesAtOnce(self):
+        """
+        A client with a deadline (an SRT caller's connect timeout) is not
+        held past it: refused at once as throttled, its token kept.
+        """
+        t = new_token("s1", "play", NOW + 600)
+        self.store.add(StoredToken.fromToken("LiveApp", t))
+        for i in range(7):
+            self.throttle.failed("a", b"%d" % i)
+        self.assertEqual(self.throttle.delay("a"), 1.0)
+        creds = StreamCredentials("LiveApp", "s1", "play", t.tokenId, "a", "srt")
+        d = self.gate.login(creds, deadline=NOW + 0.5)
+        self.assertEqual(self.failureResultOf(d, Refused).value.outcome, Outcome.THROTTLED)
+        # not counted as a failure, and the token still admits once the wait fits
+        self.assertEqual(self.throttle.delay("a"), 1.0)
+        d = self.gate.login(creds, deadline=NOW + 1.0)
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d).kind, "onetime")
 
     def test_tableBounded(self):
         t = Throttle(self.clock, maxTracked=100)

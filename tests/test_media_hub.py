@@ -73,6 +73,44 @@ class HubTests(SynchronousTestCase):
         self.assertRaises(StreamInUse, self.hub.publish, "LiveApp", "s1", "SRT")
         self.hub.publish("Other", "s1", "SRT")
 
+    def test_claim(self):
+        """
+        A claimed stream is taken but not live; only its claim publishes it.
+        """
+        claim = self.hub.claim("LiveApp", "s2")
+        self.assertTrue(self.hub.isTaken("LiveApp", "s2"))
+        self.assertFalse(self.hub.isLive("LiveApp", "s2"))
+        self.assertIsNone(self.hub.record("LiveApp", "s2"))
+        self.assertRaises(StreamInUse, self.hub.claim, "LiveApp", "s2")
+        self.assertRaises(StreamInUse, self.hub.publish, "LiveApp", "s2", "RTMP")
+        other = Hub().claim("LiveApp", "s2")
+        self.assertRaises(StreamInUse, self.hub.publish, "LiveApp", "s2", "SRT", claim=other)
+        stream = self.hub.publish("LiveApp", "s2", "SRT", claim=claim)
+        self.assertTrue(claim.released)
+        self.assertEqual(self.hub.record("LiveApp", "s2").status, "broadcasting")
+        stream.end()
+        self.assertFalse(self.hub.isTaken("LiveApp", "s2"))
+        # a used claim does not publish again
+        self.assertRaises(StreamInUse, self.hub.publish, "LiveApp", "s2", "SRT", claim=claim)
+
+    def test_claimReleased(self):
+        claim = self.hub.claim("LiveApp", "s2")
+        claim.release()
+        claim.release()
+        self.assertFalse(self.hub.isTaken("LiveApp", "s2"))
+        self.assertRaises(StreamInUse, self.hub.publish, "LiveApp", "s2", "SRT", claim=claim)
+        self.hub.publish("LiveApp", "s2", "RTMP")
+        self.assertRaises(StreamInUse, self.hub.claim, "LiveApp", "s2")
+        # a released claim does not free a stream someone else holds
+        claim.release()
+        self.assertTrue(self.hub.isLive("LiveApp", "s2"))
+
+    def test_forgetDropsClaims(self):
+        claim = self.hub.claim("LiveApp", "s2")
+        self.hub.forget("LiveApp")
+        self.assertFalse(self.hub.isTaken("LiveApp", "s2"))
+        self.assertRaises(StreamInUse, self.hub.publish, "LiveApp", "s2", "SRT", claim=claim)
+
     def test_lateSubscriberStartsAtKeyframe(self):
         self.feed()
         r = Recorder()

@@ -370,6 +370,8 @@ class PackagerTestCase(ProbeTestCase):
         self.clock.advance(START)
 
     def packager(self, **kw: Any) -> Packager:
+        # the HLS window alone, unless a test is about the DASH delay
+        kw.setdefault("dashDelay", 0.0)
         return Packager("LiveApp", "s1", self.clock, **kw)
 
     def assertClose(self, first: float, second: float, delta: float) -> None:
@@ -632,12 +634,13 @@ class SegmentTests(PackagerTestCase):
         mpd = parse_mpd(self, text, "s=a&b")
         self.assertEqual(mpd.get("type"), "static")
         self.assertIsNone(mpd.get("minimumUpdatePeriod"))
-        self.assertClose(seconds(mpd.get("mediaPresentationDuration", "")), 8.0, delta=0.03)
+        # the end of the last segment on the one timeline (the first frame at 0.08 s)
+        self.assertClose(seconds(mpd.get("mediaPresentationDuration", "")), 8.08, delta=0.03)
         location = mpd.find(MPD_NS + "Location")
         assert location is not None
         self.assertEqual(location.text, "https://example.test/x.mpd?s=a&b")
         (period,) = mpd.findall(MPD_NS + "Period")
-        self.assertEqual(seconds(period.get("start", "")), 0.0)
+        self.assertClose(seconds(period.get("start", "")), 0.08, delta=0.0015)
         sets = {a.get("contentType"): a for a in period.findall(MPD_NS + "AdaptationSet")}
         self.assertEqual(set(sets), {"video", "audio"})
         video = sets["video"]
@@ -808,6 +811,94 @@ class LiveTests(PackagerTestCase):
             scale = int(template.get("timescale", "1"))
             pto = int(template.get("presentationTimeOffset", "0"))
             self.assertClose(pto / scale, 0.08, delta=0.001)
+
+    def mpdSegments(self, text: str) -> dict[tuple[str, int], tuple[float, int, int, int]]:
+        """
+        (kind, number) -> (period start s, presentationTimeOffset, t, d) of
+        every segment an MPD lists; checks that each track's first segment
+        in a period starts at or after its presentationTimeOffset.
+        """
+        out = {}
+        mpd = parse_mpd(self, text, "")
+        for period in mpd.findall(MPD_NS + "Period"):
+            start = seconds(period.get("start", ""))
+            for adaptation in period.findall(MPD_NS + "AdaptationSet"):
+                kind = adaptation.get("contentType", "")
+                template = next(adaptation.iter(MPD_NS + "SegmentTemplate"))
+                pto = int(template.get("presentationTimeOffset", "0"))
+                number = int(template.get("startNumber", "1"))
+                segments = timeline(template)
+                self.assertGreaterEqual(segments[0][0], pto, f"{kind} starts before its period")
+                for i, (t, d) in enumerate(segments):
+                    out[(kind, number + i)] = (start, pto, t, d)
+        return out
+
+    def test_mpd_one_timeline(self) -> None:
+        """
+        When the stream ends, the static MPD keeps the live one's period
+        starts, presentation time offsets, numbers and segment times, and
+        lists the segments that followed; its duration is the end of the
+        last segment on that timeline.
+        """
+        p = self.packager(dashDelay=5.0)  # ceil(5 / 2) + 2 = 5 segments listed
+        self.assertEqual(p._dashSegments, 5)
+        stream = LiveStream("LiveApp", "s1", "RTMP", self.clock.seconds())
+        p.attach(stream)
+        for tag in play(stream, self.clock, clip_tags(av_clip())):
+            if tag.timestamp > 5500:
+                break
+        live_text = p.dash_mpd("")
+        assert live_text is not None
+        self.assertEqual(seconds(parse_mpd(self, live_text, "").get("suggestedPresentationDelay", "")), 6.0)
+        live = self.mpdSegments(live_text)
+        self.assertIn(("video", 1), live)
+        stream.end()
+        ended_text = p.dash_mpd("")
+        assert ended_text is not None
+        mpd = parse_mpd(self, ended_text, "")
+        self.assertEqual(mpd.get("type"), "static")
+        ended = self.mpdSegments(ended_text)
+        for key, value in live.items():
+            self.assertEqual(ended.get(key), value, key)
+        self.assertGreater(max(n for _, n in ended), max(n for _, n in live))
+        end = max((t + d) / (90000 if kind == "video" else 48000) - pto / (90000 if kind == "video" else 48000) + start
+                  for (kind, _), (start, pto, t, d) in ended.items())  # fmt: skip
+        self.assertClose(seconds(mpd.get("mediaPresentationDuration", "")), end, delta=0.002)
+
+    def test_mpd_audio_starts_in_period(self) -> None:
+        """
+        Audio whose first frame begins a few milliseconds before the video
+        keyframe that starts the period: the period starts with the audio,
+        so no track's first segment lies before its presentationTimeOffset.
+        """
+        tags = [Tag(t.kind, t.timestamp + 30 if t.kind == TAG_VIDEO else t.timestamp, t.body)
+                for t in clip_tags(av_clip())]  # fmt: skip
+        p = self.packager()
+        publish(p, self.clock, tags, end=False)
+        audio = self.segments(p, "audio")[0]
+        video = self.segments(p, "video")[0]
+        self.assertLess(audio.start / 48000, video.start / 90000)  # the case at hand
+        for text in (p.dash_mpd(""), None):
+            if text is None:
+                p.streamEnded()
+                text = p.dash_mpd("")
+            assert text is not None
+            listed = self.mpdSegments(text)  # checks t >= presentationTimeOffset
+            start, pto, t, _ = listed[("audio", 1)]
+            self.assertEqual(pto, int(start * 48000))
+            self.assertClose(start, audio.start / 48000, delta=0.001)
+
+    def test_dash_delay_window(self) -> None:
+        """
+        The default DASH delay (34 s) is suggested to players, and the MPD
+        lists (and the packager holds) that much media behind the edge.
+        """
+        p = Packager("LiveApp", "s1", self.clock, segmentTarget=2.0)
+        self.assertEqual(p._dashSegments, 19)
+        self.assertEqual(p._keep, 22)
+        hls_only = Packager("LiveApp", "s1", self.clock, dash=False)
+        self.assertEqual(hls_only._keep, 8)
+        self.assertRaises(ValueError, Packager, "LiveApp", "s1", self.clock, dashDelay=-1)
 
     def test_waiters(self) -> None:
         p = self.packager()
@@ -1059,14 +1150,9 @@ class RepublishTests(PackagerTestCase):
         mpd = parse_mpd(self, text, "")
         periods = mpd.findall(MPD_NS + "Period")
         self.assertEqual([x.get("id") for x in periods], ["p0", "p1"])
-        # Static: the first listed segment starts the presentation.
-        first = min(
-            self.segments(p, kind)[-5].start / scale
-            for kind, scale in (("video", 90000), ("audio", 48000))
-        )
-        self.assertClose(
-            seconds(periods[1].get("start", "")), restart - START + 0.08 - first, delta=0.002
-        )
+        # Static: the live timeline is kept (presentation time is media
+        # time), so the second period starts where it started live.
+        self.assertClose(seconds(periods[1].get("start", "")), restart - START + 0.08, delta=0.002)
         for period in periods:
             for adaptation in period.findall(MPD_NS + "AdaptationSet"):
                 template = next(adaptation.iter(MPD_NS + "SegmentTemplate"))

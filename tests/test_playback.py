@@ -10,6 +10,7 @@ import re
 import time
 
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from tokengate.apps import Applications
@@ -43,7 +44,6 @@ def feed(stream, path, until_ms=None, start_ms=0):
 
 class PlaybackBase(TestCase):
     timeout = 60
-    reuseWindow = 0.0
     tokenControl = True
 
     def setUp(self):
@@ -52,8 +52,7 @@ class PlaybackBase(TestCase):
         self.dataDir = self.mktemp()
         os.makedirs(self.dataDir)
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
-                             config=ServerConfig(reuseWindow=self.reuseWindow),
-                             dataDir=self.dataDir)
+                             config=ServerConfig(), dataDir=self.dataDir)
         self.server.apps.replace("LiveApp", playTokenControlEnabled=self.tokenControl,
                                  dashMuxingEnabled=True, mp4MuxingEnabled=True)
         self.site = build_site(self.server)
@@ -62,6 +61,8 @@ class PlaybackBase(TestCase):
         self.addCleanup(self.server.outputs.close)
         self.base = "http://127.0.0.1:{}/LiveApp/streams/".format(self.port.getHost().port)
         self.http = http_client(self)
+        # another viewer: another loopback address
+        self.other = http_client(self, source="127.0.0.2")
 
     def mint(self, streamId="s1", type="play"):
         t = new_token(streamId, type, int(time.time()) + 600)
@@ -74,8 +75,9 @@ class PlaybackBase(TestCase):
         feed(stream, self.clip, until_ms)
         return stream
 
-    async def get(self, url, **kw):
-        r = await self.http.get(url if url.startswith("http") else self.base + url, **kw)
+    async def get(self, url, client=None, **kw):
+        r = await (client or self.http).get(url if url.startswith("http") else self.base + url,
+                                            **kw)
         return r, await r.content()
 
 
@@ -110,7 +112,7 @@ class GateTests(PlaybackBase):
                 self.assertEqual(r2.code, 200, (child, data[:200]))
                 self.assertEqual(r2.headers.getRawHeaders(b"content-type"), [b"video/mp4"])
         # the same token from anyone else: refused
-        r, body = await self.get("s1.m3u8?token=" + token)
+        r, body = await self.get("s1.m3u8?token=" + token, client=self.other)
         self.assertEqual(r.code, 403)
         self.assertIn(b"Invalid Token for streamId:s1", body)
         self.assertEqual(r.headers.getRawHeaders(b"access-control-allow-origin"), [b"*"])
@@ -167,9 +169,10 @@ class GateTests(PlaybackBase):
         self.assertTrue(cookies)
         cookie = cookies[0].split(b";")[0]
         self.assertIn(b"Path=/LiveApp/streams/", cookies[0])
-        r, body = await self.get("s1/s1.mpd?token=" + token, headers={b"cookie": cookie})
+        r, body = await self.get("s1/s1.mpd?token=" + token, headers={b"cookie": cookie},
+                                 client=self.other)
         self.assertEqual(r.code, 200)
-        r, body = await self.get("s1/s1.mpd?token=" + token)
+        r, body = await self.get("s1/s1.mpd?token=" + token, client=self.other)
         self.assertEqual(r.code, 403)
 
     async def test_dashCarriesSession(self):
@@ -202,17 +205,13 @@ class GateTests(PlaybackBase):
         self.assertEqual(r.code, 200)
         self.assertIn("{}.m4s".format(nxt), body.decode())
 
-    async def test_reuseWindowOff(self):
-        self.live()
-        token = self.mint()
-        r = await self.http.head(self.base + "s1.m3u8?token=" + token)
-        self.assertEqual(r.code, 200)
-        r, _ = await self.get("s1.m3u8?token=" + token)
-        self.assertEqual(r.code, 403)
 
 
-class ReuseWindowTests(PlaybackBase):
-    reuseWindow = 5.0
+class SpentTokenTests(PlaybackBase):
+    """
+    A spent token continues the session it opened, from the address that
+    redeemed it, while that session is alive; nobody else gets anything.
+    """
 
     async def test_headThenGet(self):
         self.live()
@@ -223,6 +222,110 @@ class ReuseWindowTests(PlaybackBase):
         self.assertEqual(r.code, 200)
         self.assertIn(b"tgs=", body)
         self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+
+    async def test_sameSessionLaterFromSameAddress(self):
+        self.live()
+        token = self.mint()
+        r, first = await self.get("s1/s1.mpd?token=" + token)
+        self.assertEqual(r.code, 200)
+        # mpv: libavformat reopens the URL after mpv's own probe
+        r, again = await self.get("s1/s1.mpd?token=" + token)
+        self.assertEqual(r.code, 200, again)
+        sid = re.compile(r"tgs=([^&\"<]+)")
+        signer = self.server.playback.signer
+        now = time.time()
+        self.assertEqual(
+            signer.check(sid.search(first.decode()).group(1), "LiveApp", "s1", now).sessionId,
+            signer.check(sid.search(again.decode()).group(1), "LiveApp", "s1", now).sessionId)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"dash": 1})
+
+    async def test_concurrentFirstRequests(self):
+        """
+        Two requests with one fresh token at once from one address (mpv's
+        two opens can overlap): one session, both answered.
+        """
+        from twisted.internet.defer import gatherResults
+
+        self.live()
+        token = self.mint()
+        self.slowStore(0.3)
+        results = await gatherResults([
+            Deferred.fromCoroutine(self.get("s1.m3u8?token=" + token)) for _ in range(3)])
+        self.assertEqual([r.code for r, _ in results], [200, 200, 200])
+        self.assertEqual(self.redeems, 1)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+
+    def slowStore(self, delay):
+        """
+        Answer redemptions after C{delay} seconds (a store on a network),
+        counting them.
+        """
+        store = self.server.store
+        redeem = store.redeem
+        self.redeems = 0
+
+        def slow(*args):
+            self.redeems += 1
+            d = redeem(*args)
+            return d.addCallback(lambda outcome: task.deferLater(reactor, delay, lambda: outcome))
+
+        self.patch(store, "redeem", slow)
+
+    async def test_concurrentFromTwoAddresses(self):
+        from twisted.internet.defer import gatherResults
+
+        self.live()
+        token = self.mint()
+        self.slowStore(0.3)
+        results = await gatherResults([
+            Deferred.fromCoroutine(self.get("s1.m3u8?token=" + token)),
+            Deferred.fromCoroutine(self.get("s1.m3u8?token=" + token, client=self.other))])
+        self.assertEqual(sorted(r.code for r, _ in results), [200, 403])
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+
+    async def test_otherAddressRefused(self):
+        self.live()
+        token = self.mint()
+        r, _ = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+        r, body = await self.get("s1.m3u8?token=" + token, client=self.other)
+        self.assertEqual(r.code, 403)
+        self.assertIn(b"Invalid Token for streamId:s1", body)
+
+    async def test_otherFormatRefused(self):
+        """
+        The session is for the format it was opened for: an HLS token is
+        not a DASH session.
+        """
+        self.live()
+        token = self.mint()
+        r, _ = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+        r, _ = await self.get("s1/s1.mpd?token=" + token)
+        self.assertEqual(r.code, 403)
+
+    async def test_endedSessionRefused(self):
+        self.live()
+        token = self.mint()
+        r, _ = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+        self.server.playback.sessions.revokeStream("LiveApp", "s1")
+        r, _ = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 403)
+
+    async def test_idleSessionRefused(self):
+        self.live()
+        token = self.mint()
+        r, _ = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 200)
+        sessions = self.server.playback.sessions
+        sid = next(iter(sessions._sessions))
+        session, grant, last = sessions._sessions[sid]
+        sessions._sessions[sid] = (session, grant, last - self.server.playback.signer.idle - 1)
+        r, _ = await self.get("s1.m3u8?token=" + token)
+        self.assertEqual(r.code, 403)
+        self.assertEqual(sessions.sweep(), 1)
+        self.assertEqual(sessions._opener, {})
 
 
 class OpenTests(PlaybackBase):
@@ -266,11 +369,87 @@ class VodTests(PlaybackBase):
         self.assertEqual(r.code, 206)
         self.assertEqual(len(body), 100)
         self.assertEqual(body[4:8], b"ftyp")
-        # the spent token alone: refused
+        # the spent token from the same address continues the session (mpv
+        # opens a URL twice); from anyone else: refused
         r, _ = await self.get("s1.mp4?token=" + token)
+        self.assertEqual(r.code, 200)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"vod": 1})
+        r, _ = await self.get("s1.mp4?token=" + token, client=self.other)
         self.assertEqual(r.code, 403)
 
     async def test_noRecordingKeepsToken(self):
         token = self.mint()
         r, _ = await self.get("nope.mp4?token=" + token)
         self.assertEqual(r.code, 404)
+
+
+class _Grant:
+    def __init__(self):
+        self.ended = False
+
+    def logout(self):
+        self.ended = True
+
+
+class HTTPSessionsTests(TestCase):
+    """
+    The session registry's token index, in memory (a Clock, no sockets).
+    """
+
+    def setUp(self):
+        from tokengate.web.playback import HTTPSessions
+        from tokengate.web.sessions import SessionSigner
+
+        from .helpers import clock_at
+
+        self.clock = clock_at()
+        self.signer = SessionSigner(b"s" * 32, idle=120, vodIdle=3600)
+        self.sessions = HTTPSessions(self.signer, self.clock, maxSessions=3)
+
+    def open(self, token, peer="10.0.0.1", kind="hls", streamId="s1"):
+        session = self.signer.new("LiveApp", streamId, kind, self.clock.seconds())
+        grant = _Grant()
+        self.sessions.add(session, grant, token, peer)
+        return session, grant
+
+    def test_continuedOnlyByItsOpener(self):
+        session, _ = self.open("d1")
+        self.assertEqual(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"),
+                         session)
+        for args in [("d1", "10.0.0.2", "LiveApp", "s1", "hls"),   # another address
+                     ("d2", "10.0.0.1", "LiveApp", "s1", "hls"),   # another token
+                     ("d1", "10.0.0.1", "LiveApp", "s2", "hls"),   # another stream
+                     ("d1", "10.0.0.1", "WebRTCAppEE", "s1", "hls"),
+                     ("d1", "10.0.0.1", "LiveApp", "s1", "dash")]:  # another format
+            self.assertIsNone(self.sessions.continued(*args), args)
+
+    def test_aliveOnly(self):
+        session, grant = self.open("d1")
+        self.clock.advance(100)
+        self.assertIsNotNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        # continuing counts as activity
+        self.clock.advance(100)
+        self.assertIsNotNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.clock.advance(121)
+        self.assertIsNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.assertEqual(self.sessions.sweep(), 1)
+        self.assertTrue(grant.ended)
+        # a session whose grant ended (a kick) is not continued either
+        _, grant2 = self.open("d2")
+        grant2.logout()
+        self.assertIsNone(self.sessions.continued("d2", "10.0.0.1", "LiveApp", "s1", "hls"))
+
+    def test_revokedAndEvictedForgotten(self):
+        s1, _ = self.open("d1")
+        self.sessions.revokeSession(s1.sessionId)
+        self.assertIsNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.open("d2")
+        self.sessions.revokeStream("LiveApp", "s1")
+        self.assertIsNone(self.sessions.continued("d2", "10.0.0.1", "LiveApp", "s1", "hls"))
+        # beyond maxSessions the oldest go, and their tokens with them
+        grants = [self.open("e{}".format(i))[1] for i in range(5)]
+        self.assertEqual([g.ended for g in grants], [True, True, False, False, False])
+        self.assertIsNone(self.sessions.continued("e0", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.assertIsNotNone(self.sessions.continued("e4", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.assertEqual(len(self.sessions._opener), 3)
+        self.assertEqual(len(self.sessions._byId), 3)

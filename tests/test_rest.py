@@ -251,7 +251,7 @@ class RestTests(RestBase):
     async def test_serverJwt(self):
         secret = "m" * 32
         self.server.config = ServerConfig(restJwtSecretKey=secret)
-        token = pyjwt.encode({"sub": "ops"}, secret, algorithm="HS256")
+        token = pyjwt.encode({"sub": "ops", "exp": NOW + 3600}, secret, algorithm="HS256")
         code, _ = await self.get("/rest/v2/applications", self.remote(),
                                  headers={"Authorization": "Bearer " + token})
         self.assertEqual(code, 200)

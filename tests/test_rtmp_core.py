@@ -714,8 +714,9 @@ class ChunkParsingTests(SynchronousTestCase):
         server = ready_server(max_pending_bytes=1000)
         data = b"".join(h0(csid, 0, 400, 9) + b"x" * 128 for csid in range(3, 12))
         self.assertRaises(RTMPProtocolError, server.receive_data, data)
-        # completed messages give their bytes back
-        server = ready_server(max_pending_bytes=1000)
+        # completed messages give their bytes back (a 900-byte message held
+        # in 7 pieces of 128 costs 896 + 7 * PIECE_COST = 1232)
+        server = ready_server(max_pending_bytes=1300)
         for _ in range(10):
             server.receive_data(h0(6, 0, 900, 9) + b"x" * 128)
             for _ in range(6):

@@ -276,6 +276,24 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(self.listener.pending_count, 1)
         self.assertEqual(self.factoryCalls, 0)
 
+    def test_answerBy(self):
+        """
+        The answer is due by the caller's connect timeout (3 s) counted from
+        the start of its connect, which the conclusion's timestamp tells
+        (microseconds since then), less the 0.5 s margin; never before the
+        conclusion arrived.
+        """
+        cases = [(814, 2.5 - 0.000814), (1_000_000, 1.5), (2_600_000, 0.0),
+                 (0xFFFFFFFF, 0.0)]
+        for i, (timestamp, left) in enumerate(cases):
+            hs = conclusion(self.cookie(), socket_id=CALLER + i, timestamp=timestamp)
+            decision = self.decide(hs)
+            self.assertAlmostEqual(decision.answer_by, NOW + left, places=6)
+        listener = Listener(b"secret", lambda: 5, connect_timeout=10.0, answer_margin=1.0)
+        hs = conclusion(listener.cookie(PEER, NOW), timestamp=2_000_000)
+        self.assertAlmostEqual(listener.handle_handshake(hs.encode(), PEER, NOW).answer_by,
+                               NOW + 7.0)
+
     def test_accept(self):
         data = with_cookie(FFMPEG_CONCLUSION, self.cookie())
         decision = self.decide(data)

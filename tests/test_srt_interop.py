@@ -1,7 +1,8 @@
 """
-SRT ingest through the token gate with real callers over loopback: ffmpeg
-and srt-live-transmit publish; ffmpeg plays the result back over RTMP; a
-lossy UDP relay in between still gives a clean stream.
+SRT ingest through the token gate with real callers over loopback: ffmpeg,
+srt-live-transmit and GStreamer's srtsink publish; ffmpeg plays the result
+back over RTMP and HLS; a lossy UDP relay in between still gives a clean
+stream.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from twisted.trial.unittest import TestCase
 from tokengate.apps import Applications
 from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
+from tokengate.srt.connection import REJX_UNAUTHORIZED
 from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore
+from tokengate.web.resource import build_site
 
 from . import procs
 from .helpers import require
@@ -38,6 +41,37 @@ def ts_clip(seconds: int) -> str:
                        check=True, timeout=60)
         _ts[seconds] = path
     return _ts[seconds]
+
+
+def gst_publish_argv(port: int, streamid: str, seconds: int = 4) -> list[str]:
+    """
+    GStreamer publishing H.264 in MPEG-TS with C{srtsink}: the stream id goes
+    in the URI's query.  C{mpegtsmux alignment=7} makes every buffer seven TS
+    packets (1316 bytes): srtsink sends a buffer as one SRT message, and
+    bigger ones (every keyframe) never arrive in live mode.  libsrt's log
+    (C{srtlib}) on stderr says when the call is rejected.
+    """
+    return ["/usr/bin/env", "GST_DEBUG=srtlib:4", require("gst-launch-1.0"), "-q",
+            "videotestsrc", "is-live=true", "num-buffers={}".format(25 * seconds), "!",
+            "video/x-raw,width=320,height=240,framerate=25/1", "!",
+            "openh264enc", "gop-size=25", "!", "h264parse", "config-interval=-1", "!",
+            "mpegtsmux", "alignment=7", "!",
+            "srtsink", "uri=srt://127.0.0.1:{}?streamid={}".format(port, streamid)]
+
+
+def record_rejections(listener: SRTListener) -> list[int]:
+    """
+    The reject codes C{listener} sends, as it sends them.
+    """
+    codes: list[int] = []
+    reject = listener.listener.reject
+
+    def spy(decision, code, now=None):
+        codes.append(code)
+        return reject(decision, code, now)
+
+    listener.listener.reject = spy  # type: ignore[method-assign]
+    return codes
 
 
 class Relay(DatagramProtocol):
@@ -241,3 +275,57 @@ class SrtLiveTransmitTests(SRTInterop):
         self.assertIn("REJECT", result.stderr)
         self.assertFalse(self.server.hub.isLive("LiveApp", "s1"))
         self.assertEqual(self.refusals("unknown"), 1)
+
+
+class GStreamerCallerTests(SRTInterop):
+    """
+    GStreamer 1.22's C{srtsink} publishing (C{openh264enc}, C{mpegtsmux}).
+    """
+
+    def setUp(self):
+        super().setUp()
+        require("gst-launch-1.0")
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
+                                 hlsMuxingEnabled=True)
+        self.http = reactor.listenTCP(0, build_site(self.server), interface="127.0.0.1")
+        self.addCleanup(self.server.outputs.close)
+        self.addCleanup(self.http.stopListening)
+        self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
+        self.codes = record_rejections(self.srt)
+
+    def gst(self, streamid, seconds=4):
+        return self.start(gst_publish_argv(self.port, streamid, seconds), timeout=seconds + 30)
+
+    async def test_publishPlaysAsHls(self):
+        pub = self.gst("LiveApp/s1,token=" + self.mint(), seconds=30)
+        await self.waitLive()
+        self.assertEqual(self.server.hub.record("LiveApp", "s1").publishType, "SRT")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            p = self.server.outputs.packager("LiveApp", "s1")
+            if p is not None and (p.edge("video") or (0, 0))[0] >= 2:
+                break
+            await task.deferLater(reactor, 0.2)
+        else:
+            self.fail("no HLS segments")
+        play = self.start([self.ffmpeg, "-hide_banner", "-nostdin", "-i",
+                           self.web + "/LiveApp/streams/s1.m3u8", "-t", "3", "-f", "null", "-"],
+                          timeout=60)
+        result = await play.done
+        self.assertEqual(result.code, 0, result.stderr[-1500:])
+        self.assertGreater(frames(result.stderr), 40)
+        self.assertEqual(self.codes, [])
+        pub.kill()
+
+    async def test_badTokenRefused(self):
+        result = await self.gst("LiveApp/s1,token=nope").done
+        self.assertNotEqual(result.code, 0)
+        self.assertIn("REJECT", result.stderr)
+        self.assertEqual(self.codes, [REJX_UNAUTHORIZED])
+        self.assertEqual(self.refusals("unknown"), 1)
+        self.assertIsNone(self.server.hub.record("LiveApp", "s1"))
+        # and the missing token
+        result = await self.gst("LiveApp/s1").done
+        self.assertNotEqual(result.code, 0)
+        self.assertEqual(self.codes, [REJX_UNAUTHORIZED] * 2)
+        self.assertEqual(self.refusals("missing"), 1)

@@ -74,6 +74,32 @@ class OptionsTests(TestCase):
             svc = makeService(o, MemoryReactorClock())
             self.assertEqual(svc.server.config.webrtcTranscodes, expected)
 
+    def test_sessionReuseWindowDeprecated(self):
+        """
+        --session-reuse-window is still accepted (command line and config
+        file) so existing set-ups start; it logs that it has no effect.
+        """
+        from twisted.logger import globalLogPublisher
+
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('"session-reuse-window" = 0\n')
+        for argv in (["--session-reuse-window", "0"], ["--config", path]):
+            o = Options()
+            o.parseOptions(["--data-dir", self.mktemp(), "--store", "memory"] + argv)
+            makeService(o, MemoryReactorClock())
+        warnings = [e for e in seen if "session-reuse-window" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 2)
+        seen.clear()
+        o = Options()
+        o.parseOptions(["--data-dir", self.mktemp(), "--store", "memory"])
+        makeService(o, MemoryReactorClock())
+        self.assertEqual([e for e in seen if "session-reuse-window" in e.get("log_format", "")],
+                         [])
+
 
 class ServiceTests(TestCase):
     def test_listeners(self):

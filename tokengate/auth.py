@@ -20,6 +20,7 @@ Token values never reach a log line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -38,7 +39,7 @@ from tokengate.logsafe import Logger
 from .apps import Applications
 from .metrics import Metrics
 from .store import ITokenStore, StoreUnavailable
-from .tokens import MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
+from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
 
 
 # --- credentials ---------------------------------------------------------
@@ -342,10 +343,19 @@ def mint_jwt(secret: str, streamId: str, type: str, expireDate: int,
     return pyjwt.encode(claims, secret, algorithm="HS256")
 
 
-def check_jwt(secret: str, token: str, now: float) -> dict[str, Any]:
+def check_jwt(secret: str, token: str, now: float,
+              maxLifetime: Optional[float] = None) -> dict[str, Any]:
     """
     Verify an HS256 JWT and its expiry against C{now}.
 
+    The JWT must carry an C{exp} (a finite number of unix seconds) after
+    C{now} and below L{MAX_EXPIRE_SECONDS} (what a mint accepts): one
+    without it would be valid for ever, so it is refused (the reference
+    server checks C{exp} only when present; tokengate is stricter).
+
+    @param maxLifetime: when given, an C{exp} more than this many seconds
+        after C{now} is refused too (management JWTs: a leaked one stays
+        usable for a bounded time).
     @raise Refused: with L{Outcome.EXPIRED} or L{Outcome.INVALID}.
     """
     try:
@@ -355,11 +365,14 @@ def check_jwt(secret: str, token: str, now: float) -> dict[str, Any]:
     except pyjwt.InvalidTokenError:
         raise Refused(Outcome.INVALID)
     exp = claims.get("exp")
-    if exp is not None:
-        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-            raise Refused(Outcome.INVALID)
-        if not now < exp:
-            raise Refused(Outcome.EXPIRED)
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not (
+            0 < exp < MAX_EXPIRE_SECONDS):
+        # no exp, not a number, NaN, or past what a mint accepts (milliseconds)
+        raise Refused(Outcome.INVALID)
+    if not now < exp:
+        raise Refused(Outcome.EXPIRED)
+    if maxLifetime is not None and exp > now + maxLifetime:
+        raise Refused(Outcome.INVALID)
     return claims
 
 
@@ -389,10 +402,8 @@ class JwtTokenChecker:
             room = claims.get("roomId")
             if not (room and creds.roomId and room == creds.roomId):
                 raise Refused(Outcome.WRONG_STREAM)
-        exp = claims.get("exp")
         return Admission(
-            creds.app, creds.streamId, creds.action, "jwt",
-            digest(token), float(exp) if exp is not None else None,
+            creds.app, creds.streamId, creds.action, "jwt", digest(token), float(claims["exp"]),
         ).toAvatarId()
 
 
@@ -443,11 +454,22 @@ class Throttle:
     C{maxDelay}) before it is even checked, and an address with more than
     C{maxPending} attempts waiting is refused at once.  Addresses that never
     fail are never delayed; the table holds at most C{maxTracked} addresses.
+
+    A failure is counted once per I{attempt}: the same attempt (the same
+    credentials, say) failing again from the same address within
+    C{repeatWindow} seconds of when it was counted adds nothing, so a client
+    that retries by itself (srt-live-transmit, an encoder reconnecting, a
+    player refetching) is not taken for a guesser; every different attempt
+    counts.  At most C{maxTracked} attempts are remembered.
+
+    A client that cannot wait for ever (an SRT caller gives up after its
+    connect timeout) passes a deadline to L{admit}: an attempt the throttle
+    would hold past it is refused at once instead.
     """
 
     def __init__(self, clock: IReactorTime, threshold: float = 5.0, halfLife: float = 60.0,
                  base: float = 0.25, maxDelay: float = 4.0, maxPending: int = 8,
-                 maxTracked: int = 100_000) -> None:
+                 maxTracked: int = 100_000, repeatWindow: float = 300.0) -> None:
         self._clock = clock
         self.threshold = threshold
         self.halfLife = halfLife
@@ -455,8 +477,11 @@ class Throttle:
         self.maxDelay = maxDelay
         self.maxPending = maxPending
         self.maxTracked = maxTracked
+        self.repeatWindow = repeatWindow
         self._scores: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._pending: dict[str, int] = {}
+        # (peer, attempt) -> when it was counted, oldest first
+        self._attempts: OrderedDict[tuple[str, bytes], float] = OrderedDict()
 
     def score(self, peer: str) -> float:
         entry = self._scores.get(peer)
@@ -471,21 +496,46 @@ class Throttle:
             return 0.0
         return min(self.maxDelay, self.base * 2.0**excess)
 
-    def failed(self, peer: str) -> None:
+    def failed(self, peer: str, attempt: Optional[bytes] = None) -> bool:
+        """
+        Count a failure of C{peer}; C{attempt} (any bytes that identify what
+        was tried, e.g. a digest of the credentials) makes a repeat of it
+        within C{repeatWindow} count once.  Whether it was counted.
+        """
+        now = self._clock.seconds()
+        if attempt is not None:
+            attempts = self._attempts
+            while attempts:
+                oldest = next(iter(attempts.values()))
+                if oldest + self.repeatWindow > now:
+                    break
+                attempts.popitem(last=False)
+            key = (peer, attempt)
+            if key in attempts:
+                return False
+            attempts[key] = now
+            while len(attempts) > self.maxTracked:
+                attempts.popitem(last=False)
         score = self.score(peer) + 1.0
         self._scores[peer] = (score, self._clock.seconds())
         self._scores.move_to_end(peer)
         while len(self._scores) > self.maxTracked:
             self._scores.popitem(last=False)
+        return True
 
-    async def admit(self, peer: str) -> None:
+    async def admit(self, peer: str, deadline: Optional[float] = None) -> None:
         """
         Wait as long as this address must; raise L{Refused} with
-        L{Outcome.THROTTLED} when too many of its attempts already wait.
+        L{Outcome.THROTTLED} when too many of its attempts already wait, or
+        when the wait would end after C{deadline} (the clock's time by which
+        the client must have its answer: it is then refused at once, while
+        it still listens).
         """
         wait = self.delay(peer)
         if wait <= 0:
             return
+        if deadline is not None and self._clock.seconds() + wait > deadline:
+            raise Refused(Outcome.THROTTLED)
         pending = self._pending.get(peer, 0)
         if pending >= self.maxPending:
             raise Refused(Outcome.THROTTLED)
@@ -571,14 +621,22 @@ class Gate:
         """
         self._prechecks.append(check)
 
-    def refused(self, creds: IStreamCredentials, outcome: Outcome) -> None:
+    def refused(self, creds: IStreamCredentials, outcome: Outcome,
+                attempt: Optional[bytes] = None) -> None:
         """
         Count and log a refusal (also for refusals decided by a protocol
         before it reaches the gate, such as a malformed stream id).
+
+        Suspicious refusals feed the throttle once per attempt: C{attempt}
+        identifies what was tried (by default the credentials: application,
+        stream, action, room and token), so a client retrying the same
+        refused request is counted once.  A protocol that refuses before it
+        has credentials passes what the client sent (an SRT stream id, say).
         """
         self._metrics.refusals.labels(creds.protocol, creds.action, outcome.value).inc()
         if outcome not in _NOT_SUSPICIOUS and creds.peer:
-            self._throttle.failed(creds.peer)
+            self._throttle.failed(creds.peer, attempt if attempt is not None
+                                  else _attempt(creds))
         self._log.info(
             "refused {protocol} {action} of {app}/{streamId} from {peer}: {reason}",
             protocol=creds.protocol,
@@ -589,18 +647,23 @@ class Gate:
             reason=outcome.value,
         )
 
-    def login(self, creds: IStreamCredentials, mind: Optional[Any] = None) -> "Deferred[Grant]":
+    def login(self, creds: IStreamCredentials, mind: Optional[Any] = None,
+              deadline: Optional[float] = None) -> "Deferred[Grant]":
         """
         Admit C{creds} (fire with a L{Grant}) or fail with L{Refused}.
         C{mind} should provide L{IKickable} and may have C{protocolName} and
-        C{peerHost}.
+        C{peerHost}.  C{deadline}, when given, is the clock's time by which
+        the client must have its answer (an SRT caller's connect timeout): a
+        throttled attempt that would wait past it is refused at once as
+        L{Outcome.THROTTLED}, its token untouched.
         """
-        return Deferred.fromCoroutine(self._login(creds, mind))
+        return Deferred.fromCoroutine(self._login(creds, mind, deadline))
 
-    async def _login(self, creds: IStreamCredentials, mind: Optional[Any]) -> Grant:
+    async def _login(self, creds: IStreamCredentials, mind: Optional[Any],
+                     deadline: Optional[float] = None) -> Grant:
         try:
             if creds.peer:
-                await self._throttle.admit(creds.peer)
+                await self._throttle.admit(creds.peer, deadline)
             for check in self._prechecks:
                 outcome = check(creds)
                 if outcome is not None:
@@ -622,6 +685,15 @@ class Gate:
             kind=grant.kind,
         )
         return grant
+
+
+def _attempt(creds: IStreamCredentials) -> bytes:
+    """
+    What identifies an attempt for the throttle: a digest of the credentials
+    (so no token is kept in memory in the clear).
+    """
+    what = json.dumps([creds.app, creds.streamId, creds.action, creds.roomId, creds.token])
+    return hashlib.sha256(what.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
 @frozen

@@ -80,10 +80,25 @@ class Metrics:
             ["protocol", "direction"],
             registry=r,
         )
+        self.dropped = Counter(
+            "tokengate_connections_dropped",
+            "Client connections the server closed: malformed input, a limit, a deadline, "
+            "a client that does not read",
+            ["protocol", "reason"],
+            registry=r,
+        )
         self.http_refusals = Counter(
             "tokengate_rest_refusals",
             "REST API calls refused by its protection",
             ["reason"],
+            registry=r,
+        )
+        self.playback_floods = Counter(
+            "tokengate_playback_floods",
+            "HTTP playback sessions ended (410) for too many requests of segments that do not"
+            " exist (past the end of an ended stream, far ahead of the live edge) or of the"
+            " manifest of an ended stream",
+            ["protocol"],
             registry=r,
         )
         self.malformed = Counter(

@@ -36,6 +36,15 @@ class ServerConfig:
     kickOnExpiry: bool = False
     #: largest accepted request body, bytes
     maxBodySize: int = 1 << 20
+    #: seconds an HTTP client has to send a request's line and headers
+    #: (then its body at 1 KiB/s or more); 0 disables
+    requestTimeout: float = 20.0
+    #: most connections one address may hold open on each TCP listener
+    #: (HTTP, HTTPS, RTMP); 0 disables
+    maxConnectionsPerAddress: int = 256
+    #: a management (REST bearer) JWT must carry an exp at most this many
+    #: seconds ahead
+    restJwtMaxLifetime: float = 24 * 3600.0
     #: seconds between sweeps of expired tokens
     purgeInterval: float = 300.0
     #: the secret that signs playback session credentials (share it across
@@ -44,9 +53,6 @@ class ServerConfig:
     #: a playback session ends after this many idle seconds (MP4: vodIdle)
     sessionIdle: float = 120.0
     vodIdle: float = 6 * 3600.0
-    #: a HEAD then GET, or a retry, of the redeeming request from the same
-    #: address within this many seconds reuses its session (0: never)
-    reuseWindow: float = 5.0
     #: LL-HLS part duration target, seconds
     partTarget: float = 0.5
     #: ICE servers the server's own WebRTC peer connections use (STUN for a
@@ -137,9 +143,9 @@ class Server:
             settings = self.apps.get(creds.app)
             if settings is not None and not settings.rtmpPlaybackEnabled:
                 return Outcome.DISABLED
-        live = self.hub.isLive(creds.app, creds.streamId)
         if creds.action == PUBLISH:
-            return Outcome.IN_USE if live else None
+            return Outcome.IN_USE if self.hub.isTaken(creds.app, creds.streamId) else None
+        live = self.hub.isLive(creds.app, creds.streamId)
         if creds.protocol == "vod":
             return None
         return None if live else Outcome.NOT_LIVE

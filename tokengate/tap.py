@@ -10,7 +10,7 @@ defaults; the command line wins.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "rest-jwt-secret": "",
     "kick-on-expiry": False,
     "session-secret": "",
-    "session-reuse-window": 5.0,
+    "session-reuse-window": None,
     "part-target": 0.5,
     "ice-servers": "",
     "turn-username": "",
@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "ice-transport-policy": "all",
     "server-stun": "",
     "webrtc-transcodes": None,
+    "max-connections-per-address": 256,
+    "http-request-timeout": 20.0,
+    "rest-jwt-max-lifetime": 86400.0,
 }
 
 _log = Logger()
@@ -73,8 +76,8 @@ class Options(usage.Options):
          "Secret signing playback session credentials; give every node of a cluster "
          "the same (32+ characters) [default: made once, kept in the data dir]"],
         ["session-reuse-window", None, None,
-         "Seconds within which a HEAD-then-GET or a retry of a token's first request "
-         "reuses its session; 0 disables [default: 5]", float],
+         "Deprecated, no effect: a spent play token continues the session it opened "
+         "from the same address while that session is alive (docs/playback.md)", float],
         ["part-target", None, None, "LL-HLS part duration, seconds [default: 0.5]", float],
         ["ice-servers", None, None,
          "STUN/TURN URIs handed to WebRTC browsers, comma-separated, e.g. "
@@ -94,6 +97,15 @@ class Options(usage.Options):
         ["webrtc-transcodes", None, None,
          "Streams transcoded to H.264 at once for WebRTC (VP8-only publishers, and "
          "WebRTC viewers of H.264 with B-frames); 0 refuses them [default: 2 per CPU]", int],
+        ["max-connections-per-address", None, None,
+         "Connections one client address may hold open on each TCP listener (HTTP, "
+         "HTTPS, RTMP); more are closed at once; 0 disables [default: 256]", int],
+        ["http-request-timeout", None, None,
+         "Seconds an HTTP client has to send a request's line and headers (its body "
+         "then at 1 KiB/s or more), else 408 and closed; 0 disables [default: 20]", float],
+        ["rest-jwt-max-lifetime", None, None,
+         "A management JWT (--rest-jwt-secret, an application's jwtSecretKey) must "
+         "carry an exp at most this many seconds ahead [default: 86400]", float],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -134,10 +146,32 @@ class Options(usage.Options):
             parse_cidrs(self["rest-allowed-cidr"])
         except SettingsError as e:
             raise usage.UsageError(str(e))
+        self._checkLimits()
         self._checkIce()
         transcodes = self["webrtc-transcodes"]
         if transcodes is not None and (not isinstance(transcodes, int) or transcodes < 0):
             raise usage.UsageError("--webrtc-transcodes must be a whole number, 0 or more")
+
+    def _checkLimits(self) -> None:
+        """
+        Refuse connection limits and deadlines out of range (a value from the
+        config file has not been converted by the option parser).
+        """
+        limit = self["max-connections-per-address"]
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise usage.UsageError(
+                "--max-connections-per-address must be a whole number, 0 or more")
+        for key, low, high in (("http-request-timeout", 1.0, 3600.0),
+                               ("rest-jwt-max-lifetime", 60.0, 366 * 86400.0)):
+            value = self[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise usage.UsageError("--{} must be a number of seconds".format(key))
+            if key == "http-request-timeout" and value == 0:
+                continue  # disabled
+            if not low <= value <= high:
+                raise usage.UsageError("--{} must be between {:.0f} and {:.0f} seconds".format(
+                    key, low, high))
+            self[key] = float(value)
 
     def _checkIce(self) -> None:
         """
@@ -259,10 +293,36 @@ class UDPListenerService(service.Service):
         return None
 
 
-def listener(what: str, description: str, factory: Any, reactor: Any) -> ListenerService:
+def listener(what: str, description: str, factory: Any, reactor: Any,
+             wrap: Optional[Callable[[Any], Any]] = None) -> ListenerService:
+    """
+    A listener for C{factory} on the endpoint C{description}; with C{wrap},
+    its TCP connections (under TLS too) are accepted through
+    C{wrap(factory)} (the per-address limit).
+    """
     from twisted.internet.endpoints import serverFromString
 
+    if wrap is not None:
+        from tokengate.limits import LimitingReactor
+
+        reactor = LimitingReactor(reactor, wrap)
     return ListenerService(what, description, serverFromString(reactor, description), factory)
+
+
+def addressLimit(server: Any, protocol: str) -> Optional[Callable[[Any], Any]]:
+    """
+    What puts a listener's factory behind the per-address connection limit,
+    refusals counted as C{tokengate_refusals_total{protocol=...,
+    action="connect", reason="address_limit"}}; None without a limit.
+    """
+    from tokengate.limits import PerAddressLimit
+
+    limit = server.config.maxConnectionsPerAddress
+    if not limit:
+        return None
+    refusals = server.metrics.refusals.labels(protocol, "connect", "address_limit")
+    return lambda factory: PerAddressLimit(factory, limit, lambda host: refusals.inc(),
+                                           protocol.upper())
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> service.MultiService:
@@ -277,6 +337,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
 
     dataDir = options["data-dir"]
     os.makedirs(dataDir, exist_ok=True)
+    if options["session-reuse-window"] is not None:
+        _log.warn("--session-reuse-window is deprecated and has no effect: a spent play "
+                  "token continues the session it opened, from the same address, while "
+                  "that session is alive (see docs/playback.md)")
     try:
         store = open_store(options["store"], dataDir, reactor)
     except ValueError as e:
@@ -290,7 +354,6 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             restJwtSecretKey=options["rest-jwt-secret"],
             kickOnExpiry=options["kick-on-expiry"],
             sessionSecret=options["session-secret"],
-            reuseWindow=float(options["session-reuse-window"]),
             partTarget=float(options["part-target"]),
             iceServers=list(options["ice-servers"]),
             turnUsername=options["turn-username"],
@@ -299,6 +362,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             turnCredentialTtl=int(options["turn-credential-ttl"]),
             iceTransportPolicy=options["ice-transport-policy"],
             serverIceServers=[{"urls": uri} for uri in options["server-stun"]],
+            requestTimeout=float(options["http-request-timeout"]),
+            maxConnectionsPerAddress=int(options["max-connections-per-address"]),
+            restJwtMaxLifetime=float(options["rest-jwt-max-lifetime"]),
             **({} if options["webrtc-transcodes"] is None
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
@@ -306,13 +372,16 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     )
     top = TokengateService(server)
     site = build_site(server)
-    listener("HTTP", options["http"], site, reactor).setServiceParent(top)
+    listener("HTTP", options["http"], site, reactor,
+             addressLimit(server, "http")).setServiceParent(top)
     if options["https"]:
-        listener("HTTPS", options["https"], site, reactor).setServiceParent(top)
+        listener("HTTPS", options["https"], site, reactor,
+                 addressLimit(server, "https")).setServiceParent(top)
     if options["rtmp"]:
         from .rtmp.protocol import RTMPFactory
 
-        listener("RTMP", options["rtmp"], RTMPFactory(server), reactor).setServiceParent(top)
+        listener("RTMP", options["rtmp"], RTMPFactory(server), reactor,
+                 addressLimit(server, "rtmp")).setServiceParent(top)
     if options["srt"]:
         from .srt.protocol import SRTListener
 

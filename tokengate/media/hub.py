@@ -323,6 +323,26 @@ class StreamInUse(Exception):
     """
 
 
+@define(eq=False)
+class Claim:
+    """
+    A stream held for a publisher admitted but not live yet (an SRT caller
+    between the handshake and its first media packet): nobody else may
+    publish it, and it is not live (not C{broadcasting}, nothing to play).
+    L{Hub.publish} with the claim makes it live; L{release} gives it up.
+    """
+
+    app: str
+    streamId: str
+    _hub: "Hub" = field(repr=False)
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._hub._unclaim(self)
+
+
 class Hub:
     """
     Every live stream of this server.
@@ -336,6 +356,7 @@ class Hub:
         self._history: OrderedDict[tuple[str, str], BroadcastRecord] = OrderedDict()
         self._generations: dict[tuple[str, str], int] = {}
         self._created: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._claims: dict[tuple[str, str], Claim] = {}
         self._publishListeners: list[Callable[[LiveStream], None]] = []
         self._viewerCounters: list[Callable[[str, str], dict[str, int]]] = []
 
@@ -362,10 +383,49 @@ class Hub:
     def isLive(self, app: str, streamId: str) -> bool:
         return (app, streamId) in self._live
 
-    def publish(self, app: str, streamId: str, publishType: str) -> LiveStream:
+    def isTaken(self, app: str, streamId: str) -> bool:
+        """
+        Whether the stream is live or claimed by a publisher (so it cannot
+        be published).
+        """
+        key = (app, streamId)
+        return key in self._live or key in self._claims
+
+    def claim(self, app: str, streamId: str) -> Claim:
+        """
+        Hold the stream for a publisher that is not sending yet.
+
+        @raise StreamInUse: it is live or claimed already.
+        """
+        key = (app, streamId)
+        if self.isTaken(app, streamId):
+            raise StreamInUse(streamId)
+        claim = Claim(app, streamId, self)
+        self._claims[key] = claim
+        return claim
+
+    def _unclaim(self, claim: Claim) -> None:
+        key = (claim.app, claim.streamId)
+        if self._claims.get(key) is claim:
+            del self._claims[key]
+
+    def publish(self, app: str, streamId: str, publishType: str,
+                claim: Optional[Claim] = None) -> LiveStream:
+        """
+        Make the stream live; with the C{claim} that holds it, if any.
+
+        @raise StreamInUse: it is live, or claimed by another claim (or the
+            claim was released).
+        """
         key = (app, streamId)
         if key in self._live:
             raise StreamInUse(streamId)
+        held = self._claims.get(key)
+        if held is not None or claim is not None:
+            if held is None or held is not claim:
+                raise StreamInUse(streamId)
+            claim.released = True
+            del self._claims[key]
         generation = self._generations.get(key, -1) + 1
         self._generations[key] = generation
         if len(self._generations) > 100_000:
@@ -455,6 +515,8 @@ class Hub:
         for key, stream in list(self._live.items()):
             if key[0] == app:
                 stream.end()
+        for key in [k for k in self._claims if k[0] == app]:
+            self._claims.pop(key).released = True
         for table in (self._history, self._created):
             for key in [k for k in table if k[0] == app]:
                 del table[key]

@@ -97,7 +97,11 @@ A publication after an earlier one starts a new *period*: its first segment
 carries ``EXT-X-DISCONTINUITY`` (and an ``EXT-X-MAP`` to a new init URI if
 the codec configuration changed), and in DASH it starts a new ``Period``
 (id ``p{n}``, with ``presentationTimeOffset``), listing that period's
-segments with that period's init.  A codec configuration change in the
+segments with that period's init.  A period starts at its first keyframe
+or at its first audio frame if that begins earlier, so no track's first
+segment lies before the period.  DASH presentation time is media time: the
+static MPD of an ended stream keeps the live timeline (period starts,
+offsets, numbers and segment times).  A codec configuration change in the
 middle of a publication does the same at the next cut.
 
 Memory is bounded: each track keeps ``windowSegments + extraSegments``
@@ -125,7 +129,10 @@ API (what the HTTP side uses)
 =============================
 
 * ``Packager(app, streamId, clock, segmentTarget=2.0, partTarget=0.5,
-  windowSegments=5, extraSegments=3, hls=True, dash=True, maxBytes=64 MiB)``
+  windowSegments=5, extraSegments=3, hls=True, dash=True, maxBytes=64 MiB,
+  dashDelay=34)``: the MPD suggests ``dashDelay`` seconds of presentation
+  delay and lists ``ceil(dashDelay / segmentTarget) + 2`` segments (at least
+  ``windowSegments``); ``extraSegments`` more stay held.
 * ``attach(stream)``: subscribe to a new publication; ``close()`` (alias
   ``reset()``): unsubscribe and drop everything, failing the waiters.
 * ``hls_multivariant(query)``, ``hls_media(kind, query)``,
@@ -210,6 +217,13 @@ REANCHOR_MS = 100
 HOLD_MS = 1000
 #: Parts shorter than this fraction of the part target are not cut at keyframes.
 PART_MIN = 0.85
+#: Default DASH presentation delay (seconds) suggested to players; the MPD
+#: lists (and the packager holds) enough segments behind the live edge for it.
+#: GStreamer's adaptivedemux2 (dashdemux2, 1.22) waits for 30 s of media
+#: ahead of its play position before it leaves buffering, and it starts
+#: ``suggestedPresentationDelay`` behind the live edge: below about 32 s it
+#: never plays a live stream.
+DASH_DELAY = 34.0
 
 _KINDS = (VIDEO, AUDIO)
 _RESOURCE = re.compile(
@@ -400,11 +414,14 @@ class Packager:
         hls: bool = True,
         dash: bool = True,
         maxBytes: int = MAX_BYTES,
+        dashDelay: float = DASH_DELAY,
     ) -> None:
         if segmentTarget <= 0 or partTarget <= 0 or partTarget > segmentTarget:
             raise ValueError("need 0 < partTarget <= segmentTarget")
         if windowSegments < 1 or extraSegments < 0:
             raise ValueError("need windowSegments >= 1 and extraSegments >= 0")
+        if not 0 <= dashDelay <= 600:
+            raise ValueError("need 0 <= dashDelay <= 600")
         self.app = app
         self.streamId = streamId
         self.clock = clock
@@ -415,6 +432,13 @@ class Packager:
         self.hls = hls
         self.dash = dash
         self.maxBytes = maxBytes
+        self.dashDelay = dashDelay
+        #: segments the MPD lists: the delay and two more (at least the HLS window)
+        self._dashSegments = windowSegments
+        if dash and dashDelay > 0:
+            self._dashSegments = max(windowSegments, math.ceil(dashDelay / segmentTarget) + 2)
+        #: complete segments held per track
+        self._keep = max(windowSegments, self._dashSegments) + extraSegments
         self._targetMs = segmentTarget * 1000
         self._maxSegmentMs = max(6 * segmentTarget, 15.0) * 1000
         self._stallMs = max(2 * segmentTarget, 3.0) * 1000
@@ -816,7 +840,7 @@ class Packager:
         if self._periodPending:
             self._period += 1
             self._periodPending = False
-            self._periodStart[self._period] = ms
+            self._periodStart[self._period] = float(math.floor(ms))
             while len(self._periodStart) > 64:
                 del self._periodStart[next(iter(self._periodStart))]
         self._cuts[msn] = (ms, self._period)
@@ -831,7 +855,7 @@ class Packager:
         segments = t.segments
         if segments and segments[-1].msn >= msn:
             return  # cannot go back (should not happen)
-        keep = self.windowSegments + self.extraSegments
+        keep = self._keep
         if segments and segments[-1].msn < msn - 1:
             first = segments[-1].msn + 1
             if msn - first > keep:
@@ -843,6 +867,8 @@ class Packager:
                 self._addGap(t, gap)
         cut = self._cuts.get(msn)
         period = cut[1] if cut is not None else self._period
+        if t.lastPeriod != period:
+            self._trackEntersPeriod(t, period, start)
         t.msn = msn
         t.segStart = start
         t.segPeriod = period
@@ -856,6 +882,22 @@ class Packager:
         t.openBytes = 0
         t.samples = []
         t.partDur = 0
+
+    def _trackEntersPeriod(self, t: _Track, period: int, start: int) -> None:
+        """
+        The first segment of C{t} in C{period} starts at C{start} (ticks).
+        A period starts no later than the first segment of any of its
+        tracks: audio's first frame may begin a few milliseconds before the
+        video keyframe that started the period, and a track whose first
+        segment started before its C{presentationTimeOffset} gives players
+        negative times (GStreamer's dashdemux2 wraps them).  Whole
+        milliseconds, rounded down, so every track's offset stays at or
+        before its first segment.
+        """
+        begins = self._periodStart.get(period)
+        ms = float(math.floor(start * 1000 / t.timescale))
+        if begins is not None and ms < begins:
+            self._periodStart[period] = ms
 
     def _addGap(self, t: _Track, msn: int) -> None:
         """
@@ -879,6 +921,8 @@ class Packager:
         else:
             duration = int(round(self._targetMs * scale))
         disc = t.lastPeriod is not None and t.lastPeriod != period
+        if t.lastPeriod != period:
+            self._trackEntersPeriod(t, period, start)
         t.lastPeriod = period
         init = t.segments[-1].init if t.segments else t.version
         t.segments.append(_Segment(msn, start, duration, None, (), period, init, disc, 0))
@@ -997,7 +1041,7 @@ class Packager:
             t.discDropped += 1
 
     def _trim(self, t: _Track) -> None:
-        keep = self.windowSegments + self.extraSegments
+        keep = self._keep
         if len(t.segments) > keep:
             while len(t.segments) > keep:
                 self._dropOldest(t)
@@ -1404,6 +1448,16 @@ class Packager:
         live, static once the stream ended; None until a segment is
         complete.  C{location} adds a C{<Location>} (used verbatim, no query
         added); C{utcTiming} is the URL of the server's ISO time resource.
+
+        One timeline for the life of the packager: presentation time is
+        media time (seconds since media time 0, whose wall-clock time is
+        C{availabilityStartTime}), so the static MPD of an ended stream
+        keeps every period start, C{presentationTimeOffset}, segment number
+        and segment time the live one used.  A player that was playing live
+        keeps its position when the MPD turns static, plays to the last
+        segment and stops (re-basing the timeline at the end sent players
+        looking for segments far past the end).  C{mediaPresentationDuration}
+        is the end of the last segment on that timeline.
         """
         if not self.dash:
             return None
@@ -1412,8 +1466,7 @@ class Packager:
             return None
         q = _query_suffix(query).replace("$", "$$")
         live = not self.ended
-        listed = {t.kind: list(t.segments)[-self.windowSegments :] for t in tracks}
-        first_ms = min(listed[t.kind][0].start * 1000.0 / t.timescale for t in tracks)
+        listed = {t.kind: list(t.segments)[-self._dashSegments :] for t in tracks}
         end_ms = max(
             (listed[t.kind][-1].start + listed[t.kind][-1].duration) * 1000.0 / t.timescale
             for t in tracks
@@ -1434,12 +1487,12 @@ class Packager:
                 f'publishTime="{_iso(self._publishTime or now)}"',
                 f'minimumUpdatePeriod="{_duration(target)}"',
                 f'timeShiftBufferDepth="{_duration(max(depth, target))}"',
-                f'suggestedPresentationDelay="{_duration(3 * target)}"',
+                f'suggestedPresentationDelay="{_duration(max(self.dashDelay, 3 * target))}"',
             ]
         else:
             attrs += [
                 'type="static"',
-                f'mediaPresentationDuration="{_duration((end_ms - first_ms) / 1000)}"',
+                f'mediaPresentationDuration="{_duration(end_ms / 1000)}"',
             ]
         attrs += [
             f'minBufferTime="{_duration(target)}"',
@@ -1456,10 +1509,7 @@ class Packager:
                     s.start * 1000.0 / t.timescale
                     for t in tracks for s in listed[t.kind] if s.period == period
                 )  # fmt: skip
-            if not live:
-                start_ms = max(start_ms, first_ms)
-            shown = (start_ms - (0.0 if live else first_ms)) / 1000
-            out.append(f'  <Period id="p{period}" start="{_duration(shown)}">')
+            out.append(f'  <Period id="p{period}" start="{_duration(start_ms / 1000)}">')
             for t in tracks:
                 segments = [s for s in listed[t.kind] if s.period == period]
                 if segments:

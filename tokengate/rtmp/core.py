@@ -10,7 +10,7 @@ Usage, in the style of h11 and wsproto::
     transport.write(conn.data_to_send())  # queued bytes for the peer
 
 ``RTMPConnection(role, *, max_message_size=4 MiB, max_chunk_streams=64,
-max_pending_bytes=None, random_bytes=os.urandom)``; ``role`` is
+max_pending_bytes=None, max_amf_message_size=None, random_bytes=os.urandom)``; ``role`` is
 :data:`SERVER` (``"server"``) or :data:`CLIENT` (``"client"``).  State:
 ``role``, ``bytes_received``, ``handshake_complete``,
 ``handshake_echo_ok``, ``in_chunk_size``, ``out_chunk_size``,
@@ -44,12 +44,21 @@ Receiving
     is an error.  A fmt 0/1/2 header in the middle of a message continues
     that message if it announces the same length (ffmpeg does the same) and
     is an error otherwise.  Timestamps in events are absolute, modulo 2**32.
-    Limits (constructor arguments): ``max_message_size`` (default 4 MiB, a
-    larger announced length is an error), ``max_chunk_streams`` (distinct
-    csids, default 64) and ``max_pending_bytes`` (bytes of incomplete
-    messages held over all chunk streams, default twice
-    ``max_message_size``).  Between calls at most one partial chunk header
-    (< 18 bytes) is kept: chunk payloads are consumed as they arrive.
+    Limits (constructor arguments, changed later by ``set_limits``):
+    ``max_message_size`` (default 4 MiB, a larger announced length is an
+    error), ``max_chunk_streams`` (distinct csids, default 64) and
+    ``max_pending_bytes`` (default twice ``max_message_size``): what the
+    incomplete messages of all chunk streams may hold, in bytes, counting
+    ``PIECE_COST`` (48) per chunk payload held besides its bytes, so that a
+    tiny chunk size cannot multiply memory; a partial message held in more
+    than ``COALESCE_PIECES`` (1024) pieces is coalesced into one buffer, so
+    a peer with a tiny chunk size still gets its budget's worth of bytes.
+    ``pending_bytes`` is what is held.  ``max_amf_message_size`` (default
+    ``max_message_size``) bounds command and data messages apart, as their
+    decoded values take many times their encoded size.  A limit error has
+    ``limit=True``.
+    Between calls at most one partial chunk header (< 18 bytes) is kept:
+    chunk payloads are consumed as they arrive.
 
     When the peer sent a Window Acknowledgement Size, an Acknowledgement is
     queued each time ``bytes_received`` (every byte fed to
@@ -147,6 +156,12 @@ DEFAULT_CHUNK_SIZE = 128
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_CHUNK_STREAMS = 64
 MAX_CHUNK_SIZE = 0x7FFFFFFF
+#: What the parser charges per held chunk payload besides its bytes: the
+#: bytes object's header and its list slot (CPython, 64-bit, rounded up).
+PIECE_COST = 48
+#: A partial message held in more pieces than this is coalesced into one
+#: buffer, so a tiny chunk size costs bytes, not per-chunk objects.
+COALESCE_PIECES = 1024
 MAX_MESSAGE_LENGTH = 0xFFFFFF  # the header's length field is 24 bits
 MIN_CSID = 2
 MAX_CSID = 65599
@@ -403,6 +418,7 @@ class _InStream:
         "stream_id",
         "pieces",
         "got",
+        "held",
         "c3",
     )
 
@@ -413,8 +429,11 @@ class _InStream:
         self.length = 0
         self.type_id = 0
         self.stream_id = 0
-        self.pieces: list[bytes] = []  # payload received so far
+        self.pieces: list[bytes | bytearray] = []  # payload received so far
         self.got = 0  # len(b"".join(pieces)); 0 when no message in progress
+        # What these pieces are charged to the connection's pending bytes:
+        # got + PIECE_COST per piece (see _held).
+        self.held = 0
         # The first byte of a fmt 3 chunk on this stream when that is the
         # whole chunk header (csid < 64, no extended timestamp), else -1.
         self.c3 = -1
@@ -443,6 +462,7 @@ class RTMPConnection:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_chunk_streams: int = DEFAULT_MAX_CHUNK_STREAMS,
         max_pending_bytes: int | None = None,
+        max_amf_message_size: int | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if role not in (SERVER, CLIENT):
@@ -452,6 +472,9 @@ class RTMPConnection:
         self._max_chunk_streams = max_chunk_streams
         self._max_pending = (
             2 * max_message_size if max_pending_bytes is None else max_pending_bytes
+        )
+        self._max_amf = (
+            max_message_size if max_amf_message_size is None else max_amf_message_size
         )
         self._random_bytes = random_bytes
         self.bytes_received = 0
@@ -508,6 +531,34 @@ class RTMPConnection:
         The window the peer asked us to acknowledge (0: none).
         """
         return self._ack_window
+
+    def set_limits(
+        self,
+        *,
+        max_message_size: int | None = None,
+        max_pending_bytes: int | None = None,
+        max_amf_message_size: int | None = None,
+    ) -> None:
+        """
+        Change the receiving limits (a server raises them once a publish or
+        play is admitted).  A lower limit applies to the next message and the
+        next byte held: the budget is checked whenever a partial message
+        grows, so lowering it below what is held fails that growth.
+        """
+        if max_message_size is not None:
+            self._max_message_size = max_message_size
+        if max_pending_bytes is not None:
+            self._max_pending = max_pending_bytes
+        if max_amf_message_size is not None:
+            self._max_amf = max_amf_message_size
+
+    @property
+    def pending_bytes(self) -> int:
+        """
+        What the partial messages held cost: their bytes plus L{PIECE_COST}
+        per piece they are held in.
+        """
+        return self._pending
 
     @property
     def handshake_complete(self) -> bool:
@@ -731,10 +782,34 @@ class RTMPConnection:
     def _new_stream(self, csid: int) -> _InStream:
         if len(self._streams) >= self._max_chunk_streams:
             raise RTMPProtocolError(
-                f"more than {self._max_chunk_streams} chunk streams"
+                f"more than {self._max_chunk_streams} chunk streams", limit=True
             )
         stream = self._streams[csid] = _InStream()
         return stream
+
+    def _hold(self, cs: _InStream) -> None:
+        """
+        Charge the partial message of C{cs} (its bytes and its pieces) to the
+        pending budget, after coalescing many small pieces into one.
+
+        @raise RTMPProtocolError: the budget is exceeded.
+        """
+        pieces = cs.pieces
+        if len(pieces) > COALESCE_PIECES:
+            head = pieces[0]
+            if type(head) is bytearray:
+                head += b"".join(pieces[1:])
+                del pieces[1:]
+            else:
+                pieces[:] = [bytearray().join(pieces)]
+        held = cs.got + PIECE_COST * len(pieces)
+        self._pending += held - cs.held
+        cs.held = held
+        if self._pending > self._max_pending:
+            raise RTMPProtocolError(
+                "more than {} bytes held for incomplete messages".format(self._max_pending),
+                limit=True,
+            )
 
     def _receive_chunks(self, data: bytes, events: list) -> None:
         if self._tail:
@@ -784,14 +859,11 @@ class RTMPConnection:
                                 if got == length:
                                     break
                         if got < length:
-                            self._pending += got - cs.got
                             cs.got = got
-                            if self._pending > self._max_pending:
-                                raise RTMPProtocolError(
-                                    "too many bytes of incomplete messages"
-                                )
+                            self._hold(cs)
                             continue
-                        self._pending -= cs.got
+                        self._pending -= cs.held
+                        cs.held = 0
                         payload = b"".join(pieces)
                         pieces.clear()
                         cs.got = 0
@@ -807,9 +879,7 @@ class RTMPConnection:
                 if avail:
                     cs.pieces.append(data[pos:])
                     cs.got += avail
-                    self._pending += avail
-                    if self._pending > self._max_pending:
-                        raise RTMPProtocolError("too many bytes of incomplete messages")
+                    self._hold(cs)
                     left -= avail
                     pos = n
                 break
@@ -872,7 +942,8 @@ class RTMPConnection:
                 else:
                     if length > max_size:
                         raise RTMPProtocolError(
-                            f"message of {length} bytes exceeds the limit of {max_size}"
+                            f"message of {length} bytes exceeds the limit of {max_size}",
+                            limit=True,
                         )
                     cs.ts_field = ts_field
                     cs.c3 = -1 if csid > 63 or ts_field == _EXTENDED else 0xC0 | csid
@@ -916,7 +987,8 @@ class RTMPConnection:
                 else:
                     if length > max_size:
                         raise RTMPProtocolError(
-                            f"message of {length} bytes exceeds the limit of {max_size}"
+                            f"message of {length} bytes exceeds the limit of {max_size}",
+                            limit=True,
                         )
                     cs.ts_field = ts_field
                     cs.c3 = -1 if csid > 63 or ts_field == _EXTENDED else 0xC0 | csid
@@ -945,6 +1017,17 @@ class RTMPConnection:
         Turn one complete message into an event, applying protocol control.
         """
         type_id = cs.type_id
+        if (
+            type_id == MSG_COMMAND_AMF0
+            or type_id == MSG_COMMAND_AMF3
+            or type_id == MSG_DATA_AMF0
+            or type_id == MSG_DATA_AMF3
+        ) and len(payload) > self._max_amf:
+            # Decoded AMF takes many times its encoded size: bound it apart.
+            raise RTMPProtocolError(
+                f"AMF message of {len(payload)} bytes exceeds the limit of {self._max_amf}",
+                limit=True,
+            )
         if type_id == MSG_COMMAND_AMF0 or type_id == MSG_COMMAND_AMF3:
             events.append(
                 self._command(cs, payload, 1 if type_id == MSG_COMMAND_AMF3 else 0)
@@ -1005,9 +1088,10 @@ class RTMPConnection:
         if type_id == MSG_ABORT:
             stream = self._streams.get(value)
             if stream is not None and stream.got:
-                self._pending -= stream.got
+                self._pending -= stream.held
                 stream.pieces.clear()
                 stream.got = 0
+                stream.held = 0
             return Abort(value)
         if type_id == MSG_ACKNOWLEDGEMENT:
             return Acknowledgement(value)

@@ -15,4 +15,12 @@ class RTMPProtocolError(Exception):
     Raised by :func:`tokengate.rtmp.amf0.decode_one` and friends and by
     :meth:`tokengate.rtmp.core.RTMPConnection.receive_data`.  After it, the
     connection is dead: drop it.
+
+    @ivar limit: C{True} when the input was well-formed but exceeded one of
+        the connection's limits (message size, chunk streams, bytes held),
+        C{False} when it was malformed.
     """
+
+    def __init__(self, message: str, *, limit: bool = False) -> None:
+        super().__init__(message)
+        self.limit = limit

@@ -11,9 +11,31 @@ are ``onStatus`` errors (``NetStream.Publish.BadName``, as the reference
 server sends them) followed by a close.
 
 Players receive metadata, sequence headers and media from the hub, starting
-at a keyframe, with timestamps rebased to zero.  A player whose socket cannot
-keep up (the transport pauses us as a producer) drops media until the next
-keyframe after it recovers, and is disconnected if it stays congested.
+at a keyframe, with timestamps rebased to zero.
+
+Limits and deadlines (see docs/rtmp.md):
+
+- Until a publish or play is admitted, the parser may hold little
+  (L{UNADMITTED_MAX_MESSAGE}, L{UNADMITTED_MAX_PENDING}, counted in bytes
+  including per-chunk bookkeeping); an admitted publisher gets the parser's
+  full limits but command and data messages stay within
+  L{MAX_AMF_MESSAGE}.  Past a limit the connection is closed.
+- The handshake and C{connect} must be done within L{HANDSHAKE_TIMEOUT} of
+  the TCP connection, a publish or play admitted within
+  L{ADMISSION_TIMEOUT}, whatever the client keeps sending; an idle
+  connection is closed after its idle timeout.
+- One congestion rule for everything written to a client, in L{_flush}
+  (frames, metadata, sequence headers, statuses, acknowledgements): once the
+  transport reports its buffer full (it pauses us as a producer), at most
+  L{MAX_CONGESTED_BYTES} more are written and the connection is closed if it
+  stays congested for L{MAX_CONGESTION} seconds.  A congested player is sent
+  no media, metadata or sequence header; it resumes at the next keyframe,
+  preceded by the stream's current metadata and sequence headers when they
+  changed meanwhile.
+- Metadata larger than L{MAX_METADATA_BYTES} (AMF0-encoded) is ignored.
+
+Every connection the server closes for one of these reasons is counted in
+C{tokengate_connections_dropped_total{protocol="rtmp",reason}}.
 """
 
 from __future__ import annotations
@@ -28,10 +50,11 @@ from zope.interface import implementer
 from tokengate.access.names import isValidStreamId
 from tokengate.logsafe import Logger
 from ..auth import Grant, IKickable, Refused, StreamCredentials
-from ..media.hub import VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
+from ..media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
 from ..tokens import PLAY, PUBLISH, Outcome
 from . import amf0
 from .core import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     SERVER,
     AudioData,
     Command,
@@ -44,11 +67,29 @@ from .core import (
 
 
 MAX_STREAMS = 8
+#: the handshake and C{connect} must be done this long after the TCP connect
 HANDSHAKE_TIMEOUT = 10.0
+#: a publish or play must be admitted this long after the TCP connect
+ADMISSION_TIMEOUT = 20.0
 IDLE_TIMEOUT = 30.0
+PLAYER_IDLE_TIMEOUT = 3600.0
 REFUSAL_DELAY = 0.1
-#: a player congested this long is disconnected
+#: a connection congested this long is disconnected
 MAX_CONGESTION = 10.0
+#: bytes written to a connection after its transport reported itself full
+MAX_CONGESTED_BYTES = 256 * 1024
+#: the largest message and the bytes of incomplete messages a connection may
+#: hold before a publish or play is admitted (a C{connect} is about 1 KiB)
+UNADMITTED_MAX_MESSAGE = 32 * 1024
+UNADMITTED_MAX_PENDING = 64 * 1024
+#: the same for an admitted publisher (the parser's defaults)
+MAX_MESSAGE = DEFAULT_MAX_MESSAGE_SIZE
+MAX_PENDING = 2 * DEFAULT_MAX_MESSAGE_SIZE
+#: the largest command or data message of an admitted publisher (decoded AMF
+#: takes many times its size; metadata is bounded lower, see below)
+MAX_AMF_MESSAGE = 256 * 1024
+#: the largest C{onMetaData} kept and sent to players, AMF0-encoded
+MAX_METADATA_BYTES = 64 * 1024
 
 # Reference strings (Ant Media Server / Red5).
 DESC_PUBLISH_REFUSED = "You are not allowed to publish the stream."
@@ -90,7 +131,8 @@ class RTMPServerProtocol(Protocol):
     viewerKind = "rtmp"
 
     def __init__(self) -> None:
-        self.conn = RTMPConnection(SERVER)
+        self.conn = RTMPConnection(SERVER, max_message_size=UNADMITTED_MAX_MESSAGE,
+                                   max_pending_bytes=UNADMITTED_MAX_PENDING)
         self.app: Optional[str] = None
         self.appPath = ""
         self.peerHost = ""
@@ -107,10 +149,19 @@ class RTMPServerProtocol(Protocol):
         self._lastActivity = 0.0
         self._connectedAt = 0.0
         self._idleTimeout = HANDSHAKE_TIMEOUT
+        #: a publish or play was admitted on this connection
+        self._admitted = False
+        # the write rule
+        self._congestedSince: Optional[float] = None
+        self._congestedBytes = 0
+        self._congestionTimer: Any = None
+        self._closeTimer: Any = None
         # player state
         self._base: Optional[int] = None
         self._waitKeyframe = True
-        self._congestedSince: Optional[float] = None
+        #: metadata or a sequence header changed while congested
+        self._resync = False
+        self._metadataRefused = False
 
     # --- connection ---------------------------------------------------------------
 
@@ -125,33 +176,63 @@ class RTMPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
         self._connectedAt = self._clock.seconds()
+        # Every write passes through _flush, which applies the congestion
+        # rule; the transport tells us when its buffer is full.
+        self.transport.registerProducer(self, True)
         self._touch(HANDSHAKE_TIMEOUT)
 
-    def _timedOut(self) -> None:
-        self._timer = None
-        self._log.info("RTMP client {peer} timed out", peer=self.peerHost)
+    def _drop(self, reason: str) -> None:
+        """
+        Close the connection at once for C{reason} (counted) and end its
+        session.
+        """
+        self.factory.dropped(reason)
+        self._closing = True
+        self._endSession()
         self.transport.abortConnection()
+
+    def _deadline(self) -> tuple[Optional[float], str]:
+        """
+        @return: when the current phase of the connection must be over, and
+            the reason counted if it is not (C{None}: no deadline).
+        """
+        if self.app is None:
+            return self._connectedAt + HANDSHAKE_TIMEOUT, "handshake_timeout"
+        if not self._admitted:
+            return self._connectedAt + ADMISSION_TIMEOUT, "admission_timeout"
+        return None, ""
 
     def _touch(self, timeout: float) -> None:
         """
-        (Re)arm the inactivity timer: the session is closed after
-        C{timeout} seconds without data from the client.
+        Set the inactivity timeout: the session is closed after C{timeout}
+        seconds without data from the client (and at its phase's deadline).
         """
         self._idleTimeout = timeout
         self._lastActivity = self._clock.seconds()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self._clock.callLater(timeout, self._checkIdle)
+        self._checkIdle()
 
     def _checkIdle(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._closing and not self.transport.connected:
+            return
         now = self._clock.seconds()
         idle = now - self._lastActivity
-        if idle >= self._idleTimeout or (
-            self.app is None and now - self._connectedAt >= HANDSHAKE_TIMEOUT
-        ):
-            self._timedOut()
+        deadline, why = self._deadline()
+        if deadline is not None and now >= deadline:
+            reason = why
+        elif idle >= self._idleTimeout:
+            reason = "idle_timeout"
         else:
-            self._timer = self._clock.callLater(self._idleTimeout - idle, self._checkIdle)
+            wake = self._idleTimeout - idle
+            if deadline is not None:
+                wake = min(wake, deadline - now)
+            self._timer = self._clock.callLater(wake, self._checkIdle)
+            return
+        self._log.info("RTMP client {peer} timed out ({reason})", peer=self.peerHost,
+                       reason=reason)
+        self._drop(reason)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -177,9 +258,7 @@ class RTMPServerProtocol(Protocol):
                     self._dispatch(event)
         except RTMPProtocolError as e:
             self._log.info("bad RTMP from {peer}: {error}", peer=self.peerHost, error=str(e))
-            self._flush()
-            self._closing = True
-            self.transport.abortConnection()
+            self._drop("limit" if e.limit else "malformed")
             return
         finally:
             if burst is not None:
@@ -187,16 +266,34 @@ class RTMPServerProtocol(Protocol):
         self._flush()
 
     def _flush(self) -> None:
+        """
+        Write what the connection queued: the one place every byte for the
+        client passes, and where the congestion rule is applied.
+        """
         out = self.conn.data_to_send()
         if out and not self._closing:
+            if self._congestedSince is not None:
+                self._congestedBytes += len(out)
+                if self._congestedBytes > MAX_CONGESTED_BYTES:
+                    self._tooSlow("more than {} bytes queued".format(MAX_CONGESTED_BYTES))
+                    return
             self.factory.bytesOut.inc(len(out))
             self.transport.write(out)
 
+    def _tooSlow(self, why: str) -> None:
+        self._congestionTimer = None
+        if not self.transport.connected:
+            return
+        self._log.info("RTMP client {peer} does not read ({why}); disconnecting",
+                       peer=self.peerHost, why=why)
+        self._drop("slow_reader")
+
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._congestionTimer, self._closeTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._congestionTimer = self._closeTimer = None
         self._endSession()
 
     def _endSession(self) -> None:
@@ -216,7 +313,31 @@ class RTMPServerProtocol(Protocol):
         """
         self._flush()
         self._closing = True
-        self._clock.callLater(REFUSAL_DELAY, self.transport.loseConnection)
+        self._clock.callLater(REFUSAL_DELAY, self._loseConnection)
+
+    def _loseConnection(self) -> None:
+        """
+        Close once what is queued is written, within L{MAX_CONGESTION}.
+
+        The producer is unregistered first: a transport with a paused
+        streaming producer resumes it when its buffer drains, instead of
+        closing.
+        """
+        if not self.transport.connected:
+            return
+        self._closing = True
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        if self._closeTimer is None:
+            self._closeTimer = self._clock.callLater(MAX_CONGESTION, self._closeTimedOut)
+
+    def _closeTimedOut(self) -> None:
+        self._closeTimer = None
+        if self.transport.connected:
+            self._log.info("RTMP client {peer} did not read its last bytes; disconnecting",
+                           peer=self.peerHost)
+            self._drop("slow_reader")
 
     # --- IKickable ---------------------------------------------------------------
 
@@ -232,8 +353,7 @@ class RTMPServerProtocol(Protocol):
                                   "Session ended by the server.")
         self._flush()
         self._endSession()
-        self._closing = True
-        self.transport.loseConnection()
+        self._loseConnection()
 
     # --- dispatch ------------------------------------------------------------------
 
@@ -260,7 +380,17 @@ class RTMPServerProtocol(Protocol):
         if values and values[0] == "@setDataFrame":
             values = values[1:]
         if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
-            self.publishing.setMetadata(dict(values[1]))
+            metadata = dict(values[1])
+            size = len(amf0.encode("onMetaData", amf0.ECMAArray(metadata)))
+            if size > MAX_METADATA_BYTES:
+                self._server.metrics.refusals.labels("rtmp", "metadata", "too_large").inc()
+                if not self._metadataRefused:
+                    self._metadataRefused = True
+                    self._log.info(
+                        "ignoring onMetaData of {size} bytes (limit {limit}) from {peer}",
+                        size=size, limit=MAX_METADATA_BYTES, peer=self.peerHost)
+                return
+            self.publishing.setMetadata(metadata)
 
     def _command(self, cmd: Command) -> None:
         handler = getattr(self, "cmd_" + cmd.name, None)
@@ -359,6 +489,8 @@ class RTMPServerProtocol(Protocol):
         if self.grant is not None:
             grant, self.grant = self.grant, None
             grant.logout()
+        if not self._closing:
+            self._touch(IDLE_TIMEOUT)
 
     # --- publish and play ------------------------------------------------------------
 
@@ -455,6 +587,9 @@ class RTMPServerProtocol(Protocol):
             return
         self.publishing = stream
         self.publishStreamId = sid
+        self._admitted = True
+        self.conn.set_limits(max_message_size=MAX_MESSAGE, max_pending_bytes=MAX_PENDING,
+                             max_amf_message_size=MAX_AMF_MESSAGE)
         self.conn.send_stream_begin(sid)
         self.conn.send_status(sid, "status", "NetStream.Publish.Start",
                               "{} is now published.".format(streamId), streamId)
@@ -470,13 +605,13 @@ class RTMPServerProtocol(Protocol):
             return
         self.playStreamId = sid
         self.playing = stream
+        self._admitted = True
         self.conn.send_stream_begin(sid)
         self.conn.send_status(sid, "status", "NetStream.Play.Reset",
                               "Playing and resetting {}.".format(streamId), streamId)
         self.conn.send_status(sid, "status", "NetStream.Play.Start",
                               "Started playing {}.".format(streamId), streamId)
-        self.transport.registerProducer(self, True)
-        self._touch(3600.0)
+        self._touch(PLAYER_IDLE_TIMEOUT)
         stream.subscribe(self)
 
     # --- ISubscriber (player side) -------------------------------------------------------
@@ -484,33 +619,56 @@ class RTMPServerProtocol(Protocol):
     def streamStarted(self, stream: LiveStream) -> None:
         self._base = None
         self._waitKeyframe = True
+        self._resync = False
 
     def metadataChanged(self, metadata: dict[str, Any]) -> None:
+        if self._congestedSince is not None:
+            self._resync = True
+            return
         self.conn.send_data(self.playStreamId, 0, "onMetaData", amf0.ECMAArray(metadata))
         self._flush()
 
     def configChanged(self, kind: str, body: bytes, timestamp: int) -> None:
+        if self._congestedSince is not None:
+            self._resync = True
+            return
+        self._sendConfig(kind, body, timestamp)
+        self._flush()
+
+    def _sendConfig(self, kind: str, body: bytes, timestamp: int) -> None:
         ts = self._rebase(timestamp)
         if kind == VIDEO:
             self.conn.send_video(self.playStreamId, ts, body)
         else:
             self.conn.send_audio(self.playStreamId, ts, body)
-        self._flush()
+
+    def _resend(self, timestamp: int) -> None:
+        """
+        Queue the stream's current metadata and sequence headers (they
+        changed while the player was congested).
+        """
+        self._resync = False
+        stream = self.playing
+        if stream is None:
+            return
+        if stream.metadata is not None:
+            self.conn.send_data(self.playStreamId, 0, "onMetaData",
+                                amf0.ECMAArray(stream.metadata))
+        if stream.videoConfig is not None:
+            self._sendConfig(VIDEO, stream.videoConfig, timestamp)
+        if stream.audioConfig is not None:
+            self._sendConfig(AUDIO, stream.audioConfig, timestamp)
 
     def frameReceived(self, frame: Frame) -> None:
         if self._congestedSince is not None:
-            if self._clock.seconds() - self._congestedSince > MAX_CONGESTION:
-                self._log.info("RTMP player {peer} too slow; disconnecting",
-                               peer=self.peerHost)
-                self._stopPlaying()
-                self._closing = True
-                self.transport.abortConnection()
             self._waitKeyframe = True
             return
         if self._waitKeyframe:
             if not frame.keyframe:
                 return
             self._waitKeyframe = False
+            if self._resync:
+                self._resend(frame.timestamp)
         ts = self._rebase(frame.timestamp)
         if frame.kind == VIDEO:
             self.conn.send_video(self.playStreamId, ts, frame.body)
@@ -543,17 +701,24 @@ class RTMPServerProtocol(Protocol):
             grant.logout()
         self._closeSoon()
 
-    # --- IPushProducer: the player's socket tells us when it is full -------------------
+    # --- IPushProducer: the client's socket tells us when it is full -------------------
 
     def pauseProducing(self) -> None:
         if self._congestedSince is None:
             self._congestedSince = self._clock.seconds()
+            self._congestedBytes = 0
+            self._congestionTimer = self._clock.callLater(
+                MAX_CONGESTION, self._tooSlow,
+                "congested for {:g} s".format(MAX_CONGESTION))
 
     def resumeProducing(self) -> None:
         self._congestedSince = None
+        if self._congestionTimer is not None and self._congestionTimer.active():
+            self._congestionTimer.cancel()
+        self._congestionTimer = None
 
     def stopProducing(self) -> None:
-        self._congestedSince = None
+        self.resumeProducing()
 
 
 class RTMPFactory(Factory):
@@ -563,3 +728,10 @@ class RTMPFactory(Factory):
         self.server = server
         self.bytesIn = server.metrics.bytes.labels("rtmp", "in")
         self.bytesOut = server.metrics.bytes.labels("rtmp", "out")
+        self._dropped = server.metrics.dropped
+
+    def dropped(self, reason: str) -> None:
+        """
+        Count a connection the server closed for C{reason}.
+        """
+        self._dropped.labels("rtmp", reason).inc()

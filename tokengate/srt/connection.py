@@ -296,8 +296,14 @@ class NeedsAuthorization(HandshakeDecision):
     ``request`` is the parsed stream id, or None when it was missing or
     malformed; then ``error`` is the :class:`BadStreamId` and the adapter
     should reject with ``error.code`` (1400).  ``stream_id`` is the raw
-    decoded string ("" when absent or undecodable).  The other attributes
-    describe the caller; the private ones are for the listener.
+    decoded string ("" when absent or undecodable).
+
+    ``answer_by`` is when the answer must be sent at the latest for the
+    caller to still be waiting for it: the caller's connect timeout counted
+    from the start of its connect (its conclusion's timestamp is the time
+    since then), less a margin for the way back; never before
+    ``received_at``.  The other attributes describe the caller; the private
+    ones are for the listener.
     """
 
     peer: Peer
@@ -309,6 +315,7 @@ class NeedsAuthorization(HandshakeDecision):
     srt_flags: int
     latency_ms: int
     received_at: float
+    answer_by: float
     _handshake: P.Handshake
     _hsreq: P.HSReq
     _resolved: bool = False
@@ -349,6 +356,13 @@ class Listener:
     it, TLPKTDROP, NAKREPORT, REXMITFLG when the caller has it; latencies
     max(``latency_ms``, the caller's proposal) in each direction.
 
+    A caller waits ``connect_timeout`` seconds for its connection (libsrt's
+    SRTO_CONNTIMEO, 3 s by default) from the start of its connect, which its
+    conclusion's timestamp tells (microseconds since then; taken at most as
+    ``connect_timeout``); each decision's ``answer_by`` is that deadline
+    less ``answer_margin`` (the way back to the caller), so that an adapter
+    can answer while the caller still listens.
+
     Limits: ``max_connections`` counts accepted open connections and
     pending decisions together; beyond it callers are rejected with
     :data:`REJ_RESOURCE`.  Pending decisions older than ``pending_timeout``
@@ -372,6 +386,8 @@ class Listener:
         rejection_ttl: float = 10.0,
         max_rejections: int = 4096,
         pending_timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        answer_margin: float = 0.5,
     ) -> None:
         if not secret:
             raise ValueError("the cookie secret must not be empty")
@@ -390,6 +406,8 @@ class Listener:
         self.rejection_ttl = rejection_ttl
         self.max_rejections = max_rejections
         self.pending_timeout = pending_timeout
+        self.connect_timeout = connect_timeout
+        self.answer_margin = answer_margin
         self.connections: dict[int, Connection] = {}
         self._pending: OrderedDict[tuple, NeedsAuthorization] = OrderedDict()
         self._accepted: dict[tuple, tuple[bytes, Connection]] = {}
@@ -524,11 +542,16 @@ class Listener:
             hsreq.flags,
             self._recv_latency(hsreq),
             now,
+            self._answer_by(hs, now),
             hs,
             hsreq,
         )
         self._pending[key] = decision
         return decision
+
+    def _answer_by(self, hs: P.Handshake, now: float) -> float:
+        elapsed = min(hs.timestamp / 1e6, self.connect_timeout)
+        return now + max(0.0, self.connect_timeout - elapsed - self.answer_margin)
 
     def _recv_latency(self, hsreq: P.HSReq) -> int:
         if not hsreq.flags & P.OPT_TSBPDSND:

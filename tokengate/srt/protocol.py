@@ -21,12 +21,22 @@ encryption (a passphrase) requested   11 SRT_REJ_UNSECURE
 throttled or store down               1503 SRT_REJX_DOWN
 ====================================  =====================================
 
-Admitted callers' MPEG-TS is demuxed into the hub, where the stream plays as
-RTMP, HLS, DASH and MP4 like any other (``publishType`` ``SRT``).
+The answer reaches the caller while it still waits: each decision carries the
+time by which the caller must have it (its connect timeout, 3 s by default,
+counted from the start of its connect), and the gate refuses at once (1503,
+token kept) a caller that the throttle would hold past it.  The token is
+redeemed just before the agreement is sent, within that time.
+
+An admitted caller claims its stream (so nobody else publishes it) but the
+stream goes live (``broadcasting``) on its first media packet: a caller that
+never sends media is never live, and its session ends with the idle timeout.
+Its MPEG-TS is demuxed into the hub, where the stream plays as RTMP, HLS,
+DASH and MP4 like any other (``publishType`` ``SRT``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from typing import Any, Optional
@@ -38,7 +48,7 @@ from zope.interface import implementer
 from tokengate.logsafe import Logger
 from ..auth import Grant, IKickable, Refused, StreamCredentials
 from ..media.errors import MediaError
-from ..media.hub import LiveStream, StreamInUse
+from ..media.hub import Claim, LiveStream, StreamInUse
 from ..media.ts import Audio, AudioConfig, TSDemuxer, Video, VideoConfig
 from ..tokens import PUBLISH, Outcome
 from .connection import (
@@ -73,22 +83,43 @@ _CODES = {
 @implementer(IKickable)
 class SRTSession:
     """
-    One admitted SRT publisher: its connection, demuxer, stream and grant.
+    One admitted SRT publisher: its connection, demuxer, grant, and the
+    claim on its stream until its first media packet makes the stream live.
     """
 
     protocolName = "srt"
     _log = Logger()
 
-    def __init__(self, listener: "SRTListener", peerHost: str) -> None:
+    def __init__(self, listener: "SRTListener", peerHost: str, app: str = "",
+                 streamId: str = "") -> None:
         self._listener = listener
         self.peerHost = peerHost
+        self.app = app
+        self.streamId = streamId
         self.conn: Optional[Connection] = None
+        self.claim: Optional[Claim] = None
         self.stream: Optional[LiveStream] = None
         self.grant: Optional[Grant] = None
         self.demux = TSDemuxer()
         self.ended = False
 
+    def _goLive(self) -> bool:
+        try:
+            self.stream = self._listener.server.hub.publish(
+                self.app, self.streamId, "SRT", claim=self.claim)
+        except StreamInUse:
+            self._log.info("SRT caller {peer} lost {app}/{streamId} before its first media",
+                           peer=self.peerHost, app=self.app, streamId=self.streamId)
+            self.end("stream in use", shutdown=True)
+            return False
+        self.claim = None
+        return True
+
     def payload(self, data: bytes) -> None:
+        if self.ended:
+            return
+        if self.stream is None and not self._goLive():
+            return
         try:
             events = self.demux.feed(data)
         except MediaError as e:
@@ -128,6 +159,11 @@ class SRTSession:
             self._deliver(self.demux.flush())
         except MediaError:
             pass
+        if self.claim is not None:
+            claim, self.claim = self.claim, None
+            claim.release()
+            self._log.info("SRT caller {peer} ended before sending media: {reason}",
+                           peer=self.peerHost, reason=reason)
         if self.stream is not None:
             stream, self.stream = self.stream, None
             stream.end()
@@ -245,7 +281,8 @@ class SRTListener(DatagramProtocol):
             self._authorize(decision, addr)
         elif isinstance(decision, Rejected):
             self.server.gate.refused(
-                StreamCredentials("", "", PUBLISH, None, addr[0], "srt"), Outcome.INVALID)
+                StreamCredentials("", "", PUBLISH, None, addr[0], "srt"), Outcome.INVALID,
+                attempt=_attempt("rejected", str(decision.code)))
             if decision.data:
                 self.transport.write(decision.data, addr)
         elif isinstance(decision, Reply) and decision.data:
@@ -259,7 +296,8 @@ class SRTListener(DatagramProtocol):
         peer = addr[0]
         if decision.error is not None or decision.request is None:
             self.server.gate.refused(StreamCredentials("", "", PUBLISH, None, peer, "srt"),
-                                     Outcome.INVALID)
+                                     Outcome.INVALID,
+                                     attempt=_attempt("stream id", decision.stream_id))
             self._reject(decision, REJX_BAD_REQUEST)
             return
         request = decision.request
@@ -269,20 +307,20 @@ class SRTListener(DatagramProtocol):
             self.server.gate.refused(creds, Outcome.DISABLED)
             self._reject(decision, REJX_BAD_MODE)
             return
-        session = SRTSession(self, peer)
-        d = self.server.gate.login(creds, session)
+        session = SRTSession(self, peer, request.app, request.stream_id)
+        d = self.server.gate.login(creds, session, deadline=decision.answer_by)
 
         def granted(grant: Grant) -> None:
             session.grant = grant
             try:
-                stream = self.server.hub.publish(request.app, request.stream_id, "SRT")
+                claim = self.server.hub.claim(request.app, request.stream_id)
             except StreamInUse:
                 grant.logout()
                 session.grant = None
                 self._reject(decision, REJX_CONFLICT)
                 return
             reply, conn = self.listener.accept(decision, self.server.clock.seconds())
-            session.stream = stream
+            session.claim = claim
             session.conn = conn
             self.sessions[conn.socket_id] = session
             self.transport.write(reply, decision.peer)
@@ -312,3 +350,12 @@ class SRTListener(DatagramProtocol):
             except Exception:
                 pass
         self.listener.remove(conn)
+
+
+def _attempt(*parts: str) -> bytes:
+    """
+    What identifies a caller's attempt refused before the gate, for the
+    throttle (a retry of it counts once).
+    """
+    what = "\0".join(parts).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(what).digest()[:16]

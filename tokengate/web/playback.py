@@ -10,9 +10,16 @@ the multivariant playlist, every map, segment, part and preload-hint URI, the
 MPD's segment templates and ``Location``, and a redirect for MP4 (whose
 Range requests then carry it).  A cookie scoped to the stream carries it
 too, for clients that re-request the original URL with the spent token
-(ffmpeg's DASH reader does).  A HEAD followed by its GET, or a retry of the
-redeeming request from the same address within ``reuseWindow`` seconds, is
-answered from the same session.
+(ffmpeg's DASH reader does).
+
+A spent token presented again **from the address that redeemed it**, for the
+same stream and format, continues the session it opened while that session is
+alive (not ended, revoked or idle): mpv opens a playlist, an MPD or an MP4
+twice (its stream layer probes, then libavformat reopens the URL), a HEAD is
+followed by its GET, a player retries its first request.  A request arriving
+while the token's first redemption from that address is still in flight
+waits for it.  Anyone else presenting the token is refused: the token never
+opens a second session, and from another address it reaches none.
 
 URL layout (the packager writes URIs relative to these)::
 
@@ -42,11 +49,11 @@ from urllib.parse import quote
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.static import File
 
 from tokengate.access.names import isValidStreamId
 from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
+from tokengate.web.vod import RecordingFile
 from ..auth import Grant, Refused, StreamCredentials
 from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
 from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
@@ -58,6 +65,52 @@ DASHXML = b"application/dash+xml"
 MP4 = b"video/mp4"
 
 KINDS = ("video", "audio")
+
+#: A viewing session may make this many futile requests within
+#: L{FUTILE_WINDOW} seconds: segments or parts the server does not hold (past
+#: the end of an ended stream, far ahead of the live edge, long gone) and
+#: manifests of an ended stream.  The next one ends the session with 410.
+FUTILE_LIMIT = 40
+FUTILE_WINDOW = 30.0
+#: Once a stream ended, each of its documents (MPD, playlists) is served
+#: this many times per viewing session; later requests get 410.  A player
+#: that keeps polling the final MPD as if the stream were live (VLC 3 does:
+#: it never takes the MPD's change to static) stops after a few refusals.
+ENDED_DOCUMENTS = 3
+
+
+class FutileRequests:
+    """
+    Per viewing session (or, without play tokens, per address and stream):
+    how many futile requests it made in its current window.  Bounded: the
+    least recently counted keys are forgotten first.
+    """
+
+    def __init__(self, clock: Any, limit: int = FUTILE_LIMIT, window: float = FUTILE_WINDOW,
+                 maxKeys: int = 100_000) -> None:
+        self._clock = clock
+        self.limit = limit
+        self.window = window
+        self._max = maxKeys
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def spend(self, key: str) -> bool:
+        """
+        Count one futile request of C{key}; False once it went over the limit
+        in the current window.
+        """
+        now = self._clock.seconds()
+        start, count = self._counts.pop(key, (now, 0))
+        if now - start > self.window:
+            start, count = now, 0
+        count += 1
+        self._counts[key] = (start, count)
+        while len(self._counts) > self._max:
+            self._counts.popitem(last=False)
+        return count <= self.limit
+
+    def forget(self, key: str) -> None:
+        self._counts.pop(key, None)
 
 
 def _cors(request: Any) -> None:
@@ -88,12 +141,60 @@ class HTTPSessions:
         self._clock = clock
         self._max = maxSessions
         self._sessions: OrderedDict[str, tuple[Session, Grant, float]] = OrderedDict()
+        # token digest -> (session id, the address that redeemed it): what
+        # lets a spent token continue the session it opened (see continued)
+        self._opener: dict[str, tuple[str, str]] = {}
+        self._byId: dict[str, str] = {}  # session id -> token digest
 
-    def add(self, session: Session, grant: Grant) -> None:
+    def add(self, session: Session, grant: Grant, token: Optional[str] = None,
+            peer: str = "") -> None:
+        """
+        Register a session that C{grant} admitted; C{token} (the digest of
+        the token it redeemed) and C{peer} (the address that presented it)
+        let that token continue this session (L{continued}).
+        """
         self._sessions[session.sessionId] = (session, grant, self._clock.seconds())
+        if token is not None:
+            self._opener[token] = (session.sessionId, peer)
+            self._byId[session.sessionId] = token
         while len(self._sessions) > self._max:
-            _, (_, old, _) = self._sessions.popitem(last=False)
+            sid, (_, old, _) = self._sessions.popitem(last=False)
+            self._forget(sid)
             old.logout()
+
+    def _forget(self, sessionId: str) -> None:
+        token = self._byId.pop(sessionId, None)
+        if token is not None:
+            self._opener.pop(token, None)
+
+    def continued(self, token: str, peer: str, app: str, streamId: str, kind: str
+                  ) -> Optional[Session]:
+        """
+        The live session that the token with digest C{token} opened, if
+        C{peer} is the address that redeemed it and the request is for the
+        same stream and format; None otherwise (the token must then go
+        through admission, which refuses a spent one).
+
+        A session is alive while it is registered here: not ended by its
+        grant (revocation, kick), not revoked, not idle longer than its
+        credentials live (L{sweep} removes those; the check below covers the
+        time between sweeps).
+        """
+        entry = self._opener.get(token)
+        if entry is None or entry[1] != peer:
+            return None
+        found = self._sessions.get(entry[0])
+        if found is None:
+            return None
+        session, grant, last = found
+        if grant.ended or session.app != app or session.streamId != streamId \
+                or session.kind != kind:
+            return None
+        idle = self.signer.vodIdle if session.kind == "vod" else self.signer.idle
+        if self._clock.seconds() - last > idle:
+            return None
+        self.seen(session)
+        return session
 
     def seen(self, session: Session) -> None:
         entry = self._sessions.get(session.sessionId)
@@ -111,6 +212,7 @@ class HTTPSessions:
             idle = self.signer.vodIdle if session.kind == "vod" else self.signer.idle
             if now - last > idle:
                 del self._sessions[sid]
+                self._forget(sid)
                 grant.logout()
                 ended += 1
         self.signer.forgetRevocations(now)
@@ -123,12 +225,23 @@ class HTTPSessions:
                 counts[session.kind] = counts.get(session.kind, 0) + 1
         return counts
 
+    def end(self, sessionId: str) -> None:
+        """
+        End one session here: its credentials stop working and its grant
+        ends (it no longer counts as a viewer).
+        """
+        self.signer.revokeSession(sessionId, self._clock.seconds())
+        entry = self._sessions.pop(sessionId, None)
+        if entry is not None:
+            entry[1].logout()
+
     def revokeSession(self, sessionId: str) -> None:
         """
         End one session (its grant was already ended by the gate).
         """
         self.signer.revokeSession(sessionId, self._clock.seconds())
         self._sessions.pop(sessionId, None)
+        self._forget(sessionId)
 
     def revokeStream(self, app: str, streamId: str, when: Optional[float] = None) -> int:
         """
@@ -142,6 +255,7 @@ class HTTPSessions:
         for sid, (session, grant, _) in list(self._sessions.items()):
             if session.app == app and session.streamId == streamId and session.started <= when:
                 del self._sessions[sid]
+                self._forget(sid)
                 grant.logout()
                 n += 1
         return n
@@ -194,16 +308,23 @@ class PlaybackGate:
 
     _log = Logger()
 
+    #: at most this many first redemptions in flight are waited on by
+    #: repeats of their token (beyond, a repeat goes through admission)
+    maxPending = 10_000
+    maxWaiters = 16
+
     def __init__(self, server: Any, signer: SessionSigner, outputs: Any,
-                 reuseWindow: float = 5.0, blockTimeoutFactor: float = 3.0) -> None:
+                 blockTimeoutFactor: float = 3.0) -> None:
         self.server = server
         self.signer = signer
         self.outputs = outputs
         self.sessions = HTTPSessions(signer, server.clock)
-        self.reuseWindow = reuseWindow
         self.blockTimeoutFactor = blockTimeoutFactor
-        # (token digest, peer) -> (session, when): HEAD-then-GET and retries
-        self._recent: OrderedDict[tuple[str, str], tuple[Session, float]] = OrderedDict()
+        self.futile = FutileRequests(server.clock)
+        self.endedDocuments = FutileRequests(server.clock, ENDED_DOCUMENTS, 600.0)
+        # (token digest, peer) -> the requests waiting for that token's
+        # redemption in flight from that address
+        self._pending: dict[tuple[str, str], list[Deferred[None]]] = {}
         server.hub.addViewerCounter(self.sessions.count)
 
     # --- parsing -------------------------------------------------------------
@@ -286,11 +407,11 @@ class PlaybackGate:
                 Outcome.MISSING)
             return _fail(request, 403, self._refusal(kind, streamId))
         token = self._arg(request, b"token")
-        if token is not None and len(token) <= MAX_TOKEN_LENGTH and self.reuseWindow > 0:
-            recent = self._recent.get((digest(token), self._peer(request)))
-            if recent is not None and now - recent[1] <= self.reuseWindow \
-                    and recent[0].streamId == streamId and recent[0].app == app:
-                return self._deliver(request, app, streamId, what, details, recent[0])
+        if token is not None and len(token) <= MAX_TOKEN_LENGTH:
+            session = self.sessions.continued(digest(token), self._peer(request), app,
+                                              streamId, protocol)
+            if session is not None:
+                return self._deliver(request, app, streamId, what, details, session)
         d = self._admit(request, app, streamId, protocol, token, now)
         d.addCallback(lambda s: self._deliverLater(request, app, streamId, what, details, s))
         d.addErrback(self._refused, request, kind, streamId)
@@ -318,19 +439,44 @@ class PlaybackGate:
 
     async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
                           token: Optional[str], now: float) -> Session:
-        mind = _SessionMind(self.sessions, protocol, self._peer(request))
-        creds = StreamCredentials(app, streamId, "play", token, mind.peerHost, protocol)
+        peer = self._peer(request)
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return await self._login(app, streamId, protocol, token, peer, None)
+        key = (digest(token), peer)
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            # the same token's redemption from this address is in flight (mpv
+            # opens a URL twice at once): wait for it, then continue its
+            # session if it opened one for this stream and format
+            if len(waiters) < self.maxWaiters:
+                waiter: Deferred[None] = Deferred()
+                waiters.append(waiter)
+                await waiter
+                session = self.sessions.continued(key[0], peer, app, streamId, protocol)
+                if session is not None:
+                    return session
+            return await self._login(app, streamId, protocol, token, peer, None)
+        if len(self._pending) >= self.maxPending:
+            return await self._login(app, streamId, protocol, token, peer, key[0])
+        self._pending[key] = []
+        try:
+            return await self._login(app, streamId, protocol, token, peer, key[0])
+        finally:
+            for waiter in self._pending.pop(key, []):
+                waiter.callback(None)
+
+    async def _login(self, app: str, streamId: str, protocol: str, token: Optional[str],
+                     peer: str, tokenDigest: Optional[str]) -> Session:
+        """
+        Redeem through the gate and open a session (indexed by the token's
+        digest, so that the token may continue it from C{peer}).
+        """
+        mind = _SessionMind(self.sessions, protocol, peer)
+        creds = StreamCredentials(app, streamId, "play", token, peer, protocol)
         grant = await self.server.gate.login(creds, mind)
         session = self.signer.new(app, streamId, protocol, self.server.clock.seconds())
         mind.session = session
-        self.sessions.add(session, grant)
-        if token and self.reuseWindow > 0:
-            key = (digest(token), mind.peerHost)
-            self._recent[key] = (session, now)
-            while len(self._recent) > 10_000 or (
-                self._recent and now - next(iter(self._recent.values()))[1] > self.reuseWindow
-            ):
-                self._recent.popitem(last=False)
+        self.sessions.add(session, grant, tokenDigest, peer)
         return session
 
     def _admit(self, request: Any, *args: Any) -> "Deferred[Session]":
@@ -387,6 +533,13 @@ class PlaybackGate:
         packager = self.outputs.packager(app, streamId)
         if packager is None:
             return _fail(request, 404, "Stream is not live: " + streamId)
+        if packager.ended and what in ("hls", "media", "dash"):
+            document = "{}:{}:{}".format(self._futileKey(request, app, streamId, session),
+                                         what, details[0] if details else "")
+            if not self.endedDocuments.spend(document):
+                if not self._spend(request, app, streamId, session):
+                    return self._flood(request, app, streamId, session, what)
+                return _fail(request, 410, "Stream ended: " + streamId)
         if what == "hls":
             text = packager.hls_multivariant(self._query(request, app, streamId, session))
             return self._text(request, text, MPEGURL)
@@ -405,13 +558,66 @@ class PlaybackGate:
         if what == "resource":
             kind, name = details
             data = packager.resource(kind, name)
-            msn = _int(name[:-4])
-            if data is None and msn is not None and not packager.ended:
-                edge = packager.edge(kind)
-                if edge is not None and edge[0] <= msn <= edge[0] + 1:
-                    return self._streamSegment(request, packager, kind, msn)
-            return self._bytes(request, data)
+            if data is not None:
+                return self._bytes(request, data)
+            edge = packager.edge(kind)
+            msn = int(name.split(".", 1)[0]) if name[0].isdigit() else None
+            if msn is not None and name[:-4].isdigit() and not packager.ended \
+                    and edge is not None and edge[0] <= msn <= edge[0] + 1:
+                return self._streamSegment(request, packager, kind, msn)
+            # Futile: anything missing once the stream ended, or far ahead of
+            # the live edge.  Not a part or segment about to be made (LL-HLS
+            # preload hints ask for those before they exist).
+            futile = packager.ended or (msn is not None and edge is not None
+                                        and msn > edge[0] + 2)
+            if futile and not self._spend(request, app, streamId, session):
+                return self._flood(request, app, streamId, session, what)
+            if msn is not None and packager.ended and (edge is None or msn > edge[0]):
+                # Past the end of the presentation: nothing, cheaply.  A 204
+                # rather than a 404, because ffmpeg's DASH reader (mpv too)
+                # keeps treating a stream it opened live as live after the
+                # MPD turned static: it skips every segment that fails to
+                # open and asks for the next one, forever, while an empty
+                # segment ends its reading of the track.
+                request.setResponseCode(204)
+                request.setHeader(b"cache-control", b"no-store")
+                return b""
+            return self._bytes(request, None)
         return _fail(request, 404, "Not found")
+
+    def _futileKey(self, request: Any, app: str, streamId: str,
+                   session: Optional[Session]) -> str:
+        if session is not None:
+            return "s:" + session.sessionId
+        return "a:{}/{}/{}".format(self._peer(request), app, streamId)
+
+    def _spend(self, request: Any, app: str, streamId: str, session: Optional[Session]) -> bool:
+        """
+        Count a futile request (a segment not held, a manifest of an ended
+        stream); False once the session spent its allowance.
+        """
+        return self.futile.spend(self._futileKey(request, app, streamId, session))
+
+    def _flood(self, request: Any, app: str, streamId: str, session: Optional[Session],
+               what: str) -> bytes:
+        """
+        The session made too many futile requests: end it (its credentials
+        stop working), count it, answer 410.  Without play tokens there is no
+        session to end: the address gets 410 for futile requests until its
+        window passes.
+        """
+        protocol = session.kind if session is not None else (
+            "dash" if what == "dash" else "hls" if what in ("hls", "media") else "http")
+        self.server.metrics.playback_floods.labels(protocol).inc()
+        if session is not None:
+            self.futile.forget(self._futileKey(request, app, streamId, session))
+            self.sessions.end(session.sessionId)
+            self._log.info(
+                "ended {protocol} session of {app}/{streamId} from {peer}: too many requests"
+                " for segments that do not exist", protocol=protocol, app=app,
+                streamId=streamId, peer=self._peer(request))
+        return _fail(request, 410, "Too many requests for segments that do not exist;"
+                                   " the viewing session ended")
 
     def _streamSegment(self, request: Any, packager: Any, kind: str, msn: int) -> Any:
         """
@@ -528,7 +734,7 @@ class PlaybackGate:
             request.setHeader(b"location", "{}.mp4?{}".format(quote(streamId), query).encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
             return b""
-        f = File(path, defaultType="video/mp4")
+        f = RecordingFile(path, defaultType="video/mp4")
         f.type, f.encoding = "video/mp4", None
         return f.render(request)
 

@@ -62,10 +62,10 @@ class Root(Resource):
 
 def build_site(server: Server) -> TokengateSite:
     api = RestAPI(server)
-    playback = PlaybackGate(server, server.signer, server.outputs,
-                            reuseWindow=server.config.reuseWindow)
+    playback = PlaybackGate(server, server.signer, server.outputs)
     server.playback = playback
     from ..webrtc.pages import WebRTCPages
 
     root = Root(server, api.resource(), playback, WebRTCPages(server))
-    return TokengateSite(root, maxBodySize=server.config.maxBodySize)
+    return TokengateSite(root, maxBodySize=server.config.maxBodySize, metrics=server.metrics,
+                         requestTimeout=server.config.requestTimeout)

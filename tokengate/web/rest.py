@@ -163,7 +163,8 @@ class RestAPI:
             token = _bearer(request)
             if token and len(token) <= MAX_TOKEN_LENGTH:
                 try:
-                    check_jwt(jwtSecret, token, self._server.clock.seconds())
+                    check_jwt(jwtSecret, token, self._server.clock.seconds(),
+                              self._server.config.restJwtMaxLifetime)
                     return
                 except Refused:
                     pass

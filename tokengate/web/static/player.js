@@ -263,6 +263,10 @@
           streaming: {
             // A token cannot be retried: fail fast on a refused manifest.
             retryAttempts: {MPD: 1},
+            // The MPD suggests a long presentation delay (players such as
+            // GStreamer's need 30 s of media ahead); this page plays three
+            // segments behind the live edge instead.
+            delay: {liveDelayFragmentCount: 3, useSuggestedPresentationDelay: false},
             utcSynchronization: {
               // The MPD normally names the server's clock (UTCTiming); never
               // fall back to a third-party time server.
