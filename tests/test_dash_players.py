@@ -16,7 +16,6 @@ is what stops its requests.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -24,15 +23,11 @@ from typing import Any
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
-from tokengate.apps import Applications
 from tokengate.media.packager import DASH_DELAY
-from tokengate.rtmp.protocol import RTMPFactory
-from tokengate.server import Server, ServerConfig
-from tokengate.store.memory import MemoryTokenStore
 from tokengate.web.playback import ENDED_DOCUMENTS
-from tokengate.web.resource import build_site
 
 from . import procs
+from .fixtures import InProcessMedia
 from .helpers import require
 from .test_players import GStreamer, Mpv, Played, Vlc
 from .test_rtmp_interop import frames, test_clip
@@ -51,34 +46,27 @@ MPV_EXIT_BOUND = 50 + 70.0
 REQUESTS_AFTER_END = 150
 
 
-class DashPlayers(procs.ClientsMixin, TestCase):
+class DashPlayers(procs.ClientsMixin, InProcessMedia, TestCase):
     timeout = 300
     tokenType = "play"
 
     def setUp(self):
         self.ffmpeg = require("ffmpeg")
-        self.dataDir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dataDir)
-        # mpv opens the MPD twice with its token: the default retry window
-        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
-                             config=ServerConfig(), dataDir=self.dataDir)
-        self.server.apps.replace("LiveApp", playTokenControlEnabled=True, hlsMuxingEnabled=True,
-                                 dashMuxingEnabled=True)
-        site = build_site(self.server)
         self.requests: list[tuple[float, str, int]] = []
-        log = site.log
 
-        def counted(request: Any) -> None:
-            self.requests.append((time.monotonic(), request.uri.decode("latin-1"), request.code))
-            log(request)
+        def counting(site: Any) -> Any:
+            log = site.log
 
-        site.log = counted
-        self.http = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
-        self.addCleanup(self.server.outputs.close)
-        self.addCleanup(self.http.stopListening)
-        self.addCleanup(self.rtmp.stopListening)
-        self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
+            def counted(request: Any) -> None:
+                self.requests.append((time.monotonic(), request.uri.decode("latin-1"),
+                                      request.code))
+                log(request)
+
+            site.log = counted
+            return site
+
+        self.serveMedia(counting, playTokenControlEnabled=True, hlsMuxingEnabled=True,
+                        dashMuxingEnabled=True)
         self.startClients()
 
     def publish(self, streamId: str, seconds: int) -> procs.Running:

@@ -13,35 +13,21 @@ import time
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
-from tokengate.apps import Applications
-from tokengate.rtmp.protocol import RTMPFactory
-from tokengate.server import Server, ServerConfig
-from tokengate.store.memory import MemoryTokenStore
-from tokengate.web.resource import build_site
 
 from . import procs
+from .fixtures import InProcessMedia
 from .helpers import http_client, require
 from .test_rtmp_interop import frames, test_clip
 
 
-class LiveServer(procs.ClientsMixin, TestCase):
+class LiveServer(procs.ClientsMixin, InProcessMedia, TestCase):
     timeout = 180
     tokenType = "play"
 
     def setUp(self):
         self.ffmpeg = require("ffmpeg")
-        self.dataDir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dataDir)
-        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
-                             config=ServerConfig(), dataDir=self.dataDir)
-        self.server.apps.replace("LiveApp", playTokenControlEnabled=True, hlsMuxingEnabled=True,
-                                 dashMuxingEnabled=True, mp4MuxingEnabled=True)
-        self.http = reactor.listenTCP(0, build_site(self.server), interface="127.0.0.1")
-        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
-        self.addCleanup(self.server.outputs.close)
-        self.addCleanup(self.http.stopListening)
-        self.addCleanup(self.rtmp.stopListening)
-        self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
+        self.serveMedia(playTokenControlEnabled=True, hlsMuxingEnabled=True,
+                        dashMuxingEnabled=True, mp4MuxingEnabled=True)
         self.startClients()
 
     def publish(self, seconds=30, streamId="s1"):

@@ -25,13 +25,9 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tokengate.apps import Applications
-from tokengate.rtmp.protocol import RTMPFactory
-from tokengate.server import Server, ServerConfig
-from tokengate.store.memory import MemoryTokenStore
-from tokengate.web.resource import build_site
 
 from . import procs
+from .fixtures import InProcessMedia
 from .helpers import http_client, require
 from .test_rtmp_interop import test_clip
 
@@ -181,7 +177,7 @@ class GStreamer(Player):
         return self.text(result).count("/GstFakeSink:vs: last-message = chain")
 
 
-class PlayersBase(procs.ClientsMixin):
+class PlayersBase(procs.ClientsMixin, InProcessMedia):
     """
     The tests every player runs (mixed into one TestCase per player).
     """
@@ -203,19 +199,8 @@ class PlayersBase(procs.ClientsMixin):
     def setUp(self) -> None:
         self.ffmpeg = require("ffmpeg")
         self.player = self.playerClass(self)
-        self.dataDir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dataDir)
-        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
-                             config=ServerConfig(), dataDir=self.dataDir)
-        self.server.apps.replace("LiveApp", playTokenControlEnabled=True, hlsMuxingEnabled=True,
-                                 dashMuxingEnabled=True, mp4MuxingEnabled=True)
-        self.http = reactor.listenTCP(0, build_site(self.server), interface="127.0.0.1")
-        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
-        self.addCleanup(self.server.outputs.close)
-        self.addCleanup(self.http.stopListening)
-        self.addCleanup(self.rtmp.stopListening)
-        self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
-        self.rtmpBase = "rtmp://127.0.0.1:{}".format(self.rtmp.getHost().port)
+        self.serveMedia(playTokenControlEnabled=True, hlsMuxingEnabled=True,
+                        dashMuxingEnabled=True, mp4MuxingEnabled=True)
         self.startClients()
 
     # --- helpers ----------------------------------------------------------------
@@ -401,7 +386,7 @@ class GStreamerTests(PlayersBase, TestCase):
     playerClass = GStreamer
 
 
-class GStreamerPublishTests(procs.ClientsMixin, TestCase):
+class GStreamerPublishTests(procs.ClientsMixin, InProcessMedia, TestCase):
     """
     GStreamer publishes over RTMP: rtmp2sink, openh264enc, avenc_aac, flvmux.
     """
@@ -413,18 +398,7 @@ class GStreamerPublishTests(procs.ClientsMixin, TestCase):
         requireElements("videotestsrc", "audiotestsrc", "openh264enc", "avenc_aac", "h264parse",
                         "aacparse", "flvmux", "rtmp2sink")
         self.ffmpeg = require("ffmpeg")
-        self.dataDir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dataDir)
-        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
-                             config=ServerConfig(), dataDir=self.dataDir)
-        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
-                                 hlsMuxingEnabled=True)
-        self.http = reactor.listenTCP(0, build_site(self.server), interface="127.0.0.1")
-        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
-        self.addCleanup(self.server.outputs.close)
-        self.addCleanup(self.http.stopListening)
-        self.addCleanup(self.rtmp.stopListening)
-        self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
+        self.serveMedia(publishTokenControlEnabled=True, hlsMuxingEnabled=True)
         self.startClients()
 
     def gstPublish(self, streamId: str, token: str, seconds: int = 12) -> procs.Running:
