@@ -44,7 +44,7 @@ class InProcessMedia:
         if wrapSite is not None:
             site = wrapSite(site)
         self.http = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
+        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server.access, self.server.clock, self.server.metrics), interface="127.0.0.1")
         self.addCleanup(self.server.outputs.close)
         self.addCleanup(self.http.stopListening)
         self.addCleanup(self.rtmp.stopListening)

@@ -51,7 +51,7 @@ class RTMPNameTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = clock_at()
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=self.clock)
-        self.factory = RTMPFactory(self.server)
+        self.factory = RTMPFactory(self.server.access, self.server.clock, self.server.metrics)
 
     def test_hostileIdsRefusedWithTokensOff(self) -> None:
         """

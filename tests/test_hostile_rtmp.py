@@ -203,7 +203,7 @@ class _Harness:
         self.clock = clock_at()
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
                              clock=self.clock)
-        self.factory = RTMPFactory(self.server)
+        self.factory = RTMPFactory(self.server.access, self.server.clock, self.server.metrics)
 
     def publisher(self: Any) -> Peer:
         pub = Peer(self)

@@ -56,7 +56,7 @@ class RTMPInteropBase(procs.ClientsMixin, TestCase):
         self.ffmpeg = require("ffmpeg")
         self.clip = test_clip()
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
-        self.port = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, RTMPFactory(self.server.access, self.server.clock, self.server.metrics), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = "rtmp://127.0.0.1:{}".format(self.port.getHost().port)
         self.startClients()

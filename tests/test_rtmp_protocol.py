@@ -101,7 +101,7 @@ class ProtocolTests(SynchronousTestCase):
         self.clock = clock_at()
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=self.clock)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
-        self.factory = RTMPFactory(self.server)
+        self.factory = RTMPFactory(self.server.access, self.server.clock, self.server.metrics)
 
     def mint(self, streamId="s1", type="publish"):
         t = new_token(streamId, type, NOW + 60)
@@ -258,3 +258,30 @@ class ProtocolTests(SynchronousTestCase):
         player.connect()
         player.command("play", 3, None, "s1", stream_id=1)
         self.assertEqual(player.statuses()[-1]["level"], "error")
+
+    def test_playDisabledKeepsToken(self):
+        """
+        With C{rtmpPlaybackEnabled} off, an RTMP play is answered as the
+        reference server does (C{NetStream.Failed}, "RTMP playback is
+        disabled.") before its token is looked at: the token still plays
+        once the switch is on again.
+        """
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
+                                 playTokenControlEnabled=True, rtmpPlaybackEnabled=False)
+        pub = Peer(self)
+        pub.publish("s1?token=" + self.mint())
+        token = self.mint(type="play")
+        player = Peer(self, "192.0.2.20")
+        player.connect()
+        player.command("play", 3, None, "s1?token=" + token, stream_id=1)
+        status = player.statuses()[-1]
+        self.assertEqual((status["level"], status["code"], status["description"]),
+                         ("error", "NetStream.Failed", "RTMP playback is disabled."))
+        self.assertEqual(self.server.metrics.refusals.labels("rtmp", "play", "disabled")
+                         ._value.get(), 1)
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
+                                 playTokenControlEnabled=True, rtmpPlaybackEnabled=True)
+        again = Peer(self, "192.0.2.21")
+        again.connect()
+        again.command("play", 3, None, "s1?token=" + token, stream_id=1)
+        self.assertIn("NetStream.Play.Start", [st["code"] for st in again.statuses()])

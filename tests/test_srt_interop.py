@@ -113,7 +113,7 @@ class SRTInterop(procs.ClientsMixin, TestCase):
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
         self.srt = SRTListener(self.server)
         self.udp = reactor.listenUDP(0, self.srt, interface="127.0.0.1")
-        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server), interface="127.0.0.1")
+        self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server.access, self.server.clock, self.server.metrics), interface="127.0.0.1")
         self.addCleanup(self.rtmp.stopListening)
         self.addCleanup(self.udp.stopListening)
         self.port = self.udp.getHost().port

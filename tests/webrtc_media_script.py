@@ -253,7 +253,7 @@ def make_server():
     server.apps.replace("LiveApp", publishTokenControlEnabled=True,
                         playTokenControlEnabled=True)
     http = reactor.listenTCP(0, build_site(server), interface="127.0.0.1")
-    rtmp = reactor.listenTCP(0, RTMPFactory(server), interface="127.0.0.1")
+    rtmp = reactor.listenTCP(0, RTMPFactory(server.access, server.clock, server.metrics), interface="127.0.0.1")
     ENGINES[id(server)] = http.factory.resource._webrtc.engine  # for the tests' checks
     return server, http, rtmp
 

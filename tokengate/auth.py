@@ -636,7 +636,7 @@ class Gate:
         self._metrics.refusals.labels(creds.protocol, creds.action, outcome.value).inc()
         if outcome not in _NOT_SUSPICIOUS and creds.peer:
             self._throttle.failed(creds.peer, attempt if attempt is not None
-                                  else _attempt(creds))
+                                  else attemptOf(creds))
         self._log.info(
             "refused {protocol} {action} of {app}/{streamId} from {peer}: {reason}",
             protocol=creds.protocol,
@@ -648,23 +648,29 @@ class Gate:
         )
 
     def login(self, creds: IStreamCredentials, mind: Optional[Any] = None,
-              deadline: Optional[float] = None) -> "Deferred[Grant]":
+              deadline: Optional[float] = None,
+              precheck: Optional[Precheck] = None) -> "Deferred[Grant]":
         """
         Admit C{creds} (fire with a L{Grant}) or fail with L{Refused}.
         C{mind} should provide L{IKickable} and may have C{protocolName} and
         C{peerHost}.  C{deadline}, when given, is the clock's time by which
         the client must have its answer (an SRT caller's connect timeout): a
         throttled attempt that would wait past it is refused at once as
-        L{Outcome.THROTTLED}, its token untouched.
+        L{Outcome.THROTTLED}, its token untouched.  C{precheck}, when given,
+        runs after any throttle wait and before the token is looked at: an
+        outcome it returns refuses the login, the token untouched (the
+        access service's checks).
         """
-        return Deferred.fromCoroutine(self._login(creds, mind, deadline))
+        return Deferred.fromCoroutine(self._login(creds, mind, deadline, precheck))
 
     async def _login(self, creds: IStreamCredentials, mind: Optional[Any],
-                     deadline: Optional[float] = None) -> Grant:
+                     deadline: Optional[float] = None,
+                     precheck: Optional[Precheck] = None) -> Grant:
         try:
             if creds.peer:
                 await self._throttle.admit(creds.peer, deadline)
-            for check in self._prechecks:
+            checks = self._prechecks if precheck is None else [precheck, *self._prechecks]
+            for check in checks:
                 outcome = check(creds)
                 if outcome is not None:
                     raise Refused(outcome)
@@ -687,7 +693,7 @@ class Gate:
         return grant
 
 
-def _attempt(creds: IStreamCredentials) -> bytes:
+def attemptOf(creds: IStreamCredentials) -> bytes:
     """
     What identifies an attempt for the throttle: a digest of the credentials
     (so no token is kept in memory in the clear).

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
+from tokengate.access.service import AccessService
 from .apps import Applications, AppSettings, parse_cidrs
 from .auth import Gate, IStreamCredentials, Throttle, build_gate
 from .media.hub import Hub
@@ -92,6 +93,8 @@ class Server:
     throttle: Optional[Throttle] = None
     dataDir: Optional[str] = None
     gate: Gate = field(init=False)
+    #: the one door of every protocol's publish and play
+    access: AccessService = field(init=False)
     hub: Hub = field(init=False)
     outputs: Any = field(init=False)
     signer: Any = field(init=False)
@@ -127,6 +130,7 @@ class Server:
         from .cluster import revocation_bus
 
         self.revocations = revocation_bus(self)
+        self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording)
         self.gate.addPrecheck(self._liveness)
         self.apps.onChange(self._appChanged)
         m = self.metrics

@@ -380,7 +380,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     if options["rtmp"]:
         from .rtmp.protocol import RTMPFactory
 
-        listener("RTMP", options["rtmp"], RTMPFactory(server), reactor,
+        listener("RTMP", options["rtmp"], RTMPFactory(server.access, server.clock, server.metrics), reactor,
                  addressLimit(server, "rtmp")).setServiceParent(top)
     if options["srt"]:
         from .srt.protocol import SRTListener

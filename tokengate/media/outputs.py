@@ -51,6 +51,13 @@ class Outputs:
         except ValueError:
             return None
 
+    def hasRecording(self, app: str, streamId: str) -> bool:
+        """
+        Whether an MP4 recording of the stream exists (an MP4 play needs one).
+        """
+        path = self.recordingPath(app, streamId)
+        return path is not None and os.path.isfile(path)
+
     def packager(self, app: str, streamId: str) -> Optional[Any]:
         return self._packagers.get((app, streamId))
 

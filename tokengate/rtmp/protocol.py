@@ -47,11 +47,13 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from tokengate.access.names import isValidStreamId
+from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
+from tokengate.access.service import AccessRequest, IAccess, Publication, Refused, Viewing
+from tokengate.auth import IKickable
 from tokengate.logsafe import Logger
-from ..auth import Grant, IKickable, Refused, StreamCredentials
-from ..media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
-from ..tokens import PLAY, PUBLISH, Outcome
+from tokengate.media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
+from tokengate.metrics import Metrics
+from tokengate.tokens import PLAY, PUBLISH, Outcome
 from . import amf0
 from .core import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -136,14 +138,15 @@ class RTMPServerProtocol(Protocol):
         self.app: Optional[str] = None
         self.appPath = ""
         self.peerHost = ""
-        self._nextStreamId = 1
-        self._streamIds: set[int] = set()
+        self._nextMessageStream = 1
+        self._messageStreams: set[int] = set()
         self._pendingLogin = False
-        self.grant: Optional[Grant] = None
+        #: the admitted publish or play (one per connection)
+        self.session: Optional[Publication | Viewing] = None
         self.publishing: Optional[LiveStream] = None
-        self.publishStreamId = 0
+        self.publishMessageStream = 0
         self.playing: Optional[LiveStream] = None
-        self.playStreamId = 0
+        self.playMessageStream = 0
         self._closing = False
         self._timer: Any = None
         self._lastActivity = 0.0
@@ -166,12 +169,12 @@ class RTMPServerProtocol(Protocol):
     # --- connection ---------------------------------------------------------------
 
     @property
-    def _server(self) -> Any:
-        return self.factory.server
+    def _access(self) -> IAccess:
+        return self.factory.access
 
     @property
     def _clock(self) -> Any:
-        return self.factory.server.clock
+        return self.factory.clock
 
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
@@ -249,10 +252,10 @@ class RTMPServerProtocol(Protocol):
                 # Media first, inline: nearly every event is one.
                 t = type(event)
                 if t is AudioData:
-                    if self.publishing is not None and event.stream_id == self.publishStreamId:
+                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
                         self.publishing.audioReceived(event.timestamp, event.payload)
                 elif t is VideoData:
-                    if self.publishing is not None and event.stream_id == self.publishStreamId:
+                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
                         self.publishing.videoReceived(event.timestamp, event.payload)
                 else:
                     self._dispatch(event)
@@ -297,15 +300,13 @@ class RTMPServerProtocol(Protocol):
         self._endSession()
 
     def _endSession(self) -> None:
-        if self.publishing is not None:
-            stream, self.publishing = self.publishing, None
-            stream.end()
+        self.publishing = None
         if self.playing is not None:
             stream, self.playing = self.playing, None
             stream.unsubscribe(self)
-        if self.grant is not None:
-            grant, self.grant = self.grant, None
-            grant.logout()
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.end()
 
     def _closeSoon(self) -> None:
         """
@@ -344,12 +345,11 @@ class RTMPServerProtocol(Protocol):
     def kick(self, reason: str) -> None:
         self._log.info("ending RTMP session of {peer}: {reason}", peer=self.peerHost,
                        reason=reason)
-        self.grant = None  # the gate already ended it
         if self.publishing is not None:
-            self.conn.send_status(self.publishStreamId, "status",
+            self.conn.send_status(self.publishMessageStream, "status",
                                   "NetStream.Unpublish.Success", "Session ended by the server.")
         elif self.playing is not None:
-            self.conn.send_status(self.playStreamId, "status", "NetStream.Play.Stop",
+            self.conn.send_status(self.playMessageStream, "status", "NetStream.Play.Stop",
                                   "Session ended by the server.")
         self._flush()
         self._endSession()
@@ -360,10 +360,10 @@ class RTMPServerProtocol(Protocol):
     def _dispatch(self, event: Any) -> None:
         t = type(event)
         if t is VideoData:
-            if self.publishing is not None and event.stream_id == self.publishStreamId:
+            if self.publishing is not None and event.stream_id == self.publishMessageStream:
                 self.publishing.videoReceived(event.timestamp, event.payload)
         elif t is AudioData:
-            if self.publishing is not None and event.stream_id == self.publishStreamId:
+            if self.publishing is not None and event.stream_id == self.publishMessageStream:
                 self.publishing.audioReceived(event.timestamp, event.payload)
         elif t is Command:
             self._command(event)
@@ -374,7 +374,7 @@ class RTMPServerProtocol(Protocol):
                 self.conn.send_user_control(7, event.data)
 
     def _data(self, event: DataMessage) -> None:
-        if self.publishing is None or event.stream_id != self.publishStreamId:
+        if self.publishing is None or event.stream_id != self.publishMessageStream:
             return
         values = list(event.values)
         if values and values[0] == "@setDataFrame":
@@ -383,7 +383,7 @@ class RTMPServerProtocol(Protocol):
             metadata = dict(values[1])
             size = len(amf0.encode("onMetaData", amf0.ECMAArray(metadata)))
             if size > MAX_METADATA_BYTES:
-                self._server.metrics.refusals.labels("rtmp", "metadata", "too_large").inc()
+                self.factory.metadataRefused.inc()
                 if not self._metadataRefused:
                     self._metadataRefused = True
                     self._log.info(
@@ -411,11 +411,9 @@ class RTMPServerProtocol(Protocol):
         app = app if isinstance(app, str) else ""
         app = app.partition("?")[0].strip("/")
         name, _, rest = app.partition("/")
-        if not self._server.gate.knowsApplication(name):
-            self._server.gate.refused(
-                StreamCredentials(name, "", "connect", None, self.peerHost, "rtmp"),
-                Outcome.NO_APP,
-            )
+        if not self._access.knowsApplication(name):
+            self._access.refuse(AccessRequest(name, "", "connect", "rtmp", self.peerHost),
+                                Outcome.NO_APP)
             self.conn.send_command(0, "_error", cmd.transaction_id, None, {
                 "level": "error",
                 "code": "NetConnection.Connect.Rejected",
@@ -435,15 +433,15 @@ class RTMPServerProtocol(Protocol):
         self._touch(IDLE_TIMEOUT)
 
     def cmd_createStream(self, cmd: Command) -> None:
-        if self.app is None or len(self._streamIds) >= MAX_STREAMS:
+        if self.app is None or len(self._messageStreams) >= MAX_STREAMS:
             self.conn.send_command(0, "_error", cmd.transaction_id, None, {
                 "level": "error", "code": "NetConnection.Call.Failed",
                 "description": "Cannot create a stream."})
             return
-        sid = self._nextStreamId
-        self._nextStreamId += 1
-        self._streamIds.add(sid)
-        self._result(cmd, float(sid))
+        msid = self._nextMessageStream
+        self._nextMessageStream += 1
+        self._messageStreams.add(msid)
+        self._result(cmd, float(msid))
 
     def cmd_releaseStream(self, cmd: Command) -> None:
         self._result(cmd, amf0.UNDEFINED)
@@ -460,86 +458,70 @@ class RTMPServerProtocol(Protocol):
         self._result(cmd, 0.0)
 
     def cmd_deleteStream(self, cmd: Command) -> None:
-        sid = cmd.args[0] if cmd.args else None
-        if isinstance(sid, float) and int(sid) == self.publishStreamId and self.publishing:
+        msid = cmd.args[0] if cmd.args else None
+        if isinstance(msid, float) and int(msid) == self.publishMessageStream and self.publishing:
             self._stopPublishing()
-        elif isinstance(sid, float) and int(sid) == self.playStreamId and self.playing:
+        elif isinstance(msid, float) and int(msid) == self.playMessageStream and self.playing:
             self._stopPlaying()
 
     def cmd_closeStream(self, cmd: Command) -> None:
-        if cmd.stream_id == self.publishStreamId and self.publishing is not None:
+        if cmd.stream_id == self.publishMessageStream and self.publishing is not None:
             self._stopPublishing()
-        elif cmd.stream_id == self.playStreamId and self.playing is not None:
+        elif cmd.stream_id == self.playMessageStream and self.playing is not None:
             self._stopPlaying()
 
     def _stopPublishing(self) -> None:
         stream, self.publishing = self.publishing, None
+        session, self.session = self.session, None
+        if session is not None:
+            session.end()
         if stream is not None:
-            stream.end()
-            self.conn.send_status(self.publishStreamId, "status",
+            self.conn.send_status(self.publishMessageStream, "status",
                                   "NetStream.Unpublish.Success", "Stream unpublished.")
-        if self.grant is not None:
-            grant, self.grant = self.grant, None
-            grant.logout()
 
     def _stopPlaying(self) -> None:
         stream, self.playing = self.playing, None
         if stream is not None:
             stream.unsubscribe(self)
-        if self.grant is not None:
-            grant, self.grant = self.grant, None
-            grant.logout()
+        session, self.session = self.session, None
+        if session is not None:
+            session.end()
         if not self._closing:
             self._touch(IDLE_TIMEOUT)
 
     # --- publish and play ------------------------------------------------------------
 
-    def _request(self, cmd: Command, action: str) -> Optional[tuple[str, Optional[str]]]:
+    def _request(self, cmd: Command, action: str) -> None:
         """
-        Common checks for publish and play; None when refused or busy.
+        A publish or play: parse the stream name and ask the access service,
+        reading nothing more from the client (no media) until it answers.
         """
-        if self.app is None or self._pendingLogin or self.grant is not None:
-            return None
+        if self.app is None or self._pendingLogin or self.session is not None:
+            return
         name = cmd.args[0] if cmd.args else None
-        if not isinstance(name, str) or cmd.stream_id not in self._streamIds:
-            return None
+        if not isinstance(name, str) or cmd.stream_id not in self._messageStreams:
+            return
         streamId, token = parse_stream_name(name, self.appPath)
-        if not isValidStreamId(streamId):
-            self._refuse(cmd.stream_id, action, streamId[:128] or "-", Outcome.INVALID,
-                         StreamCredentials(self.app, streamId[:128], action, None,
-                                           self.peerHost, "rtmp"))
-            return None
-        return streamId, token
-
-    def cmd_publish(self, cmd: Command) -> None:
-        parsed = self._request(cmd, PUBLISH)
-        if parsed is not None:
-            self._login(cmd.stream_id, PUBLISH, *parsed)
-
-    def cmd_play(self, cmd: Command) -> None:
-        parsed = self._request(cmd, PLAY)
-        if parsed is not None:
-            self._login(cmd.stream_id, PLAY, *parsed)
-
-    def _login(self, sid: int, action: str, streamId: str, token: Optional[str]) -> None:
-        assert self.app is not None
-        creds = StreamCredentials(self.app, streamId, action, token, self.peerHost, "rtmp")
+        request = AccessRequest(self.app, streamId, action, "rtmp", self.peerHost, token)
+        msid = cmd.stream_id
         self._pendingLogin = True
-        # Read nothing more (no media) until the token is decided.
         self.transport.pauseProducing()
-        d = self._server.gate.login(creds, self)
+        if action == PUBLISH:
+            d: Any = self._access.publish(request, self)
+        else:
+            d = self._access.play(request, self)
 
-        def granted(grant: Grant) -> None:
+        def admitted(session: Publication | Viewing) -> None:
             self._pendingLogin = False
             if self._closing:
-                grant.logout()
+                session.end()
                 return
             self.transport.resumeProducing()
-            self.grant = grant
-            if action == PUBLISH:
-                self._startPublishing(sid, streamId, creds)
+            self.session = session
+            if isinstance(session, Publication):
+                self._startPublishing(msid, session)
             else:
-                self._startPlaying(sid, streamId, creds)
+                self._startPlaying(msid, session)
             self._flush()
 
         def refused(failure: Any) -> None:
@@ -548,68 +530,75 @@ class RTMPServerProtocol(Protocol):
                 return
             self.transport.resumeProducing()
             failure.trap(Refused)
-            self._refuse(sid, action, streamId, failure.value.outcome, None)
+            self._refuse(msid, action, streamId, failure.value.outcome)
 
         def unexpected(failure: Any) -> None:
-            self._log.failure("RTMP {action} login failed", failure, action=action)
+            self._log.failure("RTMP {action} admission failed", failure, action=action)
             if not self._closing:
-                self._refuse(sid, action, streamId, Outcome.UNAVAILABLE, None)
+                self._refuse(msid, action, streamId, Outcome.UNAVAILABLE)
 
-        d.addCallbacks(granted, refused)
+        d.addCallbacks(admitted, refused)
         d.addErrback(unexpected)
 
-    def _refuse(self, sid: int, action: str, streamId: str, outcome: Outcome,
-                creds: Optional[StreamCredentials]) -> None:
-        if creds is not None:
-            self._server.gate.refused(creds, outcome)
+    def cmd_publish(self, cmd: Command) -> None:
+        self._request(cmd, PUBLISH)
+
+    def cmd_play(self, cmd: Command) -> None:
+        self._request(cmd, PLAY)
+
+    def _refuse(self, msid: int, action: str, streamId: str, outcome: Outcome) -> None:
+        """
+        Answer a refusal the reference server's way (the access service
+        counted it), then close.
+        """
+        if not isValidStreamId(streamId):
+            streamId = streamId[:MAX_STREAM_ID] or "-"
         if action == PUBLISH:
             if outcome is Outcome.IN_USE:
                 desc = "The stream is already being published."
             else:
                 desc = DESC_PUBLISH_REFUSED
-            self.conn.send_status(sid, "error", CODE_BAD_NAME, desc, streamId)
+            self.conn.send_status(msid, "error", CODE_BAD_NAME, desc, streamId)
         elif outcome is Outcome.NOT_LIVE:
-            self.conn.send_status(sid, "error", "NetStream.Play.StreamNotFound",
+            self.conn.send_status(msid, "error", "NetStream.Play.StreamNotFound",
                                   "The stream is not live.", streamId)
+        elif outcome is Outcome.DISABLED:
+            self.conn.send_status(msid, "error", "NetStream.Failed",
+                                  "RTMP playback is disabled.", streamId)
         else:
-            self.conn.send_status(sid, "error", CODE_BAD_NAME, DESC_PLAY_REFUSED, streamId)
+            self.conn.send_status(msid, "error", CODE_BAD_NAME, DESC_PLAY_REFUSED, streamId)
         self._closeSoon()
 
-    def _startPublishing(self, sid: int, streamId: str, creds: StreamCredentials) -> None:
+    def _startPublishing(self, msid: int, publication: Publication) -> None:
+        streamId = publication.request.streamId
         try:
-            stream = self._server.hub.publish(creds.app, streamId, "RTMP")
+            stream = publication.start()
         except StreamInUse:
-            # Lost a race with another publisher after the precheck.
-            grant, self.grant = self.grant, None
-            if grant is not None:
-                grant.logout()
-            self._refuse(sid, PUBLISH, streamId, Outcome.IN_USE, None)
+            # the claim was lost (the application was deleted meanwhile)
+            self.session = None
+            self._refuse(msid, PUBLISH, streamId, Outcome.IN_USE)
             return
         self.publishing = stream
-        self.publishStreamId = sid
+        self.publishMessageStream = msid
         self._admitted = True
         self.conn.set_limits(max_message_size=MAX_MESSAGE, max_pending_bytes=MAX_PENDING,
                              max_amf_message_size=MAX_AMF_MESSAGE)
-        self.conn.send_stream_begin(sid)
-        self.conn.send_status(sid, "status", "NetStream.Publish.Start",
+        self.conn.send_stream_begin(msid)
+        self.conn.send_status(msid, "status", "NetStream.Publish.Start",
                               "{} is now published.".format(streamId), streamId)
         self._touch(IDLE_TIMEOUT)
 
-    def _startPlaying(self, sid: int, streamId: str, creds: StreamCredentials) -> None:
-        stream = self._server.hub.get(creds.app, streamId)
-        if stream is None:
-            grant, self.grant = self.grant, None
-            if grant is not None:
-                grant.logout()
-            self._refuse(sid, PLAY, streamId, Outcome.NOT_LIVE, None)
-            return
-        self.playStreamId = sid
+    def _startPlaying(self, msid: int, viewing: Viewing) -> None:
+        streamId = viewing.request.streamId
+        stream = viewing.stream
+        assert stream is not None
+        self.playMessageStream = msid
         self.playing = stream
         self._admitted = True
-        self.conn.send_stream_begin(sid)
-        self.conn.send_status(sid, "status", "NetStream.Play.Reset",
+        self.conn.send_stream_begin(msid)
+        self.conn.send_status(msid, "status", "NetStream.Play.Reset",
                               "Playing and resetting {}.".format(streamId), streamId)
-        self.conn.send_status(sid, "status", "NetStream.Play.Start",
+        self.conn.send_status(msid, "status", "NetStream.Play.Start",
                               "Started playing {}.".format(streamId), streamId)
         self._touch(PLAYER_IDLE_TIMEOUT)
         stream.subscribe(self)
@@ -625,7 +614,7 @@ class RTMPServerProtocol(Protocol):
         if self._congestedSince is not None:
             self._resync = True
             return
-        self.conn.send_data(self.playStreamId, 0, "onMetaData", amf0.ECMAArray(metadata))
+        self.conn.send_data(self.playMessageStream, 0, "onMetaData", amf0.ECMAArray(metadata))
         self._flush()
 
     def configChanged(self, kind: str, body: bytes, timestamp: int) -> None:
@@ -638,9 +627,9 @@ class RTMPServerProtocol(Protocol):
     def _sendConfig(self, kind: str, body: bytes, timestamp: int) -> None:
         ts = self._rebase(timestamp)
         if kind == VIDEO:
-            self.conn.send_video(self.playStreamId, ts, body)
+            self.conn.send_video(self.playMessageStream, ts, body)
         else:
-            self.conn.send_audio(self.playStreamId, ts, body)
+            self.conn.send_audio(self.playMessageStream, ts, body)
 
     def _resend(self, timestamp: int) -> None:
         """
@@ -652,7 +641,7 @@ class RTMPServerProtocol(Protocol):
         if stream is None:
             return
         if stream.metadata is not None:
-            self.conn.send_data(self.playStreamId, 0, "onMetaData",
+            self.conn.send_data(self.playMessageStream, 0, "onMetaData",
                                 amf0.ECMAArray(stream.metadata))
         if stream.videoConfig is not None:
             self._sendConfig(VIDEO, stream.videoConfig, timestamp)
@@ -671,9 +660,9 @@ class RTMPServerProtocol(Protocol):
                 self._resend(frame.timestamp)
         ts = self._rebase(frame.timestamp)
         if frame.kind == VIDEO:
-            self.conn.send_video(self.playStreamId, ts, frame.body)
+            self.conn.send_video(self.playMessageStream, ts, frame.body)
         else:
-            self.conn.send_audio(self.playStreamId, ts, frame.body)
+            self.conn.send_audio(self.playMessageStream, ts, frame.body)
         stream = self.playing
         if stream is None or not stream.inBurst:
             self._flush()
@@ -691,14 +680,14 @@ class RTMPServerProtocol(Protocol):
         self.playing = None
         if self._closing:
             return
-        sid = self.playStreamId
-        self.conn.send_stream_eof(sid)
-        self.conn.send_status(sid, "status", "NetStream.Play.UnpublishNotify",
+        msid = self.playMessageStream
+        self.conn.send_stream_eof(msid)
+        self.conn.send_status(msid, "status", "NetStream.Play.UnpublishNotify",
                               "The stream was unpublished.")
-        self.conn.send_status(sid, "status", "NetStream.Play.Stop", "Stopped playing.")
-        if self.grant is not None:
-            grant, self.grant = self.grant, None
-            grant.logout()
+        self.conn.send_status(msid, "status", "NetStream.Play.Stop", "Stopped playing.")
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.end()
         self._closeSoon()
 
     # --- IPushProducer: the client's socket tells us when it is full -------------------
@@ -722,13 +711,22 @@ class RTMPServerProtocol(Protocol):
 
 
 class RTMPFactory(Factory):
+    """
+    The RTMP listener's factory.
+
+    @ivar access: the one door for publish and play.
+    @ivar clock: the deadlines' clock.
+    """
+
     protocol = RTMPServerProtocol
 
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.bytesIn = server.metrics.bytes.labels("rtmp", "in")
-        self.bytesOut = server.metrics.bytes.labels("rtmp", "out")
-        self._dropped = server.metrics.dropped
+    def __init__(self, access: IAccess, clock: Any, metrics: Metrics) -> None:
+        self.access = access
+        self.clock = clock
+        self.bytesIn = metrics.bytes.labels("rtmp", "in")
+        self.bytesOut = metrics.bytes.labels("rtmp", "out")
+        self.metadataRefused = metrics.refusals.labels("rtmp", "metadata", "too_large")
+        self._dropped = metrics.dropped
 
     def dropped(self, reason: str) -> None:
         """

@@ -1,0 +1,233 @@
+"""
+The access service: the one door of every protocol's publish and play.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from tokengate.access.service import AccessRequest, AccessService, Publication, Refused, Viewing
+from tokengate.apps import Applications
+from tokengate.auth import build_gate
+from tokengate.media.hub import Hub
+from tokengate.metrics import Metrics
+from tokengate.store.memory import MemoryTokenStore
+from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, new_token
+
+from .helpers import NOW, clock_at
+
+
+class Mind:
+    def __init__(self, protocol="rtmp"):
+        self.protocolName = protocol
+        self.peerHost = "192.0.2.1"
+        self.kicked = []
+
+    def kick(self, reason):
+        self.kicked.append(reason)
+
+
+class SlowStore(MemoryTokenStore):
+    """
+    A memory store whose redemptions wait until released.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = []
+
+    def redeem(self, digest, probe):
+        d = Deferred()
+        self.waiting.append(d)
+        d.addCallback(lambda _: MemoryTokenStore.redeem(self, digest, probe))
+        return d
+
+
+class AccessServiceTests(SynchronousTestCase):
+    def setUp(self, store=None):
+        self.clock = clock_at()
+        self.apps = Applications(None)
+        self.apps.replace("LiveApp", publishTokenControlEnabled=True,
+                          playTokenControlEnabled=True, dashMuxingEnabled=True)
+        self.store = store if store is not None else MemoryTokenStore()
+        self.metrics = Metrics()
+        self.gate = build_gate(self.apps, self.store, self.clock, self.metrics)
+        self.hub = Hub(self.clock)
+        self.recorded = set()
+        self.access = AccessService(self.apps, self.gate, self.hub,
+                                    lambda app, streamId: (app, streamId) in self.recorded)
+
+    def mint(self, streamId="s1", type=PUBLISH):
+        t = new_token(streamId, type, NOW + 60)
+        self.store.add(StoredToken.fromToken("LiveApp", t))
+        return t.tokenId
+
+    def request(self, action, protocol, token=None, streamId="s1", app="LiveApp"):
+        return AccessRequest(app, streamId, action, protocol, "192.0.2.1", token)
+
+    def refusal(self, d):
+        return self.failureResultOf(d, Refused).value.outcome
+
+    def refusals(self, protocol, action, outcome):
+        return self.metrics.refusals.labels(protocol, action, outcome.value)._value.get()
+
+    def live(self, streamId="s1"):
+        publication = self.successResultOf(
+            self.access.publish(self.request(PUBLISH, "rtmp", self.mint(streamId), streamId),
+                                Mind()))
+        publication.start()
+        return publication
+
+    def test_publishClaimsThenStarts(self):
+        publication = self.successResultOf(
+            self.access.publish(self.request(PUBLISH, "srt", self.mint()), Mind("srt")))
+        self.assertIsInstance(publication, Publication)
+        self.assertTrue(self.hub.isTaken("LiveApp", "s1"))
+        self.assertFalse(self.hub.isLive("LiveApp", "s1"))
+        stream = publication.start()
+        self.assertEqual(stream.publishType, "SRT")
+        self.assertIs(self.hub.get("LiveApp", "s1"), stream)
+        publication.end()
+        publication.end()
+        self.assertFalse(self.hub.isTaken("LiveApp", "s1"))
+        self.assertTrue(publication.grant.ended)
+        self.assertEqual(self.gate.registry.grants("LiveApp"), [])
+
+    def test_unstartedPublicationReleasesItsClaim(self):
+        publication = self.successResultOf(
+            self.access.publish(self.request(PUBLISH, "srt", self.mint()), Mind("srt")))
+        publication.end()
+        self.assertFalse(self.hub.isTaken("LiveApp", "s1"))
+        self.assertRaises(Exception, publication.start)
+
+    def test_play(self):
+        self.live()
+        viewing = self.successResultOf(
+            self.access.play(self.request(PLAY, "hls", self.mint(type=PLAY)), Mind("hls")))
+        self.assertIsInstance(viewing, Viewing)
+        self.assertIs(viewing.stream, self.hub.get("LiveApp", "s1"))
+        viewing.end()
+        self.assertTrue(viewing.grant.ended)
+
+    def test_refusalsBeforeRedemptionKeepTheToken(self):
+        """
+        Every reason known before redemption refuses at once, is counted,
+        and leaves the token usable.
+        """
+        publishToken = self.mint("s2")
+        cases = [
+            (self.request(PUBLISH, "rtmp", publishToken, streamId="../s2"), Outcome.INVALID),
+            (self.request(PUBLISH, "rtmp", publishToken, streamId="s2", app="Nope"),
+             Outcome.NO_APP),
+            (self.request(PUBLISH, "hls", publishToken, streamId="s2"), Outcome.INVALID),
+        ]
+        self.live("s1")
+        cases.append((self.request(PUBLISH, "rtmp", self.mint("s1")), Outcome.IN_USE))
+        playToken = self.mint("s3", PLAY)
+        cases += [
+            (self.request(PLAY, "rtmp", playToken, streamId="s3"), Outcome.NOT_LIVE),
+            (self.request(PLAY, "vod", playToken, streamId="s3"), Outcome.NOT_LIVE),
+        ]
+        for request, outcome in cases:
+            call = self.access.publish if request.action == PUBLISH else self.access.play
+            self.assertEqual(self.refusal(call(request, Mind())), outcome, request)
+            self.assertEqual(self.refusals(request.protocol, request.action, outcome), 1)
+        # the tokens still work
+        self.live("s2")
+        self.live("s3")
+        self.successResultOf(self.access.play(self.request(PLAY, "rtmp", playToken, "s3"),
+                                              Mind()))
+
+    def test_switches(self):
+        """
+        The application's switches refuse their protocol as C{disabled},
+        before the token is looked at.
+        """
+        self.live()
+        switches = [
+            ("webRTCEnabled", PUBLISH, "webrtc"),
+            ("webRTCEnabled", PLAY, "webrtc"),
+            ("rtmpPlaybackEnabled", PLAY, "rtmp"),
+            ("hlsMuxingEnabled", PLAY, "hls"),
+            ("dashMuxingEnabled", PLAY, "dash"),
+        ]
+        base = dict(publishTokenControlEnabled=True, playTokenControlEnabled=True,
+                    dashMuxingEnabled=True)
+        for switch, action, protocol in switches:
+            self.apps.replace("LiveApp", **{**base, switch: False})
+            streamId = "w1" if action == PUBLISH else "s1"
+            token = self.mint(streamId, action)
+            request = self.request(action, protocol, token, streamId)
+            call = self.access.publish if action == PUBLISH else self.access.play
+            self.assertEqual(self.refusal(call(request, Mind(protocol))), Outcome.DISABLED,
+                             switch)
+            self.apps.replace("LiveApp", **{**base, switch: True})
+            session = self.successResultOf(call(request, Mind(protocol)))
+            session.end()
+
+    def test_vod(self):
+        self.recorded.add(("LiveApp", "old"))
+        token = self.mint("old", PLAY)
+        viewing = self.successResultOf(
+            self.access.play(self.request(PLAY, "vod", token, "old"), Mind("vod")))
+        self.assertIsNone(viewing.stream)
+
+    def test_spentTokenRefused(self):
+        self.live()
+        token = self.mint(type=PLAY)
+        self.successResultOf(self.access.play(self.request(PLAY, "rtmp", token), Mind()))
+        self.assertEqual(self.refusal(self.access.play(self.request(PLAY, "rtmp", token),
+                                                       Mind())), Outcome.UNKNOWN)
+
+    def test_actionMismatchRefused(self):
+        request = self.request(PLAY, "rtmp", self.mint())
+        self.assertEqual(self.refusal(self.access.publish(request, Mind())), Outcome.INVALID)
+
+    def test_refuseCountsAdapterRefusals(self):
+        self.access.refuse(AccessRequest("LiveApp", "x" * 5000, PUBLISH, "srt", "192.0.2.9"),
+                           Outcome.INVALID)
+        self.assertEqual(self.refusals("srt", PUBLISH, Outcome.INVALID), 1)
+
+
+class RaceTests(SynchronousTestCase):
+    """
+    What changes while a token is being redeemed.
+    """
+
+    def setUp(self):
+        AccessServiceTests.setUp(self, SlowStore())
+
+    mint = AccessServiceTests.mint
+    request = AccessServiceTests.request
+    refusal = AccessServiceTests.refusal
+
+    def release(self):
+        waiting, self.store.waiting = self.store.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def test_publishRace(self):
+        """
+        Two publishers redeeming at once: the second to finish loses the
+        claim, its grant ends and it is refused as C{in_use}.
+        """
+        first = self.access.publish(self.request(PUBLISH, "rtmp", self.mint()), Mind())
+        second = self.access.publish(self.request(PUBLISH, "srt", self.mint()), Mind())
+        self.release()
+        publication = self.successResultOf(first)
+        self.assertEqual(self.refusal(second), Outcome.IN_USE)
+        self.assertEqual([g.protocol for g in self.gate.registry.grants("LiveApp", "s1")],
+                         ["rtmp"])
+        publication.end()
+
+    def test_playOfAStreamThatEnded(self):
+        publication = self.access.publish(self.request(PUBLISH, "rtmp", self.mint()), Mind())
+        self.release()
+        publication = self.successResultOf(publication)
+        publication.start()
+        d = self.access.play(self.request(PLAY, "rtmp", self.mint(type=PLAY)), Mind())
+        publication.end()
+        self.release()
+        self.assertEqual(self.refusal(d), Outcome.NOT_LIVE)
+        self.assertEqual(self.gate.registry.grants("LiveApp", "s1"), [])

@@ -1,0 +1,373 @@
+# -*- test-case-name: tests.test_access_service -*-
+"""
+The access service: the one door every protocol's publish and play go
+through.
+
+An adapter (RTMP, SRT, WebSocket/WebRTC, HTTP playback) translates a wire
+request into an L{AccessRequest} and calls L{AccessService.publish} or
+L{AccessService.play} with itself as the I{mind} (an
+L{tokengate.auth.IKickable}: how the server ends the session).  The service
+alone:
+
+ 1. checks what keeps a token, before any redemption: the stream id's
+    grammar (L{tokengate.access.names}), the application, the switch of the
+    protocol (C{webRTCEnabled}, C{rtmpPlaybackEnabled}, C{hlsMuxingEnabled},
+    C{dashMuxingEnabled}), whether the stream is taken (publish), live
+    (play) or recorded (MP4);
+ 2. logs in through the L{tokengate.auth.Gate} (throttle, then the checks
+    of step 1 again after any throttle wait, then the token the application
+    demands, redeemed once);
+ 3. attaches the session to the hub: a publish claims its stream (nobody
+    else may publish it; L{Publication.start} makes it live), a play gets
+    the live stream;
+ 4. counts and logs every refusal.
+
+It answers with a L{Publication} or a L{Viewing} (the grant and the stream
+attachment) or fails with one L{Refused} carrying an L{Outcome}; the adapter
+turns the outcome into its protocol's refusal (see the table in
+C{docs/development.md}).  Nothing else of the settings, the store or the hub
+is the adapters' business.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+from attrs import define, evolve, field, frozen
+from twisted.internet.defer import Deferred
+
+from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
+from tokengate.apps import AppSettings
+from tokengate.auth import Gate, Grant, Refused, StreamCredentials, attemptOf
+from tokengate.logsafe import Logger
+from tokengate.media.hub import Claim, Hub, LiveStream, StreamInUse
+from tokengate.tokens import PLAY, PUBLISH, Outcome
+
+#: the protocols that publish, and the hub's name for each
+PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC"}
+
+#: the protocols that play
+PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "hls", "dash", "vod"})
+
+
+@frozen
+class AccessRequest:
+    """
+    A publish or play of one stream, as any protocol asks it.
+
+    @ivar app: the application's name.
+    @ivar streamId: the stream's name.
+    @ivar action: L{PUBLISH} or L{PLAY}.
+    @ivar protocol: C{rtmp}, C{srt}, C{webrtc}, C{hls}, C{dash} or C{vod}.
+    @ivar peer: the client's address (host), for throttling and logs.
+    @ivar token: the token presented (one-time or JWT), or None.
+    @ivar roomId: the conference room named by the request, or None.
+    @ivar deadline: the clock's time by which the client must have its
+        answer (an SRT caller's connect timeout), or None.
+    """
+
+    app: str
+    streamId: str
+    action: str
+    protocol: str
+    peer: str = ""
+    token: Optional[str] = field(default=None, repr=False)
+    roomId: Optional[str] = None
+    deadline: Optional[float] = None
+
+    def credentials(self) -> StreamCredentials:
+        """
+        The gate's credentials for this request.
+        """
+        return StreamCredentials(self.app, self.streamId, self.action, self.token or None,
+                                 self.peer, self.protocol, self.roomId or None)
+
+
+class ISettingsLookup(Protocol):
+    """
+    The applications' settings, by name.
+    """
+
+    def get(self, name: str) -> Optional[AppSettings]:
+        """
+        @return: the settings of application C{name}, or None.
+        """
+
+
+RecordingLookup = Callable[[str, str], bool]
+
+
+class IAccess(Protocol):
+    """
+    What a protocol adapter may ask of the access service.
+    """
+
+    def knowsApplication(self, app: str) -> bool:
+        """
+        Whether C{app} names an application.
+        """
+
+    def tokenKind(self, app: str, action: str) -> Optional[str]:
+        """
+        C{"onetime"}, C{"jwt"} or None: what C{app} demands for C{action}.
+        """
+
+    def check(self, request: "AccessRequest") -> Optional[Outcome]:
+        """
+        The checks that keep a token: None, or the refusal's outcome.
+        """
+
+    def refuse(self, request: "AccessRequest", outcome: Outcome,
+               attempt: Optional[bytes] = None) -> None:
+        """
+        Count and log a refusal the adapter decided.
+        """
+
+    def publish(self, request: "AccessRequest", mind: Any) -> "Deferred[Publication]":
+        """
+        Admit a publisher, or fail with L{Refused}.
+        """
+
+    def play(self, request: "AccessRequest", mind: Any) -> "Deferred[Viewing]":
+        """
+        Admit a player, or fail with L{Refused}.
+        """
+
+
+@define(eq=False)
+class Publication:
+    """
+    An admitted publisher: its grant, and its stream claimed on the hub
+    until L{start} makes it live.
+
+    @ivar stream: the live stream once started, else None.
+    """
+
+    request: AccessRequest
+    grant: Grant
+    _claim: Claim = field(repr=False)
+    _hub: Hub = field(repr=False)
+    stream: Optional[LiveStream] = None
+    ended: bool = False
+
+    def start(self) -> LiveStream:
+        """
+        Make the stream live (RTMP and WebRTC at once, SRT at its first
+        media packet).
+
+        @raise StreamInUse: the claim was lost meanwhile (the application
+            was deleted); the publication has ended.
+        """
+        if self.stream is not None:
+            return self.stream
+        if self.ended:
+            raise StreamInUse(self.request.streamId)
+        try:
+            self.stream = self._hub.publish(self.request.app, self.request.streamId,
+                                            PUBLISH_TYPES[self.request.protocol],
+                                            claim=self._claim)
+        except StreamInUse:
+            self.end()
+            raise
+        return self.stream
+
+    def end(self) -> None:
+        """
+        The publisher is gone: end the stream (or give up the claim) and the
+        grant.  Idempotent.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        if self.stream is not None:
+            self.stream.end()
+        else:
+            self._claim.release()
+        self.grant.logout()
+
+
+@define(eq=False)
+class Viewing:
+    """
+    An admitted player: its grant and the live stream it plays (None for
+    an MP4 recording).
+    """
+
+    request: AccessRequest
+    grant: Grant
+    stream: Optional[LiveStream] = None
+    ended: bool = False
+
+    def end(self) -> None:
+        """
+        The player is gone: end the grant.  Idempotent.  (Unsubscribing from
+        the stream is the adapter's business: it subscribed.)
+        """
+        if not self.ended:
+            self.ended = True
+            self.grant.logout()
+
+
+class AccessService:
+    """
+    The one door.  See the module's docstring.
+    """
+
+    _log = Logger()
+
+    def __init__(self, apps: ISettingsLookup, gate: Gate, hub: Hub,
+                 hasRecording: Optional[RecordingLookup] = None) -> None:
+        """
+        @param apps: the applications' settings.
+        @param gate: logs in (throttle, token) and counts.
+        @param hub: the live streams.
+        @param hasRecording: whether an MP4 recording of C{(app, streamId)}
+            exists (MP4 plays need one); None: no recordings.
+        """
+        self._apps = apps
+        self._gate = gate
+        self._hub = hub
+        self._hasRecording = hasRecording
+
+    # --- what adapters ask before a request -------------------------------
+
+    def knowsApplication(self, app: str) -> bool:
+        """
+        Whether C{app} names an application (RTMP asks at C{connect}).
+        """
+        return self._apps.get(app) is not None
+
+    def tokenKind(self, app: str, action: str) -> Optional[str]:
+        """
+        Which token C{app} demands for C{action}: C{"onetime"}, C{"jwt"},
+        or None when it has no token control (or is unknown).
+        """
+        settings = self._apps.get(app)
+        return settings.tokenKind(action) if settings is not None else None
+
+    def check(self, request: AccessRequest) -> Optional[Outcome]:
+        """
+        The checks that keep a token, decided now: None when the request may
+        go on to redemption, else the refusal's outcome (not counted: see
+        L{refuse}).  In order: the stream id's grammar, the application, the
+        protocol's switch, then whether the stream is taken (publish), live
+        (play) or recorded (MP4 play).
+        """
+        if not isValidStreamId(request.streamId):
+            return Outcome.INVALID
+        settings = self._apps.get(request.app)
+        if settings is None:
+            return Outcome.NO_APP
+        if request.action == PUBLISH:
+            if request.protocol not in PUBLISH_TYPES:
+                return Outcome.INVALID
+        elif request.action == PLAY:
+            if request.protocol not in PLAY_PROTOCOLS:
+                return Outcome.INVALID
+        else:
+            return Outcome.INVALID
+        if not _enabled(settings, request.protocol, request.action):
+            return Outcome.DISABLED
+        if request.action == PUBLISH:
+            return Outcome.IN_USE if self._hub.isTaken(request.app, request.streamId) else None
+        if request.protocol == "vod":
+            found = self._hasRecording is not None and self._hasRecording(
+                request.app, request.streamId)
+            return None if found else Outcome.NOT_LIVE
+        return None if self._hub.isLive(request.app, request.streamId) else Outcome.NOT_LIVE
+
+    def refuse(self, request: AccessRequest, outcome: Outcome,
+               attempt: Optional[bytes] = None) -> None:
+        """
+        Count and log a refusal an adapter decided by itself (a request it
+        could not parse, say) or after L{check}.  C{attempt} identifies what
+        was tried, for the throttle (see L{tokengate.auth.Gate.refused}).
+        """
+        creds = request.credentials()
+        if len(creds.streamId) > MAX_STREAM_ID:
+            # a name too long to be one, cut for the log (the throttle's
+            # attempt is what the client sent)
+            if attempt is None:
+                attempt = attemptOf(creds)
+            creds = evolve(creds, streamId=creds.streamId[:MAX_STREAM_ID])
+        self._gate.refused(creds, outcome, attempt)
+
+    # --- admission ----------------------------------------------------------
+
+    def publish(self, request: AccessRequest, mind: Any) -> "Deferred[Publication]":
+        """
+        Admit a publisher: fires with a L{Publication} whose stream is
+        claimed, or fails with L{Refused}.
+        """
+        return Deferred.fromCoroutine(self._publish(request, mind))
+
+    def play(self, request: AccessRequest, mind: Any) -> "Deferred[Viewing]":
+        """
+        Admit a player: fires with a L{Viewing} of the live stream (or of a
+        recording, for C{vod}), or fails with L{Refused}.
+        """
+        return Deferred.fromCoroutine(self._play(request, mind))
+
+    async def _login(self, request: AccessRequest, mind: Any, action: str) -> Grant:
+        if request.action != action:
+            outcome = Outcome.INVALID
+        else:
+            outcome = self.check(request)
+        if outcome is not None:
+            self.refuse(request, outcome)
+            raise Refused(outcome)
+        grant: Grant = await self._gate.login(request.credentials(), mind,
+                                              deadline=request.deadline,
+                                              precheck=self._recheck)
+        return grant
+
+    def _recheck(self, creds: Any) -> Optional[Outcome]:
+        """
+        L{check} again after the throttle's wait (the stream may have been
+        taken or ended meanwhile).
+        """
+        request = AccessRequest(creds.app, creds.streamId, creds.action, creds.protocol)
+        return self.check(request)
+
+    async def _publish(self, request: AccessRequest, mind: Any) -> Publication:
+        grant = await self._login(request, mind, PUBLISH)
+        try:
+            claim = self._hub.claim(request.app, request.streamId)
+        except StreamInUse:
+            # lost a race with another publisher during the redemption
+            grant.logout()
+            self.refuse(request, Outcome.IN_USE)
+            raise Refused(Outcome.IN_USE)
+        return Publication(request, grant, claim, self._hub)
+
+    async def _play(self, request: AccessRequest, mind: Any) -> Viewing:
+        grant = await self._login(request, mind, PLAY)
+        if request.protocol == "vod":
+            return Viewing(request, grant, None)
+        stream = self._hub.get(request.app, request.streamId)
+        if stream is None:
+            # the stream ended during the redemption
+            grant.logout()
+            self.refuse(request, Outcome.NOT_LIVE)
+            raise Refused(Outcome.NOT_LIVE)
+        return Viewing(request, grant, stream)
+
+
+def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
+    """
+    Whether the application's switches let C{protocol} do C{action}.
+    """
+    if protocol == "webrtc":
+        return settings.webRTCEnabled
+    if action == PLAY:
+        if protocol == "rtmp":
+            return settings.rtmpPlaybackEnabled
+        if protocol == "hls":
+            return settings.hlsMuxingEnabled
+        if protocol == "dash":
+            return settings.dashMuxingEnabled
+    return True
+
+
+__all__ = ["AccessRequest", "AccessService", "IAccess", "Publication", "Viewing", "Refused",
+           "ISettingsLookup", "PUBLISH_TYPES", "PLAY_PROTOCOLS"]
