@@ -8,10 +8,9 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tokengate.access.sessions import IPlayGrant, IPublishGrant
 from tokengate.apps import Applications
 from tokengate.auth import (
-    IPlayGrant,
-    IPublishGrant,
     IStreamCredentials,
     Refused,
     StreamCredentials,

@@ -45,8 +45,9 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
+from tokengate.access.sessions import Grant, IKickable
 from tokengate.logsafe import Logger
-from ..auth import Grant, IKickable, Refused, StreamCredentials
+from ..auth import Refused, StreamCredentials
 from ..media.errors import MediaError
 from ..media.hub import Claim, LiveStream, StreamInUse
 from ..media.ts import Audio, AudioConfig, TSDemuxer, Video, VideoConfig

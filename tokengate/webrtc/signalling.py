@@ -33,9 +33,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 
 from tokengate.access.names import isValidStreamId
+from tokengate.access.sessions import Grant, IKickable
 from tokengate.jsonvalue import JSONError, readJSON
 from tokengate.logsafe import Logger
-from ..auth import Grant, IKickable, Refused, StreamCredentials
+from ..auth import Refused, StreamCredentials
 from ..media.hub import LiveStream, StreamInUse
 from ..tokens import PLAY, PUBLISH, Outcome
 from .ice import IceServers
