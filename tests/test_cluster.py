@@ -30,7 +30,6 @@ from tokengate.cluster import (
 )
 from tokengate.server import Server, ServerConfig
 from tokengate.store.redis import RedisTokenStore
-from tokengate.web.playback import HTTPSessions
 from tokengate.web.sessions import InvalidCredential
 
 from .helpers import NOW, clock_at, json_body
@@ -72,8 +71,8 @@ class Mind:
 
 class Node:
     """
-    One tokengate node: a server on the shared Redis, its REST API, and an
-    HTTP session table (as the playback gate keeps).
+    One tokengate node: a server on the shared Redis, its REST API, and its
+    HTTP playback sessions.
     """
 
     def __init__(self, testcase, url: str, keepalive: float = 15.0) -> None:
@@ -82,12 +81,7 @@ class Node:
             apps=Applications(None), store=self.store, clock=reactor,
             config=ServerConfig(sessionSecret=SECRET),
         )
-        self.sessions = HTTPSessions(self.server.signer, reactor)
-
-        class Playback:
-            sessions = self.sessions
-
-        self.server.playback = Playback()
+        self.sessions = self.server.httpSessions
         self.bus = self.server.revocations
         self.bus._keepalive = keepalive
         from tokengate.web.rest import RestAPI
@@ -134,6 +128,22 @@ class Node:
             StreamCredentials("LiveApp", streamId, action, token, peer, "rtmp"), mind
         )
         return grant, mind
+
+    async def httpPlayer(self, streamId="s1", peer="192.0.2.4"):
+        """
+        An HLS player of this node, admitted and indexed as the playback
+        gate does: its session, grant and credential.
+        """
+        if not self.server.hub.isLive("LiveApp", streamId):
+            self.server.hub.publish("LiveApp", streamId, "RTMP")
+        mind = self.sessions.mind("hls", peer)
+        grant = await self.server.gate.login(
+            StreamCredentials("LiveApp", streamId, "play", None, peer, "hls"), mind
+        )
+        now = reactor.seconds()
+        session = self.server.signer.new("LiveApp", streamId, "hls", now)
+        self.sessions.open(mind, grant, session)
+        return session, grant, self.server.signer.issue(session, now)
 
     def httpSession(self, streamId="s1"):
         """
@@ -221,9 +231,8 @@ class ClusterTests(TestCase):
         has its usual shape.
         """
         await self.subscribed()
-        session, credential = self.b.httpSession()
-        httpGrant, _ = await self.b.login(None, action="play", peer="192.0.2.4")
-        self.b.sessions.add(session, httpGrant)
+        session, httpGrant, credential = await self.b.httpPlayer()
+        self.assertEqual(self.b.sessions.count("LiveApp", "s1"), {"hls": 1})
         other, otherCredential = self.b.httpSession(streamId="s2")
         self.assertFalse(self.b.refuses(credential))
         # a credential issued by B works on A too (same secret) until revoked

@@ -226,10 +226,7 @@ class RevocationBus:
             if g.action == "play" and (not onlyBefore or g.started <= when)
         ]
         kicked = registry.kick(players, "revoked")
-        if self._server.playback is not None:
-            kicked += self._server.playback.sessions.revokeStream(app, streamId, when)
-        else:
-            self._server.signer.revokeStream(app, streamId, when)
+        self._server.signer.revokeStream(app, streamId, when)
         return kicked
 
     def _announce(self, kind: str, app: str, streamId: str, when: float) -> "Deferred[None]":

@@ -15,6 +15,7 @@ from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
 from tokengate.access.service import AccessService
+from tokengate.web.playback import HTTPSessions
 from .apps import Applications, AppSettings, parse_cidrs
 from .auth import Gate, IStreamCredentials, Throttle, build_gate
 from .media.hub import Hub
@@ -98,8 +99,8 @@ class Server:
     hub: Hub = field(init=False)
     outputs: Any = field(init=False)
     signer: Any = field(init=False)
-    #: the HTTP playback gate, once the site is built
-    playback: Any = field(init=False, default=None)
+    #: the HTTP playback sessions of this node, over the gate's registry
+    httpSessions: HTTPSessions = field(init=False)
     #: how REST revocations reach this node and the rest of the cluster
     revocations: Any = field(init=False, default=None)
 
@@ -127,6 +128,8 @@ class Server:
             secret = secrets.token_bytes(32)
         self.signer = SessionSigner(secret, idle=self.config.sessionIdle,
                                     vodIdle=self.config.vodIdle)
+        self.httpSessions = HTTPSessions(self.gate.registry, self.signer, self.clock)
+        self.hub.addViewerCounter(self.httpSessions.count)
         from .cluster import revocation_bus
 
         self.revocations = revocation_bus(self)

@@ -62,8 +62,8 @@ class Root(Resource):
 
 def build_site(server: Server) -> TokengateSite:
     api = RestAPI(server)
-    playback = PlaybackGate(server, server.signer, server.outputs)
-    server.playback = playback
+    playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
+                            server.outputs, server.httpSessions)
     from ..webrtc.pages import WebRTCPages
 
     root = Root(server, api.resource(), playback, WebRTCPages(server))
