@@ -259,8 +259,11 @@ class GateRealm:
         self._registry = registry
 
     def requestAvatar(
-        self, avatarId: bytes, mind: Any, *interfaces: Any
+        self, avatarId: "bytes | tuple[()]", mind: Any, *interfaces: Any
     ) -> tuple[Any, Grant, Callable[[], None]]:
+        if not isinstance(avatarId, bytes):
+            # anonymous: the gate's checkers always name what they admitted
+            raise NotImplementedError("an anonymous login has no grant")
         admission = Admission.fromAvatarId(avatarId)
         wanted = GRANT_INTERFACES[admission.action]
         if wanted not in interfaces:

@@ -828,8 +828,10 @@ class PlaybackGate:
             request.setHeader(b"location", "{}.mp4?{}".format(quote(streamId), query).encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
             return b""
+        if path is None:
+            return _fail(request, 404, "No recording of this stream")
         f = RecordingFile(path, defaultType="video/mp4")
-        f.type, f.encoding = "video/mp4", None
+        f.type, f.encoding = "video/mp4", None  # type: ignore[assignment]
         return f.render(request)
 
 
