@@ -383,6 +383,8 @@ class PlaybackGate:
     #: repeats of their token (beyond, a repeat goes through admission)
     maxPending = 10_000
     maxWaiters = 16
+    #: the most requests for the access service's checks kept (see _checked)
+    maxCheckRequests = 10_000
 
     def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics,
                  signer: SessionSigner, outputs: "IMediaOutputs", sessions: HTTPSessions,
@@ -408,6 +410,7 @@ class PlaybackGate:
         # (token digest, peer) -> the requests waiting for that token's
         # redemption in flight from that address
         self._pending: dict[tuple[str, str], list[Deferred[None]]] = {}
+        self._checkRequests: dict[tuple[str, str, str], AccessRequest] = {}
 
     # --- parsing -------------------------------------------------------------
 
@@ -501,10 +504,10 @@ class PlaybackGate:
         by the packager, and an admission is refused by the access service.
         """
         protocol = _PROTOCOLS.get(what, "hls")
-        outcome = self.access.check(AccessRequest(app, streamId, PLAY, protocol, peer, token))
+        outcome = self.access.check(self._checked(app, streamId, protocol))
         if outcome is Outcome.DISABLED and what == "resource":
             protocol = "dash"
-            outcome = self.access.check(AccessRequest(app, streamId, PLAY, protocol, peer, token))
+            outcome = self.access.check(self._checked(app, streamId, protocol))
         if outcome is Outcome.NOT_LIVE and protocol != "vod":
             return protocol, None
         return protocol, outcome
@@ -527,6 +530,20 @@ class PlaybackGate:
             except InvalidCredential:
                 pass
         return None
+
+    def _checked(self, app: str, streamId: str, protocol: str) -> AccessRequest:
+        """
+        The request the checks are asked about (they depend on neither the
+        peer nor the token): made once per stream and protocol, not once per
+        segment request.  Bounded: cleared whole when full.
+        """
+        key = (app, streamId, protocol)
+        request = self._checkRequests.get(key)
+        if request is None:
+            if len(self._checkRequests) >= self.maxCheckRequests:
+                self._checkRequests.clear()
+            request = self._checkRequests[key] = AccessRequest(app, streamId, PLAY, protocol)
+        return request
 
     async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
                           token: Optional[str], now: float) -> Session:
