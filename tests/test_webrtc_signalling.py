@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from tokengate.apps import Applications
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, new_token
+from tokengate.tokens import StoredToken, digest, new_token
 from tokengate.web.resource import build_site
 from tokengate.webrtc import signalling
 
@@ -261,6 +261,63 @@ class Signalling(SignallingBase):
         await d.expect(command="error", definition="unauthorized_access", streamId="s1")
         c.send(command="stop", streamId="s1")
         await c.expect(command="notification", definition="play_finished", streamId="s1")
+
+    def refusals(self, action: str, reason: str) -> float:
+        return self.server.metrics.refusals.labels("webrtc", action, reason)._value.get()
+
+    async def test_invalid_stream_id_keeps_token(self) -> None:
+        """
+        A malformed stream id is refused before any token is looked at.
+        """
+        c = await self.ws()
+        token = self.mint("s1")
+        for bad in ("s 1", ".s1", "s1/x", "s" * 129):
+            c.send(command="publish", streamId=bad, token=token)
+            await c.expect(command="error", definition="invalidStreamName", streamId=bad[:128])
+        self.assertEqual(self.refusals("publish", "invalid"), 4)
+        self.assertIn(digest(token), self.server.store._tokens)
+        await self.publish(c, "s1")  # with a fresh token: now spend the first one
+        c.send(command="stop", streamId="s1")
+        await c.expect(command="notification", definition="publish_finished")
+        c.send(command="publish", streamId="s1", token=token)
+        await c.expect(command="start", streamId="s1")
+
+    async def test_webrtc_disabled_keeps_token(self) -> None:
+        """
+        webRTCEnabled false: publish is answered webrtc_not_enabled, play
+        with Ant Media Server's not-found answer whose reason is
+        webrtc_not_enabled; neither spends its token, both work once the
+        switch is on again.
+        """
+        pub = await self.ws()
+        await self.publish(pub, "live")
+        self.server.apps.replace("LiveApp", webRTCEnabled=False)
+        c = await self.ws()
+        publishToken = self.mint("s1")
+        c.send(command="publish", streamId="s1", token=publishToken)
+        m = await c.expect(command="error", streamId="s1")
+        self.assertEqual(m, {"command": "error", "definition": "webrtc_not_enabled",
+                             "streamId": "s1"})
+        playToken = self.mint("live", "play")
+        c.send(command="play", streamId="live", token=playToken)
+        m = await c.expect(command="error", streamId="live")
+        self.assertEqual(m, {"command": "error", "definition": "no_stream_exist",
+                             "streamId": "live", "error_code": "404",
+                             "information": "webrtc_not_enabled"})
+        self.assertEqual(self.refusals("publish", "disabled"), 1)
+        self.assertEqual(self.refusals("play", "disabled"), 1)
+        self.assertEqual(self.server.gate.registry.grants("LiveApp", "s1"), [])
+        stored = self.server.store._tokens  # the memory store: a peek, no redemption
+        self.assertIn(digest(publishToken), stored)
+        self.assertIn(digest(playToken), stored)
+        # no engine was asked for a peer connection
+        self.assertEqual([p.kind for p in self.engine.peers], ["publish"])
+        self.server.apps.replace("LiveApp", webRTCEnabled=True)
+        c.send(command="publish", streamId="s1", token=publishToken)
+        await c.expect(command="start", streamId="s1")
+        c.send(command="play", streamId="live", token=playToken)
+        m = await c.expect(command="takeConfiguration", streamId="live")
+        self.assertEqual(m["type"], "offer")
 
     async def test_other_commands(self) -> None:
         c = await self.ws()

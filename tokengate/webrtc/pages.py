@@ -60,7 +60,8 @@ class WebRTCPages:
             engine = make_engine(server, reactor)
         self.engine = engine
         ice = IceServers.fromConfig(server.config)
-        self.factory = SignallingFactory(server, engine, ice=ice)
+        self.factory = SignallingFactory(server.access, server.clock, server.metrics, server.hub,
+                                         engine, ice=ice)
         if ice.uris:
             self._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
         own = [s["urls"] for s in getattr(server.config, "serverIceServers", None) or ()]
