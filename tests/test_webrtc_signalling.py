@@ -319,6 +319,29 @@ class Signalling(SignallingBase):
         m = await c.expect(command="takeConfiguration", streamId="live")
         self.assertEqual(m["type"], "offer")
 
+    async def test_stream_info(self) -> None:
+        """
+        getStreamInfo reports the live stream's size and codecs, read from
+        its H.264 configuration.
+        """
+        from tokengate.media.codecs import (
+            AVC_SEQUENCE_HEADER,
+            build_avcc_from_sps_pps,
+            build_sps,
+            build_video_tag,
+        )
+
+        c = await self.ws()
+        await self.publish(c, "s1")
+        stream = self.server.hub.get("LiveApp", "s1")
+        avcc = build_avcc_from_sps_pps(build_sps(66, 30, 640, 360), b"\x68\xce\x3c\x80")
+        stream.videoReceived(0, build_video_tag(1, avcc, avc_packet_type=AVC_SEQUENCE_HEADER))
+        c.send(command="getStreamInfo", streamId="s1")
+        m = await c.expect(command="streamInformation", streamId="s1")
+        info = m["streamInfo"][0]
+        self.assertEqual((info["streamWidth"], info["streamHeight"], info["videoCodec"],
+                          info["audioCodec"]), (640, 360, "H264", ""))
+
     async def test_other_commands(self) -> None:
         c = await self.ws()
         c.send(command="takeConfiguration", streamId="s1", type="offer", sdp="x")

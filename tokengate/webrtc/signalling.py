@@ -351,7 +351,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             try:
                 from ..media.codecs import AVCDecoderConfigurationRecord
 
-                sps = AVCDecoderConfigurationRecord.parse(stream.videoConfig[5:]).parsed_sps
+                sps = AVCDecoderConfigurationRecord.parse(stream.videoConfig[5:]).parsed_sps()
                 info.update(streamWidth=sps.width, streamHeight=sps.height, videoCodec="H264")
             except Exception:
                 info["videoCodec"] = "H264"
