@@ -44,6 +44,7 @@ import os
 import secrets
 from typing import Any, Optional
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
@@ -190,7 +191,7 @@ class SRTListener(DatagramProtocol):
 
     _log = Logger()
 
-    def __init__(self, access: IAccess, clock: Any, metrics: Metrics,
+    def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics,
                  latency_ms: int = 120) -> None:
         """
         @param access: the one door: every caller's publish goes through it.
@@ -236,6 +237,11 @@ class SRTListener(DatagramProtocol):
 
     # --- datagrams -----------------------------------------------------------------
 
+    def _send(self, data: bytes, addr: Any) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data, addr)
+
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         now = self.clock.seconds()
         self._bytesIn.inc(len(data))
@@ -249,8 +255,10 @@ class SRTListener(DatagramProtocol):
                 return
             session = self.sessions.get(dst)
             events = conn.receive(data, now)
-            for out in conn.data_to_send():
-                self.transport.write(out, addr)
+            transport = self.transport
+            if transport is not None:
+                for out in conn.data_to_send():
+                    transport.write(out, addr)
         except SRTProtocolError:
             return  # a malformed datagram is dropped; the connection goes on
         if session is not None:
@@ -275,7 +283,7 @@ class SRTListener(DatagramProtocol):
                 continue
             try:
                 for out in conn.tick(now):
-                    self.transport.write(out, conn.peer)
+                    self._send(out, conn.peer)
                 self._events(session, conn.take_events())
             except Exception:
                 self._log.failure("SRT connection tick failed")
@@ -302,13 +310,13 @@ class SRTListener(DatagramProtocol):
             self.access.refuse(AccessRequest("", "", PUBLISH, "srt", addr[0]), Outcome.INVALID,
                                attempt=_attempt("rejected", str(decision.code)))
             if decision.data:
-                self.transport.write(decision.data, addr)
+                self._send(decision.data, addr)
         elif isinstance(decision, Reply) and decision.data:
-            self.transport.write(decision.data, addr)
+            self._send(decision.data, addr)
 
     def _reject(self, decision: NeedsAuthorization, code: int) -> None:
         reply = self.listener.reject(decision, code, self.clock.seconds())
-        self.transport.write(reply, decision.peer)
+        self._send(reply, decision.peer)
 
     def _authorize(self, decision: NeedsAuthorization, addr: Any) -> None:
         """
@@ -338,7 +346,7 @@ class SRTListener(DatagramProtocol):
             session.publication = publication
             session.conn = conn
             self.sessions[conn.socket_id] = session
-            self.transport.write(reply, decision.peer)
+            self._send(reply, decision.peer)
 
         def refused(failure: Any) -> None:
             failure.trap(Refused)

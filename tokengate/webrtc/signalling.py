@@ -32,6 +32,7 @@ from typing import Any, Optional
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from tokengate.access.names import isValidStreamId
@@ -238,7 +239,8 @@ class SignallingProtocol(WebSocketServerProtocol):
     def onConnect(self, request: Any) -> None:
         parts = [p for p in request.path.split("/") if p]
         self.app = parts[0] if parts else ""
-        self.peerHost = getattr(self.transport.getPeer(), "host", "")
+        transport = self.transport
+        self.peerHost = getattr(transport.getPeer(), "host", "") if transport is not None else ""
         self._bucket = _TokenBucket(self._clock, RATE_BURST, RATE_PER_SECOND)
 
     def onOpen(self) -> None:
@@ -583,7 +585,7 @@ class SignallingFactory(WebSocketServerFactory):
     protocol = SignallingProtocol
     _log = Logger()
 
-    def __init__(self, access: IAccess, clock: Any, metrics: Metrics, hub: Hub,
+    def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics, hub: Hub,
                  engine: Any = None, stunServerUri: str = "",
                  ice: Optional[IceServers] = None) -> None:
         """
@@ -619,6 +621,6 @@ class SignallingFactory(WebSocketServerFactory):
         self.connections.discard(proto)
 
 
-def build_websocket_resource(access: IAccess, clock: Any, metrics: Metrics, hub: Hub,
+def build_websocket_resource(access: IAccess, clock: IReactorTime, metrics: Metrics, hub: Hub,
                              engine: Any = None) -> WebSocketResource:
     return WebSocketResource(SignallingFactory(access, clock, metrics, hub, engine))
