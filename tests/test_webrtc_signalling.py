@@ -18,12 +18,12 @@ from autobahn.twisted.websocket import (
 )
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, succeed
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tokengate.apps import Applications
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, digest, new_token
+from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, digest, new_token
 from tokengate.web.resource import build_site
 from tokengate.webrtc import signalling
 
@@ -433,3 +433,35 @@ class NoMedia(TestCase):
         await c.expect(command="pong")
         c.proto.sendClose()
         await c.factory.closed
+
+
+class RefusalMessages(SynchronousTestCase):
+    """
+    Every access outcome's answer on the WebSocket (the table in
+    docs/development.md).
+    """
+
+    def test_everyOutcome(self) -> None:
+        tokenRefusal = {"command": "error", "definition": "unauthorized_access", "streamId": "s"}
+        for action in (PUBLISH, PLAY):
+            for outcome in Outcome:
+                if outcome is Outcome.GRANTED:
+                    continue
+                m = signalling.refusalMessage(outcome, action, "s")
+                if outcome is Outcome.IN_USE:
+                    expected = dict(tokenRefusal, definition="streamIdInUse")
+                elif outcome is Outcome.UNAVAILABLE:
+                    expected = dict(tokenRefusal, definition="data_store_not_available")
+                elif outcome is Outcome.NOT_LIVE:
+                    expected = dict(tokenRefusal, definition="no_stream_exist", error_code="404",
+                                    information="stream_not_exist_or_not_streaming")
+                elif outcome is Outcome.DISABLED and action == PLAY:
+                    expected = dict(tokenRefusal, definition="no_stream_exist", error_code="404",
+                                    information="webrtc_not_enabled")
+                elif outcome is Outcome.DISABLED:
+                    expected = dict(tokenRefusal, definition="webrtc_not_enabled")
+                else:
+                    expected = tokenRefusal
+                self.assertEqual(m, expected, (action, outcome))
+                # the reference server's key order, byte for byte
+                self.assertEqual(list(m), list(expected), (action, outcome))

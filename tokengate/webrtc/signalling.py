@@ -5,7 +5,7 @@ with the JSON messages of Ant Media Server's JavaScript SDK.
 
 A client sends ``publish`` or ``play`` with a stream id and a token; the
 request goes through the access service (L{tokengate.access.service},
-protocol C{webrtc}).  A refusal is an C{error} message (see L{refusal}:
+protocol C{webrtc}).  A refusal is an C{error} message (see L{refusalMessage}:
 C{unauthorized_access} with the stream id for any token refusal;
 C{streamIdInUse}, C{no_stream_exist} and, when the application's
 C{webRTCEnabled} is off, C{webrtc_not_enabled} are decided before the token
@@ -81,7 +81,7 @@ NOT_STREAMING = "stream_not_exist_or_not_streaming"
 WEBRTC_NOT_ENABLED = "webrtc_not_enabled"
 
 
-def refusal(outcome: Outcome, action: str, streamId: str) -> dict[str, Any]:
+def refusalMessage(outcome: Outcome, action: str, streamId: str) -> dict[str, Any]:
     """
     The C{error} message that answers a publish or play of C{streamId}
     refused with C{outcome}.
@@ -351,7 +351,7 @@ class SignallingProtocol(WebSocketServerProtocol):
                                 "audioBitrate": 0, "videoCodec": "", "audioCodec": ""}
         if stream.videoConfig is not None:
             try:
-                from ..media.codecs import AVCDecoderConfigurationRecord
+                from tokengate.media.codecs import AVCDecoderConfigurationRecord
 
                 sps = AVCDecoderConfigurationRecord.parse(stream.videoConfig[5:]).parsed_sps()
                 info.update(streamWidth=sps.width, streamHeight=sps.height, videoCodec="H264")
@@ -426,7 +426,7 @@ class SignallingProtocol(WebSocketServerProtocol):
         if self.sessions.get(session.streamId) is session:
             del self.sessions[session.streamId]
         session.state = "closed"
-        self.send(refusal(failure.value.outcome, session.action, session.streamId))
+        self.send(refusalMessage(failure.value.outcome, session.action, session.streamId))
 
     def _unexpected(self, failure: Any, session: StreamSession) -> None:
         self._log.failure("WebRTC {action} of {streamId} failed", failure,
