@@ -129,7 +129,8 @@ class Server:
         from .media.outputs import Outputs
         from .web.sessions import SessionSigner, load_or_create_secret
 
-        self.outputs = Outputs(self, self.dataDir, partTarget=self.config.partTarget)
+        self.outputs = Outputs(self.apps, self.hub, self.clock, self.metrics, self.dataDir,
+                               partTarget=self.config.partTarget)
         if self.config.sessionSecret:
             secret = self.config.sessionSecret.encode("utf-8")
         elif self.dataDir:
