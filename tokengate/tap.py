@@ -388,7 +388,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     if options["srt"]:
         from .srt.protocol import SRTListener
 
-        UDPListenerService("SRT", options["srt"], SRTListener(server), reactor).setServiceParent(top)
+        UDPListenerService("SRT", options["srt"],
+                           SRTListener(server.access, server.clock, server.metrics),
+                           reactor).setServiceParent(top)
     purge = TimerService(server.config.purgeInterval, top.purge)
     purge.setServiceParent(top)
     TimerService(10.0, top.sweep).setServiceParent(top)

@@ -64,8 +64,8 @@ def build_site(server: Server) -> TokengateSite:
     api = RestAPI(server)
     playback = PlaybackGate(server, server.signer, server.outputs)
     server.playback = playback
-    from ..webrtc.pages import WebRTCPages
+    from tokengate.webrtc.pages import buildWebRTCPages
 
-    root = Root(server, api.resource(), playback, WebRTCPages(server))
+    root = Root(server, api.resource(), playback, buildWebRTCPages(server))
     return TokengateSite(root, maxBodySize=server.config.maxBodySize, metrics=server.metrics,
                          requestTimeout=server.config.requestTimeout)
