@@ -39,6 +39,7 @@ from tokengate.web.sessions import InvalidCredential
 
 from .helpers import NOW, clock_at, json_body
 from .redisserver import start_redis_server
+from tests.fixtures import restAPI
 
 BASE = "http://127.0.0.1:5080"
 SECRET = "s" * 32
@@ -91,9 +92,7 @@ class Node:
         self.revoker = self.server.revoker
         self.bus = self.revoker.transport
         self.bus.keepalive = keepalive
-        from tokengate.web.rest import RestAPI
-
-        self.rest = StubTreq(RestAPI(self.server).resource())
+        self.rest = StubTreq(restAPI(self.server).resource())
         # cleanups run last-in first-out: the revoker stops before the
         # store, the store before the client they share
         testcase.addCleanup(self.redis.close)

@@ -61,7 +61,8 @@ class Root(Resource):
 
 
 def build_site(server: Server) -> TokengateSite:
-    api = RestAPI(server)
+    api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
+                  server.clock, server.metrics, server.config)
     playback = PlaybackGate(server, server.signer, server.outputs)
     server.playback = playback
     from tokengate.webrtc.pages import buildWebRTCPages
