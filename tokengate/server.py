@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
+from tokengate.access.revocation import (
+    HORIZON_MARGIN,
+    LocalTransport,
+    RedisTransport,
+    RevocationTransport,
+    Revoker,
+)
 from tokengate.access.service import AccessService
 from tokengate.web.playback import HTTPSessions
 from .apps import Applications, AppSettings, parse_cidrs
@@ -22,6 +29,9 @@ from .media.hub import Hub
 from .metrics import Metrics
 from .store import ITokenStore
 from .tokens import PUBLISH, Outcome
+
+if TYPE_CHECKING:
+    from tokengate.redisclient import RedisClient
 
 
 @define
@@ -93,6 +103,9 @@ class Server:
     metrics: Metrics = field(factory=Metrics)
     throttle: Optional[Throttle] = None
     dataDir: Optional[str] = None
+    #: the Redis client shared by a Redis token store and the revocation
+    #: service's cluster transport (None: revocation is local)
+    redis: Optional[RedisClient] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -101,8 +114,8 @@ class Server:
     signer: Any = field(init=False)
     #: the HTTP playback sessions of this node, over the gate's registry
     httpSessions: HTTPSessions = field(init=False)
-    #: how REST revocations reach this node and the rest of the cluster
-    revocations: Any = field(init=False, default=None)
+    #: the revocation service: this node, then the rest of the cluster
+    revoker: Revoker = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -117,7 +130,8 @@ class Server:
         from .media.outputs import Outputs
         from .web.sessions import SessionSigner, load_or_create_secret
 
-        self.outputs = Outputs(self, self.dataDir, partTarget=self.config.partTarget)
+        self.outputs = Outputs(self.apps, self.hub, self.clock, self.metrics, self.dataDir,
+                               partTarget=self.config.partTarget)
         if self.config.sessionSecret:
             secret = self.config.sessionSecret.encode("utf-8")
         elif self.dataDir:
@@ -130,9 +144,20 @@ class Server:
                                     vodIdle=self.config.vodIdle)
         self.httpSessions = HTTPSessions(self.gate.registry, self.signer, self.clock)
         self.hub.addViewerCounter(self.httpSessions.count)
-        from .cluster import revocation_bus
-
-        self.revocations = revocation_bus(self)
+        transport: RevocationTransport
+        if self.redis is not None:
+            horizon = max(self.signer.idle, self.signer.vodIdle) + HORIZON_MARGIN
+            transport = RedisTransport(self.redis, self.clock, horizon)
+        else:
+            transport = LocalTransport()
+        self.revoker = Revoker(
+            registry=self.gate.registry,
+            credentials=self.signer,
+            apps=self.apps,
+            clock=self.clock,
+            metrics=self.metrics,
+            transport=transport,
+        )
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording)
         self.gate.addPrecheck(self._liveness)
         self.apps.onChange(self._appChanged)

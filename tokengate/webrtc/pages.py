@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import os
-from typing import Any, Optional
+from typing import Any, Container, Optional
 
 from twisted.web.resource import Resource
 from twisted.web.static import File
@@ -47,27 +47,27 @@ class PublishPage(Resource):
 
 
 class WebRTCPages:
+    """
+    The WebSocket and the WebRTC pages of every application.
+
+    @ivar factory: the signalling's factory.
+    @ivar engine: the media engine (or None).
+    """
+
     _log = Logger()
 
-    def __init__(self, server: Any, engine: Any = None) -> None:
-        from twisted.internet import reactor
-
+    def __init__(self, apps: Container[str], factory: SignallingFactory,
+                 engine: Any = None) -> None:
+        """
+        @param apps: the applications' names (pages exist for these only).
+        @param factory: the signalling behind C{/{App}/websocket}.
+        @param engine: the media engine the signalling uses.
+        """
         from autobahn.twisted.resource import WebSocketResource
 
-        if engine is None:
-            from .media import make_engine
-
-            engine = make_engine(server, reactor)
+        self._apps = apps
+        self.factory = factory
         self.engine = engine
-        ice = IceServers.fromConfig(server.config)
-        self.factory = SignallingFactory(server, engine, ice=ice)
-        if ice.uris:
-            self._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
-        own = [s["urls"] for s in getattr(server.config, "serverIceServers", None) or ()]
-        if own:
-            self._log.info("The server's WebRTC peer connections use ICE servers {uris}",
-                           uris=", ".join(map(str, own)))
-        self._server = server
         self._ws = WebSocketResource(self.factory)
         self._scripts = {name: File(os.path.join(STATIC, path))
                          for name, path in SCRIPTS.items()}
@@ -77,7 +77,7 @@ class WebRTCPages:
             app = name.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        if app not in self._server.apps:
+        if app not in self._apps:
             return None
         postpath = request.postpath
         if not postpath or postpath == [b""]:
@@ -90,3 +90,27 @@ class WebRTCPages:
                 request.prepath.append(postpath.pop(0))
                 return self._scripts[request.prepath[-1]]
         return None
+
+
+def buildWebRTCPages(server: Any, engine: Any = None) -> WebRTCPages:
+    """
+    Build the signalling and its pages from the server's collaborators:
+    the media engine (made for the running reactor unless given), the ICE
+    servers of the configuration.
+    """
+    from twisted.internet import reactor
+
+    if engine is None:
+        from tokengate.webrtc.media import make_engine
+
+        engine = make_engine(server, reactor)
+    ice = IceServers.fromConfig(server.config)
+    if ice.uris:
+        WebRTCPages._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
+    own = [s["urls"] for s in getattr(server.config, "serverIceServers", None) or ()]
+    if own:
+        WebRTCPages._log.info("The server's WebRTC peer connections use ICE servers {uris}",
+                              uris=", ".join(map(str, own)))
+    factory = SignallingFactory(server.access, server.clock, server.metrics, server.hub, engine,
+                                ice=ice)
+    return WebRTCPages(server.apps, factory, engine)
