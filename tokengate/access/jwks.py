@@ -78,7 +78,7 @@ class IJWTKeySource(Interface):
     Where the public keys of RS256 JWTs come from.
     """
 
-    def keyFor(kid):
+    def keyFor(kid: Optional[str]) -> "Deferred[Any]":
         """
         The public key for a token's C{kid} (C{str} or L{None}).
 
@@ -87,7 +87,7 @@ class IJWTKeySource(Interface):
             (C{unknown_key}, C{jwks_unavailable}).
         """
 
-    def seconds():  # type: ignore[misc]
+    def seconds() -> float:
         """
         The time by which C{exp} and C{nbf} are judged.
         """

@@ -120,7 +120,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from struct import Struct
-from typing import Any, Callable
+from typing import Callable, Union
 
 from attrs import frozen
 
@@ -135,6 +135,7 @@ __all__ = [
     "AudioData",
     "Command",
     "DataMessage",
+    "Event",
     "HandshakeComplete",
     "RTMPConnection",
     "RTMPProtocolError",
@@ -233,8 +234,8 @@ class Command:
     timestamp: int
     name: str
     transaction_id: float
-    command_object: Any
-    args: tuple
+    command_object: amf0.AMFValue
+    args: tuple[amf0.AMFValue, ...]
 
 
 @frozen
@@ -246,7 +247,7 @@ class DataMessage:
 
     stream_id: int
     timestamp: int
-    values: tuple
+    values: tuple[amf0.AMFValue, ...]
 
 
 @frozen
@@ -316,6 +317,29 @@ class UnknownMessage:
     payload: bytes
 
 
+#: What L{RTMPConnection.receive_data} returns a list of.
+Event = Union[
+    HandshakeComplete,
+    Command,
+    DataMessage,
+    AudioData,
+    VideoData,
+    UserControl,
+    WindowAckSize,
+    SetPeerBandwidth,
+    Acknowledgement,
+    SetChunkSize,
+    Abort,
+    UnknownMessage,
+]
+
+#: A protocol control or user control message.
+_Control = Union[UserControl, SetChunkSize, Abort, Acknowledgement, WindowAckSize, SetPeerBandwidth]
+
+#: One piece of outgoing bytes (a chunk header, or a view of a payload).
+_Out = Union[bytes, memoryview]
+
+
 # ----------------------------------------------------------------- writing
 
 
@@ -340,7 +364,7 @@ def _check_message(stream_id: int, type_id: int, length: int) -> None:
         raise ValueError(f"message of {length} bytes is too long for RTMP")
 
 
-def _fmt0(csid: int, stream_id: int, type_id: int, ts: int, length: int):
+def _fmt0(csid: int, stream_id: int, type_id: int, ts: int, length: int) -> tuple[bytes, bytes]:
     """
     The first-chunk header and the continuation-chunk header of a message
     sent with a fmt 0 header.
@@ -364,7 +388,7 @@ def _fmt0(csid: int, stream_id: int, type_id: int, ts: int, length: int):
 
 
 def _chunk_into(
-    append: Callable[[Any], None], head: bytes, cont: bytes, payload: bytes, size: int
+    append: Callable[[_Out], None], head: bytes, cont: bytes, payload: bytes, size: int
 ) -> None:
     n = len(payload)
     append(head)
@@ -396,7 +420,7 @@ def encode_message(
     _check_message(stream_id, type_id, len(payload))
     payload = bytes(payload)
     head, cont = _fmt0(csid, stream_id, type_id, timestamp & _MASK32, len(payload))
-    parts: list = []
+    parts: list[_Out] = []
     _chunk_into(parts.append, head, cont, payload, chunk_size)
     return b"".join(parts)
 
@@ -483,7 +507,7 @@ class RTMPConnection:
 
         # handshake
         self._hs_buf = bytearray()
-        self._hs_out: list[bytes] = []
+        self._hs_out: list[_Out] = []
         self._sent_hs: bytes = b""  # our C1 or S1
         # chunk layer, receiving
         self._tail = b""  # an incomplete chunk header
@@ -495,7 +519,7 @@ class RTMPConnection:
         self._ack_window = 0
         self._last_ack = 0
         # chunk layer, sending
-        self._out: list = []
+        self._out: list[_Out] = []
         self._out_open = False  # the handshake is complete
         self._out_chunk_size = DEFAULT_CHUNK_SIZE
         self._out_last: dict[int, tuple[int, int]] = {}  # csid: (sid, ts)
@@ -564,7 +588,7 @@ class RTMPConnection:
     def handshake_complete(self) -> bool:
         return self._state == _CHUNKS
 
-    def receive_data(self, data: bytes) -> list:
+    def receive_data(self, data: bytes) -> list[Event]:
         """
         Feed bytes from the peer; return the events they complete.
 
@@ -578,7 +602,7 @@ class RTMPConnection:
         if not data:
             return []
         self.bytes_received += len(data)
-        events: list = []
+        events: list[Event] = []
         try:
             if self._state != _CHUNKS:
                 data = self._receive_handshake(data, events)
@@ -690,8 +714,8 @@ class RTMPConnection:
         stream_id: int,
         name: str,
         transaction_id: float,
-        command_object: Any = None,
-        *args: Any,
+        command_object: object = None,
+        *args: object,
     ) -> None:
         """
         Queue an AMF0 command (type 20) on csid 3, timestamp 0.
@@ -699,7 +723,7 @@ class RTMPConnection:
         payload = amf0.encode(name, transaction_id, command_object, *args)
         self.send_message(CSID_COMMAND, stream_id, MSG_COMMAND_AMF0, 0, payload)
 
-    def send_data(self, stream_id: int, timestamp: int, *values: Any) -> None:
+    def send_data(self, stream_id: int, timestamp: int, *values: object) -> None:
         """
         Queue an AMF0 data message (type 18) on csid 5.
         """
@@ -719,12 +743,12 @@ class RTMPConnection:
         level: str,
         code: str,
         description: str,
-        details: Any = None,
+        details: object = None,
     ) -> None:
         """
         Queue C{onStatus(0, null, {level, code, description[, details]})}.
         """
-        info = {"level": level, "code": code, "description": description}
+        info: dict[str, object] = {"level": level, "code": code, "description": description}
         if details is not None:
             info["details"] = details
         self.send_command(stream_id, "onStatus", 0, None, info)
@@ -738,7 +762,7 @@ class RTMPConnection:
             raise ValueError("random_bytes returned the wrong length")
         return bytes(8) + random
 
-    def _receive_handshake(self, data: bytes, events: list) -> bytes:
+    def _receive_handshake(self, data: bytes, events: list[Event]) -> bytes:
         """
         Consume handshake bytes; return what follows the handshake.
         """
@@ -811,14 +835,17 @@ class RTMPConnection:
                 limit=True,
             )
 
-    def _receive_chunks(self, data: bytes, events: list) -> None:
+    def _receive_chunks(self, data: bytes, events: list[Event]) -> None:
         if self._tail:
             data = self._tail + data
             self._tail = b""
         n = len(data)
         pos = 0
         streams = self._streams
-        cs = self._cur
+        # cs is typed as never None, with no check in this loop: self._cur is
+        # set whenever self._left is not 0 (see the end of the loop), and cs
+        # is read before a chunk header assigns it only when left is not 0.
+        cs: _InStream = self._cur  # type: ignore[assignment]  # None only when left is 0
         left = self._left
         chunk_size = self._in_chunk_size
         max_size = self._max_message_size
@@ -902,7 +929,8 @@ class RTMPConnection:
                         break
                     csid = 64 + data[hp] + (data[hp + 1] << 8)
                     hp += 2
-            cs = streams.get(csid)
+            # None here is handled below (a protocol error, or a new stream).
+            cs = streams.get(csid)  # type: ignore[assignment]
             if fmt == 3:
                 if cs is None:
                     raise RTMPProtocolError(
@@ -1012,7 +1040,7 @@ class RTMPConnection:
 
     # --------------------------------------------------------- messages
 
-    def _message(self, cs: _InStream, payload: bytes, events: list) -> None:
+    def _message(self, cs: _InStream, payload: bytes, events: list[Event]) -> None:
         """
         Turn one complete message into an event, applying protocol control.
         """
@@ -1070,7 +1098,7 @@ class RTMPConnection:
             tuple(values[3:]),
         )
 
-    def _control(self, type_id: int, payload: bytes):
+    def _control(self, type_id: int, payload: bytes) -> _Control:
         if type_id == MSG_USER_CONTROL:
             if len(payload) < 2:
                 raise RTMPProtocolError("short user control message")
