@@ -22,8 +22,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ..tokens import Outcome, Probe, StoredToken, judge
-from . import ITokenStore, StoreUnavailable
+from tokengate.tokens import Outcome, Probe, StoredToken, judge
+from tokengate.store import ITokenStore, StoreUnavailable
 
 T = TypeVar("T")
 
