@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-``twistd tokengate``: options and the service tree.
+C{twistd tokengate}: options and the service tree.
 
 Every listener is a Twisted endpoint string.  Settings come from the command
-line, then from ``--config FILE`` (TOML, same names), then from the
+line, then from C{--config FILE} (TOML, same names), then from the
 defaults; the command line wins.
 """
 

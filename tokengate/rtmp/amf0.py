@@ -2,33 +2,31 @@
 """
 AMF0 encoding and decoding, pure Python, no I/O.
 
-Python mapping:
+Python mapping (Python: AMF0 marker, AMF0 type):
 
-======================  ======  ==========================================
-Python                  marker  AMF0
-======================  ======  ==========================================
-``float``, ``int``      0       number (IEEE 754 double; ints become floats)
-``bool``                1       boolean
-``str``                 2 / 12  string; long string when > 65535 UTF-8 bytes
-``dict``                3       anonymous object (keys must be ``str``)
-``None``                5       null
-:data:`UNDEFINED`       6       undefined
-:class:`ECMAArray`      8       ECMA array (a ``dict`` subclass)
-``list``, ``tuple``     10      strict array (decodes to ``list``)
-======================  ======  ==========================================
+  - C{float}, C{int}: 0, number (IEEE 754 double; ints become floats)
+  - C{bool}: 1, boolean
+  - C{str}: 2 / 12, string; long string when > 65535 UTF-8 bytes
+  - C{dict}: 3, anonymous object (keys must be C{str})
+  - C{None}: 5, null
+  - L{UNDEFINED}: 6, undefined
+  - L{ECMAArray}: 8, ECMA array (a C{dict} subclass)
+  - C{list}, C{tuple}: 10, strict array (decodes to C{list})
 
-Decoding also accepts date (11, decoded as a ``float`` of milliseconds since
-the epoch, the time zone is ignored), XML document (15, decoded as ``str``)
-and the "unsupported" marker (13, decoded as :data:`UNDEFINED`).  References
+A decoded value is an L{AMFValue}.
+
+Decoding also accepts date (11, decoded as a C{float} of milliseconds since
+the epoch, the time zone is ignored), XML document (15, decoded as C{str})
+and the "unsupported" marker (13, decoded as L{UNDEFINED}).  References
 (7), typed objects (16), the AMF3 switch (17) and the reserved markers
-(4 movieclip, 14 recordset, >17) raise :class:`RTMPProtocolError`, as does
+(4 movieclip, 14 recordset, >17) raise L{RTMPProtocolError}, as does
 any malformed or truncated input, invalid UTF-8, nesting deeper than
-:data:`MAX_DEPTH` or a container with more than :data:`MAX_ELEMENTS`
+L{MAX_DEPTH} or a container with more than L{MAX_ELEMENTS}
 entries.  Decoding never raises anything else.
 
-Encoding raises ``TypeError`` for values outside the mapping and
-``ValueError`` for unencodable ones (an object key over 65535 bytes, nesting
-deeper than :data:`MAX_DEPTH`, which includes cycles, an integer too large
+Encoding raises C{TypeError} for values outside the mapping and
+C{ValueError} for unencodable ones (an object key over 65535 bytes, nesting
+deeper than L{MAX_DEPTH}, which includes cycles, an integer too large
 for a double, a string with lone surrogates).
 
 Tolerances: an ECMA array's count is ignored (encoders get it wrong), its
@@ -90,7 +88,7 @@ _END = b"\x00\x00\x09"
 
 class _Undefined:
     """
-    The type of :data:`UNDEFINED`; there is exactly one instance.
+    The type of L{UNDEFINED}; there is exactly one instance.
     """
 
     __slots__ = ()
@@ -111,7 +109,7 @@ class _Undefined:
         return "UNDEFINED"
 
 
-#: The AMF0 ``undefined`` value (marker 6), distinct from ``None`` (null).
+#: The AMF0 C{undefined} value (marker 6), distinct from C{None} (null).
 UNDEFINED = _Undefined()
 
 #: A decoded AMF0 value (a recursive alias mypy can check); an object is a
@@ -124,8 +122,8 @@ _Buffer = Union[bytes, bytearray, memoryview]
 
 class ECMAArray(dict[str, AMFValue]):
     """
-    A ``dict`` that encodes as an AMF0 ECMA array (marker 8), as used by
-    ``onMetaData``.  Keys must be ``str``.
+    A C{dict} that encodes as an AMF0 ECMA array (marker 8), as used by
+    C{onMetaData}.  Keys must be C{str}.
     """
 
     __slots__ = ()

@@ -3,10 +3,10 @@
 The embedded token store: one SQLite file in WAL mode.
 
 All database work runs on one dedicated thread with its own connection, so
-the reactor never waits on the disk.  A redemption is a single ``DELETE ...
-RETURNING`` statement (atomic in SQLite, across processes sharing the file
+the reactor never waits on the disk.  A redemption is a single C{DELETE ...
+RETURNING} statement (atomic in SQLite, across processes sharing the file
 too); only when it deletes nothing is the row read to tell the refusal
-reason.  ``synchronous=NORMAL`` in WAL mode loses nothing when the process
+reason.  C{synchronous=NORMAL} in WAL mode loses nothing when the process
 is killed (only an operating-system crash can roll back the last commits).
 """
 

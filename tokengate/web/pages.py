@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_playback -*-
 """
-The pages every application serves: ``/{App}/play.html`` and its script,
+The pages every application serves: C{/{App}/play.html} and its script,
 and the player libraries (hls.js, dash.js) that the build fetched from npm.
 """
 

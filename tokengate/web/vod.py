@@ -10,14 +10,14 @@ leaves the client without an answer and logs a traceback.
 
 L{RecordingFile} parses the header itself (RFC 9110, section 14), then:
 
-* a header that does not parse is ignored: 200 with the whole file;
-* ranges that lie past the end are dropped; none left: 416;
-* the rest are sorted and overlapping or adjacent ones merged;
-* more than L{MAX_RANGES} left: ignored, 200 with the whole file (what
-  Apache's C{MaxRanges} and nginx's C{max_ranges} do; the whole file is what
-  the same viewer could ask for anyway);
-* one range: 206 with C{Content-Range}; several: 206
-  C{multipart/byteranges}, produced by L{MultipartProducer}.
+  - a header that does not parse is ignored: 200 with the whole file;
+  - ranges that lie past the end are dropped; none left: 416;
+  - the rest are sorted and overlapping or adjacent ones merged;
+  - more than L{MAX_RANGES} left: ignored, 200 with the whole file (what
+    Apache's C{MaxRanges} and nginx's C{max_ranges} do; the whole file is what
+    the same viewer could ask for anyway);
+  - one range: 206 with C{Content-Range}; several: 206
+    C{multipart/byteranges}, produced by L{MultipartProducer}.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 """
 What WebRTC adds to the site of every application:
 
-  ``/{App}/websocket``   the signalling WebSocket (L{signalling})
-  ``/{App}?id=&token=``  the publish page (camera preview, publish)
-  ``/{App}/webrtc.js``   play.html's WebRTC technology
-  ``/{App}/publish.js``  the publish page's script
-  ``/{App}/ice.js``      the ICE side both share
+  - C{/{App}/websocket}: the signalling WebSocket (L{signalling})
+  - C{/{App}?id=&token=}: the publish page (camera preview, publish)
+  - C{/{App}/webrtc.js}: play.html's WebRTC technology
+  - C{/{App}/publish.js}: the publish page's script
+  - C{/{App}/ice.js}: the ICE side both share
 """
 
 from __future__ import annotations
