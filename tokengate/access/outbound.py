@@ -82,7 +82,7 @@ def newHTTPClient(reactor: Any) -> HTTPClient:
     """
     A treq client whose connections close after each response.
     """
-    agent: Any = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
     return HTTPClient(agent)
 
 
@@ -146,7 +146,7 @@ class _Body(Protocol):
             self.deferred.errback(reason)
 
 
-def _classify(e: BaseException) -> OutboundError:
+def _classify(e: Optional[BaseException]) -> OutboundError:
     if isinstance(e, OutboundError):
         return e
     if isinstance(e, (DeferredTimeoutError, CancelledError, neterror.TimeoutError)):
@@ -210,7 +210,7 @@ class Outbound:
             self.inFlight -= 1
             return result
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             raise _classify(failure.value)
 
         d.addBoth(done)

@@ -18,6 +18,7 @@ import threading
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -87,7 +88,7 @@ class SQLiteTokenStore:
         self._lock = threading.Lock()
         self._queue: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
         self._draining = False
-        self._kick: Optional[Any] = None  # the pending delayed call of _start
+        self._kick: Optional[IDelayedCall] = None  # the pending delayed call of _start
         # Fail at start-up, not at the first request, when the file cannot
         # be opened; this runs before the reactor does, so block on it.
         directory = os.path.dirname(os.path.abspath(path))
