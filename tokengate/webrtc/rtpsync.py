@@ -21,7 +21,7 @@ would overlap: audio timestamps only increase.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 #: how far (ms) the sender reports must move the audio to re-place it
 RESYNC_MS = 30.0
@@ -90,7 +90,7 @@ class PublisherTimeline:
         self._lastVideo: Optional[tuple[int, float]] = None
         #: kind -> (NTP seconds, extended RTP timestamp) of its newest report
         self._reports: dict[str, tuple[float, int]] = {}
-        self._reportsUsed: Optional[tuple[Any, Any]] = None
+        self._reportsUsed: Optional[tuple[tuple[float, int], tuple[float, int]]] = None
         #: ms to add to the audio clock's milliseconds, once chosen
         self.audioOffset: Optional[float] = None
         #: how the audio is placed: "rtcp", "arrival", "audio-only" or None
