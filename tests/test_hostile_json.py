@@ -156,7 +156,7 @@ class HostileRestJSON(TestCase):
                                         + quote(value))
             self.assertEqual(code, 400)
             self.assertIn("Define Stream ID", body["message"])  # type: ignore[index]
-        self.assertEqual(len(await self.server.store.list_stream("LiveApp", "s1", 0, 10)), 0)
+        self.assertEqual(len(await self.server.store.listStream("LiveApp", "s1", 0, 10)), 0)
 
 
 class StoredSettings(SynchronousTestCase):

@@ -195,7 +195,7 @@ class RestTests(RestBase):
                 from twisted.internet.defer import fail
                 return fail(StoreUnavailable("down"))
 
-            redeem = list_stream = revoke_stream = add
+            redeem = listStream = revokeStream = add
 
         self.server = Server(apps=self.server.apps, store=Down(), clock=self.clock)
         self.treq = StubTreq(RestAPI(self.server).resource())
@@ -271,7 +271,7 @@ class RestTests(RestBase):
         r = await self.treq.delete(BASE + "/rest/v2/applications/Mine")
         self.assertEqual((await json_body(r))["success"], True)
         self.assertEqual((await self.mint(app="Mine"))[0], 404)
-        self.assertEqual(len(await self.server.store.list_stream("Mine", "s1", 0, 10)), 0)
+        self.assertEqual(len(await self.server.store.listStream("Mine", "s1", 0, 10)), 0)
 
     async def test_settings(self):
         code, settings = await self.get("/rest/v2/applications/settings/LiveApp")

@@ -21,7 +21,7 @@ import ipaddress
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from attrs import asdict, define, evolve
 
@@ -358,6 +358,17 @@ def address_allowed(
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
     return any(addr in net for net in networks if net.version == addr.version)
+
+
+class ISettingsLookup(Protocol):
+    """
+    The applications' settings, by name.
+    """
+
+    def get(self, name: str) -> Optional["AppSettings"]:
+        """
+        @return: the settings of application C{name}, or None.
+        """
 
 
 class Applications:

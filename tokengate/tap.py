@@ -344,7 +344,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         reactor = _reactor
     from .apps import Applications
     from .server import Server, ServerConfig
-    from .store import open_store
+    from .store import open_redis, open_store
     from .web.resource import build_site
 
     dataDir = options["data-dir"]
@@ -354,7 +354,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
                   "token continues the session it opened, from the same address, while "
                   "that session is alive (see docs/playback.md)")
     try:
-        store = open_store(options["store"], dataDir, reactor)
+        # one Redis client for the token store and the revocation transport
+        redis = open_redis(options["store"], reactor)
+        store = open_store(options["store"], dataDir, reactor, redis=redis)
     except ValueError as e:
         raise SystemExit("tokengate: {}".format(e))
     server = Server(
@@ -381,6 +383,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
         dataDir=dataDir,
+        redis=redis,
     )
     top = TokengateService(server)
     site = build_site(server)
@@ -419,7 +422,7 @@ class TokengateService(service.MultiService):
         from tokengate.store import StoreUnavailable
 
         try:
-            n = await self.server.store.purge_expired(self.server.clock.seconds())
+            n = await self.server.store.purgeExpired(self.server.clock.seconds())
         except StoreUnavailable as e:
             self.server.metrics.store_errors.labels("purge").inc()
             self._log.warn("purging expired tokens failed: {error}", error=str(e))
@@ -444,7 +447,7 @@ class TokengateService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self.server.revocations.start()
+        self.server.revoker.start()
         # Recover recordings cut short by a crash once the reactor runs (the
         # work happens on a thread).
         self.server.clock.callWhenRunning(self._recover)
@@ -470,7 +473,10 @@ class TokengateService(service.MultiService):
         for stream in self.server.hub.liveStreams():
             stream.end()
         d = maybeDeferred(super().stopService)
-        d.addBoth(lambda _: self.server.revocations.stop())
+        d.addBoth(lambda _: self.server.revoker.stop())
         d.addBoth(lambda _: self.server.outputs.close())
         d.addBoth(lambda _: self.server.store.close())
+        if self.server.redis is not None:
+            redis = self.server.redis
+            d.addBoth(lambda _: redis.close())
         return d

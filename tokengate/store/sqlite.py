@@ -220,7 +220,7 @@ class SQLiteTokenStore:
 
         return self._run(redeem)
 
-    def revoke_stream(self, app: str, streamId: str) -> "Deferred[int]":
+    def revokeStream(self, app: str, streamId: str) -> "Deferred[int]":
         def revoke(db: sqlite3.Connection) -> int:
             return db.execute(
                 "DELETE FROM tokens WHERE app = ? AND stream_id = ?", (app, streamId)
@@ -228,7 +228,7 @@ class SQLiteTokenStore:
 
         return self._run(revoke)
 
-    def list_stream(
+    def listStream(
         self, app: str, streamId: str, offset: int, size: int
     ) -> "Deferred[Sequence[StoredToken]]":
         def list_(db: sqlite3.Connection) -> list[StoredToken]:
@@ -241,7 +241,7 @@ class SQLiteTokenStore:
 
         return self._run(list_)
 
-    def purge_expired(self, now: float) -> "Deferred[int]":
+    def purgeExpired(self, now: float) -> "Deferred[int]":
         def purge(db: sqlite3.Connection) -> int:
             return db.execute(
                 "DELETE FROM tokens WHERE expire_date <= ?", (now,)
@@ -249,7 +249,7 @@ class SQLiteTokenStore:
 
         return self._run(purge)
 
-    def delete_app(self, app: str) -> "Deferred[int]":
+    def deleteApp(self, app: str) -> "Deferred[int]":
         def delete(db: sqlite3.Connection) -> int:
             return db.execute("DELETE FROM tokens WHERE app = ?", (app,)).rowcount
 

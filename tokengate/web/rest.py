@@ -213,7 +213,7 @@ class RestAPI:
             raise HTTPError(404, MSG_NO_APP)
         self._server.apps.delete(name)  # ends its sessions and streams
         try:
-            await self._server.store.delete_app(name)
+            await self._server.store.deleteApp(name)
         except StoreUnavailable:
             self._server.metrics.store_errors.labels("delete_app").inc()
             return send_json(
@@ -331,9 +331,9 @@ class RestAPI:
         self._appSettings(request, appName)
         # ends this node's sessions at once, then tells the other nodes
         # (never fails; a failure to tell them is counted and logged)
-        revoking = self._server.revocations.revokeTokens(appName, streamId)
+        revoking = self._server.revoker.revokeTokens(appName, streamId)
         try:
-            deleted = await self._server.store.revoke_stream(appName, streamId)
+            deleted = await self._server.store.revokeStream(appName, streamId)
         except StoreUnavailable:
             await revoking
             self._server.metrics.store_errors.labels("revoke").inc()
@@ -358,7 +358,7 @@ class RestAPI:
         self._appSettings(request, appName)
         first, count = _page(offset, size)
         try:
-            tokens = await self._server.store.list_stream(appName, streamId, first, count)
+            tokens = await self._server.store.listStream(appName, streamId, first, count)
         except StoreUnavailable:
             self._server.metrics.store_errors.labels("list").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
@@ -423,8 +423,8 @@ class RestAPI:
         End every viewing session of the stream, whatever admitted it: RTMP
         and WebRTC players are disconnected, and the next HLS, DASH or MP4
         request of any session started before now is refused; on every node
-        of a cluster on Redis (see L{tokengate.cluster}).
+        of a cluster on Redis (see L{tokengate.access.revocation}).
         """
         self._appSettings(request, appName)
-        kicked = await self._server.revocations.revokeSessions(appName, streamId)
+        kicked = await self._server.revoker.revokeSessions(appName, streamId)
         return send_json(request, result(True, "{} sessions ended".format(kicked), str(kicked)))
