@@ -80,7 +80,8 @@ class PerAddressLimit(WrappingFactory[CountedProtocol]):
         self._what = what
         self._warned: set[str] = set()
 
-    def buildProtocol(self, addr: IAddress) -> Optional[Protocol]:  # type: ignore[override]
+    def buildProtocol(  # type: ignore[override]  # a refused connection gets a _Refuse
+            self, addr: IAddress) -> Optional[Protocol]:
         host: Optional[str] = getattr(addr, "host", None)
         if host is not None and self.limit and self.counts.get(host, 0) >= self.limit:
             self._onRefused(host)

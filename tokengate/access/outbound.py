@@ -120,12 +120,14 @@ class _Body(Protocol):
 
     def _stop(self, reason: Exception) -> None:
         if self.transport is not None:
+            # a response body's transport is also its IPushProducer
             self.transport.stopProducing()  # type: ignore[attr-defined]
         if not self.deferred.called:
             self.deferred.errback(reason)
 
     def _cancel(self, d: "Deferred[bytes]") -> None:
         if self.transport is not None:
+            # a response body's transport is also its IPushProducer
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:

@@ -931,7 +931,7 @@ class RTMPConnection:
                     csid = 64 + data[hp] + (data[hp + 1] << 8)
                     hp += 2
             # None here is handled below (a protocol error, or a new stream).
-            cs = streams.get(csid)  # type: ignore[assignment]
+            cs = streams.get(csid)  # type: ignore[assignment]  # None: see just above
             if fmt == 3:
                 if cs is None:
                     raise RTMPProtocolError(
