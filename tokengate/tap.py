@@ -1,21 +1,30 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-``twistd tokengate``: options and the service tree.
+C{twistd tokengate}: options and the service tree.
 
 Every listener is a Twisted endpoint string.  Settings come from the command
-line, then from ``--config FILE`` (TOML, same names), then from the
+line, then from C{--config FILE} (TOML, same names), then from the
 defaults; the command line wins.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.python import usage
 from tokengate.logsafe import Logger
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import (
+        IListeningPort,
+        IProtocolFactory,
+        IStreamServerEndpoint,
+    )
+    from twisted.internet.protocol import DatagramProtocol
 
 DEFAULTS: dict[str, Any] = {
     "http": "tcp:5080",
@@ -140,7 +149,7 @@ class Options(usage.Options):
             raise usage.UsageError("--part-target must be between 0.1 and 2 seconds")
         if self["rest-jwt-secret"] and len(self["rest-jwt-secret"]) < 32:
             raise usage.UsageError("--rest-jwt-secret must be at least 32 characters")
-        from .apps import SettingsError, parse_cidrs
+        from tokengate.apps import SettingsError, parse_cidrs
 
         try:
             parse_cidrs(self["rest-allowed-cidr"])
@@ -178,7 +187,7 @@ class Options(usage.Options):
         Normalize the STUN/TURN settings (the URI options become lists) and
         refuse inconsistent ones.
         """
-        from .webrtc.ice import IceConfigError, IceServers, parse_uris, server_ice_servers
+        from tokengate.webrtc.ice import IceConfigError, IceServers, parse_uris, server_ice_servers
 
         try:
             self["ice-servers"] = parse_uris(self["ice-servers"])
@@ -225,7 +234,8 @@ class ListenerService(StreamServerEndpointService):
     listen (a port already in use, say).
     """
 
-    def __init__(self, what: str, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(self, what: str, description: str, endpoint: IStreamServerEndpoint,
+                 factory: IProtocolFactory) -> None:
         super().__init__(endpoint, factory)
         self.what = what
         self.description = description
@@ -263,12 +273,13 @@ class UDPListenerService(service.Service):
     plain message when it cannot bind.
     """
 
-    def __init__(self, what: str, description: str, protocol: Any, reactor: Any) -> None:
+    def __init__(self, what: str, description: str, protocol: DatagramProtocol,
+                 reactor: Any) -> None:
         self.what = what
         self.description = description
         self.protocol = protocol
         self.reactor = reactor
-        self.port: Any = None
+        self.port: Optional[IListeningPort] = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -285,7 +296,7 @@ class UDPListenerService(service.Service):
         if self.port is None:
             self.privilegedStartService()
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Optional[Deferred[None]]:
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
@@ -293,8 +304,9 @@ class UDPListenerService(service.Service):
         return None
 
 
-def listener(what: str, description: str, factory: Any, reactor: Any,
-             wrap: Optional[Callable[[Any], Any]] = None) -> ListenerService:
+def listener(what: str, description: str, factory: IProtocolFactory, reactor: object,
+             wrap: Optional[Callable[[IProtocolFactory], IProtocolFactory]] = None
+             ) -> ListenerService:
     """
     A listener for C{factory} on the endpoint C{description}; with C{wrap},
     its TCP connections (under TLS too) are accepted through
@@ -409,7 +421,7 @@ class TokengateService(service.MultiService):
         self.server = server
 
     async def _purge(self) -> None:
-        from .store import StoreUnavailable
+        from tokengate.store import StoreUnavailable
 
         try:
             n = await self.server.store.purgeExpired(self.server.clock.seconds())

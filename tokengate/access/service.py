@@ -299,6 +299,7 @@ class AccessService:
         return Deferred.fromCoroutine(self._play(request, mind))
 
     async def _login(self, request: AccessRequest, mind: Any, action: str) -> Grant:
+        outcome: Optional[Outcome]
         if request.action != action:
             outcome = Outcome.INVALID
         else:

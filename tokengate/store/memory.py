@@ -11,8 +11,8 @@ from typing import Sequence
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from ..tokens import Outcome, Probe, StoredToken, judge
-from . import ITokenStore
+from tokengate.tokens import Outcome, Probe, StoredToken, judge
+from tokengate.store import ITokenStore
 
 
 @implementer(ITokenStore)

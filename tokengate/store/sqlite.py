@@ -3,10 +3,10 @@
 The embedded token store: one SQLite file in WAL mode.
 
 All database work runs on one dedicated thread with its own connection, so
-the reactor never waits on the disk.  A redemption is a single ``DELETE ...
-RETURNING`` statement (atomic in SQLite, across processes sharing the file
+the reactor never waits on the disk.  A redemption is a single C{DELETE ...
+RETURNING} statement (atomic in SQLite, across processes sharing the file
 too); only when it deletes nothing is the row read to tell the refusal
-reason.  ``synchronous=NORMAL`` in WAL mode loses nothing when the process
+reason.  C{synchronous=NORMAL} in WAL mode loses nothing when the process
 is killed (only an operating-system crash can roll back the last commits).
 """
 
@@ -18,12 +18,13 @@ import threading
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ..tokens import Outcome, Probe, StoredToken, judge
-from . import ITokenStore, StoreUnavailable
+from tokengate.tokens import Outcome, Probe, StoredToken, judge
+from tokengate.store import ITokenStore, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -87,7 +88,7 @@ class SQLiteTokenStore:
         self._lock = threading.Lock()
         self._queue: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
         self._draining = False
-        self._kick: Optional[Any] = None  # the pending delayed call of _start
+        self._kick: Optional[IDelayedCall] = None  # the pending delayed call of _start
         # Fail at start-up, not at the first request, when the file cannot
         # be opened; this runs before the reactor does, so block on it.
         directory = os.path.dirname(os.path.abspath(path))

@@ -103,7 +103,8 @@ def _arg(request: IRequest, name: str) -> Optional[str]:
     if not values:
         return None
     try:
-        return values[0].decode("utf-8")
+        value: str = values[0].decode("utf-8")
+        return value
     except UnicodeDecodeError:
         raise HTTPError(400, "Query parameter {} is not UTF-8".format(name))
 
@@ -164,6 +165,7 @@ class RestAPI:
     @app.handle_errors(HTTPError)
     def _httpError(self, request: IRequest, failure: Failure) -> bytes:
         e = failure.value
+        assert isinstance(e, HTTPError)
         return send_json(request, result(False, e.message), e.code)
 
     @app.handle_errors(JSONError)
@@ -173,6 +175,7 @@ class RestAPI:
         the wrong type or out of range: 400 with the reason, counted.
         """
         e = failure.value
+        assert isinstance(e, JSONError)
         self._metrics.malformed.labels("rest", e.kind).inc()
         return send_json(request, result(False, str(e)), 400)
 

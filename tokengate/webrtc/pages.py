@@ -2,25 +2,29 @@
 """
 What WebRTC adds to the site of every application:
 
-  ``/{App}/websocket``   the signalling WebSocket (L{signalling})
-  ``/{App}?id=&token=``  the publish page (camera preview, publish)
-  ``/{App}/webrtc.js``   play.html's WebRTC technology
-  ``/{App}/publish.js``  the publish page's script
-  ``/{App}/ice.js``      the ICE side both share
+  - C{/{App}/websocket}: the signalling WebSocket (L{signalling})
+  - C{/{App}?id=&token=}: the publish page (camera preview, publish)
+  - C{/{App}/webrtc.js}: play.html's WebRTC technology
+  - C{/{App}/publish.js}: the publish page's script
+  - C{/{App}/ice.js}: the ICE side both share
 """
 
 from __future__ import annotations
 
 import html
 import os
-from typing import Any, Container, Optional
+from typing import TYPE_CHECKING, Any, Container, Optional
 
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 from twisted.web.static import File
 
 from tokengate.logsafe import Logger
-from .ice import IceServers
-from .signalling import SignallingFactory
+from tokengate.webrtc.ice import IceServers
+from tokengate.webrtc.signalling import SignallingFactory
+
+if TYPE_CHECKING:
+    from tokengate.server import Server
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "web", "static")
@@ -34,7 +38,7 @@ class PublishPage(Resource):
         super().__init__()
         self._app = app
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         with open(os.path.join(STATIC, "publish.html"), encoding="utf-8") as f:
             text = f.read()
         text = text.replace("__APP__", html.escape(self._app, quote=True))
@@ -72,7 +76,7 @@ class WebRTCPages:
         self._scripts = {name: File(os.path.join(STATIC, path))
                          for name, path in SCRIPTS.items()}
 
-    def child(self, name: bytes, request: Any) -> Optional[Resource]:
+    def child(self, name: bytes, request: Request) -> Optional[IResource]:
         try:
             app = name.decode("utf-8")
         except UnicodeDecodeError:
@@ -82,17 +86,18 @@ class WebRTCPages:
         postpath = request.postpath
         if not postpath or postpath == [b""]:
             return PublishPage(app)
-        if len(postpath) == 1:
+        prepath = request.prepath  # a list while the request is routed
+        if len(postpath) == 1 and prepath is not None:
             if postpath[0] == b"websocket":
-                request.prepath.append(postpath.pop(0))
+                prepath.append(postpath.pop(0))
                 return self._ws
             if postpath[0] in self._scripts:
-                request.prepath.append(postpath.pop(0))
-                return self._scripts[request.prepath[-1]]
+                prepath.append(postpath.pop(0))
+                return self._scripts[prepath[-1]]
         return None
 
 
-def buildWebRTCPages(server: Any, engine: Any = None) -> WebRTCPages:
+def buildWebRTCPages(server: "Server", engine: Any = None) -> WebRTCPages:
     """
     Build the signalling and its pages from the server's collaborators:
     the media engine (made for the running reactor unless given), the ICE
