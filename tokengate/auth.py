@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jwt as pyjwt
 from attrs import field, frozen
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
@@ -49,6 +51,10 @@ from .apps import Applications
 from .metrics import Metrics
 from .store import ITokenStore, StoreUnavailable
 from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
+
+
+#: what a checker answers (cred's avatar id: bytes, or () for anonymous)
+AvatarId = Union[bytes, tuple[()]]
 
 
 # --- credentials ---------------------------------------------------------
@@ -102,6 +108,7 @@ def _presented(creds: IStreamCredentials) -> str:
     return str(token)
 
 
+@implementer(ICredentialsChecker)
 class OneTimeTokenChecker:
     """
     Redeems one-time tokens through the token store, atomically.
@@ -113,7 +120,7 @@ class OneTimeTokenChecker:
         self._store = store
         self._clock = clock
 
-    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
         return Deferred.fromCoroutine(self._redeem(creds))
 
     async def redeem(self, creds: IStreamCredentials) -> Outcome:
@@ -130,7 +137,7 @@ class OneTimeTokenChecker:
         except StoreUnavailable:
             return Outcome.UNAVAILABLE
 
-    async def _redeem(self, creds: IStreamCredentials) -> bytes:
+    async def _redeem(self, creds: IStreamCredentials) -> AvatarId:
         outcome = await self.redeem(creds)
         if outcome is not Outcome.GRANTED:
             raise Refused(outcome)
@@ -184,6 +191,7 @@ def check_jwt(secret: str, token: str, now: float,
     return claims
 
 
+@implementer(ICredentialsChecker)
 class JwtTokenChecker:
     """
     Checks stream JWTs (reusable until they expire).
@@ -195,10 +203,10 @@ class JwtTokenChecker:
         self._apps = apps
         self._clock = clock
 
-    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
         return Deferred.fromCoroutine(self._check(creds))
 
-    async def _check(self, creds: IStreamCredentials) -> bytes:
+    async def _check(self, creds: IStreamCredentials) -> AvatarId:
         token = _presented(creds)
         settings = self._apps.get(creds.app)
         if settings is None:
@@ -215,6 +223,7 @@ class JwtTokenChecker:
         ).toAvatarId()
 
 
+@implementer(ICredentialsChecker)
 class PolicyChecker:
     """
     The checker the portal knows: applies the application's settings and
@@ -227,9 +236,10 @@ class PolicyChecker:
     def __init__(self, apps: Applications, onetime: OneTimeTokenChecker,
                  jwt: JwtTokenChecker) -> None:
         self._apps = apps
-        self._checkers = {"onetime": onetime, "jwt": jwt}
+        self._checkers: dict[str, OneTimeTokenChecker | JwtTokenChecker] = {
+            "onetime": onetime, "jwt": jwt}
 
-    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
         settings = self._apps.get(creds.app)
         if settings is None:
             return Deferred.fromCoroutine(_raise(Refused(Outcome.NO_APP)))
@@ -245,7 +255,7 @@ class PolicyChecker:
         return self._checkers[kind].requestAvatarId(creds)
 
 
-async def _raise(e: Exception) -> bytes:
+async def _raise(e: Exception) -> AvatarId:
     raise e
 
 
@@ -296,13 +306,15 @@ class Throttle:
         if entry is None:
             return 0.0
         score, when = entry
-        return score * 0.5 ** ((self._clock.seconds() - when) / self.halfLife)
+        halves = (self._clock.seconds() - when) / self.halfLife
+        return score * math.pow(0.5, halves)
 
     def delay(self, peer: str) -> float:
         excess = self.score(peer) - self.threshold
         if excess < 0:
             return 0.0
-        return min(self.maxDelay, self.base * 2.0**excess)
+        # the exponent capped: past a thousand failures 2**excess overflows
+        return min(self.maxDelay, self.base * math.pow(2.0, min(excess, 64.0)))
 
     def failed(self, peer: str, attempt: Optional[bytes] = None) -> bool:
         """
@@ -484,10 +496,13 @@ class Gate:
                     raise Refused(outcome)
             interface = GRANT_INTERFACES.get(creds.action, IPlayGrant)
             mind = mind if mind is not None else _Mind(creds.protocol, creds.peer)
-            _, grant, _ = await self._portal.login(creds, mind, interface)
+            _, avatar, _ = await self._portal.login(creds, mind, interface)
         except Refused as e:
             self.refused(creds, e.outcome)
             raise
+        if not isinstance(avatar, Grant):
+            raise TypeError("the gate's realm answered {!r}, not a grant".format(avatar))
+        grant = avatar
         self._metrics.grants.labels(creds.protocol, creds.action, grant.kind).inc()
         self._log.info(
             "admitted {protocol} {action} of {app}/{streamId} from {peer} ({kind})",

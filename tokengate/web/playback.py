@@ -98,8 +98,8 @@ class FutileRequests:
     least recently counted keys are forgotten first.
     """
 
-    def __init__(self, clock: Any, limit: int = FUTILE_LIMIT, window: float = FUTILE_WINDOW,
-                 maxKeys: int = 100_000) -> None:
+    def __init__(self, clock: IReactorTime, limit: int = FUTILE_LIMIT,
+                 window: float = FUTILE_WINDOW, maxKeys: int = 100_000) -> None:
         self._clock = clock
         self.limit = limit
         self.window = window
@@ -450,8 +450,9 @@ class PlaybackGate:
         values = request.args.get(name)
         if not values:
             return None
+        value: bytes = values[0]
         try:
-            return values[0].decode("utf-8")
+            return value.decode("utf-8")
         except UnicodeDecodeError:
             return None
 
@@ -848,7 +849,7 @@ class PlaybackGate:
         if path is None:
             return _fail(request, 404, "No recording of this stream")
         f = RecordingFile(path, defaultType="video/mp4")
-        f.type, f.encoding = "video/mp4", None  # type: ignore[assignment]
+        f.type, f.encoding = "video/mp4", None
         return f.render(request)
 
 
