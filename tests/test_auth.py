@@ -8,10 +8,9 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tokengate.access.sessions import IPlayGrant, IPublishGrant
 from tokengate.apps import Applications
 from tokengate.auth import (
-    IPlayGrant,
-    IPublishGrant,
     IStreamCredentials,
     Refused,
     StreamCredentials,
@@ -158,6 +157,18 @@ class GateTests(SynchronousTestCase):
 
 
 class ThrottleTests(SynchronousTestCase):
+    def test_manyFailuresStillAnswered(self):
+        """
+        An address with more failures than 2**excess can hold as a float
+        (over a thousand distinct attempts within a half-life) waits the
+        longest delay; the throttle does not raise.
+        """
+        clock = clock_at()
+        throttle = Throttle(clock)
+        for i in range(1100):
+            throttle.failed("192.0.2.9", str(i).encode())
+        self.assertEqual(throttle.delay("192.0.2.9"), throttle.maxDelay)
+
     def setUp(self):
         self.clock = clock_at()
         self.apps = Applications(None)

@@ -34,7 +34,6 @@ from tokengate.access.revocation import (
 from tokengate.redisclient import RedisClient
 from tokengate.server import Server, ServerConfig
 from tokengate.store.redis import RedisTokenStore
-from tokengate.web.playback import HTTPSessions, _SessionMind
 from tokengate.web.sessions import InvalidCredential
 
 from .helpers import NOW, clock_at, json_body
@@ -77,8 +76,8 @@ class Mind:
 
 class Node:
     """
-    One tokengate node: a server on the shared Redis, its REST API, and an
-    HTTP session table (as the playback gate keeps).
+    One tokengate node: a server on the shared Redis, its REST API, and its
+    HTTP playback sessions.
     """
 
     def __init__(self, testcase, url: str, keepalive: float = 15.0) -> None:
@@ -88,7 +87,7 @@ class Node:
             apps=Applications(None), store=self.store, clock=reactor,
             config=ServerConfig(sessionSecret=SECRET), redis=self.redis,
         )
-        self.sessions = HTTPSessions(self.server.signer, reactor)
+        self.sessions = self.server.httpSessions
         self.revoker = self.server.revoker
         self.bus = self.revoker.transport
         self.bus.keepalive = keepalive
@@ -139,19 +138,20 @@ class Node:
 
     async def httpLogin(self, streamId="s1", peer="192.0.2.4"):
         """
-        An HTTP playback session admitted through the gate, as the playback
-        gate opens one: its grant's mind revokes the session when kicked.
+        An HTTP playback session admitted through the gate and indexed as
+        the playback gate opens one: its grant's mind revokes the session
+        when kicked.  Its grant and credential.
         """
         if not self.server.hub.isLive("LiveApp", streamId):
             self.server.hub.publish("LiveApp", streamId, "RTMP")
-        mind = _SessionMind(self.sessions, "hls", peer)
+        mind = self.sessions.mind("hls", peer)
         grant = await self.server.gate.login(
             StreamCredentials("LiveApp", streamId, "play", None, peer, "hls"), mind
         )
-        session = self.server.signer.new("LiveApp", streamId, "hls", reactor.seconds())
-        mind.session = session
-        self.sessions.add(session, grant, None, peer)
-        return grant, self.server.signer.issue(session, reactor.seconds())
+        now = reactor.seconds()
+        session = self.server.signer.new("LiveApp", streamId, "hls", now)
+        self.sessions.open(mind, grant, session)
+        return grant, self.server.signer.issue(session, now)
 
     def httpSession(self, streamId="s1"):
         """
@@ -246,6 +246,7 @@ class ClusterTests(TestCase):
         """
         await self.subscribed()
         httpGrant, credential = await self.b.httpLogin()
+        self.assertEqual(self.b.sessions.count("LiveApp", "s1"), {"hls": 1})
         other, otherCredential = self.b.httpSession(streamId="s2")
         self.assertFalse(self.b.refuses(credential))
         # a credential issued by B works on A too (same secret) until revoked

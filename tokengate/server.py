@@ -22,6 +22,7 @@ from tokengate.access.revocation import (
     Revoker,
 )
 from tokengate.access.service import AccessService
+from tokengate.web.playback import HTTPSessions
 from .apps import Applications, AppSettings, parse_cidrs
 from .auth import Gate, IStreamCredentials, Throttle, build_gate
 from .media.hub import Hub
@@ -111,8 +112,8 @@ class Server:
     hub: Hub = field(init=False)
     outputs: Any = field(init=False)
     signer: Any = field(init=False)
-    #: the HTTP playback gate, once the site is built
-    playback: Any = field(init=False, default=None)
+    #: the HTTP playback sessions of this node, over the gate's registry
+    httpSessions: HTTPSessions = field(init=False)
     #: the revocation service: this node, then the rest of the cluster
     revoker: Revoker = field(init=False)
 
@@ -141,6 +142,8 @@ class Server:
             secret = secrets.token_bytes(32)
         self.signer = SessionSigner(secret, idle=self.config.sessionIdle,
                                     vodIdle=self.config.vodIdle)
+        self.httpSessions = HTTPSessions(self.gate.registry, self.signer, self.clock)
+        self.hub.addViewerCounter(self.httpSessions.count)
         transport: RevocationTransport
         if self.redis is not None:
             horizon = max(self.signer.idle, self.signer.vodIdle) + HORIZON_MARGIN

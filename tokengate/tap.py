@@ -441,8 +441,7 @@ class TokengateService(service.MultiService):
         End idle playback sessions and drop packagers of long-ended streams.
         """
         try:
-            if self.server.playback is not None:
-                self.server.playback.sessions.sweep()
+            self.server.httpSessions.sweep()
             self.server.outputs.sweep()
         except Exception:
             self._log.failure("sweeping sessions failed")

@@ -49,7 +49,7 @@ from zope.interface import implementer
 
 from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
 from tokengate.access.service import AccessRequest, IAccess, Publication, Refused, Viewing
-from tokengate.auth import IKickable
+from tokengate.access.sessions import IKickable
 from tokengate.logsafe import Logger
 from tokengate.media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
 from tokengate.metrics import Metrics

@@ -50,7 +50,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from tokengate.access.service import AccessRequest, IAccess, Publication, Refused
-from tokengate.auth import IKickable
+from tokengate.access.sessions import IKickable
 from tokengate.logsafe import Logger
 from tokengate.media.errors import MediaError
 from tokengate.media.hub import LiveStream, StreamInUse

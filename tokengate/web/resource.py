@@ -63,8 +63,8 @@ class Root(Resource):
 def build_site(server: Server) -> TokengateSite:
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                   server.clock, server.metrics, server.config)
-    playback = PlaybackGate(server, server.signer, server.outputs)
-    server.playback = playback
+    playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
+                            server.outputs, server.httpSessions)
     from tokengate.webrtc.pages import buildWebRTCPages
 
     root = Root(server, api.resource(), playback, buildWebRTCPages(server))

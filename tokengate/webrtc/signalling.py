@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from tokengate.access.names import isValidStreamId
 from tokengate.access.service import AccessRequest, IAccess, Publication, Refused, Viewing
-from tokengate.auth import IKickable
+from tokengate.access.sessions import IKickable
 from tokengate.jsonvalue import JSONError, readJSON
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Hub, LiveStream, StreamInUse
