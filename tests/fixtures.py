@@ -12,7 +12,8 @@ from twisted.internet import reactor
 
 from tokengate.apps import Applications
 from tokengate.rtmp.protocol import RTMPFactory
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.web.resource import build_site
 from tokengate.web.rest import RestAPI

@@ -120,10 +120,13 @@ class GateTests(SynchronousTestCase):
         self.apps.replace("LiveApp", publishTokenControlEnabled=True)
         token = self.mint()
         live = {"s1"}
-        self.gate.addPrecheck(lambda c: Outcome.IN_USE if c.streamId in live else None)
-        self.assertEqual(self.refused(self.creds(token)), Outcome.IN_USE)
+        def precheck(c):
+            return Outcome.IN_USE if c.streamId in live else None
+
+        d = self.gate.login(self.creds(token), precheck=precheck)
+        self.assertEqual(self.failureResultOf(d, Refused).value.outcome, Outcome.IN_USE)
         live.clear()
-        self.successResultOf(self.gate.login(self.creds(token)))
+        self.successResultOf(self.gate.login(self.creds(token), precheck=precheck))
 
     def test_kick(self):
         mind = Mind()

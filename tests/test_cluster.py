@@ -32,7 +32,8 @@ from tokengate.access.revocation import (
     parseEvent,
 )
 from tokengate.redisclient import RedisClient
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.redis import RedisTokenStore
 from tokengate.web.sessions import InvalidCredential
 

@@ -19,7 +19,7 @@ from tokengate.apps import SETTINGS_FIELDS, AppSettings, Applications, SettingsE
 from tokengate.jsonvalue import JSONError
 from tokengate.server import Server
 
-from .helpers import NOW, clock_at, json_body
+from .helpers import clock_at, json_body
 from .test_hostile_names import LogCapture
 from .test_playback import PlaybackBase, uris
 from .test_webrtc_signalling import SignallingBase

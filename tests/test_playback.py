@@ -15,7 +15,8 @@ from twisted.trial.unittest import TestCase
 
 from tokengate.apps import Applications
 from tokengate.media.flv import iter_flv_tags
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import StoredToken, new_token
 from tokengate.web.resource import build_site

@@ -11,7 +11,9 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import TestCase
 
 from tokengate.auth import StreamCredentials
-from tokengate.server import Server, ServerConfig
+from tokengate.access.service import AccessRequest
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store import StoreUnavailable
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import Outcome
@@ -369,23 +371,24 @@ class BroadcastTests(RestBase):
     async def test_playNotLiveKeepsToken(self):
         self.server.apps.replace("LiveApp", playTokenControlEnabled=True)
         _, token = await self.mint()
-        creds = StreamCredentials("LiveApp", "s1", "play", token["tokenId"], "10.0.0.1", "hls")
-        e = await self.assertFailure(self.server.gate.login(creds), Exception)
+        request = AccessRequest("LiveApp", "s1", "play", "hls", "10.0.0.1", token["tokenId"])
+        e = await self.assertFailure(self.server.access.play(request, None), Exception)
         self.assertEqual(e.outcome, Outcome.NOT_LIVE)
         self.server.hub.publish("LiveApp", "s1", "RTMP")
-        grant = await self.server.gate.login(creds)
-        self.assertEqual(grant.kind, "onetime")
+        viewing = await self.server.access.play(request, None)
+        self.assertEqual(viewing.grant.kind, "onetime")
 
     async def test_publishInUseKeepsToken(self):
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
         _, token = await self.mint(type="publish")
         stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
-        creds = StreamCredentials("LiveApp", "s1", "publish", token["tokenId"], "10.0.0.1", "rtmp")
-        e = await self.assertFailure(self.server.gate.login(creds), Exception)
+        request = AccessRequest("LiveApp", "s1", "publish", "rtmp", "10.0.0.1",
+                                token["tokenId"])
+        e = await self.assertFailure(self.server.access.publish(request, None), Exception)
         self.assertEqual(e.outcome, Outcome.IN_USE)
         stream.end()
-        grant = await self.server.gate.login(creds)
-        self.assertEqual(grant.kind, "onetime")
+        publication = await self.server.access.publish(request, None)
+        self.assertEqual(publication.grant.kind, "onetime")
 
     async def test_deleteAppEndsStreams(self):
         self.server.apps.create("Tmp")

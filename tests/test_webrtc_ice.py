@@ -21,7 +21,8 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from tokengate.apps import Applications
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tap import Options, makeService
 from tokengate.web.resource import build_site

@@ -50,7 +50,7 @@ from tokengate.logsafe import Logger
 from .apps import Applications
 from .metrics import Metrics
 from .store import ITokenStore, StoreUnavailable
-from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
+from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, Outcome, Probe, digest
 
 
 #: what a checker answers (cred's avatar id: bytes, or () for anonymous)
@@ -399,22 +399,6 @@ class Gate:
         self.registry = registry
         self._throttle = throttle
         self._metrics = metrics
-        self._prechecks: list[Precheck] = []
-
-    def knowsApplication(self, app: str) -> bool:
-        """
-        Whether C{app} names an application (protocols ask before anything
-        else, e.g. at RTMP C{connect}).
-        """
-        return self._apps is not None and self._apps.get(app) is not None
-
-    def tokenKind(self, app: str, action: str) -> Optional[str]:
-        """
-        Which token C{app} demands for C{action}: C{"onetime"}, C{"jwt"},
-        or L{None} when it has no token control (or is unknown).
-        """
-        settings = self._apps.get(app) if self._apps is not None else None
-        return settings.tokenKind(action) if settings is not None else None
 
     async def validate(self, creds: IStreamCredentials) -> Outcome:
         """
@@ -433,13 +417,6 @@ class Gate:
         else:
             self.refused(creds, outcome)
         return outcome
-
-    def addPrecheck(self, check: Precheck) -> None:
-        """
-        Add a check run before any token is redeemed (e.g. the hub refusing
-        to publish a stream that is already live, so the token survives).
-        """
-        self._prechecks.append(check)
 
     def refused(self, creds: IStreamCredentials, outcome: Outcome,
                 attempt: Optional[bytes] = None) -> None:
@@ -489,9 +466,8 @@ class Gate:
         try:
             if creds.peer:
                 await self._throttle.admit(creds.peer, deadline)
-            checks = self._prechecks if precheck is None else [precheck, *self._prechecks]
-            for check in checks:
-                outcome = check(creds)
+            if precheck is not None:
+                outcome = precheck(creds)
                 if outcome is not None:
                     raise Refused(outcome)
             interface = GRANT_INTERFACES.get(creds.action, IPlayGrant)

@@ -343,7 +343,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
 
         reactor = _reactor
     from .apps import Applications
-    from .server import Server, ServerConfig
+    from tokengate.config import ServerConfig
+    from tokengate.server import Server
     from .store import open_redis, open_store
     from .web.resource import build_site
 

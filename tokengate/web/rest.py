@@ -32,7 +32,7 @@ from tokengate.jsonvalue import JSONError, decimalText, readJSON, requireObject
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Hub
 from tokengate.metrics import CONTENT_TYPE_LATEST, Metrics
-from tokengate.server import ServerConfig
+from tokengate.config import ServerConfig
 from tokengate.store import ITokenStore, StoreUnavailable
 from tokengate.tokens import (
     MAX_TOKEN_LENGTH,
