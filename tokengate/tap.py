@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     )
     from twisted.internet.protocol import DatagramProtocol
 
+    from tokengate.metrics import Metrics
+
 DEFAULTS: dict[str, Any] = {
     "http": "tcp:5080",
     "https": None,
@@ -321,32 +323,39 @@ def listener(what: str, description: str, factory: IProtocolFactory, reactor: ob
     return ListenerService(what, description, serverFromString(reactor, description), factory)
 
 
-def addressLimit(server: Any, protocol: str) -> Optional[Callable[[Any], Any]]:
+def addressLimit(limit: int, metrics: "Metrics", protocol: str
+                 ) -> Optional[Callable[[Any], Any]]:
     """
-    What puts a listener's factory behind the per-address connection limit,
-    refusals counted as C{tokengate_refusals_total{protocol=...,
-    action="connect", reason="address_limit"}}; None without a limit.
+    What puts a listener's factory behind the per-address connection limit
+    (C{limit} connections, 0: none), refusals counted as
+    C{tokengate_refusals_total{protocol=..., action="connect",
+    reason="address_limit"}}; None without a limit.
     """
     from tokengate.limits import PerAddressLimit
 
-    limit = server.config.maxConnectionsPerAddress
     if not limit:
         return None
-    refusals = server.metrics.refusals.labels(protocol, "connect", "address_limit")
+    refusals = metrics.refusals.labels(protocol, "connect", "address_limit")
     return lambda factory: PerAddressLimit(factory, limit, lambda host: refusals.inc(),
                                            protocol.upper())
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> service.MultiService:
+    """
+    The composition root: the inputs (data directory, token store and its
+    Redis client, applications, settings), then the node's object graph
+    (L{tokengate.server.Server}, built in dependency order), then the
+    listeners, each handed the narrow collaborators it uses, and the timers.
+    """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from .apps import Applications
+    from tokengate.apps import Applications
     from tokengate.config import ServerConfig
     from tokengate.server import Server
-    from .store import open_redis, open_store
-    from .web.resource import build_site
+    from tokengate.store import open_redis, open_store
+    from tokengate.web.resource import build_site
 
     dataDir = options["data-dir"]
     os.makedirs(dataDir, exist_ok=True)
@@ -388,18 +397,20 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     )
     top = TokengateService(server)
     site = build_site(server)
+    perAddress = server.config.maxConnectionsPerAddress
     listener("HTTP", options["http"], site, reactor,
-             addressLimit(server, "http")).setServiceParent(top)
+             addressLimit(perAddress, server.metrics, "http")).setServiceParent(top)
     if options["https"]:
         listener("HTTPS", options["https"], site, reactor,
-                 addressLimit(server, "https")).setServiceParent(top)
+                 addressLimit(perAddress, server.metrics, "https")).setServiceParent(top)
     if options["rtmp"]:
-        from .rtmp.protocol import RTMPFactory
+        from tokengate.rtmp.protocol import RTMPFactory
 
-        listener("RTMP", options["rtmp"], RTMPFactory(server.access, server.clock, server.metrics), reactor,
-                 addressLimit(server, "rtmp")).setServiceParent(top)
+        rtmp = RTMPFactory(server.access, server.clock, server.metrics)
+        listener("RTMP", options["rtmp"], rtmp, reactor,
+                 addressLimit(perAddress, server.metrics, "rtmp")).setServiceParent(top)
     if options["srt"]:
-        from .srt.protocol import SRTListener
+        from tokengate.srt.protocol import SRTListener
 
         UDPListenerService("SRT", options["srt"],
                            SRTListener(server.access, server.clock, server.metrics),
