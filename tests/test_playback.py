@@ -106,11 +106,14 @@ class GateTests(PlaybackBase):
         for uri in media_uris:
             r, body = await self.get(uri)
             self.assertEqual(r.code, 200, (uri, body))
-            for child in uris(body.decode())[:4]:
+            children = uris(body.decode())[:4]
+            self.assertTrue(children, body)
+            for child in children:
                 self.assertIn("tgs=", child)
                 base = uri.split("/")[0] + "/"
                 r2, data = await self.get(base + child)
                 self.assertEqual(r2.code, 200, (child, data[:200]))
+                self.assertTrue(data, child)
                 self.assertEqual(r2.headers.getRawHeaders(b"content-type"), [b"video/mp4"])
         # the same token from anyone else: refused
         r, body = await self.get("s1.m3u8?token=" + token, client=self.other)
