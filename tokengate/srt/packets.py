@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 from attrs import field, frozen
 
@@ -132,7 +132,11 @@ __all__ = [
     "ts_unwrap",
     "encode_loss_list",
     "decode_loss_list",
+    "Peer",
 ]
+
+#: a peer's UDP address: (host, port)
+Peer = tuple
 
 # ---------------------------------------------------------------------------
 # Header
@@ -444,6 +448,10 @@ class HSReq:
         )
 
 
+def _extensions(value: Iterable[HandshakeExtension]) -> tuple[HandshakeExtension, ...]:
+    return tuple(value)
+
+
 def _peer_ip(value: bytes) -> bytes:
     value = bytes(value)
     if len(value) != 16:
@@ -470,7 +478,7 @@ class Handshake:
     socket_id: int
     cookie: int
     peer_ip: bytes = field(default=bytes(16), converter=_peer_ip)
-    extensions: tuple[HandshakeExtension, ...] = field(default=(), converter=tuple)
+    extensions: tuple[HandshakeExtension, ...] = field(default=(), converter=_extensions)
     timestamp: int = 0
     dst: int = 0
 
@@ -654,10 +662,9 @@ class Ack:
     def encode(self) -> bytes:
         words = [_seq31("acknowledged sequence", self.last_ack_seq)]
         if self.rtt is not None:
-            small = (self.rtt, self.rtt_var, self.buffer_available)
-            if None in small:
+            if self.rtt_var is None or self.buffer_available is None:
                 raise SRTProtocolError("a small ACK needs rtt, rtt_var and buffer_available")
-            words.extend(small)
+            words.extend((self.rtt, self.rtt_var, self.buffer_available))
             if self.packet_rate is not None:
                 if self.bandwidth is None:
                     raise SRTProtocolError("a full ACK needs packet_rate and bandwidth")

@@ -51,23 +51,19 @@ from ..media.errors import MediaError
 from ..media.hub import Claim, LiveStream, StreamInUse
 from ..media.ts import Audio, AudioConfig, TSDemuxer, Video, VideoConfig
 from ..tokens import PUBLISH, Outcome
-from .connection import (
+from tokengate.srt.connection import Listener
+from tokengate.srt.errors import (
     REJX_BAD_MODE,
     REJX_BAD_REQUEST,
     REJX_CONFLICT,
     REJX_DOWN,
     REJX_NOTFOUND,
     REJX_UNAUTHORIZED,
-    Closed,
-    Connection,
-    Listener,
-    NeedsAuthorization,
-    Payload,
-    Rejected,
-    Reply,
+    SRTProtocolError,
 )
-from .errors import SRTProtocolError
-from .packets import peek_dst
+from tokengate.srt.handshake import NeedsAuthorization, Rejected, Reply
+from tokengate.srt.packets import peek_dst
+from tokengate.srt.receiver import Closed, Connection, Payload
 
 TICK = 0.01
 
