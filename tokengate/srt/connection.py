@@ -103,14 +103,16 @@ class Listener:
     (at most C{max_rejections} remembered).
 
     The listener rejects by itself (L{Rejected}, cached like any
-    rejection) an HSv4 conclusion or SRT older than 1.3 (L{REJ_VERSION}),
-    encryption (a KMREQ: L{REJ_UNSECURE}, wire 1011; AES is not
-    implemented), a missing or short HSREQ (L{REJ_ROGUE}), the stream
-    (file) API (L{REJ_MESSAGEAPI}), a congestion controller other than
-    live (L{REJ_CONGESTION}), packet filters (L{REJ_FILTER}) and
-    groups (L{REJ_GROUP}).  A missing or malformed stream id is not
-    rejected here: the decision carries the L{BadStreamId} so that
-    the adapter can count it and reject with its code (1400).
+    rejection) what L{tokengate.srt.handshake.vet_conclusion} refuses: an
+    HSv4 conclusion or SRT older than 1.3 (C{REJ_VERSION}), encryption (a
+    KMREQ: C{REJ_UNSECURE}, wire 1011; AES is not implemented), a missing or
+    short HSREQ (C{REJ_ROGUE}), the stream (file) API (C{REJ_MESSAGEAPI}), a
+    congestion controller other than live (C{REJ_CONGESTION}), packet
+    filters (C{REJ_FILTER}) and groups (C{REJ_GROUP}); the reject codes are
+    in L{tokengate.srt.errors}.  A missing or malformed stream id is not
+    rejected here: the decision carries the
+    L{tokengate.srt.streamid.BadStreamId} so that the adapter can count it
+    and reject with its code (1400).
 
     The agreement (HSv5, reqtype CONCLUSION, to the caller's socket id) echoes
     the caller's ISN and cookie, carries the listener socket id, MSS =
@@ -195,10 +197,12 @@ class Listener:
     ) -> HandshakeDecision:
         """
         Handle a datagram (or decoded packet) sent to socket id 0.  A
-        malformed datagram raises L{SRTProtocolError}.
+        malformed datagram raises L{tokengate.srt.errors.SRTProtocolError}.
         """
         if not isinstance(packet, P.Handshake):
-            decoded = P.decode_packet(packet) if isinstance(packet, (bytes, bytearray, memoryview)) else packet
+            decoded: object = packet
+            if isinstance(packet, (bytes, bytearray, memoryview)):
+                decoded = P.decode_packet(packet)
             if not isinstance(decoded, P.Handshake):
                 return Drop("not a handshake")
             packet = decoded
@@ -349,7 +353,7 @@ class Listener:
 
     def reject(self, decision: NeedsAuthorization, code: int, now: Optional[float] = None) -> bytes:
         """
-        Reject the caller with reason C{code} (e.g. L{REJX_UNAUTHORIZED}
+        Reject the caller with reason C{code} (e.g. L{tokengate.srt.errors.REJX_UNAUTHORIZED}
         1401, on the wire 2401): the datagram to send.  The caller's repeats
         get the same datagram for C{rejection_ttl} seconds.
         """

@@ -54,7 +54,10 @@ __all__ = [
 
 
 class HandshakeDecision:
-    """Base class of what L{Listener.handle_handshake} returns."""
+    """
+    Base class of what L{tokengate.srt.connection.Listener.handle_handshake}
+    returns.
+    """
 
     data: Optional[bytes] = None
 
@@ -101,7 +104,8 @@ class Rejected(HandshakeDecision):
 class NeedsAuthorization(HandshakeDecision):
     """
     A well-formed conclusion with a valid cookie: resolve it with
-    L{Listener.accept} or L{Listener.reject}.
+    L{tokengate.srt.connection.Listener.accept} or
+    L{tokengate.srt.connection.Listener.reject}.
 
     C{request} is the parsed stream id, or None when it was missing or
     malformed; then C{error} is the L{BadStreamId} and the adapter
