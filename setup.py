@@ -174,6 +174,8 @@ setup(
         "av>=18.1,<20",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "redis>=5", "pyotp>=2.9"],
+        # mypy and its zope.interface plugin: the type check (mypy.ini).
+        "test": ["hypothesis>=6.100", "redis>=5", "pyotp>=2.9", "mypy==2.4.1",
+                 "mypy-zope==1.0.17"],
     },
 )

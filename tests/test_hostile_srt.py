@@ -131,7 +131,7 @@ class ListenerHarness:
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
                              clock=self.clock, throttle=self.throttle)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
-        self.srt = SRTListener(self.server)
+        self.srt = SRTListener(self.server.access, self.server.clock, self.server.metrics)
         self.transport = FakeUDP()
         self.srt.makeConnection(self.transport)
         self.addCleanup(self.srt.doStop)
@@ -375,7 +375,7 @@ class RealCallers(procs.ClientsMixin, TestCase):
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
                              throttle=self.throttle)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
-        self.srt = SRTListener(self.server)
+        self.srt = SRTListener(self.server.access, self.server.clock, self.server.metrics)
         self.udp = reactor.listenUDP(0, self.srt, interface="127.0.0.1")
         self.addCleanup(self.udp.stopListening)
         self.port = self.udp.getHost().port

@@ -324,13 +324,14 @@ class SignallingReply(TestCase):
         """
         The factory still takes a lone STUN URI, and defaults to nothing.
         """
-        def server() -> Server:
-            return Server(apps=Applications(None), store=MemoryTokenStore(), clock=clock_at())
+        def factory(*args: Any) -> SignallingFactory:
+            s = Server(apps=Applications(None), store=MemoryTokenStore(), clock=clock_at())
+            return SignallingFactory(s.access, s.clock, s.metrics, s.hub, *args)
 
-        f = SignallingFactory(server(), None, "stun:stun.example.com:3478")
+        f = factory(None, "stun:stun.example.com:3478")
         self.assertEqual(f.ice.reply(0)["stunServerUri"], "stun:stun.example.com:3478")
         self.assertEqual(f.ice.reply(0)["iceServers"], [{"urls": ["stun:stun.example.com:3478"]}])
-        self.assertEqual(SignallingFactory(server()).ice, IceServers())
+        self.assertEqual(factory().ice, IceServers())
 
 
 # -- coturn + Chromium -------------------------------------------------------------

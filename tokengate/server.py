@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
+from tokengate.access.revocation import (
+    HORIZON_MARGIN,
+    LocalTransport,
+    RedisTransport,
+    RevocationTransport,
+    Revoker,
+)
 from tokengate.access.service import AccessService
 from .apps import Applications, AppSettings, parse_cidrs
 from .auth import Gate, IStreamCredentials, Throttle, build_gate
@@ -21,6 +28,9 @@ from .media.hub import Hub
 from .metrics import Metrics
 from .store import ITokenStore
 from .tokens import PUBLISH, Outcome
+
+if TYPE_CHECKING:
+    from tokengate.redisclient import RedisClient
 
 
 @define
@@ -92,6 +102,9 @@ class Server:
     metrics: Metrics = field(factory=Metrics)
     throttle: Optional[Throttle] = None
     dataDir: Optional[str] = None
+    #: the Redis client shared by a Redis token store and the revocation
+    #: service's cluster transport (None: revocation is local)
+    redis: Optional[RedisClient] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -100,8 +113,8 @@ class Server:
     signer: Any = field(init=False)
     #: the HTTP playback gate, once the site is built
     playback: Any = field(init=False, default=None)
-    #: how REST revocations reach this node and the rest of the cluster
-    revocations: Any = field(init=False, default=None)
+    #: the revocation service: this node, then the rest of the cluster
+    revoker: Revoker = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -116,7 +129,8 @@ class Server:
         from .media.outputs import Outputs
         from .web.sessions import SessionSigner, load_or_create_secret
 
-        self.outputs = Outputs(self, self.dataDir, partTarget=self.config.partTarget)
+        self.outputs = Outputs(self.apps, self.hub, self.clock, self.metrics, self.dataDir,
+                               partTarget=self.config.partTarget)
         if self.config.sessionSecret:
             secret = self.config.sessionSecret.encode("utf-8")
         elif self.dataDir:
@@ -127,9 +141,20 @@ class Server:
             secret = secrets.token_bytes(32)
         self.signer = SessionSigner(secret, idle=self.config.sessionIdle,
                                     vodIdle=self.config.vodIdle)
-        from .cluster import revocation_bus
-
-        self.revocations = revocation_bus(self)
+        transport: RevocationTransport
+        if self.redis is not None:
+            horizon = max(self.signer.idle, self.signer.vodIdle) + HORIZON_MARGIN
+            transport = RedisTransport(self.redis, self.clock, horizon)
+        else:
+            transport = LocalTransport()
+        self.revoker = Revoker(
+            registry=self.gate.registry,
+            credentials=self.signer,
+            apps=self.apps,
+            clock=self.clock,
+            metrics=self.metrics,
+            transport=transport,
+        )
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording)
         self.gate.addPrecheck(self._liveness)
         self.apps.onChange(self._appChanged)

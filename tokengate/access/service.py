@@ -37,7 +37,7 @@ from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred
 
 from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
-from tokengate.apps import AppSettings
+from tokengate.apps import AppSettings, ISettingsLookup
 from tokengate.auth import Gate, Grant, Refused, StreamCredentials, attemptOf
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Claim, Hub, LiveStream, StreamInUse
@@ -81,17 +81,6 @@ class AccessRequest:
         """
         return StreamCredentials(self.app, self.streamId, self.action, self.token or None,
                                  self.peer, self.protocol, self.roomId or None)
-
-
-class ISettingsLookup(Protocol):
-    """
-    The applications' settings, by name.
-    """
-
-    def get(self, name: str) -> Optional[AppSettings]:
-        """
-        @return: the settings of application C{name}, or None.
-        """
 
 
 RecordingLookup = Callable[[str, str], bool]
@@ -309,6 +298,7 @@ class AccessService:
         return Deferred.fromCoroutine(self._play(request, mind))
 
     async def _login(self, request: AccessRequest, mind: Any, action: str) -> Grant:
+        outcome: Optional[Outcome]
         if request.action != action:
             outcome = Outcome.INVALID
         else:

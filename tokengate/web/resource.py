@@ -61,11 +61,12 @@ class Root(Resource):
 
 
 def build_site(server: Server) -> TokengateSite:
-    api = RestAPI(server)
+    api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
+                  server.clock, server.metrics, server.config)
     playback = PlaybackGate(server, server.signer, server.outputs)
     server.playback = playback
-    from ..webrtc.pages import WebRTCPages
+    from tokengate.webrtc.pages import buildWebRTCPages
 
-    root = Root(server, api.resource(), playback, WebRTCPages(server))
+    root = Root(server, api.resource(), playback, buildWebRTCPages(server))
     return TokengateSite(root, maxBodySize=server.config.maxBodySize, metrics=server.metrics,
                          requestTimeout=server.config.requestTimeout)
