@@ -84,8 +84,11 @@ from tokengate.srt.receiver import Connection
 
 __all__ = ["Listener"]
 
+#: a caller: (host, port, its socket id)
+_Key = tuple[str, int, int]
 
-def _key(peer: Peer, socket_id: int) -> tuple:
+
+def _key(peer: Peer, socket_id: int) -> _Key:
     return (peer[0], peer[1], socket_id)
 
 
@@ -174,9 +177,9 @@ class Listener:
         self.connect_timeout = connect_timeout
         self.answer_margin = answer_margin
         self.connections: dict[int, Connection] = {}
-        self._pending: OrderedDict[tuple, NeedsAuthorization] = OrderedDict()
-        self._accepted: dict[tuple, tuple[bytes, Connection]] = {}
-        self._rejected: OrderedDict[tuple, tuple[bytes, float]] = OrderedDict()
+        self._pending: OrderedDict[_Key, NeedsAuthorization] = OrderedDict()
+        self._accepted: dict[_Key, tuple[bytes, Connection]] = {}
+        self._rejected: OrderedDict[_Key, tuple[bytes, float]] = OrderedDict()
         self._epoch: Optional[float] = None
 
     # -- cookies -----------------------------------------------------------
@@ -283,13 +286,13 @@ class Listener:
                 break
             del pending[key]
 
-    def _remember_rejection(self, key: tuple, data: bytes, now: float) -> None:
+    def _remember_rejection(self, key: _Key, data: bytes, now: float) -> None:
         self._rejected.pop(key, None)
         self._rejected[key] = (data, now + self.rejection_ttl)
         while len(self._rejected) > self.max_rejections:
             self._rejected.popitem(last=False)
 
-    def _resolve(self, decision: NeedsAuthorization) -> tuple:
+    def _resolve(self, decision: NeedsAuthorization) -> _Key:
         if not isinstance(decision, NeedsAuthorization):
             raise TypeError("accept and reject take a NeedsAuthorization")
         if decision.resolved:

@@ -15,7 +15,7 @@ L{Connection} for each caller it accepts.
 from __future__ import annotations
 
 import struct
-from typing import Optional
+from typing import Iterable, Optional, Union
 
 from attrs import frozen
 
@@ -24,7 +24,7 @@ from tokengate.srt.errors import SRTProtocolError
 from tokengate.srt.packets import Peer
 from tokengate.srt.streamid import StreamRequest
 
-__all__ = ["Payload", "Closed", "ConnectionStats", "Connection"]
+__all__ = ["Payload", "Closed", "Event", "ConnectionStats", "Connection"]
 
 
 @frozen
@@ -39,6 +39,10 @@ class Closed:
     """The connection is over: the peer shut down or went idle."""
 
     reason: str
+
+
+#: what a connection reports
+Event = Union[Payload, Closed]
 
 
 @frozen
@@ -200,7 +204,7 @@ class Connection:
         self._last_recv = self._start
         self._last_send = self._start
         self._outbox: list[bytes] = []
-        self._events: list = []
+        self._events: list[Event] = []
 
         # Statistics
         self.packets_received = 0
@@ -257,7 +261,7 @@ class Connection:
 
     _now_hint = 0.0
 
-    def take_events(self) -> list:
+    def take_events(self) -> list[Event]:
         """Events caused by L{tick} (late-drop payload, L{Closed})."""
         events = self._events
         self._events = []
@@ -281,7 +285,7 @@ class Connection:
 
     # -- receiving -------------------------------------------------------------
 
-    def receive(self, datagram: bytes, now: float) -> list:
+    def receive(self, datagram: bytes, now: float) -> list[Event]:
         events = self._receive(datagram, now)
         if self._events:
             # payload a tick released but nobody collected yet comes first
@@ -289,7 +293,7 @@ class Connection:
             self._events = []
         return events
 
-    def _receive(self, datagram: bytes, now: float) -> list:
+    def _receive(self, datagram: bytes, now: float) -> list[Event]:
         if self.closed:
             return []
         try:
@@ -357,7 +361,7 @@ class Connection:
         self._buf_bytes += size
         return []
 
-    def _deliver(self, parts: list) -> None:
+    def _deliver(self, parts: list[bytes]) -> None:
         """Move contiguous buffered packets from the head into C{parts}."""
         buf = self._buf
         nxt = self._next
@@ -380,7 +384,7 @@ class Connection:
             delivered += len(p)
         self.bytes_delivered += delivered
 
-    def _control(self, w0: int, info: int, ts: int, datagram: bytes, now: float) -> list:
+    def _control(self, w0: int, info: int, ts: int, datagram: bytes, now: float) -> list[Event]:
         ctype = (w0 >> 16) & 0x7FFF
         if ctype == P.CTRL_ACKACK:
             self._ackack(info, ts, now)
@@ -433,7 +437,7 @@ class Connection:
                 self._drift_sum = 0.0
                 self._drift_n = 0
 
-    def _dropreq(self, first: int, last: int) -> list:
+    def _dropreq(self, first: int, last: int) -> list[Event]:
         start = P.seq_unwrap(first, self._next)
         end = start + P.seq_diff(last, first)
         if end < self._next or end < start:
@@ -455,7 +459,7 @@ class Connection:
                 self._lost.discard(s)
         if end > self._highest:
             self._highest = end
-        parts: list = []
+        parts: list[bytes] = []
         self._deliver(parts)
         return [Payload(b"".join(parts))] if parts else []
 
@@ -464,7 +468,7 @@ class Connection:
     def _nak_interval(self) -> float:
         return max((self.rtt_us + 4 * self.rtt_var_us) / 1e6, 0.02)
 
-    def _queue_nak(self, ranges, now: float) -> None:
+    def _queue_nak(self, ranges: Iterable[tuple[int, int]], now: float) -> None:
         wire = [(a & P.SEQ_MASK, b & P.SEQ_MASK) for a, b in ranges]
         self._outbox.append(P.Nak(wire, self._ts(now), self.peer_socket_id).encode())
         self.naks_sent += 1
@@ -511,7 +515,7 @@ class Connection:
                     self.packets_dropped += 1
                 self._lost.discard(k)
             self._next = s
-            parts: list = []
+            parts: list[bytes] = []
             self._deliver(parts)
             if parts:
                 self._events.append(Payload(b"".join(parts)))

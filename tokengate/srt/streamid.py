@@ -53,7 +53,7 @@ class StreamRequest:
     stream_id: str
     token: Optional[str]
     mode: str = MODE_PUBLISH
-    extra: dict = field(factory=dict, hash=False)
+    extra: dict[str, str] = field(factory=dict, hash=False)
 
 
 def _pct(value: str, what: str) -> str:

@@ -231,7 +231,7 @@ def passthrough(receiver: RTCRtpReceiver) -> None:
 
 #: id -> [packet, its (payloads, timestamp) once packed]: the shared packets
 #: of the recent frames (the senders of every viewer of a stream pack the
-#: same av.Packet; the payloads are made once)
+#: same av.Packet[Any]; the payloads are made once)
 _SHARED: "OrderedDict[int, list[Any]]" = OrderedDict()
 _SHARED_MAX = 256
 _packCacheInstalled = False
@@ -259,7 +259,7 @@ def installPackCache() -> None:
     _packCacheInstalled = True
 
 
-def share(packet: av.Packet) -> av.Packet:
+def share(packet: av.Packet[Any]) -> av.Packet[Any]:
     """
     Mark C{packet} as sent to several viewers: packetized once (among the
     last 256 shared).

@@ -76,7 +76,7 @@ class AiortcEngine:
         self._audio: dict[tuple[str, str], tuple[LiveStream, AacToOpus]] = {}
         #: (app, streamId) -> (stream, its recent (frame, config, packet))
         self._video: dict[tuple[str, str],
-                          tuple[LiveStream, deque[tuple[Frame, Optional[bytes], av.Packet]]]] = {}
+                          tuple[LiveStream, deque[tuple[Frame, Optional[bytes], av.Packet[Any]]]]] = {}
         #: (app, streamId) -> (stream, whether its H.264 has B-frames)
         self._bframes: dict[tuple[str, str], tuple[LiveStream, bool]] = {}
         #: (app, streamId) -> the re-encoder of a stream with B-frames
@@ -174,7 +174,7 @@ class AiortcEngine:
             r.transcoder.close()
             self.transcodeSlots.give()
 
-    def reencoded(self, stream: LiveStream, packet: av.Packet, key: bool) -> None:
+    def reencoded(self, stream: LiveStream, packet: av.Packet[Any], key: bool) -> None:
         """
         A re-encoded packet of C{stream}, to its viewers that take it.
         """
@@ -203,7 +203,7 @@ class AiortcEngine:
         return transcoder
 
     def videoPacket(self, stream: LiveStream, frame: Frame,
-                    config: Optional[bytes]) -> av.Packet:
+                    config: Optional[bytes]) -> av.Packet[Any]:
         """
         The Annex B C{av.Packet} of a hub video frame (SPS/PPS from
         C{config} in front of keyframes; pts in 90 kHz units on the hub's
@@ -213,7 +213,8 @@ class AiortcEngine:
         known = self._video.get(key)
         if known is None or known[0] is not stream:
             known = self._video[key] = (stream, deque(maxlen=16))
-        recent = known[1]
+        recent: deque[tuple[Frame, Optional[bytes], av.Packet[Any]]] = known[1]
+        p: av.Packet[Any]
         for f, c, p in reversed(recent):
             if f is frame and c == config:
                 return p
@@ -243,7 +244,7 @@ class AiortcEngine:
             if self.publishers.get(key) is peer:
                 del self.publishers[key]
 
-    def close(self) -> Deferred:
+    def close(self) -> Deferred[list[tuple[bool, None]]]:
         """
         Close every peer connection (the reactor's shutdown waits for it).
         """

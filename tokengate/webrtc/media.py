@@ -44,7 +44,7 @@ class UnavailableEngine:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def close(self) -> Deferred:
+    def close(self) -> Deferred[None]:
         return succeed(None)
 
 
@@ -63,7 +63,7 @@ def make_engine(server: Any, reactor: Any) -> Any:
     try:
         from twisted.internet.asyncioreactor import AsyncioSelectorReactor
     except ImportError:  # pragma: no cover
-        AsyncioSelectorReactor = ()  # type: ignore
+        AsyncioSelectorReactor = ()  # type: ignore[assignment, misc]
     if not isinstance(reactor, AsyncioSelectorReactor):
         reason = ("WebRTC media needs Twisted's asyncio reactor (start with "
                   "'twistd -r asyncio -n tokengate'); this process runs {}".format(

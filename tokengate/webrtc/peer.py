@@ -9,7 +9,7 @@ browser, and the refusal when no transcoding slot is free.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Coroutine, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Coroutine, Optional, Protocol, TypeVar
 
 from aiortc import RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
@@ -26,7 +26,10 @@ __all__ = ["VIDEO_CLOCK", "HighResourceUsage", "PeerEvents", "Peer", "bridge"]
 VIDEO_CLOCK = 90000
 
 
-def bridge(coro: Coroutine[Any, Any, Any]) -> Deferred:
+_T = TypeVar("_T")
+
+
+def bridge(coro: Coroutine[Any, Any, _T]) -> Deferred[_T]:
     """
     Run C{coro} as an asyncio task (aiortc's coroutines need asyncio's loop,
     which Twisted's asyncio reactor runs): a L{Deferred} of its result.
@@ -66,7 +69,7 @@ class Peer:
         self.stream = stream
         self.events = events
         self.pc = RTCPeerConnection(configuration=engine.rtcConfiguration())
-        self._closing: Optional[Deferred] = None
+        self._closing: Optional[Deferred[None]] = None
         self._connected = False
         self.pc.on("connectionstatechange", self._stateChanged)
 
@@ -88,7 +91,7 @@ class Peer:
         """The peer connection is up (before the session hears of it)."""
 
     def addCandidate(self, candidate: str, sdpMid: Optional[str],
-                     sdpMLineIndex: Optional[int]) -> Deferred:
+                     sdpMLineIndex: Optional[int]) -> Deferred[None]:
         """
         A remote ICE candidate (C{candidate:...}, or empty at the end of
         the candidates).
@@ -101,7 +104,7 @@ class Peer:
         c.sdpMLineIndex = sdpMLineIndex
         return bridge(self.pc.addIceCandidate(c))
 
-    def close(self) -> Deferred:
+    def close(self) -> Deferred[None]:
         """
         Close the peer connection (once): fires when it is closed.
         """
@@ -109,7 +112,7 @@ class Peer:
             self.engine.forget(self)
             self.onClose()
             self._closing = bridge(self.pc.close())
-        d: Deferred = Deferred()
+        d: Deferred[None] = Deferred()
 
         def done(result: Any) -> Any:
             d.callback(None)

@@ -54,7 +54,7 @@ class HubTrack(MediaStreamTrack):
     def __init__(self, kind: str = "video") -> None:
         super().__init__()
         self.kind = kind
-        self.queue: asyncio.Queue[Optional[av.Packet]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Optional[av.Packet[Any]]] = asyncio.Queue()
 
     async def recv(self) -> Any:
         if self.readyState != "live":
@@ -100,7 +100,7 @@ class PlayerPeer(Peer):
         self._subscribed = False
         self.framesSent = 0
 
-    def offer(self) -> Deferred:
+    def offer(self) -> Deferred[str]:
         """
         The server's offer: a L{Deferred} of its SDP (fails with
         L{HighResourceUsage} for a stream with B-frames when no transcoding
@@ -115,7 +115,7 @@ class PlayerPeer(Peer):
         await self.pc.setLocalDescription(offer)
         return self.pc.localDescription.sdp
 
-    def accept(self, sdp: str) -> Deferred:
+    def accept(self, sdp: str) -> Deferred[None]:
         """
         The viewer's answer C{sdp}: a L{Deferred} that fires once it is set.
         """
@@ -192,7 +192,7 @@ class PlayerPeer(Peer):
             return
         self.videoOut(self.engine.videoPacket(self.stream, frame, self._config), frame.keyframe)
 
-    def videoOut(self, packet: av.Packet, key: bool) -> None:
+    def videoOut(self, packet: av.Packet[Any], key: bool) -> None:
         """
         An Annex B packet for this viewer (from the hub, or re-encoded).
         """

@@ -81,7 +81,7 @@ class PublisherPeer(Peer):
         self.timeline = PublisherTimeline(engine.reactor.seconds)
         self.pc.on("track", self._track)
 
-    def answer(self, sdp: str) -> Deferred:
+    def answer(self, sdp: str) -> Deferred[str]:
         """
         Answer the publisher's offer C{sdp}: a L{Deferred} of the answer's
         SDP (fails with L{HighResourceUsage} for VP8 without a free
@@ -183,7 +183,7 @@ class PublisherPeer(Peer):
         except Exception:
             _log.failure("a bad H.264 access unit from a WebRTC publisher")
 
-    def _audio(self, codec: str, packet: av.Packet) -> None:
+    def _audio(self, codec: str, packet: av.Packet[Any]) -> None:
         """
         Opus or G.711 from the publisher: AAC into the hub (a sequence
         header, then raw frames), placed on the video's timeline by
