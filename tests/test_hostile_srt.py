@@ -35,7 +35,7 @@ from tokengate.apps import Applications
 from tokengate.auth import Throttle
 from tokengate.server import Server
 from tokengate.srt import packets as P
-from tokengate.srt.connection import REJX_CONFLICT, REJX_DOWN, REJX_UNAUTHORIZED
+from tokengate.srt.errors import REJX_CONFLICT, REJX_DOWN, REJX_UNAUTHORIZED
 from tokengate.srt.packets import DataPacket, Handshake, HSReq, HandshakeExtension, decode_packet
 from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from tokengate.apps import Applications
 from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
-from tokengate.srt.connection import REJX_UNAUTHORIZED
+from tokengate.srt.errors import REJX_UNAUTHORIZED
 from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.web.resource import build_site

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tokengate.srt.connection import (
+from tokengate.srt.errors import (
     REJX_BAD_MODE,
     REJX_BAD_REQUEST,
     REJX_CONFLICT,

@@ -361,9 +361,9 @@ class SharedPackets(TestCase):
 
         from tokengate.media.codecs import FRAME_KEY, build_video_tag
         from tokengate.media.hub import VIDEO, Frame
-        from tokengate.webrtc.media import AiortcEngine
+        from tokengate.webrtc.engine import AiortcEngine
 
-        engine = AiortcEngine(None, SimpleNamespace(addSystemEventTrigger=lambda *a: None))
+        engine = AiortcEngine(SimpleNamespace(addSystemEventTrigger=lambda *a: None))
         stream = SimpleNamespace(app="LiveApp", streamId="x")
         idr = b"\x65" + bytes(range(256)) * 20  # bigger than one RTP packet
         frame = Frame(VIDEO, 40, build_video_tag(FRAME_KEY, len(idr).to_bytes(4, "big") + idr),

@@ -57,23 +57,19 @@ from tokengate.media.hub import LiveStream, StreamInUse
 from tokengate.media.ts import Audio, AudioConfig, TSDemuxer, Video, VideoConfig
 from tokengate.metrics import Metrics
 from tokengate.tokens import PUBLISH, Outcome
-from tokengate.srt.connection import (
+from tokengate.srt.connection import Listener
+from tokengate.srt.errors import (
     REJX_BAD_MODE,
     REJX_BAD_REQUEST,
     REJX_CONFLICT,
     REJX_DOWN,
     REJX_NOTFOUND,
     REJX_UNAUTHORIZED,
-    Closed,
-    Connection,
-    Listener,
-    NeedsAuthorization,
-    Payload,
-    Rejected,
-    Reply,
+    SRTProtocolError,
 )
-from tokengate.srt.errors import SRTProtocolError
+from tokengate.srt.handshake import NeedsAuthorization, Rejected, Reply
 from tokengate.srt.packets import peek_dst
+from tokengate.srt.receiver import Closed, Connection, Payload
 
 TICK = 0.01
 
