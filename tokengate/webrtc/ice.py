@@ -110,6 +110,13 @@ def _checkTtl(ttl: object) -> int:
     return int(ttl)
 
 
+
+def _uriTuple(uris: Iterable[str]) -> tuple[str, ...]:
+    """
+    The URIs as a tuple (the attrs converter of L{IceServers.uris}).
+    """
+    return tuple(uris)
+
 @frozen
 class IceServers:
     """
@@ -121,7 +128,7 @@ class IceServers:
     credentials stay out of C{repr}.
     """
 
-    uris: tuple[str, ...] = field(default=(), converter=tuple)
+    uris: tuple[str, ...] = field(default=(), converter=_uriTuple)
     turnUsername: str = ""
     turnCredential: str = field(default="", repr=False)
     turnSecret: str = field(default="", repr=False)

@@ -13,11 +13,15 @@ aiortc).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
 
 from tokengate.logsafe import Logger
+
+if TYPE_CHECKING:
+    from tokengate.config import ServerConfig
+    from tokengate.metrics import Metrics
 from tokengate.media.codecs import (
     AVCDecoderConfigurationRecord,
     AVC_SEQUENCE_HEADER,
@@ -48,15 +52,15 @@ class UnavailableEngine:
         return succeed(None)
 
 
-def make_engine(server: Any, reactor: Any) -> Any:
+def make_engine(reactor: Any, config: "ServerConfig", metrics: "Metrics") -> Any:
     """
     The aiortc engine (L{tokengate.webrtc.engine.AiortcEngine}) when
     C{reactor} is Twisted's asyncio reactor and aiortc imports; otherwise an
     L{UnavailableEngine}, logged once.
 
-    @param server: the L{tokengate.server.Server} whose configuration
-        (C{webrtcTranscodes}, C{serverIceServers}) and metrics the engine
-        uses.
+    @param config: the settings the engine uses (C{webrtcTranscodes},
+        C{serverIceServers}).
+    @param metrics: where the engine counts.
     @raise tokengate.webrtc.aiortcpatches.AiortcInternalsChanged: aiortc
         imports but lacks internals the engine relies on.
     """
@@ -81,8 +85,8 @@ def make_engine(server: Any, reactor: Any) -> Any:
     # the server with AiortcInternalsChanged rather than run without WebRTC.
     from tokengate.webrtc.engine import AiortcEngine
 
-    return AiortcEngine(reactor, transcodes=server.config.webrtcTranscodes,
-                        iceServers=server.config.serverIceServers, metrics=server.metrics)
+    return AiortcEngine(reactor, transcodes=config.webrtcTranscodes,
+                        iceServers=config.serverIceServers, metrics=metrics)
 
 
 # --- H.264 between Annex B and FLV ---------------------------------------------------

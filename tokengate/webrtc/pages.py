@@ -108,7 +108,7 @@ def buildWebRTCPages(server: "Server", engine: Any = None) -> WebRTCPages:
     if engine is None:
         from tokengate.webrtc.media import make_engine
 
-        engine = make_engine(server, reactor)
+        engine = make_engine(reactor, server.config, server.metrics)
     ice = IceServers.fromConfig(server.config)
     if ice.uris:
         WebRTCPages._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())

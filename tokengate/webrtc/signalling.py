@@ -14,7 +14,7 @@ On success a publisher gets C{start} and sends its offer; a player gets the
 server's offer (no C{start}).  C{notification}s report C{publish_started},
 C{publish_finished}, C{play_started} and C{play_finished}.
 
-The media side is an I{engine} (L{tokengate.webrtc.media.AiortcEngine} on
+The media side is an I{engine} (L{tokengate.webrtc.engine.AiortcEngine} on
 the asyncio reactor); without one, publish and play are answered with
 C{not_initialized_yet} and everything else works.
 
@@ -193,7 +193,7 @@ class StreamSession:
                              else "play_timeout", self.streamId)
             self.proto.endSession(self, notify=True)
 
-    def close(self) -> Deferred:
+    def close(self) -> "Deferred[None]":
         """
         Release everything this session holds; fires when its peer
         connection is closed.
@@ -228,7 +228,8 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     @property
     def _access(self) -> IAccess:
-        return self.factory.access
+        access: IAccess = self.factory.access
+        return access
 
     @property
     def _clock(self) -> Any:
@@ -534,7 +535,7 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     # --- ending ---------------------------------------------------------------------
 
-    def endSession(self, session: StreamSession, notify: bool) -> Deferred:
+    def endSession(self, session: StreamSession, notify: bool) -> "Deferred[None]":
         if self.sessions.get(session.streamId) is session:
             del self.sessions[session.streamId]
         wasActive = session.state in ("negotiating", "live")
@@ -598,7 +599,7 @@ class SignallingFactory(WebSocketServerFactory):
         self.hub = hub
         self.engine = engine
         if ice is None:
-            ice = IceServers(uris=(stunServerUri,) if stunServerUri else ())
+            ice = IceServers(uris=[stunServerUri] if stunServerUri else [])
         self.ice = ice
         self.malformedJSON = metrics.malformed.labels("webrtc", "json")
         self.connections: set[SignallingProtocol] = set()

@@ -166,6 +166,7 @@ class VideoTranscoder:
 
         I, NONE = av.video.frame.PictureType.I, av.video.frame.PictureType.NONE
         decoder = av.CodecContext.create(self._decoderName, "r")
+        assert isinstance(decoder, av.VideoCodecContext)
         encoder: Any = None
         size: Optional[tuple[int, int]] = None
         try:
@@ -185,7 +186,7 @@ class VideoTranscoder:
                     self._callFromThread(self._wantKeyframe)
                     continue
                 for f in frames:
-                    if encoder is None:
+                    if size is None:
                         size = (f.width - f.width % 2, f.height - f.height % 2)
                         encoder = self._encoder(*size)
                     idr = f.key_frame or self._forceKey
@@ -235,6 +236,6 @@ class Vp8ToH264(VideoTranscoder):
                  wantKeyframe: Callable[[], None], **kw: Any) -> None:
         super().__init__(callFromThread, deliver, wantKeyframe, decoder="vp8", **kw)
 
-    def frame(self, data: bytes, pts: int, key: Optional[bool] = None,  # type: ignore[override]
+    def frame(self, data: bytes, pts: int, key: Optional[bool] = None,
               dts: Optional[int] = None) -> None:
         super().frame(data, pts, vp8_is_keyframe(data) if key is None else key)
