@@ -53,17 +53,13 @@ from tokengate.media.codecs import (
     AVC_SEQUENCE_HEADER,
     FRAME_INTER,
     FRAME_KEY,
-    NAL_AUD,
-    NAL_IDR,
-    NAL_PPS,
-    NAL_SPS,
     asc_from_adts,
     build_audio_tag,
     build_avcc_from_sps_pps,
     build_video_tag,
     parse_adts,
-    split_annexb,
 )
+from tokengate.media.codecs.h264 import annexb_access_unit
 from tokengate.media.errors import MediaError
 
 __all__ = [
@@ -84,8 +80,6 @@ STREAM_TYPE_AAC_ADTS = 0x0F
 
 _SYNC = 0x47
 _SYNC_BYTE = b"\x47"
-_NAL_FILLER = 12
-_DROPPED_NALS = frozenset({NAL_AUD, NAL_SPS, NAL_PPS, _NAL_FILLER})
 _WRAP33 = 1 << 33
 _HALF33 = 1 << 32
 _U32 = struct.Struct(">I")
@@ -486,29 +480,13 @@ class TSDemuxer:
         return ms if ms > 0 else 0
 
     def _video(self, dts: int, pts: int, payload: bytes, events: list) -> None:
-        nals = split_annexb(payload)
-        sps = []
-        pps = []
-        parts = []
-        keyframe = False
-        pack = _U32.pack
-        for nal in nals:
-            t = nal[0] & 0x1F
-            if t in _DROPPED_NALS:
-                if t == NAL_SPS:
-                    sps.append(nal)
-                elif t == NAL_PPS:
-                    pps.append(nal)
-                continue
-            if t == NAL_IDR:
-                keyframe = True
-            parts.append(pack(len(nal)))
-            parts.append(nal)
+        unit = annexb_access_unit(payload, keep_parameter_sets=False)
+        sps, pps, keyframe = unit.sps, unit.pps, unit.keyframe
         ts = self._ms(dts)
         if sps:
-            self._sps = tuple(sps)
+            self._sps = sps
         if pps:
-            self._pps = tuple(pps)
+            self._pps = pps
         if (sps or pps) and self._sps and self._pps:
             params = (self._sps, self._pps)
             if params != self._video_params:
@@ -519,14 +497,14 @@ class TSDemuxer:
                         build_video_tag(FRAME_KEY, avcc, avc_packet_type=AVC_SEQUENCE_HEADER), ts
                     )
                 )
-        if not parts:
+        if not unit.data:
             return
         if self._video_params is None:
             self.stats["video_without_config"] += 1
             return
         cts = self._ms(pts) - ts if pts != dts else 0
         body = build_video_tag(
-            FRAME_KEY if keyframe else FRAME_INTER, b"".join(parts), composition_time=cts
+            FRAME_KEY if keyframe else FRAME_INTER, unit.data, composition_time=cts
         )
         self.stats["video_frames"] += 1
         events.append(Video(ts, body, keyframe))
