@@ -19,8 +19,9 @@ import json
 import os
 import random
 import shutil
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
+from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -28,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.test_media_recorder import synthetic_recording
 from tokengate.media.codecs import (
     AAC_SEQUENCE_HEADER,
+    AVCDecoderConfigurationRecord,
     AVC_SEQUENCE_HEADER,
     FRAME_INTER,
     FRAME_KEY,
@@ -49,13 +51,23 @@ Tag = tuple[str, int, bytes]
 
 
 def synthetic(
-    seed: int, seconds: float, width: int, height: int, *, video: bool = True, audio: bool = True
+    seed: int,
+    seconds: float,
+    width: int,
+    height: int,
+    *,
+    video: bool = True,
+    audio: bool = True,
+    lead: int = 0,
+    nal_size: int = 4,
+    gap: tuple[int, int] = (0, 0),
 ) -> list[Tag]:
     """
     A publication: the sequence headers, then 25 fps H.264 (two B-frames,
     a keyframe every 25 frames, an AUD in front of every fifth frame) and
     48 kHz AAC interleaved by time, with payload bytes from a seeded
-    generator.
+    generator.  Audio is sent C{lead} ms ahead of video; NAL units have
+    C{nal_size}-byte lengths; no video is sent for the frames in C{gap}.
     """
     rng = random.Random(seed)
     tags: list[Tag] = []
@@ -63,6 +75,9 @@ def synthetic(
     pps = b"\x68\xee\x3c\xb0"
     if video:
         avcc = build_avcc_from_sps_pps(sps, pps)
+        if nal_size != 4:
+            record = AVCDecoderConfigurationRecord.parse(avcc)
+            avcc = evolve(record, length_size_minus_one=nal_size - 1).build()
         tags.append(("v", 0, build_video_tag(FRAME_KEY, avcc, avc_packet_type=AVC_SEQUENCE_HEADER)))
     if audio:
         tags.append(("a", 0, build_audio_tag(b"\x11\x90", aac_packet_type=AAC_SEQUENCE_HEADER)))
@@ -72,13 +87,16 @@ def synthetic(
     while (video and v < frames) or (audio and a < sounds):
         vt = 40 * v
         at = a * 1024 * 1000 // 48000 + rng.randrange(2)
-        if video and v < frames and (not audio or a >= sounds or vt <= at):
+        if video and v < frames and (not audio or a >= sounds or vt + lead <= at):
             key = v % 25 == 0
             cto = 80 if key else (120, 0, 0)[v % 3]
             nal = bytes((0x65 if key else 0x41,)) + rng.randbytes(rng.randrange(200, 3000 if key else 900))
-            body = len(nal).to_bytes(4, "big") + nal
+            body = len(nal).to_bytes(nal_size, "big") + nal
             if v % 5 == 0:
-                body = b"\x00\x00\x00\x02\x09\xf0" + body
+                body = (2).to_bytes(nal_size, "big") + b"\x09\xf0" + body
+            if gap[0] <= v < gap[1]:
+                v += 1
+                continue
             tags.append(("v", vt, build_video_tag(FRAME_KEY if key else FRAME_INTER, body,
                                                   composition_time=cto)))
             v += 1
@@ -174,6 +192,8 @@ def packager_transcript() -> Transcript:
     run_packager(out, "av", [big, small, big[:120]], every=37)
     run_packager(out, "video", [synthetic(3, 7.0, 320, 240, audio=False)], every=41)
     run_packager(out, "audio", [synthetic(4, 6.0, 320, 240, video=False)], every=43)
+    run_packager(out, "edges", [synthetic(9, 12.0, 320, 240, lead=300, nal_size=2, gap=(100, 200)),
+                                synthetic(10, 4.0, 320, 240, lead=40)], every=47)
     run_packager(out, "short", [synthetic(5, 12.0, 320, 240)], every=53,
                  segmentTarget=1.0, partTarget=0.3, windowSegments=3, extraSegments=1,
                  maxBytes=400_000, dashDelay=4.0)
