@@ -488,11 +488,10 @@ class SampleTests(SynchronousTestCase):
         nalu = b"\x00\x00\x00\x02\x65\x88"
         sample = video_sample(build_video_tag(FRAME_KEY, nalu, composition_time=-40))
         assert sample is not None
-        self.assertEqual((bytes(sample.data), sample.composition_time, sample.keyframe),
-                         (nalu, -40, True))
+        self.assertEqual((bytes(sample[0]), sample[1], sample[2]), (nalu, -40, True))
         sample = video_sample(build_video_tag(FRAME_INTER, nalu, composition_time=80))
         assert sample is not None
-        self.assertEqual((sample.composition_time, sample.keyframe), (80, False))
+        self.assertEqual(sample[1:], (80, False))
         for nothing in (
             build_video_tag(FRAME_KEY, b"\x01", avc_packet_type=AVC_SEQUENCE_HEADER),
             build_video_tag(FRAME_KEY, b"", avc_packet_type=AVC_END_OF_SEQUENCE),

@@ -242,15 +242,14 @@ class Segmenter:
             return
         if sample is None:
             return
-        key = sample.keyframe
+        view, cts, key = sample
         if t.msn is None and not key and self._leader == VIDEO:
             return
         if t.pending is None and not key:
             return  # video starts (or restarts) at a keyframe
-        cts = sample.composition_time
         if t.delay is None:
             t.delay = cts
-        data = self._videoPayload(t, sample.data)
+        data = self._videoPayload(t, view)
         if not data:
             return
         ms = frame.timestamp + self._mediaOffset(frame.timestamp) + t.delay

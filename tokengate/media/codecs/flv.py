@@ -15,7 +15,7 @@ Every malformed input raises L{MediaError} and nothing else.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from attrs import frozen
 
@@ -236,20 +236,13 @@ class UnsupportedCodec(MediaError):
     """
 
 
-class VideoSample(NamedTuple):
-    """
-    The sample of an H.264 NALU tag body (L{video_sample}).
-
-    @ivar data: the NAL units as the tag carries them (length-prefixed, with
-        the length size of the stream's avcC), a zero-copy view of the tag
-        body.
-    @ivar composition_time: PTS - DTS in milliseconds, signed.
-    @ivar keyframe: whether the tag says it carries a key frame.
-    """
-
-    data: memoryview
-    composition_time: int
-    keyframe: bool
+#: The sample of an H.264 NALU tag body (L{video_sample}): C{(data,
+#: composition_time, keyframe)} -- the NAL units as the tag carries them
+#: (length-prefixed, with the length size of the stream's avcC) as a
+#: zero-copy view of the tag body; PTS - DTS in milliseconds, signed; and
+#: whether the tag says it carries a key frame.  A plain tuple: this runs
+#: once per frame.
+VideoSample = tuple[memoryview, int, bool]
 
 
 def video_sample(body: Buffer) -> Optional[VideoSample]:
@@ -264,7 +257,14 @@ def video_sample(body: Buffer) -> Optional[VideoSample]:
         an Enhanced RTMP ex-header).
     @raise MediaError: a truncated header or an unknown AVC packet type.
     """
-    view = as_view(body)
+    view = memoryview(body) if type(body) is bytes else as_view(body)
+    if len(view) > 5 and view[1] == AVC_NALU:
+        b0 = view[0]
+        if b0 & 0x0F == CODEC_AVC and 0 < b0 >> 4 < FRAME_INFO:  # the common case
+            cts = view[2] << 16 | view[3] << 8 | view[4]
+            if cts & 0x800000:
+                cts -= 0x1000000
+            return view[5:], cts, b0 >> 4 == FRAME_KEY
     if not view:
         raise MediaError("empty video tag")
     b0 = view[0]
@@ -285,7 +285,7 @@ def video_sample(body: Buffer) -> Optional[VideoSample]:
     cts = view[2] << 16 | view[3] << 8 | view[4]
     if cts & 0x800000:
         cts -= 0x1000000
-    return VideoSample(view[5:], cts, frame_type == FRAME_KEY)
+    return view[5:], cts, frame_type == FRAME_KEY
 
 
 def audio_sample(body: Buffer) -> Optional[memoryview]:
@@ -297,7 +297,9 @@ def audio_sample(body: Buffer) -> Optional[memoryview]:
     @raise UnsupportedCodec: the tag is not AAC.
     @raise MediaError: a truncated header or an unknown AAC packet type.
     """
-    view = as_view(body)
+    view = memoryview(body) if type(body) is bytes else as_view(body)
+    if len(view) > 2 and view[1] == AAC_RAW and view[0] >> 4 == SOUND_AAC:  # the common case
+        return view[2:]
     if not view:
         raise MediaError("empty audio tag")
     if view[0] >> 4 != SOUND_AAC:
