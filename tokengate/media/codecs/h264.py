@@ -19,7 +19,7 @@ import re
 import struct
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
-from attrs import field, frozen
+from attrs import define, field, frozen
 
 from tokengate.media.codecs.bits import BitReader, BitWriter, Buffer, as_bytes, as_view
 from tokengate.media.errors import MediaError
@@ -558,10 +558,12 @@ def split_annexb(data: Buffer) -> list[bytes]:
     return [b[s:e] for s, e in _annexb_spans(b)]
 
 
-@frozen
+@define
 class AccessUnit:
     """
     One H.264 access unit taken out of Annex B (L{annexb_access_unit}).
+    Not frozen only because a frozen class costs a microsecond per frame
+    to build; nothing changes it.
 
     @ivar data: the NAL units kept, each behind a 4-byte big-endian length
         (an FLV/RTMP NALU tag body after its header, an MP4 sample).
@@ -599,19 +601,26 @@ def annexb_access_unit(data: Buffer, *, keep_parameter_sets: bool) -> AccessUnit
     sps: list[bytes] = []
     pps: list[bytes] = []
     keyframe = False
+    append = parts.append
     for s, e in _annexb_spans(b):
         t = b[s] & 0x1F
-        if t == NAL_SPS or t == NAL_PPS:
-            (sps if t == NAL_SPS else pps).append(b[s:e])
+        if t == 7:  # NAL_SPS
+            sps.append(b[s:e])
             if not keep_parameter_sets:
                 continue
-        elif t == NAL_AUD or t == NAL_FILLER:
+        elif t == 8:  # NAL_PPS
+            pps.append(b[s:e])
+            if not keep_parameter_sets:
+                continue
+        elif t == 9 or t == 12:  # NAL_AUD, NAL_FILLER
             continue
-        elif t == NAL_IDR:
+        elif t == 5:  # NAL_IDR
             keyframe = True
-        parts.append(pack(e - s))
-        parts.append(view[s:e])
-    return AccessUnit(b"".join(parts), keyframe, tuple(sps), tuple(pps))
+        append(pack(e - s))
+        append(view[s:e])
+    return AccessUnit(
+        b"".join(parts), keyframe, tuple(sps) if sps else (), tuple(pps) if pps else ()
+    )
 
 
 def length_prefixed_nals(data: Buffer, length_size: int = 4) -> Iterator[memoryview]:
