@@ -166,13 +166,16 @@ setup(
         "PyJWT>=2.8",
         "prometheus-client>=0.20",
         "txredisapi>=1.4.10",
-        # WebRTC media: tokengate.webrtc.media relies on aiortc internals
-        # (the receiver's decoder worker), so aiortc is pinned; av is kept in
+        # WebRTC media relies on aiortc internals (every one is in
+        # tokengate/webrtc/aiortcpatches.py, checked at import), so aiortc is
+        # pinned (keep aiortcpatches.WRITTEN_FOR equal); av is kept in
         # the range aiortc 1.16.0 declares (verified with 18.1.0).
         "aiortc==1.16.0",
         "av>=18.1,<20",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "redis>=5", "pyotp>=2.9"],
+        # mypy and its zope.interface plugin: the type check (mypy.ini).
+        "test": ["hypothesis>=6.100", "redis>=5", "pyotp>=2.9", "mypy==2.4.1",
+                 "mypy-zope==1.0.17"],
     },
 )

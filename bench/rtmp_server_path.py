@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         clock.advance(1_800_000_000)
         server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=clock)
         server.apps.replace("LiveApp", hlsMuxingEnabled=False)
-        factory = RTMPFactory(server)
+        factory = RTMPFactory(server.access, server.clock, server.metrics)
         pubs = []
         for i in range(args.publishers):
             p = Peer(factory, i)

@@ -9,7 +9,7 @@ played by N aiortc viewers through the WebSocket signalling.
 The tokengate server runs under ``twistd -r asyncio`` (WebRTC needs it),
 pinned to CPU 0 when ``taskset`` exists; this load generator runs on CPU 1.
 The viewers do not decode: their receivers use the server's own
-encoded-frame passthrough (tokengate.webrtc.media), so each one only counts
+encoded-frame passthrough (tokengate.webrtc.aiortcpatches), so each one only counts
 the H.264 access units it gets.  They decline the Opus audio track (the
 clip has AAC, which the server would transcode once and send to each
 viewer) unless ``--audio`` is given.  With ``--light`` they only count RTP
@@ -104,7 +104,7 @@ class Viewer:
     async def start(self) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-        from tokengate.webrtc.media import _passthrough
+        from tokengate.webrtc.aiortcpatches import passthrough
 
         f = WebSocketClientFactory(self.url)
         f.protocol = Client
@@ -139,7 +139,7 @@ class Viewer:
         await defer.Deferred.fromFuture(asyncio.ensure_future(
             pc.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="offer"))))
         for t in pc.getTransceivers():
-            _passthrough(t.receiver)  # count access units, do not decode
+            passthrough(t.receiver)  # count access units, do not decode
             if self.light:
                 t.receiver._bench_viewer = self  # count RTP frames only (see light_receivers)
             if t.kind == "audio" and not self.audio_on:
@@ -190,9 +190,9 @@ def q(values: list[float], p: float) -> float:
 
 
 async def run(args, base: str, ws: str, pid: int) -> dict:
-    from tokengate.webrtc.media import _install_passthrough
+    from tokengate.webrtc.aiortcpatches import installPassthrough
 
-    _install_passthrough()
+    installPassthrough()
     if args.light:
         light_receivers()
     await task.deferLater(reactor, 3.0)  # the publisher settles

@@ -12,9 +12,19 @@ from twisted.internet import reactor
 
 from tokengate.apps import Applications
 from tokengate.rtmp.protocol import RTMPFactory
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.web.resource import build_site
+from tokengate.web.rest import RestAPI
+
+
+def restAPI(server: Server) -> RestAPI:
+    """
+    The REST API of C{server}, built as the composition root builds it.
+    """
+    return RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
+                   server.clock, server.metrics, server.config)
 
 
 class InProcessMedia:

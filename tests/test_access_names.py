@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.access.names import MAX_STREAM_ID, isValidAppName, isValidStreamId
-from tokengate.srt.connection import BadStreamId, parse_stream_id
+from tokengate.srt.streamid import BadStreamId, parse_stream_id
 
 BAD = ["", "..", ".", ".hidden", "a b", "a/b", "x%00y", "x\x00y", "x\n", "caf\u00e9",
        "a" * (MAX_STREAM_ID + 1), "<svg>", "a?b", "a\\b", "\u0661"]

@@ -3,7 +3,7 @@ Ant Media Server's own JavaScript SDK (C{@antmedia/webrtc_adaptor} from
 npm, as its users load it) against tokengate, in headless Chromium with a
 fake camera: a client written for the reference server publishes and plays
 with one-time tokens unchanged, and sees the reference error for a bad
-token.
+token and for an application whose C{webRTCEnabled} is off.
 
 The SDK is fetched by C{npm ci} into C{tests/ams_sdk/node_modules} (locked
 by C{tests/ams_sdk/package-lock.json}) the first time this runs; npm is
@@ -45,7 +45,7 @@ PAGE = b"""<!doctype html>
 <script src="/selfie_segmentation.js"></script>
 <script src="/webrtc_adaptor.js"></script>
 <script>
-window.sdk = {events: [], errors: []};
+window.sdk = {events: [], errors: [], information: []};
 // One adaptor as the SDK's own samples make it: publish, or play.
 window.start = function (url, mode, streamId, token) {
   var play = mode === 'play';
@@ -65,6 +65,9 @@ window.start = function (url, mode, streamId, token) {
     },
     callbackError: function (error, message) {
       sdk.errors.push(mode + ':' + error);
+      if (message && message.information) {
+        sdk.information.push(mode + ':' + error + ':' + message.information);
+      }
     }
   });
   window[mode] = adaptor;
@@ -140,6 +143,39 @@ class AntMediaSDK(TestCase):
         await bad.wait_for("sdk.errors.length > 0", timeout=30)
         self.assertIn("play:unauthorized_access", await bad.evaluate("sdk.errors"))
         self.assertNotIn("play:play_started", await bad.evaluate("sdk.events"))
+
+        # webRTCEnabled false: play and publish refused as the reference
+        # server does, the tokens kept; they work once it is on again
+        async def webRTC(enabled: bool) -> None:
+            url = "{}/rest/v2/applications/settings/LiveApp".format(web)
+            settings = json.loads(await (await treq.get(url, persistent=False)).content())
+            settings["webRTCEnabled"] = enabled
+            resp = await treq.post(url, json.dumps(settings).encode(),
+                                   headers={b"content-type": [b"application/json"]},
+                                   persistent=False)
+            self.assertEqual(json.loads(await resp.content())["success"], True)
+
+        await webRTC(False)
+        playToken = await mint("sdk1", "play")
+        off = await b.open(page_url)
+        await off.evaluate("start({}, 'play', 'sdk1', {})".format(
+            json.dumps(ws), json.dumps(playToken)))
+        await off.wait_for("sdk.errors.length > 0", timeout=30)
+        self.assertEqual(await off.evaluate("sdk.information"),
+                         ["play:no_stream_exist:webrtc_not_enabled"], off.debug())
+        publishToken = await mint("sdk2", "publish")
+        offPub = await b.open(page_url)
+        await offPub.evaluate("start({}, 'publish', 'sdk2', {})".format(
+            json.dumps(ws), json.dumps(publishToken)))
+        await offPub.wait_for("sdk.errors.length > 0", timeout=30)
+        self.assertIn("publish:webrtc_not_enabled", await offPub.evaluate("sdk.errors"))
+        await webRTC(True)
+        again = await b.open(page_url)
+        await again.evaluate("start({}, 'play', 'sdk1', {})".format(
+            json.dumps(ws), json.dumps(playToken)))
+        await again.wait_for("sdk.events.indexOf('play:play_started') >= 0 || "
+                             "sdk.errors.length > 0", timeout=40)
+        self.assertEqual(await again.evaluate("sdk.errors"), [], again.debug())
 
         # stop: the SDK's stop ends the broadcast
         await pub.evaluate("publish.stop('sdk1')")

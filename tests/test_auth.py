@@ -8,10 +8,9 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tokengate.access.sessions import IPlayGrant, IPublishGrant
 from tokengate.apps import Applications
 from tokengate.auth import (
-    IPlayGrant,
-    IPublishGrant,
     IStreamCredentials,
     Refused,
     StreamCredentials,
@@ -121,10 +120,13 @@ class GateTests(SynchronousTestCase):
         self.apps.replace("LiveApp", publishTokenControlEnabled=True)
         token = self.mint()
         live = {"s1"}
-        self.gate.addPrecheck(lambda c: Outcome.IN_USE if c.streamId in live else None)
-        self.assertEqual(self.refused(self.creds(token)), Outcome.IN_USE)
+        def precheck(c):
+            return Outcome.IN_USE if c.streamId in live else None
+
+        d = self.gate.login(self.creds(token), precheck=precheck)
+        self.assertEqual(self.failureResultOf(d, Refused).value.outcome, Outcome.IN_USE)
         live.clear()
-        self.successResultOf(self.gate.login(self.creds(token)))
+        self.successResultOf(self.gate.login(self.creds(token), precheck=precheck))
 
     def test_kick(self):
         mind = Mind()
@@ -158,6 +160,18 @@ class GateTests(SynchronousTestCase):
 
 
 class ThrottleTests(SynchronousTestCase):
+    def test_manyFailuresStillAnswered(self):
+        """
+        An address with more failures than 2**excess can hold as a float
+        (over a thousand distinct attempts within a half-life) waits the
+        longest delay; the throttle does not raise.
+        """
+        clock = clock_at()
+        throttle = Throttle(clock)
+        for i in range(1100):
+            throttle.failed("192.0.2.9", str(i).encode())
+        self.assertEqual(throttle.delay("192.0.2.9"), throttle.maxDelay)
+
     def setUp(self):
         self.clock = clock_at()
         self.apps = Applications(None)

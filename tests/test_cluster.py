@@ -1,10 +1,12 @@
 """
-L{tokengate.cluster}: revocation across the nodes of a cluster.
+L{tokengate.access.revocation}'s Redis transport: revocation across the
+nodes of a cluster.
 
 The cluster tests run two L{Server} objects ("nodes") in this process, each
-with its own L{RedisTokenStore} and revocation bus, on one real redis-server
-(L{tests.redisserver}); skipped when redis-server is not installed (CI
-installs it and counts such skips as failures).
+with its own Redis client (shared by its L{RedisTokenStore} and its
+revocation transport, as the composition root does), on one real
+redis-server (L{tests.redisserver}); skipped when redis-server is not
+installed (CI installs it and counts such skips as failures).
 """
 
 from __future__ import annotations
@@ -21,20 +23,23 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tokengate.apps import Applications
 from tokengate.auth import StreamCredentials
-from tokengate.cluster import (
+from tokengate.access.revocation import (
     MAX_EVENT_BYTES,
+    LocalTransport,
     MalformedEvent,
-    RedisRevocationBus,
-    RevocationBus,
-    parse_event,
+    RedisTransport,
+    Revocation,
+    parseEvent,
 )
-from tokengate.server import Server, ServerConfig
+from tokengate.redisclient import RedisClient
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.redis import RedisTokenStore
-from tokengate.web.playback import HTTPSessions
 from tokengate.web.sessions import InvalidCredential
 
 from .helpers import NOW, clock_at, json_body
 from .redisserver import start_redis_server
+from tests.fixtures import restAPI
 
 BASE = "http://127.0.0.1:5080"
 SECRET = "s" * 32
@@ -72,31 +77,28 @@ class Mind:
 
 class Node:
     """
-    One tokengate node: a server on the shared Redis, its REST API, and an
-    HTTP session table (as the playback gate keeps).
+    One tokengate node: a server on the shared Redis, its REST API, and its
+    HTTP playback sessions.
     """
 
     def __init__(self, testcase, url: str, keepalive: float = 15.0) -> None:
-        self.store = RedisTokenStore.fromURL(url, reactor, timeout=1.0, reconnectMaxDelay=0.5)
+        self.redis = RedisClient.fromURL(url, reactor, timeout=1.0, reconnectMaxDelay=0.5)
+        self.store = RedisTokenStore(self.redis)
         self.server = Server(
             apps=Applications(None), store=self.store, clock=reactor,
-            config=ServerConfig(sessionSecret=SECRET),
+            config=ServerConfig(sessionSecret=SECRET), redis=self.redis,
         )
-        self.sessions = HTTPSessions(self.server.signer, reactor)
-
-        class Playback:
-            sessions = self.sessions
-
-        self.server.playback = Playback()
-        self.bus = self.server.revocations
-        self.bus._keepalive = keepalive
-        from tokengate.web.rest import RestAPI
-
-        self.rest = StubTreq(RestAPI(self.server).resource())
-        # cleanups run last-in first-out: the bus stops before the store
+        self.sessions = self.server.httpSessions
+        self.revoker = self.server.revoker
+        self.bus = self.revoker.transport
+        self.bus.keepalive = keepalive
+        self.rest = StubTreq(restAPI(self.server).resource())
+        # cleanups run last-in first-out: the revoker stops before the
+        # store, the store before the client they share
+        testcase.addCleanup(self.redis.close)
         testcase.addCleanup(self.store.close)
-        testcase.addCleanup(self.bus.stop)
-        self.bus.start()
+        testcase.addCleanup(self.revoker.stop)
+        self.revoker.start()
 
     async def _pumped(self, d):
         """
@@ -135,6 +137,23 @@ class Node:
         )
         return grant, mind
 
+    async def httpLogin(self, streamId="s1", peer="192.0.2.4"):
+        """
+        An HTTP playback session admitted through the gate and indexed as
+        the playback gate opens one: its grant's mind revokes the session
+        when kicked.  Its grant and credential.
+        """
+        if not self.server.hub.isLive("LiveApp", streamId):
+            self.server.hub.publish("LiveApp", streamId, "RTMP")
+        mind = self.sessions.mind("hls", peer)
+        grant = await self.server.gate.login(
+            StreamCredentials("LiveApp", streamId, "play", None, peer, "hls"), mind
+        )
+        now = reactor.seconds()
+        session = self.server.signer.new("LiveApp", streamId, "hls", now)
+        self.sessions.open(mind, grant, session)
+        return grant, self.server.signer.issue(session, now)
+
     def httpSession(self, streamId="s1"):
         """
         A playback session of this node and its credential.
@@ -169,12 +188,18 @@ class ClusterTests(TestCase):
         nodes = nodes or (self.a, self.b)
         await eventually(lambda: all(n.bus.subscribed for n in nodes))
         # and caught up once
-        await eventually(lambda: all(n.bus._catchingUp is None for n in nodes))
+        await eventually(lambda: all(not n.bus.catchingUp for n in nodes))
 
-    def test_busForRedis(self):
-        self.assertIsInstance(self.a.bus, RedisRevocationBus)
+    def test_transportForRedis(self):
+        """
+        A server given a Redis client revokes through a Redis transport on
+        that very client, the one its token store uses.
+        """
+        self.assertIsInstance(self.a.bus, RedisTransport)
+        self.assertIs(self.a.bus.client, self.a.redis)
+        self.assertIs(self.a.store.client, self.a.redis)
         self.assertEqual(self.a.bus.channel, "tokengate:revocations:0")
-        self.assertNotEqual(self.a.bus.nodeId, self.b.bus.nodeId)
+        self.assertNotEqual(self.a.revoker.nodeId, self.b.revoker.nodeId)
 
     async def test_tokensRevokedEverywhere(self):
         """
@@ -221,9 +246,8 @@ class ClusterTests(TestCase):
         has its usual shape.
         """
         await self.subscribed()
-        session, credential = self.b.httpSession()
-        httpGrant, _ = await self.b.login(None, action="play", peer="192.0.2.4")
-        self.b.sessions.add(session, httpGrant)
+        httpGrant, credential = await self.b.httpLogin()
+        self.assertEqual(self.b.sessions.count("LiveApp", "s1"), {"hls": 1})
         other, otherCredential = self.b.httpSession(streamId="s2")
         self.assertFalse(self.b.refuses(credential))
         # a credential issued by B works on A too (same secret) until revoked
@@ -261,7 +285,7 @@ class ClusterTests(TestCase):
         player, playerMind = await self.b.login(None, action="play")
         # drop B's subscriber connection (Redis' side): it comes back by
         # itself after its back-off (about a second)
-        port = self.b.bus._subscription._conn.transport.getHost().port
+        port = self.b.bus.subscription.connection.transport.getHost().port
         self.redis.execute_command("CLIENT", "KILL", "ADDR", "127.0.0.1:{}".format(port))
         await eventually(lambda: not self.b.bus.subscribed, timeout=5)
         await self.a.delete("/LiveApp/rest/v2/broadcasts/s1/sessions")
@@ -393,14 +417,16 @@ class ClusterTests(TestCase):
         self.assertNotIn(("Nope", "s1"), self.b.server.signer._streamRevoked)
 
 
-class LocalBusTests(SynchronousTestCase):
+class LocalTransportTests(SynchronousTestCase):
     def test_memoryStoreIsLocal(self):
         server = Server.inMemory(clock=clock_at())
-        self.assertIs(type(server.revocations), RevocationBus)
-        server.revocations.start()
-        self.assertEqual(self.successResultOf(server.revocations.revokeSessions("LiveApp", "s1")), 0)
-        self.assertIsNone(self.successResultOf(server.revocations.stop()))
+        self.assertIs(type(server.revoker.transport), LocalTransport)
+        server.revoker.start()
+        self.assertEqual(self.successResultOf(server.revoker.revokeSessions("LiveApp", "s1")), 0)
+        self.assertIsNone(self.successResultOf(server.revoker.stop()))
         self.assertEqual(server.signer._streamRevoked, {("LiveApp", "s1"): NOW})
+        self.assertIsNone(server.metrics.registry.get_sample_value(
+            "tokengate_cluster_revocations_total", {"direction": "sent"}))
 
 
 class ParseEventTests(SynchronousTestCase):
@@ -408,11 +434,11 @@ class ParseEventTests(SynchronousTestCase):
         event = {"v": 1, "kind": "tokens", "app": "LiveApp", "streamId": "s/1:x",
                  "time": 12, "origin": "abc"}
         self.assertEqual(
-            parse_event(json.dumps(event)),
-            {"kind": "tokens", "app": "LiveApp", "streamId": "s/1:x", "time": 12.0,
-             "origin": "abc"},
+            parseEvent(json.dumps(event)),
+            Revocation(kind="tokens", app="LiveApp", streamId="s/1:x", time=12.0,
+                       origin="abc"),
         )
-        self.assertEqual(parse_event(json.dumps(event).encode())["kind"], "tokens")
+        self.assertEqual(parseEvent(json.dumps(event).encode()).kind, "tokens")
 
     def test_bad(self):
         for message in (None, 5, b"\xff", "x" * (MAX_EVENT_BYTES + 1), "1", "{}",
@@ -420,7 +446,7 @@ class ParseEventTests(SynchronousTestCase):
                         '"origin":"o"}',
                         '{"v":1,"kind":"tokens","app":"a","streamId":"s","time":-1,'
                         '"origin":"o"}'):
-            self.assertRaises(MalformedEvent, parse_event, message)
+            self.assertRaises(MalformedEvent, parseEvent, message)
 
 
 class ServiceTests(TestCase):
@@ -439,8 +465,12 @@ class ServiceTests(TestCase):
         o.parseOptions(["--data-dir", self.mktemp(), "--store", redisServer.url,
                         "--http", "tcp:0:interface=127.0.0.1", "--rtmp", "", "--srt", ""])
         svc = makeService(o, reactor)
-        bus = svc.server.revocations
-        self.assertIsInstance(bus, RedisRevocationBus)
+        bus = svc.server.revoker.transport
+        self.assertIsInstance(bus, RedisTransport)
+        # the Redis client is opened once: the store and the transport share it
+        self.assertIsInstance(svc.server.redis, RedisClient)
+        self.assertIs(svc.server.store.client, svc.server.redis)
+        self.assertIs(bus.client, svc.server.redis)
         svc.privilegedStartService()
         svc.startService()
         try:
@@ -448,3 +478,4 @@ class ServiceTests(TestCase):
         finally:
             await svc.stopService()
         self.assertFalse(bus.subscribed)
+        self.assertTrue(svc.server.redis.closed)

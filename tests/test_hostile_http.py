@@ -31,7 +31,9 @@ from twisted.web.test.requesthelper import DummyRequest
 from tokengate.auth import Refused, check_jwt
 from tokengate.limits import PerAddressLimit
 from tokengate.metrics import Metrics
-from tokengate.server import ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
+from tests.fixtures import restAPI
 from tokengate.tokens import Outcome
 from tokengate.web.site import SECRET_PARAMS, TokengateSite, redact_uri, redacting_log_formatter
 from tokengate.web.vod import MAX_RANGES, RecordingFile, parseRanges
@@ -792,7 +794,9 @@ class JwtTests(SynchronousTestCase):
 
 class ManagementJwtTests(RestBase):
     async def test_noExpRefused(self) -> None:
-        self.server.config = ServerConfig(restJwtSecretKey=SECRET)
+        self.server = Server.inMemory(clock=self.clock,
+                                      config=ServerConfig(restJwtSecretKey=SECRET))
+        self.resource = restAPI(self.server).resource()
         cases = (({"sub": "ops"}, 403), ({"exp": NOW + 30 * 86400}, 403),
                  ({"exp": NOW + 3600}, 200), ({"exp": NOW - 1}, 403))
         for claims, expected in cases:

@@ -17,13 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tokengate.apps import SETTINGS_FIELDS, AppSettings, Applications, SettingsError
 from tokengate.jsonvalue import JSONError
-from tokengate.web.rest import RestAPI
 from tokengate.server import Server
 
-from .helpers import NOW, clock_at, json_body
+from .helpers import clock_at, json_body
 from .test_hostile_names import LogCapture
 from .test_playback import PlaybackBase, uris
 from .test_webrtc_signalling import SignallingBase
+from tests.fixtures import restAPI
 
 BASE = "http://127.0.0.1:5080"
 SETTINGS = "/rest/v2/applications/settings/LiveApp"
@@ -34,7 +34,7 @@ NINES = "9" * 400
 class HostileRestJSON(TestCase):
     def setUp(self) -> None:
         self.server = Server.inMemory(clock=clock_at())
-        self.treq = StubTreq(RestAPI(self.server).resource())
+        self.treq = StubTreq(restAPI(self.server).resource())
 
     async def post(self, path: str, body: object) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -156,7 +156,7 @@ class HostileRestJSON(TestCase):
                                         + quote(value))
             self.assertEqual(code, 400)
             self.assertIn("Define Stream ID", body["message"])  # type: ignore[index]
-        self.assertEqual(len(await self.server.store.list_stream("LiveApp", "s1", 0, 10)), 0)
+        self.assertEqual(len(await self.server.store.listStream("LiveApp", "s1", 0, 10)), 0)
 
 
 class StoredSettings(SynchronousTestCase):

@@ -19,10 +19,10 @@ from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import MSG_BAD_STREAM_ID, StoredToken, new_token
 from tokengate.web.resource import build_site
-from tokengate.web.rest import RestAPI
 
 from .helpers import NOW, clock_at, http_client, json_body
 from .test_rtmp_protocol import Peer
+from tests.fixtures import restAPI
 
 #: ids every protocol refuses; RTMP and SRT admitted some of them before
 HOSTILE_IDS = ["..", ".hidden", "a b", "caf\u00e9", "x\x00y", "a" * 400, "<svg>", "x\n"]
@@ -97,7 +97,7 @@ class RTMPNameTests(SynchronousTestCase):
 class RESTNameTests(TestCase):
     def setUp(self) -> None:
         self.server = Server.inMemory(clock=clock_at())
-        self.treq = StubTreq(RestAPI(self.server).resource())
+        self.treq = StubTreq(restAPI(self.server).resource())
 
     async def test_mintRefusesHostileIds(self) -> None:
         for name in ["a\x00b", "<svg>", "a" * 10000, "..", ".x", "a b"]:

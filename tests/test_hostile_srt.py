@@ -35,7 +35,7 @@ from tokengate.apps import Applications
 from tokengate.auth import Throttle
 from tokengate.server import Server
 from tokengate.srt import packets as P
-from tokengate.srt.connection import REJX_CONFLICT, REJX_DOWN, REJX_UNAUTHORIZED
+from tokengate.srt.errors import REJX_CONFLICT, REJX_DOWN, REJX_UNAUTHORIZED
 from tokengate.srt.packets import DataPacket, Handshake, HSReq, HandshakeExtension, decode_packet
 from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore
@@ -131,7 +131,7 @@ class ListenerHarness:
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
                              clock=self.clock, throttle=self.throttle)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
-        self.srt = SRTListener(self.server)
+        self.srt = SRTListener(self.server.access, self.server.clock, self.server.metrics)
         self.transport = FakeUDP()
         self.srt.makeConnection(self.transport)
         self.addCleanup(self.srt.doStop)
@@ -375,7 +375,7 @@ class RealCallers(procs.ClientsMixin, TestCase):
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
                              throttle=self.throttle)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
-        self.srt = SRTListener(self.server)
+        self.srt = SRTListener(self.server.access, self.server.clock, self.server.metrics)
         self.udp = reactor.listenUDP(0, self.srt, interface="127.0.0.1")
         self.addCleanup(self.udp.stopListening)
         self.port = self.udp.getHost().port

@@ -171,8 +171,9 @@ class OneReaderTests(SynchronousTestCase):
     #: client input
     SERVER_AUTHORED = {
         "apps.py": "its own apps.json",
-        "auth.py": "avatar ids it serialized itself",
-        "cluster.py": "revocation events of the other nodes, size-capped, RecursionError caught",
+        "access/sessions.py": "avatar ids it serialized itself",
+        "access/revocation.py": "revocation events of the other nodes, size-capped, "
+                                "RecursionError caught",
         "web/sessions.py": "session credentials, parsed only after their MAC is checked",
         "media/recorder.py": "a recording's own config file",
     }

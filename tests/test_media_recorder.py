@@ -72,7 +72,8 @@ from tokengate.media.recorder import (
     read_journal,
     valid_name,
 )
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,7 +15,8 @@ from twisted.trial.unittest import TestCase
 
 from tokengate.apps import Applications
 from tokengate.media.flv import iter_flv_tags
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import StoredToken, new_token
 from tokengate.web.resource import build_site
@@ -105,11 +106,14 @@ class GateTests(PlaybackBase):
         for uri in media_uris:
             r, body = await self.get(uri)
             self.assertEqual(r.code, 200, (uri, body))
-            for child in uris(body.decode())[:4]:
+            children = uris(body.decode())[:4]
+            self.assertTrue(children, body)
+            for child in children:
                 self.assertIn("tgs=", child)
                 base = uri.split("/")[0] + "/"
                 r2, data = await self.get(base + child)
                 self.assertEqual(r2.code, 200, (child, data[:200]))
+                self.assertTrue(data, child)
                 self.assertEqual(r2.headers.getRawHeaders(b"content-type"), [b"video/mp4"])
         # the same token from anyone else: refused
         r, body = await self.get("s1.m3u8?token=" + token, client=self.other)
@@ -156,9 +160,11 @@ class GateTests(PlaybackBase):
         self.live()
         r, body = await self.get("s1.m3u8?token=" + self.mint())
         media = uris(body.decode())[0]
-        self.server.playback.sessions.revokeStream("LiveApp", "s1")
+        r = await self.http.delete(self.base.replace("/streams/", "/rest/v2/broadcasts/s1/sessions"))
+        self.assertEqual(r.code, 200, await r.content())
         r, _ = await self.get(media)
         self.assertEqual(r.code, 403)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {})
 
     async def test_cookieContinuesWithSpentToken(self):
         self.live()
@@ -232,7 +238,7 @@ class SpentTokenTests(PlaybackBase):
         r, again = await self.get("s1/s1.mpd?token=" + token)
         self.assertEqual(r.code, 200, again)
         sid = re.compile(r"tgs=([^&\"<]+)")
-        signer = self.server.playback.signer
+        signer = self.server.signer
         now = time.time()
         self.assertEqual(
             signer.check(sid.search(first.decode()).group(1), "LiveApp", "s1", now).sessionId,
@@ -309,7 +315,8 @@ class SpentTokenTests(PlaybackBase):
         token = self.mint()
         r, _ = await self.get("s1.m3u8?token=" + token)
         self.assertEqual(r.code, 200)
-        self.server.playback.sessions.revokeStream("LiveApp", "s1")
+        registry = self.server.gate.registry
+        self.assertEqual(registry.kick(registry.grants("LiveApp", "s1"), "revoked"), 1)
         r, _ = await self.get("s1.m3u8?token=" + token)
         self.assertEqual(r.code, 403)
 
@@ -318,14 +325,14 @@ class SpentTokenTests(PlaybackBase):
         token = self.mint()
         r, _ = await self.get("s1.m3u8?token=" + token)
         self.assertEqual(r.code, 200)
-        sessions = self.server.playback.sessions
-        sid = next(iter(sessions._sessions))
-        session, grant, last = sessions._sessions[sid]
-        sessions._sessions[sid] = (session, grant, last - self.server.playback.signer.idle - 1)
+        sessions = self.server.httpSessions
+        mind = next(iter(sessions._byId.values()))
+        mind.lastSeen -= self.server.signer.idle + 1
         r, _ = await self.get("s1.m3u8?token=" + token)
         self.assertEqual(r.code, 403)
         self.assertEqual(sessions.sweep(), 1)
         self.assertEqual(sessions._opener, {})
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {})
 
 
 class OpenTests(PlaybackBase):
@@ -383,33 +390,36 @@ class VodTests(PlaybackBase):
         self.assertEqual(r.code, 404)
 
 
-class _Grant:
-    def __init__(self):
-        self.ended = False
-
-    def logout(self):
-        self.ended = True
-
-
 class HTTPSessionsTests(TestCase):
     """
-    The session registry's token index, in memory (a Clock, no sockets).
+    The HTTP sessions' index over the session registry, in memory (a
+    Clock, no sockets).
     """
 
     def setUp(self):
+        from tokengate.access.sessions import SessionRegistry
+        from tokengate.metrics import Metrics
         from tokengate.web.playback import HTTPSessions
         from tokengate.web.sessions import SessionSigner
 
         from .helpers import clock_at
 
         self.clock = clock_at()
+        self.metrics = Metrics()
+        self.registry = SessionRegistry(self.metrics, self.clock)
         self.signer = SessionSigner(b"s" * 32, idle=120, vodIdle=3600)
-        self.sessions = HTTPSessions(self.signer, self.clock, maxSessions=3)
+        self.sessions = HTTPSessions(self.registry, self.signer, self.clock, maxSessions=3)
 
     def open(self, token, peer="10.0.0.1", kind="hls", streamId="s1"):
+        from tokengate.access.sessions import Grant
+
+        mind = self.sessions.mind(kind, peer, token)
+        grant = Grant(app="LiveApp", streamId=streamId, action="play", protocol=kind,
+                      peer=peer, kind="onetime", digest=token, expires=None, mind=mind,
+                      registry=self.registry, started=self.clock.seconds())
+        self.registry.add(grant)
         session = self.signer.new("LiveApp", streamId, kind, self.clock.seconds())
-        grant = _Grant()
-        self.sessions.add(session, grant, token, peer)
+        self.sessions.open(mind, grant, session)
         return session, grant
 
     def test_continuedOnlyByItsOpener(self):
@@ -434,22 +444,89 @@ class HTTPSessionsTests(TestCase):
         self.assertIsNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
         self.assertEqual(self.sessions.sweep(), 1)
         self.assertTrue(grant.ended)
-        # a session whose grant ended (a kick) is not continued either
+        self.assertEqual(self.kicked("idle"), 1)
+        # a session whose grant ended (a kick, a logout) is not continued either
         _, grant2 = self.open("d2")
-        grant2.logout()
+        grant2.kick("revoked")
         self.assertIsNone(self.sessions.continued("d2", "10.0.0.1", "LiveApp", "s1", "hls"))
+        _, grant3 = self.open("d3")
+        grant3.logout()
+        self.assertIsNone(self.sessions.continued("d3", "10.0.0.1", "LiveApp", "s1", "hls"))
+        self.assertEqual(self.sessions._byId, {})
 
-    def test_revokedAndEvictedForgotten(self):
-        s1, _ = self.open("d1")
-        self.sessions.revokeSession(s1.sessionId)
+    def kicked(self, reason, protocol="hls"):
+        return self.metrics.registry.get_sample_value(
+            "tokengate_sessions_kicked_total",
+            {"protocol": protocol, "action": "play", "reason": reason}) or 0
+
+    def refused(self, session):
+        from tokengate.web.sessions import InvalidCredential
+
+        try:
+            self.signer.check(self.signer.issue(session, self.clock.seconds()),
+                              session.app, session.streamId, self.clock.seconds())
+        except InvalidCredential:
+            return True
+        return False
+
+    def test_kickedAndEvictedForgotten(self):
+        s1, g1 = self.open("d1")
+        self.registry.kickTokenSessions("LiveApp", "s1")
+        self.assertTrue(g1.ended)
+        self.assertTrue(self.refused(s1))
         self.assertIsNone(self.sessions.continued("d1", "10.0.0.1", "LiveApp", "s1", "hls"))
-        self.open("d2")
-        self.sessions.revokeStream("LiveApp", "s1")
-        self.assertIsNone(self.sessions.continued("d2", "10.0.0.1", "LiveApp", "s1", "hls"))
-        # beyond maxSessions the oldest go, and their tokens with them
-        grants = [self.open("e{}".format(i))[1] for i in range(5)]
-        self.assertEqual([g.ended for g in grants], [True, True, False, False, False])
+        # beyond maxSessions the least recently seen go (their credentials
+        # refused), and their tokens with them
+        opened = [self.open("e{}".format(i)) for i in range(5)]
+        self.assertEqual([g.ended for _, g in opened], [True, True, False, False, False])
+        self.assertEqual([self.refused(s) for s, _ in opened], [True, True, False, False, False])
+        self.assertEqual(self.kicked("evicted"), 2)
         self.assertIsNone(self.sessions.continued("e0", "10.0.0.1", "LiveApp", "s1", "hls"))
         self.assertIsNotNone(self.sessions.continued("e4", "10.0.0.1", "LiveApp", "s1", "hls"))
         self.assertEqual(len(self.sessions._opener), 3)
         self.assertEqual(len(self.sessions._byId), 3)
+        self.assertEqual(self.sessions.count("LiveApp", "s1"), {"hls": 3})
+
+    def test_endedOnce(self):
+        """
+        However many paths try to end an HTTP session (a revocation's kick
+        of the stream's players, a kick, a logout, the sweep, shutdown), it ends
+        once: its credential revoked once, its grant's kick counted once,
+        the registry's gauge back to zero.
+        """
+        revoked = []
+        revoke = self.signer.revokeSession
+        self.signer.revokeSession = lambda sid, now: (revoked.append(sid), revoke(sid, now))
+        session, grant = self.open("d1")
+        players = [g for g in self.registry.grants("LiveApp", "s1") if g.action == "play"]
+        self.assertEqual(players, [grant])
+        self.assertEqual(self.registry.kick(players, "revoked"), 1)
+        self.assertEqual(self.registry.kick(players, "revoked"), 0)
+        grant.kick("revoked")
+        grant.logout()
+        self.clock.advance(200)
+        self.assertEqual(self.sessions.sweep(), 0)
+        self.assertEqual(self.registry.kickAll("shutdown"), 0)
+        self.assertEqual(revoked, [session.sessionId])
+        self.assertEqual(self.kicked("revoked"), 1)
+        self.assertEqual(self.kicked("idle") + self.kicked("shutdown"), 0)
+        self.assertEqual(self.metrics.registry.get_sample_value(
+            "tokengate_sessions", {"protocol": "hls", "action": "play"}), 0)
+        self.assertEqual(self.sessions.count("LiveApp", "s1"), {})
+
+    def test_floodEndsThroughTheGrant(self):
+        session, grant = self.open("d1")
+        self.sessions.end(session, "flood")
+        self.assertTrue(grant.ended)
+        self.assertTrue(self.refused(session))
+        self.assertEqual(self.kicked("flood"), 1)
+
+    def test_jwtReopenedKeepsNewerOpener(self):
+        """
+        A reusable token (a JWT) opens a second session from the same
+        address; ending the first keeps the second continuable.
+        """
+        first, g1 = self.open("j")
+        second, _ = self.open("j")
+        g1.kick("revoked")
+        self.assertEqual(self.sessions.continued("j", "10.0.0.1", "LiveApp", "s1", "hls"), second)

@@ -145,7 +145,9 @@ class BrowserTests(LiveServer):
         await self._play("hls", spent)
         # the session it opened ends (the viewer left and it was revoked):
         # the spent token opens nothing more
-        self.server.playback.sessions.revokeStream("LiveApp", "s1")
+        registry = self.server.gate.registry
+        registry.kick([g for g in registry.grants("LiveApp", "s1") if g.action == "play"],
+                      "revoked")
         text = await self._play("hls", spent, expect_error=True)
         self.assertIn("Not authorized", text)
         text = await self._play("dash", "", expect_error=True)

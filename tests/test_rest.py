@@ -11,13 +11,15 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import TestCase
 
 from tokengate.auth import StreamCredentials
-from tokengate.server import Server, ServerConfig
+from tokengate.access.service import AccessRequest
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store import StoreUnavailable
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import Outcome
-from tokengate.web.rest import RestAPI
 
 from .helpers import NOW, FromPeer, clock_at, json_body
+from tests.fixtures import restAPI
 
 BASE = "http://127.0.0.1:5080"
 KEY = "k" * 32
@@ -27,7 +29,7 @@ class RestBase(TestCase):
     def setUp(self):
         self.clock = clock_at()
         self.server = Server.inMemory(clock=self.clock)
-        self.resource = RestAPI(self.server).resource()
+        self.resource = restAPI(self.server).resource()
         self.treq = StubTreq(self.resource)
 
     def remote(self, host="203.0.113.9"):
@@ -195,10 +197,10 @@ class RestTests(RestBase):
                 from twisted.internet.defer import fail
                 return fail(StoreUnavailable("down"))
 
-            redeem = list_stream = revoke_stream = add
+            redeem = listStream = revokeStream = add
 
         self.server = Server(apps=self.server.apps, store=Down(), clock=self.clock)
-        self.treq = StubTreq(RestAPI(self.server).resource())
+        self.treq = StubTreq(restAPI(self.server).resource())
         code, body = await self.mint()
         self.assertEqual(code, 503)
         self.assertEqual(body["message"], "Token store is unavailable, try again later")
@@ -250,7 +252,9 @@ class RestTests(RestBase):
 
     async def test_serverJwt(self):
         secret = "m" * 32
-        self.server.config = ServerConfig(restJwtSecretKey=secret)
+        self.server = Server.inMemory(clock=self.clock,
+                                      config=ServerConfig(restJwtSecretKey=secret))
+        self.resource = restAPI(self.server).resource()
         token = pyjwt.encode({"sub": "ops", "exp": NOW + 3600}, secret, algorithm="HS256")
         code, _ = await self.get("/rest/v2/applications", self.remote(),
                                  headers={"Authorization": "Bearer " + token})
@@ -271,7 +275,7 @@ class RestTests(RestBase):
         r = await self.treq.delete(BASE + "/rest/v2/applications/Mine")
         self.assertEqual((await json_body(r))["success"], True)
         self.assertEqual((await self.mint(app="Mine"))[0], 404)
-        self.assertEqual(len(await self.server.store.list_stream("Mine", "s1", 0, 10)), 0)
+        self.assertEqual(len(await self.server.store.listStream("Mine", "s1", 0, 10)), 0)
 
     async def test_settings(self):
         code, settings = await self.get("/rest/v2/applications/settings/LiveApp")
@@ -367,23 +371,24 @@ class BroadcastTests(RestBase):
     async def test_playNotLiveKeepsToken(self):
         self.server.apps.replace("LiveApp", playTokenControlEnabled=True)
         _, token = await self.mint()
-        creds = StreamCredentials("LiveApp", "s1", "play", token["tokenId"], "10.0.0.1", "hls")
-        e = await self.assertFailure(self.server.gate.login(creds), Exception)
+        request = AccessRequest("LiveApp", "s1", "play", "hls", "10.0.0.1", token["tokenId"])
+        e = await self.assertFailure(self.server.access.play(request, None), Exception)
         self.assertEqual(e.outcome, Outcome.NOT_LIVE)
         self.server.hub.publish("LiveApp", "s1", "RTMP")
-        grant = await self.server.gate.login(creds)
-        self.assertEqual(grant.kind, "onetime")
+        viewing = await self.server.access.play(request, None)
+        self.assertEqual(viewing.grant.kind, "onetime")
 
     async def test_publishInUseKeepsToken(self):
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
         _, token = await self.mint(type="publish")
         stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
-        creds = StreamCredentials("LiveApp", "s1", "publish", token["tokenId"], "10.0.0.1", "rtmp")
-        e = await self.assertFailure(self.server.gate.login(creds), Exception)
+        request = AccessRequest("LiveApp", "s1", "publish", "rtmp", "10.0.0.1",
+                                token["tokenId"])
+        e = await self.assertFailure(self.server.access.publish(request, None), Exception)
         self.assertEqual(e.outcome, Outcome.IN_USE)
         stream.end()
-        grant = await self.server.gate.login(creds)
-        self.assertEqual(grant.kind, "onetime")
+        publication = await self.server.access.publish(request, None)
+        self.assertEqual(publication.grant.kind, "onetime")
 
     async def test_deleteAppEndsStreams(self):
         self.server.apps.create("Tmp")

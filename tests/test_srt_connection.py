@@ -1,5 +1,6 @@
 """
-Tests for L{tokengate.srt.connection}: stream id forms, the listener's
+Tests for L{tokengate.srt.streamid}, L{tokengate.srt.handshake},
+L{tokengate.srt.connection} and L{tokengate.srt.receiver}: stream id forms, the listener's
 handshake (cookies, idempotent replies, rejections), the receiver
 connection (loss, reordering, duplicates, NAK, DROPREQ, too-late drop,
 wrap-around, ACK cadence, keepalive, idle timeout, bounded buffers), and
@@ -24,7 +25,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.media.ts import TSDemuxer, Video
 from tokengate.srt import packets as P
-from tokengate.srt.connection import (
+from tokengate.srt.connection import Listener
+from tokengate.srt.errors import (
     REJ_CONGESTION,
     REJ_FILTER,
     REJ_MESSAGEAPI,
@@ -34,20 +36,11 @@ from tokengate.srt.connection import (
     REJ_VERSION,
     REJX_BAD_REQUEST,
     REJX_UNAUTHORIZED,
-    BadStreamId,
-    Closed,
-    Connection,
-    Drop,
-    Listener,
-    NeedsAuthorization,
-    Payload,
-    Pending,
-    Rejected,
-    Reply,
-    StreamRequest,
-    parse_stream_id,
+    SRTProtocolError,
 )
-from tokengate.srt.errors import SRTProtocolError
+from tokengate.srt.handshake import Drop, NeedsAuthorization, Pending, Rejected, Reply
+from tokengate.srt.receiver import Closed, Connection, Payload
+from tokengate.srt.streamid import BadStreamId, StreamRequest, parse_stream_id
 from tokengate.srt.packets import (
     Ack,
     AckAck,

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from tokengate.apps import Applications
 from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
-from tokengate.srt.connection import REJX_UNAUTHORIZED
+from tokengate.srt.errors import REJX_UNAUTHORIZED
 from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.web.resource import build_site
@@ -111,7 +111,7 @@ class SRTInterop(procs.ClientsMixin, TestCase):
         self.ffmpeg = require("ffmpeg")
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
-        self.srt = SRTListener(self.server)
+        self.srt = SRTListener(self.server.access, self.server.clock, self.server.metrics)
         self.udp = reactor.listenUDP(0, self.srt, interface="127.0.0.1")
         self.rtmp = reactor.listenTCP(0, RTMPFactory(self.server.access, self.server.clock, self.server.metrics), interface="127.0.0.1")
         self.addCleanup(self.rtmp.stopListening)

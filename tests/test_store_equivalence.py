@@ -202,19 +202,19 @@ class Model:
         self.tokens = [t for t in self.tokens if not doomed(t)]
         return before - len(self.tokens)
 
-    def revoke_stream(self, app: str, streamId: str) -> int:
+    def revokeStream(self, app: str, streamId: str) -> int:
         return self._drop(lambda t: t.app == app and t.streamId == streamId)
 
-    def list_stream(
+    def listStream(
         self, app: str, streamId: str, offset: int, size: int
     ) -> list[StoredToken]:
         mine = [t for t in self.tokens if t.app == app and t.streamId == streamId]
         return mine[offset : offset + size]
 
-    def purge_expired(self, now: float) -> int:
+    def purgeExpired(self, now: float) -> int:
         return self._drop(lambda t: not now < t.expireDate)
 
-    def delete_app(self, app: str) -> int:
+    def deleteApp(self, app: str) -> int:
         return self._drop(lambda t: t.app == app)
 
 
@@ -421,25 +421,25 @@ async def runProgram(
                 seen["consumed" if len(model.tokens) < held else "kept"] += 1
             same(await store.redeem(key, probe), outcome, where + " as " + repr(probe))
         elif isinstance(op, Revoke):
-            expected = model.revoke_stream(op.app, op.streamId)
+            expected = model.revokeStream(op.app, op.streamId)
             seen["revoked"] += expected > 0
-            same(await store.revoke_stream(op.app, op.streamId), expected, where)
+            same(await store.revokeStream(op.app, op.streamId), expected, where)
         elif isinstance(op, List):
-            page = model.list_stream(op.app, op.streamId, op.offset, op.size)
+            page = model.listStream(op.app, op.streamId, op.offset, op.size)
             seen["paged"] += bool(page) and op.offset > 0
             same(
-                list(await store.list_stream(op.app, op.streamId, op.offset, op.size)),
+                list(await store.listStream(op.app, op.streamId, op.offset, op.size)),
                 page,
                 where,
             )
         elif isinstance(op, Purge):
-            expected = model.purge_expired(op.now)
+            expected = model.purgeExpired(op.now)
             seen["purged"] += expected > 0
-            same(await store.purge_expired(op.now), expected, where)
+            same(await store.purgeExpired(op.now), expected, where)
         elif isinstance(op, DeleteApp):
-            expected = model.delete_app(op.app)
+            expected = model.deleteApp(op.app)
             seen["deleted"] += expected > 0
-            same(await store.delete_app(op.app), expected, where)
+            same(await store.deleteApp(op.app), expected, where)
         else:  # pragma: no cover
             raise AssertionError("unknown operation {!r}".format(op))
     # Finally every stream's whole listing agrees, and every token ever
@@ -447,8 +447,8 @@ async def runProgram(
     # the model still holds it.
     for app, streamId in itertools.product(APPS, STREAMS):
         same(
-            list(await store.list_stream(app, streamId, 0, 2**31 - 1)),
-            model.list_stream(app, streamId, 0, 2**31 - 1),
+            list(await store.listStream(app, streamId, 0, 2**31 - 1)),
+            model.listStream(app, streamId, 0, 2**31 - 1),
             "final listing of {}/{}".format(app, streamId),
         )
     for token in minted:
@@ -651,8 +651,8 @@ class RedisEquivalenceTests(EquivalenceMixin, TestCase):
 
     def makeStore(self, n):
         # A fresh key prefix per program is an empty store.  Batches of 3
-        # make revoke, purge and delete_app take several scripts each.
-        return RedisTokenStore(
+        # make revoke, purge and deleteApp take several scripts each.
+        return RedisTokenStore.open(
             self.host, self.port, reactor, prefix="eq{}:".format(n), batch=3
         )
 
@@ -855,6 +855,6 @@ class RedisRaceTests(RaceMixin, TestCase):
     def makeStores(self, n):
         prefix = "race{}:".format(n)
         return (
-            RedisTokenStore(self.host, self.port, reactor, prefix=prefix),
-            RedisTokenStore(self.host, self.port, reactor, prefix=prefix),
+            RedisTokenStore.open(self.host, self.port, reactor, prefix=prefix),
+            RedisTokenStore.open(self.host, self.port, reactor, prefix=prefix),
         )

@@ -74,7 +74,7 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
             socket_timeout=5,
         )
         self.addCleanup(self.redis.close)
-        return RedisTokenStore(self.host, self.port, reactor)
+        return RedisTokenStore.open(self.host, self.port, reactor)
 
     async def test_keepsOnlyDigests(self):
         """
@@ -151,24 +151,24 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
         c = await self.mint("123", app="%41", room="007")
         d = await self.mint("ünï cødé/%3A", app="a")
         self.assertEqual(
-            [x.digest for x in await self.store.list_stream("a", "b:c", 0, 10)],
+            [x.digest for x in await self.store.listStream("a", "b:c", 0, 10)],
             [digest(a.tokenId)],
         )
         self.assertEqual(
-            [x.digest for x in await self.store.list_stream("a:b", "c", 0, 10)],
+            [x.digest for x in await self.store.listStream("a:b", "c", 0, 10)],
             [digest(b.tokenId)],
         )
-        listed = await self.store.list_stream("%41", "123", 0, 10)
+        listed = await self.store.listStream("%41", "123", 0, 10)
         self.assertEqual(listed[0].streamId, "123")
         self.assertEqual(listed[0].roomId, "007")
         self.assertEqual(listed[0].expireDate, NOW + 60)
-        self.assertEqual(await self.store.list_stream("A", "123", 0, 10), [])
-        self.assertEqual(await self.store.revoke_stream("a", "c"), 0)
+        self.assertEqual(await self.store.listStream("A", "123", 0, 10), [])
+        self.assertEqual(await self.store.revokeStream("a", "c"), 0)
         self.assertEqual(
             await self.store.redeem(digest(d.tokenId), probe("ünï cødé/%3A", app="a")),
             Outcome.GRANTED,
         )
-        self.assertEqual(await self.store.delete_app("a"), 1)
+        self.assertEqual(await self.store.deleteApp("a"), 1)
         self.assertEqual(
             await self.store.redeem(digest(b.tokenId), probe("c", app="a:b")),
             Outcome.GRANTED,
@@ -200,7 +200,7 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
                 self.assertEqual(
                     left, Outcome.UNKNOWN if consumed else Outcome.GRANTED, case
                 )
-                await self.store.revoke_stream("LiveApp", "s1")
+                await self.store.revokeStream("LiveApp", "s1")
 
     async def test_readdReplaces(self):
         """
@@ -210,9 +210,9 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
         await self.store.add(StoredToken.fromToken("LiveApp", t))
         moved = evolve(StoredToken.fromToken("LiveApp", t), streamId="s2")
         await self.store.add(moved)
-        self.assertEqual(await self.store.list_stream("LiveApp", "s1", 0, 10), [])
+        self.assertEqual(await self.store.listStream("LiveApp", "s1", 0, 10), [])
         self.assertEqual(
-            [x.streamId for x in await self.store.list_stream("LiveApp", "s2", 0, 10)],
+            [x.streamId for x in await self.store.listStream("LiveApp", "s2", 0, 10)],
             ["s2"],
         )
         self.assertEqual(self.redis.smembers("tokengate:a:LiveApp"), {"s2"})
@@ -220,7 +220,7 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
 
     async def test_purgeCleansIndexesOfVanishedTokens(self):
         """
-        When Redis has dropped a token hash by itself, purge_expired still
+        When Redis has dropped a token hash by itself, purgeExpired still
         removes its index entries (and does not count it); listing and
         revoking skip and drop such entries too.
         """
@@ -229,7 +229,7 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
         other = await self.mint("s2", expire=NOW + 10)
         self.redis.delete("tokengate:t:" + digest(gone.tokenId))
         self.redis.delete("tokengate:t:" + digest(other.tokenId))
-        self.assertEqual(await self.store.purge_expired(NOW + 10), 0)
+        self.assertEqual(await self.store.purgeExpired(NOW + 10), 0)
         self.assertEqual(self.redis.zrange("tokengate:s:LiveApp:s1", 0, -1), [digest(keep.tokenId)])
         self.assertFalse(self.redis.exists("tokengate:s:LiveApp:s2"))
         self.assertEqual(self.redis.smembers("tokengate:a:LiveApp"), {"s1"})
@@ -237,31 +237,31 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
 
         late = await self.mint("s1", expire=NOW + 100)
         self.redis.delete("tokengate:t:" + digest(keep.tokenId))
-        listed = await self.store.list_stream("LiveApp", "s1", 0, 10)
+        listed = await self.store.listStream("LiveApp", "s1", 0, 10)
         self.assertEqual([x.digest for x in listed], [digest(late.tokenId)])
         self.assertEqual(self.redis.zcard("tokengate:s:LiveApp:s1"), 1)
-        self.assertEqual(await self.store.revoke_stream("LiveApp", "s1"), 1)
+        self.assertEqual(await self.store.revokeStream("LiveApp", "s1"), 1)
         self.assertEqual(self.redis.keys("*"), ["tokengate:seq"])
 
     async def test_batches(self):
         """
-        revoke, purge and delete_app work in batches; list pages by live
+        revoke, purge and deleteApp work in batches; list pages by live
         tokens.
         """
-        store = RedisTokenStore(self.host, self.port, reactor, batch=7, prefix="b:")
+        store = RedisTokenStore.open(self.host, self.port, reactor, batch=7, prefix="b:")
         self.addCleanup(store.close)
         tokens = []
         for i in range(30):
             t = new_token("s%d" % (i % 3), PLAY, NOW + i)
             tokens.append(t)
             await store.add(StoredToken.fromToken("App", t))
-        page = await store.list_stream("App", "s0", 3, 4)
+        page = await store.listStream("App", "s0", 3, 4)
         self.assertEqual(
             [x.digest for x in page], [digest(t.tokenId) for t in tokens[0::3][3:7]]
         )
-        self.assertEqual(await store.purge_expired(NOW + 14), 15)
-        self.assertEqual(await store.revoke_stream("App", "s0"), 5)
-        self.assertEqual(await store.delete_app("App"), 10)
+        self.assertEqual(await store.purgeExpired(NOW + 14), 15)
+        self.assertEqual(await store.revokeStream("App", "s0"), 5)
+        self.assertEqual(await store.deleteApp("App"), 10)
         self.assertEqual(self.redis.keys("b:*"), ["b:seq"])
 
     def test_fromURL(self):
@@ -272,19 +272,19 @@ class RedisStoreTests(StoreSuiteMixin, TestCase):
             reactor,
         )
         self.addCleanup(store.close)
-        self.assertEqual(store._prefix, "x:")
-        self.assertEqual(store._timeout, 0.5)
+        self.assertEqual(store.prefix, "x:")
+        self.assertEqual(store.client.timeout, 0.5)
         self.assertIsNone(store._grace)
-        self.assertEqual(store._factory.dbid, 3)
-        self.assertEqual(store._factory.password, "s@cret")
+        self.assertEqual(store.client._factory.dbid, 3)
+        self.assertEqual(store.client._factory.password, "s@cret")
         self.assertIsInstance(
             open_store("redis://127.0.0.1:%d/0" % self.port, "unused", reactor),
             RedisTokenStore,
         )
 
     def test_defaults(self):
-        self.assertEqual(self.store._timeout, 2.0)
-        self.assertEqual(self.store._prefix, "tokengate:")
+        self.assertEqual(self.store.client.timeout, 2.0)
+        self.assertEqual(self.store.prefix, "tokengate:")
         self.assertEqual(self.store.name, "redis")
 
     def test_fromURLErrors(self):
@@ -336,7 +336,7 @@ class RedisFailureTests(TestCase):
 
     def setUp(self):
         self.server = start_redis_server(self)
-        self.store = RedisTokenStore(
+        self.store = RedisTokenStore.open(
             self.server.host, self.server.port, reactor, timeout=self.TIMEOUT
         )
         self.addCleanup(self.store.close)
@@ -410,10 +410,10 @@ class RedisFailureTests(TestCase):
         first call on.
         """
         self.server.stop()
-        store = RedisTokenStore(self.server.host, self.server.port, reactor, timeout=0.5)
+        store = RedisTokenStore.open(self.server.host, self.server.port, reactor, timeout=0.5)
         self.addCleanup(store.close)
         started = time.monotonic()
-        await self.assertFailure(store.purge_expired(NOW), StoreUnavailable)
+        await self.assertFailure(store.purgeExpired(NOW), StoreUnavailable)
         self.assertLess(time.monotonic() - started, 0.5 + self.SLACK)
 
     async def test_closeFailsCallAwaitingAnswer(self):
@@ -432,7 +432,7 @@ class RedisFailureTests(TestCase):
         await self.assertFailure(answering, StoreUnavailable)
         self.assertLess(time.monotonic() - started, 0.5)
         await self.assertFailure(self.store.redeem(d, probe("s1")), StoreUnavailable)
-        self.assertEqual(self.store._pending, set())
+        self.assertEqual(self.store.client._pending, set())
 
     async def test_closeFailsCallAwaitingConnection(self):
         """
@@ -442,19 +442,19 @@ class RedisFailureTests(TestCase):
         d = await self.mint()
         self.server.stop()
         deadline = time.monotonic() + 5
-        while self.store._factory.pool and time.monotonic() < deadline:
+        while self.store.client._factory.pool and time.monotonic() < deadline:
             await sleep(0.01)
         waiting = self.store.redeem(d, probe("s1"))
-        self.assertEqual(len(self.store._waiters), 1)
+        self.assertEqual(len(self.store.client._waiters), 1)
         started = time.monotonic()
         await self.store.close()
         await self.assertFailure(waiting, StoreUnavailable)
         self.assertLess(time.monotonic() - started, 0.5)
-        self.assertEqual(self.store._pending, set())
-        self.assertEqual(self.store._waiters, [])
+        self.assertEqual(self.store.client._pending, set())
+        self.assertEqual(self.store.client._waiters, [])
 
     async def test_closeWhileConnecting(self):
-        store = RedisTokenStore(self.server.host, self.server.port, reactor)
+        store = RedisTokenStore.open(self.server.host, self.server.port, reactor)
         await store.close()
 
 
@@ -615,7 +615,7 @@ class TwoProcessTests(TestCase):
 
     async def test_oneWinnerAcrossProcesses(self):
         server = start_redis_server(self)
-        store = RedisTokenStore(server.host, server.port, reactor)
+        store = RedisTokenStore.open(server.host, server.port, reactor)
         self.addCleanup(store.close)
         t = new_token("s1", PLAY, NOW + 60)
         await store.add(StoredToken.fromToken("LiveApp", t))

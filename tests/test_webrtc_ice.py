@@ -21,7 +21,8 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from tokengate.apps import Applications
-from tokengate.server import Server, ServerConfig
+from tokengate.config import ServerConfig
+from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tap import Options, makeService
 from tokengate.web.resource import build_site
@@ -324,13 +325,14 @@ class SignallingReply(TestCase):
         """
         The factory still takes a lone STUN URI, and defaults to nothing.
         """
-        def server() -> Server:
-            return Server(apps=Applications(None), store=MemoryTokenStore(), clock=clock_at())
+        def factory(*args: Any) -> SignallingFactory:
+            s = Server(apps=Applications(None), store=MemoryTokenStore(), clock=clock_at())
+            return SignallingFactory(s.access, s.clock, s.metrics, s.hub, *args)
 
-        f = SignallingFactory(server(), None, "stun:stun.example.com:3478")
+        f = factory(None, "stun:stun.example.com:3478")
         self.assertEqual(f.ice.reply(0)["stunServerUri"], "stun:stun.example.com:3478")
         self.assertEqual(f.ice.reply(0)["iceServers"], [{"urls": ["stun:stun.example.com:3478"]}])
-        self.assertEqual(SignallingFactory(server()).ice, IceServers())
+        self.assertEqual(factory().ice, IceServers())
 
 
 # -- coturn + Chromium -------------------------------------------------------------

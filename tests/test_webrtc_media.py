@@ -314,6 +314,32 @@ class Chromium(TestCase):
         await badpub.wait_for("window.tokengatePublishState.status === 'error'", timeout=30)
         self.assertIn("Not authorized", await badpub.evaluate("window.tokengatePublishState.error"))
 
+        # webRTCEnabled false: play.html's WebRTC is refused (Ant Media's
+        # not-found answer, reason webrtc_not_enabled) without spending the
+        # token, and the page plays the stream over HLS with that token; the
+        # publish page says WebRTC is disabled.
+        url = "{}/rest/v2/applications/settings/LiveApp".format(web)
+        settings = json.loads(await (await treq.get(url, persistent=False)).content())
+        settings["webRTCEnabled"] = False
+        resp = await treq.post(url, json.dumps(settings).encode(),
+                               headers={b"content-type": [b"application/json"]},
+                               persistent=False)
+        self.assertTrue(json.loads(await resp.content())["success"])
+        off = await b.open("{}/LiveApp/play.html?id=cam1&token={}".format(
+            web, await mint("cam1", "play")))
+        await off.wait_for("window.tokengateState.status === 'playing' || "
+                           "window.tokengateState.status === 'error'", timeout=60)
+        state = await off.evaluate("window.tokengateState")
+        self.assertEqual((state["status"], state["tech"]), ("playing", "hls"), state)
+        self.assertEqual([(a["tech"], a["kind"]) for a in state["attempts"]],
+                         [("webrtc", "other")], state)
+        self.assertIn("webrtc_not_enabled", state["attempts"][0]["detail"])
+        offpub = await b.open("{}/LiveApp?id=cam4&token={}".format(
+            web, await mint("cam4", "publish")))
+        await offpub.wait_for("window.tokengatePublishState.status === 'error'", timeout=30)
+        self.assertIn("WebRTC is disabled",
+                      await offpub.evaluate("window.tokengatePublishState.error"))
+
 
 class SharedPackets(TestCase):
     """
@@ -335,9 +361,9 @@ class SharedPackets(TestCase):
 
         from tokengate.media.codecs import FRAME_KEY, build_video_tag
         from tokengate.media.hub import VIDEO, Frame
-        from tokengate.webrtc.media import AiortcEngine
+        from tokengate.webrtc.engine import AiortcEngine
 
-        engine = AiortcEngine(None, SimpleNamespace(addSystemEventTrigger=lambda *a: None))
+        engine = AiortcEngine(SimpleNamespace(addSystemEventTrigger=lambda *a: None))
         stream = SimpleNamespace(app="LiveApp", streamId="x")
         idr = b"\x65" + bytes(range(256)) * 20  # bigger than one RTP packet
         frame = Frame(VIDEO, 40, build_video_tag(FRAME_KEY, len(idr).to_bytes(4, "big") + idr),

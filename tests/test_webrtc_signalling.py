@@ -18,12 +18,12 @@ from autobahn.twisted.websocket import (
 )
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, succeed
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tokengate.apps import Applications
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, new_token
+from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, digest, new_token
 from tokengate.web.resource import build_site
 from tokengate.webrtc import signalling
 
@@ -262,6 +262,86 @@ class Signalling(SignallingBase):
         c.send(command="stop", streamId="s1")
         await c.expect(command="notification", definition="play_finished", streamId="s1")
 
+    def refusals(self, action: str, reason: str) -> float:
+        return self.server.metrics.refusals.labels("webrtc", action, reason)._value.get()
+
+    async def test_invalid_stream_id_keeps_token(self) -> None:
+        """
+        A malformed stream id is refused before any token is looked at.
+        """
+        c = await self.ws()
+        token = self.mint("s1")
+        for bad in ("s 1", ".s1", "s1/x", "s" * 129):
+            c.send(command="publish", streamId=bad, token=token)
+            await c.expect(command="error", definition="invalidStreamName", streamId=bad[:128])
+        self.assertEqual(self.refusals("publish", "invalid"), 4)
+        self.assertIn(digest(token), self.server.store._tokens)
+        await self.publish(c, "s1")  # with a fresh token: now spend the first one
+        c.send(command="stop", streamId="s1")
+        await c.expect(command="notification", definition="publish_finished")
+        c.send(command="publish", streamId="s1", token=token)
+        await c.expect(command="start", streamId="s1")
+
+    async def test_webrtc_disabled_keeps_token(self) -> None:
+        """
+        webRTCEnabled false: publish is answered webrtc_not_enabled, play
+        with Ant Media Server's not-found answer whose reason is
+        webrtc_not_enabled; neither spends its token, both work once the
+        switch is on again.
+        """
+        pub = await self.ws()
+        await self.publish(pub, "live")
+        self.server.apps.replace("LiveApp", webRTCEnabled=False)
+        c = await self.ws()
+        publishToken = self.mint("s1")
+        c.send(command="publish", streamId="s1", token=publishToken)
+        m = await c.expect(command="error", streamId="s1")
+        self.assertEqual(m, {"command": "error", "definition": "webrtc_not_enabled",
+                             "streamId": "s1"})
+        playToken = self.mint("live", "play")
+        c.send(command="play", streamId="live", token=playToken)
+        m = await c.expect(command="error", streamId="live")
+        self.assertEqual(m, {"command": "error", "definition": "no_stream_exist",
+                             "streamId": "live", "error_code": "404",
+                             "information": "webrtc_not_enabled"})
+        self.assertEqual(self.refusals("publish", "disabled"), 1)
+        self.assertEqual(self.refusals("play", "disabled"), 1)
+        self.assertEqual(self.server.gate.registry.grants("LiveApp", "s1"), [])
+        stored = self.server.store._tokens  # the memory store: a peek, no redemption
+        self.assertIn(digest(publishToken), stored)
+        self.assertIn(digest(playToken), stored)
+        # no engine was asked for a peer connection
+        self.assertEqual([p.kind for p in self.engine.peers], ["publish"])
+        self.server.apps.replace("LiveApp", webRTCEnabled=True)
+        c.send(command="publish", streamId="s1", token=publishToken)
+        await c.expect(command="start", streamId="s1")
+        c.send(command="play", streamId="live", token=playToken)
+        m = await c.expect(command="takeConfiguration", streamId="live")
+        self.assertEqual(m["type"], "offer")
+
+    async def test_stream_info(self) -> None:
+        """
+        getStreamInfo reports the live stream's size and codecs, read from
+        its H.264 configuration.
+        """
+        from tokengate.media.codecs import (
+            AVC_SEQUENCE_HEADER,
+            build_avcc_from_sps_pps,
+            build_sps,
+            build_video_tag,
+        )
+
+        c = await self.ws()
+        await self.publish(c, "s1")
+        stream = self.server.hub.get("LiveApp", "s1")
+        avcc = build_avcc_from_sps_pps(build_sps(66, 30, 640, 360), b"\x68\xce\x3c\x80")
+        stream.videoReceived(0, build_video_tag(1, avcc, avc_packet_type=AVC_SEQUENCE_HEADER))
+        c.send(command="getStreamInfo", streamId="s1")
+        m = await c.expect(command="streamInformation", streamId="s1")
+        info = m["streamInfo"][0]
+        self.assertEqual((info["streamWidth"], info["streamHeight"], info["videoCodec"],
+                          info["audioCodec"]), (640, 360, "H264", ""))
+
     async def test_other_commands(self) -> None:
         c = await self.ws()
         c.send(command="takeConfiguration", streamId="s1", type="offer", sdp="x")
@@ -353,3 +433,35 @@ class NoMedia(TestCase):
         await c.expect(command="pong")
         c.proto.sendClose()
         await c.factory.closed
+
+
+class RefusalMessages(SynchronousTestCase):
+    """
+    Every access outcome's answer on the WebSocket (the table in
+    docs/development.md).
+    """
+
+    def test_everyOutcome(self) -> None:
+        tokenRefusal = {"command": "error", "definition": "unauthorized_access", "streamId": "s"}
+        for action in (PUBLISH, PLAY):
+            for outcome in Outcome:
+                if outcome is Outcome.GRANTED:
+                    continue
+                m = signalling.refusalMessage(outcome, action, "s")
+                if outcome is Outcome.IN_USE:
+                    expected = dict(tokenRefusal, definition="streamIdInUse")
+                elif outcome is Outcome.UNAVAILABLE:
+                    expected = dict(tokenRefusal, definition="data_store_not_available")
+                elif outcome is Outcome.NOT_LIVE:
+                    expected = dict(tokenRefusal, definition="no_stream_exist", error_code="404",
+                                    information="stream_not_exist_or_not_streaming")
+                elif outcome is Outcome.DISABLED and action == PLAY:
+                    expected = dict(tokenRefusal, definition="no_stream_exist", error_code="404",
+                                    information="webrtc_not_enabled")
+                elif outcome is Outcome.DISABLED:
+                    expected = dict(tokenRefusal, definition="webrtc_not_enabled")
+                else:
+                    expected = tokenRefusal
+                self.assertEqual(m, expected, (action, outcome))
+                # the reference server's key order, byte for byte
+                self.assertEqual(list(m), list(expected), (action, outcome))

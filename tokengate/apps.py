@@ -2,7 +2,7 @@
 """
 Applications and their settings.
 
-Each application (``LiveApp`` and ``WebRTCAppEE`` exist by default) has its
+Each application (C{LiveApp} and C{WebRTCAppEE} exist by default) has its
 own settings, named as the reference server names them.  They persist as one
 JSON file in the data directory, rewritten atomically on every change.
 
@@ -21,7 +21,7 @@ import ipaddress
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from attrs import asdict, define, evolve
 
@@ -272,8 +272,8 @@ class AppSettings:
 
     def tokenKind(self, action: str) -> Optional[str]:
         """
-        Which token the application demands for an action: ``"onetime"``,
-        ``"jwt"`` or L{None} (no token control).
+        Which token the application demands for an action: C{"onetime"},
+        C{"jwt"} or L{None} (no token control).
         """
         if action == "publish":
             if self.publishTokenControlEnabled:
@@ -318,7 +318,7 @@ def parse_cidrs(
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """
     Parse a comma-separated list of addresses and networks.  The loopback
-    address of the other family is implied by ``127.0.0.1`` and ``::1``.
+    address of the other family is implied by C{127.0.0.1} and C{::1}.
     """
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     parts = [p.strip() for p in text.split(",") if p.strip()]
@@ -360,10 +360,21 @@ def address_allowed(
     return any(addr in net for net in networks if net.version == addr.version)
 
 
+class ISettingsLookup(Protocol):
+    """
+    The applications' settings, by name.
+    """
+
+    def get(self, name: str) -> Optional["AppSettings"]:
+        """
+        @return: the settings of application C{name}, or None.
+        """
+
+
 class Applications:
     """
     The applications of this server and their settings, persisted in
-    ``apps.json`` in the data directory.
+    C{apps.json} in the data directory.
     """
 
     _log = Logger()

@@ -8,10 +8,11 @@ The gate throttles abusive addresses, asks the admission prechecks (is the
 stream already live, is it live at all), then logs in through a
 L{twisted.cred.portal.Portal}: L{PolicyChecker} picks the checker the
 application demands (none, L{OneTimeTokenChecker} or L{JwtTokenChecker}) and
-L{GateRealm} returns a L{Grant} that the protocol keeps, and whose
-C{logout} it calls when it disconnects.  Revocation calls the grant's
-C{kick}, which calls the mind's C{kick} so the protocol closes its
-connection its own way.
+the registry's L{tokengate.access.sessions.GateRealm} returns a
+L{tokengate.access.sessions.Grant} that the protocol keeps, and whose
+C{logout} it calls when it disconnects.  The server ends a session with the
+grant's C{kick}, which calls the mind's C{kick} so the protocol ends it its
+own way (see L{tokengate.access.sessions}).
 
 Refusals are L{Refused} errors that carry an L{Outcome}: the reason, for
 logs and metrics.  Clients are told only the reference server's strings.
@@ -22,24 +23,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jwt as pyjwt
-from attrs import define, field, frozen
+from attrs import field, frozen
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import IRealm, Portal
+from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, implementer
 
+from tokengate.access.sessions import (
+    GRANT_INTERFACES,
+    Admission,
+    GateRealm,
+    Grant,
+    IPlayGrant,
+    SessionRegistry,
+)
 from tokengate.logsafe import Logger
 from .apps import Applications
 from .metrics import Metrics
 from .store import ITokenStore, StoreUnavailable
-from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, PLAY, PUBLISH, Outcome, Probe, digest
+from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, Outcome, Probe, digest
+
+
+#: what a checker answers (cred's avatar id: bytes, or () for anonymous)
+AvatarId = Union[bytes, tuple[()]]
 
 
 # --- credentials ---------------------------------------------------------
@@ -81,207 +96,6 @@ class Refused(UnauthorizedLogin):
         self.outcome = outcome
 
 
-# --- avatars ---------------------------------------------------------------
-
-
-class IKickable(Interface):
-    """
-    A protocol connection that the server may end (the login I{mind}).
-    """
-
-    def kick(reason: str) -> None:
-        """
-        End the session now, the protocol's own way; C{reason} is one of
-        C{"revoked"}, C{"expired"}, C{"shutdown"}.
-        """
-
-
-class IGrant(Interface):
-    app = Attribute("application")
-    streamId = Attribute("stream id")
-    action = Attribute("publish or play")
-    protocol = Attribute("the protocol that asked")
-    kind = Attribute("'none', 'onetime' or 'jwt': what admitted it")
-
-    def logout() -> None:
-        """
-        The session ended; call once from the protocol's connectionLost.
-        """
-
-
-class IPublishGrant(IGrant):
-    """
-    Permission to publish a stream.
-    """
-
-
-class IPlayGrant(IGrant):
-    """
-    Permission to play a stream.
-    """
-
-
-_GRANT_INTERFACES = {PUBLISH: IPublishGrant, PLAY: IPlayGrant}
-
-
-@frozen
-class Admission:
-    """
-    What a checker admitted; serialised as the cred avatar id.
-    """
-
-    app: str
-    streamId: str
-    action: str
-    kind: str
-    digest: Optional[str] = None
-    expires: Optional[float] = None
-
-    def toAvatarId(self) -> bytes:
-        return json.dumps(
-            [self.app, self.streamId, self.action, self.kind, self.digest, self.expires]
-        ).encode("utf-8")
-
-    @classmethod
-    def fromAvatarId(cls, avatarId: bytes) -> "Admission":
-        app, streamId, action, kind, dig, expires = json.loads(avatarId)
-        return cls(app, streamId, action, kind, dig, expires)
-
-
-@implementer(IPublishGrant, IPlayGrant)
-@define(eq=False)
-class Grant:
-    """
-    A live session admitted by the gate.
-    """
-
-    app: str
-    streamId: str
-    action: str
-    protocol: str
-    peer: str
-    kind: str
-    digest: Optional[str]
-    expires: Optional[float]
-    mind: Optional[Any]
-    _registry: "SessionRegistry" = field(repr=False)
-    ended: bool = False
-    #: when the gate admitted it (the registry's clock)
-    started: float = 0.0
-
-    def logout(self) -> None:
-        if not self.ended:
-            self.ended = True
-            self._registry._remove(self)
-
-    def kick(self, reason: str) -> None:
-        """
-        End this session from the server side.
-        """
-        if self.ended:
-            return
-        self._registry._metrics.kicked.labels(self.protocol, self.action, reason).inc()
-        mind = self.mind
-        self.logout()
-        if mind is not None:
-            try:
-                mind.kick(reason)
-            except Exception:
-                self._registry._log.failure("kicking a {protocol} session failed",
-                                            protocol=self.protocol)
-
-
-class SessionRegistry:
-    """
-    Every live grant, by stream, so revocation can end them.
-    """
-
-    _log = Logger()
-
-    def __init__(self, metrics: Metrics, clock: IReactorTime, kickOnExpiry: bool = False) -> None:
-        self._metrics = metrics
-        self._clock = clock
-        self._kickOnExpiry = kickOnExpiry
-        self._byStream: dict[tuple[str, str], set[Grant]] = {}
-        self._timers: dict[Grant, Any] = {}
-
-    def add(self, grant: Grant) -> None:
-        self._byStream.setdefault((grant.app, grant.streamId), set()).add(grant)
-        self._metrics.sessions.labels(grant.protocol, grant.action).inc()
-        if self._kickOnExpiry and grant.expires is not None:
-            delay = max(0.0, grant.expires - self._clock.seconds())
-            self._timers[grant] = self._clock.callLater(delay, grant.kick, "expired")
-
-    def _remove(self, grant: Grant) -> None:
-        key = (grant.app, grant.streamId)
-        grants = self._byStream.get(key)
-        if grants is not None and grant in grants:
-            grants.discard(grant)
-            if not grants:
-                del self._byStream[key]
-            self._metrics.sessions.labels(grant.protocol, grant.action).dec()
-        timer = self._timers.pop(grant, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def grants(self, app: str, streamId: Optional[str] = None) -> list[Grant]:
-        if streamId is not None:
-            return list(self._byStream.get((app, streamId), ()))
-        return [g for (a, _), gs in self._byStream.items() if a == app for g in gs]
-
-    def kick(self, grants: Iterable[Grant], reason: str) -> int:
-        n = 0
-        for grant in list(grants):
-            if not grant.ended:
-                grant.kick(reason)
-                n += 1
-        return n
-
-    def kickTokenSessions(self, app: str, streamId: str, reason: str = "revoked") -> int:
-        """
-        End the sessions of a stream that a token admitted.
-        """
-        return self.kick(
-            (g for g in self.grants(app, streamId) if g.kind != "none"), reason
-        )
-
-    def kickAll(self, reason: str = "shutdown") -> int:
-        return self.kick(
-            [g for gs in self._byStream.values() for g in gs], reason
-        )
-
-
-@implementer(IRealm)
-class GateRealm:
-    def __init__(self, registry: SessionRegistry) -> None:
-        self._registry = registry
-
-    def requestAvatar(
-        self, avatarId: bytes, mind: Any, *interfaces: Any
-    ) -> tuple[Any, Grant, Callable[[], None]]:
-        admission = Admission.fromAvatarId(avatarId)
-        wanted = _GRANT_INTERFACES[admission.action]
-        if wanted not in interfaces:
-            raise NotImplementedError(
-                "a {} admission cannot give {}".format(admission.action, interfaces)
-            )
-        grant = Grant(
-            app=admission.app,
-            streamId=admission.streamId,
-            action=admission.action,
-            protocol=getattr(mind, "protocolName", "unknown"),
-            peer=getattr(mind, "peerHost", ""),
-            kind=admission.kind,
-            digest=admission.digest,
-            expires=admission.expires,
-            mind=mind,
-            registry=self._registry,
-            started=self._registry._clock.seconds(),
-        )
-        self._registry.add(grant)
-        return wanted, grant, grant.logout
-
-
 # --- checkers ----------------------------------------------------------------
 
 
@@ -294,6 +108,7 @@ def _presented(creds: IStreamCredentials) -> str:
     return str(token)
 
 
+@implementer(ICredentialsChecker)
 class OneTimeTokenChecker:
     """
     Redeems one-time tokens through the token store, atomically.
@@ -305,7 +120,7 @@ class OneTimeTokenChecker:
         self._store = store
         self._clock = clock
 
-    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
         return Deferred.fromCoroutine(self._redeem(creds))
 
     async def redeem(self, creds: IStreamCredentials) -> Outcome:
@@ -322,7 +137,7 @@ class OneTimeTokenChecker:
         except StoreUnavailable:
             return Outcome.UNAVAILABLE
 
-    async def _redeem(self, creds: IStreamCredentials) -> bytes:
+    async def _redeem(self, creds: IStreamCredentials) -> AvatarId:
         outcome = await self.redeem(creds)
         if outcome is not Outcome.GRANTED:
             raise Refused(outcome)
@@ -376,6 +191,7 @@ def check_jwt(secret: str, token: str, now: float,
     return claims
 
 
+@implementer(ICredentialsChecker)
 class JwtTokenChecker:
     """
     Checks stream JWTs (reusable until they expire).
@@ -387,10 +203,10 @@ class JwtTokenChecker:
         self._apps = apps
         self._clock = clock
 
-    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
         return Deferred.fromCoroutine(self._check(creds))
 
-    async def _check(self, creds: IStreamCredentials) -> bytes:
+    async def _check(self, creds: IStreamCredentials) -> AvatarId:
         token = _presented(creds)
         settings = self._apps.get(creds.app)
         if settings is None:
@@ -407,6 +223,7 @@ class JwtTokenChecker:
         ).toAvatarId()
 
 
+@implementer(ICredentialsChecker)
 class PolicyChecker:
     """
     The checker the portal knows: applies the application's settings and
@@ -419,13 +236,14 @@ class PolicyChecker:
     def __init__(self, apps: Applications, onetime: OneTimeTokenChecker,
                  jwt: JwtTokenChecker) -> None:
         self._apps = apps
-        self._checkers = {"onetime": onetime, "jwt": jwt}
+        self._checkers: dict[str, OneTimeTokenChecker | JwtTokenChecker] = {
+            "onetime": onetime, "jwt": jwt}
 
-    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[bytes]":
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
         settings = self._apps.get(creds.app)
         if settings is None:
             return Deferred.fromCoroutine(_raise(Refused(Outcome.NO_APP)))
-        if creds.action not in _GRANT_INTERFACES:
+        if creds.action not in GRANT_INTERFACES:
             return Deferred.fromCoroutine(_raise(Refused(Outcome.INVALID)))
         kind = settings.tokenKind(creds.action)
         if kind is None:
@@ -437,7 +255,7 @@ class PolicyChecker:
         return self._checkers[kind].requestAvatarId(creds)
 
 
-async def _raise(e: Exception) -> bytes:
+async def _raise(e: Exception) -> AvatarId:
     raise e
 
 
@@ -488,13 +306,15 @@ class Throttle:
         if entry is None:
             return 0.0
         score, when = entry
-        return score * 0.5 ** ((self._clock.seconds() - when) / self.halfLife)
+        halves = (self._clock.seconds() - when) / self.halfLife
+        return score * math.pow(0.5, halves)
 
     def delay(self, peer: str) -> float:
         excess = self.score(peer) - self.threshold
         if excess < 0:
             return 0.0
-        return min(self.maxDelay, self.base * 2.0**excess)
+        # the exponent capped: past a thousand failures 2**excess overflows
+        return min(self.maxDelay, self.base * math.pow(2.0, min(excess, 64.0)))
 
     def failed(self, peer: str, attempt: Optional[bytes] = None) -> bool:
         """
@@ -579,22 +399,6 @@ class Gate:
         self.registry = registry
         self._throttle = throttle
         self._metrics = metrics
-        self._prechecks: list[Precheck] = []
-
-    def knowsApplication(self, app: str) -> bool:
-        """
-        Whether C{app} names an application (protocols ask before anything
-        else, e.g. at RTMP C{connect}).
-        """
-        return self._apps is not None and self._apps.get(app) is not None
-
-    def tokenKind(self, app: str, action: str) -> Optional[str]:
-        """
-        Which token C{app} demands for C{action}: C{"onetime"}, C{"jwt"},
-        or L{None} when it has no token control (or is unknown).
-        """
-        settings = self._apps.get(app) if self._apps is not None else None
-        return settings.tokenKind(action) if settings is not None else None
 
     async def validate(self, creds: IStreamCredentials) -> Outcome:
         """
@@ -613,13 +417,6 @@ class Gate:
         else:
             self.refused(creds, outcome)
         return outcome
-
-    def addPrecheck(self, check: Precheck) -> None:
-        """
-        Add a check run before any token is redeemed (e.g. the hub refusing
-        to publish a stream that is already live, so the token survives).
-        """
-        self._prechecks.append(check)
 
     def refused(self, creds: IStreamCredentials, outcome: Outcome,
                 attempt: Optional[bytes] = None) -> None:
@@ -669,17 +466,19 @@ class Gate:
         try:
             if creds.peer:
                 await self._throttle.admit(creds.peer, deadline)
-            checks = self._prechecks if precheck is None else [precheck, *self._prechecks]
-            for check in checks:
-                outcome = check(creds)
+            if precheck is not None:
+                outcome = precheck(creds)
                 if outcome is not None:
                     raise Refused(outcome)
-            interface = _GRANT_INTERFACES.get(creds.action, IPlayGrant)
+            interface = GRANT_INTERFACES.get(creds.action, IPlayGrant)
             mind = mind if mind is not None else _Mind(creds.protocol, creds.peer)
-            _, grant, _ = await self._portal.login(creds, mind, interface)
+            _, avatar, _ = await self._portal.login(creds, mind, interface)
         except Refused as e:
             self.refused(creds, e.outcome)
             raise
+        if not isinstance(avatar, Grant):
+            raise TypeError("the gate's realm answered {!r}, not a grant".format(avatar))
+        grant = avatar
         self._metrics.grants.labels(creds.protocol, creds.action, grant.kind).inc()
         self._log.info(
             "admitted {protocol} {action} of {app}/{streamId} from {peer} ({kind})",
@@ -726,8 +525,7 @@ def credentials_for(app: str, streamId: str, action: str, token: Optional[str],
 
 
 __all__: Sequence[str] = [
-    "IStreamCredentials", "StreamCredentials", "Refused", "IKickable", "IGrant",
-    "IPublishGrant", "IPlayGrant", "Grant", "SessionRegistry", "GateRealm",
+    "IStreamCredentials", "StreamCredentials", "Refused",
     "OneTimeTokenChecker", "JwtTokenChecker", "PolicyChecker", "Throttle", "Gate",
     "build_gate", "mint_jwt", "check_jwt",
 ]

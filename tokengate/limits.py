@@ -35,7 +35,7 @@ class CountedProtocol(ProtocolWrapper):
 
     def __init__(self, factory: "PerAddressLimit", wrappedProtocol: IProtocol,
                  host: Optional[str]) -> None:
-        super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
+        super().__init__(factory, wrappedProtocol)
         self.host = host
 
 
@@ -50,7 +50,7 @@ class _Refuse(Protocol):
         transport.loseConnection()
 
 
-class PerAddressLimit(WrappingFactory):
+class PerAddressLimit(WrappingFactory[CountedProtocol]):
     """
     Wraps a listener's factory: at most C{limit} connections per peer
     address at once; the rest are closed when accepted and counted by
@@ -60,7 +60,7 @@ class PerAddressLimit(WrappingFactory):
         not kept).
     """
 
-    protocol = CountedProtocol  # type: ignore[assignment]
+    protocol = CountedProtocol
     _log = Logger()
 
     def __init__(self, wrappedFactory: IProtocolFactory, limit: int,
@@ -80,7 +80,8 @@ class PerAddressLimit(WrappingFactory):
         self._what = what
         self._warned: set[str] = set()
 
-    def buildProtocol(self, addr: IAddress) -> Optional[Protocol]:  # type: ignore[override]
+    def buildProtocol(  # type: ignore[override]  # a refused connection gets a _Refuse
+            self, addr: IAddress) -> Optional[Protocol]:
         host: Optional[str] = getattr(addr, "host", None)
         if host is not None and self.limit and self.counts.get(host, 0) >= self.limit:
             self._onRefused(host)
@@ -97,12 +98,12 @@ class PerAddressLimit(WrappingFactory):
             return None
         return CountedProtocol(self, wrapped, host)
 
-    def registerProtocol(self, p: Any) -> None:
+    def registerProtocol(self, p: CountedProtocol) -> None:
         host = p.host
         if host is not None:
             self.counts[host] = self.counts.get(host, 0) + 1
 
-    def unregisterProtocol(self, p: Any) -> None:
+    def unregisterProtocol(self, p: CountedProtocol) -> None:
         host = p.host
         if host is None:
             return
@@ -140,7 +141,7 @@ class LimitingReactor:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         tls = TLSMemoryBIOFactory(contextFactory, False, factory)
-        return self._reactor.listenTCP(port, self._wrap(tls),  # type: ignore[arg-type]
+        return self._reactor.listenTCP(port, self._wrap(tls),
                                        backlog, interface)
 
     def __getattr__(self, name: str) -> Any:

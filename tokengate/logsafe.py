@@ -12,7 +12,6 @@ field of every event that tokengate logs, so no call site can forget it.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from twisted.logger import Logger as _TwistedLogger
 from twisted.logger import LogLevel
@@ -53,7 +52,7 @@ def loggable(value: str, limit: int = MAX_FIELD) -> str:
     return value
 
 
-def _safeField(value: Any) -> Any:
+def _safeField(value: object) -> object:
     if isinstance(value, str):
         return loggable(value)
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -58,7 +58,7 @@ class Metrics:
         )
         self.kicked = Counter(
             "tokengate_sessions_kicked",
-            "Live sessions ended by revocation or expiry",
+            "Live sessions the server ended, by reason (revoked, expired, shutdown, idle, ...)",
             ["protocol", "action", "reason"],
             registry=r,
         )

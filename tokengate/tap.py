@@ -1,21 +1,32 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-``twistd tokengate``: options and the service tree.
+C{twistd tokengate}: options and the service tree.
 
 Every listener is a Twisted endpoint string.  Settings come from the command
-line, then from ``--config FILE`` (TOML, same names), then from the
+line, then from C{--config FILE} (TOML, same names), then from the
 defaults; the command line wins.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.python import usage
 from tokengate.logsafe import Logger
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import (
+        IListeningPort,
+        IProtocolFactory,
+        IStreamServerEndpoint,
+    )
+    from twisted.internet.protocol import DatagramProtocol
+
+    from tokengate.metrics import Metrics
 
 DEFAULTS: dict[str, Any] = {
     "http": "tcp:5080",
@@ -140,7 +151,7 @@ class Options(usage.Options):
             raise usage.UsageError("--part-target must be between 0.1 and 2 seconds")
         if self["rest-jwt-secret"] and len(self["rest-jwt-secret"]) < 32:
             raise usage.UsageError("--rest-jwt-secret must be at least 32 characters")
-        from .apps import SettingsError, parse_cidrs
+        from tokengate.apps import SettingsError, parse_cidrs
 
         try:
             parse_cidrs(self["rest-allowed-cidr"])
@@ -178,7 +189,7 @@ class Options(usage.Options):
         Normalize the STUN/TURN settings (the URI options become lists) and
         refuse inconsistent ones.
         """
-        from .webrtc.ice import IceConfigError, IceServers, parse_uris, server_ice_servers
+        from tokengate.webrtc.ice import IceConfigError, IceServers, parse_uris, server_ice_servers
 
         try:
             self["ice-servers"] = parse_uris(self["ice-servers"])
@@ -225,7 +236,8 @@ class ListenerService(StreamServerEndpointService):
     listen (a port already in use, say).
     """
 
-    def __init__(self, what: str, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(self, what: str, description: str, endpoint: IStreamServerEndpoint,
+                 factory: IProtocolFactory) -> None:
         super().__init__(endpoint, factory)
         self.what = what
         self.description = description
@@ -263,12 +275,13 @@ class UDPListenerService(service.Service):
     plain message when it cannot bind.
     """
 
-    def __init__(self, what: str, description: str, protocol: Any, reactor: Any) -> None:
+    def __init__(self, what: str, description: str, protocol: DatagramProtocol,
+                 reactor: Any) -> None:
         self.what = what
         self.description = description
         self.protocol = protocol
         self.reactor = reactor
-        self.port: Any = None
+        self.port: Optional[IListeningPort] = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -285,7 +298,7 @@ class UDPListenerService(service.Service):
         if self.port is None:
             self.privilegedStartService()
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Optional[Deferred[None]]:
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
@@ -293,8 +306,9 @@ class UDPListenerService(service.Service):
         return None
 
 
-def listener(what: str, description: str, factory: Any, reactor: Any,
-             wrap: Optional[Callable[[Any], Any]] = None) -> ListenerService:
+def listener(what: str, description: str, factory: IProtocolFactory, reactor: object,
+             wrap: Optional[Callable[[IProtocolFactory], IProtocolFactory]] = None
+             ) -> ListenerService:
     """
     A listener for C{factory} on the endpoint C{description}; with C{wrap},
     its TCP connections (under TLS too) are accepted through
@@ -309,31 +323,39 @@ def listener(what: str, description: str, factory: Any, reactor: Any,
     return ListenerService(what, description, serverFromString(reactor, description), factory)
 
 
-def addressLimit(server: Any, protocol: str) -> Optional[Callable[[Any], Any]]:
+def addressLimit(limit: int, metrics: "Metrics", protocol: str
+                 ) -> Optional[Callable[[Any], Any]]:
     """
-    What puts a listener's factory behind the per-address connection limit,
-    refusals counted as C{tokengate_refusals_total{protocol=...,
-    action="connect", reason="address_limit"}}; None without a limit.
+    What puts a listener's factory behind the per-address connection limit
+    (C{limit} connections, 0: none), refusals counted as
+    C{tokengate_refusals_total{protocol=..., action="connect",
+    reason="address_limit"}}; None without a limit.
     """
     from tokengate.limits import PerAddressLimit
 
-    limit = server.config.maxConnectionsPerAddress
     if not limit:
         return None
-    refusals = server.metrics.refusals.labels(protocol, "connect", "address_limit")
+    refusals = metrics.refusals.labels(protocol, "connect", "address_limit")
     return lambda factory: PerAddressLimit(factory, limit, lambda host: refusals.inc(),
                                            protocol.upper())
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> service.MultiService:
+    """
+    The composition root: the inputs (data directory, token store and its
+    Redis client, applications, settings), then the node's object graph
+    (L{tokengate.server.Server}, built in dependency order), then the
+    listeners, each handed the narrow collaborators it uses, and the timers.
+    """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from .apps import Applications
-    from .server import Server, ServerConfig
-    from .store import open_store
-    from .web.resource import build_site
+    from tokengate.apps import Applications
+    from tokengate.config import ServerConfig
+    from tokengate.server import Server
+    from tokengate.store import open_redis, open_store
+    from tokengate.web.resource import build_site
 
     dataDir = options["data-dir"]
     os.makedirs(dataDir, exist_ok=True)
@@ -342,7 +364,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
                   "token continues the session it opened, from the same address, while "
                   "that session is alive (see docs/playback.md)")
     try:
-        store = open_store(options["store"], dataDir, reactor)
+        # one Redis client for the token store and the revocation transport
+        redis = open_redis(options["store"], reactor)
+        store = open_store(options["store"], dataDir, reactor, redis=redis)
     except ValueError as e:
         raise SystemExit("tokengate: {}".format(e))
     server = Server(
@@ -369,23 +393,28 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
         dataDir=dataDir,
+        redis=redis,
     )
     top = TokengateService(server)
     site = build_site(server)
+    perAddress = server.config.maxConnectionsPerAddress
     listener("HTTP", options["http"], site, reactor,
-             addressLimit(server, "http")).setServiceParent(top)
+             addressLimit(perAddress, server.metrics, "http")).setServiceParent(top)
     if options["https"]:
         listener("HTTPS", options["https"], site, reactor,
-                 addressLimit(server, "https")).setServiceParent(top)
+                 addressLimit(perAddress, server.metrics, "https")).setServiceParent(top)
     if options["rtmp"]:
-        from .rtmp.protocol import RTMPFactory
+        from tokengate.rtmp.protocol import RTMPFactory
 
-        listener("RTMP", options["rtmp"], RTMPFactory(server.access, server.clock, server.metrics), reactor,
-                 addressLimit(server, "rtmp")).setServiceParent(top)
+        rtmp = RTMPFactory(server.access, server.clock, server.metrics)
+        listener("RTMP", options["rtmp"], rtmp, reactor,
+                 addressLimit(perAddress, server.metrics, "rtmp")).setServiceParent(top)
     if options["srt"]:
-        from .srt.protocol import SRTListener
+        from tokengate.srt.protocol import SRTListener
 
-        UDPListenerService("SRT", options["srt"], SRTListener(server), reactor).setServiceParent(top)
+        UDPListenerService("SRT", options["srt"],
+                           SRTListener(server.access, server.clock, server.metrics),
+                           reactor).setServiceParent(top)
     purge = TimerService(server.config.purgeInterval, top.purge)
     purge.setServiceParent(top)
     TimerService(10.0, top.sweep).setServiceParent(top)
@@ -404,10 +433,10 @@ class TokengateService(service.MultiService):
         self.server = server
 
     async def _purge(self) -> None:
-        from .store import StoreUnavailable
+        from tokengate.store import StoreUnavailable
 
         try:
-            n = await self.server.store.purge_expired(self.server.clock.seconds())
+            n = await self.server.store.purgeExpired(self.server.clock.seconds())
         except StoreUnavailable as e:
             self.server.metrics.store_errors.labels("purge").inc()
             self._log.warn("purging expired tokens failed: {error}", error=str(e))
@@ -424,15 +453,14 @@ class TokengateService(service.MultiService):
         End idle playback sessions and drop packagers of long-ended streams.
         """
         try:
-            if self.server.playback is not None:
-                self.server.playback.sessions.sweep()
+            self.server.httpSessions.sweep()
             self.server.outputs.sweep()
         except Exception:
             self._log.failure("sweeping sessions failed")
 
     def startService(self) -> None:
         super().startService()
-        self.server.revocations.start()
+        self.server.revoker.start()
         # Recover recordings cut short by a crash once the reactor runs (the
         # work happens on a thread).
         self.server.clock.callWhenRunning(self._recover)
@@ -458,7 +486,10 @@ class TokengateService(service.MultiService):
         for stream in self.server.hub.liveStreams():
             stream.end()
         d = maybeDeferred(super().stopService)
-        d.addBoth(lambda _: self.server.revocations.stop())
+        d.addBoth(lambda _: self.server.revoker.stop())
         d.addBoth(lambda _: self.server.outputs.close())
         d.addBoth(lambda _: self.server.store.close())
+        if self.server.redis is not None:
+            redis = self.server.redis
+            d.addBoth(lambda _: redis.close())
         return d

@@ -3,17 +3,17 @@
 Tokens: the value type, minting, digests and the redemption rules.
 
 Pure code, no I/O.  The rules are those of the reference server's datastore
-(``validateToken``), with tokengate's refinements:
+(C{validateToken}), with tokengate's refinements:
 
-* a token is redeemed only when it exists, its type equals the requested
-  type, ``now < expireDate`` (strict, unix seconds) and its stream id equals
-  the requested stream id; then it is consumed, exactly once;
-* any mismatch leaves the token intact, usable for its real stream;
-* a token minted with a ``roomId`` is not consumed: it stays valid until it
-  expires for its own stream, and for any stream of its room when the
-  request names that room.
+  - a token is redeemed only when it exists, its type equals the requested
+    type, C{now < expireDate} (strict, unix seconds) and its stream id equals
+    the requested stream id; then it is consumed, exactly once;
+  - any mismatch leaves the token intact, usable for its real stream;
+  - a token minted with a C{roomId} is not consumed: it stays valid until it
+    expires for its own stream, and for any stream of its room when the
+    request names that room.
 
-Stores keep :func:`digest` of a token, never the token itself.
+Stores keep L{digest} of a token, never the token itself.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ TOKEN_TYPES = (PUBLISH, PLAY)
 #: Decimal digits in a minted token id.  The reference server mints 24
 #: decimal digits (about 80 bits); tokengate keeps the all-digit form, which
 #: is safe in URLs, RTMP stream names and SRT stream ids, with 40 digits:
-#: log2(10**40) is about 132.9 bits from ``secrets``.
+#: log2(10**40) is about 132.9 bits from C{secrets}.
 TOKEN_DIGITS = 40
 
 #: The longest token id accepted anywhere (JWTs are longer than minted ids).
@@ -47,7 +47,7 @@ MAX_EXPIRE_SECONDS = 10**11
 
 class Outcome(enum.Enum):
     """
-    The result of a redemption attempt.  Everything but ``GRANTED`` is a
+    The result of a redemption attempt.  Everything but C{GRANTED} is a
     refusal reason, for logs and metrics; clients only ever see the reference
     server's strings.
     """
@@ -70,7 +70,7 @@ class Outcome(enum.Enum):
 
 def mint_token_id() -> str:
     """
-    A new token id: ``TOKEN_DIGITS`` decimal digits from ``secrets``.
+    A new token id: C{TOKEN_DIGITS} decimal digits from C{secrets}.
     """
     return str(secrets.randbelow(10**TOKEN_DIGITS)).zfill(TOKEN_DIGITS)
 

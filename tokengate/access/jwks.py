@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import Any, Optional, Protocol
 
 import jwt as pyjwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 from twisted.internet.defer import Deferred
 from zope.interface import Interface, implementer
@@ -78,7 +79,7 @@ class IJWTKeySource(Interface):
     Where the public keys of RS256 JWTs come from.
     """
 
-    def keyFor(kid):
+    def keyFor(kid: Optional[str]) -> "Deferred[RSAPublicKey]":
         """
         The public key for a token's C{kid} (C{str} or L{None}).
 
@@ -87,7 +88,7 @@ class IJWTKeySource(Interface):
             (C{unknown_key}, C{jwks_unavailable}).
         """
 
-    def seconds():  # type: ignore[misc]
+    def seconds() -> float:
         """
         The time by which C{exp} and C{nbf} are judged.
         """
@@ -98,12 +99,12 @@ class KeySource(Protocol):
     L{IJWTKeySource} as mypy sees it.
     """
 
-    def keyFor(self, kid: Optional[str]) -> "Deferred[Any]": ...
+    def keyFor(self, kid: Optional[str]) -> "Deferred[RSAPublicKey]": ...
 
     def seconds(self) -> float: ...
 
 
-def _usableKey(jwk: Any) -> Optional[tuple[Optional[str], Any]]:
+def _usableKey(jwk: object) -> Optional[tuple[Optional[str], RSAPublicKey]]:
     """
     (kid, public key) of one JWKS entry that tokengate may use, or L{None}.
     """
@@ -121,12 +122,12 @@ def _usableKey(jwk: Any) -> Optional[tuple[Optional[str], Any]]:
         key = RSAAlgorithm.from_jwk(jwk)
     except (pyjwt.InvalidKeyError, ValueError, TypeError, KeyError):
         return None
-    if not hasattr(key, "key_size") or key.key_size < MIN_RSA_BITS or hasattr(key, "private_bytes"):
+    if not isinstance(key, RSAPublicKey) or key.key_size < MIN_RSA_BITS:
         return None
     return kid, key
 
 
-def parseJWKS(body: bytes) -> dict[Optional[str], Any]:
+def parseJWKS(body: bytes) -> dict[Optional[str], RSAPublicKey]:
     """
     The usable keys of a JWKS document by C{kid}.
 
@@ -139,7 +140,7 @@ def parseJWKS(body: bytes) -> dict[Optional[str], Any]:
         raise ValueError("the key set is not JSON: {}".format(e))
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise ValueError("the key set has no keys array")
-    keys: dict[Optional[str], Any] = {}
+    keys: dict[Optional[str], RSAPublicKey] = {}
     entries = doc["keys"]
     assert isinstance(entries, list)
     for entry in entries[:MAX_KEYS]:
@@ -178,7 +179,7 @@ class JWKSKeySource:
         self.grace = grace
         self._outbound = outbound if outbound is not None else Outbound(
             reactor, timeout, MAX_JWKS_BODY, maxInFlight=1)
-        self._keys: dict[Optional[str], Any] = {}
+        self._keys: dict[Optional[str], RSAPublicKey] = {}
         self._fetchedAt: Optional[float] = None
         self._attemptedAt: Optional[float] = None
         self._waiters: Optional[list[Deferred[None]]] = None
@@ -193,10 +194,10 @@ class JWKSKeySource:
     def _mayFetch(self, now: float) -> bool:
         return self._attemptedAt is None or now >= self._attemptedAt + self.minRefetchInterval
 
-    def keyFor(self, kid: Optional[str]) -> "Deferred[Any]":
+    def keyFor(self, kid: Optional[str]) -> "Deferred[RSAPublicKey]":
         return Deferred.fromCoroutine(self._keyFor(kid))
 
-    async def _keyFor(self, kid: Optional[str]) -> Any:
+    async def _keyFor(self, kid: Optional[str]) -> RSAPublicKey:
         now = self.seconds()
         stale = self._fetchedAt is None or now >= self._fetchedAt + self.ttl
         if (stale or self._find(kid) is None) and (
@@ -215,7 +216,7 @@ class JWKSKeySource:
             raise JWTRefused("unknown_key")
         return key
 
-    def _find(self, kid: Optional[str]) -> Any:
+    def _find(self, kid: Optional[str]) -> Optional[RSAPublicKey]:
         if kid is None:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)

@@ -82,7 +82,7 @@ def newHTTPClient(reactor: Any) -> HTTPClient:
     """
     A treq client whose connections close after each response.
     """
-    agent: Any = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
     return HTTPClient(agent)
 
 
@@ -120,12 +120,14 @@ class _Body(Protocol):
 
     def _stop(self, reason: Exception) -> None:
         if self.transport is not None:
+            # a response body's transport is also its IPushProducer
             self.transport.stopProducing()  # type: ignore[attr-defined]
         if not self.deferred.called:
             self.deferred.errback(reason)
 
     def _cancel(self, d: "Deferred[bytes]") -> None:
         if self.transport is not None:
+            # a response body's transport is also its IPushProducer
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
@@ -146,7 +148,7 @@ class _Body(Protocol):
             self.deferred.errback(reason)
 
 
-def _classify(e: BaseException) -> OutboundError:
+def _classify(e: Optional[BaseException]) -> OutboundError:
     if isinstance(e, OutboundError):
         return e
     if isinstance(e, (DeferredTimeoutError, CancelledError, neterror.TimeoutError)):
@@ -210,7 +212,7 @@ class Outbound:
             self.inFlight -= 1
             return result
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             raise _classify(failure.value)
 
         d.addBoth(done)

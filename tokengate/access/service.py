@@ -6,7 +6,7 @@ through.
 An adapter (RTMP, SRT, WebSocket/WebRTC, HTTP playback) translates a wire
 request into an L{AccessRequest} and calls L{AccessService.publish} or
 L{AccessService.play} with itself as the I{mind} (an
-L{tokengate.auth.IKickable}: how the server ends the session).  The service
+L{tokengate.access.sessions.IKickable}: how the server ends the session).  The service
 alone:
 
  1. checks what keeps a token, before any redemption: the stream id's
@@ -37,8 +37,9 @@ from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred
 
 from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
-from tokengate.apps import AppSettings
-from tokengate.auth import Gate, Grant, Refused, StreamCredentials, attemptOf
+from tokengate.access.sessions import Grant
+from tokengate.apps import AppSettings, ISettingsLookup
+from tokengate.auth import Gate, Refused, StreamCredentials, attemptOf
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Claim, Hub, LiveStream, StreamInUse
 from tokengate.tokens import PLAY, PUBLISH, Outcome
@@ -81,17 +82,6 @@ class AccessRequest:
         """
         return StreamCredentials(self.app, self.streamId, self.action, self.token or None,
                                  self.peer, self.protocol, self.roomId or None)
-
-
-class ISettingsLookup(Protocol):
-    """
-    The applications' settings, by name.
-    """
-
-    def get(self, name: str) -> Optional[AppSettings]:
-        """
-        @return: the settings of application C{name}, or None.
-        """
 
 
 RecordingLookup = Callable[[str, str], bool]
@@ -309,6 +299,7 @@ class AccessService:
         return Deferred.fromCoroutine(self._play(request, mind))
 
     async def _login(self, request: AccessRequest, mind: Any, action: str) -> Grant:
+        outcome: Optional[Outcome]
         if request.action != action:
             outcome = Outcome.INVALID
         else:

@@ -351,51 +351,51 @@ class SubscriberLease:
 class ISubscriberStore(Interface):
     """
     Where subscriber records, blocks and live connections live.  Every
-    method returns a L{Deferred}; the argument and result types are those
-    of L{MemorySubscriberStore} (unannotated here: an interface's methods
-    have no C{self}).
+    method returns a L{Deferred}.
     """
 
     name = Attribute("A short name for logs and metrics.")
 
-    def addSubscriber(subscriber):
+    def addSubscriber(subscriber: Subscriber) -> "Deferred[bool]":
         """
         Record (or replace) a subscriber; keeps its live-connection count.
         Fires L{False} when the store is full.
         """
 
-    def getSubscriber(streamId, subscriberId):
+    def getSubscriber(streamId: str, subscriberId: str) -> "Deferred[Optional[Subscriber]]":
         """
         The record, or L{None}.
         """
 
-    def listSubscribers(streamId, offset, size):
+    def listSubscribers(streamId: str, offset: int, size: int) -> "Deferred[Sequence[Subscriber]]":
         """
         A stream's records in the order they were added.
         """
 
-    def deleteSubscriber(streamId, subscriberId):
+    def deleteSubscriber(streamId: str, subscriberId: str) -> "Deferred[bool]":
         """
         Delete one record; fires whether there was one.
         """
 
-    def revokeSubscribers(streamId):
+    def revokeSubscribers(streamId: str) -> "Deferred[int]":
         """
         Delete every record of a stream; fires how many.
         """
 
-    def blockSubscriber(streamId, subscriberId, blockedType, seconds):
+    def blockSubscriber(streamId: str, subscriberId: str, blockedType: str, seconds: int
+                        ) -> "Deferred[bool]":
         """
         Block for C{seconds} from now (0 unblocks), recording an unknown
         subscriber without a secret.  Fires L{False} when the store is full.
         """
 
-    def isBlocked(streamId, subscriberId, action):
+    def isBlocked(streamId: str, subscriberId: str, action: str) -> "Deferred[bool]":
         """
         Whether a block for C{action} is in force now.
         """
 
-    def acquire(streamId, subscriberId, action, step, protocol, instanceIP=None):
+    def acquire(streamId: str, subscriberId: str, action: str, step: int, protocol: str,
+                instanceIP: Optional[str] = None) -> "Deferred[SubscriberLease]":
         """
         In one atomic step: refuse a blocked subscriber, a code whose time
         C{step} is older than the newest this subscriber used, a subscriber
@@ -404,7 +404,8 @@ class ISubscriberStore(Interface):
         L{SubscriberRefused}.
         """
 
-    def connectionEvents(streamId, offset, size):
+    def connectionEvents(streamId: str, offset: int, size: int
+                         ) -> "Deferred[Sequence[ConnectionEvent]]":
         """
         A stream's connection events, oldest first.
         """

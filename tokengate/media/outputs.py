@@ -11,8 +11,10 @@ import os
 from typing import Any, Optional
 
 
+from tokengate.apps import ISettingsLookup
 from tokengate.logsafe import Logger
-from .hub import LiveStream
+from tokengate.media.hub import Hub, LiveStream
+from tokengate.metrics import Metrics
 
 #: keep an ended stream's packager this long (players finish; a republish
 #: within it continues the same playlists)
@@ -20,10 +22,22 @@ RETAIN_AFTER_END = 60.0
 
 
 class Outputs:
+    """
+    The packagers and recorders of this node's live streams.
+    """
+
     _log = Logger()
 
-    def __init__(self, server: Any, dataDir: Optional[str], partTarget: float = 0.5) -> None:
-        self.server = server
+    def __init__(self, apps: ISettingsLookup, hub: Hub, clock: Any, metrics: Metrics,
+                 dataDir: Optional[str], partTarget: float = 0.5) -> None:
+        """
+        @param apps: the applications' settings (which outputs a stream gets).
+        @param hub: told to call us when a stream goes live.
+        @param dataDir: where recordings go (None: not recorded).
+        @param partTarget: LL-HLS part duration, seconds.
+        """
+        self._apps = apps
+        self._clock = clock
         self.partTarget = partTarget
         self.recordings = None
         self._packagers: dict[tuple[str, str], Any] = {}
@@ -31,13 +45,13 @@ class Outputs:
         if self._recordingsDir is not None:
             from .recorder import RecordingManager
 
-            self.recordings = RecordingManager(self._recordingsDir, server.clock)
-        self._notRecorded = server.metrics.counter(
+            self.recordings = RecordingManager(self._recordingsDir, clock)
+        self._notRecorded = metrics.counter(
             "tokengate_recordings_refused",
             "Publications of applications that record which were not recorded, by reason",
             ["reason"],
         )
-        server.hub.onPublish(self._published)
+        hub.onPublish(self._published)
 
     def recordingPath(self, app: str, streamId: str) -> Optional[str]:
         """
@@ -62,7 +76,7 @@ class Outputs:
         return self._packagers.get((app, streamId))
 
     def _published(self, stream: LiveStream) -> None:
-        settings = self.server.apps.get(stream.app)
+        settings = self._apps.get(stream.app)
         if settings is None:
             return
         if settings.hlsMuxingEnabled or settings.dashMuxingEnabled:
@@ -75,7 +89,7 @@ class Outputs:
                 # part never exceeds its segment
                 segmentTarget = float(settings.hlsTime)
                 packager = Packager(
-                    stream.app, stream.streamId, self.server.clock,
+                    stream.app, stream.streamId, self._clock,
                     segmentTarget=segmentTarget,
                     partTarget=min(self.partTarget, segmentTarget),
                     windowSegments=int(settings.hlsListSize),
@@ -101,7 +115,7 @@ class Outputs:
         """
         Drop packagers of streams that ended long enough ago.
         """
-        now = self.server.clock.seconds()
+        now = self._clock.seconds()
         for key, packager in list(self._packagers.items()):
             if packager.ended and now - packager.lastActivity > RETAIN_AFTER_END:
                 del self._packagers[key]

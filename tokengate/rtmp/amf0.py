@@ -2,33 +2,31 @@
 """
 AMF0 encoding and decoding, pure Python, no I/O.
 
-Python mapping:
+Python mapping (Python: AMF0 marker, AMF0 type):
 
-======================  ======  ==========================================
-Python                  marker  AMF0
-======================  ======  ==========================================
-``float``, ``int``      0       number (IEEE 754 double; ints become floats)
-``bool``                1       boolean
-``str``                 2 / 12  string; long string when > 65535 UTF-8 bytes
-``dict``                3       anonymous object (keys must be ``str``)
-``None``                5       null
-:data:`UNDEFINED`       6       undefined
-:class:`ECMAArray`      8       ECMA array (a ``dict`` subclass)
-``list``, ``tuple``     10      strict array (decodes to ``list``)
-======================  ======  ==========================================
+  - C{float}, C{int}: 0, number (IEEE 754 double; ints become floats)
+  - C{bool}: 1, boolean
+  - C{str}: 2 / 12, string; long string when > 65535 UTF-8 bytes
+  - C{dict}: 3, anonymous object (keys must be C{str})
+  - C{None}: 5, null
+  - L{UNDEFINED}: 6, undefined
+  - L{ECMAArray}: 8, ECMA array (a C{dict} subclass)
+  - C{list}, C{tuple}: 10, strict array (decodes to C{list})
 
-Decoding also accepts date (11, decoded as a ``float`` of milliseconds since
-the epoch, the time zone is ignored), XML document (15, decoded as ``str``)
-and the "unsupported" marker (13, decoded as :data:`UNDEFINED`).  References
+A decoded value is an L{AMFValue}.
+
+Decoding also accepts date (11, decoded as a C{float} of milliseconds since
+the epoch, the time zone is ignored), XML document (15, decoded as C{str})
+and the "unsupported" marker (13, decoded as L{UNDEFINED}).  References
 (7), typed objects (16), the AMF3 switch (17) and the reserved markers
-(4 movieclip, 14 recordset, >17) raise :class:`RTMPProtocolError`, as does
+(4 movieclip, 14 recordset, >17) raise L{RTMPProtocolError}, as does
 any malformed or truncated input, invalid UTF-8, nesting deeper than
-:data:`MAX_DEPTH` or a container with more than :data:`MAX_ELEMENTS`
+L{MAX_DEPTH} or a container with more than L{MAX_ELEMENTS}
 entries.  Decoding never raises anything else.
 
-Encoding raises ``TypeError`` for values outside the mapping and
-``ValueError`` for unencodable ones (an object key over 65535 bytes, nesting
-deeper than :data:`MAX_DEPTH`, which includes cycles, an integer too large
+Encoding raises C{TypeError} for values outside the mapping and
+C{ValueError} for unencodable ones (an object key over 65535 bytes, nesting
+deeper than L{MAX_DEPTH}, which includes cycles, an integer too large
 for a double, a string with lone surrogates).
 
 Tolerances: an ECMA array's count is ignored (encoders get it wrong), its
@@ -39,11 +37,12 @@ of the data without its end marker is accepted.
 from __future__ import annotations
 
 from struct import Struct
-from typing import Any
+from typing import Union
 
 from tokengate.rtmp.errors import RTMPProtocolError
 
 __all__ = [
+    "AMFValue",
     "ECMAArray",
     "MAX_DEPTH",
     "MAX_ELEMENTS",
@@ -89,7 +88,7 @@ _END = b"\x00\x00\x09"
 
 class _Undefined:
     """
-    The type of :data:`UNDEFINED`; there is exactly one instance.
+    The type of L{UNDEFINED}; there is exactly one instance.
     """
 
     __slots__ = ()
@@ -110,14 +109,21 @@ class _Undefined:
         return "UNDEFINED"
 
 
-#: The AMF0 ``undefined`` value (marker 6), distinct from ``None`` (null).
+#: The AMF0 C{undefined} value (marker 6), distinct from C{None} (null).
 UNDEFINED = _Undefined()
 
+#: A decoded AMF0 value (a recursive alias mypy can check); an object is a
+#: C{dict}, an ECMA array an L{ECMAArray}.
+AMFValue = Union[None, bool, float, str, _Undefined, list["AMFValue"], dict[str, "AMFValue"]]
 
-class ECMAArray(dict):
+#: What the decoder reads.
+_Buffer = Union[bytes, bytearray, memoryview]
+
+
+class ECMAArray(dict[str, AMFValue]):
     """
-    A ``dict`` that encodes as an AMF0 ECMA array (marker 8), as used by
-    ``onMetaData``.  Keys must be ``str``.
+    A C{dict} that encodes as an AMF0 ECMA array (marker 8), as used by
+    C{onMetaData}.  Keys must be C{str}.
     """
 
     __slots__ = ()
@@ -129,7 +135,7 @@ class ECMAArray(dict):
 # ---------------------------------------------------------------- encoding
 
 
-def encode(*values: Any) -> bytes:
+def encode(*values: object) -> bytes:
     """
     Encode C{values} one after the other, as in a command or data message.
     """
@@ -139,7 +145,7 @@ def encode(*values: Any) -> bytes:
     return b"".join(out)
 
 
-def _encode_key(key: Any, out: list[bytes]) -> None:
+def _encode_key(key: object, out: list[bytes]) -> None:
     if not isinstance(key, str):
         raise TypeError(f"AMF0 object keys must be str, not {type(key).__name__}")
     raw = key.encode("utf-8")
@@ -149,7 +155,7 @@ def _encode_key(key: Any, out: list[bytes]) -> None:
     out.append(raw)
 
 
-def _encode(value: Any, out: list[bytes], depth: int) -> None:
+def _encode(value: object, out: list[bytes], depth: int) -> None:
     if value is None:
         out.append(b"\x05")
     elif value is True:
@@ -201,13 +207,13 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
 # ---------------------------------------------------------------- decoding
 
 
-def decode_all(data: bytes) -> list:
+def decode_all(data: _Buffer) -> list[AMFValue]:
     """
     Decode every value in C{data}, which must hold whole values only.
 
     @raise RTMPProtocolError: on any malformed input.
     """
-    values = []
+    values: list[AMFValue] = []
     offset = 0
     end = len(data)
     while offset < end:
@@ -216,7 +222,7 @@ def decode_all(data: bytes) -> list:
     return values
 
 
-def decode_one(buf: bytes, offset: int = 0) -> tuple[Any, int]:
+def decode_one(buf: _Buffer, offset: int = 0) -> tuple[AMFValue, int]:
     """
     Decode one value of C{buf} (bytes, bytearray or memoryview) starting at
     C{offset}.
@@ -234,14 +240,14 @@ def _short(what: str) -> RTMPProtocolError:
     return RTMPProtocolError(f"AMF0: truncated {what}")
 
 
-def _text(buf, start: int, stop: int) -> str:
+def _text(buf: _Buffer, start: int, stop: int) -> str:
     try:
         return str(buf[start:stop], "utf-8")
     except UnicodeDecodeError:
         raise RTMPProtocolError("AMF0: invalid UTF-8 in string") from None
 
 
-def _decode(buf, o: int, end: int, depth: int) -> tuple[Any, int]:
+def _decode(buf: _Buffer, o: int, end: int, depth: int) -> tuple[AMFValue, int]:
     # The caller guarantees o < end.
     marker = buf[o]
     o += 1
@@ -264,7 +270,7 @@ def _decode(buf, o: int, end: int, depth: int) -> tuple[Any, int]:
             if o + 4 > end:
                 raise _short("ECMA array count")
             o += 4  # the count is advisory; read up to the end marker
-            result: dict = ECMAArray()
+            result: dict[str, AMFValue] = ECMAArray()
         else:
             result = {}
         return _decode_properties(buf, o, end, depth, result)
@@ -287,7 +293,7 @@ def _decode(buf, o: int, end: int, depth: int) -> tuple[Any, int]:
             raise RTMPProtocolError(f"AMF0: strict array of {count} elements")
         if count > end - o:  # every element takes at least one byte
             raise _short("strict array")
-        items = []
+        items: list[AMFValue] = []
         for _ in range(count):
             if o >= end:
                 raise _short("strict array")
@@ -317,7 +323,9 @@ def _decode(buf, o: int, end: int, depth: int) -> tuple[Any, int]:
     raise RTMPProtocolError(f"AMF0: unknown or reserved marker {marker}")
 
 
-def _decode_properties(buf, o: int, end: int, depth: int, result: dict):
+def _decode_properties(
+    buf: _Buffer, o: int, end: int, depth: int, result: dict[str, AMFValue]
+) -> tuple[dict[str, AMFValue], int]:
     ecma = type(result) is ECMAArray
     count = 0
     while True:

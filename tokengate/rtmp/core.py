@@ -9,110 +9,111 @@ Usage, in the style of h11 and wsproto::
     events = conn.receive_data(data)      # bytes from the peer -> events
     transport.write(conn.data_to_send())  # queued bytes for the peer
 
-``RTMPConnection(role, *, max_message_size=4 MiB, max_chunk_streams=64,
-max_pending_bytes=None, max_amf_message_size=None, random_bytes=os.urandom)``; ``role`` is
-:data:`SERVER` (``"server"``) or :data:`CLIENT` (``"client"``).  State:
-``role``, ``bytes_received``, ``handshake_complete``,
-``handshake_echo_ok``, ``in_chunk_size``, ``out_chunk_size``,
-``ack_window``.
+C{RTMPConnection(role, *, max_message_size=4 MiB, max_chunk_streams=64,
+max_pending_bytes=None, max_amf_message_size=None, random_bytes=os.urandom)}; C{role} is
+L{SERVER} (C{"server"}) or L{CLIENT} (C{"client"}).  State:
+C{role}, C{bytes_received}, C{handshake_complete},
+C{handshake_echo_ok}, C{in_chunk_size}, C{out_chunk_size},
+C{ack_window}.
 
-``receive_data(data) -> list`` returns the events parsed from C{data} and
-raises :class:`RTMPProtocolError` (the package's only error) on malformed
+C{receive_data(data) -> list[Event]} returns the events parsed from C{data} and
+raises L{RTMPProtocolError} (the package's only error) on malformed
 input or when a limit is exceeded.  After an error the connection is dead:
-every later ``receive_data`` raises again, drop the transport.  Events
+every later C{receive_data} raises again, drop the transport.  Events
 parsed earlier in the failing call are lost.
 
-``data_to_send() -> bytes`` drains everything queued: handshake bytes,
-acknowledgements and whatever the ``send_*`` methods queued.  Chunk-layer
+C{data_to_send() -> bytes} drains everything queued: handshake bytes,
+acknowledgements and whatever the C{send_*} methods queued.  Chunk-layer
 output queued before the handshake is complete (a client has queued C2, a
 server has read C2) is held back until then, so sending early is safe.
 
 Handshake
-    Simple (non-digest) handshake.  A server answers C0+C1 with S0+S1+S2 at
-    once (S1 = time 0, four zero bytes, 1528 random bytes; S2 = C1), then
-    reads C2; a C2 that does not echo S1 only sets
-    ``handshake_echo_ok = False``.  A client queues C0+C1 when constructed,
-    reads S0+S1+S2 and answers C2 = S1.  A version byte other than 3 is an
-    error.  Both roles emit :class:`HandshakeComplete` when done.
+=========
+Simple (non-digest) handshake.  A server answers C0+C1 with S0+S1+S2 at
+once (S1 = time 0, four zero bytes, 1528 random bytes; S2 = C1), then
+reads C2; a C2 that does not echo S1 only sets
+C{handshake_echo_ok = False}.  A client queues C0+C1 when constructed,
+reads S0+S1+S2 and answers C2 = S1.  A version byte other than 3 is an
+error.  Both roles emit L{HandshakeComplete} when done.
 
 Receiving
-    Chunk reassembly with interleaved chunk streams, formats 0-3, timestamp
-    deltas, extended timestamps (read on every chunk, continuation chunks
-    included, whose header field is 0xFFFFFF, as ffmpeg does), the peer's
-    Set Chunk Size applied by the parser (0 or a set top bit is an error)
-    and Abort.  A fmt 1/2/3 chunk on a chunk stream that never had a fmt 0
-    is an error.  A fmt 0/1/2 header in the middle of a message continues
-    that message if it announces the same length (ffmpeg does the same) and
-    is an error otherwise.  Timestamps in events are absolute, modulo 2**32.
-    Limits (constructor arguments, changed later by ``set_limits``):
-    ``max_message_size`` (default 4 MiB, a larger announced length is an
-    error), ``max_chunk_streams`` (distinct csids, default 64) and
-    ``max_pending_bytes`` (default twice ``max_message_size``): what the
-    incomplete messages of all chunk streams may hold, in bytes, counting
-    ``PIECE_COST`` (48) per chunk payload held besides its bytes, so that a
-    tiny chunk size cannot multiply memory; a partial message held in more
-    than ``COALESCE_PIECES`` (1024) pieces is coalesced into one buffer, so
-    a peer with a tiny chunk size still gets its budget's worth of bytes.
-    ``pending_bytes`` is what is held.  ``max_amf_message_size`` (default
-    ``max_message_size``) bounds command and data messages apart, as their
-    decoded values take many times their encoded size.  A limit error has
-    ``limit=True``.
-    Between calls at most one partial chunk header (< 18 bytes) is kept:
-    chunk payloads are consumed as they arrive.
+=========
+Chunk reassembly with interleaved chunk streams, formats 0-3, timestamp
+deltas, extended timestamps (read on every chunk, continuation chunks
+included, whose header field is 0xFFFFFF, as ffmpeg does), the peer's
+Set Chunk Size applied by the parser (0 or a set top bit is an error)
+and Abort.  A fmt 1/2/3 chunk on a chunk stream that never had a fmt 0
+is an error.  A fmt 0/1/2 header in the middle of a message continues
+that message if it announces the same length (ffmpeg does the same) and
+is an error otherwise.  Timestamps in events are absolute, modulo 2**32.
+Limits (constructor arguments, changed later by C{set_limits}):
+C{max_message_size} (default 4 MiB, a larger announced length is an
+error), C{max_chunk_streams} (distinct csids, default 64) and
+C{max_pending_bytes} (default twice C{max_message_size}): what the
+incomplete messages of all chunk streams may hold, in bytes, counting
+C{PIECE_COST} (48) per chunk payload held besides its bytes, so that a
+tiny chunk size cannot multiply memory; a partial message held in more
+than C{COALESCE_PIECES} (1024) pieces is coalesced into one buffer, so
+a peer with a tiny chunk size still gets its budget's worth of bytes.
+C{pending_bytes} is what is held.  C{max_amf_message_size} (default
+C{max_message_size}) bounds command and data messages apart, as their
+decoded values take many times their encoded size.  A limit error has
+C{limit=True}.
+Between calls at most one partial chunk header (< 18 bytes) is kept:
+chunk payloads are consumed as they arrive.
 
-    When the peer sent a Window Acknowledgement Size, an Acknowledgement is
-    queued each time ``bytes_received`` (every byte fed to
-    ``receive_data``, handshake included) grows by a window or more.
+When the peer sent a Window Acknowledgement Size, an Acknowledgement is
+queued each time C{bytes_received} (every byte fed to
+C{receive_data}, handshake included) grows by a window or more.
 
 Events (frozen attrs classes)
-    ``HandshakeComplete()``,
-    ``Command(stream_id, timestamp, name, transaction_id, command_object,
-    args)`` for types 20 and 17 (the AMF3 command's leading byte is skipped,
-    the rest is AMF0; a null or undefined transaction id becomes 0.0),
-    ``DataMessage(stream_id, timestamp, values)`` for types 18 and 15,
-    ``AudioData(stream_id, timestamp, payload)`` (8),
-    ``VideoData(stream_id, timestamp, payload)`` (9),
-    ``UserControl(event_type, data)`` (4), ``WindowAckSize(size)`` (5),
-    ``SetPeerBandwidth(size, limit_type)`` (6),
-    ``Acknowledgement(sequence)`` (3), ``SetChunkSize(size)`` (1, already
-    applied), ``Abort(csid)`` (2, already applied) and
-    ``UnknownMessage(type_id, stream_id, timestamp, payload)``.
+=============================
+C{HandshakeComplete()},
+C{Command(stream_id, timestamp, name, transaction_id, command_object,
+args)} for types 20 and 17 (the AMF3 command's leading byte is skipped,
+the rest is AMF0; a null or undefined transaction id becomes 0.0),
+C{DataMessage(stream_id, timestamp, values)} for types 18 and 15,
+C{AudioData(stream_id, timestamp, payload)} (8),
+C{VideoData(stream_id, timestamp, payload)} (9),
+C{UserControl(event_type, data)} (4), C{WindowAckSize(size)} (5),
+C{SetPeerBandwidth(size, limit_type)} (6),
+C{Acknowledgement(sequence)} (3), C{SetChunkSize(size)} (1, already
+applied), C{Abort(csid)} (2, already applied) and
+C{UnknownMessage(type_id, stream_id, timestamp, payload)}.
 
 Sending
-    ``send_message(csid, stream_id, type_id, timestamp, payload)`` chunks at
-    the current outgoing chunk size (``out_chunk_size``): the first chunk is
-    fmt 0, or fmt 1 when the previous message on that csid had the same
-    stream id and the timestamp delta fits 24 bits; continuation chunks are
-    fmt 3 and repeat the extended timestamp.  Helpers: ``send_set_chunk_size``
-    (switches the outgoing size after queueing the message),
-    ``send_window_ack_size``, ``send_set_peer_bandwidth``,
-    ``send_acknowledgement``, ``send_abort``, ``send_user_control``,
-    ``send_stream_begin``, ``send_stream_eof``, ``send_command``,
-    ``send_data``, ``send_audio``, ``send_video``, ``send_status``.  Bad
-    arguments (csid outside 2..65599, a payload over 0xFFFFFF bytes, a value
-    AMF0 cannot encode) raise ``ValueError`` or ``TypeError``.
+=======
+C{send_message(csid, stream_id, type_id, timestamp, payload)} chunks at
+the current outgoing chunk size (C{out_chunk_size}): the first chunk is
+fmt 0, or fmt 1 when the previous message on that csid had the same
+stream id and the timestamp delta fits 24 bits; continuation chunks are
+fmt 3 and repeat the extended timestamp.  Helpers: C{send_set_chunk_size}
+(switches the outgoing size after queueing the message),
+C{send_window_ack_size}, C{send_set_peer_bandwidth},
+C{send_acknowledgement}, C{send_abort}, C{send_user_control},
+C{send_stream_begin}, C{send_stream_eof}, C{send_command},
+C{send_data}, C{send_audio}, C{send_video}, C{send_status}.  Bad
+arguments (csid outside 2..65599, a payload over 0xFFFFFF bytes, a value
+AMF0 cannot encode) raise C{ValueError} or C{TypeError}.
 
-    Chunk stream ids used by the helpers (those of nginx-rtmp):
+Chunk stream ids used by the helpers (those of nginx-rtmp):
 
-    ====  ===================================================================
-    csid  messages
-    ====  ===================================================================
-    2     protocol control and user control (types 1-6), stream id 0
-    3     commands (type 20), ``onStatus`` included
-    5     data messages (type 18, ``onMetaData``)
-    6     audio (type 8)
-    7     video (type 9)
-    ====  ===================================================================
+  - 2: protocol control and user control (types 1-6), stream id 0
+  - 3: commands (type 20), C{onStatus} included
+  - 5: data messages (type 18, C{onMetaData})
+  - 6: audio (type 8)
+  - 7: video (type 9)
 
 Fan-out
-    :func:`encode_message` is a pure function of (csid, stream id, type,
-    timestamp, payload, chunk size) returning the chunked bytes (fmt 0 then
-    fmt 3).  Encode a message once per distinct (chunk size, timestamp)
-    and hand the bytes to every player sharing them with
-    ``conn.send_encoded(csid, stream_id, timestamp, data)``, which queues them
-    and records the csid state so later ``send_message`` calls stay right.
-    ``send_message`` itself is cheap: it queues the header and zero-copy
-    views of the payload, joined once by ``data_to_send``.
+=======
+L{encode_message} is a pure function of (csid, stream id, type,
+timestamp, payload, chunk size) returning the chunked bytes (fmt 0 then
+fmt 3).  Encode a message once per distinct (chunk size, timestamp)
+and hand the bytes to every player sharing them with
+C{conn.send_encoded(csid, stream_id, timestamp, data)}, which queues them
+and records the csid state so later C{send_message} calls stay right.
+C{send_message} itself is cheap: it queues the header and zero-copy
+views of the payload, joined once by C{data_to_send}.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from struct import Struct
-from typing import Any, Callable
+from typing import Callable, Union
 
 from attrs import frozen
 
@@ -135,6 +136,7 @@ __all__ = [
     "AudioData",
     "Command",
     "DataMessage",
+    "Event",
     "HandshakeComplete",
     "RTMPConnection",
     "RTMPProtocolError",
@@ -233,20 +235,20 @@ class Command:
     timestamp: int
     name: str
     transaction_id: float
-    command_object: Any
-    args: tuple
+    command_object: amf0.AMFValue
+    args: tuple[amf0.AMFValue, ...]
 
 
 @frozen
 class DataMessage:
     """
     A data message (type 18, or 15 with its format byte skipped), such as
-    ``@setDataFrame``/``onMetaData``.
+    C{@setDataFrame}/C{onMetaData}.
     """
 
     stream_id: int
     timestamp: int
-    values: tuple
+    values: tuple[amf0.AMFValue, ...]
 
 
 @frozen
@@ -316,6 +318,29 @@ class UnknownMessage:
     payload: bytes
 
 
+#: What L{RTMPConnection.receive_data} returns a list of.
+Event = Union[
+    HandshakeComplete,
+    Command,
+    DataMessage,
+    AudioData,
+    VideoData,
+    UserControl,
+    WindowAckSize,
+    SetPeerBandwidth,
+    Acknowledgement,
+    SetChunkSize,
+    Abort,
+    UnknownMessage,
+]
+
+#: A protocol control or user control message.
+_Control = Union[UserControl, SetChunkSize, Abort, Acknowledgement, WindowAckSize, SetPeerBandwidth]
+
+#: One piece of outgoing bytes (a chunk header, or a view of a payload).
+_Out = Union[bytes, memoryview]
+
+
 # ----------------------------------------------------------------- writing
 
 
@@ -340,7 +365,7 @@ def _check_message(stream_id: int, type_id: int, length: int) -> None:
         raise ValueError(f"message of {length} bytes is too long for RTMP")
 
 
-def _fmt0(csid: int, stream_id: int, type_id: int, ts: int, length: int):
+def _fmt0(csid: int, stream_id: int, type_id: int, ts: int, length: int) -> tuple[bytes, bytes]:
     """
     The first-chunk header and the continuation-chunk header of a message
     sent with a fmt 0 header.
@@ -364,7 +389,7 @@ def _fmt0(csid: int, stream_id: int, type_id: int, ts: int, length: int):
 
 
 def _chunk_into(
-    append: Callable[[Any], None], head: bytes, cont: bytes, payload: bytes, size: int
+    append: Callable[[_Out], None], head: bytes, cont: bytes, payload: bytes, size: int
 ) -> None:
     n = len(payload)
     append(head)
@@ -396,7 +421,7 @@ def encode_message(
     _check_message(stream_id, type_id, len(payload))
     payload = bytes(payload)
     head, cont = _fmt0(csid, stream_id, type_id, timestamp & _MASK32, len(payload))
-    parts: list = []
+    parts: list[_Out] = []
     _chunk_into(parts.append, head, cont, payload, chunk_size)
     return b"".join(parts)
 
@@ -483,7 +508,7 @@ class RTMPConnection:
 
         # handshake
         self._hs_buf = bytearray()
-        self._hs_out: list[bytes] = []
+        self._hs_out: list[_Out] = []
         self._sent_hs: bytes = b""  # our C1 or S1
         # chunk layer, receiving
         self._tail = b""  # an incomplete chunk header
@@ -495,7 +520,7 @@ class RTMPConnection:
         self._ack_window = 0
         self._last_ack = 0
         # chunk layer, sending
-        self._out: list = []
+        self._out: list[_Out] = []
         self._out_open = False  # the handshake is complete
         self._out_chunk_size = DEFAULT_CHUNK_SIZE
         self._out_last: dict[int, tuple[int, int]] = {}  # csid: (sid, ts)
@@ -564,7 +589,7 @@ class RTMPConnection:
     def handshake_complete(self) -> bool:
         return self._state == _CHUNKS
 
-    def receive_data(self, data: bytes) -> list:
+    def receive_data(self, data: bytes) -> list[Event]:
         """
         Feed bytes from the peer; return the events they complete.
 
@@ -578,7 +603,7 @@ class RTMPConnection:
         if not data:
             return []
         self.bytes_received += len(data)
-        events: list = []
+        events: list[Event] = []
         try:
             if self._state != _CHUNKS:
                 data = self._receive_handshake(data, events)
@@ -690,8 +715,8 @@ class RTMPConnection:
         stream_id: int,
         name: str,
         transaction_id: float,
-        command_object: Any = None,
-        *args: Any,
+        command_object: object = None,
+        *args: object,
     ) -> None:
         """
         Queue an AMF0 command (type 20) on csid 3, timestamp 0.
@@ -699,7 +724,7 @@ class RTMPConnection:
         payload = amf0.encode(name, transaction_id, command_object, *args)
         self.send_message(CSID_COMMAND, stream_id, MSG_COMMAND_AMF0, 0, payload)
 
-    def send_data(self, stream_id: int, timestamp: int, *values: Any) -> None:
+    def send_data(self, stream_id: int, timestamp: int, *values: object) -> None:
         """
         Queue an AMF0 data message (type 18) on csid 5.
         """
@@ -719,12 +744,12 @@ class RTMPConnection:
         level: str,
         code: str,
         description: str,
-        details: Any = None,
+        details: object = None,
     ) -> None:
         """
         Queue C{onStatus(0, null, {level, code, description[, details]})}.
         """
-        info = {"level": level, "code": code, "description": description}
+        info: dict[str, object] = {"level": level, "code": code, "description": description}
         if details is not None:
             info["details"] = details
         self.send_command(stream_id, "onStatus", 0, None, info)
@@ -738,7 +763,7 @@ class RTMPConnection:
             raise ValueError("random_bytes returned the wrong length")
         return bytes(8) + random
 
-    def _receive_handshake(self, data: bytes, events: list) -> bytes:
+    def _receive_handshake(self, data: bytes, events: list[Event]) -> bytes:
         """
         Consume handshake bytes; return what follows the handshake.
         """
@@ -811,14 +836,17 @@ class RTMPConnection:
                 limit=True,
             )
 
-    def _receive_chunks(self, data: bytes, events: list) -> None:
+    def _receive_chunks(self, data: bytes, events: list[Event]) -> None:
         if self._tail:
             data = self._tail + data
             self._tail = b""
         n = len(data)
         pos = 0
         streams = self._streams
-        cs = self._cur
+        # cs is typed as never None, with no check in this loop: self._cur is
+        # set whenever self._left is not 0 (see the end of the loop), and cs
+        # is read before a chunk header assigns it only when left is not 0.
+        cs: _InStream = self._cur  # type: ignore[assignment]  # None only when left is 0
         left = self._left
         chunk_size = self._in_chunk_size
         max_size = self._max_message_size
@@ -902,7 +930,8 @@ class RTMPConnection:
                         break
                     csid = 64 + data[hp] + (data[hp + 1] << 8)
                     hp += 2
-            cs = streams.get(csid)
+            # None here is handled below (a protocol error, or a new stream).
+            cs = streams.get(csid)  # type: ignore[assignment]  # None: see just above
             if fmt == 3:
                 if cs is None:
                     raise RTMPProtocolError(
@@ -1012,7 +1041,7 @@ class RTMPConnection:
 
     # --------------------------------------------------------- messages
 
-    def _message(self, cs: _InStream, payload: bytes, events: list) -> None:
+    def _message(self, cs: _InStream, payload: bytes, events: list[Event]) -> None:
         """
         Turn one complete message into an event, applying protocol control.
         """
@@ -1070,7 +1099,7 @@ class RTMPConnection:
             tuple(values[3:]),
         )
 
-    def _control(self, type_id: int, payload: bytes):
+    def _control(self, type_id: int, payload: bytes) -> _Control:
         if type_id == MSG_USER_CONTROL:
             if len(payload) < 2:
                 raise RTMPProtocolError("short user control message")

@@ -2,9 +2,9 @@
 """
 The RTMP package's single error type.
 
-It lives in its own module so that :mod:`tokengate.rtmp.amf0` and
-:mod:`tokengate.rtmp.core` can both raise it without importing each other;
-:mod:`tokengate.rtmp.core` re-exports it.
+It lives in its own module so that L{tokengate.rtmp.amf0} and
+L{tokengate.rtmp.core} can both raise it without importing each other;
+L{tokengate.rtmp.core} re-exports it.
 """
 
 
@@ -12,8 +12,8 @@ class RTMPProtocolError(Exception):
     """
     The peer sent something malformed or outside our limits.
 
-    Raised by :func:`tokengate.rtmp.amf0.decode_one` and friends and by
-    :meth:`tokengate.rtmp.core.RTMPConnection.receive_data`.  After it, the
+    Raised by L{tokengate.rtmp.amf0.decode_one} and friends and by
+    L{tokengate.rtmp.core.RTMPConnection.receive_data}.  After it, the
     connection is dead: drop it.
 
     @ivar limit: C{True} when the input was well-formed but exceeded one of

@@ -40,7 +40,7 @@ C{tokengate_connections_dropped_total{protocol="rtmp",reason}}.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Protocol as TypingProtocol, cast
 from urllib.parse import parse_qsl, unquote
 
 from twisted.internet.interfaces import IPushProducer
@@ -49,7 +49,7 @@ from zope.interface import implementer
 
 from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
 from tokengate.access.service import AccessRequest, IAccess, Publication, Refused, Viewing
-from tokengate.auth import IKickable
+from tokengate.access.sessions import IKickable
 from tokengate.logsafe import Logger
 from tokengate.media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
 from tokengate.metrics import Metrics
@@ -126,6 +126,25 @@ def parse_stream_name(name: str, appPath: str = "") -> tuple[str, Optional[str]]
     return streamId, token or None
 
 
+class TCPTransport(TypingProtocol):
+    """
+    What this protocol uses of its transport: a TCP connection that is a
+    producer (paused while a token is checked) and a consumer (of this
+    protocol as a producer, for the congestion rule).
+    """
+
+    connected: int
+
+    def getPeer(self) -> Any: ...
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
 @implementer(IKickable, IPushProducer, ISubscriber)
 class RTMPServerProtocol(Protocol):
     _log = Logger()
@@ -169,19 +188,31 @@ class RTMPServerProtocol(Protocol):
     # --- connection ---------------------------------------------------------------
 
     @property
+    def _factory(self) -> "RTMPFactory":
+        return cast(RTMPFactory, self.factory)
+
+    @property
     def _access(self) -> IAccess:
-        return self.factory.access
+        return self._factory.access
 
     @property
     def _clock(self) -> Any:
-        return self.factory.clock
+        return self._factory.clock
+
+    @property
+    def _tcp(self) -> "TCPTransport":
+        """
+        The connection's transport, as used here (Twisted types it as the
+        narrower C{ITransport}).
+        """
+        return cast(TCPTransport, self.transport)
 
     def connectionMade(self) -> None:
-        self.peerHost = getattr(self.transport.getPeer(), "host", "")
+        self.peerHost = getattr(self._tcp.getPeer(), "host", "")
         self._connectedAt = self._clock.seconds()
         # Every write passes through _flush, which applies the congestion
         # rule; the transport tells us when its buffer is full.
-        self.transport.registerProducer(self, True)
+        self._tcp.registerProducer(self, True)
         self._touch(HANDSHAKE_TIMEOUT)
 
     def _drop(self, reason: str) -> None:
@@ -189,10 +220,10 @@ class RTMPServerProtocol(Protocol):
         Close the connection at once for C{reason} (counted) and end its
         session.
         """
-        self.factory.dropped(reason)
+        self._factory.dropped(reason)
         self._closing = True
         self._endSession()
-        self.transport.abortConnection()
+        self._tcp.abortConnection()
 
     def _deadline(self) -> tuple[Optional[float], str]:
         """
@@ -218,7 +249,7 @@ class RTMPServerProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._closing and not self.transport.connected:
+        if self._closing and not self._tcp.connected:
             return
         now = self._clock.seconds()
         idle = now - self._lastActivity
@@ -240,7 +271,7 @@ class RTMPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.factory.bytesIn.inc(len(data))
+        self._factory.bytesIn.inc(len(data))
         self._lastActivity = self._clock.seconds()
         burst = self.publishing
         try:
@@ -252,11 +283,13 @@ class RTMPServerProtocol(Protocol):
                 # Media first, inline: nearly every event is one.
                 t = type(event)
                 if t is AudioData:
-                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                        self.publishing.audioReceived(event.timestamp, event.payload)
+                    audio = cast(AudioData, event)
+                    if self.publishing is not None and audio.stream_id == self.publishMessageStream:
+                        self.publishing.audioReceived(audio.timestamp, audio.payload)
                 elif t is VideoData:
-                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                        self.publishing.videoReceived(event.timestamp, event.payload)
+                    video = cast(VideoData, event)
+                    if self.publishing is not None and video.stream_id == self.publishMessageStream:
+                        self.publishing.videoReceived(video.timestamp, video.payload)
                 else:
                     self._dispatch(event)
         except RTMPProtocolError as e:
@@ -280,12 +313,12 @@ class RTMPServerProtocol(Protocol):
                 if self._congestedBytes > MAX_CONGESTED_BYTES:
                     self._tooSlow("more than {} bytes queued".format(MAX_CONGESTED_BYTES))
                     return
-            self.factory.bytesOut.inc(len(out))
-            self.transport.write(out)
+            self._factory.bytesOut.inc(len(out))
+            self._tcp.write(out)
 
     def _tooSlow(self, why: str) -> None:
         self._congestionTimer = None
-        if not self.transport.connected:
+        if not self._tcp.connected:
             return
         self._log.info("RTMP client {peer} does not read ({why}); disconnecting",
                        peer=self.peerHost, why=why)
@@ -324,18 +357,18 @@ class RTMPServerProtocol(Protocol):
         streaming producer resumes it when its buffer drains, instead of
         closing.
         """
-        if not self.transport.connected:
+        if not self._tcp.connected:
             return
         self._closing = True
-        if getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        if getattr(self._tcp, "producer", None) is not None:
+            self._tcp.unregisterProducer()
+        self._tcp.loseConnection()
         if self._closeTimer is None:
             self._closeTimer = self._clock.callLater(MAX_CONGESTION, self._closeTimedOut)
 
     def _closeTimedOut(self) -> None:
         self._closeTimer = None
-        if self.transport.connected:
+        if self._tcp.connected:
             self._log.info("RTMP client {peer} did not read its last bytes; disconnecting",
                            peer=self.peerHost)
             self._drop("slow_reader")
@@ -383,7 +416,7 @@ class RTMPServerProtocol(Protocol):
             metadata = dict(values[1])
             size = len(amf0.encode("onMetaData", amf0.ECMAArray(metadata)))
             if size > MAX_METADATA_BYTES:
-                self.factory.metadataRefused.inc()
+                self._factory.metadataRefused.inc()
                 if not self._metadataRefused:
                     self._metadataRefused = True
                     self._log.info(
@@ -505,7 +538,7 @@ class RTMPServerProtocol(Protocol):
         request = AccessRequest(self.app, streamId, action, "rtmp", self.peerHost, token)
         msid = cmd.stream_id
         self._pendingLogin = True
-        self.transport.pauseProducing()
+        self._tcp.pauseProducing()
         if action == PUBLISH:
             d: Any = self._access.publish(request, self)
         else:
@@ -516,7 +549,7 @@ class RTMPServerProtocol(Protocol):
             if self._closing:
                 session.end()
                 return
-            self.transport.resumeProducing()
+            self._tcp.resumeProducing()
             self.session = session
             if isinstance(session, Publication):
                 self._startPublishing(msid, session)
@@ -528,7 +561,7 @@ class RTMPServerProtocol(Protocol):
             self._pendingLogin = False
             if self._closing:
                 return
-            self.transport.resumeProducing()
+            self._tcp.resumeProducing()
             failure.trap(Refused)
             self._refuse(msid, action, streamId, failure.value.outcome)
 

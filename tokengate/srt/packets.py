@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Optional, Union
+from typing import Callable, Iterable, Optional, TypeVar, Union, cast
 
 from attrs import field, frozen
 
@@ -132,7 +132,13 @@ __all__ = [
     "ts_unwrap",
     "encode_loss_list",
     "decode_loss_list",
+    "Peer",
 ]
+
+#: a peer's UDP address: (host, port)
+Peer = tuple[str, int]
+
+_EncoderT = TypeVar("_EncoderT")
 
 # ---------------------------------------------------------------------------
 # Header
@@ -166,7 +172,8 @@ _PAD = b"\0\0\0\0"
 def peek_dst(datagram: bytes) -> int:
     """The destination socket id of a datagram (0: the listener)."""
     try:
-        return _DST.unpack_from(datagram)[0]
+        dst: int = _DST.unpack_from(datagram)[0]
+        return dst
     except (struct.error, TypeError) as e:
         raise SRTProtocolError("datagram shorter than the SRT header") from e
 
@@ -192,10 +199,10 @@ def _seq31(name: str, value: int) -> int:
     return value
 
 
-def _checked(encode):
+def _checked(encode: Callable[[_EncoderT], bytes]) -> Callable[[_EncoderT], bytes]:
     """Turn a type or range error of an encoder into SRTProtocolError."""
 
-    def wrapper(self) -> bytes:
+    def wrapper(self: _EncoderT) -> bytes:
         try:
             return encode(self)
         except (struct.error, TypeError, ValueError, OverflowError) as e:
@@ -444,6 +451,10 @@ class HSReq:
         )
 
 
+def _extensions(value: Iterable[HandshakeExtension]) -> tuple[HandshakeExtension, ...]:
+    return tuple(value)
+
+
 def _peer_ip(value: bytes) -> bytes:
     value = bytes(value)
     if len(value) != 16:
@@ -470,7 +481,7 @@ class Handshake:
     socket_id: int
     cookie: int
     peer_ip: bytes = field(default=bytes(16), converter=_peer_ip)
-    extensions: tuple[HandshakeExtension, ...] = field(default=(), converter=tuple)
+    extensions: tuple[HandshakeExtension, ...] = field(default=(), converter=_extensions)
     timestamp: int = 0
     dst: int = 0
 
@@ -654,10 +665,9 @@ class Ack:
     def encode(self) -> bytes:
         words = [_seq31("acknowledged sequence", self.last_ack_seq)]
         if self.rtt is not None:
-            small = (self.rtt, self.rtt_var, self.buffer_available)
-            if None in small:
+            if self.rtt_var is None or self.buffer_available is None:
                 raise SRTProtocolError("a small ACK needs rtt, rtt_var and buffer_available")
-            words.extend(small)
+            words.extend((self.rtt, self.rtt_var, self.buffer_available))
             if self.packet_rate is not None:
                 if self.bandwidth is None:
                     raise SRTProtocolError("a full ACK needs packet_rate and bandwidth")
@@ -689,7 +699,7 @@ def _decode_ack(info: int, ts: int, dst: int, data: bytes) -> Ack:
     raise SRTProtocolError(f"ACK with a {n}-byte CIF")
 
 
-def encode_loss_list(ranges) -> bytes:
+def encode_loss_list(ranges: Iterable[tuple[int, int]]) -> bytes:
     """
     The NAK loss list for (first, last) ranges: one word for a single
     sequence number, the first with the top bit set then the last for a
@@ -731,11 +741,16 @@ def decode_loss_list(data: bytes, offset: int = 0) -> tuple[tuple[int, int], ...
     return tuple(out)
 
 
+def _range_tuples(ranges: Iterable[Iterable[int]]) -> tuple[tuple[int, int], ...]:
+    # as given: encode_loss_list checks each range
+    return cast("tuple[tuple[int, int], ...]", tuple(map(tuple, ranges)))
+
+
 @frozen
 class Nak:
     """A NAK (loss report): (first, last) sequence ranges, inclusive."""
 
-    ranges: tuple[tuple[int, int], ...] = field(converter=lambda r: tuple(map(tuple, r)))
+    ranges: tuple[tuple[int, int], ...] = field(converter=_range_tuples)
     timestamp: int = 0
     dst: int = 0
 
@@ -870,4 +885,5 @@ def encode_packet(packet: Packet) -> bytes:
         encode = packet.encode
     except AttributeError as e:
         raise SRTProtocolError(f"not an SRT packet: {type(packet).__name__}") from e
-    return encode()
+    data: bytes = encode()
+    return data

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_srt_interop -*-
+# -*- test-case-name: tests.test_srt_protocol,tests.test_hostile_srt,tests.test_srt_interop -*-
 """
 The SRT listener: a thin Twisted adapter (one UDP port for every caller)
 over the sans-IO L{tokengate.srt.connection.Listener} and
@@ -6,8 +6,9 @@ L{tokengate.media.ts.TSDemuxer}.
 
 The token is decided **inside the handshake**: a caller's conclusion
 (``streamid=App/StreamId,token=T`` or ``#!::r=App/StreamId,m=publish,token=T``)
-goes to the gate before any media is accepted; the caller gets the agreement
-only when the gate admits it, otherwise a rejection:
+goes to the access service (L{tokengate.access.service}) before any media is
+accepted; the caller gets the agreement only when it is admitted, otherwise a
+rejection (the access service's outcome, as a reject code):
 
 ====================================  =====================================
 case                                  reject code (wire reqtype = 1000+code)
@@ -15,7 +16,7 @@ case                                  reject code (wire reqtype = 1000+code)
 bad, missing, spent or expired token  1401 SRT_REJX_UNAUTHORIZED
 malformed stream id                   1400 SRT_REJX_BAD_REQUEST
 unknown application                   1404 SRT_REJX_NOTFOUND
-stream already live (token kept)      1409 SRT_REJX_CONFLICT
+stream being published (token kept)   1409 SRT_REJX_CONFLICT
 ``m=request`` (play over SRT)         1405 SRT_REJX_BAD_MODE
 encryption (a passphrase) requested   11 SRT_REJ_UNSECURE
 throttled or store down               1503 SRT_REJX_DOWN
@@ -27,9 +28,11 @@ counted from the start of its connect), and the gate refuses at once (1503,
 token kept) a caller that the throttle would hold past it.  The token is
 redeemed just before the agreement is sent, within that time.
 
-An admitted caller claims its stream (so nobody else publishes it) but the
-stream goes live (``broadcasting``) on its first media packet: a caller that
-never sends media is never live, and its session ends with the idle timeout.
+An admitted caller's L{Publication} claims its stream (so nobody else
+publishes it) but the stream goes live (``broadcasting``, L{Publication.start})
+on its first media packet: a caller that never sends media is never live, and
+its session ends with the idle timeout (L{Publication.end}, the one way a
+publication ends).
 Its MPEG-TS is demuxed into the hub, where the stream plays as RTMP, HLS,
 DASH and MP4 like any other (``publishType`` ``SRT``).
 """
@@ -41,50 +44,60 @@ import os
 import secrets
 from typing import Any, Optional
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
+from tokengate.access.service import AccessRequest, IAccess, Publication, Refused
+from tokengate.access.sessions import IKickable
 from tokengate.logsafe import Logger
-from ..auth import Grant, IKickable, Refused, StreamCredentials
-from ..media.errors import MediaError
-from ..media.hub import Claim, LiveStream, StreamInUse
-from ..media.ts import Audio, AudioConfig, TSDemuxer, Video, VideoConfig
-from ..tokens import PUBLISH, Outcome
-from .connection import (
+from tokengate.media.errors import MediaError
+from tokengate.media.hub import LiveStream, StreamInUse
+from tokengate.media.ts import Audio, AudioConfig, TSDemuxer, Video, VideoConfig
+from tokengate.metrics import Metrics
+from tokengate.tokens import PUBLISH, Outcome
+from tokengate.srt.connection import Listener
+from tokengate.srt.errors import (
     REJX_BAD_MODE,
     REJX_BAD_REQUEST,
     REJX_CONFLICT,
     REJX_DOWN,
     REJX_NOTFOUND,
     REJX_UNAUTHORIZED,
-    Closed,
-    Connection,
-    Listener,
-    NeedsAuthorization,
-    Payload,
-    Rejected,
-    Reply,
+    SRTProtocolError,
 )
-from .errors import SRTProtocolError
-from .packets import peek_dst
+from tokengate.srt.handshake import NeedsAuthorization, Rejected, Reply
+from tokengate.srt.packets import peek_dst
+from tokengate.srt.receiver import Closed, Connection, Payload
 
 TICK = 0.01
 
+#: the access service's outcomes as reject codes; every other refusal (a
+#: token refused) is 1401 SRT_REJX_UNAUTHORIZED
 _CODES = {
     Outcome.NO_APP: REJX_NOTFOUND,
     Outcome.IN_USE: REJX_CONFLICT,
     Outcome.THROTTLED: REJX_DOWN,
     Outcome.UNAVAILABLE: REJX_DOWN,
     Outcome.INVALID: REJX_BAD_REQUEST,
+    Outcome.DISABLED: REJX_BAD_MODE,
 }
+
+
+def rejectCode(outcome: Outcome) -> int:
+    """
+    The reject code that answers a refusal with C{outcome}.
+    """
+    return _CODES.get(outcome, REJX_UNAUTHORIZED)
 
 
 @implementer(IKickable)
 class SRTSession:
     """
-    One admitted SRT publisher: its connection, demuxer, grant, and the
-    claim on its stream until its first media packet makes the stream live.
+    One admitted SRT publisher: its connection, its demuxer and its
+    L{Publication} (the grant and the claim on its stream until its first
+    media packet starts it).
     """
 
     protocolName = "srt"
@@ -97,22 +110,22 @@ class SRTSession:
         self.app = app
         self.streamId = streamId
         self.conn: Optional[Connection] = None
-        self.claim: Optional[Claim] = None
+        self.publication: Optional[Publication] = None
         self.stream: Optional[LiveStream] = None
-        self.grant: Optional[Grant] = None
         self.demux = TSDemuxer()
         self.ended = False
 
     def _goLive(self) -> bool:
+        publication = self.publication
+        if publication is None:
+            return False
         try:
-            self.stream = self._listener.server.hub.publish(
-                self.app, self.streamId, "SRT", claim=self.claim)
+            self.stream = publication.start()
         except StreamInUse:
             self._log.info("SRT caller {peer} lost {app}/{streamId} before its first media",
                            peer=self.peerHost, app=self.app, streamId=self.streamId)
             self.end("stream in use", shutdown=True)
             return False
-        self.claim = None
         return True
 
     def payload(self, data: bytes) -> None:
@@ -146,7 +159,6 @@ class SRTSession:
     def kick(self, reason: str) -> None:
         self._log.info("ending SRT session of {peer}: {reason}", peer=self.peerHost,
                        reason=reason)
-        self.grant = None  # already logged out by the gate
         self.end(reason, shutdown=True)
 
     def end(self, reason: str, shutdown: bool = False) -> None:
@@ -159,17 +171,13 @@ class SRTSession:
             self._deliver(self.demux.flush())
         except MediaError:
             pass
-        if self.claim is not None:
-            claim, self.claim = self.claim, None
-            claim.release()
-            self._log.info("SRT caller {peer} ended before sending media: {reason}",
-                           peer=self.peerHost, reason=reason)
-        if self.stream is not None:
-            stream, self.stream = self.stream, None
-            stream.end()
-        if self.grant is not None:
-            grant, self.grant = self.grant, None
-            grant.logout()
+        self.stream = None
+        publication, self.publication = self.publication, None
+        if publication is not None:
+            if publication.stream is None and not publication.ended:
+                self._log.info("SRT caller {peer} ended before sending media: {reason}",
+                               peer=self.peerHost, reason=reason)
+            publication.end()
 
 
 class SRTListener(DatagramProtocol):
@@ -179,14 +187,22 @@ class SRTListener(DatagramProtocol):
 
     _log = Logger()
 
-    def __init__(self, server: Any, latency_ms: int = 120) -> None:
-        self.server = server
+    def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics,
+                 latency_ms: int = 120) -> None:
+        """
+        @param access: the one door: every caller's publish goes through it.
+        @param clock: the handshake deadlines' and the ticks' clock.
+        @param metrics: where packets, bytes and connections are counted.
+        @param latency_ms: the receiver's latency (TSBPD), milliseconds.
+        """
+        self.access = access
+        self.clock = clock
         self._ids: set[int] = set()
         self.listener = Listener(secrets.token_bytes(32), self._newSocketId,
                                  latency_ms=latency_ms)
         self.sessions: dict[int, SRTSession] = {}  # by our socket id
         self._ticker: Optional[LoopingCall] = None
-        m = server.metrics
+        m = metrics
         self._packets = m.counter("tokengate_srt_packets",
                                   "SRT data packets, by what became of them", ["kind"])
         self._bytesIn = m.bytes.labels("srt", "in")
@@ -206,7 +222,7 @@ class SRTListener(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self._ticker = LoopingCall(self._tick)
-        self._ticker.clock = self.server.clock
+        self._ticker.clock = self.clock
         self._ticker.start(TICK, now=False)
 
     def stopProtocol(self) -> None:
@@ -217,8 +233,13 @@ class SRTListener(DatagramProtocol):
 
     # --- datagrams -----------------------------------------------------------------
 
+    def _send(self, data: bytes, addr: Any) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data, addr)
+
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        now = self.server.clock.seconds()
+        now = self.clock.seconds()
         self._bytesIn.inc(len(data))
         try:
             dst = peek_dst(data)
@@ -230,8 +251,10 @@ class SRTListener(DatagramProtocol):
                 return
             session = self.sessions.get(dst)
             events = conn.receive(data, now)
-            for out in conn.data_to_send():
-                self.transport.write(out, addr)
+            transport = self.transport
+            if transport is not None:
+                for out in conn.data_to_send():
+                    transport.write(out, addr)
         except SRTProtocolError:
             return  # a malformed datagram is dropped; the connection goes on
         if session is not None:
@@ -247,7 +270,7 @@ class SRTListener(DatagramProtocol):
                 session.end(ev.reason)
 
     def _tick(self) -> None:
-        now = self.server.clock.seconds()
+        now = self.clock.seconds()
         self._ticks += 1
         count = self._ticks % 100 == 0  # statistics once a second
         for sid, session in list(self.sessions.items()):
@@ -256,7 +279,7 @@ class SRTListener(DatagramProtocol):
                 continue
             try:
                 for out in conn.tick(now):
-                    self.transport.write(out, conn.peer)
+                    self._send(out, conn.peer)
                 self._events(session, conn.take_events())
             except Exception:
                 self._log.failure("SRT connection tick failed")
@@ -280,60 +303,56 @@ class SRTListener(DatagramProtocol):
         if isinstance(decision, NeedsAuthorization):
             self._authorize(decision, addr)
         elif isinstance(decision, Rejected):
-            self.server.gate.refused(
-                StreamCredentials("", "", PUBLISH, None, addr[0], "srt"), Outcome.INVALID,
-                attempt=_attempt("rejected", str(decision.code)))
+            self.access.refuse(AccessRequest("", "", PUBLISH, "srt", addr[0]), Outcome.INVALID,
+                               attempt=_attempt("rejected", str(decision.code)))
             if decision.data:
-                self.transport.write(decision.data, addr)
+                self._send(decision.data, addr)
         elif isinstance(decision, Reply) and decision.data:
-            self.transport.write(decision.data, addr)
+            self._send(decision.data, addr)
 
     def _reject(self, decision: NeedsAuthorization, code: int) -> None:
-        reply = self.listener.reject(decision, code, self.server.clock.seconds())
-        self.transport.write(reply, decision.peer)
+        reply = self.listener.reject(decision, code, self.clock.seconds())
+        self._send(reply, decision.peer)
 
     def _authorize(self, decision: NeedsAuthorization, addr: Any) -> None:
+        """
+        Translate the caller's stream id into an L{AccessRequest} (answered
+        by C{decision.answer_by}) and its outcome into the agreement or a
+        reject code.
+        """
         peer = addr[0]
         if decision.error is not None or decision.request is None:
-            self.server.gate.refused(StreamCredentials("", "", PUBLISH, None, peer, "srt"),
-                                     Outcome.INVALID,
-                                     attempt=_attempt("stream id", decision.stream_id))
+            self.access.refuse(AccessRequest("", "", PUBLISH, "srt", peer), Outcome.INVALID,
+                               attempt=_attempt("stream id", decision.stream_id))
             self._reject(decision, REJX_BAD_REQUEST)
             return
-        request = decision.request
-        creds = StreamCredentials(request.app, request.stream_id, PUBLISH, request.token,
-                                  peer, "srt")
-        if request.mode != "publish":
-            self.server.gate.refused(creds, Outcome.DISABLED)
-            self._reject(decision, REJX_BAD_MODE)
+        wire = decision.request
+        request = AccessRequest(wire.app, wire.stream_id, PUBLISH, "srt", peer, wire.token,
+                                deadline=decision.answer_by)
+        if wire.mode != "publish":
+            # play over SRT (m=request) is not served
+            self.access.refuse(request, Outcome.DISABLED)
+            self._reject(decision, rejectCode(Outcome.DISABLED))
             return
-        session = SRTSession(self, peer, request.app, request.stream_id)
-        d = self.server.gate.login(creds, session, deadline=decision.answer_by)
+        session = SRTSession(self, peer, wire.app, wire.stream_id)
+        d = self.access.publish(request, session)
 
-        def granted(grant: Grant) -> None:
-            session.grant = grant
-            try:
-                claim = self.server.hub.claim(request.app, request.stream_id)
-            except StreamInUse:
-                grant.logout()
-                session.grant = None
-                self._reject(decision, REJX_CONFLICT)
-                return
-            reply, conn = self.listener.accept(decision, self.server.clock.seconds())
-            session.claim = claim
+        def admitted(publication: Publication) -> None:
+            reply, conn = self.listener.accept(decision, self.clock.seconds())
+            session.publication = publication
             session.conn = conn
             self.sessions[conn.socket_id] = session
-            self.transport.write(reply, decision.peer)
+            self._send(reply, decision.peer)
 
         def refused(failure: Any) -> None:
             failure.trap(Refused)
-            self._reject(decision, _CODES.get(failure.value.outcome, REJX_UNAUTHORIZED))
+            self._reject(decision, rejectCode(failure.value.outcome))
 
         def unexpected(failure: Any) -> None:
             self._log.failure("SRT authorization failed", failure)
             self._reject(decision, REJX_DOWN)
 
-        d.addCallbacks(granted, refused)
+        d.addCallbacks(admitted, refused)
         d.addErrback(unexpected)
 
     def _forget(self, session: SRTSession, shutdown: bool) -> None:
@@ -346,7 +365,7 @@ class SRTListener(DatagramProtocol):
         self._ids.discard(conn.socket_id)
         if shutdown and self.transport is not None:
             try:
-                self.transport.write(conn.close(self.server.clock.seconds()), conn.peer)
+                self.transport.write(conn.close(self.clock.seconds()), conn.peer)
             except Exception:
                 pass
         self.listener.remove(conn)

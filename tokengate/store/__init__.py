@@ -13,14 +13,15 @@ processes or two nodes can never both redeem one token.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from ..tokens import Outcome, Probe, StoredToken
+    from tokengate.redisclient import RedisClient
+    from tokengate.tokens import Outcome, Probe, StoredToken
 
 
 class StoreUnavailable(Exception):
@@ -50,24 +51,24 @@ class ITokenStore(Interface):
         when it says so, consume the token, all in one atomic step.
         """
 
-    def revoke_stream(app: str, streamId: str) -> "Deferred[int]":
+    def revokeStream(app: str, streamId: str) -> "Deferred[int]":
         """
         Delete every token of a stream; fire with how many were deleted.
         """
 
-    def list_stream(
+    def listStream(
         app: str, streamId: str, offset: int, size: int
     ) -> "Deferred[Sequence[StoredToken]]":
         """
         The tokens of a stream, in minting order, expired ones included.
         """
 
-    def purge_expired(now: float) -> "Deferred[int]":
+    def purgeExpired(now: float) -> "Deferred[int]":
         """
         Delete tokens whose expireDate has passed; fire with the count.
         """
 
-    def delete_app(app: str) -> "Deferred[int]":
+    def deleteApp(app: str) -> "Deferred[int]":
         """
         Delete every token of an application.
         """
@@ -78,13 +79,45 @@ class ITokenStore(Interface):
         """
 
 
-def open_store(spec: str, data_dir: str, reactor: object) -> ITokenStore:
+def isRedisURL(spec: str) -> bool:
+    """
+    Whether a C{--store} value names a Redis store.
+    """
+    return spec.startswith(("redis://", "rediss://"))
+
+
+def open_redis(spec: str, reactor: object) -> Optional["RedisClient"]:
+    """
+    The Redis client for a C{--store} value: one when it names a Redis
+    store (its parameters checked, the store's included), else C{None}.  The
+    composition root opens it once and hands it to the token store
+    (L{open_store}) and to the revocation service's cluster transport.
+
+    @raise ValueError: if the Redis URL is bad.
+    """
+    if not isRedisURL(spec):
+        return None
+    from tokengate.redisclient import RedisClient, parseRedisURL, unknownParameters
+    from tokengate.store.redis import RedisTokenStore
+
+    settings, rest = parseRedisURL(spec)
+    RedisTokenStore.options(rest)
+    unknownParameters(rest)
+    return RedisClient(reactor, settings)
+
+
+def open_store(
+    spec: str, data_dir: str, reactor: object, redis: Optional["RedisClient"] = None
+) -> ITokenStore:
     """
     Build the store named by a ``--store`` value.
 
     @param spec: ``""`` or ``sqlite`` (the embedded default, in the data
         directory), ``sqlite:PATH``, ``memory``, or
         ``redis://host:port/db`` (optionally ``redis://:password@host...``).
+    @param redis: for a Redis store, the client opened by L{open_redis} (the
+        store then does not close it); without it the store opens a client
+        of its own.
     """
     import os
 
@@ -100,10 +133,12 @@ def open_store(spec: str, data_dir: str, reactor: object) -> ITokenStore:
         from .memory import MemoryTokenStore
 
         return MemoryTokenStore()
-    if spec.startswith(("redis://", "rediss://")):
+    if isRedisURL(spec):
         from .redis import RedisTokenStore
 
-        return RedisTokenStore.fromURL(spec, reactor)
+        if redis is None:
+            return RedisTokenStore.fromURL(spec, reactor)
+        return RedisTokenStore.onClient(spec, redis)
     raise ValueError(
         "unknown store {!r}: use sqlite, sqlite:PATH, memory or "
         "redis://host:port/db".format(spec)

@@ -11,8 +11,8 @@ from typing import Sequence
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from ..tokens import Outcome, Probe, StoredToken, judge
-from . import ITokenStore
+from tokengate.tokens import Outcome, Probe, StoredToken, judge
+from tokengate.store import ITokenStore
 
 
 @implementer(ITokenStore)
@@ -40,24 +40,24 @@ class MemoryTokenStore:
             if t.app == app and t.streamId == streamId
         ]
 
-    def revoke_stream(self, app: str, streamId: str) -> Deferred[int]:
+    def revokeStream(self, app: str, streamId: str) -> Deferred[int]:
         doomed = self._matching(app, streamId)
         for t in doomed:
             del self._tokens[t.digest]
         return succeed(len(doomed))
 
-    def list_stream(
+    def listStream(
         self, app: str, streamId: str, offset: int, size: int
     ) -> Deferred[Sequence[StoredToken]]:
         return succeed(self._matching(app, streamId)[offset : offset + size])
 
-    def purge_expired(self, now: float) -> Deferred[int]:
+    def purgeExpired(self, now: float) -> Deferred[int]:
         doomed = [d for d, t in self._tokens.items() if not now < t.expireDate]
         for d in doomed:
             del self._tokens[d]
         return succeed(len(doomed))
 
-    def delete_app(self, app: str) -> Deferred[int]:
+    def deleteApp(self, app: str) -> Deferred[int]:
         doomed = [d for d, t in self._tokens.items() if t.app == app]
         for d in doomed:
             del self._tokens[d]

@@ -3,10 +3,10 @@
 The embedded token store: one SQLite file in WAL mode.
 
 All database work runs on one dedicated thread with its own connection, so
-the reactor never waits on the disk.  A redemption is a single ``DELETE ...
-RETURNING`` statement (atomic in SQLite, across processes sharing the file
+the reactor never waits on the disk.  A redemption is a single C{DELETE ...
+RETURNING} statement (atomic in SQLite, across processes sharing the file
 too); only when it deletes nothing is the row read to tell the refusal
-reason.  ``synchronous=NORMAL`` in WAL mode loses nothing when the process
+reason.  C{synchronous=NORMAL} in WAL mode loses nothing when the process
 is killed (only an operating-system crash can roll back the last commits).
 """
 
@@ -18,12 +18,13 @@ import threading
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ..tokens import Outcome, Probe, StoredToken, judge
-from . import ITokenStore, StoreUnavailable
+from tokengate.tokens import Outcome, Probe, StoredToken, judge
+from tokengate.store import ITokenStore, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -87,7 +88,7 @@ class SQLiteTokenStore:
         self._lock = threading.Lock()
         self._queue: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
         self._draining = False
-        self._kick: Optional[Any] = None  # the pending delayed call of _start
+        self._kick: Optional[IDelayedCall] = None  # the pending delayed call of _start
         # Fail at start-up, not at the first request, when the file cannot
         # be opened; this runs before the reactor does, so block on it.
         directory = os.path.dirname(os.path.abspath(path))
@@ -219,7 +220,7 @@ class SQLiteTokenStore:
 
         return self._run(redeem)
 
-    def revoke_stream(self, app: str, streamId: str) -> "Deferred[int]":
+    def revokeStream(self, app: str, streamId: str) -> "Deferred[int]":
         def revoke(db: sqlite3.Connection) -> int:
             return db.execute(
                 "DELETE FROM tokens WHERE app = ? AND stream_id = ?", (app, streamId)
@@ -227,7 +228,7 @@ class SQLiteTokenStore:
 
         return self._run(revoke)
 
-    def list_stream(
+    def listStream(
         self, app: str, streamId: str, offset: int, size: int
     ) -> "Deferred[Sequence[StoredToken]]":
         def list_(db: sqlite3.Connection) -> list[StoredToken]:
@@ -240,7 +241,7 @@ class SQLiteTokenStore:
 
         return self._run(list_)
 
-    def purge_expired(self, now: float) -> "Deferred[int]":
+    def purgeExpired(self, now: float) -> "Deferred[int]":
         def purge(db: sqlite3.Connection) -> int:
             return db.execute(
                 "DELETE FROM tokens WHERE expire_date <= ?", (now,)
@@ -248,7 +249,7 @@ class SQLiteTokenStore:
 
         return self._run(purge)
 
-    def delete_app(self, app: str) -> "Deferred[int]":
+    def deleteApp(self, app: str) -> "Deferred[int]":
         def delete(db: sqlite3.Connection) -> int:
             return db.execute("DELETE FROM tokens WHERE app = ?", (app,)).rowcount
 

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_playback -*-
 """
-The pages every application serves: ``/{App}/play.html`` and its script,
+The pages every application serves: C{/{App}/play.html} and its script,
 and the player libraries (hls.js, dash.js) that the build fetched from npm.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from twisted.web.resource import NoResource, Resource
+from twisted.web.server import Request
 from twisted.web.static import File
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -45,7 +46,7 @@ class Pages:
             "The player libraries are missing: reinstall tokengate with npm available")
         self._files = {name: File(os.path.join(STATIC, path)) for name, path in PAGES.items()}
 
-    def child(self, name: bytes, request: Any) -> Optional[Resource]:
+    def child(self, name: bytes, request: Request) -> Optional[Resource]:
         """
         The resource for C{/{App}/{name}...}, or None when it is not a page.
         """

@@ -30,33 +30,45 @@ URL layout (the packager writes URIs relative to these)::
     streams/{id}/{kind}/{n}.m4s     segments; {n}.{p}.m4s parts
     streams/{id}.mp4                the MP4 recording (Range requests)
 
-GET and HEAD are checked, OPTIONS passes, anything else is 403.  Refusals are
-403 (404 when the stream is not live, in which case the token is kept) with
-the reference reason strings, and every answer carries CORS headers, so a
-browser player sees the refusal rather than a CORS error.
+GET and HEAD are checked, OPTIONS passes, anything else is 403.  Admission
+is the access service's (L{tokengate.access.service}): every request first
+passes its checks that keep a token (the stream id's grammar, the
+application, C{hlsMuxingEnabled}/C{dashMuxingEnabled}, an MP4's recording),
+answered 404 with Ant Media's strings when they refuse; a token is then
+redeemed by L{IAccess.play}, which refuses a stream that is not live (404,
+the token kept) or a bad token (403 with the reference reason string).
+Every answer carries CORS headers, so a browser player sees the refusal
+rather than a CORS error.  The table of outcomes and answers is in
+C{docs/development.md}.
+
+A session is a grant of the one session registry
+(L{tokengate.access.sessions}); L{HTTPSessions} indexes them by credential
+and token.  The server ends one only through its grant's C{kick}, which
+revokes its credentials once.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tokengate.access.names import isValidStreamId
+from tokengate.access.service import AccessRequest, IAccess, Refused
+from tokengate.access.sessions import Grant, SessionRegistry
 from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
+from tokengate.metrics import Metrics
+from tokengate.tokens import MAX_TOKEN_LENGTH, PLAY, Outcome, digest
+from tokengate.web.sessions import InvalidCredential, Session, SessionSigner, cookie_name
 from tokengate.web.vod import RecordingFile
-from ..auth import Grant, Refused, StreamCredentials
-from ..tokens import MAX_TOKEN_LENGTH, Outcome, digest
-from .sessions import InvalidCredential, Session, SessionSigner, cookie_name
 
 _RESOURCE = re.compile(r"^(?:init(?:-\d{1,6})?\.mp4|\d{1,9}(?:\.\d{1,4})?\.m4s)$", re.ASCII)
 
@@ -86,8 +98,8 @@ class FutileRequests:
     least recently counted keys are forgotten first.
     """
 
-    def __init__(self, clock: Any, limit: int = FUTILE_LIMIT, window: float = FUTILE_WINDOW,
-                 maxKeys: int = 100_000) -> None:
+    def __init__(self, clock: IReactorTime, limit: int = FUTILE_LIMIT,
+                 window: float = FUTILE_WINDOW, maxKeys: int = 100_000) -> None:
         self._clock = clock
         self.limit = limit
         self.window = window
@@ -113,6 +125,22 @@ class FutileRequests:
         self._counts.pop(key, None)
 
 
+class IMediaOutputs(Protocol):
+    """
+    What playback serves: the packagers of live streams, the recordings.
+    """
+
+    def packager(self, app: str, streamId: str) -> Optional[Any]:
+        """
+        The stream's packager (HLS, DASH), or None.
+        """
+
+    def recordingPath(self, app: str, streamId: str) -> Optional[str]:
+        """
+        Where the stream's MP4 recording is, or None.
+        """
+
+
 def _cors(request: Any) -> None:
     request.setHeader(b"access-control-allow-origin", b"*")
     request.setHeader(b"access-control-allow-methods", b"GET, HEAD, OPTIONS")
@@ -129,43 +157,125 @@ def _fail(request: Any, code: int, message: str) -> bytes:
                       ).encode("utf-8")
 
 
+#: the protocols of HTTP playback sessions (the grants' C{protocol}, the
+#: sessions' C{kind})
+HTTP_PROTOCOLS = frozenset({"hls", "dash", "vod"})
+
+
+class _SessionMind:
+    """
+    The login mind of one HTTP viewing session, and its entry in
+    L{HTTPSessions}.  The server ends the session with its grant's
+    C{kick} (the one way: L{tokengate.access.sessions}), which calls
+    L{kick} here once: the session leaves the index and its credentials
+    stop working.
+
+    @ivar tokenDigest: the digest of the token that opened it (so that the
+        token may continue it from C{peerHost}), or None.
+    @ivar lastSeen: when the session last made a request.
+    """
+
+    def __init__(self, sessions: "HTTPSessions", protocolName: str, peerHost: str,
+                 tokenDigest: Optional[str] = None) -> None:
+        self._sessions = sessions
+        self.protocolName = protocolName
+        self.peerHost = peerHost
+        self.tokenDigest = tokenDigest
+        self.session: Optional[Session] = None
+        self.grant: Optional[Grant] = None
+        self.lastSeen = 0.0
+
+    def kick(self, reason: str) -> None:
+        self._sessions._kicked(self, reason)
+
+
 class HTTPSessions:
     """
-    The live HTTP viewing sessions of this node: for viewer counts, for
-    revocation through the gate's registry, and to end their grants when
-    they go idle.  Bounded.
+    The HTTP viewing sessions of this node: an index, by session id and by
+    the digest of the token that opened each, over the grants the session
+    registry holds.  The registry is the truth: a session is alive while
+    its grant is (L{count} asks the registry; an entry whose grant ended is
+    never used), and the index only adds what HTTP needs: when each
+    session was last seen (idle sessions are ended by L{sweep}) and which
+    token, from which address, may continue it (L{continued}).
+
+    Every end goes through the grant (L{Grant.kick}): idle (C{"idle"}),
+    pushed out beyond C{maxSessions} (C{"evicted"}), futile requests
+    (C{"flood"}, L{end}), and whatever the registry's other users decide
+    (revocation, application deletion, expiry, shutdown).  The grant calls
+    the session's mind once, which drops the entry and revokes the
+    session's credentials (except when idle: they have expired already).
     """
 
-    def __init__(self, signer: SessionSigner, clock: Any, maxSessions: int = 100_000) -> None:
+    def __init__(self, registry: SessionRegistry, signer: SessionSigner, clock: IReactorTime,
+                 maxSessions: int = 100_000) -> None:
         self.signer = signer
+        self._registry = registry
         self._clock = clock
         self._max = maxSessions
-        self._sessions: OrderedDict[str, tuple[Session, Grant, float]] = OrderedDict()
-        # token digest -> (session id, the address that redeemed it): what
-        # lets a spent token continue the session it opened (see continued)
-        self._opener: dict[str, tuple[str, str]] = {}
-        self._byId: dict[str, str] = {}  # session id -> token digest
+        # session id -> its mind, least recently seen first
+        self._byId: OrderedDict[str, _SessionMind] = OrderedDict()
+        # token digest -> the mind of the session it opened
+        self._opener: dict[str, _SessionMind] = {}
 
-    def add(self, session: Session, grant: Grant, token: Optional[str] = None,
-            peer: str = "") -> None:
+    def mind(self, protocol: str, peer: str, tokenDigest: Optional[str] = None) -> _SessionMind:
         """
-        Register a session that C{grant} admitted; C{token} (the digest of
-        the token it redeemed) and C{peer} (the address that presented it)
-        let that token continue this session (L{continued}).
+        The mind to log a new session in with: C{protocol} (C{hls},
+        C{dash}, C{vod}) for C{peer}, opened by the token with digest
+        C{tokenDigest} (None: no token, or one that may not continue it).
         """
-        self._sessions[session.sessionId] = (session, grant, self._clock.seconds())
-        if token is not None:
-            self._opener[token] = (session.sessionId, peer)
-            self._byId[session.sessionId] = token
-        while len(self._sessions) > self._max:
-            sid, (_, old, _) = self._sessions.popitem(last=False)
-            self._forget(sid)
-            old.logout()
+        return _SessionMind(self, protocol, peer, tokenDigest)
 
-    def _forget(self, sessionId: str) -> None:
-        token = self._byId.pop(sessionId, None)
-        if token is not None:
-            self._opener.pop(token, None)
+    def open(self, mind: _SessionMind, grant: Grant, session: Session) -> None:
+        """
+        Index the session C{grant} admitted (logged in with C{mind}); beyond
+        C{maxSessions}, the least recently seen session is ended.
+        """
+        mind.grant = grant
+        mind.session = session
+        mind.lastSeen = self._clock.seconds()
+        self._byId[session.sessionId] = mind
+        if mind.tokenDigest is not None:
+            self._opener[mind.tokenDigest] = mind
+        while len(self._byId) > self._max:
+            _, old = self._byId.popitem(last=False)
+            self._drop(old)
+            if old.grant is not None:
+                old.grant.kick("evicted")
+
+    def _drop(self, mind: _SessionMind) -> None:
+        """
+        Forget a session's entries (idempotent).
+        """
+        if mind.session is not None and self._byId.get(mind.session.sessionId) is mind:
+            del self._byId[mind.session.sessionId]
+        if mind.tokenDigest is not None and self._opener.get(mind.tokenDigest) is mind:
+            del self._opener[mind.tokenDigest]
+
+    def _kicked(self, mind: _SessionMind, reason: str) -> None:
+        """
+        Its grant ended the session (once): forget it, and unless it was
+        idle (its credentials expired already), make its credentials stop
+        working.
+        """
+        self._drop(mind)
+        if mind.session is not None and reason != "idle":
+            self.signer.revokeSession(mind.session.sessionId, self._clock.seconds())
+
+    def _alive(self, mind: _SessionMind) -> bool:
+        """
+        Whether its grant is live; an entry whose grant ended otherwise
+        (a logout) is dropped.
+        """
+        if mind.grant is None or mind.grant.ended:
+            self._drop(mind)
+            return False
+        return True
+
+    def _idle(self, mind: _SessionMind, now: float) -> bool:
+        assert mind.session is not None
+        idle = self.signer.vodIdle if mind.session.kind == "vod" else self.signer.idle
+        return now - mind.lastSeen > idle
 
     def continued(self, token: str, peer: str, app: str, streamId: str, kind: str
                   ) -> Optional[Session]:
@@ -175,106 +285,67 @@ class HTTPSessions:
         same stream and format; None otherwise (the token must then go
         through admission, which refuses a spent one).
 
-        A session is alive while it is registered here: not ended by its
-        grant (revocation, kick), not revoked, not idle longer than its
-        credentials live (L{sweep} removes those; the check below covers the
-        time between sweeps).
+        A session is alive while its grant is (not ended by revocation, a
+        kick, ...) and it has not been idle longer than its credentials
+        live (L{sweep} ends those; the check here covers the time between
+        sweeps).
         """
-        entry = self._opener.get(token)
-        if entry is None or entry[1] != peer:
+        mind = self._opener.get(token)
+        if mind is None or mind.peerHost != peer or not self._alive(mind):
             return None
-        found = self._sessions.get(entry[0])
-        if found is None:
-            return None
-        session, grant, last = found
-        if grant.ended or session.app != app or session.streamId != streamId \
-                or session.kind != kind:
-            return None
-        idle = self.signer.vodIdle if session.kind == "vod" else self.signer.idle
-        if self._clock.seconds() - last > idle:
+        session = mind.session
+        if session is None or session.app != app or session.streamId != streamId \
+                or session.kind != kind or self._idle(mind, self._clock.seconds()):
             return None
         self.seen(session)
         return session
 
     def seen(self, session: Session) -> None:
-        entry = self._sessions.get(session.sessionId)
-        if entry is not None:
-            self._sessions[session.sessionId] = (entry[0], entry[1], self._clock.seconds())
-            self._sessions.move_to_end(session.sessionId)
+        """
+        The session made a request.
+        """
+        mind = self._byId.get(session.sessionId)
+        if mind is not None:
+            mind.lastSeen = self._clock.seconds()
+            self._byId.move_to_end(session.sessionId)
 
     def sweep(self) -> int:
         """
-        End the grants of sessions idle longer than their credentials live.
+        End the sessions idle longer than their credentials live; the
+        number ended.
         """
         now = self._clock.seconds()
         ended = 0
-        for sid, (session, grant, last) in list(self._sessions.items()):
-            idle = self.signer.vodIdle if session.kind == "vod" else self.signer.idle
-            if now - last > idle:
-                del self._sessions[sid]
-                self._forget(sid)
-                grant.logout()
+        for mind in list(self._byId.values()):
+            if self._alive(mind) and self._idle(mind, now):
+                assert mind.grant is not None
+                mind.grant.kick("idle")
                 ended += 1
         self.signer.forgetRevocations(now)
         return ended
 
     def count(self, app: str, streamId: str) -> dict[str, int]:
+        """
+        The stream's HTTP viewers by kind (C{hls}, C{dash}, C{vod}): its
+        live HTTP play grants in the registry.
+        """
         counts: dict[str, int] = {}
-        for session, grant, _ in self._sessions.values():
-            if session.app == app and session.streamId == streamId and not grant.ended:
-                counts[session.kind] = counts.get(session.kind, 0) + 1
+        for grant in self._registry.grants(app, streamId):
+            if grant.action == PLAY and grant.protocol in HTTP_PROTOCOLS:
+                counts[grant.protocol] = counts.get(grant.protocol, 0) + 1
         return counts
 
-    def end(self, sessionId: str) -> None:
+    def end(self, session: Session, reason: str) -> None:
         """
-        End one session here: its credentials stop working and its grant
-        ends (it no longer counts as a viewer).
+        End one session now (its grant's kick); a session not indexed here
+        (another node's, say) has its credentials refused all the same.
         """
-        self.signer.revokeSession(sessionId, self._clock.seconds())
-        entry = self._sessions.pop(sessionId, None)
-        if entry is not None:
-            entry[1].logout()
-
-    def revokeSession(self, sessionId: str) -> None:
-        """
-        End one session (its grant was already ended by the gate).
-        """
-        self.signer.revokeSession(sessionId, self._clock.seconds())
-        self._sessions.pop(sessionId, None)
-        self._forget(sessionId)
-
-    def revokeStream(self, app: str, streamId: str, when: Optional[float] = None) -> int:
-        """
-        End every session of a stream started up to C{when} (default: now);
-        their next request is refused.
-        """
-        if when is None:
-            when = self._clock.seconds()
-        self.signer.revokeStream(app, streamId, when)
-        n = 0
-        for sid, (session, grant, _) in list(self._sessions.items()):
-            if session.app == app and session.streamId == streamId and session.started <= when:
-                del self._sessions[sid]
-                self._forget(sid)
-                grant.logout()
-                n += 1
-        return n
-
-
-class _SessionMind:
-    """
-    The login mind of an HTTP session: a kick revokes the session.
-    """
-
-    def __init__(self, sessions: HTTPSessions, protocolName: str, peerHost: str) -> None:
-        self._sessions = sessions
-        self.protocolName = protocolName
-        self.peerHost = peerHost
-        self.session: Optional[Session] = None
-
-    def kick(self, reason: str) -> None:
-        if self.session is not None:
-            self._sessions.revokeSession(self.session.sessionId)
+        mind = self._byId.get(session.sessionId)
+        if mind is not None and self._alive(mind):
+            assert mind.grant is not None
+            mind.grant.kick(reason)
+        else:
+            self.signer.revokeSession(session.sessionId, self._clock.seconds())
 
 
 class PlaybackResource(Resource):
@@ -312,20 +383,34 @@ class PlaybackGate:
     #: repeats of their token (beyond, a repeat goes through admission)
     maxPending = 10_000
     maxWaiters = 16
+    #: the most requests for the access service's checks kept (see _checked)
+    maxCheckRequests = 10_000
 
-    def __init__(self, server: Any, signer: SessionSigner, outputs: Any,
+    def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics,
+                 signer: SessionSigner, outputs: "IMediaOutputs", sessions: HTTPSessions,
                  blockTimeoutFactor: float = 3.0) -> None:
-        self.server = server
+        """
+        @param access: admits sessions and decides what keeps a token.
+        @param clock: the reactor's clock.
+        @param metrics: where floods are counted.
+        @param signer: issues and checks session credentials.
+        @param outputs: the packagers of live streams and the recordings.
+        @param sessions: the HTTP sessions of this node (the composition
+            root builds them over the session registry).
+        """
+        self.access = access
+        self.clock = clock
+        self.metrics = metrics
         self.signer = signer
         self.outputs = outputs
-        self.sessions = HTTPSessions(signer, server.clock)
+        self.sessions = sessions
         self.blockTimeoutFactor = blockTimeoutFactor
-        self.futile = FutileRequests(server.clock)
-        self.endedDocuments = FutileRequests(server.clock, ENDED_DOCUMENTS, 600.0)
+        self.futile = FutileRequests(clock)
+        self.endedDocuments = FutileRequests(clock, ENDED_DOCUMENTS, 600.0)
         # (token digest, peer) -> the requests waiting for that token's
         # redemption in flight from that address
         self._pending: dict[tuple[str, str], list[Deferred[None]]] = {}
-        server.hub.addViewerCounter(self.sessions.count)
+        self._checkRequests: dict[tuple[str, str, str], AccessRequest] = {}
 
     # --- parsing -------------------------------------------------------------
 
@@ -365,8 +450,9 @@ class PlaybackGate:
         values = request.args.get(name)
         if not values:
             return None
+        value: bytes = values[0]
         try:
-            return values[0].decode("utf-8")
+            return value.decode("utf-8")
         except UnicodeDecodeError:
             return None
 
@@ -375,48 +461,57 @@ class PlaybackGate:
         if parsed is None:
             return _fail(request, 404, "Not found")
         streamId, what, details = parsed
-        if not isValidStreamId(streamId):
-            return _fail(request, 404, "Not found")
-        settings = self.server.apps.get(app)
-        if settings is None:
-            return _fail(request, 404, "Not found")
-        protocol = {"hls": "hls", "media": "hls", "dash": "dash", "vod": "vod"}.get(what)
-        if protocol is None:
-            # init and segments: HLS or DASH; either switch admits them
-            protocol = "hls" if settings.hlsMuxingEnabled else "dash"
-        if protocol == "hls" and not settings.hlsMuxingEnabled:
-            return _fail(request, 404, "HLS is not enabled for this application")
-        if protocol == "dash" and not settings.dashMuxingEnabled:
-            return _fail(request, 404, "DASH is not enabled for this application")
-        if what == "vod":
-            path = self.outputs.recordingPath(app, streamId)
-            if path is None or not os.path.isfile(path):
-                return _fail(request, 404, "No recording of this stream")
-        kind = self.server.gate.tokenKind(app, "play")
+        peer = self._peer(request)
+        token = self._arg(request, b"token")
+        protocol, outcome = self._check(app, streamId, what, peer, token)
+        if outcome is not None:
+            # refused before any token is looked at: the token is kept
+            self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer, token), outcome)
+            return _fail(request, *_checkRefusal(outcome, protocol))
+        kind = self.access.tokenKind(app, PLAY)
         if kind is None:
             return self._deliver(request, app, streamId, what, details, None)
-        now = self.server.clock.seconds()
+        now = self.clock.seconds()
         session = self._sessionOf(request, app, streamId, now)
         if session is not None:
             self.sessions.seen(session)
             return self._deliver(request, app, streamId, what, details, session)
         if what == "resource":
             # A segment name without a session: never admitted by a token.
-            self.server.gate.refused(
-                StreamCredentials(app, streamId, "play", None, self._peer(request), protocol),
-                Outcome.MISSING)
+            self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer),
+                               Outcome.MISSING)
             return _fail(request, 403, self._refusal(kind, streamId))
-        token = self._arg(request, b"token")
         if token is not None and len(token) <= MAX_TOKEN_LENGTH:
-            session = self.sessions.continued(digest(token), self._peer(request), app,
-                                              streamId, protocol)
+            session = self.sessions.continued(digest(token), peer, app, streamId, protocol)
             if session is not None:
                 return self._deliver(request, app, streamId, what, details, session)
         d = self._admit(request, app, streamId, protocol, token, now)
         d.addCallback(lambda s: self._deliverLater(request, app, streamId, what, details, s))
-        d.addErrback(self._refused, request, kind, streamId)
+        d.addErrback(self._refused, request, kind, streamId, protocol)
         d.addErrback(self._unexpected, request)
         return NOT_DONE_YET
+
+    def _check(self, app: str, streamId: str, what: str, peer: str, token: Optional[str]
+               ) -> tuple[str, Optional[Outcome]]:
+        """
+        The access service's checks that keep a token, for every request
+        (a session's too: the switches apply to it): the protocol the
+        request belongs to, and the refusal's outcome or None.
+
+        Init segments and segments belong to HLS or DASH: HLS when its
+        switch is on, else DASH.  That a live stream is not live is no
+        refusal here: a session plays its stream to the end (the packager
+        outlives the publication), a request without a session is answered
+        by the packager, and an admission is refused by the access service.
+        """
+        protocol = _PROTOCOLS.get(what, "hls")
+        outcome = self.access.check(self._checked(app, streamId, protocol))
+        if outcome is Outcome.DISABLED and what == "resource":
+            protocol = "dash"
+            outcome = self.access.check(self._checked(app, streamId, protocol))
+        if outcome is Outcome.NOT_LIVE and protocol != "vod":
+            return protocol, None
+        return protocol, outcome
 
     def _peer(self, request: Any) -> str:
         return getattr(request.getClientAddress(), "host", "") or ""
@@ -436,6 +531,20 @@ class PlaybackGate:
             except InvalidCredential:
                 pass
         return None
+
+    def _checked(self, app: str, streamId: str, protocol: str) -> AccessRequest:
+        """
+        The request the checks are asked about (they depend on neither the
+        peer nor the token): made once per stream and protocol, not once per
+        segment request.  Bounded: cleared whole when full.
+        """
+        key = (app, streamId, protocol)
+        request = self._checkRequests.get(key)
+        if request is None:
+            if len(self._checkRequests) >= self.maxCheckRequests:
+                self._checkRequests.clear()
+            request = self._checkRequests[key] = AccessRequest(app, streamId, PLAY, protocol)
+        return request
 
     async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
                           token: Optional[str], now: float) -> Session:
@@ -468,15 +577,14 @@ class PlaybackGate:
     async def _login(self, app: str, streamId: str, protocol: str, token: Optional[str],
                      peer: str, tokenDigest: Optional[str]) -> Session:
         """
-        Redeem through the gate and open a session (indexed by the token's
-        digest, so that the token may continue it from C{peer}).
+        Admit through the access service and open a session (indexed by the
+        token's digest, so that the token may continue it from C{peer}).
         """
-        mind = _SessionMind(self.sessions, protocol, peer)
-        creds = StreamCredentials(app, streamId, "play", token, peer, protocol)
-        grant = await self.server.gate.login(creds, mind)
-        session = self.signer.new(app, streamId, protocol, self.server.clock.seconds())
-        mind.session = session
-        self.sessions.add(session, grant, tokenDigest, peer)
+        mind = self.sessions.mind(protocol, peer, tokenDigest)
+        viewing = await self.access.play(
+            AccessRequest(app, streamId, PLAY, protocol, peer, token), mind)
+        session = self.signer.new(app, streamId, protocol, self.clock.seconds())
+        self.sessions.open(mind, viewing.grant, session)
         return session
 
     def _admit(self, request: Any, *args: Any) -> "Deferred[Session]":
@@ -487,13 +595,17 @@ class PlaybackGate:
             return "Invalid JWT Token"
         return "Invalid Token for streamId:" + streamId
 
-    def _refused(self, failure: Any, request: Any, kind: str, streamId: str) -> None:
+    def _refused(self, failure: Any, request: Any, kind: str, streamId: str,
+                 protocol: str) -> None:
         failure.trap(Refused)
         outcome = failure.value.outcome
         if outcome is Outcome.NOT_LIVE:
             body = _fail(request, 404, "Stream is not live: " + streamId)
         elif outcome is Outcome.UNAVAILABLE:
             body = _fail(request, 503, "Token store is unavailable, try again later")
+        elif outcome is Outcome.DISABLED:
+            # the switch went off while the request waited
+            body = _fail(request, *_checkRefusal(outcome, protocol))
         else:
             body = _fail(request, 403, self._refusal(kind, streamId))
         _finish(request, body)
@@ -519,7 +631,7 @@ class PlaybackGate:
         """
         if session is None:
             return ""
-        credential = self.signer.issue(session, self.server.clock.seconds())
+        credential = self.signer.issue(session, self.clock.seconds())
         request.addCookie(cookie_name(app, streamId).encode("ascii"), credential.encode("ascii"),
                           path="/{}/streams/".format(app).encode("utf-8"), httpOnly=True,
                           max_age=str(int(self.signer.vodIdle if session.kind == "vod"
@@ -608,10 +720,10 @@ class PlaybackGate:
         """
         protocol = session.kind if session is not None else (
             "dash" if what == "dash" else "hls" if what in ("hls", "media") else "http")
-        self.server.metrics.playback_floods.labels(protocol).inc()
+        self.metrics.playback_floods.labels(protocol).inc()
         if session is not None:
             self.futile.forget(self._futileKey(request, app, streamId, session))
-            self.sessions.end(session.sessionId)
+            self.sessions.end(session, "flood")
             self._log.info(
                 "ended {protocol} session of {app}/{streamId} from {peer}: too many requests"
                 " for segments that do not exist", protocol=protocol, app=app,
@@ -658,7 +770,7 @@ class PlaybackGate:
                 if packager.ended:
                     break
                 wait = packager.wait(kind, msn, index)
-                wait.addTimeout(timeout, self.server.clock)
+                wait.addTimeout(timeout, self.clock)
                 state["wait"] = wait
                 try:
                     await wait
@@ -707,7 +819,7 @@ class PlaybackGate:
             return render()
         wait = packager.wait(kind, msn, part)
         timeout = self.blockTimeoutFactor * getattr(packager, "segmentTarget", 2.0)
-        wait.addTimeout(timeout, self.server.clock)
+        wait.addTimeout(timeout, self.clock)
         finished = request.notifyFinish()
         finished.addErrback(lambda _: wait.cancel())
 
@@ -734,9 +846,30 @@ class PlaybackGate:
             request.setHeader(b"location", "{}.mp4?{}".format(quote(streamId), query).encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
             return b""
+        if path is None:
+            return _fail(request, 404, "No recording of this stream")
         f = RecordingFile(path, defaultType="video/mp4")
         f.type, f.encoding = "video/mp4", None
         return f.render(request)
+
+
+#: the protocol of each kind of request (segments: see L{PlaybackGate._check})
+_PROTOCOLS = {"hls": "hls", "media": "hls", "dash": "dash", "vod": "vod"}
+
+
+def _checkRefusal(outcome: Outcome, protocol: str) -> tuple[int, str]:
+    """
+    The answer (status, message) to a request the access service's checks
+    refused: Ant Media's, as before the access service decided them.
+    """
+    if outcome is Outcome.DISABLED:
+        if protocol == "dash":
+            return 404, "DASH is not enabled for this application"
+        return 404, "HLS is not enabled for this application"
+    if outcome is Outcome.NOT_LIVE and protocol == "vod":
+        return 404, "No recording of this stream"
+    # an invalid stream id, an unknown application, anything else
+    return 404, "Not found"
 
 
 def _int(value: Optional[str]) -> Optional[int]:

@@ -1,32 +1,44 @@
 # -*- test-case-name: tests.test_playback -*-
 """
 The one HTTP site: REST and metrics (Klein), playback under
-``/{App}/streams/``, ``/time``, and the pages, built around the server core.
+C{/{App}/streams/}, C{/time}, and the pages; L{build_site} builds it from
+the composition root's object graph.
 
 Playback is the hot path, so it is dispatched here, before Klein's router.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Container
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from ..server import Server
-from .pages import Pages
-from .playback import PlaybackGate, PlaybackResource, TimeResource
-from .rest import RestAPI
-from .site import TokengateSite
+from tokengate.server import Server
+from tokengate.web.pages import Pages
+from tokengate.web.playback import PlaybackGate, PlaybackResource, TimeResource
+from tokengate.web.rest import RestAPI
+from tokengate.web.site import TokengateSite
 
 
 class Root(Resource):
-    def __init__(self, server: Server, api: Any, playback: PlaybackGate,
-                 webrtc: Any = None) -> None:
+    """
+    The site's root: dispatches C{/{App}/...} to playback, the WebRTC
+    pages, the player pages, or the REST API.
+    """
+
+    def __init__(self, apps: Container[str], clock: IReactorTime, api: Any,
+                 playback: PlaybackGate, webrtc: Any = None) -> None:
+        """
+        @param apps: the applications' names.
+        @param api: the REST API's resource.
+        @param webrtc: the WebSocket and WebRTC pages (or None).
+        """
         super().__init__()
-        self._server = server
+        self._apps = apps
         self._api = api
         self._playback = playback
-        self._time = TimeResource(server.clock)
+        self._time = TimeResource(clock)
         self._pages = Pages()
         self._webrtc = webrtc  # the WebSocket and the WebRTC pages
 
@@ -38,7 +50,7 @@ class Root(Resource):
             app = name.decode("utf-8")
         except UnicodeDecodeError:
             app = ""
-        known = app in self._server.apps
+        known = app in self._apps
         # Playback first: it is the hot path.
         if known and postpath and postpath[0] == b"streams":
             request.prepath.append(postpath.pop(0))
@@ -61,11 +73,12 @@ class Root(Resource):
 
 
 def build_site(server: Server) -> TokengateSite:
-    api = RestAPI(server)
-    playback = PlaybackGate(server, server.signer, server.outputs)
-    server.playback = playback
-    from ..webrtc.pages import WebRTCPages
+    api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
+                  server.clock, server.metrics, server.config)
+    playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
+                            server.outputs, server.httpSessions)
+    from tokengate.webrtc.pages import buildWebRTCPages
 
-    root = Root(server, api.resource(), playback, WebRTCPages(server))
+    root = Root(server.apps, server.clock, api.resource(), playback, buildWebRTCPages(server))
     return TokengateSite(root, maxBodySize=server.config.maxBodySize, metrics=server.metrics,
                          requestTimeout=server.config.requestTimeout)

@@ -20,18 +20,21 @@ import secrets
 from typing import Any, Optional
 
 from klein import Klein
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from tokengate.access.names import isValidStreamId
+from tokengate.access.revocation import Revoker
+from tokengate.apps import Applications, AppSettings, SettingsError, address_allowed
+from tokengate.auth import Gate, Refused, StreamCredentials, check_jwt, mint_jwt
 from tokengate.jsonvalue import JSONError, decimalText, readJSON, requireObject
 from tokengate.logsafe import Logger
-from ..apps import AppSettings, SettingsError, address_allowed
-from ..auth import Refused, StreamCredentials, check_jwt, mint_jwt
-from ..metrics import CONTENT_TYPE_LATEST
-from ..server import Server
-from ..store import StoreUnavailable
-from ..tokens import (
+from tokengate.media.hub import Hub
+from tokengate.metrics import CONTENT_TYPE_LATEST, Metrics
+from tokengate.config import ServerConfig
+from tokengate.store import ITokenStore, StoreUnavailable
+from tokengate.tokens import (
     MAX_TOKEN_LENGTH,
     MSG_BAD_STREAM_ID,
     Outcome,
@@ -100,7 +103,8 @@ def _arg(request: IRequest, name: str) -> Optional[str]:
     if not values:
         return None
     try:
-        return values[0].decode("utf-8")
+        value: str = values[0].decode("utf-8")
+        return value
     except UnicodeDecodeError:
         raise HTTPError(400, "Query parameter {} is not UTF-8".format(name))
 
@@ -132,8 +136,26 @@ class RestAPI:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, apps: Applications, store: ITokenStore, hub: Hub, gate: Gate,
+                 revoker: Revoker, clock: IReactorTime, metrics: Metrics,
+                 config: ServerConfig) -> None:
+        """
+        @param apps: the applications (created, changed, deleted here).
+        @param store: the tokens (minted, listed, deleted here).
+        @param hub: the broadcasts' records.
+        @param gate: redeems tokens for C{validate-token}.
+        @param revoker: ends sessions here and across the cluster.
+        @param config: the server-wide REST protection (allowed networks,
+            management JWT).
+        """
+        self._apps = apps
+        self._store = store
+        self._hub = hub
+        self._gate = gate
+        self._revoker = revoker
+        self._clock = clock
+        self._metrics = metrics
+        self._config = config
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -143,6 +165,7 @@ class RestAPI:
     @app.handle_errors(HTTPError)
     def _httpError(self, request: IRequest, failure: Failure) -> bytes:
         e = failure.value
+        assert isinstance(e, HTTPError)
         return send_json(request, result(False, e.message), e.code)
 
     @app.handle_errors(JSONError)
@@ -152,7 +175,8 @@ class RestAPI:
         the wrong type or out of range: 400 with the reason, counted.
         """
         e = failure.value
-        self._server.metrics.malformed.labels("rest", e.kind).inc()
+        assert isinstance(e, JSONError)
+        self._metrics.malformed.labels("rest", e.kind).inc()
         return send_json(request, result(False, str(e)), 400)
 
     def _allow(self, request: IRequest, networks: Any, jwtSecret: Optional[str]) -> None:
@@ -163,22 +187,22 @@ class RestAPI:
             token = _bearer(request)
             if token and len(token) <= MAX_TOKEN_LENGTH:
                 try:
-                    check_jwt(jwtSecret, token, self._server.clock.seconds(),
-                              self._server.config.restJwtMaxLifetime)
+                    check_jwt(jwtSecret, token, self._clock.seconds(),
+                              self._config.restJwtMaxLifetime)
                     return
                 except Refused:
                     pass
-            self._server.metrics.http_refusals.labels("invalid_jwt").inc()
+            self._metrics.http_refusals.labels("invalid_jwt").inc()
             raise HTTPError(403, MSG_INVALID_APP_JWT)
-        self._server.metrics.http_refusals.labels("ip").inc()
+        self._metrics.http_refusals.labels("ip").inc()
         raise HTTPError(403, MSG_NOT_ALLOWED_IP)
 
     def _protectServer(self, request: IRequest) -> None:
-        config = self._server.config
+        config = self._config
         self._allow(request, config.restNetworks, config.restJwtSecretKey or None)
 
     def _appSettings(self, request: IRequest, appName: str) -> AppSettings:
-        settings = self._server.apps.get(appName)
+        settings = self._apps.get(appName)
         if settings is None:
             # Protect before telling which applications exist.
             self._protectServer(request)
@@ -195,13 +219,13 @@ class RestAPI:
     @app.route("/rest/v2/applications", methods=["GET"])
     def listApplications(self, request: IRequest) -> bytes:
         self._protectServer(request)
-        return send_json(request, {"applications": list(self._server.apps)})
+        return send_json(request, {"applications": list(self._apps)})
 
     @app.route("/rest/v2/applications/<string:name>", methods=["POST"])
     def createApplication(self, request: IRequest, name: str) -> bytes:
         self._protectServer(request)
         try:
-            self._server.apps.create(name)
+            self._apps.create(name)
         except SettingsError as e:
             return send_json(request, result(False, str(e)))
         return send_json(request, result(True))
@@ -209,13 +233,13 @@ class RestAPI:
     @app.route("/rest/v2/applications/<string:name>", methods=["DELETE"])
     async def deleteApplication(self, request: IRequest, name: str) -> bytes:
         self._protectServer(request)
-        if name not in self._server.apps:
+        if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
-        self._server.apps.delete(name)  # ends its sessions and streams
+        self._apps.delete(name)  # ends its sessions and streams
         try:
-            await self._server.store.delete_app(name)
+            await self._store.deleteApp(name)
         except StoreUnavailable:
-            self._server.metrics.store_errors.labels("delete_app").inc()
+            self._metrics.store_errors.labels("delete_app").inc()
             return send_json(
                 request,
                 result(True, "Application deleted; its tokens will expire by themselves"),
@@ -225,7 +249,7 @@ class RestAPI:
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["GET"])
     def getSettings(self, request: IRequest, name: str) -> bytes:
         self._protectServer(request)
-        settings = self._server.apps.get(name)
+        settings = self._apps.get(name)
         if settings is None:
             raise HTTPError(404, MSG_NO_APP)
         return send_json(request, settings.asJSON())
@@ -233,13 +257,13 @@ class RestAPI:
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["POST"])
     def setSettings(self, request: IRequest, name: str) -> bytes:
         self._protectServer(request)
-        if name not in self._server.apps:
+        if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         body = read_json(request)
         try:
             # a field of the wrong type or out of range: JSONError, a 400
             settings = AppSettings.fromJSON(body)
-            self._server.apps.update(name, settings)
+            self._apps.update(name, settings)
         except SettingsError as e:
             return send_json(request, result(False, str(e)))
         return send_json(request, result(True))
@@ -248,7 +272,7 @@ class RestAPI:
     def metrics(self, request: IRequest) -> bytes:
         self._protectServer(request)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return self._server.metrics.render()
+        return self._metrics.render()
 
     # --- tokens -----------------------------------------------------------------
 
@@ -264,7 +288,7 @@ class RestAPI:
         roomId = _arg(request, "roomId") or None
         try:
             check_mint_request(
-                streamId, type_, expireDate, self._server.clock.seconds(), checkType, roomId
+                streamId, type_, expireDate, self._clock.seconds(), checkType, roomId
             )
         except RequestError as e:
             raise HTTPError(400, str(e))
@@ -277,11 +301,11 @@ class RestAPI:
         type_, expireDate, roomId = self._mintArgs(request, streamId)
         token = new_token(streamId, type_, expireDate, roomId)
         try:
-            await self._server.store.add(StoredToken.fromToken(appName, token))
+            await self._store.add(StoredToken.fromToken(appName, token))
         except StoreUnavailable:
-            self._server.metrics.store_errors.labels("add").inc()
+            self._metrics.store_errors.labels("add").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
-        self._server.metrics.minted.labels(appName, type_, "onetime").inc()
+        self._metrics.minted.labels(appName, type_, "onetime").inc()
         return send_json(request, token.asJSON())
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/jwt-token", methods=["GET"])
@@ -291,7 +315,7 @@ class RestAPI:
         if len(settings.jwtStreamSecretKey) < 32:
             raise HTTPError(400, MSG_NO_JWT_KEY)
         tokenId = mint_jwt(settings.jwtStreamSecretKey, streamId, type_, expireDate, roomId)
-        self._server.metrics.minted.labels(appName, type_, "jwt").inc()
+        self._metrics.minted.labels(appName, type_, "jwt").inc()
         return send_json(
             request,
             {"tokenId": tokenId, "streamId": streamId, "expireDate": expireDate,
@@ -316,9 +340,9 @@ class RestAPI:
             return send_json(request, result(False))
         # No peer: the management caller is never throttled by the gate.
         creds = StreamCredentials(appName, streamId, type_, tokenId, "", "rest", roomId)
-        outcome = await self._server.gate.validate(creds)
+        outcome = await self._gate.validate(creds)
         if outcome is Outcome.UNAVAILABLE:
-            self._server.metrics.store_errors.labels("redeem").inc()
+            self._metrics.store_errors.labels("redeem").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
         return send_json(request, result(outcome is Outcome.GRANTED))
 
@@ -331,15 +355,15 @@ class RestAPI:
         self._appSettings(request, appName)
         # ends this node's sessions at once, then tells the other nodes
         # (never fails; a failure to tell them is counted and logged)
-        revoking = self._server.revocations.revokeTokens(appName, streamId)
+        revoking = self._revoker.revokeTokens(appName, streamId)
         try:
-            deleted = await self._server.store.revoke_stream(appName, streamId)
+            deleted = await self._store.revokeStream(appName, streamId)
         except StoreUnavailable:
             await revoking
-            self._server.metrics.store_errors.labels("revoke").inc()
+            self._metrics.store_errors.labels("revoke").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
         kicked = await revoking
-        self._server.metrics.revoked.labels(appName).inc(deleted)
+        self._metrics.revoked.labels(appName).inc(deleted)
         return send_json(
             request,
             result(
@@ -358,9 +382,9 @@ class RestAPI:
         self._appSettings(request, appName)
         first, count = _page(offset, size)
         try:
-            tokens = await self._server.store.list_stream(appName, streamId, first, count)
+            tokens = await self._store.listStream(appName, streamId, first, count)
         except StoreUnavailable:
-            self._server.metrics.store_errors.labels("list").inc()
+            self._metrics.store_errors.labels("list").inc()
             raise HTTPError(503, MSG_STORE_DOWN)
         return send_json(request, [t.asListedJSON() for t in tokens])
 
@@ -368,7 +392,7 @@ class RestAPI:
 
     def _broadcastJSON(self, record: Any) -> dict[str, Any]:
         viewers = record.viewers
-        stream = self._server.hub.get(record.app, record.streamId)
+        stream = self._hub.get(record.app, record.streamId)
         return {
             "streamId": record.streamId,
             "status": record.status,
@@ -388,7 +412,7 @@ class RestAPI:
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>", methods=["GET"])
     def getBroadcast(self, request: IRequest, appName: str, streamId: str) -> bytes:
         self._appSettings(request, appName)
-        record = self._server.hub.record(appName, streamId)
+        record = self._hub.record(appName, streamId)
         if record is None:
             raise HTTPError(404, MSG_NO_BROADCAST)
         return send_json(request, self._broadcastJSON(record))
@@ -398,7 +422,7 @@ class RestAPI:
     def listBroadcasts(self, request: IRequest, appName: str, offset: str, size: str) -> bytes:
         self._appSettings(request, appName)
         first, count = _page(offset, size)
-        records = self._server.hub.records(appName)[first : first + count]
+        records = self._hub.records(appName)[first : first + count]
         return send_json(request, [self._broadcastJSON(r) for r in records])
 
     @app.route("/<string:appName>/rest/v2/broadcasts/create", methods=["POST"])
@@ -413,8 +437,8 @@ class RestAPI:
         streamId = body.get("streamId") or secrets.token_hex(8)
         if not isinstance(streamId, str) or not isValidStreamId(streamId):
             raise HTTPError(400, MSG_BAD_STREAM_ID)
-        self._server.hub.create(appName, streamId)
-        record = self._server.hub.record(appName, streamId)
+        self._hub.create(appName, streamId)
+        record = self._hub.record(appName, streamId)
         return send_json(request, self._broadcastJSON(record))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/sessions", methods=["DELETE"])
@@ -423,8 +447,8 @@ class RestAPI:
         End every viewing session of the stream, whatever admitted it: RTMP
         and WebRTC players are disconnected, and the next HLS, DASH or MP4
         request of any session started before now is refused; on every node
-        of a cluster on Redis (see L{tokengate.cluster}).
+        of a cluster on Redis (see L{tokengate.access.revocation}).
         """
         self._appSettings(request, appName)
-        kicked = await self._server.revocations.revokeSessions(appName, streamId)
+        kicked = await self._revoker.revokeSessions(appName, streamId)
         return send_json(request, result(True, "{} sessions ended".format(kicked), str(kicked)))

@@ -3,7 +3,7 @@
 Playback session credentials: what keeps an HLS, DASH or MP4 viewing session
 going after its one-time token is spent.
 
-A credential is ``base64url(payload) "." base64url(mac)`` where the payload
+A credential is C{base64url(payload) "." base64url(mac)} where the payload
 names the application, the stream, the session id, when the session started
 and when this credential was issued, and the MAC is HMAC-SHA256 over it with
 the server's session secret (truncated to 128 bits).  Any node holding the
@@ -12,7 +12,7 @@ without cookies, and clusters without sticky load balancers, keep playing.
 
 Credentials expire when idle: each playlist or manifest the server sends
 carries freshly issued ones, so a playing session always holds a recent
-credential, and one not used for ``idle`` seconds stops working.  Revocation
+credential, and one not used for C{idle} seconds stops working.  Revocation
 is by stream (every session of a stream started before a given time) or by
 session id.
 

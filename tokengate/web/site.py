@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -19,6 +20,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from tokengate.limits import CountedProtocol
+
+if TYPE_CHECKING:
+    from tokengate.metrics import Metrics
 
 #: Query parameters whose values are secrets.  Redaction compares names
 #: case-insensitively (the server reads them case-sensitively), so it covers
@@ -100,7 +104,7 @@ _PLAIN_BYTES = re.compile(rb'[\x20\x21\x23-\x5b\x5d-\x7e]*').fullmatch
 _PLAIN_TEXT = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*').fullmatch
 
 
-def _escaped(s: Any) -> str:
+def _escaped(s: object) -> str:
     """
     L{_escape}, without its C{repr} round trip for the usual plain value.
     """
@@ -109,10 +113,11 @@ def _escaped(s: Any) -> str:
             return s.decode("ascii")
     elif type(s) is str and _PLAIN_TEXT(s) is not None:
         return s
-    return _escape(s)
+    escaped: str = _escape(s)
+    return escaped
 
 
-def redacting_log_formatter(timestamp: str, request: Any) -> str:
+def redacting_log_formatter(timestamp: str, request: Request) -> str:
     """
     The combined log format, with secrets removed from the request line and
     the referrer.
@@ -165,9 +170,12 @@ class CappedRequest(Request):
         super().write(data)
 
     def _cap(self) -> int:
-        return getattr(self.channel.site, "maxBodySize", 1 << 20)
+        # Site.buildProtocol sets the channel's site; HTTPChannel does not
+        # declare it.
+        cap: int = getattr(getattr(self.channel, "site"), "maxBodySize", 1 << 20)
+        return cap
 
-    def gotLength(self, length: Any) -> None:
+    def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > self._cap():
             self._tooLarge = True
             self.content = io.BytesIO()
@@ -239,13 +247,13 @@ class DeadlineChannel(http.HTTPChannel):
     bodyMinRate = BODY_MIN_RATE
     #: when the request being received must be complete; None when none is
     _deadlineAt: Optional[float] = None
-    #: the timer (an IDelayedCall) that checks C{_deadlineAt}
-    _deadlineCall: Any = None
+    #: the timer that checks C{_deadlineAt}
+    _deadlineCall: Optional[IDelayedCall] = None
     _inBody = False
     #: timed out: what the client still sends is ignored
     _timedOutAlready = False
     #: the clock of C{callLater} (the site's reactor)
-    clock: Any = None
+    clock: Optional[IReactorTime] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -255,7 +263,7 @@ class DeadlineChannel(http.HTTPChannel):
         if self.clock is None:
             from twisted.internet import reactor
 
-            self.clock = reactor
+            self.clock = cast(IReactorTime, reactor)
         return float(self.clock.seconds())
 
     def _startDeadline(self) -> None:
@@ -339,10 +347,11 @@ class TokengateSite(Site):
     """
 
     requestFactory = CappedRequest
-    protocol = DeadlineChannel  # type: ignore[assignment]
+    # HTTP/1.1 only, without the generic channel that negotiates HTTP/2.
+    protocol = DeadlineChannel  # type: ignore[assignment]  # Site declares the generic channel
 
     def __init__(self, resource: IResource, maxBodySize: int = 1 << 20,
-                 metrics: Any = None, requestTimeout: float = REQUEST_TIMEOUT,
+                 metrics: Optional[Metrics] = None, requestTimeout: float = REQUEST_TIMEOUT,
                  **kw: Any) -> None:
         kw.setdefault("logFormatter", redacting_log_formatter)
         super().__init__(resource, **kw)
@@ -350,8 +359,9 @@ class TokengateSite(Site):
         self.metrics = metrics
         self.requestTimeout = requestTimeout
 
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
+    def buildProtocol(  # type: ignore[override]  # a DeadlineChannel (see protocol)
+            self, addr: Optional[IAddress]) -> Optional[DeadlineChannel]:
+        channel = cast(Optional[DeadlineChannel], super().buildProtocol(addr))
         if channel is not None:
             channel.requestTimeout = self.requestTimeout
             channel.clock = self.reactor

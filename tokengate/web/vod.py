@@ -10,14 +10,14 @@ leaves the client without an answer and logs a traceback.
 
 L{RecordingFile} parses the header itself (RFC 9110, section 14), then:
 
-* a header that does not parse is ignored: 200 with the whole file;
-* ranges that lie past the end are dropped; none left: 416;
-* the rest are sorted and overlapping or adjacent ones merged;
-* more than L{MAX_RANGES} left: ignored, 200 with the whole file (what
-  Apache's C{MaxRanges} and nginx's C{max_ranges} do; the whole file is what
-  the same viewer could ask for anyway);
-* one range: 206 with C{Content-Range}; several: 206
-  C{multipart/byteranges}, produced by L{MultipartProducer}.
+  - a header that does not parse is ignored: 200 with the whole file;
+  - ranges that lie past the end are dropped; none left: 416;
+  - the rest are sorted and overlapping or adjacent ones merged;
+  - more than L{MAX_RANGES} left: ignored, 200 with the whole file (what
+    Apache's C{MaxRanges} and nginx's C{max_ranges} do; the whole file is what
+    the same viewer could ask for anyway);
+  - one range: 206 with C{Content-Range}; several: 206
+    C{multipart/byteranges}, produced by L{MultipartProducer}.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any, Optional
+from typing import BinaryIO, Optional
 
 from twisted.web import http
 from twisted.web.static import File, NoRangeStaticProducer, SingleRangeStaticProducer, StaticProducer
+from twisted.web.server import Request
 
 #: most ranges (after merging) answered as ranges; more get the whole file
 MAX_RANGES = 16
@@ -104,7 +105,7 @@ class MultipartProducer(StaticProducer):
         boundary as C{(boundary, 0, 0)}.
     """
 
-    def __init__(self, request: Any, fileObject: Any,
+    def __init__(self, request: Request, fileObject: BinaryIO,
                  parts: list[tuple[bytes, int, int]]) -> None:
         StaticProducer.__init__(self, request, fileObject)
         self.parts = parts
@@ -164,7 +165,7 @@ class RecordingFile(File):
     An MP4 recording, its Range requests answered by L{parseRanges}.
     """
 
-    def makeProducer(self, request: Any, fileForReading: Any) -> StaticProducer:
+    def makeProducer(self, request: Request, fileForReading: BinaryIO) -> StaticProducer:
         header = request.getHeader(b"range")
         size = self.getFileSize()
         ranges = parseRanges(header, size) if header is not None else None

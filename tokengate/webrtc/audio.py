@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import fractions
 from collections import deque
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
 from tokengate.logsafe import Logger
+
+if TYPE_CHECKING:
+    # PyAV is imported where it is used (it is slow to import).
+    from av.audio.codeccontext import AudioCodecContext
+    from av.packet import Packet
 
 
 _log = Logger()
@@ -27,6 +33,19 @@ OPUS_FRAME = 960  # 20 ms
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 #: AAC frames whose Opus packets are kept (about 4.5 s at 44.1/48 kHz)
 KEEP = 200
+
+
+class AacFrame(Protocol):
+    """
+    What L{AacToOpus} reads of a hub frame: an FLV AACAUDIODATA tag body
+    (2-byte header, then a raw AAC frame) and its timestamp in ms.
+    """
+
+    @property
+    def timestamp(self) -> int: ...
+
+    @property
+    def body(self) -> bytes: ...
 
 
 class AacToOpus:
@@ -55,10 +74,10 @@ class AacToOpus:
         self._next: Optional[int] = None
         self._lastTimestamp: Optional[int] = None
         #: (frame, packets) for the most recent AAC frames
-        self._recent: deque = deque(maxlen=KEEP)
+        self._recent: deque[tuple[AacFrame, list[Packet[Any]]]] = deque(maxlen=KEEP)
         self.failed = False
 
-    def packets(self, frame: Any) -> list[Any]:
+    def packets(self, frame: AacFrame) -> list[Packet[Any]]:
         """
         The Opus packets (C{av.Packet}s, pts in 48 kHz units) for a hub AAC
         frame; empty for an older frame than the last one transcoded that
@@ -68,6 +87,9 @@ class AacToOpus:
         if recent and recent[-1][0] is frame:
             return recent[-1][1]
         if self._lastTimestamp is not None and frame.timestamp <= self._lastTimestamp:
+            # (mypy: reversed() over a deque of Packet[Any] infers Any)
+            f: AacFrame
+            p: list[Packet[Any]]
             for f, p in reversed(recent):
                 if f is frame:
                     return p
@@ -77,7 +99,7 @@ class AacToOpus:
         recent.append((frame, out))
         return out
 
-    def _transcode(self, raw: bytes, ms: int) -> list[Any]:
+    def _transcode(self, raw: bytes, ms: int) -> list[Packet[Any]]:
         if self.failed:
             return []
         import av
@@ -87,7 +109,7 @@ class AacToOpus:
             start = ms * OPUS_RATE // 1000
             if self._next is None or abs(self._next - start) > OPUS_RATE // 5:
                 self._next = start  # the first frame, or a discontinuity: resync
-            out = []
+            out: list[Packet[Any]] = []
             for f in pcm:
                 f.pts = None
                 for r in self._resampler.resample(f):
@@ -132,7 +154,10 @@ class ToAac:
         name, rate, channels = PUBLISHER_AUDIO[codec.lower()]
         self.codec = codec.lower()
         self.clockRate = rate
-        self._decoder = av.CodecContext.create(name, "r")
+        decoder = av.CodecContext.create(name, "r")
+        if not isinstance(decoder, av.AudioCodecContext):
+            raise ValueError("{} is not an audio decoder".format(name))
+        self._decoder: AudioCodecContext = decoder
         self._decoder.sample_rate = rate
         self._decoder.layout = "stereo" if channels == 2 else "mono"
         self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=OPUS_RATE,
@@ -157,7 +182,7 @@ class ToAac:
         try:
             if self._next is None or abs(self._next - pts) > OPUS_RATE // 5:
                 self._next = pts  # the first packet, or a gap: resync
-            out = []
+            out: list[tuple[int, bytes]] = []
             for f in self._decoder.decode(av.Packet(data)):
                 f.pts = None
                 for r in self._resampler.resample(f):
@@ -165,7 +190,9 @@ class ToAac:
                     r.time_base = OPUS_TIME_BASE
                     self._next += r.samples
                     for p in self._encoder.encode(r):
-                        out.append((int(p.pts), bytes(p)))
+                        if p.pts is None:
+                            raise ValueError("the AAC encoder returned a packet without pts")
+                        out.append((p.pts, bytes(p)))
             return out
         except Exception:
             _log.failure("{codec} to AAC transcoding failed; no more audio from this publisher",

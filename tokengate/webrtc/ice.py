@@ -18,7 +18,7 @@ import base64
 import hashlib
 import hmac
 import re
-from typing import Any, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
 from attrs import field, frozen
 
@@ -102,7 +102,7 @@ def turn_rest_credentials(secret: str, now: float, ttl: int = DEFAULT_TTL,
     return username, base64.b64encode(digest).decode("ascii")
 
 
-def _checkTtl(ttl: Any) -> int:
+def _checkTtl(ttl: object) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl != int(ttl):
         raise IceConfigError("--turn-credential-ttl must be a whole number of seconds")
     if int(ttl) < MIN_TTL:
@@ -150,7 +150,7 @@ class IceServers:
                                  "in --ice-servers")
 
     @classmethod
-    def fromConfig(cls, config: Any) -> "IceServers":
+    def fromConfig(cls, config: object) -> "IceServers":
         """
         From a L{tokengate.server.ServerConfig} (missing fields: defaults).
         """
@@ -190,12 +190,13 @@ class IceServers:
         return self.turnUsername, self.turnCredential
 
     def iceServers(self, now: float,
-                   credentials: Optional[tuple[str, str]] = None) -> list[dict[str, Any]]:
+                   credentials: Optional[tuple[str, str]] = None
+                   ) -> list[dict[str, Union[str, list[str]]]]:
         """
         An RTCIceServer list: one entry with the STUN URIs, one with the
         TURN URIs and their credentials.
         """
-        servers: list[dict[str, Any]] = []
+        servers: list[dict[str, Union[str, list[str]]]] = []
         if self.stunUris:
             servers.append({"urls": self.stunUris})
         if self.turnUris:
@@ -204,7 +205,7 @@ class IceServers:
                             "credential": credential})
         return servers
 
-    def reply(self, now: float) -> dict[str, Any]:
+    def reply(self, now: float) -> dict[str, object]:
         """
         The C{iceServerConfig} message.  Ant Media Server's JavaScript SDK
         reads C{stunServerUri} (a C{turn:} URI is used with

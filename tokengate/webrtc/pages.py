@@ -2,25 +2,29 @@
 """
 What WebRTC adds to the site of every application:
 
-  ``/{App}/websocket``   the signalling WebSocket (L{signalling})
-  ``/{App}?id=&token=``  the publish page (camera preview, publish)
-  ``/{App}/webrtc.js``   play.html's WebRTC technology
-  ``/{App}/publish.js``  the publish page's script
-  ``/{App}/ice.js``      the ICE side both share
+  - C{/{App}/websocket}: the signalling WebSocket (L{signalling})
+  - C{/{App}?id=&token=}: the publish page (camera preview, publish)
+  - C{/{App}/webrtc.js}: play.html's WebRTC technology
+  - C{/{App}/publish.js}: the publish page's script
+  - C{/{App}/ice.js}: the ICE side both share
 """
 
 from __future__ import annotations
 
 import html
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Container, Optional
 
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 from twisted.web.static import File
 
 from tokengate.logsafe import Logger
-from .ice import IceServers
-from .signalling import SignallingFactory
+from tokengate.webrtc.ice import IceServers
+from tokengate.webrtc.signalling import SignallingFactory
+
+if TYPE_CHECKING:
+    from tokengate.server import Server
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "web", "static")
@@ -34,7 +38,7 @@ class PublishPage(Resource):
         super().__init__()
         self._app = app
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         with open(os.path.join(STATIC, "publish.html"), encoding="utf-8") as f:
             text = f.read()
         text = text.replace("__APP__", html.escape(self._app, quote=True))
@@ -47,46 +51,71 @@ class PublishPage(Resource):
 
 
 class WebRTCPages:
+    """
+    The WebSocket and the WebRTC pages of every application.
+
+    @ivar factory: the signalling's factory.
+    @ivar engine: the media engine (or None).
+    """
+
     _log = Logger()
 
-    def __init__(self, server: Any, engine: Any = None) -> None:
-        from twisted.internet import reactor
-
+    def __init__(self, apps: Container[str], factory: SignallingFactory,
+                 engine: Any = None) -> None:
+        """
+        @param apps: the applications' names (pages exist for these only).
+        @param factory: the signalling behind C{/{App}/websocket}.
+        @param engine: the media engine the signalling uses.
+        """
         from autobahn.twisted.resource import WebSocketResource
 
-        if engine is None:
-            from .media import make_engine
-
-            engine = make_engine(server, reactor)
+        self._apps = apps
+        self.factory = factory
         self.engine = engine
-        ice = IceServers.fromConfig(server.config)
-        self.factory = SignallingFactory(server, engine, ice=ice)
-        if ice.uris:
-            self._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
-        own = [s["urls"] for s in getattr(server.config, "serverIceServers", None) or ()]
-        if own:
-            self._log.info("The server's WebRTC peer connections use ICE servers {uris}",
-                           uris=", ".join(map(str, own)))
-        self._server = server
         self._ws = WebSocketResource(self.factory)
         self._scripts = {name: File(os.path.join(STATIC, path))
                          for name, path in SCRIPTS.items()}
 
-    def child(self, name: bytes, request: Any) -> Optional[Resource]:
+    def child(self, name: bytes, request: Request) -> Optional[IResource]:
         try:
             app = name.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        if app not in self._server.apps:
+        if app not in self._apps:
             return None
         postpath = request.postpath
         if not postpath or postpath == [b""]:
             return PublishPage(app)
-        if len(postpath) == 1:
+        prepath = request.prepath  # a list while the request is routed
+        if len(postpath) == 1 and prepath is not None:
             if postpath[0] == b"websocket":
-                request.prepath.append(postpath.pop(0))
+                prepath.append(postpath.pop(0))
                 return self._ws
             if postpath[0] in self._scripts:
-                request.prepath.append(postpath.pop(0))
-                return self._scripts[request.prepath[-1]]
+                prepath.append(postpath.pop(0))
+                return self._scripts[prepath[-1]]
         return None
+
+
+def buildWebRTCPages(server: "Server", engine: Any = None) -> WebRTCPages:
+    """
+    Build the signalling and its pages from the server's collaborators:
+    the media engine (made for the running reactor unless given), the ICE
+    servers of the configuration.
+    """
+    from twisted.internet import reactor
+
+    if engine is None:
+        from tokengate.webrtc.media import make_engine
+
+        engine = make_engine(server, reactor)
+    ice = IceServers.fromConfig(server.config)
+    if ice.uris:
+        WebRTCPages._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
+    own = [s["urls"] for s in getattr(server.config, "serverIceServers", None) or ()]
+    if own:
+        WebRTCPages._log.info("The server's WebRTC peer connections use ICE servers {uris}",
+                              uris=", ".join(map(str, own)))
+    factory = SignallingFactory(server.access, server.clock, server.metrics, server.hub, engine,
+                                ice=ice)
+    return WebRTCPages(server.apps, factory, engine)

@@ -21,7 +21,7 @@ would overlap: audio timestamps only increase.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 #: how far (ms) the sender reports must move the audio to re-place it
 RESYNC_MS = 30.0
@@ -90,7 +90,7 @@ class PublisherTimeline:
         self._lastVideo: Optional[tuple[int, float]] = None
         #: kind -> (NTP seconds, extended RTP timestamp) of its newest report
         self._reports: dict[str, tuple[float, int]] = {}
-        self._reportsUsed: Optional[tuple[Any, Any]] = None
+        self._reportsUsed: Optional[tuple[tuple[float, int], tuple[float, int]]] = None
         #: ms to add to the audio clock's milliseconds, once chosen
         self.audioOffset: Optional[float] = None
         #: how the audio is placed: "rtcp", "arrival", "audio-only" or None
@@ -141,9 +141,10 @@ class PublisherTimeline:
         follows it), or L{None} to drop it: before the video started, before
         the timeline's start, or overlapping audio already placed.
         """
-        if not self._place(seconds):
+        offset = self._place(seconds)
+        if offset is None:
             return None
-        ms = round(seconds * 1000 + self.audioOffset)
+        ms = round(seconds * 1000 + offset)
         if ms < 0 or ms <= self._lastAudio:
             if ms >= 0:
                 self.overlapDropped += 1
@@ -151,14 +152,18 @@ class PublisherTimeline:
         self._lastAudio = ms
         return ms
 
-    def _place(self, seconds: float) -> bool:
+    def _place(self, seconds: float) -> Optional[float]:
+        """
+        The audio offset (ms) that places audio at C{seconds}, found or
+        updated now; L{None} before the video started.
+        """
         if not self.hasVideo:
             if self.audioOffset is None:
                 self.audioOffset = -seconds * 1000
                 self.syncedBy = "audio-only"
-            return True
+            return self.audioOffset
         if self._lastVideo is None or self._videoBase is None:
-            return False  # the timeline starts with the video
+            return None  # the timeline starts with the video
         a, v = self._reports.get("audio"), self._reports.get("video")
         if a is not None and v is not None and (a, v) != self._reportsUsed:
             self._reportsUsed = (a, v)
@@ -166,11 +171,12 @@ class PublisherTimeline:
             ntpV, rtpV = v
             ntpVideoBase = ntpV + (self._videoBase - rtpV) / self.videoRate
             offset = (ntpA - rtpA / self.audioRate - ntpVideoBase) * 1000
-            if self.syncedBy != "rtcp" or abs(offset - self.audioOffset) > RESYNC_MS:
+            if (self.syncedBy != "rtcp" or self.audioOffset is None
+                    or abs(offset - self.audioOffset) > RESYNC_MS):
                 self.audioOffset = offset
                 self.syncedBy = "rtcp"
         if self.audioOffset is None:
             ms, at = self._lastVideo
             self.audioOffset = ms + (self._now() - at) * 1000 - seconds * 1000
             self.syncedBy = "arrival"
-        return True
+        return self.audioOffset

@@ -4,9 +4,11 @@ The WebSocket signalling of WebRTC publish and play, at ``/{App}/websocket``,
 with the JSON messages of Ant Media Server's JavaScript SDK.
 
 A client sends ``publish`` or ``play`` with a stream id and a token; the
-token goes through the gate (protocol C{webrtc}).  A refusal is an
-C{error} message (C{unauthorized_access} with the stream id for any token
-refusal; C{streamIdInUse} and C{no_stream_exist} are decided before the token
+request goes through the access service (L{tokengate.access.service},
+protocol C{webrtc}).  A refusal is an C{error} message (see L{refusalMessage}:
+C{unauthorized_access} with the stream id for any token refusal;
+C{streamIdInUse}, C{no_stream_exist} and, when the application's
+C{webRTCEnabled} is off, C{webrtc_not_enabled} are decided before the token
 is redeemed, so it stays usable) and leaves the socket usable for a retry.
 On success a publisher gets C{start} and sends its offer; a player gets the
 server's offer (no C{start}).  C{notification}s report C{publish_started},
@@ -30,15 +32,18 @@ from typing import Any, Optional
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from tokengate.access.names import isValidStreamId
+from tokengate.access.service import AccessRequest, IAccess, Publication, Refused, Viewing
+from tokengate.access.sessions import IKickable
 from tokengate.jsonvalue import JSONError, readJSON
 from tokengate.logsafe import Logger
-from ..auth import Grant, IKickable, Refused, StreamCredentials
-from ..media.hub import LiveStream, StreamInUse
-from ..tokens import PLAY, PUBLISH, Outcome
-from .ice import IceServers
+from tokengate.media.hub import Hub, LiveStream, StreamInUse
+from tokengate.metrics import Metrics
+from tokengate.tokens import PLAY, PUBLISH, Outcome
+from tokengate.webrtc.ice import IceServers
 
 
 #: Limits per connection.
@@ -70,6 +75,37 @@ _REFUSAL_DEFINITIONS = {
     Outcome.UNAVAILABLE: "data_store_not_available",
 }
 
+#: Ant Media Server's not-found answer and its reasons (C{information})
+_NOT_FOUND = {"error_code": "404"}
+NOT_STREAMING = "stream_not_exist_or_not_streaming"
+WEBRTC_NOT_ENABLED = "webrtc_not_enabled"
+
+
+def refusalMessage(outcome: Outcome, action: str, streamId: str) -> dict[str, Any]:
+    """
+    The C{error} message that answers a publish or play of C{streamId}
+    refused with C{outcome}.
+
+    A play the application's C{webRTCEnabled} forbids is answered as Ant
+    Media Server answers a stream that exists but is not available over
+    WebRTC: its not-found error with the reason C{webrtc_not_enabled} (its
+    JavaScript players then try their next technology); such a publish with
+    the definition C{webrtc_not_enabled}.
+    """
+    message: dict[str, Any] = {"command": "error"}
+    if outcome is Outcome.DISABLED:
+        if action == PLAY:
+            message.update(definition="no_stream_exist", streamId=streamId, **_NOT_FOUND,
+                           information=WEBRTC_NOT_ENABLED)
+        else:
+            message.update(definition=WEBRTC_NOT_ENABLED, streamId=streamId)
+        return message
+    definition = _REFUSAL_DEFINITIONS.get(outcome, "unauthorized_access")
+    message.update(definition=definition, streamId=streamId)
+    if definition == "no_stream_exist":
+        message.update(_NOT_FOUND, information=NOT_STREAMING)
+    return message
+
 
 class _TokenBucket:
     def __init__(self, clock: Any, burst: float, rate: float) -> None:
@@ -95,7 +131,8 @@ class _TokenBucket:
 @implementer(IKickable)
 class StreamSession:
     """
-    One publish or play of one stream on one socket: the gate's I{mind}.
+    One publish or play of one stream on one socket: the access service's
+    I{mind}, then the holder of its L{Publication} or L{Viewing}.
     """
 
     protocolName = "webrtc"
@@ -105,7 +142,8 @@ class StreamSession:
         self.streamId = streamId
         self.action = action
         self.peerHost = proto.peerHost
-        self.grant: Optional[Grant] = None
+        #: the admitted publish or play
+        self.admission: Optional[Publication | Viewing] = None
         self.stream: Optional[LiveStream] = None
         self.peer: Any = None  # the engine's peer connection
         self.state = "login"  # login, negotiating, live, closed
@@ -114,7 +152,6 @@ class StreamSession:
     # --- IKickable ---------------------------------------------------------------
 
     def kick(self, reason: str) -> None:
-        self.grant = None  # the gate already ended it
         self.proto.kicked(self, reason)
 
     # --- engine events -------------------------------------------------------------
@@ -164,12 +201,10 @@ class StreamSession:
         self.state = "closed"
         self._cancelTimer()
         peer, self.peer = self.peer, None
-        stream, self.stream = self.stream, None
-        if stream is not None and self.action == PUBLISH:
-            stream.end()
-        grant, self.grant = self.grant, None
-        if grant is not None:
-            grant.logout()
+        self.stream = None
+        admission, self.admission = self.admission, None
+        if admission is not None:
+            admission.end()
         if peer is not None:
             d = maybeDeferred(peer.close)
             d.addErrback(lambda f: Logger().failure("closing a peer connection failed", f))
@@ -192,19 +227,20 @@ class SignallingProtocol(WebSocketServerProtocol):
         self._lastRateError = -1e9
 
     @property
-    def _server(self) -> Any:
-        return self.factory.tokengate
+    def _access(self) -> IAccess:
+        return self.factory.access
 
     @property
     def _clock(self) -> Any:
-        return self.factory.tokengate.clock
+        return self.factory.clock
 
     # --- connection -------------------------------------------------------------------
 
     def onConnect(self, request: Any) -> None:
         parts = [p for p in request.path.split("/") if p]
         self.app = parts[0] if parts else ""
-        self.peerHost = getattr(self.transport.getPeer(), "host", "")
+        transport = self.transport
+        self.peerHost = getattr(transport.getPeer(), "host", "") if transport is not None else ""
         self._bucket = _TokenBucket(self._clock, RATE_BURST, RATE_PER_SECOND)
 
     def onOpen(self) -> None:
@@ -264,11 +300,11 @@ class SignallingProtocol(WebSocketServerProtocol):
         except JSONError:
             # too deep, NaN, huge numbers, not UTF-8, not JSON: the socket
             # stays open
-            self._server.metrics.malformed.labels("webrtc", "json").inc()
+            self.factory.malformedJSON.inc()
             self.error("invalid_json")
             return
         if not isinstance(message, dict):
-            self._server.metrics.malformed.labels("webrtc", "json").inc()
+            self.factory.malformedJSON.inc()
             self.error("invalid_json")
             return
         command = message.get("command")
@@ -286,9 +322,8 @@ class SignallingProtocol(WebSocketServerProtocol):
                 return
             if not isValidStreamId(streamId):
                 if command in ("publish", "play"):
-                    self._server.gate.refused(
-                        StreamCredentials(self.app, streamId[:128], command, None,
-                                          self.peerHost, "webrtc"), Outcome.INVALID)
+                    self._access.refuse(AccessRequest(self.app, streamId, command, "webrtc",
+                                                      self.peerHost), Outcome.INVALID)
                 self.error("invalidStreamName", streamId[:128])
                 return
         try:
@@ -307,18 +342,18 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def cmd_getStreamInfo(self, message: dict[str, Any]) -> None:
         streamId = message["streamId"]
-        stream = self._server.hub.get(self.app, streamId)
+        stream = self.factory.hub.get(self.app, streamId)
         if stream is None:
             self.error("no_stream_exist", streamId, error_code="404",
-                       information="stream_not_exist_or_not_streaming")
+                       information=NOT_STREAMING)
             return
         info: dict[str, Any] = {"streamWidth": 0, "streamHeight": 0, "videoBitrate": 0,
                                 "audioBitrate": 0, "videoCodec": "", "audioCodec": ""}
         if stream.videoConfig is not None:
             try:
-                from ..media.codecs import AVCDecoderConfigurationRecord
+                from tokengate.media.codecs import AVCDecoderConfigurationRecord
 
-                sps = AVCDecoderConfigurationRecord.parse(stream.videoConfig[5:]).parsed_sps
+                sps = AVCDecoderConfigurationRecord.parse(stream.videoConfig[5:]).parsed_sps()
                 info.update(streamWidth=sps.width, streamHeight=sps.height, videoCodec="H264")
             except Exception:
                 info["videoCodec"] = "H264"
@@ -373,12 +408,16 @@ class SignallingProtocol(WebSocketServerProtocol):
         token = token if isinstance(token, str) else None
         room = message.get("room")
         room = room if isinstance(room, str) and room else None
-        creds = StreamCredentials(self.app, streamId, action, token or None, self.peerHost,
-                                  "webrtc", room)
+        request = AccessRequest(self.app, streamId, action, "webrtc", self.peerHost,
+                                token or None, room)
         session = StreamSession(self, streamId, action)
         self.sessions[streamId] = session
-        d = self._server.gate.login(creds, session)
-        d.addCallbacks(self._granted, self._refused, callbackArgs=(session,),
+        d: Deferred[Any]
+        if action == PUBLISH:
+            d = self._access.publish(request, session)
+        else:
+            d = self._access.play(request, session)
+        d.addCallbacks(self._admitted, self._refused, callbackArgs=(session,),
                        errbackArgs=(session,))
         d.addErrback(self._unexpected, session)
 
@@ -387,13 +426,7 @@ class SignallingProtocol(WebSocketServerProtocol):
         if self.sessions.get(session.streamId) is session:
             del self.sessions[session.streamId]
         session.state = "closed"
-        outcome = failure.value.outcome
-        definition = _REFUSAL_DEFINITIONS.get(outcome, "unauthorized_access")
-        if definition == "no_stream_exist":
-            self.error(definition, session.streamId, error_code="404",
-                       information="stream_not_exist_or_not_streaming")
-        else:
-            self.error(definition, session.streamId)
+        self.send(refusalMessage(failure.value.outcome, session.action, session.streamId))
 
     def _unexpected(self, failure: Any, session: StreamSession) -> None:
         self._log.failure("WebRTC {action} of {streamId} failed", failure,
@@ -401,18 +434,19 @@ class SignallingProtocol(WebSocketServerProtocol):
         self.error("server_error_check_logs", session.streamId)
         self.endSession(session, notify=False)
 
-    def _granted(self, grant: Grant, session: StreamSession) -> None:
-        session.grant = grant
+    def _admitted(self, admission: Publication | Viewing, session: StreamSession) -> None:
+        session.admission = admission
         if self._closed or self.sessions.get(session.streamId) is not session:
             session.close()
             return
         session.state = "negotiating"
         session.armTimer(self._clock)
         engine = self.factory.engine
-        if session.action == PUBLISH:
+        if isinstance(admission, Publication):
             try:
-                session.stream = self._server.hub.publish(self.app, session.streamId, "WebRTC")
+                session.stream = admission.start()
             except StreamInUse:
+                # the claim was lost (the application was deleted meanwhile)
                 self.sessions.pop(session.streamId, None)
                 session.close()
                 self.error("streamIdInUse", session.streamId)
@@ -420,13 +454,8 @@ class SignallingProtocol(WebSocketServerProtocol):
             session.peer = engine.publisher(session.stream, session)
             self.send({"command": "start", "streamId": session.streamId})
         else:
-            stream = self._server.hub.get(self.app, session.streamId)
-            if stream is None:
-                self.sessions.pop(session.streamId, None)
-                session.close()
-                self.error("no_stream_exist", session.streamId, error_code="404",
-                           information="stream_not_exist_or_not_streaming")
-                return
+            stream = admission.stream
+            assert stream is not None
             session.stream = stream
             session.peer = engine.player(stream, session)
             d = maybeDeferred(session.peer.offer)
@@ -448,7 +477,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             self._log.warn("WebRTC {action} of {streamId} refused: {definition}",
                            action=session.action, streamId=session.streamId,
                            definition=refusal)
-            self._server.metrics.refusals.labels("webrtc", session.action, refusal).inc()
+            self.factory.metrics.refusals.labels("webrtc", session.action, refusal).inc()
             definition = refusal
         else:
             self._log.failure("WebRTC media of {streamId} failed", failure,
@@ -545,23 +574,33 @@ class SignallingFactory(WebSocketServerFactory):
     """
     The factory behind ``/{App}/websocket`` of every application.
 
-    C{tokengate} is the L{tokengate.server.Server}; C{engine} the media
-    engine, or None; C{ice} the L{IceServers} handed to browsers in
-    C{iceServerConfig} (C{stunServerUri}, when given instead, is a lone STUN
-    URI).
+    @ivar access: the one door of publish and play.
+    @ivar clock: the timers' and rate limits' clock.
+    @ivar metrics: where refusals, malformed messages and sockets are counted.
+    @ivar hub: the live streams (C{getStreamInfo} reads them).
+    @ivar engine: the media engine, or None.
+    @ivar ice: the L{IceServers} handed to browsers in C{iceServerConfig}.
     """
 
     protocol = SignallingProtocol
     _log = Logger()
 
-    def __init__(self, tokengate: Any, engine: Any = None, stunServerUri: str = "",
+    def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics, hub: Hub,
+                 engine: Any = None, stunServerUri: str = "",
                  ice: Optional[IceServers] = None) -> None:
+        """
+        @param stunServerUri: when C{ice} is not given, a lone STUN URI.
+        """
         super().__init__()
-        self.tokengate = tokengate
+        self.access = access
+        self.clock = clock
+        self.metrics = metrics
+        self.hub = hub
         self.engine = engine
         if ice is None:
             ice = IceServers(uris=(stunServerUri,) if stunServerUri else ())
         self.ice = ice
+        self.malformedJSON = metrics.malformed.labels("webrtc", "json")
         self.connections: set[SignallingProtocol] = set()
         self.setProtocolOptions(
             maxMessagePayloadSize=MAX_MESSAGE_SIZE,
@@ -571,7 +610,7 @@ class SignallingFactory(WebSocketServerFactory):
             # the site's host and port are not known here; browsers send the
             # page's origin, which is checked by the token, not by origin
         )
-        tokengate.metrics.callbackGauge(
+        metrics.callbackGauge(
             "tokengate_websocket_sessions", "Open WebRTC signalling WebSockets",
             lambda: len(self.connections))
 
@@ -582,5 +621,6 @@ class SignallingFactory(WebSocketServerFactory):
         self.connections.discard(proto)
 
 
-def build_websocket_resource(server: Any, engine: Any = None) -> WebSocketResource:
-    return WebSocketResource(SignallingFactory(server, engine))
+def build_websocket_resource(access: IAccess, clock: IReactorTime, metrics: Metrics, hub: Hub,
+                             engine: Any = None) -> WebSocketResource:
+    return WebSocketResource(SignallingFactory(access, clock, metrics, hub, engine))

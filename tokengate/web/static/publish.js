@@ -20,7 +20,8 @@
     streamIdInUse: 'This stream is already being published',
     invalidStreamName: 'The stream id may only contain letters, digits, "_", "." and "-"',
     noStreamNameSpecified: 'No stream id (the id parameter) in the address',
-    not_initialized_yet: 'WebRTC is not available on this server'
+    not_initialized_yet: 'WebRTC is not available on this server',
+    webrtc_not_enabled: 'WebRTC is disabled for this application'
   };
 
   var app = document.querySelector('main').getAttribute('data-app');

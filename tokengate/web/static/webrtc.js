@@ -6,7 +6,8 @@
  *   <- {command: "takeConfiguration", type: "offer", sdp}   (no "start" for play)
  *   -> {command: "takeConfiguration", type: "answer", sdp}, takeCandidate both ways
  *   <- notification play_started / play_finished, or error (unauthorized_access
- *      -> 'auth', no_stream_exist -> 'notlive', anything else -> 'other').
+ *      -> 'auth', no_stream_exist -> 'notlive' unless its information is
+ *      webrtc_not_enabled, anything else -> 'other': the next technology).
  * Right after the socket opens it also asks for the STUN/TURN servers
  * ({command: "getIceServerConfig"} -> "iceServerConfig" with iceServers and
  * iceTransportPolicy) and creates the RTCPeerConnection with them, waiting at
@@ -106,6 +107,8 @@
         } else if (m.command === 'error') {
           if (m.definition === 'unauthorized_access') {
             fail('auth', 'the server refused the token (unauthorized_access)');
+          } else if (m.definition === 'no_stream_exist' && m.information === 'webrtc_not_enabled') {
+            fail('other', 'WebRTC playback is disabled for this application (webrtc_not_enabled)');
           } else if (m.definition === 'no_stream_exist') {
             fail('notlive', 'no_stream_exist');
           } else {

@@ -1,0 +1,74 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The server-wide settings that are not per application (the command line's
+and the config file's, once checked by L{tokengate.tap.Options}).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from attrs import define, field
+
+from tokengate.apps import parse_cidrs
+
+
+@define
+class ServerConfig:
+    """
+    Server-wide settings that are not per application.
+    """
+
+    #: networks allowed to call the management REST API and /metrics
+    restAllowedCIDR: str = "127.0.0.1"
+    #: when set, a bearer JWT signed with it also opens them
+    restJwtSecretKey: str = ""
+    #: end JWT-admitted live sessions when their token expires
+    kickOnExpiry: bool = False
+    #: largest accepted request body, bytes
+    maxBodySize: int = 1 << 20
+    #: seconds an HTTP client has to send a request's line and headers
+    #: (then its body at 1 KiB/s or more); 0 disables
+    requestTimeout: float = 20.0
+    #: most connections one address may hold open on each TCP listener
+    #: (HTTP, HTTPS, RTMP); 0 disables
+    maxConnectionsPerAddress: int = 256
+    #: a management (REST bearer) JWT must carry an exp at most this many
+    #: seconds ahead
+    restJwtMaxLifetime: float = 24 * 3600.0
+    #: seconds between sweeps of expired tokens
+    purgeInterval: float = 300.0
+    #: the secret that signs playback session credentials (share it across
+    #: a cluster); empty: one is made and kept in the data directory
+    sessionSecret: str = ""
+    #: a playback session ends after this many idle seconds (MP4: vodIdle)
+    sessionIdle: float = 120.0
+    vodIdle: float = 6 * 3600.0
+    #: LL-HLS part duration target, seconds
+    partTarget: float = 0.5
+    #: ICE servers the server's own WebRTC peer connections use (STUN for a
+    #: server-reflexive candidate behind 1:1 NAT): dicts with "urls" and,
+    #: for TURN, "username" and "credential"
+    serverIceServers: list[dict[str, str]] = field(factory=list)
+    #: STUN/TURN URIs handed to browsers in the signalling's iceServerConfig
+    #: (see tokengate.webrtc.ice.IceServers)
+    iceServers: list[str] = field(factory=list)
+    #: static TURN credentials ...
+    turnUsername: str = ""
+    turnCredential: str = field(default="", repr=False)
+    #: ... or the secret shared with coturn (use-auth-secret): time-limited
+    #: credentials, valid for turnCredentialTtl seconds
+    turnSecret: str = field(default="", repr=False)
+    turnCredentialTtl: int = 86400
+    #: "all", or "relay": browsers use TURN only
+    iceTransportPolicy: str = "all"
+    #: VP8-only WebRTC publishers transcoded to H.264 at once (0: refused);
+    #: one 720p30 publisher costs about a sixth of a core
+    webrtcTranscodes: int = field(factory=lambda: 2 * (os.cpu_count() or 1))
+    restNetworks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        init=False, factory=list
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self.restNetworks = parse_cidrs(self.restAllowedCIDR)
