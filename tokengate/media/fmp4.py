@@ -859,7 +859,7 @@ def write_progressive_mp4(
         if isinstance(rows, SampleTable) or hasattr(rows, "blocks"):
             sources.append((track, rows))  # type: ignore[arg-type]
         else:
-            sources.append((track, SampleTable(rows)))  # type: ignore[arg-type]
+            sources.append((track, SampleTable(rows)))
     if len({track.track_id for track, _ in sources}) != len(sources):
         raise MediaError("track ids must be unique")
     if chunk_duration <= 0:

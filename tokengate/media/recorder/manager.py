@@ -183,7 +183,7 @@ class Recorder:
         except MediaError:
             return
         size = len(data)
-        self._views.append(data)  # type: ignore[arg-type]
+        self._views.append(data)
         self._rows.append((track, self._offset, size, frame.timestamp, cto, sync))
         self._offset += size
         self.samples += 1
