@@ -22,10 +22,10 @@ URL layout
 
 The HTTP side serves, for application ``App`` and stream ``id``::
 
-    /App/streams/{id}.m3u8                 hls_multivariant(query)
-    /App/streams/{id}/video.m3u8           hls_media("video", query)
-    /App/streams/{id}/audio.m3u8           hls_media("audio", query)
-    /App/streams/{id}/{id}.mpd             dash_mpd(query, location, utcTiming)
+    /App/streams/{id}.m3u8                 hlsMultivariant(query)
+    /App/streams/{id}/video.m3u8           hlsMedia("video", query)
+    /App/streams/{id}/audio.m3u8           hlsMedia("audio", query)
+    /App/streams/{id}/{id}.mpd             dashMpd(query, location, utcTiming)
     /App/streams/{id}/{kind}/{name}        resource(kind, name)
 
 where ``kind`` is ``video`` or ``audio`` and ``name`` is one of
@@ -142,8 +142,8 @@ API (what the HTTP side uses)
   ``windowSegments``); ``extraSegments`` more stay held.
 * ``attach(stream)``: subscribe to a new publication; ``close()`` (alias
   ``reset()``): unsubscribe and drop everything, failing the waiters.
-* ``hls_multivariant(query)``, ``hls_media(kind, query)``,
-  ``dash_mpd(query, location=None, utcTiming="/time")``: text, or None while
+* ``hlsMultivariant(query)``, ``hlsMedia(kind, query)``,
+  ``dashMpd(query, location=None, utcTiming="/time")``: text, or None while
   there is nothing to list yet (no complete segment) or when that format is
   disabled.
 * ``resource(kind, name)``, ``init(kind, version=None)``,
@@ -487,7 +487,7 @@ class Packager:
     def _targetDuration(self) -> int:
         return hls.targetDuration(self.segmentTarget, self.segmenter.longest)
 
-    def hls_multivariant(self, query: str = "") -> Optional[str]:
+    def hlsMultivariant(self, query: str = "") -> Optional[str]:
         """
         The multivariant playlist, served at C{/App/streams/{id}.m3u8}, or
         None until a segment is complete (or when HLS is off).
@@ -496,7 +496,7 @@ class Packager:
             return None
         return hls.multivariant(self.segmenter, self.streamId, self.metadata, query)
 
-    def hls_media(self, kind: str, query: str = "") -> Optional[str]:
+    def hlsMedia(self, kind: str, query: str = "") -> Optional[str]:
         """
         The LL-HLS media playlist of C{kind}, served at
         C{/App/streams/{id}/{kind}.m3u8}, or None until one of its segments
@@ -512,7 +512,7 @@ class Packager:
             part_target=hls.partTarget(self.partTarget, self.segmenter.longestPart),
         )  # fmt: skip
 
-    def dash_mpd(
+    def dashMpd(
         self, query: str = "", location: Optional[str] = None, utcTiming: str = "/time"
     ) -> Optional[str]:
         """

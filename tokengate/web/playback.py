@@ -653,7 +653,7 @@ class PlaybackGate:
                     return self._flood(request, app, streamId, session, what)
                 return _fail(request, 410, "Stream ended: " + streamId)
         if what == "hls":
-            text = packager.hls_multivariant(self._query(request, app, streamId, session))
+            text = packager.hlsMultivariant(self._query(request, app, streamId, session))
             return self._text(request, text, MPEGURL)
         if what == "media":
             return self._media(request, packager, details[0], app, streamId, session)
@@ -665,7 +665,7 @@ class PlaybackGate:
                     "https" if request.isSecure() else "http",
                     (request.getHeader(b"host") or b"localhost").decode("latin-1"),
                     quote(app), quote(streamId), quote(streamId), query)
-            text = packager.dash_mpd(query, location)
+            text = packager.dashMpd(query, location)
             return self._text(request, text, DASHXML)
         if what == "resource":
             kind, name = details
@@ -812,7 +812,7 @@ class PlaybackGate:
         part = _int(self._arg(request, b"_HLS_part"))
 
         def render() -> bytes:
-            return self._text(request, packager.hls_media(
+            return self._text(request, packager.hlsMedia(
                 kind, self._query(request, app, streamId, session)), MPEGURL)
 
         if msn is None:
