@@ -3,11 +3,11 @@
 The RTMP server: a thin Twisted adapter over the sans-IO
 L{tokengate.rtmp.core.RTMPConnection}.
 
-Encoders publish to ``rtmp://host/App/StreamId?token=T``, players play the
-same form (also ``StreamId/T``).  The token rides in the stream name of
-``publish`` and ``play``; this protocol parses it and asks the gate, with the
+Encoders publish to C{rtmp://host/App/StreamId?token=T}, players play the
+same form (also C{StreamId/T}).  The token rides in the stream name of
+C{publish} and C{play}; this protocol parses it and asks the gate, with the
 connection paused so no media is read while the token is checked.  Refusals
-are ``onStatus`` errors (``NetStream.Publish.BadName``, as the reference
+are C{onStatus} errors (C{NetStream.Publish.BadName}, as the reference
 server sends them) followed by a close.
 
 Players receive metadata, sequence headers and media from the hub, starting
@@ -103,10 +103,10 @@ def parse_stream_name(name: str, appPath: str = "") -> tuple[str, Optional[str]]
     """
     Split an RTMP stream name into (stream id, token).
 
-    Accepts ``StreamId?token=T`` (any other query keys are ignored, keys
-    without ``=`` too), the path form ``StreamId/T``, and ffmpeg's folding
-    of ``rtmp://host/App/StreamId/T`` into app ``App/StreamId`` and name
-    ``T`` (C{appPath} is then ``StreamId``).  Percent-escapes are decoded.
+    Accepts C{StreamId?token=T} (any other query keys are ignored, keys
+    without C{=} too), the path form C{StreamId/T}, and ffmpeg's folding
+    of C{rtmp://host/App/StreamId/T} into app C{App/StreamId} and name
+    C{T} (C{appPath} is then C{StreamId}).  Percent-escapes are decoded.
     """
     if name.startswith(("mp4:", "flv:")):
         name = name[4:]
