@@ -187,27 +187,20 @@ class RTMPServerProtocol(Protocol):
 
     # --- connection ---------------------------------------------------------------
 
-    @property
-    def _factory(self) -> "RTMPFactory":
-        return cast(RTMPFactory, self.factory)
+    #: set when the connection is made: the factory, the transport as
+    #: used here (Twisted types it as the narrower ITransport), the clock
+    _factory: "RTMPFactory"
+    _tcp: TCPTransport
+    _clock: Any
 
     @property
     def _access(self) -> IAccess:
         return self._factory.access
 
-    @property
-    def _clock(self) -> Any:
-        return self._factory.clock
-
-    @property
-    def _tcp(self) -> "TCPTransport":
-        """
-        The connection's transport, as used here (Twisted types it as the
-        narrower C{ITransport}).
-        """
-        return cast(TCPTransport, self.transport)
-
     def connectionMade(self) -> None:
+        self._factory = cast(RTMPFactory, self.factory)
+        self._tcp = cast(TCPTransport, self.transport)
+        self._clock = self._factory.clock
         self.peerHost = getattr(self._tcp.getPeer(), "host", "")
         self._connectedAt = self._clock.seconds()
         # Every write passes through _flush, which applies the congestion
@@ -281,15 +274,12 @@ class RTMPServerProtocol(Protocol):
                 burst.inBurst = True
             for event in events:
                 # Media first, inline: nearly every event is one.
-                t = type(event)
-                if t is AudioData:
-                    audio = cast(AudioData, event)
-                    if self.publishing is not None and audio.stream_id == self.publishMessageStream:
-                        self.publishing.audioReceived(audio.timestamp, audio.payload)
-                elif t is VideoData:
-                    video = cast(VideoData, event)
-                    if self.publishing is not None and video.stream_id == self.publishMessageStream:
-                        self.publishing.videoReceived(video.timestamp, video.payload)
+                if type(event) is AudioData:
+                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
+                        self.publishing.audioReceived(event.timestamp, event.payload)
+                elif type(event) is VideoData:
+                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
+                        self.publishing.videoReceived(event.timestamp, event.payload)
                 else:
                     self._dispatch(event)
         except RTMPProtocolError as e:
