@@ -104,3 +104,21 @@ class LayerTests(SynchronousTestCase):
             relative += [module for node in ast.walk(tree)
                          if isinstance(node, ast.ImportFrom) and node.level]
         self.assertEqual(relative, [])
+
+
+class PackagingTests(SynchronousTestCase):
+    def test_everyPackageInstalled(self) -> None:
+        """
+        C{pip install .} installs every package under tokengate/ (setup.py
+        lists them one by one).
+        """
+        with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        listed: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "packages":
+                assert isinstance(node.value, ast.List)
+                listed = {ast.literal_eval(e) for e in node.value.elts}
+        packages = {m for m, path in modules().items() if path.endswith("__init__.py")}
+        self.assertTrue(packages)
+        self.assertEqual(packages - listed, set())
