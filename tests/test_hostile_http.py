@@ -436,7 +436,7 @@ class ListenerLimitProcessTests(SynchronousTestCase):
     LIMIT = 4
 
     def setUp(self) -> None:
-        from .test_store_redis import _write_certificates
+        from tests.interop.test_store_redis import _write_certificates
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)

@@ -43,7 +43,7 @@ from tokengate.tokens import PUBLISH, StoredToken, digest, new_token
 
 from . import procs
 from .helpers import clock_at, require
-from .test_srt_interop import gst_publish_argv, ts_clip
+from tests.interop.test_srt_interop import gst_publish_argv, ts_clip
 
 NULL_TS = b"\x47\x1f\xff\x10" + b"\xff" * 184
 ISN = 0x1234

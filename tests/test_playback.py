@@ -22,7 +22,7 @@ from tokengate.tokens import StoredToken, new_token
 from tokengate.web.resource import build_site
 
 from .helpers import http_client, require
-from .test_rtmp_interop import test_clip
+from tests.fixtures import test_clip
 
 
 def feed(stream, path, until_ms=None, start_ms=0):

@@ -37,8 +37,8 @@ from tokengate.server import Server
 from tokengate.store.redis import RedisTokenStore
 from tokengate.web.sessions import InvalidCredential
 
-from .helpers import NOW, clock_at, json_body
-from .redisserver import start_redis_server
+from tests.helpers import NOW, clock_at, json_body
+from tests.redisserver import start_redis_server
 from tests.fixtures import restAPI
 
 BASE = "http://127.0.0.1:5080"

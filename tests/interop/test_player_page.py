@@ -26,11 +26,11 @@ from twisted.web.server import Site
 
 import tokengate.web
 
-from . import browser as chromium
-from .helpers import require
+from tests import browser as chromium
+from tests.helpers import require
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(tokengate.web.__file__)), "static")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENDOR_NAMES = ("hls.min.js", "dash.all.min.js")
 
 AUTH = "Not authorized: the token is invalid, expired or already used"
