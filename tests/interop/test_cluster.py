@@ -6,7 +6,8 @@ The cluster tests run two L{Server} objects ("nodes") in this process, each
 with its own Redis client (shared by its L{RedisTokenStore} and its
 revocation transport, as the composition root does), on one real
 redis-server (L{tests.redisserver}); skipped when redis-server is not
-installed (CI installs it and counts such skips as failures).
+installed (CI installs it and counts such skips as failures). The local
+transport and the event parser are tested in memory in L{tests.test_cluster}.
 """
 
 from __future__ import annotations
@@ -19,25 +20,18 @@ from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, succeed
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
 from tokengate.apps import Applications
 from tokengate.auth import StreamCredentials
-from tokengate.access.revocation import (
-    MAX_EVENT_BYTES,
-    LocalTransport,
-    MalformedEvent,
-    RedisTransport,
-    Revocation,
-    parseEvent,
-)
+from tokengate.access.revocation import MAX_EVENT_BYTES, RedisTransport
 from tokengate.redisclient import RedisClient
 from tokengate.config import ServerConfig
 from tokengate.server import Server
 from tokengate.store.redis import RedisTokenStore
 from tokengate.web.sessions import InvalidCredential
 
-from tests.helpers import NOW, clock_at, json_body
+from tests.helpers import json_body
 from tests.redisserver import start_redis_server
 from tests.fixtures import restAPI
 
@@ -415,38 +409,6 @@ class ClusterTests(TestCase):
         await eventually(lambda: self.b.refuses(credential))
         self.assertEqual(counted(self.b.server, "received"), 2)
         self.assertNotIn(("Nope", "s1"), self.b.server.signer._streamRevoked)
-
-
-class LocalTransportTests(SynchronousTestCase):
-    def test_memoryStoreIsLocal(self):
-        server = Server.inMemory(clock=clock_at())
-        self.assertIs(type(server.revoker.transport), LocalTransport)
-        server.revoker.start()
-        self.assertEqual(self.successResultOf(server.revoker.revokeSessions("LiveApp", "s1")), 0)
-        self.assertIsNone(self.successResultOf(server.revoker.stop()))
-        self.assertEqual(server.signer._streamRevoked, {("LiveApp", "s1"): NOW})
-        self.assertIsNone(server.metrics.registry.get_sample_value(
-            "tokengate_cluster_revocations_total", {"direction": "sent"}))
-
-
-class ParseEventTests(SynchronousTestCase):
-    def test_good(self):
-        event = {"v": 1, "kind": "tokens", "app": "LiveApp", "streamId": "s/1:x",
-                 "time": 12, "origin": "abc"}
-        self.assertEqual(
-            parseEvent(json.dumps(event)),
-            Revocation(kind="tokens", app="LiveApp", streamId="s/1:x", time=12.0,
-                       origin="abc"),
-        )
-        self.assertEqual(parseEvent(json.dumps(event).encode()).kind, "tokens")
-
-    def test_bad(self):
-        for message in (None, 5, b"\xff", "x" * (MAX_EVENT_BYTES + 1), "1", "{}",
-                        '{"v":1,"kind":"tokens","app":"a","streamId":"s","time":true,'
-                        '"origin":"o"}',
-                        '{"v":1,"kind":"tokens","app":"a","streamId":"s","time":-1,'
-                        '"origin":"o"}'):
-            self.assertRaises(MalformedEvent, parseEvent, message)
 
 
 class ServiceTests(TestCase):
