@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.media.codecs import (
+    AccessUnit,
     AAC_RAW,
     AAC_SAMPLE_RATES,
     AAC_SEQUENCE_HEADER,
@@ -37,7 +38,10 @@ from tokengate.media.codecs import (
     AVCDecoderConfigurationRecord,
     aac_codec_string,
     add_emulation_prevention,
-    annexb_to_length_prefixed,
+    annexb_access_unit,
+    audio_sample,
+    video_sample,
+    UnsupportedCodec,
     asc_from_adts,
     avc_codec_string,
     build_adts,
@@ -477,6 +481,77 @@ class VideoTagTests(SynchronousTestCase):
             )
 
 
+class SampleTests(SynchronousTestCase):
+    """L{video_sample} and L{audio_sample}: tag bodies into media samples."""
+
+    def test_video(self) -> None:
+        nalu = b"\x00\x00\x00\x02\x65\x88"
+        sample = video_sample(build_video_tag(FRAME_KEY, nalu, composition_time=-40))
+        assert sample is not None
+        self.assertEqual((bytes(sample[0]), sample[1], sample[2]), (nalu, -40, True))
+        sample = video_sample(build_video_tag(FRAME_INTER, nalu, composition_time=80))
+        assert sample is not None
+        self.assertEqual(sample[1:], (80, False))
+        for nothing in (
+            build_video_tag(FRAME_KEY, b"\x01", avc_packet_type=AVC_SEQUENCE_HEADER),
+            build_video_tag(FRAME_KEY, b"", avc_packet_type=AVC_END_OF_SEQUENCE),
+            build_video_tag(FRAME_KEY, b""),
+            bytes((FRAME_INFO << 4 | CODEC_AVC, 1)),
+        ):
+            self.assertIsNone(video_sample(nothing))
+        self.assertRaises(UnsupportedCodec, video_sample, b"\x12\x01\x00\x00\x00\x00")
+        self.assertRaises(UnsupportedCodec, video_sample, b"\x97\x01\x00\x00\x00\x00")
+        self.assertRaises(MediaError, video_sample, b"\x17\x03\x00\x00\x00\x00")
+        self.assertRaises(MediaError, video_sample, b"\x17\x01\x00")
+        self.assertRaises(MediaError, video_sample, b"")
+
+    def test_audio(self) -> None:
+        sample = audio_sample(build_audio_tag(b"\x21\x10"))
+        assert sample is not None
+        self.assertEqual(bytes(sample), b"\x21\x10")
+        self.assertIsNone(audio_sample(build_audio_tag(b"\x11\x90",
+                                                       aac_packet_type=AAC_SEQUENCE_HEADER)))
+        self.assertIsNone(audio_sample(b"\xaf\x01"))
+        self.assertRaises(UnsupportedCodec, audio_sample, b"\x2f\x01\x00")
+        self.assertRaises(MediaError, audio_sample, b"\xaf\x02\x00")
+        self.assertRaises(MediaError, audio_sample, b"\xaf")
+        self.assertRaises(MediaError, audio_sample, b"")
+
+    @given(st.binary(max_size=12))
+    def test_video_agrees(self, body: bytes) -> None:
+        """Whatever the body, the sample is what the full parse says it is."""
+        try:
+            sample = video_sample(body)
+        except UnsupportedCodec:
+            tag = parse_video_tag(body)
+            self.assertTrue(tag.codec_id != CODEC_AVC or tag.is_ex_header)
+            return
+        except MediaError:
+            self.assertRaises(MediaError, parse_video_tag, body)
+            return
+        tag = parse_video_tag(body)
+        if tag.avc_packet_type == AVC_NALU and len(tag.data):
+            self.assertEqual(sample, (tag.data, tag.composition_time, tag.is_keyframe))
+        else:
+            self.assertIsNone(sample)
+
+    @given(st.binary(max_size=6))
+    def test_audio_agrees(self, body: bytes) -> None:
+        try:
+            sample = audio_sample(body)
+        except UnsupportedCodec:
+            self.assertFalse(parse_audio_tag(body).is_aac)
+            return
+        except MediaError:
+            self.assertRaises(MediaError, parse_audio_tag, body)
+            return
+        tag = parse_audio_tag(body)
+        if tag.aac_packet_type == AAC_RAW and len(tag.data):
+            self.assertEqual(sample, tag.data)
+        else:
+            self.assertIsNone(sample)
+
+
 class AudioTagTests(SynchronousTestCase):
     """L{parse_audio_tag} and L{build_audio_tag}."""
 
@@ -868,9 +943,10 @@ class NalUnitTests(SynchronousTestCase):
         from_annexb = [n for n in split_annexb(annexb) if nal_unit_type(n) not in (7, 8)]
         from_flv = [bytes(n) for frame in clip.video for n in length_prefixed_nals(frame.data)]
         self.assertEqual(from_annexb, from_flv)
+        unit = annexb_access_unit(annexb, keep_parameter_sets=True)
         self.assertEqual(
-            b"".join(bytes(n) for n in length_prefixed_nals(annexb_to_length_prefixed(annexb))),
-            b"".join(split_annexb(annexb)),
+            b"".join(bytes(n) for n in length_prefixed_nals(unit.data)),
+            b"".join(n for n in split_annexb(annexb) if nal_unit_type(n) not in (9, 12)),
         )
 
     def test_start_codes(self) -> None:
@@ -878,12 +954,13 @@ class NalUnitTests(SynchronousTestCase):
         data = b"\x00\x00\x00\x00\x01\x09\xf0\x00\x00\x01\x67\x42\x00\x00\x00\x01\x65\x88\x00\x00"
         self.assertEqual(split_annexb(data), [b"\x09\xf0", b"\x67\x42", b"\x65\x88"])
         self.assertEqual(
-            annexb_to_length_prefixed(data), b"\x00\x00\x00\x02\x67\x42\x00\x00\x00\x02\x65\x88"
+            annexb_access_unit(data, keep_parameter_sets=True),
+            AccessUnit(b"\x00\x00\x00\x02\x67\x42\x00\x00\x00\x02\x65\x88", True,
+                       (b"\x67\x42",), ()),
         )
-        self.assertEqual(len(annexb_to_length_prefixed(data, nal_filter=None)), 18)
         self.assertEqual(
-            annexb_to_length_prefixed(data, nal_filter=lambda t: t == 5),
-            b"\x00\x00\x00\x02\x65\x88",
+            annexb_access_unit(data, keep_parameter_sets=False),
+            AccessUnit(b"\x00\x00\x00\x02\x65\x88", True, (b"\x67\x42",), ()),
         )
         self.assertEqual(split_annexb(b""), [])
         self.assertEqual(split_annexb(b"\x00\x00"), [])
@@ -922,16 +999,43 @@ class NalUnitTests(SynchronousTestCase):
         nals = [nal for nal, _ in units]
         annexb = b"".join(code + nal for nal, code in units)
         self.assertEqual(split_annexb(annexb), nals)
-        prefixed = annexb_to_length_prefixed(annexb, nal_filter=None)
+        prefixed = b"".join(len(n).to_bytes(4, "big") + n for n in nals)
         self.assertEqual([bytes(n) for n in length_prefixed_nals(prefixed)], nals)
         self.assertEqual(split_annexb(length_prefixed_to_annexb(prefixed)), nals)
+
+    @given(
+        st.lists(
+            st.tuples(nal_units(), st.sampled_from([b"\x00\x00\x01", b"\x00\x00\x00\x01"])),
+            max_size=10,
+        ),
+        st.booleans(),
+        st.binary(max_size=3).map(lambda b: b"\x00" * len(b)),
+    )
+    def test_access_unit(self, units: list[tuple[bytes, bytes]], keep: bool, tail: bytes) -> None:
+        """
+        The Annex B conversion keeps exactly the NAL units it should, in
+        order and length-prefixed: never an AUD or filler data, SPS and PPS
+        only when asked, which it reports apart either way; an IDR slice
+        makes a keyframe.
+        """
+        annexb = b"".join(code + nal for nal, code in units) + tail
+        nals = [nal for nal, _ in units]
+        types = [n[0] & 0x1F for n in nals]
+        kept = [n for n, t in zip(nals, types) if t not in (9, 12) and (keep or t not in (7, 8))]
+        unit = annexb_access_unit(annexb, keep_parameter_sets=keep)
+        self.assertEqual(unit.data, b"".join(len(n).to_bytes(4, "big") + n for n in kept))
+        self.assertEqual(unit.sps, tuple(n for n, t in zip(nals, types) if t == 7))
+        self.assertEqual(unit.pps, tuple(n for n, t in zip(nals, types) if t == 8))
+        self.assertEqual(unit.keyframe, 5 in types)
+        self.assertEqual(unit.keyframe, is_keyframe_nals(length_prefixed_nals(unit.data)))
 
     @given(garbage, st.sampled_from([1, 2, 4]))
     def test_garbage(self, data: bytes, length_size: int) -> None:
         """Garbage raises only MediaError."""
         for call in (
             lambda: split_annexb(data),
-            lambda: annexb_to_length_prefixed(data),
+            lambda: annexb_access_unit(data, keep_parameter_sets=False),
+            lambda: annexb_access_unit(data, keep_parameter_sets=True),
             lambda: list(length_prefixed_nals(data, length_size)),
             lambda: is_keyframe_nals(length_prefixed_nals(data, length_size)),
         ):

@@ -378,7 +378,7 @@ class PackagerTestCase(ProbeTestCase):
         assert_close(self, first, second, delta)
 
     def segments(self, p: Packager, kind: str) -> list[Any]:
-        return list(p._track(kind).segments)  # type: ignore[union-attr]
+        return list(p.segmenter.track(kind).segments)  # type: ignore[union-attr]
 
     def write_tree(self, p: Packager, query: str = "") -> str:
         """
@@ -841,7 +841,7 @@ class LiveTests(PackagerTestCase):
         last segment on that timeline.
         """
         p = self.packager(dashDelay=5.0)  # ceil(5 / 2) + 2 = 5 segments listed
-        self.assertEqual(p._dashSegments, 5)
+        self.assertEqual(p.dashSegments, 5)
         stream = LiveStream("LiveApp", "s1", "RTMP", self.clock.seconds())
         p.attach(stream)
         for tag in play(stream, self.clock, clip_tags(av_clip())):
@@ -894,10 +894,10 @@ class LiveTests(PackagerTestCase):
         lists (and the packager holds) that much media behind the edge.
         """
         p = Packager("LiveApp", "s1", self.clock, segmentTarget=2.0)
-        self.assertEqual(p._dashSegments, 19)
-        self.assertEqual(p._keep, 22)
+        self.assertEqual(p.dashSegments, 19)
+        self.assertEqual(p.keep, 22)
         hls_only = Packager("LiveApp", "s1", self.clock, dash=False)
-        self.assertEqual(hls_only._keep, 8)
+        self.assertEqual(hls_only.keep, 8)
         self.assertRaises(ValueError, Packager, "LiveApp", "s1", self.clock, dashDelay=-1)
 
     def test_waiters(self) -> None:
@@ -915,7 +915,7 @@ class LiveTests(PackagerTestCase):
         self.failureResultOf(cancelled, CancelledError)
         fired_at: dict[str, int] = {}
         segment2.addCallback(lambda ok: fired_at.setdefault("segment2", len(self.segments(p, "video"))))
-        part.addCallback(lambda ok: fired_at.setdefault("part", len(p._audio.parts)))
+        part.addCallback(lambda ok: fired_at.setdefault("part", len(p.segmenter.audio.parts)))
         for tag in play(stream, self.clock, clip_tags(av_clip())):
             if tag.timestamp > 5000:
                 break
@@ -974,7 +974,7 @@ class BoundsTests(PackagerTestCase):
         p.attach(stream)
         for _ in play(stream, self.clock, clip_tags(av_clip())):
             held = sum(len(s.data) for kind in ("video", "audio") for s in self.segments(p, kind))
-            open_bytes = p._video.openBytes + p._audio.openBytes
+            open_bytes = p.segmenter.video.openBytes + p.segmenter.audio.openBytes
             if len(self.segments(p, "video")) > 1 and len(self.segments(p, "audio")) > 1:
                 self.assertLessEqual(held + open_bytes, 120_000)
         stream.end()

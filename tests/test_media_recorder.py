@@ -43,6 +43,8 @@ from tests.test_media_fmp4 import read_progressive, root, table_entries
 from tokengate.apps import Applications
 from tokengate.media import outputs as outputs_module
 from tokengate.media import recorder as recorder_module
+from tokengate.media.recorder import finalize as finalize_module
+from tokengate.media.recorder import journal as journal_module
 from tokengate.media.codecs import (
     AAC_RAW,
     AVC_NALU,
@@ -507,7 +509,7 @@ class DiskTests(RecorderTestCase):
         error; the samples written before it still make an MP4.
         """
         calls = []
-        original = recorder_module._write_all
+        original = journal_module._write_all
 
         def write_all(fd: int, views: list[memoryview]) -> None:
             calls.append(fd)
@@ -515,7 +517,7 @@ class DiskTests(RecorderTestCase):
                 raise OSError(errno.ENOSPC, "No space left on device")
             original(fd, views)
 
-        self.patch(recorder_module, "_write_all", write_all)
+        self.patch(journal_module, "_write_all", write_all)
         manager = self.manager(flushBytes=16 * 1024)
         stream = self.hub.publish("live", "full", "RTMP")
         recorder = manager.start(stream)
@@ -539,8 +541,8 @@ class DiskTests(RecorderTestCase):
         def no_space(*args: Any, **kwargs: Any) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        original = recorder_module.write_progressive_mp4
-        self.patch(recorder_module, "write_progressive_mp4", no_space)
+        original = finalize_module.write_progressive_mp4
+        self.patch(finalize_module, "write_progressive_mp4", no_space)
         manager = self.manager()
         stream = self.hub.publish("live", "later", "RTMP")
         recorder = manager.start(stream)
@@ -553,7 +555,7 @@ class DiskTests(RecorderTestCase):
         assert recdir is not None
         self.assertEqual(self.app_dir(), [os.path.basename(recdir)])
         self.assertEqual(sorted(os.listdir(recdir)), ["config", "index", "media.spool"])
-        self.patch(recorder_module, "write_progressive_mp4", original)
+        self.patch(finalize_module, "write_progressive_mp4", original)
         paths = await bounded(self.manager().recover())
         self.assertEqual(paths, [manager.path_for("live", "later")])
         self.assertEqual(self.app_dir(), ["later.mp4"])
@@ -714,7 +716,7 @@ class JournalTests(TestCase):
         """The config is JSON with base64 configurations; rows are fixed-size."""
         directory = self.mktemp()
         os.makedirs(directory)
-        disk = recorder_module._Disk(directory, "s", 42, 1.0)
+        disk = journal_module.JournalWriter(directory, "s", 42, 1.0)
         data = [memoryview(b"abc"), memoryview(b"defgh")]
         disk.write({"video": None, "audio": "EZA="}, data,
                    [(2, 0, 3, 10, 0, True), (2, 3, 5, 31, 0, True)], True)
@@ -728,7 +730,7 @@ class JournalTests(TestCase):
                          [(2, 0, 3, 10, 0, True), (2, 3, 5, 31, 0, True)])
         self.assertRaises(OSError, disk.write, None, data[:1], [(2, 8, 3, 50, 0, True)], False)
         # a second recording of the same id in the same millisecond
-        again = recorder_module._Disk(directory, "s", 42, 1.0)
+        again = journal_module.JournalWriter(directory, "s", 42, 1.0)
         again.write({"video": None, "audio": None}, [], [], True)
         self.assertEqual(again.dir, os.path.join(directory, "s.43.rec"))
 
@@ -954,7 +956,7 @@ class RecoveryAttemptTests(TestCase):
             calls.append(args)
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.patch(recorder_module, "write_progressive_mp4", no_space)
+        self.patch(finalize_module, "write_progressive_mp4", no_space)
         for attempt in range(1, MAX_RECOVERY_ATTEMPTS + 1):
             paths, notes = recorder_module.recover_directory(directory)
             self.assertEqual(paths, [])
@@ -973,7 +975,7 @@ class RecoveryAttemptTests(TestCase):
         self.assertEqual(len(calls), MAX_RECOVERY_ATTEMPTS)
         self.assertEqual(recorder_module.recover_directory(directory), ([], []))
 
-        self.patch(recorder_module, "write_progressive_mp4", write_progressive_mp4)
+        self.patch(finalize_module, "write_progressive_mp4", write_progressive_mp4)
         os.unlink(os.path.join(live, "stuck.1000.failed", ATTEMPTS))
         os.rename(os.path.join(live, "stuck.1000.failed"), recdir)
         paths, _ = recorder_module.recover_directory(directory)
@@ -988,7 +990,7 @@ class RecoveryAttemptTests(TestCase):
         recdir, _, _ = synthetic_recording(os.path.join(directory, "live"), "killed", 100)
         with open(os.path.join(recdir, ATTEMPTS), "w") as f:
             f.write(f"{MAX_RECOVERY_ATTEMPTS}\n")
-        self.patch(recorder_module, "finalize_recording", lambda *a, **k: self.fail("tried"))
+        self.patch(finalize_module, "finalize_recording", lambda *a, **k: self.fail("tried"))
         paths, notes = recorder_module.recover_directory(directory)
         self.assertEqual((paths, [n[0] for n in notes]), ([], ["error"]))
         self.assertFalse(os.path.exists(recdir))

@@ -47,10 +47,10 @@ from tokengate.access.sessions import (
     SessionRegistry,
 )
 from tokengate.logsafe import Logger
-from .apps import Applications
-from .metrics import Metrics
-from .store import ITokenStore, StoreUnavailable
-from .tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, Outcome, Probe, digest
+from tokengate.apps import Applications
+from tokengate.metrics import Metrics
+from tokengate.store import ITokenStore, StoreUnavailable
+from tokengate.tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, Outcome, Probe, digest
 
 
 #: what a checker answers (cred's avatar id: bytes, or () for anonymous)

@@ -46,6 +46,7 @@ __all__ = [
     "Sample",
     "init_segment",
     "media_segment",
+    "STYP",
     "SampleTable",
     "SampleSource",
     "file_reader",
@@ -424,7 +425,8 @@ def _trak(
 # ---------------------------------------------------------------------------
 
 _CMAF_FTYP = _box(b"ftyp", b"iso6", _U32.pack(0), b"iso6cmfcmp41")
-_STYP = _box(b"styp", b"msdh", _U32.pack(0), b"msdhmsix")
+#: The C{styp} box a CMAF media segment starts with.
+STYP = _box(b"styp", b"msdh", _U32.pack(0), b"msdhmsix")
 _EMPTY_TABLES = b"".join(
     (
         _full_box(b"stts", 0, 0, _U32.pack(0)),
@@ -520,7 +522,7 @@ def media_segment(
         raise MediaError(
             f"sequence number, base decode time or data offset out of range: {e}"
         ) from e
-    parts: list[Buffer] = [_STYP, head, table, mdat_head] if with_styp else [head, table, mdat_head]
+    parts: list[Buffer] = [STYP, head, table, mdat_head] if with_styp else [head, table, mdat_head]
     parts.extend(s.data for s in samples)
     return b"".join(parts)
 
@@ -857,7 +859,7 @@ def write_progressive_mp4(
         if isinstance(rows, SampleTable) or hasattr(rows, "blocks"):
             sources.append((track, rows))  # type: ignore[arg-type]
         else:
-            sources.append((track, SampleTable(rows)))  # type: ignore[arg-type]
+            sources.append((track, SampleTable(rows)))
     if len({track.track_id for track, _ in sources}) != len(sources):
         raise MediaError("track ids must be unique")
     if chunk_duration <= 0:

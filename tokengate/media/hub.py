@@ -24,7 +24,7 @@ from attrs import define, field, frozen
 from zope.interface import Interface
 
 from tokengate.logsafe import Logger
-from .codecs import (
+from tokengate.media.codecs import (
     AAC_SEQUENCE_HEADER,
     AVC_END_OF_SEQUENCE,
     AVC_SEQUENCE_HEADER,

@@ -43,7 +43,7 @@ class Outputs:
         self._packagers: dict[tuple[str, str], Any] = {}
         self._recordingsDir = os.path.join(dataDir, "streams") if dataDir else None
         if self._recordingsDir is not None:
-            from .recorder import RecordingManager
+            from tokengate.media.recorder import RecordingManager
 
             self.recordings = RecordingManager(self._recordingsDir, clock)
         self._notRecorded = metrics.counter(
@@ -83,7 +83,7 @@ class Outputs:
             key = (stream.app, stream.streamId)
             packager = self._packagers.get(key)
             if packager is None:
-                from .packager import Packager
+                from tokengate.media.packager import Packager
 
                 # hlsTime is an integer from 1 to 60 (apps.SETTINGS_FIELDS); a
                 # part never exceeds its segment

@@ -49,21 +49,18 @@ from typing import Optional, Union
 from attrs import frozen
 
 from tokengate.media.codecs import (
+    AudioSpecificConfig,
     AAC_SEQUENCE_HEADER,
     AVC_SEQUENCE_HEADER,
     FRAME_INTER,
     FRAME_KEY,
-    NAL_AUD,
-    NAL_IDR,
-    NAL_PPS,
-    NAL_SPS,
     asc_from_adts,
     build_audio_tag,
     build_avcc_from_sps_pps,
     build_video_tag,
     parse_adts,
-    split_annexb,
 )
+from tokengate.media.codecs.h264 import annexb_access_unit
 from tokengate.media.errors import MediaError
 
 __all__ = [
@@ -84,8 +81,6 @@ STREAM_TYPE_AAC_ADTS = 0x0F
 
 _SYNC = 0x47
 _SYNC_BYTE = b"\x47"
-_NAL_FILLER = 12
-_DROPPED_NALS = frozenset({NAL_AUD, NAL_SPS, NAL_PPS, _NAL_FILLER})
 _WRAP33 = 1 << 33
 _HALF33 = 1 << 32
 _U32 = struct.Struct(">I")
@@ -150,7 +145,7 @@ class _PES:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.parts: Optional[list] = None  # None: not inside a PES
+        self.parts: Optional[list[bytes]] = None  # None: not inside a PES
         self.size = 0
         self.total = -1  # 6 + PES_packet_length; 0 unbounded; -1 not known yet
 
@@ -169,10 +164,10 @@ class TSDemuxer:
         self._last_section: dict[int, bytes] = {}
         self._ref: Optional[int] = None  # unwrapped 90 kHz reference
         self._origin: Optional[int] = None
-        self._video_params: Optional[tuple] = None
-        self._sps: tuple = ()
-        self._pps: tuple = ()
-        self._audio_asc = None
+        self._video_params: Optional[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = None
+        self._sps: tuple[bytes, ...] = ()
+        self._pps: tuple[bytes, ...] = ()
+        self._audio_asc: Optional[AudioSpecificConfig] = None
         self.video_pid: Optional[int] = None
         self.audio_pid: Optional[int] = None
         self.stats = {
@@ -190,14 +185,14 @@ class TSDemuxer:
 
     # -- byte stream -------------------------------------------------------------
 
-    def feed(self, data: Union[bytes, bytearray, memoryview]) -> list:
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> list[Event]:
         """Feed bytes of the transport stream; the events they complete."""
         if not isinstance(data, bytes):
             if not isinstance(data, (bytearray, memoryview)):
                 raise MediaError(f"expected bytes, got {type(data).__name__}")
             data = bytes(data)
         buf = self._tail + data if self._tail else data
-        events: list = []
+        events: list[Event] = []
         n = len(buf)
         pos = 0
         packet = self._packet
@@ -248,9 +243,9 @@ class TSDemuxer:
         self._tail = buf[pos:]
         return events
 
-    def flush(self) -> list:
+    def flush(self) -> list[Event]:
         """End of stream: handle the last packet and emit unfinished PESes."""
-        events: list = []
+        events: list[Event] = []
         tail = self._tail
         self._tail = b""
         if len(tail) >= TS_PACKET_SIZE and tail[0] == _SYNC:
@@ -262,7 +257,7 @@ class TSDemuxer:
 
     # -- TS packets --------------------------------------------------------------
 
-    def _packet(self, buf: bytes, pos: int, events: list) -> None:
+    def _packet(self, buf: bytes, pos: int, events: list[Event]) -> None:
         self.stats["packets"] += 1
         b1 = buf[pos + 1]
         pid = (b1 & 0x1F) << 8 | buf[pos + 2]
@@ -424,21 +419,22 @@ class TSDemuxer:
         if video == audio and video is not None:
             return self._psi_error("PMT maps video and audio to one PID")
         streams = {}
-        for pid, kind in ((video, _VIDEO), (audio, _AUDIO)):
-            if pid is None:
+        for stream_pid, kind in ((video, _VIDEO), (audio, _AUDIO)):
+            if stream_pid is None:
                 continue
-            old = self._streams.get(pid)
-            streams[pid] = old if old is not None and old.kind == kind else _PES(kind)
+            old = self._streams.get(stream_pid)
+            streams[stream_pid] = old if old is not None and old.kind == kind else _PES(kind)
         self._streams = streams
         self.video_pid, self.audio_pid = video, audio
         return None
 
     # -- PES -----------------------------------------------------------------------
 
-    def _finish(self, pes: _PES, events: list) -> None:
+    def _finish(self, pes: _PES, events: list[Event]) -> None:
         parts = pes.parts
         total = pes.total
         pes.parts = None
+        assert parts is not None
         data = b"".join(parts) if len(parts) > 1 else parts[0]
         if total > 0:
             if len(data) < total:
@@ -457,7 +453,7 @@ class TSDemuxer:
         dts = self._unwrap(_timestamp(data, 14)) if pts_dts == 3 else pts
         if self._origin is None:
             self._origin = dts
-        if dts > self._ref:
+        if self._ref is None or dts > self._ref:
             self._ref = dts
         payload = data[header_end:]
         try:
@@ -482,33 +478,19 @@ class TSDemuxer:
         return ref + (((t - ref + _HALF33) % _WRAP33) - _HALF33)
 
     def _ms(self, t90: int) -> int:
-        ms = (t90 - self._origin) // 90
+        origin = self._origin
+        assert origin is not None  # set by the first PES
+        ms = (t90 - origin) // 90
         return ms if ms > 0 else 0
 
-    def _video(self, dts: int, pts: int, payload: bytes, events: list) -> None:
-        nals = split_annexb(payload)
-        sps = []
-        pps = []
-        parts = []
-        keyframe = False
-        pack = _U32.pack
-        for nal in nals:
-            t = nal[0] & 0x1F
-            if t in _DROPPED_NALS:
-                if t == NAL_SPS:
-                    sps.append(nal)
-                elif t == NAL_PPS:
-                    pps.append(nal)
-                continue
-            if t == NAL_IDR:
-                keyframe = True
-            parts.append(pack(len(nal)))
-            parts.append(nal)
+    def _video(self, dts: int, pts: int, payload: bytes, events: list[Event]) -> None:
+        unit = annexb_access_unit(payload, keep_parameter_sets=False)
+        sps, pps, keyframe = unit.sps, unit.pps, unit.keyframe
         ts = self._ms(dts)
         if sps:
-            self._sps = tuple(sps)
+            self._sps = sps
         if pps:
-            self._pps = tuple(pps)
+            self._pps = pps
         if (sps or pps) and self._sps and self._pps:
             params = (self._sps, self._pps)
             if params != self._video_params:
@@ -519,23 +501,24 @@ class TSDemuxer:
                         build_video_tag(FRAME_KEY, avcc, avc_packet_type=AVC_SEQUENCE_HEADER), ts
                     )
                 )
-        if not parts:
+        if not unit.data:
             return
         if self._video_params is None:
             self.stats["video_without_config"] += 1
             return
         cts = self._ms(pts) - ts if pts != dts else 0
         body = build_video_tag(
-            FRAME_KEY if keyframe else FRAME_INTER, b"".join(parts), composition_time=cts
+            FRAME_KEY if keyframe else FRAME_INTER, unit.data, composition_time=cts
         )
         self.stats["video_frames"] += 1
         events.append(Video(ts, body, keyframe))
 
-    def _audio(self, pts: int, payload: bytes, events: list) -> None:
+    def _audio(self, pts: int, payload: bytes, events: list[Event]) -> None:
         pos = 0
         n = len(payload)
         i = 0
         origin = self._origin
+        assert origin is not None  # set by the first PES
         while pos < n:
             header = parse_adts(payload, pos)
             end = pos + header.frame_length

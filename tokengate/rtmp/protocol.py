@@ -54,8 +54,8 @@ from tokengate.logsafe import Logger
 from tokengate.media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
 from tokengate.metrics import Metrics
 from tokengate.tokens import PLAY, PUBLISH, Outcome
-from . import amf0
-from .core import (
+from tokengate.rtmp import amf0
+from tokengate.rtmp.core import (
     DEFAULT_MAX_MESSAGE_SIZE,
     SERVER,
     AudioData,

@@ -122,19 +122,19 @@ def open_store(
     import os
 
     if spec in ("", "sqlite"):
-        from .sqlite import SQLiteTokenStore
+        from tokengate.store.sqlite import SQLiteTokenStore
 
         return SQLiteTokenStore(os.path.join(data_dir, "tokens.sqlite3"), reactor)
     if spec.startswith("sqlite:"):
-        from .sqlite import SQLiteTokenStore
+        from tokengate.store.sqlite import SQLiteTokenStore
 
         return SQLiteTokenStore(spec[len("sqlite:") :], reactor)
     if spec == "memory":
-        from .memory import MemoryTokenStore
+        from tokengate.store.memory import MemoryTokenStore
 
         return MemoryTokenStore()
     if isRedisURL(spec):
-        from .redis import RedisTokenStore
+        from tokengate.store.redis import RedisTokenStore
 
         if redis is None:
             return RedisTokenStore.fromURL(spec, reactor)

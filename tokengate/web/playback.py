@@ -752,7 +752,7 @@ class PlaybackGate:
         gone.addErrback(stop)
 
         async def run() -> None:
-            from ..media.fmp4 import _STYP
+            from tokengate.media.fmp4 import STYP as _STYP
 
             wrote = False
             index = 0

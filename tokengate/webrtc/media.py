@@ -30,8 +30,8 @@ from tokengate.media.codecs import (
     build_avcc_from_sps_pps,
     build_video_tag,
     length_prefixed_to_annexb,
-    split_annexb,
 )
+from tokengate.media.codecs.h264 import annexb_access_unit
 
 __all__ = ["UnavailableEngine", "make_engine", "AnnexBToFLV", "flv_to_annexb", "config_annexb"]
 
@@ -107,31 +107,19 @@ class AnnexBToFLV:
             parameter sets changed, then the frame (none before the first
             keyframe with SPS/PPS).
         """
-        nals = split_annexb(data)
+        unit = annexb_access_unit(data, keep_parameter_sets=True)
         out: list[tuple[int, bytes]] = []
-        sps = pps = None
-        key = False
-        keep = []
-        for nal in nals:
-            t = nal[0] & 0x1F
-            if t == 7:
-                sps = nal
-            elif t == 8:
-                pps = nal
-            elif t == 9:
-                continue
-            if t == 5:
-                key = True
-            keep.append(nal)
+        sps = unit.sps[-1] if unit.sps else None
+        pps = unit.pps[-1] if unit.pps else None
+        key = unit.keyframe
         if sps is not None and pps is not None and (sps != self.sps or pps != self.pps):
             self.sps, self.pps = sps, pps
             record = build_avcc_from_sps_pps(sps, pps)
             out.append((ms, build_video_tag(FRAME_KEY, record,
                                             avc_packet_type=AVC_SEQUENCE_HEADER)))
-        if self.sps is None or not keep:
+        if self.sps is None or not unit.data:
             return out
-        body = b"".join(len(n).to_bytes(4, "big") + n for n in keep)
-        out.append((ms, build_video_tag(FRAME_KEY if key else FRAME_INTER, body)))
+        out.append((ms, build_video_tag(FRAME_KEY if key else FRAME_INTER, unit.data)))
         return out
 
 
