@@ -20,7 +20,7 @@ from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.config import ServerConfig
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 from tokengate.web.rest import RestAPI
 
 from tests.helpers import require
@@ -57,7 +57,7 @@ class InProcessMedia:
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
                              config=ServerConfig(), dataDir=self.dataDir)
         self.server.apps.replace("LiveApp", **appSettings)
-        site = build_site(self.server)
+        site = buildSite(self.server)
         if wrapSite is not None:
             site = wrapSite(site)
         self.http = reactor.listenTCP(0, site, interface="127.0.0.1")

@@ -18,7 +18,7 @@ from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import MSG_BAD_STREAM_ID, StoredToken, new_token
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 
 from .helpers import NOW, clock_at, http_client, json_body
 from .test_rtmp_protocol import Peer
@@ -129,7 +129,7 @@ class HTTPPathTests(TestCase):
 
     async def test_invalidUtf8Paths(self) -> None:
         server = Server.inMemory(clock=reactor)
-        port = reactor.listenTCP(0, build_site(server), interface="127.0.0.1")
+        port = reactor.listenTCP(0, buildSite(server), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         base = "http://127.0.0.1:{}".format(port.getHost().port)
         http = http_client(self)

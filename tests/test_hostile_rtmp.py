@@ -423,6 +423,7 @@ class ClosingTests(_Harness, SynchronousTestCase):
         slow = _SlowTransport(peerAddress=player.transport.getPeer())
         slow.protocol = player.proto
         player.proto.transport = slow
+        player.proto._tcp = slow  # the transport it cached when connected
         player.transport = slow
         slow.registerProducer(player.proto, True)
         player.connect()

@@ -175,7 +175,7 @@ class OneReaderTests(SynchronousTestCase):
         "access/revocation.py": "revocation events of the other nodes, size-capped, "
                                 "RecursionError caught",
         "web/sessions.py": "session credentials, parsed only after their MAC is checked",
-        "media/recorder.py": "a recording's own config file",
+        "media/recorder/journal.py": "a recording's own config file",
     }
 
     def test_everyClientDocumentThroughTheReader(self) -> None:

@@ -138,13 +138,13 @@ def snapshot(transcript: Transcript, label: str, packager: Packager) -> None:
     entry of C{transcript} (the C{.m4s} resources present are counted).
     """
     out = Transcript()
-    out.add(f"{label}/multivariant", packager.hls_multivariant(QUERY))
-    out.add(f"{label}/multivariant-bare", packager.hls_multivariant())
+    out.add(f"{label}/multivariant", packager.hlsMultivariant(QUERY))
+    out.add(f"{label}/multivariant-bare", packager.hlsMultivariant())
     for kind in ("video", "audio"):
-        out.add(f"{label}/{kind}.m3u8", packager.hls_media(kind, QUERY))
+        out.add(f"{label}/{kind}.m3u8", packager.hlsMedia(kind, QUERY))
         out.add(f"{label}/{kind}-edge", repr(packager.edge(kind)))
-    out.add(f"{label}/mpd", packager.dash_mpd(QUERY, location="/x/y.mpd"))
-    out.add(f"{label}/mpd-bare", packager.dash_mpd())
+    out.add(f"{label}/mpd", packager.dashMpd(QUERY, location="/x/y.mpd"))
+    out.add(f"{label}/mpd-bare", packager.dashMpd())
     out.add(f"{label}/bandwidth", str(packager.bandwidth))
     for kind in ("video", "audio"):
         for version in range(4):

@@ -389,13 +389,13 @@ class PackagerTestCase(ProbeTestCase):
         top = os.path.abspath(self.mktemp())
         sid = p.streamId
         os.makedirs(os.path.join(top, sid))
-        multivariant = p.hls_multivariant(query)
+        multivariant = p.hlsMultivariant(query)
         assert multivariant is not None
         with open(os.path.join(top, f"{sid}.m3u8"), "w") as f:
             f.write(multivariant)
         wanted: set[str] = set()
         for kind in ("video", "audio"):
-            text = p.hls_media(kind, query)
+            text = p.hlsMedia(kind, query)
             if text is None:
                 continue
             with open(os.path.join(top, sid, f"{kind}.m3u8"), "w") as f:
@@ -406,7 +406,7 @@ class PackagerTestCase(ProbeTestCase):
                     wanted.add(s.uri)
                 wanted.update(part[1] for part in s.parts)
             wanted.update(playlist.maps)
-        mpd = p.dash_mpd(query)
+        mpd = p.dashMpd(query)
         assert mpd is not None
         with open(os.path.join(top, sid, f"{sid}.mpd"), "w") as f:
             f.write(mpd)
@@ -583,7 +583,7 @@ class SegmentTests(PackagerTestCase):
 
     def test_finished_playlists(self) -> None:
         for kind in ("video", "audio"):
-            text = self.p.hls_media(kind, "s=abc")
+            text = self.p.hlsMedia(kind, "s=abc")
             assert text is not None
             playlist = parse_media(self, text, kind, "s=abc")
             self.assertTrue(playlist.ended)
@@ -609,7 +609,7 @@ class SegmentTests(PackagerTestCase):
                 self.assertTrue(s.parts[0][2])
 
     def test_multivariant(self) -> None:
-        text = self.p.hls_multivariant("s=abc")
+        text = self.p.hlsMultivariant("s=abc")
         assert text is not None
         parsed = parse_multivariant(self, text, "s=abc")
         (variant,) = parsed["variants"]
@@ -629,7 +629,7 @@ class SegmentTests(PackagerTestCase):
         self.assertLessEqual(int(variant["AVERAGE-BANDWIDTH"]), int(variant["BANDWIDTH"]))
 
     def test_static_mpd(self) -> None:
-        text = self.p.dash_mpd("s=a&b", location="https://example.test/x.mpd?s=a&b")
+        text = self.p.dashMpd("s=a&b", location="https://example.test/x.mpd?s=a&b")
         assert text is not None
         mpd = parse_mpd(self, text, "s=a&b")
         self.assertEqual(mpd.get("type"), "static")
@@ -685,9 +685,9 @@ class SegmentTests(PackagerTestCase):
         self.p.close()
         self.assertIsNone(self.p.segment("video", 1))
         self.assertIsNone(self.p.init("video"))
-        self.assertIsNone(self.p.hls_media("video", ""))
-        self.assertIsNone(self.p.hls_multivariant(""))
-        self.assertIsNone(self.p.dash_mpd(""))
+        self.assertIsNone(self.p.hlsMedia("video", ""))
+        self.assertIsNone(self.p.hlsMultivariant(""))
+        self.assertIsNone(self.p.dashMpd(""))
         self.assertFalse(self.p.hasVideo)
         self.assertTrue(self.p.ended)
 
@@ -697,9 +697,9 @@ class LiveTests(PackagerTestCase):
 
     def test_nothing_yet(self) -> None:
         p = self.packager()
-        self.assertIsNone(p.hls_multivariant(""))
-        self.assertIsNone(p.hls_media("video", ""))
-        self.assertIsNone(p.dash_mpd(""))
+        self.assertIsNone(p.hlsMultivariant(""))
+        self.assertIsNone(p.hlsMedia("video", ""))
+        self.assertIsNone(p.dashMpd(""))
         stream = LiveStream("LiveApp", "s1", "RTMP", self.clock.seconds())
         p.attach(stream)
         tags = clip_tags(av_clip())
@@ -709,9 +709,9 @@ class LiveTests(PackagerTestCase):
                 break
         # Parts exist, but no complete segment yet.
         self.assertIsNotNone(p.part("video", 1, 0))
-        self.assertIsNone(p.hls_multivariant(""))
-        self.assertIsNone(p.hls_media("audio", ""))
-        self.assertIsNone(p.dash_mpd(""))
+        self.assertIsNone(p.hlsMultivariant(""))
+        self.assertIsNone(p.hlsMedia("audio", ""))
+        self.assertIsNone(p.dashMpd(""))
         self.assertFalse(p.ended)
         self.assertEqual(p.lastActivity, self.clock.seconds())
 
@@ -735,7 +735,7 @@ class LiveTests(PackagerTestCase):
             self.assertLessEqual(len(video), 4)
             self.assertEqual(video[0].msn, max(1, last - 3))
             self.assertIsNone(p.segment("video", last - 4))
-            text = p.hls_media("video", "s=abc")
+            text = p.hlsMedia("video", "s=abc")
             assert text is not None
             playlist = parse_media(self, text, "video", "s=abc")
             self.assertEqual(playlist.sequence, max(1, last - 2))
@@ -747,7 +747,7 @@ class LiveTests(PackagerTestCase):
             # The live edge: the next segment has started.
             self.assertEqual(playlist.preload, f"video/{last + 1}.{len(playlist.open_parts)}.m4s")
             audio_edge = p.edge("audio")
-            if p.hls_media("audio", "") is None:
+            if p.hlsMedia("audio", "") is None:
                 self.assertEqual(playlist.reports, [])
             else:
                 assert audio_edge is not None
@@ -758,7 +758,7 @@ class LiveTests(PackagerTestCase):
             checks += 1
         self.assertGreaterEqual(checks, 6)
         # Mid-segment: the open parts, then a hint for the next one.
-        text = p.hls_media("audio", "s=abc")
+        text = p.hlsMedia("audio", "s=abc")
         assert text is not None
         playlist = parse_media(self, text, "audio", "s=abc")
         self.assertTrue(playlist.open_parts)
@@ -766,7 +766,7 @@ class LiveTests(PackagerTestCase):
         self.assertEqual(playlist.open_parts[-1][1], f"audio/{msn}.{part}.m4s")
         self.assertEqual(playlist.preload, f"audio/{msn}.{part + 1}.m4s")
         stream.end()
-        text = p.hls_media("video", "s=abc")
+        text = p.hlsMedia("video", "s=abc")
         assert text is not None
         playlist = parse_media(self, text, "video", "s=abc")
         self.assertTrue(playlist.ended)
@@ -781,7 +781,7 @@ class LiveTests(PackagerTestCase):
         for tag in play(stream, self.clock, clip_tags(av_clip())):
             if tag.timestamp > 6500:
                 break
-        text = p.dash_mpd("s=abc", utcTiming="https://example.test/time")
+        text = p.dashMpd("s=abc", utcTiming="https://example.test/time")
         assert text is not None
         mpd = parse_mpd(self, text, "s=abc")
         self.assertEqual(mpd.get("type"), "dynamic")
@@ -847,13 +847,13 @@ class LiveTests(PackagerTestCase):
         for tag in play(stream, self.clock, clip_tags(av_clip())):
             if tag.timestamp > 5500:
                 break
-        live_text = p.dash_mpd("")
+        live_text = p.dashMpd("")
         assert live_text is not None
         self.assertEqual(seconds(parse_mpd(self, live_text, "").get("suggestedPresentationDelay", "")), 6.0)
         live = self.mpdSegments(live_text)
         self.assertIn(("video", 1), live)
         stream.end()
-        ended_text = p.dash_mpd("")
+        ended_text = p.dashMpd("")
         assert ended_text is not None
         mpd = parse_mpd(self, ended_text, "")
         self.assertEqual(mpd.get("type"), "static")
@@ -878,10 +878,10 @@ class LiveTests(PackagerTestCase):
         audio = self.segments(p, "audio")[0]
         video = self.segments(p, "video")[0]
         self.assertLess(audio.start / 48000, video.start / 90000)  # the case at hand
-        for text in (p.dash_mpd(""), None):
+        for text in (p.dashMpd(""), None):
             if text is None:
                 p.streamEnded()
-                text = p.dash_mpd("")
+                text = p.dashMpd("")
             assert text is not None
             listed = self.mpdSegments(text)  # checks t >= presentationTimeOffset
             start, pto, t, _ = listed[("audio", 1)]
@@ -982,7 +982,7 @@ class BoundsTests(PackagerTestCase):
         self.assertLess(len(video), 8)
         self.assertEqual(video[-1].msn, 8)
         self.assertIsNone(p.segment("video", 1))
-        text = p.hls_media("video", "")
+        text = p.hlsMedia("video", "")
         assert text is not None
         playlist = parse_media(self, text, "video", "")
         self.assertEqual(playlist.sequence, video[0].msn)
@@ -992,7 +992,7 @@ class BoundsTests(PackagerTestCase):
         publish(p, self.clock, av_clip())
         for kind in ("video", "audio"):
             self.assertEqual([s.msn for s in self.segments(p, kind)], [6, 7, 8])
-            text = p.hls_media(kind, "")
+            text = p.hlsMedia(kind, "")
             assert text is not None
             playlist = parse_media(self, text, kind, "")
             self.assertEqual([s.msn for s in playlist.segments], [7, 8])
@@ -1007,8 +1007,8 @@ class SingleTrackTests(PackagerTestCase):
         self.assertTrue(p.hasVideo)
         self.assertFalse(p.hasAudio)
         self.assertEqual([s.duration for s in self.segments(p, "video")], [180000] * 3)
-        self.assertIsNone(p.hls_media("audio", ""))
-        text = p.hls_multivariant("")
+        self.assertIsNone(p.hlsMedia("audio", ""))
+        text = p.hlsMultivariant("")
         assert text is not None
         parsed = parse_multivariant(self, text, "")
         self.assertEqual(parsed["media"], [])
@@ -1016,7 +1016,7 @@ class SingleTrackTests(PackagerTestCase):
         self.assertRegex(variant["CODECS"], r"^avc1\.[0-9a-f]{6}$")
         self.assertNotIn("AUDIO", variant)
         self.assertEqual(variant["URI"], "s1/video.m3u8")
-        text = p.hls_media("video", "")
+        text = p.hlsMedia("video", "")
         assert text is not None
         self.assertEqual(parse_media(self, text, "video", "").reports, [])
         top = self.write_tree(p)
@@ -1035,7 +1035,7 @@ class SingleTrackTests(PackagerTestCase):
         self.assertEqual([s.msn for s in audio], [1, 2, 3])
         for s in audio[:-1]:
             self.assertTrue(2.0 <= s.duration / 48000 < 2.0 + 1024 / 48000)
-        text = p.hls_multivariant("q=1")
+        text = p.hlsMultivariant("q=1")
         assert text is not None
         parsed = parse_multivariant(self, text, "q=1")
         (variant,) = parsed["variants"]
@@ -1133,7 +1133,7 @@ class RepublishTests(PackagerTestCase):
         for tag in play(stream, self.clock, clip_tags(av_clip())):
             pass
         for kind in ("video", "audio"):
-            text = p.hls_media(kind, "s=1")
+            text = p.hlsMedia(kind, "s=1")
             assert text is not None
             playlist = parse_media(self, text, kind, "s=1")
             self.assertFalse(playlist.ended)
@@ -1145,7 +1145,7 @@ class RepublishTests(PackagerTestCase):
             assert first.date is not None
             self.assertClose(first.date.timestamp(), restart + 0.08, delta=0.03)
         stream.end()
-        text = p.dash_mpd("")
+        text = p.dashMpd("")
         assert text is not None
         mpd = parse_mpd(self, text, "")
         periods = mpd.findall(MPD_NS + "Period")
@@ -1174,7 +1174,7 @@ class RepublishTests(PackagerTestCase):
         old = p.init("video")
         self.clock.advance(2)
         publish(p, self.clock, small_clip())
-        text = p.hls_media("video", "s=1")
+        text = p.hlsMedia("video", "s=1")
         assert text is not None
         playlist = parse_media(self, text, "video", "s=1")
         self.assertEqual(playlist.maps, ["video/init.mp4", "video/init-1.mp4"])
@@ -1187,14 +1187,14 @@ class RepublishTests(PackagerTestCase):
         self.assertNotEqual(new, old)
         self.assertEqual(p.init("video"), new)
         # Audio did not change.
-        text = p.hls_media("audio", "s=1")
+        text = p.hlsMedia("audio", "s=1")
         assert text is not None
         self.assertEqual(parse_media(self, text, "audio", "s=1").maps, ["audio/init.mp4"])
         assert new is not None
         segments = [p.segment("video", 5) or b"", p.segment("video", 6) or b""]
         info = self.probe(self.write("v.mp4", new, *segments))
         self.assertEqual(info["streams"][0]["width"], 160)
-        text = p.dash_mpd("")
+        text = p.dashMpd("")
         assert text is not None
         mpd = parse_mpd(self, text, "")
         inits = [t.get("initialization") for t in mpd.iter(MPD_NS + "SegmentTemplate")]
@@ -1218,7 +1218,7 @@ class RepublishTests(PackagerTestCase):
                 break
         query = "s=a.b_c-d~e&t=%2F"
         for kind in ("video", "audio"):
-            text = p.hls_media(kind, query)
+            text = p.hlsMedia(kind, query)
             assert text is not None
             parse_media(self, text, kind, query)
             uris = re.findall(r'URI="([^"]*)"', text)
@@ -1226,18 +1226,18 @@ class RepublishTests(PackagerTestCase):
             self.assertTrue(uris)
             for uri in uris:
                 check_uri(self, uri, query)
-        text = p.hls_multivariant(query)
+        text = p.hlsMultivariant(query)
         assert text is not None
         parse_multivariant(self, text, query)
-        text = p.dash_mpd(query)
+        text = p.dashMpd(query)
         assert text is not None
         parse_mpd(self, text, query)
         # An empty query adds nothing.
-        for text in (p.hls_media("video", ""), p.hls_multivariant(""), p.dash_mpd("")):
+        for text in (p.hlsMedia("video", ""), p.hlsMultivariant(""), p.dashMpd("")):
             assert text is not None
             self.assertNotIn("?", text.replace('<?xml version="1.0" encoding="UTF-8"?>', ""))
         # Characters that would break a document are encoded.
-        text = p.hls_media("video", 's="x"\n')
+        text = p.hlsMedia("video", 's="x"\n')
         assert text is not None
         self.assertIn("?s=%22x%22%0A", text)
         self.assertNotIn('"x"', text)
@@ -1280,12 +1280,12 @@ class LeaderTests(PackagerTestCase):
         for v in after:
             a = next(s for s in audio if s.msn == v.msn)
             self.assertClose(a.start / 48000, v.start / 90000, delta=512 / 48000)
-        text = p.hls_media("video", "")
+        text = p.hlsMedia("video", "")
         assert text is not None
         playlist = parse_media(self, text, "video", "")
         self.assertEqual([s.msn for s in playlist.segments if s.gap], gaps)
         self.assertEqual(p.resource("video", f"{gaps[0]}.m4s"), None)
-        text = p.dash_mpd("")
+        text = p.dashMpd("")
         assert text is not None
         parse_mpd(self, text, "")
         # The video around the pause still decodes.
@@ -1356,12 +1356,12 @@ class AttachTests(PackagerTestCase):
     def test_formats_disabled(self) -> None:
         p = self.packager(hls=False)
         publish(p, self.clock, audio_clip())
-        self.assertIsNone(p.hls_multivariant(""))
-        self.assertIsNone(p.hls_media("audio", ""))
-        self.assertIsNotNone(p.dash_mpd(""))
+        self.assertIsNone(p.hlsMultivariant(""))
+        self.assertIsNone(p.hlsMedia("audio", ""))
+        self.assertIsNotNone(p.dashMpd(""))
         p = self.packager(dash=False)
         publish(p, self.clock, audio_clip())
-        self.assertIsNone(p.dash_mpd(""))
-        self.assertIsNotNone(p.hls_media("audio", ""))
+        self.assertIsNone(p.dashMpd(""))
+        self.assertIsNotNone(p.hlsMedia("audio", ""))
         self.assertRaises(ValueError, self.packager, partTarget=3.0)
         self.assertRaises(ValueError, self.packager, windowSegments=0)

@@ -226,7 +226,7 @@ class RecordingTests(RecorderTestCase):
         self.assertEqual(os.path.basename(recdir), f"show.{recorder.started}.rec")
         stream.end()
         path = await bounded(recorder.whenFinished())
-        self.assertEqual(path, manager.path_for("live", "show"))
+        self.assertEqual(path, manager.pathFor("live", "show"))
         self.assertEqual(path, os.path.join(self.directory, "live", "show.mp4"))
         self.assertFalse(manager.active("live", "show"))
         self.assertEqual(self.app_dir(), ["show.mp4"])
@@ -383,7 +383,7 @@ class RecordingTests(RecorderTestCase):
         await feed(stream, [t for t in clip6() if t[1] < 2000])
         await bounded(manager.close())
         self.assertNotIn(recorder, stream.subscribers)
-        self.assertEqual(recorder.result, manager.path_for("live", "shutdown"))
+        self.assertEqual(recorder.result, manager.pathFor("live", "shutdown"))
         assert recorder.result is not None
         info = self.probe(recorder.result)
         self.assertEqual(self.streams(info)["video"]["nb_read_frames"], "50")
@@ -394,15 +394,15 @@ class RecordingTests(RecorderTestCase):
         """Application and stream names that could escape the directory are refused."""
         manager = RecordingManager(self.directory, reactor)
         self.assertEqual(
-            manager.path_for("live", "Cam_1.hd-2"),
+            manager.pathFor("live", "Cam_1.hd-2"),
             os.path.join(self.directory, "live", "Cam_1.hd-2.mp4"),
         )
         bad = ["", ".", "..", "../x", "a/b", "a\\b", "x..y", ".hidden", "a b", "x\x00",
                "caf\u00e9", "x" * 201, "/abs"]
         for name in bad:
             self.assertFalse(valid_name(name), name)
-            self.assertRaises(ValueError, manager.path_for, "live", name)
-            self.assertRaises(ValueError, manager.path_for, name, "s")
+            self.assertRaises(ValueError, manager.pathFor, "live", name)
+            self.assertRaises(ValueError, manager.pathFor, name, "s")
         stream = self.hub.publish("..", "s", "RTMP")
         self.assertRaises(RecordingRefused, manager.start, stream)
         self.assertRaises(ValueError, manager.start, stream)
@@ -557,7 +557,7 @@ class DiskTests(RecorderTestCase):
         self.assertEqual(sorted(os.listdir(recdir)), ["config", "index", "media.spool"])
         self.patch(finalize_module, "write_progressive_mp4", original)
         paths = await bounded(self.manager().recover())
-        self.assertEqual(paths, [manager.path_for("live", "later")])
+        self.assertEqual(paths, [manager.pathFor("live", "later")])
         self.assertEqual(self.app_dir(), ["later.mp4"])
         self.assertEqual(self.streams(self.probe(paths[0]))["video"]["nb_read_frames"], "150")
 

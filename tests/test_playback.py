@@ -19,7 +19,7 @@ from tokengate.config import ServerConfig
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import StoredToken, new_token
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 
 from .helpers import http_client, require
 from tests.fixtures import test_clip
@@ -63,7 +63,7 @@ class PlaybackBase(TestCase):
                              config=ServerConfig(), dataDir=self.dataDir)
         self.server.apps.replace("LiveApp", playTokenControlEnabled=self.tokenControl,
                                  dashMuxingEnabled=True, mp4MuxingEnabled=True)
-        self.site = build_site(self.server)
+        self.site = buildSite(self.server)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.addCleanup(self.server.outputs.close)

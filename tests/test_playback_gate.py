@@ -19,7 +19,7 @@ from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import StoredToken, new_token
 from tokengate.web.playback import PlaybackResource
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 from tokengate.web.sessions import InvalidCredential, cookie_name
 
 from .helpers import NOW, clock_at
@@ -46,7 +46,7 @@ class Harness(SynchronousTestCase):
                              clock=self.clock, throttle=self.throttle)
         self.server.apps.replace("LiveApp", playTokenControlEnabled=self.tokenControl,
                                  dashMuxingEnabled=True, mp4MuxingEnabled=True)
-        site = build_site(self.server)
+        site = buildSite(self.server)
         self.root = site.resource
         self.http = StubTreq(self.root)
         # RTMP in memory beside it (tests.test_rtmp_protocol's Peer)

@@ -7,7 +7,7 @@ from twisted.trial.unittest import TestCase, SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from tokengate.server import Server
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 from tokengate.web.site import redact_uri, redacting_log_formatter
 
 from .helpers import http_client
@@ -35,7 +35,7 @@ class SiteTests(TestCase):
     def setUp(self):
         self.server = Server.inMemory(clock=reactor)
         self.server.config.maxBodySize = 1000
-        self.port = reactor.listenTCP(0, build_site(self.server), interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, buildSite(self.server), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.base = "http://127.0.0.1:{}".format(self.port.getHost().port)
         self.http = http_client(self)

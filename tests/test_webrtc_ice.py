@@ -22,7 +22,7 @@ from tokengate.config import ServerConfig
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tap import Options, makeService
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 from tokengate.webrtc.ice import (
     IceConfigError,
     IceServers,
@@ -294,7 +294,7 @@ class SignallingReply(TestCase):
                             config=ServerConfig(iceServers=parse_uris(URIS), turnSecret=SECRET,
                                                 turnCredentialTtl=3600,
                                                 iceTransportPolicy="relay"))
-            site = build_site(server)
+            site = buildSite(server)
             port = reactor.listenTCP(0, site, interface="127.0.0.1")
             self.addCleanup(port.stopListening)
             c = await WS("ws://127.0.0.1:{}/LiveApp/websocket".format(port.getHost().port)).open()

@@ -24,7 +24,7 @@ from tokengate.apps import Applications
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, digest, new_token
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 from tokengate.webrtc import signalling
 
 
@@ -125,7 +125,7 @@ class SignallingBase(TestCase):
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
                                  playTokenControlEnabled=True)
-        self.site = build_site(self.server)
+        self.site = buildSite(self.server)
         self.pages = self.site.resource._webrtc
         self.engine = FakeEngine()
         self.pages.factory.engine = self.engine
@@ -420,7 +420,7 @@ class NoMedia(TestCase):
     async def test_not_initialized(self) -> None:
         server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
         server.apps.replace("LiveApp", publishTokenControlEnabled=True)
-        site = build_site(server)
+        site = buildSite(server)
         self.assertFalse(site.resource._webrtc.engine.available)
         self.assertIn("asyncio", site.resource._webrtc.engine.reason)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")

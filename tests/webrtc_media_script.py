@@ -44,7 +44,7 @@ from tokengate.rtmp.protocol import RTMPFactory  # noqa: E402
 from tokengate.server import Server  # noqa: E402
 from tokengate.store.memory import MemoryTokenStore  # noqa: E402
 from tokengate.tokens import StoredToken, new_token  # noqa: E402
-from tokengate.web.resource import build_site  # noqa: E402
+from tokengate.server import buildSite  # noqa: E402
 
 
 class Client(WebSocketClientProtocol):
@@ -252,7 +252,7 @@ def make_server():
     server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
     server.apps.replace("LiveApp", publishTokenControlEnabled=True,
                         playTokenControlEnabled=True)
-    http = reactor.listenTCP(0, build_site(server), interface="127.0.0.1")
+    http = reactor.listenTCP(0, buildSite(server), interface="127.0.0.1")
     rtmp = reactor.listenTCP(0, RTMPFactory(server.access, server.clock, server.metrics), interface="127.0.0.1")
     ENGINES[id(server)] = http.factory.resource._webrtc.engine  # for the tests' checks
     return server, http, rtmp

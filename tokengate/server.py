@@ -33,6 +33,7 @@ from tokengate.access.service import AccessService
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
 from tokengate.config import ServerConfig
+from tokengate.logsafe import Logger
 from tokengate.media.hub import Hub
 from tokengate.media.outputs import Outputs
 from tokengate.metrics import Metrics
@@ -42,6 +43,9 @@ from tokengate.web.sessions import SessionSigner, load_or_create_secret
 
 if TYPE_CHECKING:
     from tokengate.redisclient import RedisClient
+    from tokengate.web.site import TokengateSite
+
+_log = Logger()
 
 
 @define
@@ -133,3 +137,44 @@ class Server:
 
             clock = cast(IReactorTime, reactor)
         return cls(apps=Applications(None), store=MemoryTokenStore(), clock=clock, **kw)
+
+
+def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
+    """
+    The HTTP site of a node: the REST API, HTTP playback, the WebSocket
+    signalling and the pages, each given its collaborators from the graph.
+
+    @param engine: the WebRTC media engine; by default the one
+        L{tokengate.webrtc.media.make_engine} makes for the running reactor.
+    """
+    from twisted.internet import reactor
+
+    from tokengate.web.playback import PlaybackGate
+    from tokengate.web.resource import Root
+    from tokengate.web.rest import RestAPI
+    from tokengate.web.site import TokengateSite
+    from tokengate.webrtc.ice import IceServers
+    from tokengate.webrtc.media import make_engine
+    from tokengate.webrtc.pages import WebRTCPages
+    from tokengate.webrtc.signalling import SignallingFactory
+
+    config = server.config
+    api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
+                  server.clock, server.metrics, config)
+    playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
+                            server.outputs, server.httpSessions)
+    if engine is None:
+        engine = make_engine(reactor, config, server.metrics)
+    ice = IceServers.fromConfig(config)
+    if ice.uris:
+        _log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
+    own = [s["urls"] for s in config.serverIceServers]
+    if own:
+        _log.info("The server's WebRTC peer connections use ICE servers {uris}",
+                  uris=", ".join(map(str, own)))
+    signalling = SignallingFactory(server.access, server.clock, server.metrics, server.hub,
+                                   engine, ice=ice)
+    webrtc = WebRTCPages(server.apps, signalling, engine)
+    root = Root(server.apps, server.clock, api.resource(), playback, webrtc)
+    return TokengateSite(root, maxBodySize=config.maxBodySize, metrics=server.metrics,
+                         requestTimeout=config.requestTimeout)

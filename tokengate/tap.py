@@ -355,7 +355,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     from tokengate.config import ServerConfig
     from tokengate.server import Server
     from tokengate.store import open_redis, open_store
-    from tokengate.web.resource import build_site
+    from tokengate.server import buildSite
 
     dataDir = options["data-dir"]
     os.makedirs(dataDir, exist_ok=True)
@@ -396,7 +396,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         redis=redis,
     )
     top = TokengateService(server)
-    site = build_site(server)
+    site = buildSite(server)
     perAddress = server.config.maxConnectionsPerAddress
     listener("HTTP", options["http"], site, reactor,
              addressLimit(perAddress, server.metrics, "http")).setServiceParent(top)

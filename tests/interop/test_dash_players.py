@@ -89,7 +89,7 @@ class DashPlayers(procs.ClientsMixin, InProcessMedia, TestCase):
     async def segments(self, streamId: str, count: int = 2) -> None:
         def ready():
             p = self.server.outputs.packager("LiveApp", streamId)
-            return p is not None and p.dash_mpd("") is not None \
+            return p is not None and p.dashMpd("") is not None \
                 and (p.edge("video") or (0, 0))[0] >= count
         await self.waitFor(ready, 40, "segments of " + streamId)
 

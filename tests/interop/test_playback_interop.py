@@ -45,7 +45,7 @@ class LiveServer(procs.ClientsMixin, InProcessMedia, TestCase):
     async def waitPlaylist(self, streamId="s1"):
         def ready():
             p = self.server.outputs.packager("LiveApp", streamId)
-            return p is not None and p.hls_multivariant("") is not None \
+            return p is not None and p.hlsMultivariant("") is not None \
                 and (p.edge("video") or (0, 0))[0] >= 2
         await self.waitFor(ready, 30, "the first segments")
 

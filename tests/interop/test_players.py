@@ -230,7 +230,7 @@ class PlayersBase(procs.ClientsMixin, InProcessMedia):
     async def waitSegments(self, streamId: str = "s1", count: int = 2) -> None:
         def ready() -> bool:
             p = self.server.outputs.packager("LiveApp", streamId)
-            return p is not None and p.hls_multivariant("") is not None \
+            return p is not None and p.hlsMultivariant("") is not None \
                 and (p.edge("video") or (0, 0))[0] >= count
         await self.waitFor(ready, 30, "the first segments")
 

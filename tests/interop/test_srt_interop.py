@@ -23,7 +23,7 @@ from tokengate.server import Server
 from tokengate.srt.errors import REJX_UNAUTHORIZED
 from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.web.resource import build_site
+from tokengate.server import buildSite
 
 from tests import procs
 from tests.fixtures import frames, test_clip
@@ -287,7 +287,7 @@ class GStreamerCallerTests(SRTInterop):
         require("gst-launch-1.0")
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
                                  hlsMuxingEnabled=True)
-        self.http = reactor.listenTCP(0, build_site(self.server), interface="127.0.0.1")
+        self.http = reactor.listenTCP(0, buildSite(self.server), interface="127.0.0.1")
         self.addCleanup(self.server.outputs.close)
         self.addCleanup(self.http.stopListening)
         self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)

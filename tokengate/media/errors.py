@@ -12,5 +12,5 @@ class MediaError(ValueError):
     Malformed, truncated or unsupported media input.
 
     Every parser and builder in :mod:`tokengate.media` raises only this for
-    bad input, so callers handling untrusted streams need one ``except``.
+    bad input, so callers handling untrusted streams need one C{except}.
     """

@@ -3,17 +3,17 @@
 ISO BMFF writing: CMAF fragmented MP4 for live HLS/DASH, and progressive
 (faststart) MP4 for recordings.
 
-Pure code, no I/O beyond the ``write``/``read`` callables a recording is
+Pure code, no I/O beyond the C{write}/C{read} callables a recording is
 given.  Video and audio are always separate tracks, each with its own init
 segment and its own fragments, as HLS and DASH need for separate renditions.
 
-* :func:`init_segment` -- ``ftyp`` + ``moov`` for one :class:`Track`;
-* :func:`media_segment` -- ``[styp] moof mdat`` for a run of
+* :func:`init_segment` -- C{ftyp} + C{moov} for one :class:`Track`;
+* :func:`media_segment` -- C{[styp] moof mdat} for a run of
   :class:`Sample` objects: a whole segment, or an LL-HLS part (without
-  ``styp``).  It runs per fragment for every stream, so it packs its fixed
-  header with one ``struct`` call, every trun entry with another, and joins
+  C{styp}).  It runs per fragment for every stream, so it packs its fixed
+  header with one C{struct} call, every trun entry with another, and joins
   the output once;
-* :func:`write_progressive_mp4` -- ``ftyp`` + ``moov`` + ``mdat`` with the
+* :func:`write_progressive_mp4` -- C{ftyp} + C{moov} + C{mdat} with the
   moov first, streaming the mdat from a byte source (see there).
 
 Layouts follow ISO/IEC 14496-12 and 14496-14, the CMAF brand constraints of
@@ -119,9 +119,9 @@ class Track:
     """
     One track of one rendition.
 
-    ``codec`` is the sample entry type: ``avc1`` (``config`` is the avcC
-    record), ``mp4a`` (``config`` is the AudioSpecificConfig) or ``Opus``
-    (``config`` is the dOps payload).  Use the :meth:`video_avc`,
+    C{codec} is the sample entry type: C{avc1} (C{config} is the avcC
+    record), C{mp4a} (C{config} is the AudioSpecificConfig) or C{Opus}
+    (C{config} is the dOps payload).  Use the :meth:`video_avc`,
     :meth:`audio_aac` and :meth:`audio_opus` constructors, which fill the
     rest in from the configuration.
     """
@@ -227,7 +227,7 @@ class Track:
 
     @property
     def codec_string(self) -> str:
-        """The RFC 6381 codec string for HLS ``CODECS`` and DASH ``@codecs``."""
+        """The RFC 6381 codec string for HLS C{CODECS} and DASH C{@codecs}."""
         if self.codec == "avc1":
             return AVCDecoderConfigurationRecord.parse(self.config).codec_string
         if self.codec == "mp4a":
@@ -239,7 +239,7 @@ class Track:
 class Sample:
     """
     One access unit: length-prefixed NAL units for video, a raw AAC (or
-    Opus) frame for audio.  Times are in the track timescale; ``cts_offset``
+    Opus) frame for audio.  Times are in the track timescale; C{cts_offset}
     is PTS - DTS and may be negative.
     """
 
@@ -461,10 +461,10 @@ def media_segment(
     track: Track, sequence_number: int, samples: Sequence[Sample], with_styp: bool = True
 ) -> bytes:
     """
-    One CMAF fragment for *track*: ``[styp] moof mdat``.
+    One CMAF fragment for *track*: C{[styp] moof mdat}.
 
-    ``tfdt`` is the first sample's DTS; each sample then lasts its
-    ``duration``.  The trun has version 1 (signed composition offsets) and
+    C{tfdt} is the first sample's DTS; each sample then lasts its
+    C{duration}.  The trun has version 1 (signed composition offsets) and
     carries per-sample duration, size, flags and, unless every offset is
     zero, composition offset.  Without *with_styp* the result is an LL-HLS
     part (or a DASH chunk).
@@ -538,8 +538,8 @@ class SampleTable:
     sample, so an hour of 30 fps video plus AAC is about 15 MB).
 
     Each row locates the sample's bytes in the recording's byte source
-    (``offset``, ``size``) and times it in the track timescale (``dts``,
-    ``duration``, ``cts_offset`` = PTS - DTS); ``is_sync`` marks key frames.
+    (C{offset}, C{size}) and times it in the track timescale (C{dts},
+    C{duration}, C{cts_offset} = PTS - DTS); C{is_sync} marks key frames.
 
     A table is also a :class:`SampleSource` of one block.
     """
@@ -567,7 +567,7 @@ class SampleTable:
         sync: "array[int]",
     ) -> SampleTable:
         """
-        A table of these columns (``q`` arrays, and ``B`` for ``sync``, all
+        A table of these columns (C{q} arrays, and C{B} for C{sync}, all
         of one length; used as they are, not copied).
         """
         n = len(sync)
@@ -614,7 +614,7 @@ class SampleTable:
 class SampleSource(Protocol):
     """
     The samples of one track, for tables too long to hold in memory:
-    ``len()`` counts them, and every call of ``blocks()`` yields them again
+    C{len()} counts them, and every call of C{blocks()} yields them again
     from the first, in decode order, as consecutive :class:`SampleTable`
     blocks.  :func:`write_progressive_mp4` holds a few blocks at a time, so
     its memory is bounded by the block size, not by the number of samples.
@@ -830,16 +830,16 @@ def write_progressive_mp4(
 ) -> int:
     """
     Write a progressive MP4 -- ftyp, moov, then mdat (faststart) -- to
-    *out* (anything with ``write``), returning the bytes written.
+    *out* (anything with C{write}), returning the bytes written.
 
     The design keeps a long recording out of memory: while recording, append
     each sample's bytes to a spool (a file, in any order and interleaving)
     and its row to a :class:`SampleTable` per track, or to anything that is
     a :class:`SampleSource` (a table kept on disk, read back in blocks), or
-    pass any iterable of ``(offset, size, dts, duration, cts_offset,
-    is_sync)`` rows.  This function lays the samples out in chunks of about
+    pass any iterable of C{(offset, size, dts, duration, cts_offset,
+    is_sync)} rows.  This function lays the samples out in chunks of about
     *chunk_duration* seconds, interleaved by time, writes the moov from the
-    tables, then streams the mdat by calling ``read(offset, size)`` on the
+    tables, then streams the mdat by calling C{read(offset, size)} on the
     spool (see :func:`file_reader`), merging reads of adjacent samples up to
     4 MiB.  It walks each source's blocks several times and never holds
     more than a few blocks of each, nor a whole sample-table box: its
@@ -848,7 +848,7 @@ def write_progressive_mp4(
     Each track's first DTS places it on the movie timeline and the durations
     time the rest.  With *edit_lists* each track gets an edit list: an empty
     edit for a late start, then the media from its earliest composition time,
-    so that B-frame delay is not shown.  Chunk offsets use ``co64`` when the
+    so that B-frame delay is not shown.  Chunk offsets use C{co64} when the
     file needs it, or as *co64* forces.
 
     This blocks for as long as the reads and writes take, plus a few Python

@@ -5,7 +5,7 @@ publisher (RTMP, SRT or WebRTC), fanned out to any number of subscribers
 (RTMP players, the CMAF packager, WebRTC viewers).
 
 Media travels as FLV tag bodies (what RTMP carries): a video frame is an
-``AVCVIDEOPACKET`` body, an audio frame an ``AACAUDIODATA`` body.  Other
+C{AVCVIDEOPACKET} body, an audio frame an C{AACAUDIODATA} body.  Other
 ingests convert to this form once, at the edge.  Timestamps are milliseconds
 (decode time); video frames carry their composition offset.
 
@@ -99,7 +99,7 @@ class ISubscriber(Interface):
 
     def metadataChanged(metadata: dict[str, Any]) -> None:
         """
-        New ``onMetaData`` values.
+        New C{onMetaData} values.
         """
 
     def configChanged(kind: str, body: bytes, timestamp: int) -> None:

@@ -61,7 +61,7 @@ class Outputs:
         if self.recordings is None:
             return None
         try:
-            return str(self.recordings.path_for(app, streamId))
+            return str(self.recordings.pathFor(app, streamId))
         except ValueError:
             return None
 

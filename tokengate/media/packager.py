@@ -12,7 +12,7 @@ held and their bounds, the lookups), the playlists
 (:mod:`~tokengate.media.cmaf.dash`).  The rules below are theirs.
 
 Pure code: no I/O and no reactor.  Time comes from an injected clock (an
-object with ``seconds()``, e.g. the reactor or ``task.Clock``); blocking
+object with C{seconds()}, e.g. the reactor or C{task.Clock}); blocking
 reloads are Deferreds.  One :class:`Packager` exists per (app, stream id) and
 outlives publications: :meth:`Packager.attach` subscribes it to each new
 :class:`~tokengate.media.hub.LiveStream` (generation) of that stream id.
@@ -20,27 +20,27 @@ outlives publications: :meth:`Packager.attach` subscribes it to each new
 URL layout
 ==========
 
-The HTTP side serves, for application ``App`` and stream ``id``::
+The HTTP side serves, for application C{App} and stream C{id}::
 
-    /App/streams/{id}.m3u8                 hls_multivariant(query)
-    /App/streams/{id}/video.m3u8           hls_media("video", query)
-    /App/streams/{id}/audio.m3u8           hls_media("audio", query)
-    /App/streams/{id}/{id}.mpd             dash_mpd(query, location, utcTiming)
+    /App/streams/{id}.m3u8                 hlsMultivariant(query)
+    /App/streams/{id}/video.m3u8           hlsMedia("video", query)
+    /App/streams/{id}/audio.m3u8           hlsMedia("audio", query)
+    /App/streams/{id}/{id}.mpd             dashMpd(query, location, utcTiming)
     /App/streams/{id}/{kind}/{name}        resource(kind, name)
 
-where ``kind`` is ``video`` or ``audio`` and ``name`` is one of
+where C{kind} is C{video} or C{audio} and C{name} is one of
 
-* ``init.mp4``: the first init segment (CMAF header) of the track; a track
-  whose codec configuration changes later gets ``init-1.mp4``,
-  ``init-2.mp4`` and so on -- every init URI names one immutable init
+* C{init.mp4}: the first init segment (CMAF header) of the track; a track
+  whose codec configuration changes later gets C{init-1.mp4},
+  C{init-2.mp4} and so on -- every init URI names one immutable init
   segment, because players cache init segments by URI (hls.js reuses the
   old one for a new EXT-X-MAP with the same URI);
-* ``{msn}.m4s``: media segment number ``msn`` (``styp`` then its parts);
-* ``{msn}.{part}.m4s``: LL-HLS part ``part`` (from 0) of segment ``msn``, a
-  ``moof``+``mdat``.
+* C{{msn}.m4s}: media segment number C{msn} (C{styp} then its parts);
+* C{{msn}.{part}.m4s}: LL-HLS part C{part} (from 0) of segment C{msn}, a
+  C{moof}+C{mdat}.
 
 Every URI in the documents is relative to the document and carries
-``?{query}`` (the HTTP gate's session credential) unless the query is
+C{?{query}} (the HTTP gate's session credential) unless the query is
 empty.  Stream ids are percent-encoded in URIs.
 
 Tracks and timing
@@ -56,16 +56,16 @@ FLV timestamps are decode times in milliseconds.  The first video keyframe's
 composition offset is taken as the stream's B-frame delay *D*; video decode
 times are shifted by +D and composition offsets by -D (signed, trun version
 1), so every keyframe's presentation time equals its decode time and each
-segment's earliest presentation time is its ``tfdt`` -- what CMAF and the
+segment's earliest presentation time is its C{tfdt} -- what CMAF and the
 MPD SegmentTimeline expect.  Audio times count 1024-sample AAC frames from
 an anchor, re-anchored only when the FLV timestamps jump by more than
-100 ms (a jump starts a new fragment, so ``tfdt`` carries it).
+100 ms (a jump starts a new fragment, so C{tfdt} carries it).
 
 The media timeline is continuous across publications: the first one starts
 at its FLV timestamps, and each later one is offset so that it starts at
 the wall-clock time elapsed since media time 0 (and never before the end of
-the previous one).  ``availabilityStartTime`` of the MPD and every
-``EXT-X-PROGRAM-DATE-TIME`` derive from that one origin (wall clock of media
+the previous one).  C{availabilityStartTime} of the MPD and every
+C{EXT-X-PROGRAM-DATE-TIME} derive from that one origin (wall clock of media
 time 0 = arrival time of the first frame minus its timestamp), so the
 program date of a segment is the wall-clock time its first frame arrived,
 as long as the publisher sends in real time.
@@ -74,36 +74,36 @@ Segmentation
 ============
 
 Video leads: a segment is cut at the first video keyframe at or after
-``segmentTarget`` seconds from the segment start (or, as a safety valve, at
-any frame once a segment reaches ``max(6 * segmentTarget, 15)`` seconds or
-a quarter of ``maxBytes``).  Audio follows: an audio frame goes into the
+C{segmentTarget} seconds from the segment start (or, as a safety valve, at
+any frame once a segment reaches C{max(6 * segmentTarget, 15)} seconds or
+a quarter of C{maxBytes}).  Audio follows: an audio frame goes into the
 segment whose cut time is at or before the middle of the frame, so audio
 segment N and video segment N cover the same time and share the number N
-(HLS media sequence number, DASH ``$Number$``).  To be exact even when the
+(HLS media sequence number, DASH C{$Number$}).  To be exact even when the
 publisher interleaves audio slightly ahead of video, audio frames are held
 back until video has reached them (at most one second).  Without video
 (audio-only streams, or a video track silent for
-``max(2 * segmentTarget, 3)`` seconds) audio leads and segments are cut by
+C{max(2 * segmentTarget, 3)} seconds) audio leads and segments are cut by
 time; a video keyframe takes the lead back with an immediate cut.  Numbers
 start at 1 and continue across publications.  A segment number that a
 track has no media for (it was absent during that segment) is a gap: listed
-with ``EXT-X-GAP`` in HLS and in the DASH timeline (to keep ``$Number$``
+with C{EXT-X-GAP} in HLS and in the DASH timeline (to keep C{$Number$}
 aligned) but not served; a gap spans from the end of the track's previous
 segment, so that each track's timeline has no hole and players summing
 durations keep the tracks together.
 
 Each segment is made of parts (LL-HLS partial segments) of at most
-``partTarget`` seconds: a part is closed before a frame that would make it
+C{partTarget} seconds: a part is closed before a frame that would make it
 longer, and a new part starts at a mid-segment keyframe when the current
 part is at least 85 % of the target (so parts satisfy RFC 8216bis 4.4.4.9
 at common frame rates).  A part is INDEPENDENT when it starts with a
-keyframe (every audio part is).  A segment's bytes are ``styp`` followed by
+keyframe (every audio part is).  A segment's bytes are C{styp} followed by
 its parts; the parts are served as slices of it.
 
 A publication after an earlier one starts a new *period*: its first segment
-carries ``EXT-X-DISCONTINUITY`` (and an ``EXT-X-MAP`` to a new init URI if
-the codec configuration changed), and in DASH it starts a new ``Period``
-(id ``p{n}``, with ``presentationTimeOffset``), listing that period's
+carries C{EXT-X-DISCONTINUITY} (and an C{EXT-X-MAP} to a new init URI if
+the codec configuration changed), and in DASH it starts a new C{Period}
+(id C{p{n}}, with C{presentationTimeOffset}), listing that period's
 segments with that period's init.  A period starts at its first keyframe
 or at its first audio frame if that begins earlier, so no track's first
 segment lies before the period.  DASH presentation time is media time: the
@@ -111,56 +111,56 @@ static MPD of an ended stream keeps the live timeline (period starts,
 offsets, numbers and segment times).  A codec configuration change in the
 middle of a publication does the same at the next cut.
 
-Memory is bounded: each track keeps ``windowSegments + extraSegments``
+Memory is bounded: each track keeps C{windowSegments + extraSegments}
 complete segments plus the one in progress (playlists list the last
-``windowSegments``; the extra ones stay fetchable for players just behind),
-and all held bytes are capped at ``maxBytes`` (64 MiB), dropping the oldest
-segments.  At most ``MAX_WAITERS`` blocking reloads wait at once.
+C{windowSegments}; the extra ones stay fetchable for players just behind),
+and all held bytes are capped at C{maxBytes} (64 MiB), dropping the oldest
+segments.  At most C{MAX_WAITERS} blocking reloads wait at once.
 
 Playlists
 =========
 
-Media playlists (``EXT-X-VERSION:7``) carry ``TARGETDURATION`` (the
+Media playlists (C{EXT-X-VERSION:7}) carry C{TARGETDURATION} (the
 segment target rounded up, or the longest segment seen rounded to the
 nearest second if that is more -- the RFC 8216 rule; it only grows),
-``EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK`` (3 part
-targets), ``EXT-X-PART-INF``, the media and discontinuity sequence numbers,
-``EXT-X-MAP``, ``EXT-X-PROGRAM-DATE-TIME`` and ``EXTINF`` (5 decimals) per
-segment, ``EXT-X-PART`` lines for the segments of the last three target
-durations and for the segment in progress, an ``EXT-X-PRELOAD-HINT`` for
-the next part, and an ``EXT-X-RENDITION-REPORT`` for the other track.
-After the stream ended they end with ``EXT-X-ENDLIST`` and have no preload
-hint.  Blocking reloads (``_HLS_msn``/``_HLS_part``) are :meth:`Packager.wait`.
+C{EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK} (3 part
+targets), C{EXT-X-PART-INF}, the media and discontinuity sequence numbers,
+C{EXT-X-MAP}, C{EXT-X-PROGRAM-DATE-TIME} and C{EXTINF} (5 decimals) per
+segment, C{EXT-X-PART} lines for the segments of the last three target
+durations and for the segment in progress, an C{EXT-X-PRELOAD-HINT} for
+the next part, and an C{EXT-X-RENDITION-REPORT} for the other track.
+After the stream ended they end with C{EXT-X-ENDLIST} and have no preload
+hint.  Blocking reloads (C{_HLS_msn}/C{_HLS_part}) are :meth:`Packager.wait`.
 
 API (what the HTTP side uses)
 =============================
 
-* ``Packager(app, streamId, clock, segmentTarget=2.0, partTarget=0.5,
+* C{Packager(app, streamId, clock, segmentTarget=2.0, partTarget=0.5,
   windowSegments=5, extraSegments=3, hls=True, dash=True, maxBytes=64 MiB,
-  dashDelay=34)``: the MPD suggests ``dashDelay`` seconds of presentation
-  delay and lists ``ceil(dashDelay / segmentTarget) + 2`` segments (at least
-  ``windowSegments``); ``extraSegments`` more stay held.
-* ``attach(stream)``: subscribe to a new publication; ``close()`` (alias
-  ``reset()``): unsubscribe and drop everything, failing the waiters.
-* ``hls_multivariant(query)``, ``hls_media(kind, query)``,
-  ``dash_mpd(query, location=None, utcTiming="/time")``: text, or None while
+  dashDelay=34)}: the MPD suggests C{dashDelay} seconds of presentation
+  delay and lists C{ceil(dashDelay / segmentTarget) + 2} segments (at least
+  C{windowSegments}); C{extraSegments} more stay held.
+* C{attach(stream)}: subscribe to a new publication; C{close()} (alias
+  C{reset()}): unsubscribe and drop everything, failing the waiters.
+* C{hlsMultivariant(query)}, C{hlsMedia(kind, query)},
+  C{dashMpd(query, location=None, utcTiming="/time")}: text, or None while
   there is nothing to list yet (no complete segment) or when that format is
   disabled.
-* ``resource(kind, name)``, ``init(kind, version=None)``,
-  ``segment(kind, msn)``, ``part(kind, msn, index)``: bytes or None.
-* ``wait(kind, msn, part=None)``: a Deferred firing True once the media
-  playlist of ``kind`` holds segment ``msn`` complete or its part ``part``
+* C{resource(kind, name)}, C{init(kind, version=None)},
+  C{segment(kind, msn)}, C{part(kind, msn, index)}: bytes or None.
+* C{wait(kind, msn, part=None)}: a Deferred firing True once the media
+  playlist of C{kind} holds segment C{msn} complete or its part C{part}
   (or anything later), False when that can no longer happen (the stream
   ended or the packager closed first) or when too many are waiting.  Cancel
   it for a timeout.  A preload-hinted part may never exist (the segment
-  ended first): after ``wait`` fires True, ``part()`` may still be None (404).
-* ``edge(kind)``: ``(msn, part)`` of the newest part, for range-checking
-  ``_HLS_msn`` (RFC 8216bis answers 400 beyond the next two segments);
-  ``ended``, ``lastActivity``, ``hasVideo``, ``hasAudio``, ``bandwidth``,
-  ``generation``, ``metadata``.
+  ended first): after C{wait} fires True, C{part()} may still be None (404).
+* C{edge(kind)}: C{(msn, part)} of the newest part, for range-checking
+  C{_HLS_msn} (RFC 8216bis answers 400 beyond the next two segments);
+  C{ended}, C{lastActivity}, C{hasVideo}, C{hasAudio}, C{bandwidth},
+  C{generation}, C{metadata}.
 
-Only ``clock.seconds()`` is used: the packager arms no timers (the caller
-times out its waits and expires idle packagers using ``lastActivity``).
+Only C{clock.seconds()} is used: the packager arms no timers (the caller
+times out its waits and expires idle packagers using C{lastActivity}).
 
 Limits
 ======
@@ -168,14 +168,14 @@ Limits
 * A non-independent video part decodes only after the parts before it in
   its segment (as with any LL-HLS part); segments and independent parts
   decode on their own.
-* ``EXT-X-INDEPENDENT-SEGMENTS`` does not hold for a safety-valve cut
-  (a GOP longer than ``max(6 * segmentTarget, 15)`` seconds).
+* C{EXT-X-INDEPENDENT-SEGMENTS} does not hold for a safety-valve cut
+  (a GOP longer than C{max(6 * segmentTarget, 15)} seconds).
 * Parts meet the 85 % rule only when a frame lasts at most 15 % of the part
   target (above about 14 fps for 0.5 s parts).
 * Frames between a mid-publication codec change and the next cut are
   packaged with the old init segment.
 * A track missing from a later publication keeps its old playlist (without
-  ``EXT-X-ENDLIST``) until the stream ends or the packager is closed.
+  C{EXT-X-ENDLIST}) until the stream ends or the packager is closed.
 * FLV timestamps wrapping at 2**32 ms (49.7 days) are not handled.
 """
 
@@ -448,8 +448,8 @@ class Packager:
 
     def init(self, kind: str, version: Optional[int] = None) -> Optional[bytes]:
         """
-        The init segment of C{kind}: version C{version} (0 is ``init.mp4``,
-        N is ``init-N.mp4``), or by default the current one.
+        The init segment of C{kind}: version C{version} (0 is C{init.mp4},
+        N is C{init-N.mp4}), or by default the current one.
         """
         t = self.segmenter.track(kind)
         return None if t is None else window.init(t, version)
@@ -487,7 +487,7 @@ class Packager:
     def _targetDuration(self) -> int:
         return hls.targetDuration(self.segmentTarget, self.segmenter.longest)
 
-    def hls_multivariant(self, query: str = "") -> Optional[str]:
+    def hlsMultivariant(self, query: str = "") -> Optional[str]:
         """
         The multivariant playlist, served at C{/App/streams/{id}.m3u8}, or
         None until a segment is complete (or when HLS is off).
@@ -496,7 +496,7 @@ class Packager:
             return None
         return hls.multivariant(self.segmenter, self.streamId, self.metadata, query)
 
-    def hls_media(self, kind: str, query: str = "") -> Optional[str]:
+    def hlsMedia(self, kind: str, query: str = "") -> Optional[str]:
         """
         The LL-HLS media playlist of C{kind}, served at
         C{/App/streams/{id}/{kind}.m3u8}, or None until one of its segments
@@ -512,7 +512,7 @@ class Packager:
             part_target=hls.partTarget(self.partTarget, self.segmenter.longestPart),
         )  # fmt: skip
 
-    def dash_mpd(
+    def dashMpd(
         self, query: str = "", location: Optional[str] = None, utcTiming: str = "/time"
     ) -> Optional[str]:
         """

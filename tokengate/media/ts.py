@@ -3,33 +3,33 @@
 An MPEG-TS demuxer for H.264 and AAC (ADTS) that outputs hub-ready FLV tag
 bodies.  Pure code, no I/O.
 
-``TSDemuxer().feed(data) -> list`` of events, over a byte stream in pieces
+C{TSDemuxer().feed(data) -> list} of events, over a byte stream in pieces
 of any size (SRT payloads are 1316 bytes from ffmpeg but 1456 from
-srt-live-transmit, so nothing is assumed aligned to 188).  ``flush()``
+srt-live-transmit, so nothing is assumed aligned to 188).  C{flush()}
 at the end of the stream returns what the last packets complete.
 
 Events (frozen attrs classes), timestamps in milliseconds from the first
 PTS/DTS seen (0), continuous across the 33-bit wrap:
 
-- ``VideoConfig(tag_body, timestamp_ms)``: an AVC sequence header tag body
-  (``17 00 000000`` + avcC) built from the latest SPS and PPS in the stream
+- C{VideoConfig(tag_body, timestamp_ms)}: an AVC sequence header tag body
+  (C{17 00 000000} + avcC) built from the latest SPS and PPS in the stream
   (they need not share an access unit); again whenever they change.  Video
   before the first one is dropped.
-- ``Video(timestamp_ms, tag_body, keyframe)``: one access unit, DTS
-  timestamp, ``17|27 01`` + SI24 composition time (PTS - DTS, ms) + 4-byte
+- C{Video(timestamp_ms, tag_body, keyframe)}: one access unit, DTS
+  timestamp, C{17|27 01} + SI24 composition time (PTS - DTS, ms) + 4-byte
   length-prefixed NAL units.  AUD, SPS, PPS and filler NAL units are left
   out (parameter sets go to the config).
-- ``AudioConfig(tag_body, timestamp_ms)``: ``AF 00`` + AudioSpecificConfig
+- C{AudioConfig(tag_body, timestamp_ms)}: C{AF 00} + AudioSpecificConfig
   from the first ADTS header; again when it changes.
-- ``Audio(timestamp_ms, tag_body)``: one per ADTS frame, ``AF 01`` + raw
+- C{Audio(timestamp_ms, tag_body)}: one per ADTS frame, C{AF 01} + raw
   frame, frame i of a PES at PTS + i * 1024 / sample rate.
 
 Robustness: the stream resyncs on 0x47, confirmed by the sync byte of the
 next packet (so a packet is handled once the first byte of the one after it
-has arrived, and ``flush()`` handles the last).  A continuity counter gap,
-a transport error or a PES over ``max_pes_size`` drops the PES being
+has arrived, and C{flush()} handles the last).  A continuity counter gap,
+a transport error or a PES over C{max_pes_size} drops the PES being
 assembled; a PES that fails to parse is dropped too.  These are counted in
-``stats`` (a dict) and, with ``strict=True``, raise
+C{stats} (a dict) and, with C{strict=True}, raise
 :class:`~tokengate.media.errors.MediaError` instead (after which the
 demuxer is in an undefined state: discard it).  Nothing else is ever
 raised.  Timestamps before the first one seen (audio slightly ahead of the

@@ -3,11 +3,11 @@
 The RTMP server: a thin Twisted adapter over the sans-IO
 L{tokengate.rtmp.core.RTMPConnection}.
 
-Encoders publish to ``rtmp://host/App/StreamId?token=T``, players play the
-same form (also ``StreamId/T``).  The token rides in the stream name of
-``publish`` and ``play``; this protocol parses it and asks the gate, with the
+Encoders publish to C{rtmp://host/App/StreamId?token=T}, players play the
+same form (also C{StreamId/T}).  The token rides in the stream name of
+C{publish} and C{play}; this protocol parses it and asks the gate, with the
 connection paused so no media is read while the token is checked.  Refusals
-are ``onStatus`` errors (``NetStream.Publish.BadName``, as the reference
+are C{onStatus} errors (C{NetStream.Publish.BadName}, as the reference
 server sends them) followed by a close.
 
 Players receive metadata, sequence headers and media from the hub, starting
@@ -103,10 +103,10 @@ def parse_stream_name(name: str, appPath: str = "") -> tuple[str, Optional[str]]
     """
     Split an RTMP stream name into (stream id, token).
 
-    Accepts ``StreamId?token=T`` (any other query keys are ignored, keys
-    without ``=`` too), the path form ``StreamId/T``, and ffmpeg's folding
-    of ``rtmp://host/App/StreamId/T`` into app ``App/StreamId`` and name
-    ``T`` (C{appPath} is then ``StreamId``).  Percent-escapes are decoded.
+    Accepts C{StreamId?token=T} (any other query keys are ignored, keys
+    without C{=} too), the path form C{StreamId/T}, and ffmpeg's folding
+    of C{rtmp://host/App/StreamId/T} into app C{App/StreamId} and name
+    C{T} (C{appPath} is then C{StreamId}).  Percent-escapes are decoded.
     """
     if name.startswith(("mp4:", "flv:")):
         name = name[4:]
@@ -187,27 +187,20 @@ class RTMPServerProtocol(Protocol):
 
     # --- connection ---------------------------------------------------------------
 
-    @property
-    def _factory(self) -> "RTMPFactory":
-        return cast(RTMPFactory, self.factory)
+    #: set when the connection is made: the factory, the transport as
+    #: used here (Twisted types it as the narrower ITransport), the clock
+    _factory: "RTMPFactory"
+    _tcp: TCPTransport
+    _clock: Any
 
     @property
     def _access(self) -> IAccess:
         return self._factory.access
 
-    @property
-    def _clock(self) -> Any:
-        return self._factory.clock
-
-    @property
-    def _tcp(self) -> "TCPTransport":
-        """
-        The connection's transport, as used here (Twisted types it as the
-        narrower C{ITransport}).
-        """
-        return cast(TCPTransport, self.transport)
-
     def connectionMade(self) -> None:
+        self._factory = cast(RTMPFactory, self.factory)
+        self._tcp = cast(TCPTransport, self.transport)
+        self._clock = self._factory.clock
         self.peerHost = getattr(self._tcp.getPeer(), "host", "")
         self._connectedAt = self._clock.seconds()
         # Every write passes through _flush, which applies the congestion
@@ -281,15 +274,12 @@ class RTMPServerProtocol(Protocol):
                 burst.inBurst = True
             for event in events:
                 # Media first, inline: nearly every event is one.
-                t = type(event)
-                if t is AudioData:
-                    audio = cast(AudioData, event)
-                    if self.publishing is not None and audio.stream_id == self.publishMessageStream:
-                        self.publishing.audioReceived(audio.timestamp, audio.payload)
-                elif t is VideoData:
-                    video = cast(VideoData, event)
-                    if self.publishing is not None and video.stream_id == self.publishMessageStream:
-                        self.publishing.videoReceived(video.timestamp, video.payload)
+                if type(event) is AudioData:
+                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
+                        self.publishing.audioReceived(event.timestamp, event.payload)
+                elif type(event) is VideoData:
+                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
+                        self.publishing.videoReceived(event.timestamp, event.payload)
                 else:
                     self._dispatch(event)
         except RTMPProtocolError as e:

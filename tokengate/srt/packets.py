@@ -3,13 +3,13 @@
 SRT packets: encode and decode data and control packets.
 
 Pure code, no I/O, no clock.  Every value class is a frozen attrs class;
-``decode_packet(datagram)`` turns one UDP payload into one of them and each
-has an ``encode() -> bytes``.  Every malformed input, and every value that
+C{decode_packet(datagram)} turns one UDP payload into one of them and each
+has an C{encode() -> bytes}.  Every malformed input, and every value that
 does not fit its field on encoding, raises
 :class:`~tokengate.srt.errors.SRTProtocolError` and nothing else.
 
 Wire format (all big-endian 32-bit words; the SRT RFC draft and Haivision
-libsrt ``packet.h``/``handshake.h``)::
+libsrt C{packet.h}/C{handshake.h})::
 
     data:    0|seq31 ; PP2|O1|KK2|R1|msgno26 ; timestamp u32 (us) ; dst socket id ; payload
     control: 1|type15|subtype16 ; type-specific info ; timestamp ; dst socket id ; CIF
@@ -19,7 +19,7 @@ Handshake CIF (48 bytes)::
     version | enc_flags u16 | ext_flags u16 | ISN | MSS | FFS | reqtype i32 |
     socket id | cookie | peer IP (16 bytes)
 
-then, for HSv5, extensions ``cmd u16 | size u16 (in 32-bit words) | data``.
+then, for HSv5, extensions C{cmd u16 | size u16 (in 32-bit words) | data}.
 Extensions are kept raw (:class:`HandshakeExtension`); :class:`HSReq` decodes
 the HSREQ/HSRSP payload and :func:`decode_stream_id` the SID payload.  The
 peer IP and the stream id bytes are byte-reversed in every 32-bit word on the
@@ -278,9 +278,9 @@ def ts_unwrap(ts: int, reference: int) -> int:
 @frozen
 class DataPacket:
     """
-    A data packet.  ``position`` is the PP field (:data:`PB_SOLO` for a
-    whole message), ``key`` the KK field (0: not encrypted),
-    ``retransmitted`` the R flag.
+    A data packet.  C{position} is the PP field (:data:`PB_SOLO` for a
+    whole message), C{key} the KK field (0: not encrypted),
+    C{retransmitted} the R flag.
     """
 
     seq: int
@@ -350,7 +350,7 @@ URQ_WAVEAHAND = 0
 URQ_CONCLUSION = -1
 URQ_AGREEMENT = -2
 #: A rejection's reqtype is URQ_FAILURE_TYPES + the reject reason
-#: (libsrt handshake.h ``URQFailure``): 1000 + 1401 = 2401 for
+#: (libsrt handshake.h C{URQFailure}): 1000 + 1401 = 2401 for
 #: SRT_REJX_UNAUTHORIZED, 1000 + 11 = 1011 for SRT_REJ_UNSECURE.
 URQ_FAILURE_TYPES = 1000
 
@@ -422,9 +422,9 @@ class HandshakeExtension:
 @frozen
 class HSReq:
     """
-    The payload of HSREQ and HSRSP: SRT version, SRT flags (``OPT_*``) and
-    the two latencies in milliseconds.  ``recv_latency`` is the sender of
-    this extension's receive latency (upper 16 bits), ``send_latency`` the
+    The payload of HSREQ and HSRSP: SRT version, SRT flags (C{OPT_*}) and
+    the two latencies in milliseconds.  C{recv_latency} is the sender of
+    this extension's receive latency (upper 16 bits), C{send_latency} the
     latency it proposes to its peer as receiver (lower 16 bits).
     """
 
@@ -466,8 +466,8 @@ def _peer_ip(value: bytes) -> bytes:
 class Handshake:
     """
     A HANDSHAKE control packet: the 48-byte CIF and, for HSv5, its
-    extensions (raw).  ``peer_ip`` is the 16 bytes as on the wire; see
-    :func:`encode_peer_ip`.  ``reqtype`` is signed (:data:`URQ_CONCLUSION`
+    extensions (raw).  C{peer_ip} is the 16 bytes as on the wire; see
+    :func:`encode_peer_ip`.  C{reqtype} is signed (:data:`URQ_CONCLUSION`
     is -1; rejections are 1000 + reason).
     """
 
@@ -586,7 +586,7 @@ def _swap_words(data: bytes) -> bytes:
 def encode_peer_ip(host: str) -> bytes:
     """
     The handshake's 16-byte peer IP field for *host*: an IPv4 address in the
-    first word, byte-reversed (127.0.0.1 is ``01 00 00 7f``), or an IPv6
+    first word, byte-reversed (127.0.0.1 is C{01 00 00 7f}), or an IPv6
     address with every word byte-reversed.
     """
     try:
@@ -632,9 +632,9 @@ _ACK_FULL = 28
 @frozen
 class Ack:
     """
-    An ACK.  ``last_ack_seq`` is the first sequence number not yet received
-    (everything before it is).  A light ACK has only that (``rtt`` is None;
-    its ``ack_number`` is 0 by convention); a small ACK adds RTT, RTT
+    An ACK.  C{last_ack_seq} is the first sequence number not yet received
+    (everything before it is).  A light ACK has only that (C{rtt} is None;
+    its C{ack_number} is 0 by convention); a small ACK adds RTT, RTT
     variance (microseconds) and the free buffer in packets; a full ACK adds
     the packet receive rate (packets/s), the estimated link capacity
     (packets/s) and the receive rate in bytes/s (None in the 24-byte UDT
@@ -654,7 +654,7 @@ class Ack:
 
     @property
     def kind(self) -> str:
-        """``"light"``, ``"small"`` or ``"full"``."""
+        """C{"light"}, C{"small"} or C{"full"}."""
         if self.rtt is None:
             return "light"
         if self.packet_rate is None:

@@ -5,7 +5,7 @@ over the sans-IO L{tokengate.srt.connection.Listener} and
 L{tokengate.media.ts.TSDemuxer}.
 
 The token is decided **inside the handshake**: a caller's conclusion
-(``streamid=App/StreamId,token=T`` or ``#!::r=App/StreamId,m=publish,token=T``)
+(C{streamid=App/StreamId,token=T} or C{#!::r=App/StreamId,m=publish,token=T})
 goes to the access service (L{tokengate.access.service}) before any media is
 accepted; the caller gets the agreement only when it is admitted, otherwise a
 rejection (the access service's outcome, as a reject code):
@@ -17,7 +17,7 @@ bad, missing, spent or expired token  1401 SRT_REJX_UNAUTHORIZED
 malformed stream id                   1400 SRT_REJX_BAD_REQUEST
 unknown application                   1404 SRT_REJX_NOTFOUND
 stream being published (token kept)   1409 SRT_REJX_CONFLICT
-``m=request`` (play over SRT)         1405 SRT_REJX_BAD_MODE
+C{m=request} (play over SRT)         1405 SRT_REJX_BAD_MODE
 encryption (a passphrase) requested   11 SRT_REJ_UNSECURE
 throttled or store down               1503 SRT_REJX_DOWN
 ====================================  =====================================
@@ -29,12 +29,12 @@ token kept) a caller that the throttle would hold past it.  The token is
 redeemed just before the agreement is sent, within that time.
 
 An admitted caller's L{Publication} claims its stream (so nobody else
-publishes it) but the stream goes live (``broadcasting``, L{Publication.start})
+publishes it) but the stream goes live (C{broadcasting}, L{Publication.start})
 on its first media packet: a caller that never sends media is never live, and
 its session ends with the idle timeout (L{Publication.end}, the one way a
 publication ends).
 Its MPEG-TS is demuxed into the hub, where the stream plays as RTMP, HLS,
-DASH and MP4 like any other (``publishType`` ``SRT``).
+DASH and MP4 like any other (C{publishType} C{SRT}).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class SRTSession:
 
 class SRTListener(DatagramProtocol):
     """
-    ``udp:4200``: every caller on one port.
+    C{udp:4200}: every caller on one port.
     """
 
     _log = Logger()

@@ -74,7 +74,7 @@ _ACK_WORD0 = 0x80000000 | P.CTRL_ACK << 16
 _SEQ_HALF = 0x40000000
 _TS_HALF = 0x80000000
 #: the sentinel for "not in the buffer" (the buffer's values are these
-#: tuples or None; only this one object is ever compared with ``is``)
+#: tuples or None; only this one object is ever compared with C{is})
 _MISSING: tuple[bytes, int] = (b"", -1)
 _REXMIT = 0x04000000
 _ACK_WINDOW = 1024

@@ -110,11 +110,11 @@ def open_store(
     spec: str, data_dir: str, reactor: object, redis: Optional["RedisClient"] = None
 ) -> ITokenStore:
     """
-    Build the store named by a ``--store`` value.
+    Build the store named by a C{--store} value.
 
-    @param spec: ``""`` or ``sqlite`` (the embedded default, in the data
-        directory), ``sqlite:PATH``, ``memory``, or
-        ``redis://host:port/db`` (optionally ``redis://:password@host...``).
+    @param spec: C{""} or C{sqlite} (the embedded default, in the data
+        directory), C{sqlite:PATH}, C{memory}, or
+        C{redis://host:port/db} (optionally C{redis://:password@host...}).
     @param redis: for a Redis store, the client opened by L{open_redis} (the
         store then does not close it); without it the store opens a client
         of its own.

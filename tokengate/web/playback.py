@@ -1,13 +1,13 @@
 # -*- test-case-name: tests.test_playback -*-
 """
-The HTTP playback gate: HLS, LL-HLS, DASH and MP4 under ``/{App}/streams/``.
+The HTTP playback gate: HLS, LL-HLS, DASH and MP4 under C{/{App}/streams/}.
 
 When the application controls play with tokens, **one token admits one
-viewing session**.  The first request (``?token=T``) redeems the token
+viewing session**.  The first request (C{?token=T}) redeems the token
 through the gate and opens a session; the server then writes a signed session
-credential (``tgs=...``) into everything it serves: the media-playlist URIs of
+credential (C{tgs=...}) into everything it serves: the media-playlist URIs of
 the multivariant playlist, every map, segment, part and preload-hint URI, the
-MPD's segment templates and ``Location``, and a redirect for MP4 (whose
+MPD's segment templates and C{Location}, and a redirect for MP4 (whose
 Range requests then carry it).  A cookie scoped to the stream carries it
 too, for clients that re-request the original URL with the spent token
 (ffmpeg's DASH reader does).
@@ -350,7 +350,7 @@ class HTTPSessions:
 
 class PlaybackResource(Resource):
     """
-    ``/{App}/streams/...`` for one application.
+    C{/{App}/streams/...} for one application.
     """
 
     isLeaf = True
@@ -653,7 +653,7 @@ class PlaybackGate:
                     return self._flood(request, app, streamId, session, what)
                 return _fail(request, 410, "Stream ended: " + streamId)
         if what == "hls":
-            text = packager.hls_multivariant(self._query(request, app, streamId, session))
+            text = packager.hlsMultivariant(self._query(request, app, streamId, session))
             return self._text(request, text, MPEGURL)
         if what == "media":
             return self._media(request, packager, details[0], app, streamId, session)
@@ -665,7 +665,7 @@ class PlaybackGate:
                     "https" if request.isSecure() else "http",
                     (request.getHeader(b"host") or b"localhost").decode("latin-1"),
                     quote(app), quote(streamId), quote(streamId), query)
-            text = packager.dash_mpd(query, location)
+            text = packager.dashMpd(query, location)
             return self._text(request, text, DASHXML)
         if what == "resource":
             kind, name = details
@@ -812,7 +812,7 @@ class PlaybackGate:
         part = _int(self._arg(request, b"_HLS_part"))
 
         def render() -> bytes:
-            return self._text(request, packager.hls_media(
+            return self._text(request, packager.hlsMedia(
                 kind, self._query(request, app, streamId, session)), MPEGURL)
 
         if msn is None:
@@ -911,7 +911,7 @@ def _finish(request: Any, body: bytes) -> None:
 
 class TimeResource(Resource):
     """
-    ``/time``: the server's clock for DASH players (UTCTiming http-iso).
+    C{/time}: the server's clock for DASH players (UTCTiming http-iso).
     """
 
     isLeaf = True

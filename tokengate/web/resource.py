@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_playback -*-
 """
 The one HTTP site: REST and metrics (Klein), playback under
-C{/{App}/streams/}, C{/time}, and the pages; L{build_site} builds it from
-the composition root's object graph.
+C{/{App}/streams/}, C{/time}, and the pages; the composition root builds it
+(L{tokengate.server.buildSite}).
 
 Playback is the hot path, so it is dispatched here, before Klein's router.
 """
@@ -14,11 +14,8 @@ from typing import Any, Container
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from tokengate.server import Server
 from tokengate.web.pages import Pages
 from tokengate.web.playback import PlaybackGate, PlaybackResource, TimeResource
-from tokengate.web.rest import RestAPI
-from tokengate.web.site import TokengateSite
 
 
 class Root(Resource):
@@ -71,14 +68,3 @@ class Root(Resource):
         postpath.insert(0, name)
         return self._api
 
-
-def build_site(server: Server) -> TokengateSite:
-    api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, server.config)
-    playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
-                            server.outputs, server.httpSessions)
-    from tokengate.webrtc.pages import buildWebRTCPages
-
-    root = Root(server.apps, server.clock, api.resource(), playback, buildWebRTCPages(server))
-    return TokengateSite(root, maxBodySize=server.config.maxBodySize, metrics=server.metrics,
-                         requestTimeout=server.config.requestTimeout)

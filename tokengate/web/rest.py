@@ -3,14 +3,14 @@
 The REST API, with the reference server's paths, JSON shapes, status codes
 and messages:
 
-* ``/rest/v2/applications...``: list, create and delete applications, read
+* C{/rest/v2/applications...}: list, create and delete applications, read
   and replace their settings (the management API);
-* ``/{App}/rest/v2/broadcasts/...``: mint, validate, revoke and list tokens;
-* ``/metrics``: Prometheus.
+* C{/{App}/rest/v2/broadcasts/...}: mint, validate, revoke and list tokens;
+* C{/metrics}: Prometheus.
 
 Only loopback may call any of it unless the application's
-``remoteAllowedCIDR`` (server-wide ``restAllowedCIDR`` for management and
-metrics) or a bearer JWT (``jwtControlEnabled``/``jwtSecretKey``) opens it.
+C{remoteAllowedCIDR} (server-wide C{restAllowedCIDR} for management and
+metrics) or a bearer JWT (C{jwtControlEnabled}/C{jwtSecretKey}) opens it.
 """
 
 from __future__ import annotations

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import html
 import os
-from typing import TYPE_CHECKING, Any, Container, Optional
+from typing import Any, Container, Optional
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from twisted.web.static import File
 
 from tokengate.logsafe import Logger
-from tokengate.webrtc.ice import IceServers
 from tokengate.webrtc.signalling import SignallingFactory
-
-if TYPE_CHECKING:
-    from tokengate.server import Server
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "web", "static")
@@ -96,26 +92,3 @@ class WebRTCPages:
                 return self._scripts[prepath[-1]]
         return None
 
-
-def buildWebRTCPages(server: "Server", engine: Any = None) -> WebRTCPages:
-    """
-    Build the signalling and its pages from the server's collaborators:
-    the media engine (made for the running reactor unless given), the ICE
-    servers of the configuration.
-    """
-    from twisted.internet import reactor
-
-    if engine is None:
-        from tokengate.webrtc.media import make_engine
-
-        engine = make_engine(reactor, server.config, server.metrics)
-    ice = IceServers.fromConfig(server.config)
-    if ice.uris:
-        WebRTCPages._log.info("WebRTC ICE servers for browsers: {ice}", ice=ice.describe())
-    own = [s["urls"] for s in getattr(server.config, "serverIceServers", None) or ()]
-    if own:
-        WebRTCPages._log.info("The server's WebRTC peer connections use ICE servers {uris}",
-                              uris=", ".join(map(str, own)))
-    factory = SignallingFactory(server.access, server.clock, server.metrics, server.hub, engine,
-                                ice=ice)
-    return WebRTCPages(server.apps, factory, engine)

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_webrtc_signalling -*-
 """
-The WebSocket signalling of WebRTC publish and play, at ``/{App}/websocket``,
+The WebSocket signalling of WebRTC publish and play, at C{/{App}/websocket},
 with the JSON messages of Ant Media Server's JavaScript SDK.
 
-A client sends ``publish`` or ``play`` with a stream id and a token; the
+A client sends C{publish} or C{play} with a stream id and a token; the
 request goes through the access service (L{tokengate.access.service},
 protocol C{webrtc}).  A refusal is an C{error} message (see L{refusalMessage}:
 C{unauthorized_access} with the stream id for any token refusal;
@@ -573,7 +573,7 @@ class SignallingProtocol(WebSocketServerProtocol):
 
 class SignallingFactory(WebSocketServerFactory):
     """
-    The factory behind ``/{App}/websocket`` of every application.
+    The factory behind C{/{App}/websocket} of every application.
 
     @ivar access: the one door of publish and play.
     @ivar clock: the timers' and rate limits' clock.

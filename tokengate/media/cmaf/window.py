@@ -52,9 +52,9 @@ _RESOURCE = re.compile(
 
 class Segment:
     """
-    One complete segment of one track.  ``data`` is None for a gap (the
-    track had no media for that number).  ``parts`` holds ``(start, end,
-    duration, independent)`` for each part, slices of ``data``.  Times are
+    One complete segment of one track.  C{data} is None for a gap (the
+    track had no media for that number).  C{parts} holds C{(start, end,
+    duration, independent)} for each part, slices of C{data}.  Times are
     in the track timescale.
     """
 

@@ -54,10 +54,10 @@ class AudioSpecificConfig:
 
     Only the leading fields are decoded.  Everything after
     channelConfiguration (GASpecificConfig, SBR/PS extensions, the byte
-    padding) is kept as ``tail``, ``tail_bits`` long, so that parse and build
+    padding) is kept as C{tail}, C{tail_bits} long, so that parse and build
     round-trip byte for byte.  The default tail is GASpecificConfig with
     frameLengthFlag, dependsOnCoreCoder and extensionFlag all 0.  For
-    explicit HE-AAC signalling (object type 5 or 29) ``sampling_frequency``
+    explicit HE-AAC signalling (object type 5 or 29) C{sampling_frequency}
     is the core rate.
     """
 
@@ -108,7 +108,7 @@ class AudioSpecificConfig:
 
     @property
     def codec_string(self) -> str:
-        """The RFC 6381 codec string, ``mp4a.40.<object type>``."""
+        """The RFC 6381 codec string, C{mp4a.40.<object type>}."""
         return f"mp4a.40.{self.object_type}"
 
     @classmethod
@@ -149,7 +149,7 @@ class AudioSpecificConfig:
 
 
 def aac_codec_string(asc: Union[AudioSpecificConfig, Buffer]) -> str:
-    """``mp4a.40.<aot>`` for an AudioSpecificConfig or its bytes."""
+    """C{mp4a.40.<aot>} for an AudioSpecificConfig or its bytes."""
     if not isinstance(asc, AudioSpecificConfig):
         asc = AudioSpecificConfig.parse(asc)
     return asc.codec_string
@@ -227,7 +227,7 @@ def asc_from_adts(header: ADTSHeader) -> AudioSpecificConfig:
 
 def split_adts(data: Buffer) -> list[tuple[AudioSpecificConfig, bytes]]:
     """
-    Split back-to-back ADTS frames (a PES payload, an ``.aac`` file) into
+    Split back-to-back ADTS frames (a PES payload, an C{.aac} file) into
     (AudioSpecificConfig, raw frame) pairs.  There is no resync: garbage
     between frames or a truncated last frame raise MediaError, as do frames
     with several raw data blocks, which cannot be MP4 samples.

@@ -69,15 +69,15 @@ class VideoTag:
     """
     A parsed FLV video tag body.
 
-    ``frame_type`` is the upper nibble of the first byte; values of 8 and up
+    C{frame_type} is the upper nibble of the first byte; values of 8 and up
     mean an Enhanced RTMP ex-header, which is reported but not parsed (then
-    ``codec_id`` holds the raw lower nibble, the packet type).  The AVC
+    C{codec_id} holds the raw lower nibble, the packet type).  The AVC
     fields are set only for legacy AVC tags that are not info frames;
-    otherwise ``avc_packet_type`` is None and ``composition_time`` is 0.
+    otherwise C{avc_packet_type} is None and C{composition_time} is 0.
 
-    ``data`` is a zero-copy view of the rest of the payload: for AVC, the
+    C{data} is a zero-copy view of the rest of the payload: for AVC, the
     avcC record (sequence header) or 4-byte length-prefixed NAL units.  Copy
-    it with ``bytes()`` if the payload is a buffer that will be reused.
+    it with C{bytes()} if the payload is a buffer that will be reused.
     """
 
     frame_type: int
@@ -112,7 +112,7 @@ class AudioTag:
     """
     A parsed FLV audio tag body.
 
-    ``aac_packet_type`` is set only for AAC (``sound_format`` 10).  ``data``
+    C{aac_packet_type} is set only for AAC (C{sound_format} 10).  C{data}
     is a zero-copy view of the rest: for AAC, the AudioSpecificConfig
     (sequence header) or one raw AAC frame.
     """
@@ -210,8 +210,8 @@ def build_audio_tag(
     aac_packet_type: int = AAC_RAW,
 ) -> bytes:
     """
-    Build an FLV audio tag body.  The defaults give ``AF 01``, a raw AAC
-    frame; pass ``aac_packet_type=AAC_SEQUENCE_HEADER`` with the ASC bytes
+    Build an FLV audio tag body.  The defaults give C{AF 01}, a raw AAC
+    frame; pass C{aac_packet_type=AAC_SEQUENCE_HEADER} with the ASC bytes
     for the sequence header.
     """
     if not (

@@ -75,12 +75,12 @@ _EMULATION = re.compile(b"\x00\x00(?=[\x00-\x03]|\\Z)")
 
 
 def remove_emulation_prevention(ebsp: Buffer) -> bytes:
-    """Turn NAL payload bytes (EBSP) into RBSP: drop each ``03`` of ``00 00 03``."""
+    """Turn NAL payload bytes (EBSP) into RBSP: drop each C{03} of C{00 00 03}."""
     return as_bytes(ebsp).replace(b"\x00\x00\x03", b"\x00\x00")
 
 
 def add_emulation_prevention(rbsp: Buffer) -> bytes:
-    """Turn RBSP into NAL payload bytes: insert ``03`` after ``00 00`` before 0-3."""
+    """Turn RBSP into NAL payload bytes: insert C{03} after C{00 00} before 0-3."""
     return _EMULATION.sub(b"\x00\x00\x03", as_bytes(rbsp))
 
 
@@ -89,7 +89,7 @@ class SPS:
     """
     The fields of an H.264 sequence parameter set that a packager needs.
 
-    ``width`` and ``height`` are the displayed size (after frame cropping).
+    C{width} and C{height} are the displayed size (after frame cropping).
     The VUI fields are None when absent (or when the VUI is truncated, which
     is tolerated as FFmpeg does).
     """
@@ -267,7 +267,7 @@ def build_sps(
     fixed_frame_rate: bool = True,
 ) -> bytes:
     """
-    Build an SPS NAL unit (header ``67`` included) with POC type 0, one
+    Build an SPS NAL unit (header C{67} included) with POC type 0, one
     reference frame and frame cropping to *width* x *height*; the inverse of
     :func:`parse_sps`, for tests and synthetic streams.
 
@@ -367,8 +367,8 @@ def _bytes_tuple(items: Iterable[Buffer]) -> tuple[bytes, ...]:
 class AVCDecoderConfigurationRecord:
     """
     The avcC record (ISO/IEC 14496-15 5.3.3.1): the RTMP AVC sequence header
-    body and the ``avcC`` box payload.  The High-profile trailing fields are
-    kept when present (``chroma_format`` is None when absent).
+    body and the C{avcC} box payload.  The High-profile trailing fields are
+    kept when present (C{chroma_format} is None when absent).
     """
 
     profile: int
@@ -389,7 +389,7 @@ class AVCDecoderConfigurationRecord:
 
     @property
     def codec_string(self) -> str:
-        """The RFC 6381 codec string, ``avc1.PPCCLL``."""
+        """The RFC 6381 codec string, C{avc1.PPCCLL}."""
         return f"avc1.{self.profile:02x}{self.compat:02x}{self.level:02x}"
 
     def parsed_sps(self) -> SPS:
@@ -482,7 +482,7 @@ def _write_parameter_sets(parts: list[bytes], sets: Sequence[bytes]) -> None:
 
 
 def avc_codec_string(record: Union[AVCDecoderConfigurationRecord, Buffer]) -> str:
-    """``avc1.PPCCLL`` (lowercase hex) for an avcC record or its bytes."""
+    """C{avc1.PPCCLL} (lowercase hex) for an avcC record or its bytes."""
     if not isinstance(record, AVCDecoderConfigurationRecord):
         record = AVCDecoderConfigurationRecord.parse(record)
     return record.codec_string

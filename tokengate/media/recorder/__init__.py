@@ -29,9 +29,9 @@ milliseconds)::
     {directory}/{app}/{streamId}.{ms}.corrupt/  a .rec that could not be read
     {directory}/{app}/{streamId}.{ms}.failed/   a .rec recovery gave up on
 
-A journal row is little-endian ``track u8, flags u8 (1: sync), u16 0,
+A journal row is little-endian C{track u8, flags u8 (1: sync), u16 0,
 size u32, offset u64, dts i64 (ms, as received), cto i32 (ms), crc32 of the
-sample bytes, crc32 of the 32 bytes before``.  Rows are appended after their
+sample bytes, crc32 of the 32 bytes before}.  Rows are appended after their
 bytes, so a crash leaves at worst a torn last row and spool bytes no row
 describes; both are ignored.  Sample durations are not journaled: they are
 derived at the end from the next sample's time.

@@ -77,7 +77,7 @@ class Recorder:
         self._manager = manager
         self.app = app
         self.streamId = streamId
-        self.path = manager.path_for(app, streamId)
+        self.path = manager.pathFor(app, streamId)
         self.started = started
         self.state = RECORDING
         self.dropped: Optional[str] = None
@@ -373,7 +373,7 @@ class RecordingManager:
 
     # --- public API -------------------------------------------------------------
 
-    def path_for(self, app: str, streamId: str) -> str:
+    def pathFor(self, app: str, streamId: str) -> str:
         """
         Where the recording of C{app}/C{streamId} goes; L{RecordingRefused}
         (a ValueError) for a name that cannot be a file name.
@@ -400,7 +400,7 @@ class RecordingManager:
         for existing in self._recorders.get((stream.app, stream.streamId), ()):
             if existing._stream is stream and existing.state == RECORDING:
                 return existing
-        self.path_for(stream.app, stream.streamId)
+        self.pathFor(stream.app, stream.streamId)
         started = int(self._reactor.seconds() * 1000)
         recorder = Recorder(self, stream.app, stream.streamId, started)
         self._recorders.setdefault((stream.app, stream.streamId), []).append(recorder)
