@@ -1,11 +1,16 @@
 """
 Servers for the tests: one in-process tokengate with its HTTP and RTMP
-listeners on loopback, for the real-player interop tests.
+listeners on loopback, for the real-player interop tests; and the media they
+play (L{test_clip}, made by ffmpeg), shared by the in-memory playback tests
+and the interop tests.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import tempfile
 from typing import Any, Callable, Optional
 
 from twisted.internet import reactor
@@ -17,6 +22,8 @@ from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.server import buildSite
 from tokengate.web.rest import RestAPI
+
+from tests.helpers import require
 
 
 def restAPI(server: Server) -> RestAPI:
@@ -60,3 +67,35 @@ class InProcessMedia:
         self.addCleanup(self.rtmp.stopListening)
         self.web = "http://127.0.0.1:{}".format(self.http.getHost().port)
         self.rtmpBase = "rtmp://127.0.0.1:{}".format(self.rtmp.getHost().port)
+
+
+_clip: dict[str, str] = {}
+
+
+def test_clip(seconds: int = 4) -> str:
+    """
+    A short H.264/AAC FLV clip (made once per run with ffmpeg), for the
+    in-memory playback tests and the interop tests alike.
+    """
+    key = str(seconds)
+    if key in _clip and os.path.exists(_clip[key]):
+        return _clip[key]
+    ffmpeg = require("ffmpeg")
+    path = os.path.join(tempfile.mkdtemp(prefix="tg-clip-"), "clip{}.flv".format(seconds))
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
+         "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
+         "-bf", "2", "-c:a", "aac", "-b:a", "64k", "-f", "flv", path],
+        check=True, timeout=60,
+    )
+    _clip[key] = path
+    return path
+
+
+def frames(stderr: str) -> int:
+    """
+    The last C{frame=N} count in an ffmpeg progress log (0 when none).
+    """
+    found = re.findall(r"frame=\s*(\d+)", stderr)
+    return int(found[-1]) if found else 0

@@ -22,15 +22,19 @@ from tokengate.tokens import StoredToken, new_token
 from tokengate.server import buildSite
 
 from .helpers import http_client, require
-from .test_rtmp_interop import test_clip
+from tests.fixtures import test_clip
 
 
 def feed(stream, path, until_ms=None, start_ms=0):
     """
     Push an FLV clip's tags into a live stream as fast as possible.
+
+    @raise AssertionError: when no video or no audio tag was pushed (the
+        tests would then read a playlist of nothing).
     """
     with open(path, "rb") as f:
         data = f.read()
+    pushed = {8: 0, 9: 0}
     for tag in iter_flv_tags(data):
         if tag.timestamp < start_ms and tag.tag_type == 9 and tag.data[1] != 0:
             continue
@@ -41,6 +45,9 @@ def feed(stream, path, until_ms=None, start_ms=0):
             stream.videoReceived(tag.timestamp, body)
         elif tag.tag_type == 8:
             stream.audioReceived(tag.timestamp, body)
+        if tag.tag_type in pushed:
+            pushed[tag.tag_type] += 1
+    assert pushed[8] and pushed[9], "pushed {} of {}".format(pushed, path)
 
 
 class PlaybackBase(TestCase):
@@ -200,6 +207,7 @@ class GateTests(PlaybackBase):
         r, body = await self.get(media)
         seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", body.decode()).group(1))
         count = body.decode().count("#EXTINF")
+        self.assertGreater(count, 0, body)
         nxt = seq + count + 1
         from twisted.internet.defer import Deferred
 

@@ -5,8 +5,8 @@ transport.
 
 Nothing here needs a Redis server (nothing listens on the port: the clients
 only try to connect, and are closed); the client against a real
-redis-server is exercised by L{tests.test_store_redis} and
-L{tests.test_cluster}.
+redis-server is exercised by L{tests.interop.test_store_redis} and
+L{tests.interop.test_cluster}.
 """
 
 from __future__ import annotations

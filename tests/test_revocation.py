@@ -2,7 +2,8 @@
 L{tokengate.access.revocation.Revoker}, in memory: a fake transport, a fake
 session registry and a fake credential signer, on a L{Clock}.
 
-The Redis transport against a real redis-server is L{tests.test_cluster}.
+The Redis transport against a real redis-server is
+L{tests.interop.test_cluster}.
 """
 
 from __future__ import annotations

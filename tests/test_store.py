@@ -2,8 +2,8 @@
 One test suite, run against every token store.
 
 Each store gets a TestCase subclass of L{StoreSuiteMixin} that builds it in
-C{makeStore}.  The Redis suite lives in L{tests.test_store_redis}: it needs a
-real redis-server.
+C{makeStore}.  The Redis suite lives in L{tests.interop.test_store_redis}: it
+needs a real redis-server.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ application) written out over that list.  Hypothesis generates programs
 L{DeleteApp}); each program runs against the model and against a fresh store
 (a new memory store, a new SQLite file, a new key prefix in a real
 redis-server started by the test), and every answer of the store must equal
-the model's.  The failure names the (shrunk) failing program as a list of
+the model's. The Redis classes, which start a real redis-server, are in
+L{tests.interop.test_store_equivalence}; the suite (the mixins) is here.  The failure names the (shrunk) failing program as a list of
 these operations, ready to paste into a regression test.  Each test also
 checks that its programs exercised every rule (every refusal reason,
 consumption, room reuse) and every operation that removes tokens, so that a
@@ -58,7 +59,6 @@ from twisted.trial.unittest import TestCase
 
 from tokengate.store import ITokenStore
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.store.redis import RedisTokenStore
 from tokengate.store.sqlite import SQLiteTokenStore
 from tokengate.tokens import (
     PLAY,
@@ -70,8 +70,6 @@ from tokengate.tokens import (
     digest,
     judge,
 )
-
-from .redisserver import start_redis
 
 #: Every expiry date and every clock reading of the suite lies near T0, far in
 #: the future of the wall clock (2096), so that Redis' own expiry of token
@@ -645,18 +643,6 @@ class SQLiteEquivalenceTests(EquivalenceMixin, TestCase):
                 os.remove(self.path(n) + suffix)
 
 
-class RedisEquivalenceTests(EquivalenceMixin, TestCase):
-    def setUp(self):
-        self.host, self.port = start_redis(self)
-
-    def makeStore(self, n):
-        # A fresh key prefix per program is an empty store.  Batches of 3
-        # make revoke, purge and deleteApp take several scripts each.
-        return RedisTokenStore.open(
-            self.host, self.port, reactor, prefix="eq{}:".format(n), batch=3
-        )
-
-
 # --- exactly once under concurrency ---------------------------------------
 
 
@@ -846,15 +832,3 @@ class SQLiteRaceTests(RaceMixin, TestCase):
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(self.path(n) + suffix):
                 os.remove(self.path(n) + suffix)
-
-
-class RedisRaceTests(RaceMixin, TestCase):
-    def setUp(self):
-        self.host, self.port = start_redis(self)
-
-    def makeStores(self, n):
-        prefix = "race{}:".format(n)
-        return (
-            RedisTokenStore.open(self.host, self.port, reactor, prefix=prefix),
-            RedisTokenStore.open(self.host, self.port, reactor, prefix=prefix),
-        )

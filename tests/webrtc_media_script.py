@@ -1,5 +1,5 @@
 """
-Run by tests/test_webrtc_media.py in a subprocess, on its own asyncio
+Run by tests/interop/test_webrtc_media.py in a subprocess, on its own asyncio
 reactor (trial's reactor is global and is not the asyncio one):
 
     python tests/webrtc_media_script.py CLIP [serve]

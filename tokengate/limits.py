@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hostile_http -*-
+# -*- test-case-name: tests.test_hostile_http,tests.interop.test_hostile_http -*-
 """
 Per-address concurrent-connection limits for TCP listeners.
 

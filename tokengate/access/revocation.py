@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_revocation,tests.test_cluster -*-
+# -*- test-case-name: tests.test_revocation,tests.test_cluster,tests.interop.test_cluster -*-
 """
 The revocation service: one L{Revoker} per process, with a transport.
 

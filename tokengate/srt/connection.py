@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_srt_connection -*-
+# -*- test-case-name: tests.test_srt_connection,tests.interop.test_srt_connection -*-
 """
 The listener side of SRT, sans-IO: one UDP port's callers.  The
 L{Listener} runs the HSv5 caller-listener handshake

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_srt_connection -*-
+# -*- test-case-name: tests.test_srt_connection,tests.interop.test_srt_connection -*-
 """
 The HSv5 caller-listener handshake, sans-IO and stateless: the cookie, the
 answer to an induction, the vetting of a conclusion (what a listener

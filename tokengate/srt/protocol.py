@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_srt_protocol,tests.test_hostile_srt,tests.test_srt_interop -*-
+# -*- test-case-name: tests.test_srt_protocol,tests.test_hostile_srt,tests.interop.test_hostile_srt,tests.interop.test_srt_interop -*-
 """
 The SRT listener: a thin Twisted adapter (one UDP port for every caller)
 over the sans-IO L{tokengate.srt.connection.Listener} and

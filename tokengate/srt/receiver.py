@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_srt_connection -*-
+# -*- test-case-name: tests.test_srt_connection,tests.interop.test_srt_connection -*-
 """
 The receiver side of one accepted SRT connection, sans-IO: the receive
 buffer (out-of-order packets held until their gap fills, bounded in

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_srt_connection -*-
+# -*- test-case-name: tests.test_srt_connection,tests.interop.test_srt_connection -*-
 """
 What an SRT caller's stream id asks for, sans-IO: the two forms Ant Media
 and SRT callers use (C{App/StreamId,token=T} and the SRT access-control form

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_redis -*-
+# -*- test-case-name: tests.interop.test_store_redis -*-
 """
 The cluster token store: Redis, through the shared client layer
 (L{tokengate.redisclient.RedisClient}).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_webrtc_media -*-
+# -*- test-case-name: tests.interop.test_webrtc_media -*-
 """
 Audio transcoding for WebRTC with PyAV: the hub's AAC (FLV AACAUDIODATA
 tag bodies, after an AudioSpecificConfig) to Opus at 48 kHz for WebRTC

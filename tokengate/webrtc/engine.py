@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_webrtc_media -*-
+# -*- test-case-name: tests.interop.test_webrtc_media -*-
 """
 The WebRTC media engine with aiortc, on Twisted's asyncio reactor: it makes
 the publishing peers (L{tokengate.webrtc.publish}) and the playing peers

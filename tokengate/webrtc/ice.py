@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_webrtc_ice -*-
+# -*- test-case-name: tests.test_webrtc_ice,tests.interop.test_webrtc_ice -*-
 """
 STUN and TURN for WebRTC.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_webrtc_media -*-
+# -*- test-case-name: tests.interop.test_webrtc_media -*-
 """
 WebRTC media: the choice of engine (L{make_engine}: aiortc's
 L{tokengate.webrtc.engine.AiortcEngine}, or L{UnavailableEngine} and why),

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_webrtc_media -*-
+# -*- test-case-name: tests.interop.test_webrtc_media -*-
 """
 What the publishing (L{tokengate.webrtc.publish}) and the playing
 (L{tokengate.webrtc.play}) peer connections share: the aiortc peer

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_webrtc_media -*-
+# -*- test-case-name: tests.interop.test_webrtc_media -*-
 """
 The playing peer: the hub's stream to a browser's WebRTC tracks.
 

@@ -5,7 +5,6 @@ the token gate.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -17,36 +16,12 @@ from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.apps import Applications
 
-from . import procs
-from .helpers import require
+from tests import procs
+from tests.fixtures import frames, test_clip
+from tests.helpers import require
 
 REFUSED = "You are not allowed to publish the stream."
 REFUSED_PLAY = "You are not allowed to play the stream due to security."
-
-_clip: dict[str, str] = {}
-
-
-def test_clip(seconds: int = 4) -> str:
-    """
-    A short H.264/AAC FLV clip (made once per run with ffmpeg).
-    """
-    key = str(seconds)
-    if key in _clip and os.path.exists(_clip[key]):
-        return _clip[key]
-    ffmpeg = require("ffmpeg")
-    import subprocess
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(prefix="tg-clip-"), "clip{}.flv".format(seconds))
-    subprocess.run(
-        [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
-         "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
-         "-bf", "2", "-c:a", "aac", "-b:a", "64k", "-f", "flv", path],
-        check=True, timeout=60,
-    )
-    _clip[key] = path
-    return path
 
 
 class RTMPInteropBase(procs.ClientsMixin, TestCase):
@@ -89,11 +64,6 @@ class RTMPInteropBase(procs.ClientsMixin, TestCase):
         m = re.search(r'tokengate_refusals_total\{action="(?:publish|play)",protocol="rtmp",'
                       r'reason="%s"\} ([0-9.]+)' % reason, text)
         return float(m.group(1)) if m else 0.0
-
-
-def frames(stderr: str) -> int:
-    found = re.findall(r"frame=\s*(\d+)", stderr)
-    return int(found[-1]) if found else 0
 
 
 class PublishTests(RTMPInteropBase):

@@ -36,11 +36,10 @@ from tokengate.tokens import (
     new_token,
 )
 
-from .redisserver import start_redis, start_redis_server
-from .test_store import NOW, StoreSuiteMixin, probe
+from tests.redisserver import start_redis, start_redis_server
+from tests.test_store import NOW, StoreSuiteMixin, probe
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 async def sleep(seconds: float) -> None:
@@ -527,7 +526,7 @@ class RedisTLSTests(TestCase):
     """
 
     def setUp(self):
-        from .redisserver import free_port
+        from tests.redisserver import free_port
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)

@@ -26,11 +26,11 @@ from twisted.web.server import Site
 
 import tokengate.web
 
-from . import browser as chromium
-from .helpers import require
+from tests import browser as chromium
+from tests.helpers import require
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(tokengate.web.__file__)), "static")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENDOR_NAMES = ("hls.min.js", "dash.all.min.js")
 
 AUTH = "Not authorized: the token is invalid, expired or already used"
@@ -233,6 +233,7 @@ class PlayerPageTests(TestCase):
         The page fetched nothing off this site, and sent the token only
         with the entry request (never with segments).
         """
+        self.assertTrue(page.requests, "the page made no request")
         for url in page.requests:
             if url.startswith(("data:", "blob:", "about:")):
                 continue
@@ -257,6 +258,10 @@ class PlayerPageTests(TestCase):
         png = await page.screenshot(os.path.abspath("player-{}.png".format(shot)))
         self.assertTrue(png.startswith(b"\x89PNG"))
         self.check_requests(page)
+        if tech != "vod":
+            # segments were fetched (and checked above to go without the token)
+            segments = [p for _, p, _ in self.streams.log if not self.streams.is_entry(p)]
+            self.assertTrue(segments, self.streams.log)
         return state
 
     async def assert_error(self, query: str, message: str) -> dict:

@@ -25,9 +25,9 @@ from tokengate.srt.protocol import SRTListener
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.server import buildSite
 
-from . import procs
-from .helpers import require
-from .test_rtmp_interop import frames, test_clip
+from tests import procs
+from tests.fixtures import frames, test_clip
+from tests.helpers import require
 
 _ts: dict[int, str] = {}
 

@@ -20,10 +20,11 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from . import mediaserver, procs
-from .helpers import require
+from tests import mediaserver, procs
+from tests.helpers import require
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webrtc_media_script.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "webrtc_media_script.py")
 
 
 def h264_clip(ffmpeg: str, path: str) -> list[str]:
@@ -223,7 +224,7 @@ class Chromium(TestCase):
     timeout = 180
 
     async def test_publish_page_and_player(self):
-        from . import browser as browser_mod
+        from tests import browser as browser_mod
 
         require("chromium")
         try:

@@ -26,11 +26,10 @@ from twisted.trial.unittest import TestCase
 from tokengate.media.packager import DASH_DELAY
 from tokengate.web.playback import ENDED_DOCUMENTS
 
-from . import procs
-from .fixtures import InProcessMedia
-from .helpers import require
-from .test_players import GStreamer, Mpv, Played, Vlc
-from .test_rtmp_interop import frames, test_clip
+from tests import procs
+from tests.fixtures import InProcessMedia, frames, test_clip
+from tests.helpers import require
+from tests.interop.test_players import GStreamer, Mpv, Played, Vlc
 
 #: After the publisher stopped, a player leaves within this many seconds
 #: (players behind the live edge still play what they hold: playbin3 plays
@@ -186,7 +185,7 @@ class DashPlayers(procs.ClientsMixin, InProcessMedia, TestCase):
         element ends, and the player makes a bounded number of requests.
         """
         require("chromium")
-        from . import browser as chromium
+        from tests import browser as chromium
 
         publisher = self.publish("web", 24)
         await self.segments("web", 3)

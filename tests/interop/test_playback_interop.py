@@ -14,10 +14,9 @@ from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
 
-from . import procs
-from .fixtures import InProcessMedia
-from .helpers import http_client, require
-from .test_rtmp_interop import frames, test_clip
+from tests import procs
+from tests.fixtures import InProcessMedia, frames, test_clip
+from tests.helpers import http_client, require
 
 
 class LiveServer(procs.ClientsMixin, InProcessMedia, TestCase):
@@ -119,7 +118,7 @@ class BrowserTests(LiveServer):
     """
 
     async def _play(self, tech, token, expect_error=False):
-        from . import browser as chromium
+        from tests import browser as chromium
 
         b = await chromium.launch(self)
         url = "{}/LiveApp/play.html?id=s1&playOrder={}&token={}".format(self.web, tech, token)

@@ -10,7 +10,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from .service import ROOT, TokengateProcess
+from tests.service import ROOT, TokengateProcess
 
 
 class ServiceTests(TestCase):
@@ -83,7 +83,7 @@ class ClusterTests(TestCase):
     timeout = 120
 
     def setUp(self):
-        from .redisserver import start_redis_server
+        from tests.redisserver import start_redis_server
 
         self.redis = start_redis_server(self)
         self.nodes = []

@@ -23,10 +23,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 
-from . import procs
-from .helpers import require
-from .service import TokengateProcess, free_port
-from .test_store_redis import _write_certificates
+from tests import procs
+from tests.helpers import require
+from tests.service import TokengateProcess, free_port
+from tests.interop.test_store_redis import _write_certificates
 
 
 class _Client(WebSocketClientProtocol):

@@ -25,11 +25,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data, File
 
-from . import mediaserver, procs
-from .helpers import require
+from tests import mediaserver, procs
+from tests.helpers import require
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SDK_DIR = os.path.join(HERE, "ams_sdk")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SDK_DIR = os.path.join(TESTS, "ams_sdk")
 SDK_JS = os.path.join(SDK_DIR, "node_modules", "@antmedia", "webrtc_adaptor", "dist",
                       "browser", "webrtc_adaptor.js")
 #: the SDK's browser bundle expects mediapipe's global (its virtual
@@ -92,7 +92,7 @@ class AntMediaSDK(TestCase):
     async def test_publish_play_refuse(self) -> None:
         import treq
 
-        from . import browser as browser_mod
+        from tests import browser as browser_mod
 
         require("chromium")
         await self.ensureSDK()

@@ -26,10 +26,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
 
-from . import procs
-from .fixtures import InProcessMedia
-from .helpers import http_client, require
-from .test_rtmp_interop import test_clip
+from tests import procs
+from tests.fixtures import InProcessMedia, test_clip
+from tests.helpers import http_client, require
 
 #: a token that was never minted (the form of a real one)
 BAD = "1" * 40
