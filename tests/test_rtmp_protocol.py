@@ -285,3 +285,38 @@ class ProtocolTests(SynchronousTestCase):
         again.connect()
         again.command("play", 3, None, "s1?token=" + token, stream_id=1)
         self.assertIn("NetStream.Play.Start", [st["code"] for st in again.statuses()])
+
+    def test_inUseAndNotLiveKeepTokens(self):
+        """
+        A publish of a live stream (C{in_use}) and a play of a stream that
+        is not live (C{not_live}) are answered before their tokens are
+        looked at: both tokens work afterwards.
+        """
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
+                                 playTokenControlEnabled=True)
+        playToken = self.mint(type="play")
+        early = Peer(self, "192.0.2.30")
+        early.connect()
+        early.command("play", 3, None, "s1?token=" + playToken, stream_id=1)
+        self.assertEqual(early.statuses()[-1]["code"], "NetStream.Play.StreamNotFound")
+        first = Peer(self)
+        first.publish("s1?token=" + self.mint())
+        self.assertEqual(first.statuses()[-1]["code"], "NetStream.Publish.Start")
+        second = Peer(self, "192.0.2.31")
+        waiting = self.mint()
+        second.publish("s1?token=" + waiting)
+        status = second.statuses()[-1]
+        self.assertEqual((status["code"], status["description"]),
+                         ("NetStream.Publish.BadName", "The stream is already being published."))
+        player = Peer(self, "192.0.2.32")
+        player.connect()
+        player.command("play", 3, None, "s1?token=" + playToken, stream_id=1)
+        self.assertIn("NetStream.Play.Start", [st["code"] for st in player.statuses()])
+        first.transport.loseConnection()
+        third = Peer(self, "192.0.2.33")
+        third.publish("s1?token=" + waiting)
+        self.assertEqual(third.statuses()[-1]["code"], "NetStream.Publish.Start")
+        for outcome in ("not_live", "in_use"):
+            action = "play" if outcome == "not_live" else "publish"
+            self.assertEqual(self.server.metrics.refusals.labels("rtmp", action, outcome)
+                             ._value.get(), 1)
