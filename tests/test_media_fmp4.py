@@ -161,6 +161,7 @@ def read_fragment(data: bytes) -> tuple[int, int, int, list[TrunEntry], list[byt
             duration, size, flags = struct.unpack_from(">III", trun.data, 12 + 12 * i)
             cto = 0
         rows.append(TrunEntry(duration, size, flags, cto))
+    assert rows, "a fragment without samples"
     assert len(trun.data) == 12 + len(rows) * (16 if trun.flags == 0xF01 else 12)
     payload_start = moof.offset + data_offset
     assert payload_start == mdat.offset + mdat.header
@@ -197,6 +198,7 @@ def read_progressive(data: bytes) -> dict[int, list[bytes]]:
                 index += 1
         assert index == count
         out[track_id] = samples
+    assert out, "no trak in the moov"
     return out
 
 
@@ -635,6 +637,7 @@ class ProgressiveTests(ProbeTestCase):
         data = out.getvalue()
         self.assertEqual(written, len(data))
         samples = read_progressive(data)
+        self.assertTrue(spooled.video_samples and spooled.audio_samples)
         self.assertEqual(samples[1], [s.data for s in spooled.video_samples])
         self.assertEqual(samples[2], [s.data for s in spooled.audio_samples])
         return data
@@ -728,6 +731,7 @@ class ProgressiveTests(ProbeTestCase):
                 map(bool, spooled.video_table.sync),
             )
         )
+        self.assertEqual(len(rows), 50)
         a, b = io.BytesIO(), io.BytesIO()
         write_progressive_mp4([(spooled.video, rows)], a, spooled.read)
         write_progressive_mp4([(spooled.video, spooled.video_table)], b, spooled.read)

@@ -214,6 +214,7 @@ def compare(case: SynchronousTestCase, section: str, got: dict[str, str]) -> Non
             f.write("\n")
         return
     want = load()[section]
+    case.assertTrue(want, f"no recorded outputs in {section}")
     case.assertEqual(sorted(got), sorted(want), "the set of outputs changed")
     changed = [name for name in want if got[name] != want[name]]
     case.assertEqual(changed, [], f"{len(changed)} of {len(want)} snapshots changed")

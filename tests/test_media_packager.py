@@ -285,6 +285,8 @@ def parse_media(testcase: SynchronousTestCase, text: str, kind: str, query: str)
             testcase.assertLessEqual(duration, part_target + 1e-9)
         if s.parts and kind == "audio":
             testcase.assertTrue(all(p[2] for p in s.parts))
+    # LL-HLS lists the parts of (at least) the last three target durations.
+    testcase.assertTrue(any(s.parts for s in segments) or parts, "no EXT-X-PART listed")
     # Parts of the segment in progress come after the last URI line.
     open_parts = parts
     if ended:
@@ -329,7 +331,9 @@ def parse_mpd(testcase: SynchronousTestCase, text: str, query: str) -> ET.Elemen
     testcase.assertIsNotNone(timing)
     assert timing is not None
     testcase.assertEqual(timing.get("schemeIdUri"), "urn:mpeg:dash:utc:http-iso:2014")
-    for template in mpd.iter(MPD_NS + "SegmentTemplate"):
+    templates = list(mpd.iter(MPD_NS + "SegmentTemplate"))
+    testcase.assertTrue(templates, "no SegmentTemplate")
+    for template in templates:
         for name in ("initialization", "media"):
             check_uri(testcase, template.get(name, "").replace("$$", "$"), query)
     return mpd
@@ -348,6 +352,7 @@ def timeline(template: ET.Element) -> list[tuple[int, int]]:
         for _ in range(int(s.get("r", "0")) + 1):
             out.append((t, d))
             t += d
+    assert out, "an empty SegmentTimeline"
     return out
 
 
@@ -420,7 +425,7 @@ class PackagerTestCase(ProbeTestCase):
         for uri in sorted(wanted):
             kind, name = uri.split("/")
             data = p.resource(kind, name)
-            self.assertIsNotNone(data, f"{uri} is not served")
+            self.assertTrue(data, f"{uri} is not served, or empty")
             assert data is not None
             os.makedirs(os.path.join(top, sid, kind), exist_ok=True)
             with open(os.path.join(top, sid, kind, name), "wb") as f:
@@ -471,7 +476,10 @@ class SegmentTests(PackagerTestCase):
         or independent, and sum to their segment.
         """
         for kind, timescale in (("video", 90000), ("audio", 48000)):
-            for s in self.segments(self.p, kind):
+            held = self.segments(self.p, kind)
+            self.assertEqual(len(held), 4, kind)
+            for s in held:
+                self.assertTrue(s.parts, f"{kind} segment {s.msn} has no parts")
                 durations = [d / timescale for _, _, d, _ in s.parts]
                 self.assertEqual(sum(d for _, _, d, _ in s.parts), s.duration)
                 for i, (duration, (_, _, _, independent)) in enumerate(zip(durations, s.parts)):
@@ -491,9 +499,12 @@ class SegmentTests(PackagerTestCase):
         for kind in ("video", "audio"):
             init = self.p.init(kind)
             assert init is not None
-            for s in self.segments(self.p, kind):
+            held = self.segments(self.p, kind)
+            self.assertEqual(len(held), 4, kind)
+            for s in held:
                 segment = self.p.segment(kind, s.msn)
                 assert segment is not None
+                self.assertTrue(s.parts, f"{kind} segment {s.msn} has no parts")
                 info = self.probe(self.write(f"{kind}-{s.msn}.mp4", init, segment))
                 self.assertEqual(info["streams"][0]["codec_type"], kind)
                 # A part decodes on its own when it is independent (every
@@ -503,6 +514,7 @@ class SegmentTests(PackagerTestCase):
                     if independent:
                         start = i
                     parts = [self.p.part(kind, s.msn, j) or b"" for j in range(start, i + 1)]
+                    self.assertTrue(all(parts), f"{kind} {s.msn}.{start}-{i}: a part is missing")
                     path = self.write(f"{kind}-{s.msn}.{start}-{i}.mp4", init, *parts)
                     self.probe(path)
                     if kind == "audio":
@@ -517,9 +529,12 @@ class SegmentTests(PackagerTestCase):
         init = self.p.init("video")
         assert init is not None
         segments = [self.p.segment("video", s.msn) for s in self.segments(self.p, "video")]
+        self.assertEqual(len(segments), 4)
+        self.assertTrue(all(segments))
         path = self.write("video.mp4", init, *segments)  # type: ignore[arg-type]
         info = self.probe(path)
         source = source_video(av_clip())
+        self.assertEqual(len(source), 200)
         self.assertEqual(int(info["streams"][0]["nb_read_frames"]), len(source))
         result = run(
             require("ffprobe"), "-v", "error", "-select_streams", "v", "-show_entries",
@@ -538,6 +553,7 @@ class SegmentTests(PackagerTestCase):
                 assert part is not None
                 _, track_id, base, rows, _ = read_fragment(part)
                 self.assertEqual(track_id, 1)
+                self.assertTrue(rows, f"video part {s.msn}.{i} has no samples")
                 for row in rows:
                     presented.append(base + row.cto)
                     negative = negative or row.cto < 0
@@ -551,6 +567,9 @@ class SegmentTests(PackagerTestCase):
         init = self.p.init("audio")
         assert init is not None
         segments = [self.p.segment("audio", s.msn) for s in self.segments(self.p, "audio")]
+        self.assertEqual(len(segments), 4)
+        self.assertTrue(all(segments))
+        self.assertGreater(source_audio_count(av_clip()), 5)
         info = self.probe(self.write("audio.mp4", init, *segments))  # type: ignore[arg-type]
         # Audio before the first video keyframe's presentation time is dropped.
         count = int(info["streams"][0]["nb_read_frames"])
@@ -801,7 +820,9 @@ class LiveTests(PackagerTestCase):
         self.assertIsNotNone(mpd.get("publishTime"))
         (period,) = mpd.findall(MPD_NS + "Period")
         self.assertEqual(period.get("id"), "p0")
-        for adaptation in period.findall(MPD_NS + "AdaptationSet"):
+        adaptations = period.findall(MPD_NS + "AdaptationSet")
+        self.assertEqual(sorted(a.get("contentType", "") for a in adaptations), ["audio", "video"])
+        for adaptation in adaptations:
             kind = adaptation.get("contentType", "")
             template = next(adaptation.iter(MPD_NS + "SegmentTemplate"))
             held = self.segments(p, kind)[-2:]
@@ -820,9 +841,13 @@ class LiveTests(PackagerTestCase):
         """
         out = {}
         mpd = parse_mpd(self, text, "")
-        for period in mpd.findall(MPD_NS + "Period"):
+        periods = mpd.findall(MPD_NS + "Period")
+        self.assertTrue(periods, "no Period")
+        for period in periods:
             start = seconds(period.get("start", ""))
-            for adaptation in period.findall(MPD_NS + "AdaptationSet"):
+            adaptations = period.findall(MPD_NS + "AdaptationSet")
+            self.assertTrue(adaptations, f"no AdaptationSet in period {period.get('id')}")
+            for adaptation in adaptations:
                 kind = adaptation.get("contentType", "")
                 template = next(adaptation.iter(MPD_NS + "SegmentTemplate"))
                 pto = int(template.get("presentationTimeOffset", "0"))
@@ -972,11 +997,14 @@ class BoundsTests(PackagerTestCase):
         p = self.packager(segmentTarget=1.0, windowSegments=5, extraSegments=3, maxBytes=120_000)
         stream = LiveStream("LiveApp", "s1", "RTMP", self.clock.seconds())
         p.attach(stream)
+        checks = 0
         for _ in play(stream, self.clock, clip_tags(av_clip())):
             held = sum(len(s.data) for kind in ("video", "audio") for s in self.segments(p, kind))
             open_bytes = p.segmenter.video.openBytes + p.segmenter.audio.openBytes
             if len(self.segments(p, "video")) > 1 and len(self.segments(p, "audio")) > 1:
                 self.assertLessEqual(held + open_bytes, 120_000)
+                checks += 1
+        self.assertGreater(checks, 100)
         stream.end()
         video = self.segments(p, "video")
         self.assertLess(len(video), 8)
@@ -1091,6 +1119,8 @@ class SingleTrackTests(PackagerTestCase):
         assert init is not None
         self.assertEqual(root(init).child("moov").kind, b"moov")
         segments = [p.segment("video", s.msn) for s in self.segments(p, "video")]
+        self.assertEqual(len(segments), 4)
+        self.assertTrue(all(segments))
         info = self.probe(self.write("v.mp4", init, *segments))  # type: ignore[arg-type]
         self.assertEqual(int(info["streams"][0]["nb_read_frames"]), len(source_video(av_clip())))
 
@@ -1111,6 +1141,7 @@ class SingleTrackTests(PackagerTestCase):
         video = self.segments(p, "video")
         audio = self.segments(p, "audio")
         self.assertEqual([s.msn for s in audio], [s.msn for s in video])
+        self.assertEqual(len(video), 4)
         for v, a in zip(video, audio):
             self.assertClose(a.start / 48000, v.start / 90000, delta=512 / 48000)
 
@@ -1154,7 +1185,9 @@ class RepublishTests(PackagerTestCase):
         # time), so the second period starts where it started live.
         self.assertClose(seconds(periods[1].get("start", "")), restart - START + 0.08, delta=0.002)
         for period in periods:
-            for adaptation in period.findall(MPD_NS + "AdaptationSet"):
+            adaptations = period.findall(MPD_NS + "AdaptationSet")
+            self.assertEqual(sorted(a.get("contentType", "") for a in adaptations), ["audio", "video"])
+            for adaptation in adaptations:
                 template = next(adaptation.iter(MPD_NS + "SegmentTemplate"))
                 kind = adaptation.get("contentType", "")
                 held = [s for s in self.segments(p, kind)[-5:] if s.period == int(period.get("id", "p")[1:])]
@@ -1165,6 +1198,7 @@ class RepublishTests(PackagerTestCase):
             init = p.init(kind)
             assert init is not None
             second = [p.segment(kind, msn) for msn in (5, 6, 7, 8)]
+            self.assertTrue(all(second), kind)
             self.probe(self.write(f"{kind}.mp4", init, *second))  # type: ignore[arg-type]
 
     def test_republish_new_configuration(self) -> None:
@@ -1192,6 +1226,7 @@ class RepublishTests(PackagerTestCase):
         self.assertEqual(parse_media(self, text, "audio", "s=1").maps, ["audio/init.mp4"])
         assert new is not None
         segments = [p.segment("video", 5) or b"", p.segment("video", 6) or b""]
+        self.assertTrue(all(segments))
         info = self.probe(self.write("v.mp4", new, *segments))
         self.assertEqual(info["streams"][0]["width"], 160)
         text = p.dashMpd("")
@@ -1292,6 +1327,8 @@ class LeaderTests(PackagerTestCase):
         init = p.init("video")
         assert init is not None
         data = [s.data for s in video if s.data is not None]
+        self.assertTrue(data)
+        self.assertTrue(all(data))
         info = self.probe(self.write("v.mp4", init, *data))
         self.assertEqual(int(info["streams"][0]["nb_read_frames"]), sum(s.frames for s in video))
 

@@ -124,6 +124,8 @@ def media(tags: list[Tag], kind: int) -> list[bytes]:
             a = parse_audio_tag(body)
             if a.aac_packet_type == AAC_RAW:
                 out.append(bytes(a.data))
+    # compared with what was recorded: an empty list would match an empty track
+    assert out, f"no {'video' if kind == TAG_VIDEO else 'audio'} samples in {len(tags)} tags"
     return out
 
 
@@ -422,6 +424,8 @@ class TimelineTests(TestCase):
                 avcc = bytes(parse_video_tag(body).data)
             if tag_type == TAG_AUDIO and parse_audio_tag(body).is_sequence_header:
                 asc = bytes(parse_audio_tag(body).data)
+        self.assertTrue(avcc, "no AVC sequence header in the clip")
+        self.assertTrue(asc, "no AAC sequence header in the clip")
         return avcc, asc
 
     def test_rebase_and_jitter(self) -> None:
@@ -460,7 +464,9 @@ class TimelineTests(TestCase):
         rows = [(1, 0, 1, t, 0, True) for t in (0, 40, 40, 30, 120)]
         [(_, table)] = build_tracks(rows, avcc, None)
         dts = list(table.dts)
+        self.assertEqual(len(dts), 5)
         self.assertEqual(dts, sorted(set(dts)))
+        self.assertEqual(len(table.durations), 5)
         self.assertTrue(all(d > 0 for d in table.durations))
 
 
@@ -925,7 +931,10 @@ class LongRecordingTests(TestCase):
             data = f.read()
         self.assertEqual(data, expected.getvalue())
         samples = read_progressive(data)
+        self.assertGreater(videos, 0)
+        self.assertGreater(audios, 0)
         for track in (1, 2):
+            self.assertTrue(samples[track], f"track {track} has no samples")
             self.assertEqual(samples[track],
                              [spool[r[1] : r[1] + r[2]] for r in rows if r[0] == track])
         stts = [table_entries(t.child("mdia/minf/stbl/stts"), 2)

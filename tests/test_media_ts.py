@@ -122,6 +122,9 @@ class RealStreamTests(SynchronousTestCase):
     def setUp(self):
         self.data = ts_bytes()
         self.events, self.demuxer = demux_all(self.data)
+        # tests compare other demuxings with these events: they must not be empty
+        self.assertEqual(len(of(self.events, Video)), 75)
+        self.assertTrue(of(self.events, Audio))
 
     def test_counts(self):
         videos = of(self.events, Video)
@@ -160,6 +163,7 @@ class RealStreamTests(SynchronousTestCase):
         videos = of(self.events, Video)
         self.assertEqual([v.timestamp_ms for v in videos], [40 * i for i in range(75)])
         audios = [a.timestamp_ms for a in of(self.events, Audio)]
+        self.assertTrue(138 <= len(audios) <= 144, len(audios))
         self.assertEqual(audios, sorted(audios))
         # frames of 1024 samples at 48 kHz: 21.33 ms apart
         self.assertTrue(all(20 <= b - a <= 22 for a, b in zip(audios[1:], audios[2:])))
@@ -195,8 +199,10 @@ class RealStreamTests(SynchronousTestCase):
         headers = [a for a in audio if a[1] == 0]
         self.assertEqual(of(self.events, AudioConfig)[0].tag_body, headers[-1])
         frames = [a for a in audio if a[1] == 1]
+        self.assertTrue(frames)
         self.assertEqual([a.tag_body for a in of(self.events, Audio)], frames)
         nalus = [v for v in video if parse_video_tag(v).avc_packet_type == 1]
+        self.assertEqual(len(nalus), 75)
         self.assertEqual(len(of(self.events, Video)), len(nalus))
         flv_keys = [parse_video_tag(v).is_keyframe for v in nalus]
         self.assertEqual([v.keyframe for v in of(self.events, Video)], flv_keys)
@@ -286,6 +292,9 @@ class DamageTests(SynchronousTestCase):
     def setUp(self):
         self.data = ts_bytes()
         self.clean, _ = demux_all(self.data)
+        # tests compare damaged demuxings with these events: they must not be empty
+        self.assertEqual(len(of(self.clean, Video)), 75)
+        self.assertTrue(of(self.clean, Audio))
 
     def test_leadingGarbage(self):
         garbage = bytes(random.Random(1).randrange(256) for _ in range(5000)) + b"\x47" * 10
