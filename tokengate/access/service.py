@@ -39,7 +39,7 @@ from twisted.internet.defer import Deferred
 from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
 from tokengate.access.sessions import Grant
 from tokengate.apps import AppSettings, ISettingsLookup
-from tokengate.auth import Gate, Refused, StreamCredentials, attemptOf
+from tokengate.auth import Gate, IStreamCredentials, Refused, StreamCredentials, attemptOf
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Claim, Hub, LiveStream, StreamInUse
 from tokengate.tokens import PLAY, PUBLISH, Outcome
@@ -312,7 +312,7 @@ class AccessService:
                                               precheck=self._recheck)
         return grant
 
-    def _recheck(self, creds: Any) -> Optional[Outcome]:
+    def _recheck(self, creds: IStreamCredentials) -> Optional[Outcome]:
         """
         L{check} again after the throttle's wait (the stream may have been
         taken or ended meanwhile).

@@ -5,10 +5,12 @@ L{tokengate.rtmp.core.RTMPConnection}.
 
 Encoders publish to C{rtmp://host/App/StreamId?token=T}, players play the
 same form (also C{StreamId/T}).  The token rides in the stream name of
-C{publish} and C{play}; this protocol parses it and asks the gate, with the
-connection paused so no media is read while the token is checked.  Refusals
-are C{onStatus} errors (C{NetStream.Publish.BadName}, as the reference
-server sends them) followed by a close.
+C{publish} and C{play}; this protocol parses it and asks the access service
+(L{tokengate.access.service}), with the connection paused so no media is
+read while the token is checked.  Refusals are C{onStatus} errors
+(C{NetStream.Publish.BadName}, C{NetStream.Play.StreamNotFound},
+C{NetStream.Failed}, as the reference server sends them) followed by a
+close; docs/development.md ("Access outcomes") lists each.
 
 Players receive metadata, sequence headers and media from the hub, starting
 at a keyframe, with timestamps rebased to zero.

@@ -4,7 +4,7 @@ The HTTP playback gate: HLS, LL-HLS, DASH and MP4 under C{/{App}/streams/}.
 
 When the application controls play with tokens, **one token admits one
 viewing session**.  The first request (C{?token=T}) redeems the token
-through the gate and opens a session; the server then writes a signed session
+through the access service and opens a session; the server then writes a signed session
 credential (C{tgs=...}) into everything it serves: the media-playlist URIs of
 the multivariant playlist, every map, segment, part and preload-hint URI, the
 MPD's segment templates and C{Location}, and a redirect for MP4 (whose
