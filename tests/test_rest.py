@@ -283,8 +283,12 @@ class RestTests(RestBase):
         self.assertIs(settings["playTokenControlEnabled"], False)
         self.assertIs(settings["hlsMuxingEnabled"], True)
         path = "/rest/v2/applications/settings/LiveApp"
-        ok = await self.post(path, dict(settings, playTokenControlEnabled=True, someUnknownField=1))
+        ok = await self.post(path, dict(settings, playTokenControlEnabled=True))
         self.assertEqual(ok, (200, {"success": True, "message": "", "dataId": "", "errorId": 0}))
+        ok = await self.post(path, dict(settings, playTokenControlEnabled=True, someUnknownField=1))
+        self.assertEqual(ok, (200, {"success": True,
+                                    "message": "Unknown settings ignored: someUnknownField",
+                                    "dataId": "", "errorId": 0}))
         self.assertTrue(self.server.apps.get("LiveApp").playTokenControlEnabled)
         # null and missing fields take defaults
         await self.post(path, {"playTokenControlEnabled": True, "hlsMuxingEnabled": None})
@@ -396,3 +400,48 @@ class BroadcastTests(RestBase):
         r = await self.treq.delete(BASE + "/rest/v2/applications/Tmp")
         self.assertEqual(r.code, 200)
         self.assertTrue(stream.ended)
+
+    async def test_unenforcedSecuritySettingsRefused(self):
+        """
+        Ant Media's security settings that tokengate does not enforce are
+        refused when a POST would turn them on, naming them, and nothing
+        changes (accepted and not enforced, they would fail open); their
+        neutral values, as Ant Media's clients send a whole settings
+        object, are accepted.  Other unknown fields are kept out and named.
+        """
+        path = "/rest/v2/applications/settings/LiveApp"
+        for field, value in (("hashControlPublishEnabled", True),
+                             ("hashControlPlayEnabled", "true"),
+                             ("tokenHashSecret", "s"),
+                             ("acceptOnlyStreamsInDataStore", True),
+                             ("acceptOnlyRoomsInDataStore", 1),
+                             ("webhookAuthenticateURL", "http://127.0.0.1:9/hook"),
+                             ("webhookPlayAuthUrl", "http://127.0.0.1:9/hook"),
+                             ("allowedPublisherCIDR", "10.0.0.0/8"),
+                             ("jwksURL", "https://example.com/jwks"),
+                             ("timeTokenSecretForPublish", "x"),
+                             ("ipFilterEnabled", False)):
+            code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
+            self.assertEqual((code, body["success"]), (200, False), field)
+            self.assertIn(field, body["message"])
+            self.assertFalse(self.server.apps.get("LiveApp").playTokenControlEnabled, field)
+        two = await self.post(path, {"webhookAuthenticateURL": "http://x", "jwksURL": "http://y"})
+        self.assertEqual(two[1]["message"], "Not supported by tokengate, so refused (nothing "
+                                            "was changed): jwksURL, webhookAuthenticateURL")
+        neutral = {"hashControlPublishEnabled": False, "hashControlPlayEnabled": False,
+                   "tokenHashSecret": "", "acceptOnlyStreamsInDataStore": False,
+                   "webhookAuthenticateURL": "", "jwksURL": "", "ipFilterEnabled": True,
+                   "allowedPublisherCIDR": None, "timeTokenPeriod": 60}
+        code, body = await self.post(path, dict(neutral, playTokenControlEnabled=True))
+        self.assertEqual((code, body["success"], body["message"]),
+                         (200, True, "Unknown settings ignored: timeTokenPeriod"))
+        self.assertTrue(self.server.apps.get("LiveApp").playTokenControlEnabled)
+        many = {"unknown{}".format(i): i for i in range(25)}
+        many["bad name!"] = 1
+        code, body = await self.post(path, many)
+        self.assertTrue(body["success"])
+        self.assertTrue(body["message"].endswith(" and 6 more"), body["message"])
+        self.assertNotIn("bad name!", body["message"])
+        code, stored = await self.get(path)
+        self.assertNotIn("unknown1", stored)
+        self.assertNotIn("timeTokenPeriod", stored)

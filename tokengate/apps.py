@@ -142,12 +142,87 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
 }
 
 
+def _turnsOn(value: object) -> bool:
+    """
+    Whether a POSTed switch asks for the feature (anything but C{false}).
+    """
+    return value is not False
+
+
+def _names(value: object) -> bool:
+    """
+    Whether a POSTed secret, URL or network list asks for the feature
+    (anything but an empty string).
+    """
+    return value != ""
+
+
+def _turnsOff(value: object) -> bool:
+    """
+    Whether a POSTed C{ipFilterEnabled} asks to turn the REST address
+    filter off (anything but C{true}: tokengate always applies it).
+    """
+    return value is not True
+
+
+#: Ant Media's stream-security settings that tokengate does not enforce: a
+#: POST whose value would change what is admitted is refused, naming the
+#: fields (a setting accepted and not enforced would fail open); their
+#: neutral values (C{false}, C{""}; C{true} for C{ipFilterEnabled}), as
+#: Ant Media's own clients send them in a whole settings object, are
+#: accepted.
+UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
+    "hashControlPublishEnabled": _turnsOn,
+    "hashControlPlayEnabled": _turnsOn,
+    "tokenHashSecret": _names,
+    "timeTokenSecretForPublish": _names,
+    "timeTokenSecretForPlay": _names,
+    "acceptOnlyStreamsInDataStore": _turnsOn,
+    "acceptOnlyRoomsInDataStore": _turnsOn,
+    "webhookAuthenticateURL": _names,
+    "webhookPlayAuthUrl": _names,
+    "allowedPublisherCIDR": _names,
+    "jwksURL": _names,
+    "ipFilterEnabled": _turnsOff,
+}
+
+#: unknown fields named in a settings answer, at most
+MAX_NAMED_FIELDS = 20
+
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def unknownFields(data: object) -> tuple[list[str], list[str]]:
+    """
+    The fields of a POSTed settings object that tokengate does not keep.
+
+    @return: the unenforced security fields whose value asks for their
+        feature (L{UNENFORCED_SECURITY}), and every other field that is not
+        a setting (kept out; names that are not plain identifiers are
+        reported as one C{"?"}), both sorted.
+    @raise JSONError: when C{data} is not an object.
+    """
+    obj = requireObject(data, "Settings")
+    refused: list[str] = []
+    ignored: set[str] = set()
+    for name, value in obj.items():
+        if name in SETTINGS_FIELDS or name in _ALIASES:
+            continue
+        wants = UNENFORCED_SECURITY.get(name)
+        if wants is not None:
+            if value is not None and wants(value):
+                refused.append(name)
+            continue
+        ignored.add(name if _FIELD_NAME.fullmatch(name) else "?")
+    return sorted(refused), sorted(ignored)
+
+
 @define
 class AppSettings:
     """
     An application's settings.  Field names are the reference server's JSON
-    names; unknown fields in a POST are ignored, missing ones take these
-    defaults ("null fields will be set to default values").
+    names; missing ones take these defaults ("null fields will be set to
+    default values"); unknown ones are refused or kept out (L{fromJSON}).
     """
 
     # one-time tokens
@@ -177,20 +252,29 @@ class AppSettings:
         return asdict(self)
 
     @classmethod
-    def fromJSON(cls, data: object) -> "AppSettings":
+    def fromJSON(cls, data: object) -> tuple["AppSettings", list[str]]:
         """
         Build settings from a POSTed object and validate them.
 
+        @return: the settings, and the fields of C{data} that are not
+            settings and were kept out (see L{unknownFields}).
         @raise JSONError: when a field has the wrong type or is out of its
             range (the message names the field).
-        @raise SettingsError: when the combination is invalid.
+        @raise SettingsError: when the combination is invalid, or a
+            security setting tokengate does not enforce would be turned on
+            (the message names every such field).
         """
+        refused, ignored = unknownFields(data)
+        if refused:
+            raise SettingsError(
+                "Not supported by tokengate, so refused (nothing was changed): "
+                + ", ".join(refused))
         values: dict[str, Any] = {}
         for name, value in _present(data):
             values[name] = SETTINGS_FIELDS[name].check(value, name)
         settings = cls(**values)
         settings.validate()
-        return settings
+        return settings, ignored
 
     @classmethod
     def fromStored(cls, data: object, app: str) -> tuple["AppSettings", list[str]]:

@@ -26,7 +26,13 @@ from twisted.web.iweb import IRequest
 
 from tokengate.access.names import isValidStreamId
 from tokengate.access.revocation import Revoker
-from tokengate.apps import Applications, AppSettings, SettingsError, address_allowed
+from tokengate.apps import (
+    MAX_NAMED_FIELDS,
+    Applications,
+    AppSettings,
+    SettingsError,
+    address_allowed,
+)
 from tokengate.auth import Gate, Refused, StreamCredentials, check_jwt, mint_jwt
 from tokengate.jsonvalue import JSONError, decimalText, readJSON, requireObject
 from tokengate.logsafe import Logger
@@ -262,10 +268,17 @@ class RestAPI:
         body = read_json(request)
         try:
             # a field of the wrong type or out of range: JSONError, a 400
-            settings = AppSettings.fromJSON(body)
+            settings, ignored = AppSettings.fromJSON(body)
             self._apps.update(name, settings)
         except SettingsError as e:
             return send_json(request, result(False, str(e)))
+        if ignored:
+            named = ignored[:MAX_NAMED_FIELDS]
+            more = len(ignored) - len(named)
+            message = "Unknown settings ignored: " + ", ".join(named)
+            if more:
+                message += " and {} more".format(more)
+            return send_json(request, result(True, message))
         return send_json(request, result(True))
 
     @app.route("/metrics", methods=["GET"])
