@@ -231,3 +231,61 @@ class RaceTests(SynchronousTestCase):
         self.release()
         self.assertEqual(self.refusal(d), Outcome.NOT_LIVE)
         self.assertEqual(self.gate.registry.grants("LiveApp", "s1"), [])
+
+
+class HashTokenTests(SynchronousTestCase):
+    """
+    Ant Media's hash tokens, through the one door: every protocol.
+    """
+
+    SECRET = "h" * 20
+
+    def setUp(self):
+        AccessServiceTests.setUp(self)
+        self.apps.replace("LiveApp", publishTokenControlEnabled=False,
+                          playTokenControlEnabled=False, hashControlPublishEnabled=True,
+                          hashControlPlayEnabled=True, tokenHashSecret=self.SECRET,
+                          dashMuxingEnabled=True)
+
+    request = AccessServiceTests.request
+    refusal = AccessServiceTests.refusal
+
+    def test_everyProtocol(self):
+        from tokengate.access.hashtoken import hashToken
+
+        publish = hashToken("s1", PUBLISH, self.SECRET)
+        for protocol in ("rtmp", "srt", "webrtc"):
+            self.assertEqual(self.refusal(self.access.publish(
+                self.request(PUBLISH, protocol, hashToken("s1", PLAY, self.SECRET)),
+                Mind(protocol))), Outcome.INVALID)
+            self.assertEqual(self.refusal(self.access.publish(
+                self.request(PUBLISH, protocol, None), Mind(protocol))), Outcome.MISSING)
+            publication = self.successResultOf(self.access.publish(
+                self.request(PUBLISH, protocol, publish), Mind(protocol)))
+            self.assertEqual(publication.grant.kind, "hash")
+            publication.end()
+        # reusable: the same token publishes again, and it plays nothing
+        publication = self.successResultOf(self.access.publish(
+            self.request(PUBLISH, "rtmp", publish), Mind()))
+        publication.start()
+        play = hashToken("s1", PLAY, self.SECRET)
+        for protocol in ("rtmp", "webrtc", "hls", "dash"):
+            self.assertEqual(self.refusal(self.access.play(
+                self.request(PLAY, protocol, publish), Mind(protocol))), Outcome.INVALID)
+            self.assertEqual(self.refusal(self.access.play(
+                self.request(PLAY, protocol, hashToken("s2", PLAY, self.SECRET)),
+                Mind(protocol))), Outcome.INVALID)
+            for _ in range(2):
+                viewing = self.successResultOf(self.access.play(
+                    self.request(PLAY, protocol, play), Mind(protocol)))
+                self.assertEqual(viewing.grant.kind, "hash")
+                viewing.end()
+
+    def test_secretChangeInvalidates(self):
+        from tokengate.access.hashtoken import hashToken
+
+        token = hashToken("s1", PUBLISH, self.SECRET)
+        self.apps.replace("LiveApp", hashControlPublishEnabled=True,
+                          tokenHashSecret="another secret of 20")
+        self.assertEqual(self.refusal(self.access.publish(
+            self.request(PUBLISH, "rtmp", token), Mind())), Outcome.INVALID)

@@ -376,3 +376,38 @@ class OneRegistryTests(Harness):
             self.assertEqual(self.kicked(protocol, action, "shutdown"), 1)
         self.assertEqual(registry.grants("LiveApp"), [])
         self.assertEqual(self.server.httpSessions.sweep(), 0)
+
+
+class HashTokenTests(Harness):
+    """
+    HLS and DASH with Ant Media's hash tokens: the play hash of the stream
+    opens a session, again and again; anything else is refused as a token.
+    """
+
+    SECRET = "a hash secret of 24 chars"
+
+    def setUp(self):
+        super().setUp()
+        self.server.apps.replace("LiveApp", playTokenControlEnabled=False,
+                                 hashControlPlayEnabled=True, tokenHashSecret=self.SECRET,
+                                 dashMuxingEnabled=True)
+
+    def test_hlsAndDash(self):
+        from tokengate.access.hashtoken import hashToken
+
+        self.live()
+        play = hashToken("s1", "play", self.SECRET)
+        for path in ("s1.m3u8", "s1/s1.mpd"):
+            for wrong in (hashToken("s1", "publish", self.SECRET),
+                          hashToken("s2", "play", self.SECRET), "", "x"):
+                self.assertAnswer(self.get(path + "?token=" + wrong), 403,
+                                  "Invalid Token for streamId:s1")
+        self.assertEqual(self.refusals("hls", "invalid"), 3)
+        self.assertEqual(self.refusals("hls", "missing"), 1)
+        for path in ("s1.m3u8", "s1/s1.mpd", "s1.m3u8"):
+            # admitted (the stream has no media yet: the packager's answer),
+            # each by a client without the others' session cookie
+            self.assertAnswer(self.get(path + "?token=" + play, http=StubTreq(self.root)),
+                              404, "Stream is starting; try again shortly")
+        kinds = [(g.protocol, g.kind) for g in self.server.gate.registry.grants("LiveApp", "s1")]
+        self.assertEqual(sorted(kinds), [("dash", "hash"), ("hls", "hash"), ("hls", "hash")])

@@ -302,6 +302,10 @@ class RestTests(RestBase):
             ({"jwtControlEnabled": True, "jwtSecretKey": "short"}, "at least 32"),
             ({"remoteAllowedCIDR": "nonsense"}, "not a network"),
             ({"enableTimeTokenForPlay": True}, "not supported"),
+            ({"hashControlPlayEnabled": True}, "tokenHashSecret must be at least 16"),
+            ({"hashControlPlayEnabled": True, "tokenHashSecret": "x" * 15}, "at least 16"),
+            ({"hashControlPlayEnabled": True, "playTokenControlEnabled": True,
+              "tokenHashSecret": "x" * 16}, "Only one token type"),
         ):
             code, body = await self.post(path, bad)
             self.assertEqual((code, body["success"]), (200, False), bad)
@@ -410,10 +414,7 @@ class BroadcastTests(RestBase):
         object, are accepted.  Other unknown fields are kept out and named.
         """
         path = "/rest/v2/applications/settings/LiveApp"
-        for field, value in (("hashControlPublishEnabled", True),
-                             ("hashControlPlayEnabled", "true"),
-                             ("tokenHashSecret", "s"),
-                             ("acceptOnlyStreamsInDataStore", True),
+        for field, value in (("acceptOnlyStreamsInDataStore", True),
                              ("acceptOnlyRoomsInDataStore", 1),
                              ("webhookAuthenticateURL", "http://127.0.0.1:9/hook"),
                              ("webhookPlayAuthUrl", "http://127.0.0.1:9/hook"),

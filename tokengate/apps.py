@@ -43,6 +43,9 @@ RESERVED_NAMES = frozenset({"rest", "metrics", "time", "static", "favicon.ico"})
 
 
 MIN_JWT_KEY_LENGTH = 32
+#: the shortest tokenHashSecret that enables hash tokens (Ant Media sets no
+#: bound; a short one is guessed from any one token by brute force)
+MIN_HASH_SECRET_LENGTH = 16
 #: the longest secret key (C{jwtStreamSecretKey}, C{jwtSecretKey})
 MAX_KEY_LENGTH = 1024
 #: the longest C{remoteAllowedCIDR} and the most networks in it
@@ -126,6 +129,9 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
     "jwtStreamSecretKey": TextField(MAX_KEY_LENGTH),
     "enableTimeTokenForPublish": BoolField(),
     "enableTimeTokenForPlay": BoolField(),
+    "hashControlPublishEnabled": BoolField(),
+    "hashControlPlayEnabled": BoolField(),
+    "tokenHashSecret": TextField(MAX_KEY_LENGTH),
     "remoteAllowedCIDR": TextField(MAX_CIDR_TEXT),
     "jwtControlEnabled": BoolField(),
     "jwtSecretKey": TextField(MAX_KEY_LENGTH),
@@ -172,9 +178,6 @@ def _turnsOff(value: object) -> bool:
 #: Ant Media's own clients send them in a whole settings object, are
 #: accepted.
 UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
-    "hashControlPublishEnabled": _turnsOn,
-    "hashControlPlayEnabled": _turnsOn,
-    "tokenHashSecret": _names,
     "timeTokenSecretForPublish": _names,
     "timeTokenSecretForPlay": _names,
     "acceptOnlyStreamsInDataStore": _turnsOn,
@@ -235,6 +238,10 @@ class AppSettings:
     # TOTP subscriber codes: not implemented; refused when enabled
     enableTimeTokenForPublish: bool = False
     enableTimeTokenForPlay: bool = False
+    # hash tokens: sha256 hex of streamId + role + tokenHashSecret (reusable)
+    hashControlPublishEnabled: bool = False
+    hashControlPlayEnabled: bool = False
+    tokenHashSecret: str = ""
     # protection of this application's REST API
     remoteAllowedCIDR: str = "127.0.0.1"
     jwtControlEnabled: bool = False
@@ -316,24 +323,26 @@ class AppSettings:
         """
         for name, spec in SETTINGS_FIELDS.items():
             spec.check(getattr(self, name), name)
-        for direction, onetime, jwt_, totp in (
+        for direction, onetime, jwt_, totp, hash_ in (
             (
                 "publish",
                 self.publishTokenControlEnabled,
                 self.publishJwtControlEnabled,
                 self.enableTimeTokenForPublish,
+                self.hashControlPublishEnabled,
             ),
             (
                 "play",
                 self.playTokenControlEnabled,
                 self.playJwtControlEnabled,
                 self.enableTimeTokenForPlay,
+                self.hashControlPlayEnabled,
             ),
         ):
-            if onetime + jwt_ + totp > 1:
+            if onetime + jwt_ + totp + hash_ > 1:
                 raise SettingsError(
                     "Only one token type can be enabled for {}: one-time token, "
-                    "JWT or TOTP".format(direction)
+                    "JWT, TOTP or hash".format(direction)
                 )
             if totp:
                 raise SettingsError(
@@ -348,6 +357,13 @@ class AppSettings:
                     MIN_JWT_KEY_LENGTH
                 )
             )
+        if (self.hashControlPublishEnabled or self.hashControlPlayEnabled) and len(
+            self.tokenHashSecret
+        ) < MIN_HASH_SECRET_LENGTH:
+            raise SettingsError(
+                "tokenHashSecret must be at least {} characters to enable hash "
+                "tokens".format(MIN_HASH_SECRET_LENGTH)
+            )
         if self.jwtControlEnabled and len(self.jwtSecretKey) < MIN_JWT_KEY_LENGTH:
             raise SettingsError(
                 "jwtSecretKey must be at least {} characters".format(MIN_JWT_KEY_LENGTH)
@@ -357,18 +373,22 @@ class AppSettings:
     def tokenKind(self, action: str) -> Optional[str]:
         """
         Which token the application demands for an action: C{"onetime"},
-        C{"jwt"} or L{None} (no token control).
+        C{"jwt"}, C{"hash"} or L{None} (no token control).
         """
         if action == "publish":
             if self.publishTokenControlEnabled:
                 return "onetime"
             if self.publishJwtControlEnabled:
                 return "jwt"
+            if self.hashControlPublishEnabled:
+                return "hash"
         else:
             if self.playTokenControlEnabled:
                 return "onetime"
             if self.playJwtControlEnabled:
                 return "jwt"
+            if self.hashControlPlayEnabled:
+                return "hash"
         return None
 
     def allowedNetworks(

@@ -46,8 +46,9 @@ from tokengate.access.sessions import (
     IPlayGrant,
     SessionRegistry,
 )
-from tokengate.logsafe import Logger
+from tokengate.access.hashtoken import verifyHashToken
 from tokengate.apps import Applications
+from tokengate.logsafe import Logger
 from tokengate.metrics import Metrics
 from tokengate.store import ITokenStore, StoreUnavailable
 from tokengate.tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, Outcome, Probe, digest
@@ -224,20 +225,48 @@ class JwtTokenChecker:
 
 
 @implementer(ICredentialsChecker)
+class HashTokenChecker:
+    """
+    Checks Ant Media's hash tokens (L{tokengate.access.hashtoken}):
+    reusable, bound to the stream and the action, verified against the
+    application's C{tokenHashSecret}.
+    """
+
+    credentialInterfaces = (IStreamCredentials,)
+
+    def __init__(self, apps: Applications) -> None:
+        self._apps = apps
+
+    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
+        return Deferred.fromCoroutine(self._check(creds))
+
+    async def _check(self, creds: IStreamCredentials) -> AvatarId:
+        token = _presented(creds)
+        settings = self._apps.get(creds.app)
+        if settings is None:
+            raise Refused(Outcome.NO_APP)
+        if not verifyHashToken(token, creds.streamId, creds.action, settings.tokenHashSecret):
+            raise Refused(Outcome.INVALID)
+        return Admission(creds.app, creds.streamId, creds.action, "hash",
+                         digest(token)).toAvatarId()
+
+
+@implementer(ICredentialsChecker)
 class PolicyChecker:
     """
     The checker the portal knows: applies the application's settings and
-    delegates to the one-time or the JWT checker, or admits without a token
-    when the application has no token control for the action.
+    delegates to the one-time, the JWT or the hash checker, or admits
+    without a token when the application has no token control for the
+    action.
     """
 
     credentialInterfaces = (IStreamCredentials,)
 
     def __init__(self, apps: Applications, onetime: OneTimeTokenChecker,
-                 jwt: JwtTokenChecker) -> None:
+                 jwt: JwtTokenChecker, hash: "HashTokenChecker") -> None:
         self._apps = apps
-        self._checkers: dict[str, OneTimeTokenChecker | JwtTokenChecker] = {
-            "onetime": onetime, "jwt": jwt}
+        self._checkers: dict[str, OneTimeTokenChecker | JwtTokenChecker | HashTokenChecker] = {
+            "onetime": onetime, "jwt": jwt, "hash": hash}
 
     def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
         settings = self._apps.get(creds.app)
@@ -515,7 +544,8 @@ def build_gate(apps: Applications, store: ITokenStore, clock: IReactorTime,
                throttle: Optional[Throttle] = None) -> Gate:
     registry = SessionRegistry(metrics, clock, kickOnExpiry=kickOnExpiry)
     onetime = OneTimeTokenChecker(store, clock)
-    portal = Portal(GateRealm(registry), [PolicyChecker(apps, onetime, JwtTokenChecker(apps, clock))])
+    portal = Portal(GateRealm(registry), [PolicyChecker(apps, onetime, JwtTokenChecker(apps, clock),
+                                                        HashTokenChecker(apps))])
     return Gate(portal, registry, throttle or Throttle(clock), metrics, apps, onetime)
 
 

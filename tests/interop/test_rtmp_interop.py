@@ -162,6 +162,41 @@ class NoTokenControlTests(RTMPInteropBase):
         self.assertEqual(result.code, 0, result.stderr[-2000:])
 
 
+class HashTokenTests(RTMPInteropBase):
+    """
+    Ant Media's hash tokens with ffmpeg: publish and play over RTMP with
+    sha256(streamId + role + tokenHashSecret), reusable; a wrong one is
+    refused.
+    """
+
+    SECRET = "a hash secret of 24 chars"
+
+    def setUp(self):
+        super().setUp()
+        self.server.apps.replace("LiveApp", hashControlPublishEnabled=True,
+                                 hashControlPlayEnabled=True, tokenHashSecret=self.SECRET)
+
+    async def test_publishAndPlay(self):
+        from tokengate.access.hashtoken import hashToken
+
+        publish = hashToken("s1", "publish", self.SECRET)
+        play = hashToken("s1", "play", self.SECRET)
+        result = await self.publish("/LiveApp/s1?token=" + play, realtime=False).done
+        self.assertNotEqual(result.code, 0)
+        self.assertIn(REFUSED, result.stderr)
+        self.assertEqual(self.refusals("invalid"), 1)
+        pub = self.publish("/LiveApp/s1?token=" + publish, clip=test_clip(20))
+        await self.waitLive()
+        for _ in range(2):  # reusable
+            result = await self.play("/LiveApp/s1?token=" + play, seconds=2).done
+            self.assertEqual(result.code, 0, result.stderr[-2000:])
+            self.assertGreater(frames(result.stderr), 20)
+        result = await self.play("/LiveApp/s1?token=" + publish, seconds=2).done
+        self.assertNotEqual(result.code, 0)
+        self.assertIn(REFUSED_PLAY, result.stderr)
+        pub.kill()
+
+
 class PlayTests(RTMPInteropBase):
     def setUp(self):
         super().setUp()
