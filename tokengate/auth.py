@@ -47,7 +47,7 @@ from tokengate.access.sessions import (
     SessionRegistry,
 )
 from tokengate.access.hashtoken import verifyHashToken
-from tokengate.apps import Applications
+from tokengate.apps import Applications, AppSettings
 from tokengate.logsafe import Logger
 from tokengate.metrics import Metrics
 from tokengate.store import ITokenStore, StoreUnavailable
@@ -192,26 +192,48 @@ def check_jwt(secret: str, token: str, now: float,
     return claims
 
 
-@implementer(ICredentialsChecker)
-class JwtTokenChecker:
+class _SettingsTokenChecker:
     """
-    Checks stream JWTs (reusable until they expire).
+    A checker of reusable tokens verified against the application's own
+    settings (a secret), not the store: L{JwtTokenChecker},
+    L{HashTokenChecker}.
     """
 
     credentialInterfaces = (IStreamCredentials,)
 
-    def __init__(self, apps: Applications, clock: IReactorTime) -> None:
+    def __init__(self, apps: Applications) -> None:
         self._apps = apps
-        self._clock = clock
 
     def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
-        return Deferred.fromCoroutine(self._check(creds))
+        return Deferred.fromCoroutine(self._checkPresented(creds))
 
-    async def _check(self, creds: IStreamCredentials) -> AvatarId:
+    async def _checkPresented(self, creds: IStreamCredentials) -> AvatarId:
         token = _presented(creds)
         settings = self._apps.get(creds.app)
         if settings is None:
             raise Refused(Outcome.NO_APP)
+        return self._check(creds, token, settings)
+
+    def _check(self, creds: IStreamCredentials, token: str,
+               settings: AppSettings) -> AvatarId:
+        """
+        Admit C{token} for C{creds} under C{settings}, or raise L{Refused}.
+        """
+        raise NotImplementedError()
+
+
+@implementer(ICredentialsChecker)
+class JwtTokenChecker(_SettingsTokenChecker):
+    """
+    Checks stream JWTs (reusable until they expire).
+    """
+
+    def __init__(self, apps: Applications, clock: IReactorTime) -> None:
+        super().__init__(apps)
+        self._clock = clock
+
+    def _check(self, creds: IStreamCredentials, token: str,
+               settings: AppSettings) -> AvatarId:
         claims = check_jwt(settings.jwtStreamSecretKey, token, self._clock.seconds())
         if claims.get("type") != creds.action:
             raise Refused(Outcome.WRONG_TYPE)
@@ -225,26 +247,15 @@ class JwtTokenChecker:
 
 
 @implementer(ICredentialsChecker)
-class HashTokenChecker:
+class HashTokenChecker(_SettingsTokenChecker):
     """
     Checks Ant Media's hash tokens (L{tokengate.access.hashtoken}):
     reusable, bound to the stream and the action, verified against the
     application's C{tokenHashSecret}.
     """
 
-    credentialInterfaces = (IStreamCredentials,)
-
-    def __init__(self, apps: Applications) -> None:
-        self._apps = apps
-
-    def requestAvatarId(self, creds: IStreamCredentials) -> "Deferred[AvatarId]":
-        return Deferred.fromCoroutine(self._check(creds))
-
-    async def _check(self, creds: IStreamCredentials) -> AvatarId:
-        token = _presented(creds)
-        settings = self._apps.get(creds.app)
-        if settings is None:
-            raise Refused(Outcome.NO_APP)
+    def _check(self, creds: IStreamCredentials, token: str,
+               settings: AppSettings) -> AvatarId:
         if not verifyHashToken(token, creds.streamId, creds.action, settings.tokenHashSecret):
             raise Refused(Outcome.INVALID)
         return Admission(creds.app, creds.streamId, creds.action, "hash",
