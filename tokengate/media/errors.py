@@ -1,5 +1,5 @@
 """
-The one error type of :mod:`tokengate.media`.
+The one error type of L{tokengate.media}.
 """
 
 from __future__ import annotations
@@ -11,6 +11,6 @@ class MediaError(ValueError):
     """
     Malformed, truncated or unsupported media input.
 
-    Every parser and builder in :mod:`tokengate.media` raises only this for
+    Every parser and builder in L{tokengate.media} raises only this for
     bad input, so callers handling untrusted streams need one C{except}.
     """

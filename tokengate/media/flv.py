@@ -5,8 +5,8 @@ A minimal FLV file reader and writer (FLV specification 10.1, annex E).
 Pure code, no I/O: it works on bytes already read, e.g. to replay a captured
 publish in tests and benchmarks.  Tag bodies are the payloads of RTMP
 messages of the same type; parse them with
-:func:`tokengate.media.codecs.parse_video_tag` and
-:func:`~tokengate.media.codecs.parse_audio_tag`.
+L{tokengate.media.codecs.parse_video_tag} and
+L{tokengate.media.codecs.parse_audio_tag}.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ Pure code, no I/O beyond the C{write}/C{read} callables a recording is
 given.  Video and audio are always separate tracks, each with its own init
 segment and its own fragments, as HLS and DASH need for separate renditions.
 
-* :func:`init_segment` -- C{ftyp} + C{moov} for one :class:`Track`;
-* :func:`media_segment` -- C{[styp] moof mdat} for a run of
-  :class:`Sample` objects: a whole segment, or an LL-HLS part (without
+* L{init_segment} -- C{ftyp} + C{moov} for one L{Track};
+* L{media_segment} -- C{[styp] moof mdat} for a run of
+  L{Sample} objects: a whole segment, or an LL-HLS part (without
   C{styp}).  It runs per fragment for every stream, so it packs its fixed
   header with one C{struct} call, every trun entry with another, and joins
   the output once;
-* :func:`write_progressive_mp4` -- C{ftyp} + C{moov} + C{mdat} with the
+* L{write_progressive_mp4} -- C{ftyp} + C{moov} + C{mdat} with the
   moov first, streaming the mdat from a byte source (see there).
 
 Layouts follow ISO/IEC 14496-12 and 14496-14, the CMAF brand constraints of
@@ -121,8 +121,8 @@ class Track:
 
     C{codec} is the sample entry type: C{avc1} (C{config} is the avcC
     record), C{mp4a} (C{config} is the AudioSpecificConfig) or C{Opus}
-    (C{config} is the dOps payload).  Use the :meth:`video_avc`,
-    :meth:`audio_aac` and :meth:`audio_opus` constructors, which fill the
+    (C{config} is the dOps payload).  Use the L{video_avc},
+    L{audio_aac} and L{audio_opus} constructors, which fill the
     rest in from the configuration.
     """
 
@@ -541,7 +541,7 @@ class SampleTable:
     (C{offset}, C{size}) and times it in the track timescale (C{dts},
     C{duration}, C{cts_offset} = PTS - DTS); C{is_sync} marks key frames.
 
-    A table is also a :class:`SampleSource` of one block.
+    A table is also a L{SampleSource} of one block.
     """
 
     __slots__ = ("offsets", "sizes", "dts", "durations", "cts_offsets", "sync")
@@ -607,7 +607,7 @@ class SampleTable:
         return len(self.sync)
 
     def blocks(self) -> Iterator[SampleTable]:
-        """The table as one block (see :class:`SampleSource`)."""
+        """The table as one block (see L{SampleSource})."""
         yield self
 
 
@@ -615,8 +615,8 @@ class SampleSource(Protocol):
     """
     The samples of one track, for tables too long to hold in memory:
     C{len()} counts them, and every call of C{blocks()} yields them again
-    from the first, in decode order, as consecutive :class:`SampleTable`
-    blocks.  :func:`write_progressive_mp4` holds a few blocks at a time, so
+    from the first, in decode order, as consecutive L{SampleTable}
+    blocks.  L{write_progressive_mp4} holds a few blocks at a time, so
     its memory is bounded by the block size, not by the number of samples.
     """
 
@@ -636,7 +636,7 @@ class _Readable(Protocol):
 
 
 def file_reader(f: _Readable) -> Callable[[int, int], bytes]:
-    """A byte source for :func:`write_progressive_mp4` reading a seekable file."""
+    """A byte source for L{write_progressive_mp4} reading a seekable file."""
 
     def read(offset: int, size: int) -> bytes:
         f.seek(offset)
@@ -834,13 +834,13 @@ def write_progressive_mp4(
 
     The design keeps a long recording out of memory: while recording, append
     each sample's bytes to a spool (a file, in any order and interleaving)
-    and its row to a :class:`SampleTable` per track, or to anything that is
-    a :class:`SampleSource` (a table kept on disk, read back in blocks), or
+    and its row to a L{SampleTable} per track, or to anything that is
+    a L{SampleSource} (a table kept on disk, read back in blocks), or
     pass any iterable of C{(offset, size, dts, duration, cts_offset,
     is_sync)} rows.  This function lays the samples out in chunks of about
     *chunk_duration* seconds, interleaved by time, writes the moov from the
     tables, then streams the mdat by calling C{read(offset, size)} on the
-    spool (see :func:`file_reader`), merging reads of adjacent samples up to
+    spool (see L{file_reader}), merging reads of adjacent samples up to
     4 MiB.  It walks each source's blocks several times and never holds
     more than a few blocks of each, nor a whole sample-table box: its
     memory does not grow with the number of samples.

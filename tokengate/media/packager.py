@@ -4,18 +4,18 @@ The live CMAF packager: one live stream in (FLV tag bodies from the hub),
 LL-HLS media playlists, an HLS multivariant playlist and a DASH MPD out,
 all over one set of CMAF segments.
 
-:class:`Packager` is a facade over :mod:`tokengate.media.cmaf`: the
-segmenter (:mod:`~tokengate.media.cmaf.segmenter`, samples into parts and
-segments), the window (:mod:`~tokengate.media.cmaf.window`, the segments
+L{Packager} is a facade over L{tokengate.media.cmaf}: the
+segmenter (L{tokengate.media.cmaf.segmenter}, samples into parts and
+segments), the window (L{tokengate.media.cmaf.window}, the segments
 held and their bounds, the lookups), the playlists
-(:mod:`~tokengate.media.cmaf.hls`) and the MPD
-(:mod:`~tokengate.media.cmaf.dash`).  The rules below are theirs.
+(L{tokengate.media.cmaf.hls}) and the MPD
+(L{tokengate.media.cmaf.dash}).  The rules below are theirs.
 
 Pure code: no I/O and no reactor.  Time comes from an injected clock (an
 object with C{seconds()}, e.g. the reactor or C{task.Clock}); blocking
-reloads are Deferreds.  One :class:`Packager` exists per (app, stream id) and
-outlives publications: :meth:`Packager.attach` subscribes it to each new
-:class:`~tokengate.media.hub.LiveStream` (generation) of that stream id.
+reloads are Deferreds.  One L{Packager} exists per (app, stream id) and
+outlives publications: L{Packager.attach} subscribes it to each new
+L{tokengate.media.hub.LiveStream} (generation) of that stream id.
 
 URL layout
 ==========
@@ -130,7 +130,7 @@ segment, C{EXT-X-PART} lines for the segments of the last three target
 durations and for the segment in progress, an C{EXT-X-PRELOAD-HINT} for
 the next part, and an C{EXT-X-RENDITION-REPORT} for the other track.
 After the stream ended they end with C{EXT-X-ENDLIST} and have no preload
-hint.  Blocking reloads (C{_HLS_msn}/C{_HLS_part}) are :meth:`Packager.wait`.
+hint.  Blocking reloads (C{_HLS_msn}/C{_HLS_part}) are L{Packager.wait}.
 
 API (what the HTTP side uses)
 =============================

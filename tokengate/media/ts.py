@@ -30,7 +30,7 @@ has arrived, and C{flush()} handles the last).  A continuity counter gap,
 a transport error or a PES over C{max_pes_size} drops the PES being
 assembled; a PES that fails to parse is dropped too.  These are counted in
 C{stats} (a dict) and, with C{strict=True}, raise
-:class:`~tokengate.media.errors.MediaError` instead (after which the
+L{tokengate.media.errors.MediaError} instead (after which the
 demuxer is in an undefined state: discard it).  Nothing else is ever
 raised.  Timestamps before the first one seen (audio slightly ahead of the
 first video in stream order, as ffmpeg muxes it) are clamped to 0.  Held bytes are bounded: under 189 bytes of the stream plus one PES

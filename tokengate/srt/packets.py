@@ -6,7 +6,7 @@ Pure code, no I/O, no clock.  Every value class is a frozen attrs class;
 C{decode_packet(datagram)} turns one UDP payload into one of them and each
 has an C{encode() -> bytes}.  Every malformed input, and every value that
 does not fit its field on encoding, raises
-:class:`~tokengate.srt.errors.SRTProtocolError` and nothing else.
+L{tokengate.srt.errors.SRTProtocolError} and nothing else.
 
 Wire format (all big-endian 32-bit words; the SRT RFC draft and Haivision
 libsrt C{packet.h}/C{handshake.h})::
@@ -20,20 +20,20 @@ Handshake CIF (48 bytes)::
     socket id | cookie | peer IP (16 bytes)
 
 then, for HSv5, extensions C{cmd u16 | size u16 (in 32-bit words) | data}.
-Extensions are kept raw (:class:`HandshakeExtension`); :class:`HSReq` decodes
-the HSREQ/HSRSP payload and :func:`decode_stream_id` the SID payload.  The
+Extensions are kept raw (L{HandshakeExtension}); L{HSReq} decodes
+the HSREQ/HSRSP payload and L{decode_stream_id} the SID payload.  The
 peer IP and the stream id bytes are byte-reversed in every 32-bit word on the
-wire (libsrt copies them as host-order words); :func:`encode_peer_ip`,
-:func:`decode_peer_ip`, :func:`encode_stream_id` and
-:func:`decode_stream_id` undo that.
+wire (libsrt copies them as host-order words); L{encode_peer_ip},
+L{decode_peer_ip}, L{encode_stream_id} and
+L{decode_stream_id} undo that.
 
 The receiver's hot path (data packets) does not need the value classes:
-:func:`peek_dst` and :data:`HEADER` are there for dispatching and decoding a
+L{peek_dst} and L{HEADER} are there for dispatching and decoding a
 datagram without building objects.
 
-Sequence numbers are 31 bits and wrap; :func:`seq_add`, :func:`seq_diff`,
-:func:`seq_cmp` and :func:`seq_unwrap` do the arithmetic.  Timestamps are 32
-bits of microseconds and wrap every ~71.6 minutes; :func:`ts_unwrap` puts
+Sequence numbers are 31 bits and wrap; L{seq_add}, L{seq_diff},
+L{seq_cmp} and L{seq_unwrap} do the arithmetic.  Timestamps are 32
+bits of microseconds and wrap every ~71.6 minutes; L{ts_unwrap} puts
 one on a continuous timeline next to a reference.
 """
 
@@ -278,7 +278,7 @@ def ts_unwrap(ts: int, reference: int) -> int:
 @frozen
 class DataPacket:
     """
-    A data packet.  C{position} is the PP field (:data:`PB_SOLO` for a
+    A data packet.  C{position} is the PP field (L{PB_SOLO} for a
     whole message), C{key} the KK field (0: not encrypted),
     C{retransmitted} the R flag.
     """
@@ -467,7 +467,7 @@ class Handshake:
     """
     A HANDSHAKE control packet: the 48-byte CIF and, for HSv5, its
     extensions (raw).  C{peer_ip} is the 16 bytes as on the wire; see
-    :func:`encode_peer_ip`.  C{reqtype} is signed (:data:`URQ_CONCLUSION`
+    L{encode_peer_ip}.  C{reqtype} is signed (L{URQ_CONCLUSION}
     is -1; rejections are 1000 + reason).
     """
 

@@ -2,10 +2,10 @@
 """
 Token stores: one interface, three implementations.
 
-* :class:`tokengate.store.memory.MemoryTokenStore`: for tests and throwaway
+* L{tokengate.store.memory.MemoryTokenStore}: for tests and throwaway
   servers;
-* :class:`tokengate.store.sqlite.SQLiteTokenStore`: the embedded default;
-* :class:`tokengate.store.redis.RedisTokenStore`: shared by a cluster.
+* L{tokengate.store.sqlite.SQLiteTokenStore}: the embedded default;
+* L{tokengate.store.redis.RedisTokenStore}: shared by a cluster.
 
 A redemption is one atomic step in every store, so two requests, two
 processes or two nodes can never both redeem one token.

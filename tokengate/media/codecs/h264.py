@@ -269,7 +269,7 @@ def build_sps(
     """
     Build an SPS NAL unit (header C{67} included) with POC type 0, one
     reference frame and frame cropping to *width* x *height*; the inverse of
-    :func:`parse_sps`, for tests and synthetic streams.
+    L{parse_sps}, for tests and synthetic streams.
 
     *scaling_lists*, for the High profiles, is 8 (12 for 4:4:4) entries,
     each None (not present) or 16/64 coefficients in 1..255.

@@ -8,10 +8,10 @@ finalizing and start-up recovery, worker-thread code) and
 L{tokengate.media.recorder.manager} (L{Recorder} and L{RecordingManager},
 on the reactor).  Their public names are importable from here.
 
-A :class:`Recorder` is a hub subscriber (:class:`~tokengate.media.hub.ISubscriber`).
+A L{Recorder} is a hub subscriber (L{tokengate.media.hub.ISubscriber}).
 While the stream is live it appends every sample to a spool and a journal;
 when the stream ends it turns them into a standard progressive MP4 (moov
-before mdat).  A :class:`RecordingManager` owns the directory, the worker
+before mdat).  A L{RecordingManager} owns the directory, the worker
 threads and the recorders, and recovers recordings cut short by a crash.
 
 Files, for a recording of C{app}/C{streamId} that started at C{ms} (epoch
