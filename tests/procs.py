@@ -134,6 +134,24 @@ class ClientsMixin:
             stream.end()
         await deferLater(reactor, 0.2)
 
+    async def waitFor(self, condition: Any, timeout: float, what: Any,
+                      interval: float = 0.2) -> None:
+        """
+        Poll C{condition()} every C{interval} seconds until it is true; fail
+        the test after C{timeout} seconds, saying what it waited for
+        (C{what}, or C{what()} when it is callable).
+        """
+        import time
+
+        from twisted.internet.task import deferLater
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            await deferLater(reactor, interval)
+        self.fail("timed out waiting for " + (what() if callable(what) else what))
+
     def mint(self, streamId: str = "s1", type: Optional[str] = None,
              expire: Optional[int] = None, app: str = "LiveApp") -> str:
         import time

@@ -78,14 +78,6 @@ class DashPlayers(procs.ClientsMixin, InProcessMedia, TestCase):
         return "{}/LiveApp/streams/{}/{}.mpd?token={}".format(
             self.web, streamId, streamId, self.mint(streamId))
 
-    async def waitFor(self, condition, timeout=30.0, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            await task.deferLater(reactor, 0.2)
-        self.fail("timed out waiting for " + what)
-
     async def segments(self, streamId: str, count: int = 2) -> None:
         def ready():
             p = self.server.outputs.packager("LiveApp", streamId)

@@ -85,14 +85,6 @@ class RealCallers(procs.ClientsMixin, TestCase):
                     "-c", "copy", "-f", "mpegts", "-y", fifo], timeout=seconds + 30)
         return caller
 
-    async def waitFor(self, condition, timeout: float, what) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            await task.deferLater(reactor, 0.1)
-        self.fail("timed out waiting for " + (what() if callable(what) else what))
-
     def assertAllInTime(self) -> None:
         """
         Every caller was answered while it still waited: within libsrt's
@@ -140,7 +132,7 @@ class RealCallers(procs.ClientsMixin, TestCase):
             self.assertLess(time.monotonic(), deadline, "never admitted")
             pub = self.gst("LiveApp/s1,token=" + token, seconds=20)
             await self.waitFor(lambda: pub.done.called or self.server.hub.isLive("LiveApp", "s1"),
-                               40, "an answer")
+                               40, "an answer", interval=0.1)
             if pub.done.called:
                 self.assertIn("REJECT", (await pub.done).stderr)
                 self.assertTrue(self.unspent(token))

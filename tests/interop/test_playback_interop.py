@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
@@ -33,14 +32,6 @@ class LiveServer(procs.ClientsMixin, InProcessMedia, TestCase):
         url = "rtmp://127.0.0.1:{}/LiveApp/{}".format(self.rtmp.getHost().port, streamId)
         return self.start([self.ffmpeg, "-hide_banner", "-nostdin", "-re", "-i",
                            test_clip(seconds), "-c", "copy", "-f", "flv", url])
-
-    async def waitFor(self, condition, timeout=20.0, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            await task.deferLater(reactor, 0.2)
-        self.fail("timed out waiting for " + what)
 
     async def waitPlaylist(self, streamId="s1"):
         def ready():

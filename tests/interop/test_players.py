@@ -21,7 +21,6 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -219,14 +218,6 @@ class PlayersBase(procs.ClientsMixin, InProcessMedia):
         output = self.player.output
         return running.done.addCallback(Played, output)
 
-    async def waitFor(self, condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            await task.deferLater(reactor, 0.2)
-        self.fail("timed out waiting for " + what)
-
     async def waitSegments(self, streamId: str = "s1", count: int = 2) -> None:
         def ready() -> bool:
             p = self.server.outputs.packager("LiveApp", streamId)
@@ -413,14 +404,6 @@ class GStreamerPublishTests(procs.ClientsMixin, InProcessMedia, TestCase):
             "num-buffers={}".format(44100 * seconds // 1024), "!",
             "audio/x-raw,rate=44100,channels=1", "!", "audioconvert", "!", "avenc_aac", "!",
             "aacparse", "!", "m."], timeout=60)
-
-    async def waitFor(self, condition: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            await task.deferLater(reactor, 0.2)
-        self.fail("timed out waiting for " + what)
 
     def status(self, streamId: str) -> Optional[str]:
         record = self.server.hub.record("LiveApp", streamId)
