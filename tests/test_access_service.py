@@ -289,3 +289,109 @@ class HashTokenTests(SynchronousTestCase):
                           tokenHashSecret="another secret of 20")
         self.assertEqual(self.refusal(self.access.publish(
             self.request(PUBLISH, "rtmp", token), Mind())), Outcome.INVALID)
+
+
+class Policy:
+    """
+    A policy the test drives: refuses with C{outcome} when set, else admits
+    holding a lease whose releases are counted.
+    """
+
+    mechanism = "test"
+
+    def __init__(self):
+        self.outcome = None
+        self.asked = []
+        self.released = 0
+        self.pending = None
+
+    async def admit(self, request, settings):
+        self.asked.append(request)
+        if self.pending is not None:
+            await self.pending
+        if self.outcome is not None:
+            raise Refused(self.outcome)
+
+        def release():
+            self.released += 1
+        return release
+
+
+class PolicyTests(SynchronousTestCase):
+    """
+    The security policies run after the checks, before the token, in
+    order; what they hold is released when the session ends.
+    """
+
+    def setUp(self):
+        self.clock = clock_at()
+        self.apps = Applications(None)
+        self.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        self.store = MemoryTokenStore()
+        self.metrics = Metrics()
+        self.gate = build_gate(self.apps, self.store, self.clock, self.metrics)
+        self.hub = Hub(self.clock)
+        self.first, self.second = Policy(), Policy()
+        self.access = AccessService(self.apps, self.gate, self.hub,
+                                    policies=[self.first, self.second])
+
+    def mint(self):
+        t = new_token("s1", PUBLISH, NOW + 60)
+        self.store.add(StoredToken.fromToken("LiveApp", t))
+        return t.tokenId
+
+    def publish(self, token, subscriberId=None):
+        return self.access.publish(
+            AccessRequest("LiveApp", "s1", PUBLISH, "rtmp", "192.0.2.1", token,
+                          subscriberId=subscriberId), Mind())
+
+    def test_refusalKeepsTokenAndStops(self):
+        token = self.mint()
+        self.first.outcome = Outcome.ADDRESS
+        d = self.publish(token)
+        self.assertEqual(self.failureResultOf(d, Refused).value.outcome, Outcome.ADDRESS)
+        self.assertEqual(self.second.asked, [])
+        self.assertEqual(self.metrics.policyRefusals.labels(
+            "publisherAddress", "address")._value.get(), 1)
+        self.first.outcome = None
+        self.successResultOf(self.publish(token))
+
+    def test_laterRefusalReleasesEarlierHolds(self):
+        token = self.mint()
+        self.second.outcome = Outcome.WEBHOOK_REFUSED
+        self.failureResultOf(self.publish(token), Refused)
+        self.assertEqual(self.first.released, 1)
+
+    def test_spentTokenReleasesHolds(self):
+        token = self.mint()
+        self.successResultOf(self.publish(token)).end()
+        self.failureResultOf(self.publish(token), Refused)
+        self.assertEqual((self.first.released, self.second.released), (2, 2))
+
+    def test_holdsReleasedOnEndAndKick(self):
+        publication = self.successResultOf(self.publish(self.mint(), subscriberId="sub1"))
+        self.assertEqual(self.first.released, 0)
+        publication.start()
+        self.assertEqual(publication.grant.subscriberId, "sub1")
+        self.assertEqual(self.gate.registry.kickSubscriber("LiveApp", "s1", "other"), 0)
+        self.assertEqual(self.gate.registry.kickSubscriber("LiveApp", "s1", "sub1"), 1)
+        self.assertEqual((self.first.released, self.second.released), (1, 1))
+        publication.end()
+        self.assertEqual(self.first.released, 1)
+
+    def test_checksAgainAfterAPolicyWaits(self):
+        """
+        A policy that takes time (a webhook) does not let a second publisher
+        through: the stream claimed meanwhile is refused before its token is
+        redeemed, holds released.
+        """
+        self.first.pending = Deferred()
+        token = self.mint()
+        d1 = self.publish(token)
+        self.first.pending, pending = None, self.first.pending
+        d2 = self.publish(self.mint())
+        self.successResultOf(d2).start()
+        pending.callback(None)
+        self.assertEqual(self.failureResultOf(d1, Refused).value.outcome, Outcome.IN_USE)
+        self.assertEqual(self.first.released, 1)
+        self.assertEqual(len(self.store._tokens), 1, "the waiting publisher's token is kept")

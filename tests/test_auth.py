@@ -120,7 +120,7 @@ class GateTests(SynchronousTestCase):
         self.apps.replace("LiveApp", publishTokenControlEnabled=True)
         token = self.mint()
         live = {"s1"}
-        def precheck(c):
+        async def precheck(c):
             return Outcome.IN_USE if c.streamId in live else None
 
         d = self.gate.login(self.creds(token), precheck=precheck)

@@ -25,15 +25,15 @@ import hashlib
 import json
 import math
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Optional, Sequence, Union
 
 import jwt as pyjwt
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from zope.interface import Attribute, implementer
@@ -51,7 +51,14 @@ from tokengate.apps import Applications, AppSettings
 from tokengate.logsafe import Logger
 from tokengate.metrics import Metrics
 from tokengate.store import ITokenStore, StoreUnavailable
-from tokengate.tokens import MAX_EXPIRE_SECONDS, MAX_TOKEN_LENGTH, Outcome, Probe, digest
+from tokengate.tokens import (
+    MAX_EXPIRE_SECONDS,
+    MAX_TOKEN_LENGTH,
+    MECHANISMS,
+    Outcome,
+    Probe,
+    digest,
+)
 
 
 #: what a checker answers (cred's avatar id: bytes, or () for anonymous)
@@ -73,6 +80,7 @@ class IStreamCredentials(ICredentials):
     peer = Attribute("The client's address (host), for throttling and logs.")
     protocol = Attribute("rtmp, srt, webrtc, hls, dash, vod, rest: for metrics.")
     roomId = Attribute("The conference room named by the request, or None.")
+    subscriberId = Attribute("The TOTP subscriber named by the request, or None.")
 
 
 @implementer(IStreamCredentials)
@@ -85,6 +93,7 @@ class StreamCredentials:
     peer: str = ""
     protocol: str = "unknown"
     roomId: Optional[str] = None
+    subscriberId: Optional[str] = None
 
 
 class Refused(UnauthorizedLogin):
@@ -287,12 +296,22 @@ class PolicyChecker:
             return Deferred.fromCoroutine(_raise(Refused(Outcome.INVALID)))
         kind = settings.tokenKind(creds.action)
         if kind is None:
-            from twisted.internet.defer import succeed
+            return succeed(Admission(creds.app, creds.streamId, creds.action, "none",
+                                     subscriberId=creds.subscriberId).toAvatarId())
+        d = self._checkers[kind].requestAvatarId(creds)
+        if creds.subscriberId:
+            d.addCallback(_withSubscriber, creds.subscriberId)
+        return d
 
-            return succeed(
-                Admission(creds.app, creds.streamId, creds.action, "none").toAvatarId()
-            )
-        return self._checkers[kind].requestAvatarId(creds)
+
+def _withSubscriber(avatarId: AvatarId, subscriberId: str) -> AvatarId:
+    """
+    What a checker admitted, with the request's subscriber (so the grant
+    knows whom to kick when the subscriber is blocked).
+    """
+    if not isinstance(avatarId, bytes):
+        return avatarId
+    return evolve(Admission.fromAvatarId(avatarId), subscriberId=subscriberId).toAvatarId()
 
 
 async def _raise(e: Exception) -> AvatarId:
@@ -413,14 +432,16 @@ class Throttle:
 #: Refusal reasons that say nothing about the client's honesty.
 _NOT_SUSPICIOUS = frozenset(
     {Outcome.THROTTLED, Outcome.UNAVAILABLE, Outcome.NO_APP, Outcome.IN_USE,
-     Outcome.NOT_LIVE, Outcome.DISABLED}
+     Outcome.NOT_LIVE, Outcome.DISABLED, Outcome.BLOCKED, Outcome.CODE_IN_USE,
+     Outcome.UNREGISTERED, Outcome.ADDRESS, Outcome.WEBHOOK_UNAVAILABLE}
 )
 
 
 # --- the entry point -------------------------------------------------------------
 
 
-Precheck = Callable[[IStreamCredentials], Optional[Outcome]]
+#: the access service's checks after any throttle wait: None, or a refusal
+Precheck = Callable[[IStreamCredentials], Awaitable[Optional[Outcome]]]
 
 
 class Gate:
@@ -471,6 +492,8 @@ class Gate:
         has credentials passes what the client sent (an SRT stream id, say).
         """
         self._metrics.refusals.labels(creds.protocol, creds.action, outcome.value).inc()
+        self._metrics.policyRefusals.labels(MECHANISMS.get(outcome, "request"),
+                                            outcome.value).inc()
         if outcome not in _NOT_SUSPICIOUS and creds.peer:
             self._throttle.failed(creds.peer, attempt if attempt is not None
                                   else attemptOf(creds))
@@ -494,8 +517,8 @@ class Gate:
         the client must have its answer (an SRT caller's connect timeout): a
         throttled attempt that would wait past it is refused at once as
         L{Outcome.THROTTLED}, its token untouched.  C{precheck}, when given,
-        runs after any throttle wait and before the token is looked at: an
-        outcome it returns refuses the login, the token untouched (the
+        runs (awaited) after any throttle wait and before the token is looked
+        at: an outcome it returns refuses the login, the token untouched (the
         access service's checks).
         """
         return Deferred.fromCoroutine(self._login(creds, mind, deadline, precheck))
@@ -507,7 +530,7 @@ class Gate:
             if creds.peer:
                 await self._throttle.admit(creds.peer, deadline)
             if precheck is not None:
-                outcome = precheck(creds)
+                outcome = await precheck(creds)
                 if outcome is not None:
                     raise Refused(outcome)
             interface = GRANT_INTERFACES.get(creds.action, IPlayGrant)

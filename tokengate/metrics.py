@@ -45,6 +45,14 @@ class Metrics:
             ["protocol", "action", "reason"],
             registry=r,
         )
+        self.policyRefusals = Counter(
+            "tokengate_policy_refusals",
+            "Publish and play requests refused, by security mechanism (token, subscriber,"
+            " webhook, datastore, publisherAddress, switch, stream, throttle, store, request)"
+            " and reason",
+            ["mechanism", "reason"],
+            registry=r,
+        )
         self.revoked = Counter(
             "tokengate_tokens_revoked",
             "Tokens deleted by revocation",

@@ -66,6 +66,39 @@ class Outcome(enum.Enum):
     IN_USE = "in_use"  # the stream is already being published
     NOT_LIVE = "not_live"  # play of a stream that is not live: token kept
     DISABLED = "disabled"  # the application turned this protocol off
+    BLOCKED = "blocked"  # the subscriber is blocked (REST block call)
+    BAD_CODE = "bad_code"  # subscriber id or TOTP code missing or wrong
+    CODE_IN_USE = "code_in_use"  # the subscriber is already connected
+    UNREGISTERED = "unregistered"  # not created through REST (acceptOnly...InDataStore)
+    ADDRESS = "address"  # the client's address is outside allowedPublisherCIDR
+    WEBHOOK_REFUSED = "webhook_refused"  # the authorization webhook said no
+    WEBHOOK_UNAVAILABLE = "webhook_unavailable"  # it did not answer in time: fail closed
+
+
+#: the security mechanism each refusal belongs to (the C{mechanism} label of
+#: C{tokengate_policy_refusals})
+MECHANISMS = {
+    Outcome.MISSING: "token",
+    Outcome.UNKNOWN: "token",
+    Outcome.EXPIRED: "token",
+    Outcome.WRONG_STREAM: "token",
+    Outcome.WRONG_TYPE: "token",
+    Outcome.WRONG_ROOM: "token",
+    Outcome.INVALID: "request",
+    Outcome.THROTTLED: "throttle",
+    Outcome.UNAVAILABLE: "store",
+    Outcome.NO_APP: "request",
+    Outcome.IN_USE: "stream",
+    Outcome.NOT_LIVE: "stream",
+    Outcome.DISABLED: "switch",
+    Outcome.BLOCKED: "subscriber",
+    Outcome.BAD_CODE: "subscriber",
+    Outcome.CODE_IN_USE: "subscriber",
+    Outcome.UNREGISTERED: "datastore",
+    Outcome.ADDRESS: "publisherAddress",
+    Outcome.WEBHOOK_REFUSED: "webhook",
+    Outcome.WEBHOOK_UNAVAILABLE: "webhook",
+}
 
 
 def mint_token_id() -> str:

@@ -22,6 +22,13 @@ alone:
     the live stream;
  4. counts and logs every refusal.
 
+Between steps 1 and 2 (after the throttle, before the token is looked at)
+run the application's security policies (L{IAccessPolicy}, in the order the
+composition root gives them: publisher address, datastore, subscriber,
+webhook...): each admits, refuses with an outcome, or admits holding
+something (a subscriber's lease) that the session keeps until it ends.  A
+refusal there keeps the token.
+
 It answers with a L{Publication} or a L{Viewing} (the grant and the stream
 attachment) or fails with one L{Refused} carrying an L{Outcome}; the adapter
 turns the outcome into its protocol's refusal (see the table in
@@ -31,7 +38,7 @@ is the adapters' business.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred
@@ -51,6 +58,14 @@ PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC"}
 PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "hls", "dash", "vod"})
 
 
+#: at most this many parameters of a request are kept (L{AccessRequest.params})
+MAX_PARAMS = 32
+
+
+def _params(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(pairs)[:MAX_PARAMS]
+
+
 @frozen
 class AccessRequest:
     """
@@ -65,6 +80,12 @@ class AccessRequest:
     @ivar roomId: the conference room named by the request, or None.
     @ivar deadline: the clock's time by which the client must have its
         answer (an SRT caller's connect timeout), or None.
+    @ivar subscriberId: the TOTP subscriber the request names, or None.
+    @ivar subscriberCode: the subscriber's TOTP code, or None.
+    @ivar params: the request's other parameters, as (name, value) pairs in
+        the order the client sent them (the query of a URL, an RTMP
+        C{?...}), at most L{MAX_PARAMS}: what an authorization webhook is
+        told (C{queryParams}).
     """
 
     app: str
@@ -75,13 +96,39 @@ class AccessRequest:
     token: Optional[str] = field(default=None, repr=False)
     roomId: Optional[str] = None
     deadline: Optional[float] = None
+    subscriberId: Optional[str] = None
+    subscriberCode: Optional[str] = field(default=None, repr=False)
+    params: tuple[tuple[str, str], ...] = field(default=(), repr=False, converter=_params)
 
     def credentials(self) -> StreamCredentials:
         """
         The gate's credentials for this request.
         """
         return StreamCredentials(self.app, self.streamId, self.action, self.token or None,
-                                 self.peer, self.protocol, self.roomId or None)
+                                 self.peer, self.protocol, self.roomId or None,
+                                 self.subscriberId or None)
+
+#: what an admitted session holds until it ends (L{IAccessPolicy.admit})
+Release = Callable[[], None]
+
+
+class IAccessPolicy(Protocol):
+    """
+    One security mechanism of an application (publisher address filter,
+    datastore-only streams, TOTP subscribers, authorization webhook...),
+    asked after the throttle and before the token is redeemed.
+
+    @ivar mechanism: its name, for logs and docs.
+    """
+
+    mechanism: str
+
+    async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
+        """
+        Admit C{request} under C{settings} (return None, or what the session
+        must release when it ends), or raise L{Refused} with the outcome.
+        A policy the application does not turn on admits at once.
+        """
 
 
 RecordingLookup = Callable[[str, str], bool]
@@ -206,18 +253,21 @@ class AccessService:
     _log = Logger()
 
     def __init__(self, apps: ISettingsLookup, gate: Gate, hub: Hub,
-                 hasRecording: Optional[RecordingLookup] = None) -> None:
+                 hasRecording: Optional[RecordingLookup] = None,
+                 policies: Sequence[IAccessPolicy] = ()) -> None:
         """
         @param apps: the applications' settings.
         @param gate: logs in (throttle, token) and counts.
         @param hub: the live streams.
         @param hasRecording: whether an MP4 recording of C{(app, streamId)}
             exists (MP4 plays need one); None: no recordings.
+        @param policies: the security policies, asked in this order.
         """
         self._apps = apps
         self._gate = gate
         self._hub = hub
         self._hasRecording = hasRecording
+        self._policies = tuple(policies)
 
     # --- what adapters ask before a request -------------------------------
 
@@ -307,18 +357,48 @@ class AccessService:
         if outcome is not None:
             self.refuse(request, outcome)
             raise Refused(outcome)
-        grant: Grant = await self._gate.login(request.credentials(), mind,
-                                              deadline=request.deadline,
-                                              precheck=self._recheck)
+        holds: list[Release] = []
+
+        async def precheck(creds: IStreamCredentials) -> Optional[Outcome]:
+            return await self._admissible(request, holds)
+
+        try:
+            grant: Grant = await self._gate.login(request.credentials(), mind,
+                                                  deadline=request.deadline,
+                                                  precheck=precheck)
+        except BaseException:
+            _releaseAll(holds)
+            raise
+        for release in holds:
+            grant.hold(release)
         return grant
 
-    def _recheck(self, creds: IStreamCredentials) -> Optional[Outcome]:
+    async def _admissible(self, request: AccessRequest, holds: list[Release]
+                          ) -> Optional[Outcome]:
         """
-        L{check} again after the throttle's wait (the stream may have been
-        taken or ended meanwhile).
+        After the throttle's wait: L{check} again (the stream may have been
+        taken or ended meanwhile), then each policy, then L{check} once more
+        (a policy may have waited); what the policies hold is appended to
+        C{holds}.
         """
-        request = AccessRequest(creds.app, creds.streamId, creds.action, creds.protocol)
-        return self.check(request)
+        outcome = self.check(request)
+        if outcome is not None:
+            return outcome
+        settings = self._apps.get(request.app)
+        if settings is None:
+            return Outcome.NO_APP
+        for policy in self._policies:
+            try:
+                release = await policy.admit(request, settings)
+            except Refused as e:
+                return e.outcome
+            if release is not None:
+                holds.append(release)
+        if self._policies:
+            # a policy may have waited (a webhook): the stream may have been
+            # taken or ended meanwhile
+            return self.check(request)
+        return None
 
     async def _publish(self, request: AccessRequest, mind: Any) -> Publication:
         grant = await self._login(request, mind, PUBLISH)
@@ -344,6 +424,18 @@ class AccessService:
         return Viewing(request, grant, stream)
 
 
+def _releaseAll(holds: list[Release]) -> None:
+    """
+    Release what policies took for an admission that failed.
+    """
+    for release in holds:
+        try:
+            release()
+        except Exception:
+            AccessService._log.failure("releasing what a refused admission held failed")
+    holds.clear()
+
+
 def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
     """
     Whether the application's switches let C{protocol} do C{action}.
@@ -360,5 +452,6 @@ def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
     return True
 
 
-__all__ = ["AccessRequest", "AccessService", "IAccess", "Publication", "Viewing", "Refused",
+__all__ = ["AccessRequest", "AccessService", "IAccess", "IAccessPolicy", "Release", "MAX_PARAMS",
+           "Publication", "Viewing", "Refused",
            "ISettingsLookup", "PUBLISH_TYPES", "PLAY_PROTOCOLS"]

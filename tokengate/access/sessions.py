@@ -100,16 +100,18 @@ class Admission:
     kind: str
     digest: Optional[str] = None
     expires: Optional[float] = None
+    subscriberId: Optional[str] = None
 
     def toAvatarId(self) -> bytes:
         return json.dumps(
-            [self.app, self.streamId, self.action, self.kind, self.digest, self.expires]
+            [self.app, self.streamId, self.action, self.kind, self.digest, self.expires,
+             self.subscriberId]
         ).encode("utf-8")
 
     @classmethod
     def fromAvatarId(cls, avatarId: bytes) -> "Admission":
-        app, streamId, action, kind, dig, expires = json.loads(avatarId)
-        return cls(app, streamId, action, kind, dig, expires)
+        app, streamId, action, kind, dig, expires, subscriberId = json.loads(avatarId)
+        return cls(app, streamId, action, kind, dig, expires, subscriberId)
 
 
 @implementer(IPublishGrant, IPlayGrant)
@@ -121,6 +123,7 @@ class Grant:
     @ivar mind: the protocol's session (an L{IKickable}), told when the
         server ends it.
     @ivar started: when the gate admitted it (the registry's clock).
+    @ivar subscriberId: the TOTP subscriber the request named, or None.
     """
 
     app: str
@@ -135,15 +138,31 @@ class Grant:
     _registry: "SessionRegistry" = field(repr=False)
     ended: bool = False
     started: float = 0.0
+    subscriberId: Optional[str] = None
+    _holds: list[Callable[[], None]] = field(factory=list, repr=False)
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """
+        Keep something the admission took (a subscriber's connection lease)
+        until the session ends: C{release} is called once then (at once when
+        the session has already ended).
+        """
+        if self.ended:
+            _release(release)
+        else:
+            self._holds.append(release)
 
     def logout(self) -> None:
         """
         The client's side ended the session (its connection is gone).
-        Idempotent; the mind is not told.
+        Idempotent; the mind is not told.  What the session held is released.
         """
         if not self.ended:
             self.ended = True
             self._registry._remove(self)
+            holds, self._holds = self._holds, []
+            for release in holds:
+                _release(release)
 
     def kick(self, reason: str) -> None:
         """
@@ -162,6 +181,13 @@ class Grant:
             except Exception:
                 self._registry._log.failure("kicking a {protocol} session failed",
                                             protocol=self.protocol)
+
+
+def _release(release: Callable[[], None]) -> None:
+    try:
+        release()
+    except Exception:
+        SessionRegistry._log.failure("releasing what a session held failed")
 
 
 class SessionRegistry:
@@ -230,6 +256,16 @@ class SessionRegistry:
                 n += 1
         return n
 
+    def kickSubscriber(self, app: str, streamId: str, subscriberId: str,
+                       action: Optional[str] = None, reason: str = "blocked") -> int:
+        """
+        End the live sessions of a stream that a TOTP subscriber opened (for
+        C{action} only, when given); how many.
+        """
+        return self.kick([g for g in self.grants(app, streamId)
+                          if g.subscriberId == subscriberId
+                          and (action is None or g.action == action)], reason)
+
     def kickTokenSessions(self, app: str, streamId: str, reason: str = "revoked") -> int:
         """
         End the sessions of a stream that a token admitted.
@@ -282,6 +318,7 @@ class GateRealm:
             mind=mind,
             registry=self._registry,
             started=self._registry.seconds(),
+            subscriberId=admission.subscriberId,
         )
         self._registry.add(grant)
         return wanted, grant, grant.logout
