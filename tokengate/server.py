@@ -29,7 +29,7 @@ from tokengate.access.revocation import (
     RevocationTransport,
     Revoker,
 )
-from tokengate.access.service import AccessService
+from tokengate.access.service import AccessService, IAccessPolicy
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
 from tokengate.config import ServerConfig
@@ -112,7 +112,12 @@ class Server:
             metrics=self.metrics,
             transport=transport,
         )
-        self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording)
+        # the applications' security policies, asked in this order (cheapest
+        # and most local first, the webhook last): publisher address,
+        # datastore-only streams, TOTP subscribers, authorization webhook
+        policies: list[IAccessPolicy] = []
+        self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
+                                    policies)
         self.apps.onChange(self._appChanged)
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
