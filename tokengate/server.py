@@ -19,7 +19,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any, Optional, cast
 
-from attrs import define, field
+from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
 
 from tokengate.access.revocation import (
@@ -38,6 +38,8 @@ from tokengate.media.hub import Hub
 from tokengate.media.outputs import Outputs
 from tokengate.metrics import Metrics
 from tokengate.store import ITokenStore
+from tokengate.store.broadcasts import IBroadcastRegistry, registryFor
+from tokengate.tokens import PUBLISH
 from tokengate.web.playback import HTTPSessions
 from tokengate.web.sessions import SessionSigner, load_or_create_secret
 
@@ -65,6 +67,10 @@ class Server:
     #: the Redis client shared by a Redis token store and the revocation
     #: service's cluster transport (None: revocation is local)
     redis: Optional[RedisClient] = None
+    #: the broadcasts created through REST; by default in the token
+    #: store's backend (L{registryFor})
+    broadcasts: IBroadcastRegistry = field(
+        default=Factory(lambda self: registryFor(self.store), takes_self=True))
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -123,6 +129,15 @@ class Server:
         m.callbackGauge("tokengate_live_streams", "Streams being published",
                         lambda: len(self.hub.liveStreams()))
 
+    def stopPublishers(self, app: str, streamId: str) -> int:
+        """
+        End the publishing sessions of a stream on this node (its broadcast
+        was deleted); how many.
+        """
+        registry = self.gate.registry
+        return registry.kick([g for g in registry.grants(app, streamId) if g.action == PUBLISH],
+                             "deleted")
+
     def _appChanged(self, name: str, settings: Optional[AppSettings]) -> None:
         if settings is None:
             self.gate.registry.kick(self.gate.registry.grants(name), "revoked")
@@ -165,7 +180,8 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, config)
+                  server.clock, server.metrics, config, broadcasts=server.broadcasts,
+                  stopPublishers=server.stopPublishers)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

@@ -179,6 +179,17 @@ class SQLiteTokenStore:
                 results = [(d, False, StoreUnavailable(str(e))) for d, _, _ in batch]
             self._reactor.callFromThread(_deliver, results)
 
+    def run(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
+        """
+        Run C{f(connection, *args)} on the database thread, in the batch's
+        transaction like the store's own calls (see L{_run}): how other
+        tables of the same database (the broadcast registry,
+        L{tokengate.store.broadcasts.SQLiteBroadcasts}) share its thread
+        and its file.  An exception C{f} raises fails only its own call;
+        a database error fails the batch with L{StoreUnavailable}.
+        """
+        return self._run(f, *args)
+
     # --- ITokenStore --------------------------------------------------------
 
     def add(self, token: StoredToken) -> "Deferred[None]":
