@@ -414,11 +414,8 @@ class BroadcastTests(RestBase):
         object, are accepted.  Other unknown fields are kept out and named.
         """
         path = "/rest/v2/applications/settings/LiveApp"
-        for field, value in (("acceptOnlyStreamsInDataStore", True),
-                             ("acceptOnlyRoomsInDataStore", 1),
-                             ("webhookAuthenticateURL", "http://127.0.0.1:9/hook"),
+        for field, value in (("webhookAuthenticateURL", "http://127.0.0.1:9/hook"),
                              ("webhookPlayAuthUrl", "http://127.0.0.1:9/hook"),
-                             ("allowedPublisherCIDR", "10.0.0.0/8"),
                              ("jwksURL", "https://example.com/jwks"),
                              ("timeTokenSecretForPublish", "x"),
                              ("ipFilterEnabled", False)):

@@ -29,6 +29,8 @@ from tokengate.access.revocation import (
     RevocationTransport,
     Revoker,
 )
+from tokengate.access.datastore import DatastorePolicy
+from tokengate.access.publisheraddress import PublisherAddressPolicy
 from tokengate.access.service import AccessService, IAccessPolicy
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
@@ -121,7 +123,10 @@ class Server:
         # the applications' security policies, asked in this order (cheapest
         # and most local first, the webhook last): publisher address,
         # datastore-only streams, TOTP subscribers, authorization webhook
-        policies: list[IAccessPolicy] = []
+        policies: list[IAccessPolicy] = [
+            PublisherAddressPolicy(),
+            DatastorePolicy(self.broadcasts),
+        ]
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
                                     policies)
         self.apps.onChange(self._appChanged)
