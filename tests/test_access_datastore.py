@@ -309,3 +309,61 @@ class SettingsRestTests(TestCase):
         got = await json_body(r)
         self.assertEqual((got["allowedPublisherCIDR"], got["acceptOnlyStreamsInDataStore"],
                           got["acceptOnlyRoomsInDataStore"]), ("10.0.0.0/8", True, True))
+
+
+class PublisherNetworksProperties(TestCase):
+    """
+    C{allowedPublisherCIDR} against Python's own reading of addresses and
+    networks, for generated lists.
+    """
+
+    def test_membership(self) -> None:
+        import ipaddress
+
+        from hypothesis import given, settings as hsettings
+        from hypothesis import strategies as st
+
+        v4 = st.builds(lambda a, p: ipaddress.ip_network((a, p), strict=False),
+                       st.integers(0, 2**32 - 1), st.integers(0, 32))
+        v6 = st.builds(lambda a, p: ipaddress.ip_network((a, p), strict=False),
+                       st.integers(0, 2**128 - 1), st.integers(0, 128))
+        mapped = st.ip_addresses(v=4).map(lambda a: ipaddress.IPv6Address("::ffff:" + str(a)))
+        peers = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6), mapped)
+
+        @hsettings(max_examples=300, deadline=None)
+        @given(st.lists(st.one_of(v4, v6), min_size=1, max_size=8), peers)
+        def check(networks: list, peer: object) -> None:
+            text = ", ".join(str(n) for n in networks)
+            settings, _ = AppSettings.fromJSON({"allowedPublisherCIDR": text})
+            got = settings.publisherNetworks()
+            self.assertEqual(got, networks)
+            addr = ipaddress.ip_address(peer)  # type: ignore[arg-type]
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            expected = any(addr in n for n in networks if n.version == addr.version)
+            from tokengate.apps import address_allowed
+
+            self.assertEqual(address_allowed(str(peer), networks), expected)
+
+        check()
+
+    def test_garbageRefusedCleanly(self) -> None:
+        from hypothesis import given, settings as hsettings
+        from hypothesis import strategies as st
+
+        from tokengate.jsonvalue import JSONError
+
+        @hsettings(max_examples=300, deadline=None)
+        @given(st.text(max_size=60))
+        def check(text: str) -> None:
+            try:
+                settings, _ = AppSettings.fromJSON({"allowedPublisherCIDR": text})
+            except (SettingsError, JSONError):
+                return
+            # accepted: every part is a network
+            import ipaddress
+
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                ipaddress.ip_network(part, strict=False)
+
+        check()
