@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 from attrs import asdict, define, evolve
 
 from tokengate.access.names import isValidAppName
+from tokengate.access.urls import MAX_URL, checkURL
 from tokengate.jsonvalue import (
     JSONError,
     boolValue,
@@ -132,6 +133,8 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
     "hashControlPublishEnabled": BoolField(),
     "hashControlPlayEnabled": BoolField(),
     "tokenHashSecret": TextField(MAX_KEY_LENGTH),
+    "webhookAuthenticateURL": TextField(MAX_URL),
+    "webhookPlayAuthUrl": TextField(MAX_URL),
     "remoteAllowedCIDR": TextField(MAX_CIDR_TEXT),
     "jwtControlEnabled": BoolField(),
     "jwtSecretKey": TextField(MAX_KEY_LENGTH),
@@ -182,8 +185,6 @@ UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
     "timeTokenSecretForPlay": _names,
     "acceptOnlyStreamsInDataStore": _turnsOn,
     "acceptOnlyRoomsInDataStore": _turnsOn,
-    "webhookAuthenticateURL": _names,
-    "webhookPlayAuthUrl": _names,
     "allowedPublisherCIDR": _names,
     "jwksURL": _names,
     "ipFilterEnabled": _turnsOff,
@@ -242,6 +243,10 @@ class AppSettings:
     hashControlPublishEnabled: bool = False
     hashControlPlayEnabled: bool = False
     tokenHashSecret: str = ""
+    # authorization webhooks (tokengate.access.webhookpolicy): "" is off,
+    # else an http(s) URL POSTed before each publish / play; 200 admits
+    webhookAuthenticateURL: str = ""
+    webhookPlayAuthUrl: str = ""
     # protection of this application's REST API
     remoteAllowedCIDR: str = "127.0.0.1"
     jwtControlEnabled: bool = False
@@ -364,6 +369,13 @@ class AppSettings:
                 "tokenHashSecret must be at least {} characters to enable hash "
                 "tokens".format(MIN_HASH_SECRET_LENGTH)
             )
+        for name in ("webhookAuthenticateURL", "webhookPlayAuthUrl"):
+            url = getattr(self, name)
+            if url:
+                try:
+                    checkURL(url, name)
+                except ValueError as e:
+                    raise SettingsError(str(e))
         if self.jwtControlEnabled and len(self.jwtSecretKey) < MIN_JWT_KEY_LENGTH:
             raise SettingsError(
                 "jwtSecretKey must be at least {} characters".format(MIN_JWT_KEY_LENGTH)

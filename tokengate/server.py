@@ -30,6 +30,7 @@ from tokengate.access.revocation import (
     Revoker,
 )
 from tokengate.access.service import AccessService, IAccessPolicy
+from tokengate.access.webhookpolicy import WebhookPolicy, newOutbound
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
 from tokengate.config import ServerConfig
@@ -116,6 +117,9 @@ class Server:
         # and most local first, the webhook last): publisher address,
         # datastore-only streams, TOTP subscribers, authorization webhook
         policies: list[IAccessPolicy] = []
+        # the webhook last: it is the slowest (a remote call)
+        policies.append(WebhookPolicy(newOutbound(self.clock, self.config.webhookTimeout),
+                                      self.clock))
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
                                     policies)
         self.apps.onChange(self._appChanged)
