@@ -30,7 +30,7 @@ from tokengate.auth import build_gate
 from tokengate.config import ServerConfig
 from tokengate.media.hub import Hub
 from tokengate.metrics import Metrics
-from tokengate.server import Server
+from tokengate.server import Server, buildSite
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, new_token
 
@@ -407,3 +407,72 @@ class ReceiverTests(TestCase):
         self.assertEqual(await self.ask(PUBLISH, token), Outcome.WEBHOOK_UNAVAILABLE)
         self.assertEqual(self.server.metrics.policyRefusals.labels(
             "webhook", "webhook_unavailable")._value.get(), 1)
+
+
+class HTTPPlaybackTests(SynchronousTestCase):
+    """
+    HTTP playback asks the play webhook once per viewing session, with or
+    without play token control: without a session, nothing is served.
+    """
+
+    def setUp(self) -> None:
+        self.clock = clock_at()
+        self.hook = Hook()
+        self.stub = StubTreq(self.hook)
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
+                             clock=self.clock,
+                             webhookOutbound=Outbound(self.clock, 3.0, MAX_BODY, 8,
+                                                      client=self.stub))
+        self.server.apps.replace("LiveApp", webhookPlayAuthUrl=PLAY_HOOK)
+        self.http = StubTreq(buildSite(self.server).resource)
+        stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
+        self.addCleanup(stream.end)
+
+    def get(self, path: str) -> Any:
+        async def run() -> Any:
+            r = await self.http.get("http://127.0.0.1:5080/LiveApp/streams/" + path)
+            return r.code, await r.content()
+
+        d = Deferred.fromCoroutine(run())
+        for _ in range(20):
+            if d.called:
+                break
+            self.http.flush()
+            self.stub.flush()
+        return self.successResultOf(d)
+
+    def viewers(self) -> int:
+        return self.server.hub.viewers("LiveApp", "s1").get("hls", 0)
+
+    def test_withoutTokenControl(self) -> None:
+        self.hook.status = 403
+        code, body = self.get("s1.m3u8?x=1")
+        self.assertEqual(code, 403)
+        [body] = self.hook.bodies
+        self.assertEqual({k: body[k] for k in ("appName", "name", "streamId", "mode")},
+                         {"appName": "LiveApp", "name": "s1", "streamId": "s1", "mode": "play"})
+        self.assertNotIn("token", body)
+        self.assertEqual(self.viewers(), 0)
+        # a segment without a session is not served either
+        self.assertEqual(self.get("s1/video/1.m4s")[0], 403)
+        self.assertEqual(len(self.hook.bodies), 1)
+        self.hook.status = 200
+        self.get("s1.m3u8")
+        self.assertEqual((len(self.hook.bodies), self.viewers()), (2, 1))
+
+    def test_withTokenControl(self) -> None:
+        self.server.apps.replace("LiveApp", playTokenControlEnabled=True,
+                                 webhookPlayAuthUrl=PLAY_HOOK)
+        t = new_token("s1", PLAY, NOW + 60)
+        self.server.store.add(StoredToken.fromToken("LiveApp", t))
+        self.hook.status = 403
+        self.assertEqual(self.get("s1.m3u8?token=" + t.tokenId)[0], 403)
+        self.assertEqual(self.hook.bodies[0]["token"], t.tokenId)
+        self.hook.status = 200
+        self.get("s1.m3u8?token=" + t.tokenId)
+        self.assertEqual(self.viewers(), 1, "the refused token was kept")
+
+    def test_noWebhookNoAdmission(self) -> None:
+        self.server.apps.replace("LiveApp", webhookPlayAuthUrl="")
+        self.get("s1.m3u8")
+        self.assertEqual((self.hook.bodies, self.viewers()), ([], 0))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
+from tokengate.access.outbound import Outbound
 from tokengate.access.revocation import (
     HORIZON_MARGIN,
     LocalTransport,
@@ -66,6 +67,9 @@ class Server:
     #: the Redis client shared by a Redis token store and the revocation
     #: service's cluster transport (None: revocation is local)
     redis: Optional[RedisClient] = None
+    #: the authorization webhooks' HTTP client (None: one on C{clock}, the
+    #: reactor, with C{config.webhookTimeout})
+    webhookOutbound: Optional[Outbound] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -118,8 +122,10 @@ class Server:
         # datastore-only streams, TOTP subscribers, authorization webhook
         policies: list[IAccessPolicy] = []
         # the webhook last: it is the slowest (a remote call)
-        policies.append(WebhookPolicy(newOutbound(self.clock, self.config.webhookTimeout),
-                                      self.clock))
+        outbound = self.webhookOutbound
+        if outbound is None:
+            outbound = newOutbound(self.clock, self.config.webhookTimeout)
+        policies.append(WebhookPolicy(outbound, self.clock))
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
                                     policies)
         self.apps.onChange(self._appChanged)

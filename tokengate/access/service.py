@@ -149,6 +149,12 @@ class IAccess(Protocol):
         C{"onetime"}, C{"jwt"} or None: what C{app} demands for C{action}.
         """
 
+    def admissionRequired(self, app: str, action: str) -> bool:
+        """
+        Whether every request of C{app} for C{action} must be admitted
+        (L{publish}, L{play}): a token, or a policy that asks about each.
+        """
+
     def check(self, request: "AccessRequest") -> Optional[Outcome]:
         """
         The checks that keep a token: None, or the refusal's outcome.
@@ -284,6 +290,17 @@ class AccessService:
         """
         settings = self._apps.get(app)
         return settings.tokenKind(action) if settings is not None else None
+
+    def admissionRequired(self, app: str, action: str) -> bool:
+        """
+        Whether every request of C{app} for C{action} must be admitted: the
+        application demands a token for it, or has a webhook for it (which
+        asks about every request, token or not).  HTTP playback serves an
+        application that requires no admission without one (the checks
+        only); every other protocol is always admitted.
+        """
+        settings = self._apps.get(app)
+        return settings is not None and settings.admissionRequired(action)
 
     def check(self, request: AccessRequest) -> Optional[Outcome]:
         """

@@ -52,13 +52,6 @@ MAX_IN_FLIGHT_PER_APP = 32
 _ANSWERED = frozenset({Verdict.DENIED, Verdict.TOO_LARGE})
 
 
-def webhookURL(settings: AppSettings, action: str) -> str:
-    """
-    The webhook an application asks about C{action} (C{""}: none).
-    """
-    return settings.webhookAuthenticateURL if action == PUBLISH else settings.webhookPlayAuthUrl
-
-
 def newOutbound(reactor: IReactorTime, timeout: float) -> Outbound:
     """
     The outgoing HTTP client of the webhooks: C{timeout} seconds per
@@ -103,7 +96,7 @@ class WebhookPolicy:
         @raise Refused: L{Outcome.WEBHOOK_REFUSED} or
             L{Outcome.WEBHOOK_UNAVAILABLE}.
         """
-        url = webhookURL(settings, request.action)
+        url = settings.webhookURL(request.action)
         if not url:
             return None
         outcome = await self._ask(url, request)
@@ -153,4 +146,4 @@ class WebhookPolicy:
                 del self._inFlight[request.app]
 
 
-__all__ = ["MAX_IN_FLIGHT_PER_APP", "WebhookPolicy", "newOutbound", "webhookURL"]
+__all__ = ["MAX_IN_FLIGHT_PER_APP", "WebhookPolicy", "newOutbound"]
