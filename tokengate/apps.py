@@ -411,14 +411,6 @@ class AppSettings:
         """
         return self.webhookAuthenticateURL if action == "publish" else self.webhookPlayAuthUrl
 
-    def admissionRequired(self, action: str) -> bool:
-        """
-        Whether every request for C{action} must be admitted by the access
-        service: a token kind, or a webhook (HTTP playback serves an
-        application that demands neither without an admission).
-        """
-        return self.tokenKind(action) is not None or bool(self.webhookURL(action))
-
     def allowedNetworks(
         self,
     ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

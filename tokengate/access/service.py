@@ -123,6 +123,13 @@ class IAccessPolicy(Protocol):
 
     mechanism: str
 
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        """
+        Whether C{settings} turn this policy on for C{action}: an HTTP play
+        of an application without play tokens opens a session (is admitted)
+        only when some policy applies to play (L{AccessService.admissionRequired}).
+        """
+
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         """
         Admit C{request} under C{settings} (return None, or what the session
@@ -151,8 +158,8 @@ class IAccess(Protocol):
 
     def admissionRequired(self, app: str, action: str) -> bool:
         """
-        Whether every request of C{app} for C{action} must be admitted
-        (L{publish}, L{play}): a token, or a policy that asks about each.
+        Whether C{app} admits C{action} (a token, or a security policy that
+        applies): when not, HTTP delivery needs no session.
         """
 
     def check(self, request: "AccessRequest") -> Optional[Outcome]:
@@ -293,14 +300,17 @@ class AccessService:
 
     def admissionRequired(self, app: str, action: str) -> bool:
         """
-        Whether every request of C{app} for C{action} must be admitted: the
-        application demands a token for it, or has a webhook for it (which
-        asks about every request, token or not).  HTTP playback serves an
-        application that requires no admission without one (the checks
-        only); every other protocol is always admitted.
+        Whether C{app} demands a token for C{action} or has a security
+        policy that applies to it (unknown applications: True, so that the
+        request goes on to be refused).  HTTP delivery asks: without either,
+        an application's streams are served without a session.
         """
         settings = self._apps.get(app)
-        return settings is not None and settings.admissionRequired(action)
+        if settings is None:
+            return True
+        if settings.tokenKind(action) is not None:
+            return True
+        return any(policy.applies(settings, action) for policy in self._policies)
 
     def check(self, request: AccessRequest) -> Optional[Outcome]:
         """

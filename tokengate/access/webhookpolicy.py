@@ -88,6 +88,13 @@ class WebhookPolicy:
         """
         return self._inFlight.get(app, 0)
 
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        """
+        Whether the application has a webhook for C{action} (it then asks
+        about every request, token or not).
+        """
+        return bool(settings.webhookURL(action))
+
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         """
         Ask the application's webhook for C{request}'s action, if it has

@@ -468,8 +468,8 @@ class PlaybackGate:
             # refused before any token is looked at: the token is kept
             self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer, token), outcome)
             return _fail(request, *_checkRefusal(outcome, protocol))
-        kind = self.access.tokenKind(app, PLAY)
-        if not self.access.admissionRequired(app, PLAY):
+        kind = self.access.tokenKind(app, PLAY) or ""
+        if not kind and not self.access.admissionRequired(app, PLAY):
             return self._deliver(request, app, streamId, what, details, None)
         now = self.clock.seconds()
         session = self._sessionOf(request, app, streamId, now)
@@ -590,12 +590,12 @@ class PlaybackGate:
     def _admit(self, request: Any, *args: Any) -> "Deferred[Session]":
         return Deferred.fromCoroutine(self._admitAsync(request, *args))
 
-    def _refusal(self, kind: Optional[str], streamId: str) -> str:
+    def _refusal(self, kind: str, streamId: str) -> str:
         if kind == "jwt":
             return "Invalid JWT Token"
         return "Invalid Token for streamId:" + streamId
 
-    def _refused(self, failure: Any, request: Any, kind: Optional[str], streamId: str,
+    def _refused(self, failure: Any, request: Any, kind: str, streamId: str,
                  protocol: str) -> None:
         failure.trap(Refused)
         outcome = failure.value.outcome
