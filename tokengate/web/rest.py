@@ -602,7 +602,8 @@ class RestAPI:
         """
         Block the subscriber for C{seconds} from now (0 unblocks) for
         C{publish}, C{play} or C{publish_play}, and end at once its live
-        sessions of that stream and type on this node.
+        sessions of that stream and type, on this node and (through the
+        revocation service) on the other nodes of a cluster.
         """
         self._subscriberPath(request, appName, streamId, subscriberId)
         duration = decimalText(seconds, "seconds", 0, MAX_BLOCK_SECONDS)
@@ -614,9 +615,9 @@ class RestAPI:
             return send_json(request, result(False, "Too many subscribers"))
         kicked = 0
         if duration > 0:
-            registry = self._gate.registry
+            # here at once, then on the other nodes of a cluster (never fails)
             action = None if blockType == PUBLISH_AND_PLAY else blockType
-            kicked = registry.kickSubscriber(appName, streamId, subscriberId, action, "blocked")
+            kicked = await self._revoker.blockSubscriber(appName, streamId, subscriberId, action)
         return send_json(request, result(True, "", str(kicked)))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/connection-events/"
