@@ -184,6 +184,10 @@ class SubscriberPolicyTests(SynchronousTestCase):
         self.successResultOf(d).start()
         d, _ = self.play(subscriberId=None)
         self.assertEqual(self.refusal(d), Outcome.BAD_CODE)
+        policy = SubscriberPolicy(self.subscribers, self.clock)
+        settings = self.apps.get("LiveApp")
+        self.assertEqual((policy.applies(settings, PUBLISH), policy.applies(settings, PLAY)),
+                         (False, True))
 
     # --- refused ------------------------------------------------------------------
 

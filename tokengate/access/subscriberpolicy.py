@@ -94,13 +94,19 @@ class SubscriberPolicy:
         self._clock = clock
         self._instanceIP = instanceIP
 
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        """
+        Whether C{settings} demand a subscriber for C{action}.
+        """
+        return settings.requiresSubscriber(action)
+
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         """
         Nothing to do unless the application demands a subscriber for the
         request's action; else admit holding the subscriber's lease, or
         raise L{Refused}.
         """
-        if not settings.requiresSubscriber(request.action):
+        if not self.applies(settings, request.action):
             return None
         if not request.subscriberId or not request.subscriberCode:
             raise Refused(Outcome.BAD_CODE)
