@@ -7,7 +7,16 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tokengate.access.service import AccessRequest, AccessService, Publication, Refused, Viewing
+from tokengate.access.service import (
+    MAX_PARAMS_CHARS,
+    MAX_SUBSCRIBER_CODE,
+    MAX_SUBSCRIBER_ID,
+    AccessRequest,
+    AccessService,
+    Publication,
+    Refused,
+    Viewing,
+)
 from tokengate.apps import Applications
 from tokengate.auth import build_gate
 from tokengate.media.hub import Hub
@@ -15,6 +24,7 @@ from tokengate.metrics import Metrics
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, new_token
 
+from .fixtures import RecordingPolicy
 from .helpers import NOW, clock_at
 
 
@@ -395,3 +405,53 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d1, Refused).value.outcome, Outcome.IN_USE)
         self.assertEqual(self.first.released, 1)
         self.assertEqual(len(self.store._tokens), 1, "the waiting publisher's token is kept")
+
+
+class BoundsTests(SynchronousTestCase):
+    """
+    A subscriber id, code or parameters longer than any client needs are
+    refused as invalid before any policy or token is asked (the token
+    kept); within the bounds they reach the policies as given.
+    """
+
+    def setUp(self):
+        self.clock = clock_at()
+        self.apps = Applications(None)
+        self.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        self.store = MemoryTokenStore()
+        self.metrics = Metrics()
+        self.gate = build_gate(self.apps, self.store, self.clock, self.metrics)
+        self.policy = RecordingPolicy()
+        self.access = AccessService(self.apps, self.gate, Hub(self.clock),
+                                    policies=[self.policy])
+        t = new_token("s1", PUBLISH, NOW + 60)
+        self.store.add(StoredToken.fromToken("LiveApp", t))
+        self.token = t.tokenId
+
+    def publish(self, **kw):
+        return self.access.publish(
+            AccessRequest("LiveApp", "s1", PUBLISH, "rtmp", "192.0.2.1", self.token, **kw),
+            Mind())
+
+    def test_absurd(self):
+        for kw in ({"subscriberId": "a" * (MAX_SUBSCRIBER_ID + 1)},
+                   {"subscriberCode": "1" * (MAX_SUBSCRIBER_CODE + 1)},
+                   {"params": [("k", "v" * MAX_PARAMS_CHARS)]},
+                   {"params": [("k" * 300, "v" * 300)] * 20}):
+            self.assertEqual(self.failureResultOf(self.publish(**kw), Refused).value.outcome,
+                             Outcome.INVALID, kw)
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(len(self.store._tokens), 1)
+
+    def test_withinBoundsAsGiven(self):
+        """
+        Not judged here: a subscriber id outside the subscriber grammar and
+        a code that is not six digits reach the policy as sent.
+        """
+        kw = {"subscriberId": "a" * MAX_SUBSCRIBER_ID, "subscriberCode": "x" * MAX_SUBSCRIBER_CODE,
+              "params": [("k", "v" * (MAX_PARAMS_CHARS - 1))]}
+        self.successResultOf(self.publish(**kw))
+        r = self.policy.last
+        self.assertEqual((r.subscriberId, r.subscriberCode, r.params),
+                         (kw["subscriberId"], kw["subscriberCode"], tuple(kw["params"])))
+        self.assertNotIn("x" * 10, repr(r))

@@ -452,6 +452,10 @@ class RefusalMessages(SynchronousTestCase):
                     expected = dict(tokenRefusal, definition="streamIdInUse")
                 elif outcome is Outcome.UNAVAILABLE:
                     expected = dict(tokenRefusal, definition="data_store_not_available")
+                elif outcome is Outcome.BLOCKED:
+                    expected = dict(tokenRefusal, definition="user_blocked")
+                elif outcome is Outcome.UNREGISTERED:
+                    expected = dict(tokenRefusal, definition="not_allowed_unregistered_streams")
                 elif outcome is Outcome.NOT_LIVE:
                     expected = dict(tokenRefusal, definition="no_stream_exist", error_code="404",
                                     information="stream_not_exist_or_not_streaming")

@@ -54,14 +54,14 @@ import re
 import time
 from collections import OrderedDict
 from typing import Any, Optional, Protocol
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tokengate.access.service import AccessRequest, IAccess, Refused
+from tokengate.access.service import MAX_PARAMS, AccessRequest, IAccess, Refused
 from tokengate.access.sessions import Grant, SessionRegistry
 from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
@@ -485,7 +485,11 @@ class PlaybackGate:
             session = self.sessions.continued(digest(token), peer, app, streamId, protocol)
             if session is not None:
                 return self._deliver(request, app, streamId, what, details, session)
-        d = self._admit(request, app, streamId, protocol, token, now)
+        asked = AccessRequest(app, streamId, PLAY, protocol, peer, token,
+                              subscriberId=self._arg(request, b"subscriberId"),
+                              subscriberCode=self._arg(request, b"subscriberCode"),
+                              params=_otherParams(request))
+        d = self._admit(request, asked)
         d.addCallback(lambda s: self._deliverLater(request, app, streamId, what, details, s))
         d.addErrback(self._refused, request, kind, streamId, protocol)
         d.addErrback(self._unexpected, request)
@@ -546,11 +550,10 @@ class PlaybackGate:
             request = self._checkRequests[key] = AccessRequest(app, streamId, PLAY, protocol)
         return request
 
-    async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
-                          token: Optional[str], now: float) -> Session:
-        peer = self._peer(request)
+    async def _admitAsync(self, request: Any, asked: AccessRequest) -> Session:
+        token, peer = asked.token, asked.peer
         if not token or len(token) > MAX_TOKEN_LENGTH:
-            return await self._login(app, streamId, protocol, token, peer, None)
+            return await self._login(asked, None)
         key = (digest(token), peer)
         waiters = self._pending.get(key)
         if waiters is not None:
@@ -561,34 +564,35 @@ class PlaybackGate:
                 waiter: Deferred[None] = Deferred()
                 waiters.append(waiter)
                 await waiter
-                session = self.sessions.continued(key[0], peer, app, streamId, protocol)
+                session = self.sessions.continued(key[0], peer, asked.app, asked.streamId,
+                                                  asked.protocol)
                 if session is not None:
                     return session
-            return await self._login(app, streamId, protocol, token, peer, None)
+            return await self._login(asked, None)
         if len(self._pending) >= self.maxPending:
-            return await self._login(app, streamId, protocol, token, peer, key[0])
+            return await self._login(asked, key[0])
         self._pending[key] = []
         try:
-            return await self._login(app, streamId, protocol, token, peer, key[0])
+            return await self._login(asked, key[0])
         finally:
             for waiter in self._pending.pop(key, []):
                 waiter.callback(None)
 
-    async def _login(self, app: str, streamId: str, protocol: str, token: Optional[str],
-                     peer: str, tokenDigest: Optional[str]) -> Session:
+    async def _login(self, asked: AccessRequest, tokenDigest: Optional[str]) -> Session:
         """
         Admit through the access service and open a session (indexed by the
-        token's digest, so that the token may continue it from C{peer}).
+        token's digest, so that the token may continue it from the same
+        address).
         """
-        mind = self.sessions.mind(protocol, peer, tokenDigest)
-        viewing = await self.access.play(
-            AccessRequest(app, streamId, PLAY, protocol, peer, token), mind)
-        session = self.signer.new(app, streamId, protocol, self.clock.seconds())
+        mind = self.sessions.mind(asked.protocol, asked.peer, tokenDigest)
+        viewing = await self.access.play(asked, mind)
+        session = self.signer.new(asked.app, asked.streamId, asked.protocol,
+                                  self.clock.seconds())
         self.sessions.open(mind, viewing.grant, session)
         return session
 
-    def _admit(self, request: Any, *args: Any) -> "Deferred[Session]":
-        return Deferred.fromCoroutine(self._admitAsync(request, *args))
+    def _admit(self, request: Any, asked: AccessRequest) -> "Deferred[Session]":
+        return Deferred.fromCoroutine(self._admitAsync(request, asked))
 
     def _refusal(self, kind: str, streamId: str) -> str:
         if kind == "jwt":
@@ -606,6 +610,8 @@ class PlaybackGate:
         elif outcome is Outcome.DISABLED:
             # the switch went off while the request waited
             body = _fail(request, *_checkRefusal(outcome, protocol))
+        elif outcome in _POLICY_REFUSALS:
+            body = _fail(request, *_POLICY_REFUSALS[outcome])
         else:
             body = _fail(request, 403, self._refusal(kind, streamId))
         _finish(request, body)
@@ -855,6 +861,38 @@ class PlaybackGate:
 
 #: the protocol of each kind of request (segments: see L{PlaybackGate._check})
 _PROTOCOLS = {"hls": "hls", "media": "hls", "dash": "dash", "vod": "vod"}
+
+
+#: the answers to the security policies' refusals (Ant Media's strings where
+#: it has them: C{filter/SubscriberBlockFilter.java},
+#: C{filter/TokenFilterManager.java}); a webhook that did not answer is a
+#: 503, the others 403
+_POLICY_REFUSALS: dict[Outcome, tuple[int, str]] = {
+    Outcome.BLOCKED: (401, "Subscriber is blocked"),
+    Outcome.BAD_CODE: (403, "Time Based subscriber id or code is invalid"),
+    Outcome.CODE_IN_USE: (403, "Time Based subscriber id or code is invalid"),
+    Outcome.UNREGISTERED: (403, "Stream is not registered"),
+    Outcome.ADDRESS: (403, "Address is not allowed"),
+    Outcome.WEBHOOK_REFUSED: (403, "Not authorized"),
+    Outcome.WEBHOOK_UNAVAILABLE: (503, "Authorization is unavailable, try again later"),
+}
+
+#: query parameters with a field of their own, not among the request's
+#: other parameters (L{AccessRequest.params})
+_OWN_PARAMS = frozenset({"token", "subscriberId", "subscriberCode", "tgs"})
+
+
+def _otherParams(request: Any) -> tuple[tuple[str, str], ...]:
+    """
+    The request's query parameters but the token, the subscriber's and the
+    session credential, in the order sent (at most L{MAX_PARAMS}).
+    """
+    uri: bytes = request.uri
+    _, _, query = uri.partition(b"?")
+    if not query:
+        return ()
+    pairs = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
+    return tuple((k, v) for k, v in pairs if k not in _OWN_PARAMS)[:MAX_PARAMS]
 
 
 def _checkRefusal(outcome: Outcome, protocol: str) -> tuple[int, str]:
