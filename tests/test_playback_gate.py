@@ -17,11 +17,12 @@ from tokengate.auth import Throttle
 from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, new_token
+from tokengate.tokens import Outcome, StoredToken, new_token
 from tokengate.web.playback import PlaybackResource
 from tokengate.server import buildSite
 from tokengate.web.sessions import InvalidCredential, cookie_name
 
+from .fixtures import POLICY_OUTCOMES, RecordingPolicy
 from .helpers import NOW, clock_at
 from .test_rtmp_protocol import AVC_HEADER, Peer, key
 
@@ -38,12 +39,15 @@ def failure(message: str) -> bytes:
 
 class Harness(SynchronousTestCase):
     tokenControl = True
+    #: security policies the server asks besides its own
+    extraPolicies = ()
 
     def setUp(self):
         self.clock = clock_at()
         self.throttle = Throttle(self.clock)
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
-                             clock=self.clock, throttle=self.throttle)
+                             clock=self.clock, throttle=self.throttle,
+                             extraPolicies=self.extraPolicies)
         self.server.apps.replace("LiveApp", playTokenControlEnabled=self.tokenControl,
                                  dashMuxingEnabled=True, mp4MuxingEnabled=True)
         site = buildSite(self.server)
@@ -240,6 +244,92 @@ class RefusalsKeepTheTokenTests(Harness):
                    lambda *args: fail(StoreUnavailable("down")))
         self.assertAnswer(self.get("s1.m3u8?token=" + token), 503,
                           "Token store is unavailable, try again later")
+
+
+class PolicyPlumbingTests(RefusalsKeepTheTokenTests):
+    """
+    The security policies are told the C{subscriberId}, C{subscriberCode}
+    and other query parameters of the request that opens a session; a
+    session's later requests are not asked again.  Each refusal is answered
+    Ant Media's way where it has a way, the token kept.
+    """
+
+    def setUp(self):
+        self.policy = RecordingPolicy()
+        self.extraPolicies = [self.policy]
+        super().setUp()
+
+    def asked(self):
+        r = self.policy.last
+        return (r.protocol, r.action, r.app, r.streamId, r.token, r.subscriberId,
+                r.subscriberCode, r.params)
+
+    def test_manifestQuery(self):
+        self.live()
+        token = self.mint()
+        r = self.get("s1.m3u8?a=1&token={}&subscriberId=viewer-1&subscriberCode=123456&b=%20"
+                     "&a=2&tgs=forged".format(token))
+        self.assertEqual(r[0].code, 404)  # admitted; no packager for this bare stream
+        self.assertEqual(self.asked(), ("hls", "play", "LiveApp", "s1", token, "viewer-1",
+                                        "123456", (("a", "1"), ("b", " "), ("a", "2"))))
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+
+    def test_dashQuery(self):
+        self.live()
+        token = self.mint()
+        self.get("s1/s1.mpd?token={}&subscriberId=viewer-1&subscriberCode=654321".format(token))
+        self.assertEqual(self.asked(), ("dash", "play", "LiveApp", "s1", token, "viewer-1",
+                                        "654321", ()))
+
+    def test_sessionNotAskedAgain(self):
+        self.live()
+        response = self.get("s1.m3u8?token={}&subscriberId=viewer-1&subscriberCode=123456"
+                            .format(self.mint()))
+        credential = self.credential(response)
+        self.assertEqual(len(self.policy.asked), 1)
+        self.get("s1.m3u8?tgs=" + credential)
+        self.get("s1/video/0.m4s?tgs=" + credential)
+        self.assertEqual(len(self.policy.asked), 1)
+
+    def test_absurdLengths(self):
+        self.live()
+        token = self.mint()
+        self.assertAnswer(self.get("s1.m3u8?token={}&subscriberId={}".format(token, "a" * 300)),
+                          403, "Invalid Token for streamId:s1")
+        self.assertAnswer(self.get("s1.m3u8?token={}&x={}".format(token, "v" * 9000)),
+                          403, "Invalid Token for streamId:s1")
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(self.refusals("hls", "invalid"), 2)
+        self.assertTokenIntact(token)
+
+    def test_refusals(self):
+        """
+        401 C{Subscriber is blocked}, 403 C{Time Based subscriber id or code
+        is invalid}, 403 with a reason for the other policies and 503 when
+        the webhook did not answer; counted, the token kept.
+        """
+        self.live()
+        token = self.mint()
+        expected = {
+            Outcome.BLOCKED: (401, "Subscriber is blocked"),
+            Outcome.BAD_CODE: (403, "Time Based subscriber id or code is invalid"),
+            Outcome.CODE_IN_USE: (403, "Time Based subscriber id or code is invalid"),
+            Outcome.UNREGISTERED: (403, "Stream is not registered"),
+            Outcome.ADDRESS: (403, "Address is not allowed"),
+            Outcome.WEBHOOK_REFUSED: (403, "Not authorized"),
+            Outcome.WEBHOOK_UNAVAILABLE: (503, "Authorization is unavailable, try again later"),
+        }
+        self.assertEqual(set(expected), set(POLICY_OUTCOMES))
+        for outcome in POLICY_OUTCOMES:
+            self.policy.outcome = outcome
+            for path in ("s1.m3u8", "s1/s1.mpd"):
+                self.assertAnswer(self.get(path + "?token={}&subscriberId=viewer-1"
+                                           "&subscriberCode=123456".format(token)),
+                                  *expected[outcome])
+            self.assertEqual(self.refusals("hls", outcome.value), 1, outcome)
+            self.assertEqual(self.refusals("dash", outcome.value), 1, outcome)
+        self.policy.outcome = None
+        self.assertTokenIntact(token)
 
 
 class OpenApplicationTests(Harness):
