@@ -110,13 +110,19 @@ class RecordingPolicy:
     C{Server(extraPolicies=[policy])} or to an C{AccessService}): records
     every L{AccessRequest} it is asked about (C{asked}); refuses with
     C{outcome} when it is set, else admits holding a release whose calls are
-    counted (C{released}); waits for C{pending} first when it is set.
+    counted (C{released}); waits for C{pending} first when it is set.  It
+    applies (L{applies}) to the C{actions} given (both by default).
     """
 
     mechanism = "recording"
 
-    def __init__(self, outcome: Optional[Outcome] = None) -> None:
+    def __init__(self, outcome: Optional[Outcome] = None,
+                 actions: frozenset[str] = frozenset({"publish", "play"})) -> None:
+        """
+        @param actions: the actions it applies to (L{applies}).
+        """
         self.outcome = outcome
+        self.actions = actions
         self.asked: list[AccessRequest] = []
         self.released = 0
         self.pending: Optional[Deferred[None]] = None
@@ -128,6 +134,9 @@ class RecordingPolicy:
         """
         assert self.asked, "the policy was never asked"
         return self.asked[-1]
+
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        return action in self.actions
 
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         self.asked.append(request)

@@ -309,6 +309,9 @@ class Policy:
 
     mechanism = "test"
 
+    def applies(self, settings, action):
+        return True
+
     def __init__(self):
         self.outcome = None
         self.asked = []
@@ -455,3 +458,27 @@ class BoundsTests(SynchronousTestCase):
         self.assertEqual((r.subscriberId, r.subscriberCode, r.params),
                          (kw["subscriberId"], kw["subscriberCode"], tuple(kw["params"])))
         self.assertNotIn("x" * 10, repr(r))
+
+
+class AdmissionRequiredTests(SynchronousTestCase):
+    """
+    Whether an application admits an action: a token demanded, or a policy
+    that applies to it.
+    """
+
+    def test_admissionRequired(self):
+        apps = Applications(None)
+        apps.create("Open")
+        apps.create("Tokens")
+        apps.replace("Tokens", playTokenControlEnabled=True)
+        clock = clock_at()
+        gate = build_gate(apps, MemoryTokenStore(), clock, Metrics())
+        bare = AccessService(apps, gate, Hub(clock))
+        self.assertFalse(bare.admissionRequired("Open", PLAY))
+        self.assertTrue(bare.admissionRequired("Tokens", PLAY))
+        self.assertFalse(bare.admissionRequired("Tokens", PUBLISH))
+        self.assertTrue(bare.admissionRequired("Nope", PLAY))
+        policed = AccessService(apps, gate, Hub(clock),
+                                policies=[RecordingPolicy(actions=frozenset({PLAY}))])
+        self.assertTrue(policed.admissionRequired("Open", PLAY))
+        self.assertFalse(policed.admissionRequired("Open", PUBLISH))

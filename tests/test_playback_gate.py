@@ -357,6 +357,85 @@ class OpenApplicationTests(Harness):
         self.assertEqual(self.server.gate.registry.grants("LiveApp"), [])
 
 
+class OpenApplicationPolicyTests(Harness):
+    """
+    An application without play token control but with a security policy
+    that applies to play (a TOTP code, a play webhook): the first request is
+    admitted all the same and opens a session; segments need one.  A policy
+    that applies only to publish changes nothing for HTTP play.
+    """
+
+    tokenControl = False
+
+    def setUp(self):
+        self.policy = RecordingPolicy()
+        self.extraPolicies = [self.policy]
+        super().setUp()
+
+    def test_admittedWithoutToken(self):
+        self.live()
+        response = self.get("s1.m3u8?subscriberId=viewer-1&subscriberCode=123456&x=1")
+        r = self.policy.last
+        self.assertEqual((r.protocol, r.token, r.subscriberId, r.subscriberCode, r.params),
+                         ("hls", None, "viewer-1", "123456", (("x", "1"),)))
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+        credential = self.credential(response)
+        self.get("s1/video/0.m4s?tgs=" + credential)
+        self.assertEqual(len(self.policy.asked), 1)
+
+    def test_refusedWithoutToken(self):
+        self.live()
+        self.policy.outcome = Outcome.BAD_CODE
+        self.assertAnswer(self.get("s1.m3u8?subscriberId=viewer-1&subscriberCode=000000"),
+                          403, "Time Based subscriber id or code is invalid")
+        self.policy.outcome = Outcome.BLOCKED
+        self.assertAnswer(self.get("s1/s1.mpd?subscriberId=viewer-1&subscriberCode=000000"),
+                          401, "Subscriber is blocked")
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {})
+
+    def test_segmentNeedsASession(self):
+        self.live()
+        self.assertAnswer(self.get("s1/video/0.m4s?subscriberId=viewer-1&subscriberCode=1"),
+                          403, "Invalid Token for streamId:s1")
+        self.assertEqual(self.policy.asked, [])
+
+    def test_codeContinuesItsSession(self):
+        """
+        As a token does: the subscriber id and code that opened a session
+        continue it from the same address (mpv opens a URL twice), for the
+        same stream and format; another code is admitted afresh.
+        """
+        self.live()
+
+        def sessionId(path, peer="127.0.0.1"):
+            # a client without cookies
+            self.patch(self.root._playback, "_peer", lambda request: peer)
+            credential = self.credential(self.get(path, http=StubTreq(self.root)))
+            return self.server.signer.check(credential, "LiveApp", "s1",
+                                            self.clock.seconds()).sessionId
+
+        url = "s1.m3u8?subscriberId=viewer-1&subscriberCode=123456"
+        first = sessionId(url)
+        self.assertEqual(sessionId(url), first)
+        self.assertEqual(len(self.policy.asked), 1)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+        self.assertNotEqual(sessionId("s1.m3u8?subscriberId=viewer-1&subscriberCode=654321"),
+                            first)
+        self.assertNotEqual(sessionId("s1.m3u8?subscriberId=viewer-2&subscriberCode=123456"),
+                            first)
+        self.assertEqual(len(self.policy.asked), 3)
+        self.assertNotEqual(sessionId(url, peer="192.0.2.99"), first)
+        self.assertEqual(len(self.policy.asked), 4)
+
+    def test_publishOnlyPolicy(self):
+        self.policy.actions = frozenset({"publish"})
+        self.live()
+        r, _ = self.get("s1.m3u8?subscriberId=viewer-1&subscriberCode=123456")
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(self.server.gate.registry.grants("LiveApp", "s1"), [])
+        self.assertFalse(r.headers.getRawHeaders(b"set-cookie"))
+
+
 class OneRegistryTests(Harness):
     """
     HTTP sessions are grants of the one registry, beside RTMP's, and every

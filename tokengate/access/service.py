@@ -132,6 +132,13 @@ class IAccessPolicy(Protocol):
 
     mechanism: str
 
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        """
+        Whether C{settings} turn this policy on for C{action}: an HTTP play
+        of an application without play tokens opens a session (is admitted)
+        only when some policy applies to play (L{AccessService.admissionRequired}).
+        """
+
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         """
         Admit C{request} under C{settings} (return None, or what the session
@@ -156,6 +163,12 @@ class IAccess(Protocol):
     def tokenKind(self, app: str, action: str) -> Optional[str]:
         """
         C{"onetime"}, C{"jwt"} or None: what C{app} demands for C{action}.
+        """
+
+    def admissionRequired(self, app: str, action: str) -> bool:
+        """
+        Whether C{app} admits C{action} (a token, or a security policy that
+        applies): when not, HTTP delivery needs no session.
         """
 
     def check(self, request: "AccessRequest") -> Optional[Outcome]:
@@ -293,6 +306,20 @@ class AccessService:
         """
         settings = self._apps.get(app)
         return settings.tokenKind(action) if settings is not None else None
+
+    def admissionRequired(self, app: str, action: str) -> bool:
+        """
+        Whether C{app} demands a token for C{action} or has a security
+        policy that applies to it (unknown applications: True, so that the
+        request goes on to be refused).  HTTP delivery asks: without either,
+        an application's streams are served without a session.
+        """
+        settings = self._apps.get(app)
+        if settings is None:
+            return True
+        if settings.tokenKind(action) is not None:
+            return True
+        return any(policy.applies(settings, action) for policy in self._policies)
 
     def check(self, request: AccessRequest) -> Optional[Outcome]:
         """

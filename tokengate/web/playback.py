@@ -12,7 +12,14 @@ Range requests then carry it).  A cookie scoped to the stream carries it
 too, for clients that re-request the original URL with the spent token
 (ffmpeg's DASH reader does).
 
-A spent token presented again **from the address that redeemed it**, for the
+When the application has no play token control but a security policy that
+applies to play (a TOTP subscriber code, a play webhook), the first request
+is admitted all the same (with C{?subscriberId=S&subscriberCode=C}, the
+policies being told the query's other parameters too) and opens a session;
+without either, streams are served without sessions.
+
+A spent token (or without a token, the subscriber id and code that opened a
+session) presented again **from the address that redeemed it**, for the
 same stream and format, continues the session it opened while that session is
 alive (not ended, revoked or idle): mpv opens a playlist, an MPD or an MP4
 twice (its stream layer probes, then libavformat reopens the URL), a HEAD is
@@ -170,8 +177,9 @@ class _SessionMind:
     L{kick} here once: the session leaves the index and its credentials
     stop working.
 
-    @ivar tokenDigest: the digest of the token that opened it (so that the
-        token may continue it from C{peerHost}), or None.
+    @ivar tokenDigest: the digest of the token that opened it, or without a
+        token of the subscriber's id and code (so that they may continue it
+        from C{peerHost}), or None.
     @ivar lastSeen: when the session last made a request.
     """
 
@@ -280,7 +288,8 @@ class HTTPSessions:
     def continued(self, token: str, peer: str, app: str, streamId: str, kind: str
                   ) -> Optional[Session]:
         """
-        The live session that the token with digest C{token} opened, if
+        The live session that the token with digest C{token} opened (or the
+        subscriber's id and code, L{_opener}), if
         C{peer} is the address that redeemed it and the request is for the
         same stream and format; None otherwise (the token must then go
         through admission, which refuses a spent one).
@@ -468,8 +477,8 @@ class PlaybackGate:
             # refused before any token is looked at: the token is kept
             self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer, token), outcome)
             return _fail(request, *_checkRefusal(outcome, protocol))
-        kind = self.access.tokenKind(app, PLAY)
-        if kind is None:
+        kind = self.access.tokenKind(app, PLAY) or ""
+        if not kind and not self.access.admissionRequired(app, PLAY):
             return self._deliver(request, app, streamId, what, details, None)
         now = self.clock.seconds()
         session = self._sessionOf(request, app, streamId, now)
@@ -481,14 +490,15 @@ class PlaybackGate:
             self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer),
                                Outcome.MISSING)
             return _fail(request, 403, self._refusal(kind, streamId))
-        if token is not None and len(token) <= MAX_TOKEN_LENGTH:
-            session = self.sessions.continued(digest(token), peer, app, streamId, protocol)
-            if session is not None:
-                return self._deliver(request, app, streamId, what, details, session)
         asked = AccessRequest(app, streamId, PLAY, protocol, peer, token,
                               subscriberId=self._arg(request, b"subscriberId"),
                               subscriberCode=self._arg(request, b"subscriberCode"),
                               params=_otherParams(request))
+        opener = _opener(asked)
+        if opener is not None:
+            session = self.sessions.continued(opener, peer, app, streamId, protocol)
+            if session is not None:
+                return self._deliver(request, app, streamId, what, details, session)
         d = self._admit(request, asked)
         d.addCallback(lambda s: self._deliverLater(request, app, streamId, what, details, s))
         d.addErrback(self._refused, request, kind, streamId, protocol)
@@ -551,10 +561,11 @@ class PlaybackGate:
         return request
 
     async def _admitAsync(self, request: Any, asked: AccessRequest) -> Session:
-        token, peer = asked.token, asked.peer
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        peer = asked.peer
+        opener = _opener(asked)
+        if opener is None:
             return await self._login(asked, None)
-        key = (digest(token), peer)
+        key = (opener, peer)
         waiters = self._pending.get(key)
         if waiters is not None:
             # the same token's redemption from this address is in flight (mpv
@@ -876,6 +887,21 @@ _POLICY_REFUSALS: dict[Outcome, tuple[int, str]] = {
     Outcome.WEBHOOK_REFUSED: (403, "Not authorized"),
     Outcome.WEBHOOK_UNAVAILABLE: (503, "Authorization is unavailable, try again later"),
 }
+
+def _opener(asked: AccessRequest) -> Optional[str]:
+    """
+    What may continue the session C{asked} opens, from its address (see
+    L{HTTPSessions.continued}): the digest of its token, or without one, of
+    its subscriber id and code; None when it has neither (or an over-long
+    token: refused anyway).
+    """
+    token = asked.token
+    if token:
+        return digest(token) if len(token) <= MAX_TOKEN_LENGTH else None
+    if asked.subscriberId and asked.subscriberCode:
+        return digest("\0subscriber\0{}\0{}".format(asked.subscriberId, asked.subscriberCode))
+    return None
+
 
 #: query parameters with a field of their own, not among the request's
 #: other parameters (L{AccessRequest.params})
