@@ -5,6 +5,10 @@ server protocol over string transports, on a fake clock.
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlencode
+
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
@@ -87,6 +91,48 @@ class ParseTests(SynchronousTestCase):
         # the query wins over the path
         self.assertEqual(parsed("s1/T/sub-1/123456?subscriberCode=654321"),
                          ("s1", "T", "sub-1", "654321", ()))
+
+    def test_ffmpegFolding(self):
+        """
+        What ffmpeg really sends for C{rtmp://host/LiveApp/s1/T/sub-1/123456}:
+        the app C{LiveApp/s1} (its first two path segments) and the name
+        C{T/sub-1/123456}.
+        """
+        self.assertEqual(parsed("T/sub-1/123456", appPath="s1"),
+                         ("s1", "T", "sub-1", "123456", ()))
+
+    @given(streamId=st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,20}", fullmatch=True),
+           token=st.text(st.characters(codec="utf-8", exclude_characters="/%"), min_size=1,
+                         max_size=40),
+           subscriberId=st.from_regex(r"[A-Za-z0-9_.@-]{4,30}", fullmatch=True),
+           code=st.from_regex(r"[0-9]{6}", fullmatch=True),
+           split=st.integers(0, 3))
+    def test_formsAgree(self, streamId, token, subscriberId, code, split):
+        """
+        The query form, the path form and the path folded into the
+        application at any segment say the same.
+        """
+        if streamId.endswith(".flv"):
+            streamId += "x"
+        expected = (streamId, token, subscriberId, code, ())
+        query = "{}?{}".format(streamId, urlencode(
+            [("token", token), ("subscriberId", subscriberId), ("subscriberCode", code)]))
+        self.assertEqual(parsed(query), expected)
+        segments = [streamId, quote(token, safe=""), subscriberId, code]
+        self.assertEqual(parsed("/".join(segments)), expected)
+        if split:
+            self.assertEqual(parsed("/".join(segments[split:]), "/".join(segments[:split])),
+                             expected)
+
+    @given(st.text(max_size=300), st.text(max_size=40))
+    def test_anyName(self, name, appPath):
+        """
+        Any name parses (the grammar and the bounds are the access
+        service's), with at most L{MAX_PARAMS} params.
+        """
+        r = parse_stream_name(name, appPath)
+        self.assertLessEqual(len(r.params), MAX_PARAMS)
+        self.assertNotIn("", (r.token, r.subscriberId, r.subscriberCode))
 
     def test_tooManySegments(self):
         """

@@ -148,7 +148,8 @@ def parse_stream_name(name: str, appPath: str = "") -> StreamName:
     and the path C{StreamId/T/S/C} (C{/} or C{%2F}; a value the query gives
     wins), also as ffmpeg folds C{rtmp://host/App/StreamId/T/S/C} into the
     app C{App/StreamId/T/S} and the name C{C} (C{appPath} is then
-    C{StreamId/T/S}).  Percent-escapes are decoded; empty values are None.
+    C{StreamId/T/S}).  Percent-escapes are decoded (in the application's
+    path too); empty values are None.
     A path of more than four segments is not understood: its stream id is
     the whole path, which the stream id grammar refuses.
     """
@@ -165,8 +166,8 @@ def parse_stream_name(name: str, appPath: str = "") -> StreamName:
                 own[key] = value or None
         else:
             params.append((key, value))
-    base = unquote(base)
-    parts = [p for p in (appPath.split("/") if appPath else []) + base.split("/") if p]
+    path = unquote(appPath + "/" + base if appPath else base)
+    parts = [p for p in path.split("/") if p]
     if len(parts) > 1 + len(_PATH_KEYS):
         streamId = "/".join(parts)
     else:
