@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.access.service import (
+    MAX_PARAMS,
     MAX_PARAMS_CHARS,
     MAX_SUBSCRIBER_CODE,
     MAX_SUBSCRIBER_ID,
@@ -440,7 +441,8 @@ class BoundsTests(SynchronousTestCase):
         for kw in ({"subscriberId": "a" * (MAX_SUBSCRIBER_ID + 1)},
                    {"subscriberCode": "1" * (MAX_SUBSCRIBER_CODE + 1)},
                    {"params": [("k", "v" * MAX_PARAMS_CHARS)]},
-                   {"params": [("k" * 300, "v" * 300)] * 20}):
+                   {"params": [("k" * 300, "v" * 300)] * 20},
+                   {"params": [("k", "v")] * (MAX_PARAMS + 1)}):
             self.assertEqual(self.failureResultOf(self.publish(**kw), Refused).value.outcome,
                              Outcome.INVALID, kw)
         self.assertEqual(self.policy.asked, [])
@@ -452,7 +454,8 @@ class BoundsTests(SynchronousTestCase):
         a code that is not six digits reach the policy as sent.
         """
         kw = {"subscriberId": "a" * MAX_SUBSCRIBER_ID, "subscriberCode": "x" * MAX_SUBSCRIBER_CODE,
-              "params": [("k", "v" * (MAX_PARAMS_CHARS - 1))]}
+              "params": [("k", "v" * (MAX_PARAMS_CHARS - MAX_PARAMS))]
+              + [("k", "")] * (MAX_PARAMS - 1)}
         self.successResultOf(self.publish(**kw))
         r = self.policy.last
         self.assertEqual((r.subscriberId, r.subscriberCode, r.params),

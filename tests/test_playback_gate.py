@@ -298,8 +298,11 @@ class PolicyPlumbingTests(RefusalsKeepTheTokenTests):
                           403, "Invalid Token for streamId:s1")
         self.assertAnswer(self.get("s1.m3u8?token={}&x={}".format(token, "v" * 9000)),
                           403, "Invalid Token for streamId:s1")
+        self.assertAnswer(self.get("s1.m3u8?token={}&".format(token)
+                                   + "&".join("k{}=v".format(i) for i in range(33))),
+                          403, "Invalid Token for streamId:s1")
         self.assertEqual(self.policy.asked, [])
-        self.assertEqual(self.refusals("hls", "invalid"), 2)
+        self.assertEqual(self.refusals("hls", "invalid"), 3)
         self.assertTokenIntact(token)
 
     def test_refusals(self):

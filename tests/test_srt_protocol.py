@@ -225,9 +225,13 @@ class PolicyPlumbingTests(ListenerHarness, SynchronousTestCase):
         c = self.caller()
         c.call("LiveApp/s1,token={},subscriberCode={}".format(token, "1" * 100))
         self.assertEqual(c.answer(), ("rejected", REJX_BAD_REQUEST))
+        c = self.caller()
+        c.call("LiveApp/s1,token={},".format(token) + ",".join("k{}=v".format(i)
+                                                                for i in range(33)))
+        self.assertEqual(c.answer(), ("rejected", REJX_BAD_REQUEST))
         self.assertEqual(self.policy.asked, [])
         self.assertTrue(self.unspent(token))
-        self.assertEqual(self.refusals("invalid"), 1)
+        self.assertEqual(self.refusals("invalid"), 2)
 
     def test_refusals(self) -> None:
         token = self.mint()

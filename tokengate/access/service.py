@@ -58,7 +58,8 @@ PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC"}
 PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "hls", "dash", "vod"})
 
 
-#: at most this many parameters of a request are kept (L{AccessRequest.params})
+#: a request with more parameters than this (L{AccessRequest.params}) is
+#: refused as C{invalid}
 MAX_PARAMS = 32
 
 #: the longest subscriber id, TOTP code and parameters (names and values
@@ -72,7 +73,7 @@ MAX_PARAMS_CHARS = 8192
 
 
 def _params(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    return tuple(pairs)[:MAX_PARAMS]
+    return tuple(pairs)
 
 
 @frozen
@@ -93,8 +94,9 @@ class AccessRequest:
     @ivar subscriberCode: the subscriber's TOTP code, or None.
     @ivar params: the request's other parameters, as (name, value) pairs in
         the order the client sent them (the query of a URL, an RTMP
-        C{?...}), at most L{MAX_PARAMS}: what an authorization webhook is
-        told (C{queryParams}).
+        C{?...}): what an authorization webhook is told (C{queryParams}).
+        More than L{MAX_PARAMS}, or more than L{MAX_PARAMS_CHARS}
+        characters, and L{AccessService.check} refuses the request.
     """
 
     app: str
@@ -329,7 +331,8 @@ class AccessService:
         protocol's switch, then whether the stream is taken (publish), live
         (play) or recorded (MP4 play).  Before all, a subscriber id, code
         or parameters longer than any a client needs (L{MAX_SUBSCRIBER_ID},
-        L{MAX_SUBSCRIBER_CODE}, L{MAX_PARAMS_CHARS}) are C{invalid}.
+        L{MAX_SUBSCRIBER_CODE}, L{MAX_PARAMS}, L{MAX_PARAMS_CHARS}) are
+        C{invalid}.
         """
         if not _bounded(request):
             return Outcome.INVALID
@@ -484,6 +487,8 @@ def _bounded(request: AccessRequest) -> bool:
     if request.subscriberId is not None and len(request.subscriberId) > MAX_SUBSCRIBER_ID:
         return False
     if request.subscriberCode is not None and len(request.subscriberCode) > MAX_SUBSCRIBER_CODE:
+        return False
+    if len(request.params) > MAX_PARAMS:
         return False
     size = 0
     for name, value in request.params:

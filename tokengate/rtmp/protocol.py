@@ -53,14 +53,7 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
-from tokengate.access.service import (
-    MAX_PARAMS,
-    AccessRequest,
-    IAccess,
-    Publication,
-    Refused,
-    Viewing,
-)
+from tokengate.access.service import AccessRequest, IAccess, Publication, Refused, Viewing
 from tokengate.access.sessions import IKickable
 from tokengate.logsafe import Logger
 from tokengate.media.hub import AUDIO, VIDEO, Frame, ISubscriber, LiveStream, StreamInUse
@@ -178,7 +171,7 @@ def parse_stream_name(name: str, appPath: str = "") -> StreamName:
     if streamId.endswith(".flv"):
         streamId = streamId[:-4]
     return StreamName(streamId, own["token"], own["subscriberId"], own["subscriberCode"],
-                      tuple(params[:MAX_PARAMS]))
+                      tuple(params))
 
 
 class TCPTransport(TypingProtocol):

@@ -68,7 +68,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tokengate.access.service import MAX_PARAMS, AccessRequest, IAccess, Refused
+from tokengate.access.service import AccessRequest, IAccess, Refused
 from tokengate.access.sessions import Grant, SessionRegistry
 from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
@@ -911,14 +911,14 @@ _OWN_PARAMS = frozenset({"token", "subscriberId", "subscriberCode", "tgs"})
 def _otherParams(request: Any) -> tuple[tuple[str, str], ...]:
     """
     The request's query parameters but the token, the subscriber's and the
-    session credential, in the order sent (at most L{MAX_PARAMS}).
+    session credential, in the order sent (the access service bounds them).
     """
     uri: bytes = request.uri
     _, _, query = uri.partition(b"?")
     if not query:
         return ()
     pairs = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
-    return tuple((k, v) for k, v in pairs if k not in _OWN_PARAMS)[:MAX_PARAMS]
+    return tuple((k, v) for k, v in pairs if k not in _OWN_PARAMS)
 
 
 def _checkRefusal(outcome: Outcome, protocol: str) -> tuple[int, str]:
