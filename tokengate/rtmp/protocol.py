@@ -635,7 +635,8 @@ class RTMPServerProtocol(Protocol):
         if outcome is Outcome.BLOCKED:
             verb = "publish" if action == PUBLISH else "play"
             self.conn.send_status(msid, "error", "NetStream.Failed",
-                                  SUBSCRIBER_BLOCKED.format(subscriberId, verb), streamId)
+                                  SUBSCRIBER_BLOCKED.format(subscriberId or "", verb),
+                                  streamId)
         elif action == PUBLISH:
             if outcome is Outcome.IN_USE:
                 desc = "The stream is already being published."
