@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
@@ -71,6 +71,9 @@ class Server:
     #: process's memory unless the composition root gives a persistent one)
     subscribers: ISubscriberStore = field(
         default=Factory(lambda self: MemorySubscriberStore(self.clock), takes_self=True))
+    #: security policies asked after the applications' own (the composition
+    #: root gives none; tests give one that records what it is asked)
+    extraPolicies: Sequence[IAccessPolicy] = ()
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -125,7 +128,7 @@ class Server:
             SubscriberPolicy(self.subscribers, self.clock),
         ]
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
-                                    policies)
+                                    [*policies, *self.extraPolicies])
         self.apps.onChange(self._appChanged)
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
