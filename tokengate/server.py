@@ -19,7 +19,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
-from attrs import define, field
+from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
 
 from tokengate.access.revocation import (
@@ -30,6 +30,8 @@ from tokengate.access.revocation import (
     Revoker,
 )
 from tokengate.access.service import AccessService, IAccessPolicy
+from tokengate.access.subscriberpolicy import SubscriberPolicy
+from tokengate.access.subscribers import ISubscriberStore, MemorySubscriberStore
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
 from tokengate.config import ServerConfig
@@ -65,6 +67,10 @@ class Server:
     #: the Redis client shared by a Redis token store and the revocation
     #: service's cluster transport (None: revocation is local)
     redis: Optional[RedisClient] = None
+    #: the TOTP subscribers' records, blocks and live connections (in this
+    #: process's memory unless the composition root gives a persistent one)
+    subscribers: ISubscriberStore = field(
+        default=Factory(lambda self: MemorySubscriberStore(self.clock), takes_self=True))
     #: security policies asked after the applications' own (the composition
     #: root gives none; tests give one that records what it is asked)
     extraPolicies: Sequence[IAccessPolicy] = ()
@@ -118,7 +124,9 @@ class Server:
         # the applications' security policies, asked in this order (cheapest
         # and most local first, the webhook last): publisher address,
         # datastore-only streams, TOTP subscribers, authorization webhook
-        policies: list[IAccessPolicy] = []
+        policies: list[IAccessPolicy] = [
+            SubscriberPolicy(self.subscribers, self.clock),
+        ]
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
                                     [*policies, *self.extraPolicies])
         self.apps.onChange(self._appChanged)
@@ -168,7 +176,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, config)
+                  server.clock, server.metrics, config, server.subscribers)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

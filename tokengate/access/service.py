@@ -117,7 +117,7 @@ class AccessRequest:
         """
         return StreamCredentials(self.app, self.streamId, self.action, self.token or None,
                                  self.peer, self.protocol, self.roomId or None,
-                                 self.subscriberId or None)
+                                 self.subscriberId or None, self.subscriberCode or None)
 
 #: what an admitted session holds until it ends (L{IAccessPolicy.admit})
 Release = Callable[[], None]
