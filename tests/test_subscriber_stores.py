@@ -392,6 +392,93 @@ class SubscriberStoreSuite:
                 await lease.release()
 
 
+
+class SameAsMemory:
+    """
+    A persistent store's answers are the memory store's.  Mixed into a
+    L{SubscriberStoreSuite} test class.
+    """
+
+    clock: Clock
+    makeStore: Any
+    assertEqual: Any
+    assertIsInstance: Any
+    assertLessEqual: Any
+
+    async def test_sameAsMemory(self) -> None:
+        """
+        Seeded random programs of every operation, run on this store and on
+        the memory store (the reference) side by side on one clock: every
+        answer is the same.
+        """
+        rng = random.Random(2026)
+        seen: set[str] = set()
+        for program in range(6):
+            store = self.makeStore(maxSubscribers=4)
+            reference = MemorySubscriberStore(self.clock, maxSubscribers=4)
+            held: list[tuple[SubscriberLease, SubscriberLease]] = []
+            for step in range(80):
+                op = rng.choice(["add", "add", "delete", "revoke", "block", "acquire",
+                                 "acquire", "acquire", "release", "release", "get", "list",
+                                 "events", "isBlocked", "advance"])
+                streamId = rng.choice(["s", "s", "t"])
+                name = rng.choice(["alice", "bob1", "carol", "derived%d" % rng.randrange(6)])
+                action = rng.choice(["play", "publish"])
+                type = rng.choice(["play", "publish"])
+                limit = rng.randint(1, 2)
+                blockedType = rng.choice(["play", "publish", "publish_play"])
+                seconds = rng.randint(0, 20)
+                totpStep = rng.randint(0, 3)
+                offset = rng.randint(0, 2)
+                release = rng.randrange(len(held)) if held else None
+                where = "program {} step {}: {} {} {}".format(program, step, op, streamId, name)
+                answers: list[Any] = []
+                for target in (store, reference):
+                    answer: Any = None
+                    if op == "add":
+                        answer = await target.addSubscriber("LiveApp", Subscriber(
+                            name, streamId, type, concurrentConnectionsLimit=limit))
+                    elif op == "delete":
+                        answer = await target.deleteSubscriber("LiveApp", streamId, name)
+                    elif op == "revoke":
+                        answer = await target.revokeSubscribers("LiveApp", streamId)
+                    elif op == "block":
+                        answer = await target.blockSubscriber("LiveApp", streamId, name,
+                                                              blockedType, seconds)
+                    elif op == "acquire":
+                        try:
+                            answer = await target.acquire("LiveApp", streamId, name, action,
+                                                          totpStep, "srt")
+                        except SubscriberRefused as e:
+                            answer = e.refusal
+                    elif op == "release" and release is not None:
+                        answer = await held[release][target is reference].release()
+                    elif op == "get":
+                        answer = await target.getSubscriber("LiveApp", streamId, name)
+                    elif op == "list":
+                        answer = list(await target.listSubscribers("LiveApp", streamId,
+                                                                   offset, 3))
+                    elif op == "events":
+                        answer = list(await target.connectionEvents("LiveApp", streamId, 0, 100))
+                    elif op == "isBlocked":
+                        answer = await target.isBlocked("LiveApp", streamId, name, action)
+                    answers.append(answer)
+                if op == "advance":
+                    self.clock.advance(rng.choice([0.5, 5, 11]))
+                mine, theirs = answers
+                if isinstance(mine, SubscriberLease):
+                    self.assertIsInstance(theirs, SubscriberLease, where)
+                    held.append((mine, theirs))
+                    seen.add("granted")
+                else:
+                    self.assertEqual(mine, theirs, where)
+                    seen.add(mine.value if isinstance(mine, Refusal) else op)
+            for mine, theirs in held:
+                await mine.release()
+                await theirs.release()
+        self.assertLessEqual({"granted", "in_use", "blocked", "replayed", "full", "add", "delete",
+                              "revoke", "block", "release", "get", "list", "events"}, seen)
+
 class MemorySubscriberStoreTests(SubscriberStoreSuite, TestCase):
     def makeStore(self, maxSubscribers: int = S.MAX_SUBSCRIBERS) -> Any:
         return MemorySubscriberStore(self.clock, maxSubscribers=maxSubscribers)
@@ -407,7 +494,7 @@ def sqliteTokens(testcase: TestCase, path: Optional[str] = None) -> SQLiteTokenS
     return tokens
 
 
-class SQLiteSubscriberStoreTests(SubscriberStoreSuite, TestCase):
+class SQLiteSubscriberStoreTests(SubscriberStoreSuite, SameAsMemory, TestCase):
     def makeStore(self, maxSubscribers: int = S.MAX_SUBSCRIBERS) -> Any:
         tokens = sqliteTokens(self)
         return SQLiteSubscriberStore(tokens.path, tokens.run, self.clock,

@@ -25,13 +25,13 @@ from tokengate.redisclient import RedisClient, RedisSettings
 from tokengate.store import StoreUnavailable, open_redis, open_store
 
 from tests.redisserver import start_redis, start_redis_server
-from tests.test_subscriber_stores import T0, SubscriberStoreSuite
+from tests.test_subscriber_stores import T0, SameAsMemory, SubscriberStoreSuite
 
 #: the lease TTL of the expiry tests, seconds (real time)
-SHORT_TTL = 0.6
+SHORT_TTL = 1.2
 
 
-class RedisSubscriberStoreTests(SubscriberStoreSuite, TestCase):
+class RedisSubscriberStoreTests(SubscriberStoreSuite, SameAsMemory, TestCase):
     def setUp(self) -> None:
         self.host, self.port = start_redis(self)
         self.stores = 0

@@ -24,9 +24,11 @@ the subscriber id after it needs no encoding)::
                                 "step" -> newest step used; expires with
                                 the leases
     {P}u:k:{leaseId}      STRING one live connection, PX leaseTTL
-    {P}u:live             ZSET  "{ix}:{sid}" -> when its leases expire
-                                (ms, Redis' clock): the live subscribers,
-                                at most maxSubscribers
+    {P}u:live             ZSET  "{ix}:{sid}" -> the subscribers with
+                                state, as the memory store counts them
+                                (at most maxSubscribers): inf for one
+                                recorded with a replay mark, else when its
+                                leases expire (ms, Redis' clock)
     {P}u:e:{ix}           LIST  connection events (JSON), the newest
                                 MAX_EVENTS_PER_STREAM
     {P}u:es               ZSET  ix -> last write: the MAX_EVENT_STREAMS
@@ -94,10 +96,16 @@ _INT64 = 2**63 - 1
 
 _COMMON = """
 if redis.replicate_commands then redis.replicate_commands() end
--- the live connections of a subscriber: the lease ids of its live hash
--- whose key still exists (the others are dropped); with none, the hash
--- (its replay mark too) and its entry in the live index go
-local function liveCount(livekey, prefix, index, member)
+local function nowMs()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The live connections of subscriber sid of stream ix: the lease ids of its
+-- live hash whose key still exists (the others are dropped).  With none,
+-- the hash (the replay mark of an unrecorded subscriber too) goes, and so
+-- does its entry in the state index, unless it is recorded with a mark.
+local function liveCount(prefix, ix, sid)
+  local livekey = prefix .. 'u:l:' .. ix .. ':' .. sid
   local n = 0
   for _, f in ipairs(redis.call('HKEYS', livekey)) do
     if f ~= 'step' then
@@ -110,9 +118,19 @@ local function liveCount(livekey, prefix, index, member)
   end
   if n == 0 then
     redis.call('DEL', livekey)
-    redis.call('ZREM', index, member)
+    if redis.call('HEXISTS', prefix .. 'u:r:' .. ix, sid) == 0
+        or redis.call('HEXISTS', prefix .. 'u:p:' .. ix, sid) == 0 then
+      redis.call('ZREM', prefix .. 'u:live', ix .. ':' .. sid)
+    end
   end
   return n
+end
+-- a subscriber whose state no longer stays with a record: its entry in the
+-- state index lasts as long as its leases
+local function unrecorded(prefix, ix, sid, ttl)
+  if liveCount(prefix, ix, sid) > 0 then
+    redis.call('ZADD', prefix .. 'u:live', nowMs() + tonumber(ttl), ix .. ':' .. sid)
+  end
 end
 -- record a connection event, within the bounds
 local function event(prefix, ix, json, maxEvents, maxStreams)
@@ -129,14 +147,10 @@ local function event(prefix, ix, json, maxEvents, maxStreams)
     end
   end
 end
-local function nowMs()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 """
 
 _ACQUIRE = _COMMON + """
--- KEYS: records, blocks, steps, live hash, live index, lease key
+-- KEYS: records, blocks, steps, live hash, state index, lease key
 -- ARGV: 1 prefix, 2 sid, 3 action, 4 step, 5 now (ms, the node's clock),
 --       6 lease ttl (ms), 7 max subscribers, 8 member, 9 lease id,
 --       10 event JSON, 11 ix, 12 max events, 13 max event streams
@@ -154,7 +168,7 @@ if rec then
   end
   limit = tonumber(cjson.decode(rec)['concurrentConnectionsLimit']) or 1
 end
-local n = liveCount(KEYS[4], ARGV[1], KEYS[5], ARGV[8])
+local n = liveCount(ARGV[1], ARGV[11], ARGV[2])
 local last = -1
 if n > 0 then last = tonumber(redis.call('HGET', KEYS[4], 'step') or '-1') end
 if rec then
@@ -162,9 +176,12 @@ if rec then
   if p and tonumber(p) > last then last = tonumber(p) end
 end
 local now = nowMs()
-if n == 0 and not rec then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-  if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[7]) then return 'F' end
+-- the state index: a subscriber recorded with a replay mark (score inf),
+-- or holding leases (score: when they expire)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+if not redis.call('ZSCORE', KEYS[5], ARGV[8])
+    and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[7]) then
+  return 'F'
 end
 if tonumber(ARGV[4]) < last then return 'R' end
 if n >= limit then return 'I' end
@@ -172,37 +189,44 @@ local ttl = tonumber(ARGV[6])
 redis.call('SET', KEYS[6], '1', 'PX', ttl)
 redis.call('HSET', KEYS[4], ARGV[9], '1', 'step', ARGV[4])
 redis.call('PEXPIRE', KEYS[4], ttl)
-redis.call('ZADD', KEYS[5], now + ttl, ARGV[8])
-if rec then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
+if rec then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+  redis.call('ZADD', KEYS[5], '+inf', ARGV[8])
+else
+  redis.call('ZADD', KEYS[5], now + ttl, ARGV[8])
+end
 event(ARGV[1], ARGV[11], ARGV[10], ARGV[12], ARGV[13])
 return 'A'
 """
 
 _RELEASE = _COMMON + """
--- KEYS: live hash, lease key, live index
--- ARGV: 1 prefix, 2 lease id, 3 member, 4 event JSON, 5 ix, 6 max events,
+-- KEYS: live hash, lease key
+-- ARGV: 1 prefix, 2 lease id, 3 sid, 4 event JSON, 5 ix, 6 max events,
 --       7 max event streams
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[1], ARGV[2])
-liveCount(KEYS[1], ARGV[1], KEYS[3], ARGV[3])
+liveCount(ARGV[1], ARGV[5], ARGV[3])
 event(ARGV[1], ARGV[5], ARGV[4], ARGV[6], ARGV[7])
 return 1
 """
 
 _REFRESH = _COMMON + """
--- KEYS: live hash, lease key, live index
+-- KEYS: live hash, lease key, state index
 -- ARGV: 1 lease id, 2 ttl (ms), 3 member
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[2], '1', 'PX', ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[3], nowMs() + ttl, ARGV[3])
+if redis.call('ZSCORE', KEYS[3], ARGV[3]) ~= 'inf' then
+  redis.call('ZADD', KEYS[3], nowMs() + ttl, ARGV[3])
+end
 return 1
 """
 
-_ADD = """
--- KEYS: records, order, blocks, steps, live hash, count, seq
--- ARGV: 1 sid, 2 record JSON, 3 max subscribers, 4 block ('' for none)
+_ADD = _COMMON + """
+-- KEYS: records, order, blocks, steps, live hash, count, seq, state index
+-- ARGV: 1 sid, 2 record JSON, 3 max subscribers, 4 block ('' for none),
+--       5 prefix, 6 ix, 7 member
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   if tonumber(redis.call('GET', KEYS[6]) or '0') >= tonumber(ARGV[3]) then return 0 end
   redis.call('INCR', KEYS[6])
@@ -214,11 +238,13 @@ if ARGV[4] ~= '' then
 else
   redis.call('HDEL', KEYS[3], ARGV[1])
 end
--- a live subscriber's replay mark stays with it once recorded
-local s = redis.call('HGET', KEYS[5], 'step')
-if s then
+-- a live subscriber's state (its replay mark) stays with it once recorded
+if liveCount(ARGV[5], ARGV[6], ARGV[1]) > 0 then
+  local s = tonumber(redis.call('HGET', KEYS[5], 'step') or '-1')
   local p = redis.call('HGET', KEYS[4], ARGV[1])
-  if not p or tonumber(p) < tonumber(s) then redis.call('HSET', KEYS[4], ARGV[1], s) end
+  if p and tonumber(p) > s then s = tonumber(p) end
+  redis.call('HSET', KEYS[4], ARGV[1], s)
+  redis.call('ZADD', KEYS[8], '+inf', ARGV[7])
 end
 return 1
 """
@@ -236,20 +262,21 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
 """
 
-_DELETE = """
+_DELETE = _COMMON + """
 -- KEYS: records, order, blocks, steps, count
--- ARGV: 1 sid
+-- ARGV: 1 sid, 2 prefix, 3 ix, 4 lease ttl (ms)
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('DECR', KEYS[5])
+unrecorded(ARGV[2], ARGV[3], ARGV[1], ARGV[4])
 return 1
 """
 
-_REVOKE = """
+_REVOKE = _COMMON + """
 -- KEYS: records, order, blocks, steps, count
--- ARGV: 1 batch
+-- ARGV: 1 batch, 2 prefix, 3 ix, 4 lease ttl (ms)
 local ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
 local n = 0
 for _, sid in ipairs(ids) do
@@ -257,18 +284,19 @@ for _, sid in ipairs(ids) do
   redis.call('HDEL', KEYS[3], sid)
   redis.call('HDEL', KEYS[4], sid)
   redis.call('ZREM', KEYS[2], sid)
+  unrecorded(ARGV[2], ARGV[3], sid, ARGV[4])
 end
 if n > 0 then redis.call('DECRBY', KEYS[5], n) end
 return {n, #ids}
 """
 
 _GET = _COMMON + """
--- KEYS: records, blocks, live index
--- ARGV: 1 prefix, 2 ix, 3 offset, 4 size, then the subscriber ids ('' for
---       the page of the order index, KEYS[4], from offset)
+-- KEYS: records, blocks, and for a page the order index
+-- ARGV: 1 prefix, 2 ix, 3 offset, 4 size, 5 the subscriber id (without
+--       the order index)
 local ids
-if KEYS[4] then
-  ids = redis.call('ZRANGE', KEYS[4], tonumber(ARGV[3]),
+if KEYS[3] then
+  ids = redis.call('ZRANGE', KEYS[3], tonumber(ARGV[3]),
                    tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1)
 else
   ids = {ARGV[5]}
@@ -277,11 +305,10 @@ local out = {}
 for _, sid in ipairs(ids) do
   local rec = redis.call('HGET', KEYS[1], sid)
   if rec then
-    local member = ARGV[2] .. ':' .. sid
     out[#out + 1] = sid
     out[#out + 1] = rec
     out[#out + 1] = redis.call('HGET', KEYS[2], sid) or ''
-    out[#out + 1] = liveCount(ARGV[1] .. 'u:l:' .. member, ARGV[1], KEYS[3], member)
+    out[#out + 1] = liveCount(ARGV[1], ARGV[2], sid)
   end
 end
 return out
@@ -387,18 +414,19 @@ class RedisSubscriberStore:
 
     def addSubscriber(self, app: str, subscriber: Subscriber) -> "Deferred[bool]":
         k = self._keys(app, subscriber.streamId)
-        live, _ = self._live(app, subscriber.streamId, subscriber.subscriberId)
         block = ("" if subscriber.blockedType is None else
                  "{} {}".format(subscriber.blockedType, subscriber.blockedUntilUnitTimeStampMs))
+        live, member = self._live(app, subscriber.streamId, subscriber.subscriberId)
         d = self._eval("add", _ADD, [k["records"], k["order"], k["blocks"], k["steps"], live,
-                                     k["count"], k["seq"]],
-                       [subscriber.subscriberId, recordJSON(subscriber), self._max, block])
+                                     k["count"], k["seq"], k["index"]],
+                       [subscriber.subscriberId, recordJSON(subscriber), self._max, block,
+                        self._prefix, self._ix(app, subscriber.streamId), member])
         return d.addCallback(lambda added: bool(int(added)))
 
     def getSubscriber(self, app: str, streamId: str, subscriberId: str
                       ) -> "Deferred[Optional[Subscriber]]":
         k = self._keys(app, streamId)
-        d = self._eval("get", _GET, [k["records"], k["blocks"], k["index"]],
+        d = self._eval("get", _GET, [k["records"], k["blocks"]],
                        [self._prefix, self._ix(app, streamId), 0, 0, subscriberId])
 
         def first(flat: Sequence[Any]) -> Optional[Subscriber]:
@@ -413,7 +441,7 @@ class RedisSubscriberStore:
         if offset < 0 or size <= 0:
             return self._call("list", Deferred.fromCoroutine(self._nothing()))
         k = self._keys(app, streamId)
-        d = self._eval("list", _GET, [k["records"], k["blocks"], k["index"], k["order"]],
+        d = self._eval("list", _GET, [k["records"], k["blocks"], k["order"]],
                        [self._prefix, self._ix(app, streamId), min(offset, _INT64),
                         min(size, _INT64)])
         return d.addCallback(lambda flat: self._records(app, streamId, flat))
@@ -426,7 +454,8 @@ class RedisSubscriberStore:
     def deleteSubscriber(self, app: str, streamId: str, subscriberId: str) -> "Deferred[bool]":
         k = self._keys(app, streamId)
         d = self._eval("delete", _DELETE, [k["records"], k["order"], k["blocks"], k["steps"],
-                                           k["count"]], [subscriberId])
+                                           k["count"]],
+                       [subscriberId, self._prefix, self._ix(app, streamId), self._ttlMs])
         return d.addCallback(lambda found: bool(int(found)))
 
     async def _revoke(self, app: str, streamId: str) -> int:
@@ -434,7 +463,9 @@ class RedisSubscriberStore:
         keys = [k["records"], k["order"], k["blocks"], k["steps"], k["count"]]
         total = 0
         while True:
-            deleted, seen = await self._eval("revoke", _REVOKE, keys, [self._batch])
+            deleted, seen = await self._eval("revoke", _REVOKE, keys,
+                                             [self._batch, self._prefix,
+                                              self._ix(app, streamId), self._ttlMs])
             total += int(deleted)
             if int(seen) < self._batch:
                 return total
@@ -506,8 +537,9 @@ class RedisSubscriberStore:
                 self._refreshing.discard(refresher)
                 disconnected = ConnectionEvent(self._nowMs(), "disconnected", action, protocol,
                                                streamId, subscriberId, instanceIP)
-                done = self._eval("release", _RELEASE, [live, leaseKey, k["index"]],
-                                  [self._prefix, leaseId, member, eventJSON(disconnected), ix,
+                done = self._eval("release", _RELEASE, [live, leaseKey],
+                                  [self._prefix, leaseId, subscriberId, eventJSON(disconnected),
+                                   ix,
                                    S.MAX_EVENTS_PER_STREAM, S.MAX_EVENT_STREAMS])
                 return done.addCallback(lambda _: None)
 
