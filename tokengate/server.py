@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
@@ -65,6 +65,9 @@ class Server:
     #: the Redis client shared by a Redis token store and the revocation
     #: service's cluster transport (None: revocation is local)
     redis: Optional[RedisClient] = None
+    #: security policies asked after the applications' own (the composition
+    #: root gives none; tests give one that records what it is asked)
+    extraPolicies: Sequence[IAccessPolicy] = ()
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -117,7 +120,7 @@ class Server:
         # datastore-only streams, TOTP subscribers, authorization webhook
         policies: list[IAccessPolicy] = []
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
-                                    policies)
+                                    [*policies, *self.extraPolicies])
         self.apps.onChange(self._appChanged)
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
