@@ -141,6 +141,29 @@ class RedisSubscriberStoreTests(SubscriberStoreSuite, SameAsMemory, TestCase):
         await other.release()
         await (await self.acquire(store=store, step=12)).release()
 
+    async def test_nothingLeftBehind(self) -> None:
+        """
+        Subscribers nobody recorded leave nothing in Redis once their
+        connections end (released, or expired with a dead node), but their
+        bounded connection events; deleted records leave nothing at all.
+        """
+        store = self.makeStore(leaseTTL=SHORT_TTL)
+        for i in range(20):
+            await (await self.acquire("user%d" % i, store=store)).release()
+        await self.acquire("dead", store=store)
+        await self.add(Subscriber("alice", "s", "play"), store)
+        await (await self.acquire(store=store)).release()
+        await store.blockSubscriber("LiveApp", "s", "ghost", "play", 60)
+        self.assertEqual(await store.revokeSubscribers("LiveApp", "s"), 2)
+        await deferLater(reactor, SHORT_TTL + 0.3, lambda: None)
+        # the dead node's lease has expired: a lower code is no replay now
+        await (await self.acquire("dead", store=store, step=1)).release()
+        keys = await store._client.call(lambda conn: conn.keys(store._prefix + "*"))
+        self.assertEqual(sorted(k[len(store._prefix):] for k in keys),
+                         ["u:e:LiveApp:s", "u:es", "u:eseq", "u:n", "u:seq"])
+        count = await store._client.call(lambda conn: conn.get(store._prefix + "u:n"))
+        self.assertEqual(int(count), 0)
+
     def test_options(self) -> None:
         store = self.makeStore()
         self.assertRaises(ValueError, RedisSubscriberStore, store._client, self.clock,
