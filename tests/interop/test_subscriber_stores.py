@@ -150,6 +150,9 @@ class RedisSubscriberStoreTests(SubscriberStoreSuite, SameAsMemory, TestCase):
         store = self.makeStore(leaseTTL=SHORT_TTL)
         for i in range(20):
             await (await self.acquire("user%d" % i, store=store)).release()
+        keys = await store._client.call(lambda conn: conn.keys(store._prefix + "*"))
+        self.assertEqual(sorted(k[len(store._prefix):] for k in keys),
+                         ["u:e:LiveApp:s", "u:es", "u:eseq"])
         await self.acquire("dead", store=store)
         await self.add(Subscriber("alice", "s", "play"), store)
         await (await self.acquire(store=store)).release()
