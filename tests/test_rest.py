@@ -301,7 +301,10 @@ class RestTests(RestBase):
             ({"publishJwtControlEnabled": True, "jwtStreamSecretKey": "short"}, "at least 32"),
             ({"jwtControlEnabled": True, "jwtSecretKey": "short"}, "at least 32"),
             ({"remoteAllowedCIDR": "nonsense"}, "not a network"),
-            ({"enableTimeTokenForPlay": True}, "not supported"),
+            ({"enableTimeTokenForPlay": True, "playTokenControlEnabled": True},
+             "TOTP cannot be combined"),
+            ({"enableTimeTokenForPublish": True, "publishJwtControlEnabled": True,
+              "jwtStreamSecretKey": KEY}, "TOTP cannot be combined"),
             ({"hashControlPlayEnabled": True}, "tokenHashSecret must be at least 16"),
             ({"hashControlPlayEnabled": True, "tokenHashSecret": "x" * 15}, "at least 16"),
             ({"hashControlPlayEnabled": True, "playTokenControlEnabled": True,
@@ -442,7 +445,6 @@ class BroadcastTests(RestBase):
                              ("acceptOnlyRoomsInDataStore", 1),
                              ("allowedPublisherCIDR", "10.0.0.0/8"),
                              ("jwksURL", "https://example.com/jwks"),
-                             ("timeTokenSecretForPublish", "x"),
                              ("ipFilterEnabled", False)):
             code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
             self.assertEqual((code, body["success"]), (200, False), field)
@@ -454,10 +456,11 @@ class BroadcastTests(RestBase):
         neutral = {"hashControlPublishEnabled": False, "hashControlPlayEnabled": False,
                    "tokenHashSecret": "", "acceptOnlyStreamsInDataStore": False,
                    "webhookAuthenticateURL": "", "jwksURL": "", "ipFilterEnabled": True,
-                   "allowedPublisherCIDR": None, "timeTokenPeriod": 60}
+                   "allowedPublisherCIDR": None, "timeTokenPeriod": 60,
+                   "someUnknownField": 1}
         code, body = await self.post(path, dict(neutral, playTokenControlEnabled=True))
         self.assertEqual((code, body["success"], body["message"]),
-                         (200, True, "Unknown settings ignored: timeTokenPeriod"))
+                         (200, True, "Unknown settings ignored: someUnknownField"))
         self.assertTrue(self.server.apps.get("LiveApp").playTokenControlEnabled)
         many = {"unknown{}".format(i): i for i in range(25)}
         many["bad name!"] = 1
@@ -467,4 +470,5 @@ class BroadcastTests(RestBase):
         self.assertNotIn("bad name!", body["message"])
         code, stored = await self.get(path)
         self.assertNotIn("unknown1", stored)
-        self.assertNotIn("timeTokenPeriod", stored)
+        self.assertNotIn("someUnknownField", stored)
+        self.assertEqual(stored["timeTokenPeriod"], 60)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 from attrs import asdict, define, evolve
 
 from tokengate.access.names import isValidAppName
+from tokengate.access.totp import DEFAULT_PERIOD, MAX_PERIOD, MIN_PERIOD
 from tokengate.access.urls import MAX_URL, checkURL
 from tokengate.jsonvalue import (
     JSONError,
@@ -119,10 +120,31 @@ class DecimalField:
         return self.default
 
 
+@define(frozen=True)
+class IntField:
+    """
+    A JSON integer in [C{low}, C{high}], kept as an integer (the reference
+    server's C{int} settings).  A stored value out of range is clamped into
+    it; one that is not an integer takes C{default}.
+    """
+
+    low: int
+    high: int
+    default: int
+
+    def check(self, value: object, name: str) -> int:
+        return intValue(value, name, self.low, self.high)
+
+    def repair(self, value: object, name: str) -> Optional[object]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return min(max(value, self.low), self.high)
+        return self.default
+
+
 #: The type and range of every settings field: the one place they are
 #: checked, for a POST (L{AppSettings.fromJSON}), for any change
 #: (L{AppSettings.validate}) and for what was stored (L{AppSettings.fromStored}).
-SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
+SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField | IntField"] = {
     "publishTokenControlEnabled": BoolField(),
     "playTokenControlEnabled": BoolField(),
     "publishJwtControlEnabled": BoolField(),
@@ -130,6 +152,10 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
     "jwtStreamSecretKey": TextField(MAX_KEY_LENGTH),
     "enableTimeTokenForPublish": BoolField(),
     "enableTimeTokenForPlay": BoolField(),
+    "timeTokenSecretForPublish": TextField(MAX_KEY_LENGTH),
+    "timeTokenSecretForPlay": TextField(MAX_KEY_LENGTH),
+    # seconds; Ant Media takes any int, tokengate the bounds of its TOTP
+    "timeTokenPeriod": IntField(MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD),
     "hashControlPublishEnabled": BoolField(),
     "hashControlPlayEnabled": BoolField(),
     "tokenHashSecret": TextField(MAX_KEY_LENGTH),
@@ -181,8 +207,6 @@ def _turnsOff(value: object) -> bool:
 #: Ant Media's own clients send them in a whole settings object, are
 #: accepted.
 UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
-    "timeTokenSecretForPublish": _names,
-    "timeTokenSecretForPlay": _names,
     "acceptOnlyStreamsInDataStore": _turnsOn,
     "acceptOnlyRoomsInDataStore": _turnsOn,
     "allowedPublisherCIDR": _names,
@@ -236,9 +260,14 @@ class AppSettings:
     publishJwtControlEnabled: bool = False
     playJwtControlEnabled: bool = False
     jwtStreamSecretKey: str = ""
-    # TOTP subscriber codes: not implemented; refused when enabled
+    # TOTP subscriber codes (tokengate.access.subscriberpolicy): with a
+    # token kind of the same direction, both must pass (hash only: Ant
+    # Media refuses TOTP with one-time or JWT tokens)
     enableTimeTokenForPublish: bool = False
     enableTimeTokenForPlay: bool = False
+    timeTokenSecretForPublish: str = ""
+    timeTokenSecretForPlay: str = ""
+    timeTokenPeriod: int = DEFAULT_PERIOD
     # hash tokens: sha256 hex of streamId + role + tokenHashSecret (reusable)
     hashControlPublishEnabled: bool = False
     hashControlPlayEnabled: bool = False
@@ -344,15 +373,17 @@ class AppSettings:
                 self.hashControlPlayEnabled,
             ),
         ):
-            if onetime + jwt_ + totp + hash_ > 1:
+            if onetime + jwt_ + hash_ > 1:
                 raise SettingsError(
                     "Only one token type can be enabled for {}: one-time token, "
-                    "JWT, TOTP or hash".format(direction)
+                    "JWT or hash".format(direction)
                 )
-            if totp:
+            if totp and (onetime or jwt_):
+                # Ant Media's rule (isTokenSecuritySettingsValid): TOTP
+                # counts as a token type beside one-time and JWT, not hash
                 raise SettingsError(
-                    "Time-based (TOTP) tokens are not supported by tokengate; "
-                    "use one-time tokens or JWT"
+                    "Only one token type can be enabled for {}: TOTP cannot be combined "
+                    "with one-time or JWT tokens (it can with hash tokens)".format(direction)
                 )
         if (self.publishJwtControlEnabled or self.playJwtControlEnabled) and len(
             self.jwtStreamSecretKey
@@ -410,6 +441,25 @@ class AppSettings:
         play), C{""} for none.
         """
         return self.webhookAuthenticateURL if action == "publish" else self.webhookPlayAuthUrl
+
+    def requiresSubscriber(self, action: str) -> bool:
+        """
+        Whether C{action} (C{"publish"} or C{"play"}) needs a TOTP
+        subscriber id and code (C{enableTimeTokenForPublish},
+        C{enableTimeTokenForPlay}).
+        """
+        if action == "publish":
+            return self.enableTimeTokenForPublish
+        return action == "play" and self.enableTimeTokenForPlay
+
+    def timeTokenSecret(self, action: str) -> str:
+        """
+        The secret from which the keys of subscribers not recorded through
+        REST are derived for C{action} (C{""}: none, such subscribers are
+        refused).
+        """
+        return self.timeTokenSecretForPublish if action == "publish" else (
+            self.timeTokenSecretForPlay)
 
     def allowedNetworks(
         self,

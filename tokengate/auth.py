@@ -81,6 +81,7 @@ class IStreamCredentials(ICredentials):
     protocol = Attribute("rtmp, srt, webrtc, hls, dash, vod, rest: for metrics.")
     roomId = Attribute("The conference room named by the request, or None.")
     subscriberId = Attribute("The TOTP subscriber named by the request, or None.")
+    subscriberCode = Attribute("The subscriber's TOTP code, or None (never logged).")
 
 
 @implementer(IStreamCredentials)
@@ -94,6 +95,7 @@ class StreamCredentials:
     protocol: str = "unknown"
     roomId: Optional[str] = None
     subscriberId: Optional[str] = None
+    subscriberCode: Optional[str] = field(default=None, repr=False)
 
 
 class Refused(UnauthorizedLogin):
@@ -560,7 +562,9 @@ def attemptOf(creds: IStreamCredentials) -> bytes:
     What identifies an attempt for the throttle: a digest of the credentials
     (so no token is kept in memory in the clear).
     """
-    what = json.dumps([creds.app, creds.streamId, creds.action, creds.roomId, creds.token])
+    # the subscriber and its code too: each code tried is an attempt
+    what = json.dumps([creds.app, creds.streamId, creds.action, creds.roomId, creds.token,
+                       creds.subscriberId, creds.subscriberCode])
     return hashlib.sha256(what.encode("utf-8", "surrogatepass")).digest()[:16]
 
 

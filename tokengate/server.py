@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
-from attrs import define, field
+from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
 
 from tokengate.access.outbound import Outbound
@@ -32,6 +32,8 @@ from tokengate.access.revocation import (
 )
 from tokengate.access.service import AccessService, IAccessPolicy
 from tokengate.access.webhookpolicy import WebhookPolicy, newOutbound
+from tokengate.access.subscriberpolicy import SubscriberPolicy
+from tokengate.access.subscribers import ISubscriberStore, MemorySubscriberStore
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
 from tokengate.config import ServerConfig
@@ -67,6 +69,13 @@ class Server:
     #: the Redis client shared by a Redis token store and the revocation
     #: service's cluster transport (None: revocation is local)
     redis: Optional[RedisClient] = None
+    #: the TOTP subscribers' records, blocks and live connections (in this
+    #: process's memory unless the composition root gives a persistent one)
+    subscribers: ISubscriberStore = field(
+        default=Factory(lambda self: MemorySubscriberStore(self.clock), takes_self=True))
+    #: security policies asked after the applications' own (the composition
+    #: root gives none; tests give one that records what it is asked)
+    extraPolicies: Sequence[IAccessPolicy] = ()
     #: the authorization webhooks' HTTP client (None: one on C{clock}, the
     #: reactor, with C{config.webhookTimeout})
     webhookOutbound: Optional[Outbound] = None
@@ -120,14 +129,16 @@ class Server:
         # the applications' security policies, asked in this order (cheapest
         # and most local first, the webhook last): publisher address,
         # datastore-only streams, TOTP subscribers, authorization webhook
-        policies: list[IAccessPolicy] = []
+        policies: list[IAccessPolicy] = [
+            SubscriberPolicy(self.subscribers, self.clock),
+        ]
         # the webhook last: it is the slowest (a remote call)
         outbound = self.webhookOutbound
         if outbound is None:
             outbound = newOutbound(self.clock, self.config.webhookTimeout)
         policies.append(WebhookPolicy(outbound, self.clock))
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
-                                    policies)
+                                    [*policies, *self.extraPolicies])
         self.apps.onChange(self._appChanged)
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
@@ -175,7 +186,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, config)
+                  server.clock, server.metrics, config, server.subscribers)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

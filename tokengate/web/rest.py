@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_rest -*-
+# -*- test-case-name: tests.test_rest,tests.test_rest_subscribers -*-
 """
 The REST API, with the reference server's paths, JSON shapes, status codes
 and messages:
@@ -6,6 +6,8 @@ and messages:
 * C{/rest/v2/applications...}: list, create and delete applications, read
   and replace their settings (the management API);
 * C{/{App}/rest/v2/broadcasts/...}: mint, validate, revoke and list tokens;
+  add, list, block and delete TOTP subscribers, their current codes and
+  connection events;
 * C{/metrics}: Prometheus.
 
 Only loopback may call any of it unless the application's
@@ -17,15 +19,30 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, TypeVar
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from tokengate.access.names import isValidStreamId
 from tokengate.access.revocation import Revoker
+from tokengate.access.subscribers import (
+    BLOCK_TYPES,
+    ConnectionEvent,
+    MAX_BLOCK_SECONDS,
+    MAX_EVENTS_PER_STREAM,
+    PUBLISH,
+    PUBLISH_AND_PLAY,
+    TYPES,
+    ISubscriberStore,
+    Subscriber,
+    isValidSubscriberId,
+    subscriberFromJSON,
+)
+from tokengate.access.totp import SecretError, totpAt
 from tokengate.apps import (
     MAX_NAMED_FIELDS,
     Applications,
@@ -34,7 +51,7 @@ from tokengate.apps import (
     address_allowed,
 )
 from tokengate.auth import Gate, Refused, StreamCredentials, check_jwt, mint_jwt
-from tokengate.jsonvalue import JSONError, decimalText, readJSON, requireObject
+from tokengate.jsonvalue import JSONError, JSONValue, decimalText, readJSON, requireObject
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Hub
 from tokengate.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -52,6 +69,8 @@ from tokengate.tokens import (
 
 #: the reference server's cap on one page of a listing
 MAX_LIST_SIZE = 250
+
+T = TypeVar("T")
 #: path integers (offsets and sizes of listings) are Java ints there
 MAX_PATH_INT = 2**31 - 1
 #: the largest expireDate read (beyond, it is "not a positive integer")
@@ -66,6 +85,10 @@ MSG_NO_JWT_KEY = (
 MSG_STORE_DOWN = "Token store is unavailable, try again later"
 MSG_NO_APP = "Application not found"
 MSG_NO_BROADCAST = "Broadcast is not found"
+MSG_SUBSCRIBERS_DOWN = "Subscriber store is unavailable, try again later"
+MSG_BAD_SUBSCRIBER_ID = "subscriberId must be 4 to 128 of A-Z a-z 0-9 _ . @ -"
+MSG_NO_TIME_SECRET = ("Secret is not set in AppSettings. Please set timetokensecret publish or "
+                      "play in Application settings")
 
 
 class HTTPError(Exception):
@@ -93,7 +116,7 @@ def send_json(request: IRequest, obj: object, code: int = 200) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
-def read_json(request: IRequest) -> object:
+def read_json(request: IRequest) -> JSONValue:
     """
     The request body as JSON (L{tokengate.jsonvalue.readJSON}: depth,
     numbers and encoding bounded); its L{JSONError} is answered 400 by
@@ -144,7 +167,7 @@ class RestAPI:
 
     def __init__(self, apps: Applications, store: ITokenStore, hub: Hub, gate: Gate,
                  revoker: Revoker, clock: IReactorTime, metrics: Metrics,
-                 config: ServerConfig) -> None:
+                 config: ServerConfig, subscribers: ISubscriberStore) -> None:
         """
         @param apps: the applications (created, changed, deleted here).
         @param store: the tokens (minted, listed, deleted here).
@@ -153,6 +176,8 @@ class RestAPI:
         @param revoker: ends sessions here and across the cluster.
         @param config: the server-wide REST protection (allowed networks,
             management JWT).
+        @param subscribers: the TOTP subscribers (added, listed, blocked,
+            deleted here).
         """
         self._apps = apps
         self._store = store
@@ -162,6 +187,7 @@ class RestAPI:
         self._clock = clock
         self._metrics = metrics
         self._config = config
+        self._subscribers = subscribers
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -465,3 +491,153 @@ class RestAPI:
         self._appSettings(request, appName)
         kicked = await self._revoker.revokeSessions(appName, streamId)
         return send_json(request, result(True, "{} sessions ended".format(kicked), str(kicked)))
+
+
+    # --- TOTP subscribers -------------------------------------------------------------
+
+    def _subscriberPath(self, request: IRequest, appName: str, streamId: str,
+                        subscriberId: Optional[str] = None) -> AppSettings:
+        """
+        Protect as every per-application call, then check the path's
+        stream and subscriber ids (a 400 naming them).
+        """
+        settings = self._appSettings(request, appName)
+        if not isValidStreamId(streamId):
+            raise HTTPError(400, MSG_BAD_STREAM_ID)
+        if subscriberId is not None and not isValidSubscriberId(subscriberId):
+            raise HTTPError(400, MSG_BAD_SUBSCRIBER_ID)
+        return settings
+
+    async def _subscriberCall(self, what: str, d: "Deferred[T]") -> T:
+        """
+        The subscriber store's answer, or a 503 when it cannot answer
+        (logged and counted, never its details).
+        """
+        try:
+            return await d
+        except Exception:
+            self._log.failure("the subscriber store failed to {what}", what=what)
+            self._metrics.store_errors.labels("subscribers_" + what).inc()
+            raise HTTPError(503, MSG_SUBSCRIBERS_DOWN)
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers",
+               methods=["POST"])
+    async def addSubscriber(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        """
+        Record a subscriber of the stream (Ant Media's C{Subscriber} JSON);
+        its C{b32Secret} is never shown again.
+        """
+        settings = self._subscriberPath(request, appName, streamId)
+        body = read_json(request)
+        try:
+            subscriber = subscriberFromJSON(body, streamId, settings.timeTokenPeriod)
+        except JSONError as e:
+            # Ant Media answers its checks of a subscriber as a Result
+            return send_json(request, result(False, str(e)))
+        added = await self._subscriberCall(
+            "add", self._subscribers.addSubscriber(appName, subscriber))
+        return send_json(request, result(added, "" if added else "Too many subscribers"))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/list/"
+               "<string:offset>/<string:size>", methods=["GET"])
+    async def listSubscribers(self, request: IRequest, appName: str, streamId: str,
+                              offset: str, size: str) -> bytes:
+        self._subscriberPath(request, appName, streamId)
+        first, count = _page(offset, size)
+        records = await self._subscriberCall(
+            "list", self._subscribers.listSubscribers(appName, streamId, first, count))
+        return send_json(request, [r.toJSON() for r in records])
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
+               "<string:subscriberId>/totp", methods=["GET"])
+    async def subscriberCode(self, request: IRequest, appName: str, streamId: str,
+                             subscriberId: str) -> bytes:
+        """
+        The subscriber's current code, in C{dataId}: from its own
+        C{b32Secret} and period when it has one, else derived from the
+        application's secret for C{?type=} and C{timeTokenPeriod} (the key
+        and period the check uses).
+        """
+        settings = self._subscriberPath(request, appName, streamId, subscriberId)
+        type_ = _arg(request, "type")
+        record = await self._subscriberCall(
+            "get", self._subscribers.getSubscriber(appName, streamId, subscriberId))
+        if record is None:
+            record = Subscriber(subscriberId=subscriberId, streamId=streamId, type=None)
+        if not record.b32Secret:
+            if type_ not in TYPES:
+                return send_json(request, result(False, "type must be publish or play"))
+            assert type_ is not None
+            if not settings.timeTokenSecret(type_):
+                return send_json(request, result(False, MSG_NO_TIME_SECRET))
+        try:
+            key = record.key(settings.timeTokenSecret(type_ or PUBLISH), type_ or PUBLISH)
+        except SecretError:
+            return send_json(request, result(False, MSG_NO_TIME_SECRET))
+        code = totpAt(key, self._clock.seconds(), record.period(settings.timeTokenPeriod))
+        return send_json(request, result(True, "", code))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
+               "<string:subscriberId>", methods=["DELETE"])
+    async def deleteSubscriber(self, request: IRequest, appName: str, streamId: str,
+                               subscriberId: str) -> bytes:
+        self._subscriberPath(request, appName, streamId, subscriberId)
+        found = await self._subscriberCall(
+            "delete", self._subscribers.deleteSubscriber(appName, streamId, subscriberId))
+        return send_json(request, result(found))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers",
+               methods=["DELETE"])
+    async def revokeSubscribers(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        self._subscriberPath(request, appName, streamId)
+        deleted = await self._subscriberCall(
+            "revoke", self._subscribers.revokeSubscribers(appName, streamId))
+        return send_json(request, result(deleted > 0, "", str(deleted)))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
+               "<string:subscriberId>/block/<string:seconds>/<string:blockType>",
+               methods=["PUT"])
+    async def blockSubscriber(self, request: IRequest, appName: str, streamId: str,
+                              subscriberId: str, seconds: str, blockType: str) -> bytes:
+        """
+        Block the subscriber for C{seconds} from now (0 unblocks) for
+        C{publish}, C{play} or C{publish_play}, and end at once its live
+        sessions of that stream and type, on this node and (through the
+        revocation service) on the other nodes of a cluster.
+        """
+        self._subscriberPath(request, appName, streamId, subscriberId)
+        duration = decimalText(seconds, "seconds", 0, MAX_BLOCK_SECONDS)
+        if blockType not in BLOCK_TYPES:
+            raise HTTPError(400, "block type must be publish, play or publish_play")
+        blocked = await self._subscriberCall("block", self._subscribers.blockSubscriber(
+            appName, streamId, subscriberId, blockType, duration))
+        if not blocked:
+            return send_json(request, result(False, "Too many subscribers"))
+        kicked = 0
+        if duration > 0:
+            # here at once, then on the other nodes of a cluster (never fails)
+            action = None if blockType == PUBLISH_AND_PLAY else blockType
+            kicked = await self._revoker.blockSubscriber(appName, streamId, subscriberId, action)
+        return send_json(request, result(True, "", str(kicked)))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/connection-events/"
+               "<string:offset>/<string:size>", methods=["GET"])
+    async def connectionEvents(self, request: IRequest, appName: str, streamId: str,
+                               offset: str, size: str) -> bytes:
+        """
+        The stream's subscribers' C{connected} and C{disconnected} events,
+        oldest first; C{?subscriberId=} keeps one subscriber's.
+        """
+        self._subscriberPath(request, appName, streamId)
+        first, count = _page(offset, size)
+        subscriberId = _arg(request, "subscriberId")
+        if subscriberId:
+            # at most MAX_EVENTS_PER_STREAM are kept: filter them all, then page
+            events = await self._subscriberCall("events", self._subscribers.connectionEvents(
+                appName, streamId, 0, MAX_EVENTS_PER_STREAM))
+            page: Sequence[ConnectionEvent] = [
+                e for e in events if e.subscriberId == subscriberId][first:first + count]
+        else:
+            page = await self._subscriberCall("events", self._subscribers.connectionEvents(
+                appName, streamId, first, count))
+        return send_json(request, [e.toJSON() for e in page])
