@@ -125,9 +125,8 @@ class WebhookInterop(WebhookInteropBase):
         self.assertNotEqual(result.code, 0)
         self.assertIn(REFUSED, result.stderr)
         [body] = self.received("/publish")
-        self.assertEqual({k: body[k] for k in ("appName", "name", "streamId", "mode", "token")},
-                         {"appName": "LiveApp", "name": "s1", "streamId": "s1", "mode": "live",
-                          "token": token})
+        self.assertEqual(body, {"appName": "LiveApp", "name": "s1", "streamId": "s1",
+                                "mode": "live", "token": token, "queryParams": "{x=1}"})
         self.assertEqual(await self.policyRefusals("webhook_refused"), 1)
         self.receiver.answers["/publish"] = (200, {}, b"")
         result = await self.rtmpPublish("/LiveApp/s1?token=" + token).done
