@@ -99,7 +99,7 @@ class HungWebhookFloodTests(TestCase):
             codes = await d
             elapsed = time.monotonic() - started
             # refused, fail closed (never served): each by the timeout
-            self.assertEqual(set(codes) - {403, 503}, set(), codes)
+            self.assertEqual(set(codes), {503}, codes)
             self.assertLess(elapsed, 10, "round {} took {:.1f} s".format(round_, elapsed))
             self.assertGreater(peak, 0, "the webhook was asked")
             self.assertLessEqual(peak, MAX_IN_FLIGHT_PER_APP)
