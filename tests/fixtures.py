@@ -31,7 +31,7 @@ def restAPI(server: Server) -> RestAPI:
     The REST API of C{server}, built as the composition root builds it.
     """
     return RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                   server.clock, server.metrics, server.config)
+                   server.clock, server.metrics, server.config, server.jwks)
 
 
 class InProcessMedia:

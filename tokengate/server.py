@@ -19,9 +19,10 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any, Optional, cast
 
-from attrs import define, field
+from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
 
+from tokengate.access.jwks import JWKSSources
 from tokengate.access.revocation import (
     HORIZON_MARGIN,
     LocalTransport,
@@ -65,6 +66,11 @@ class Server:
     #: the Redis client shared by a Redis token store and the revocation
     #: service's cluster transport (None: revocation is local)
     redis: Optional[RedisClient] = None
+    #: the key sources of the applications' jwksURLs (RS256 JWTs), shared by
+    #: the stream JWT checker and the REST API; by default fetched on the
+    #: server's clock, which is then the reactor
+    jwks: JWKSSources = field(default=Factory(lambda self: JWKSSources(self.clock),
+                                              takes_self=True))
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -84,6 +90,7 @@ class Server:
             self.metrics,
             kickOnExpiry=self.config.kickOnExpiry,
             throttle=self.throttle,
+            keys=self.jwks,
         )
         self.hub = Hub(self.clock)
         self.outputs = Outputs(self.apps, self.hub, self.clock, self.metrics, self.dataDir,
@@ -165,7 +172,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, config)
+                  server.clock, server.metrics, config, server.jwks)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:
