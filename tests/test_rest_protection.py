@@ -18,10 +18,14 @@ from attrs import evolve
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.test.requesthelper import DummyRequest
 
 from tests.fixtures import restAPI
 from tests.helpers import NOW, FromPeer, clock_at, http_client, json_body
@@ -83,8 +87,13 @@ class JWKSResource(Resource):
         return json.dumps({"keys": self.keys}).encode()
 
 
-class ProtectionBase(TestCase):
-    def setUp(self) -> None:
+class Harness:
+    """
+    A server on a Clock whose jwksURLs all answer from one in-memory
+    L{JWKSResource} (key C{k1}), its REST API, and calls from any address.
+    """
+
+    def setUpHarness(self) -> None:
         self.clock = clock_at()
         self.jwks = JWKSResource(publicJWK(KEY, "k1"))
         self.build()
@@ -110,6 +119,11 @@ class ProtectionBase(TestCase):
         value = self.server.metrics.registry.get_sample_value(
             "tokengate_rest_refusals_total", {"reason": reason})
         return value or 0.0
+
+
+class ProtectionBase(Harness, TestCase):
+    def setUp(self) -> None:
+        self.setUpHarness()
 
 
 def hs256(secret: str, exp: float = NOW + 600) -> str:
@@ -442,3 +456,51 @@ class RealJWKSServerTests(TestCase):
         code, body = await self.call(rs256(KEY, "k1", time.time() + 600))
         self.assertEqual((code, body["message"]),
                          (503, "The JWT keys (jwksURL) are unavailable, try again later"))
+
+
+class _Hanging(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> Any:
+        request.notifyFinish().addErrback(lambda _: None)
+        return NOT_DONE_YET
+
+
+class PendingCheckTests(TestCase):
+    """
+    A REST call whose JWT waits for the key set: answered when the fetch
+    ends (503 when it times out); a client that left meanwhile is not
+    written to.
+    """
+
+    def setUp(self) -> None:
+        self.clock = clock_at()
+        keys = JWKSSources(self.clock, client=StubTreq(_Hanging()))
+        self.server = Server.inMemory(clock=self.clock, jwks=keys)
+        self.server.apps.replace("LiveApp", jwtControlEnabled=True,
+                                 jwksURL="http://jwks.example/keys")
+        self.guard = restAPI(self.server).resource()
+
+    def request(self) -> DummyRequest:
+        request = DummyRequest(APP_PATHS[0].lstrip("/").split("/"))
+        request.postpath = [p.encode() for p in request.postpath]
+        request.client = IPv4Address("TCP", INSIDE, 40000)
+        request.requestHeaders.setRawHeaders(
+            b"authorization", [rs256(KEY, "k1", NOW + 600).encode()])
+        return request
+
+    def test_answeredWhenTheFetchEnds(self) -> None:
+        request = self.request()
+        self.assertIs(self.guard.render(request), NOT_DONE_YET)
+        self.assertEqual((request.written, request.finished), ([], 0))
+        self.clock.advance(4)  # the fetch's 3 s timeout
+        self.assertEqual((request.responseCode, request.finished), (503, 1))
+        self.assertIn(b"jwksURL", b"".join(request.written))
+
+    def test_clientLeft(self) -> None:
+        request = self.request()
+        self.guard.render(request)
+        request.processingFailed(Failure(ConnectionDone()))
+        self.clock.advance(4)
+        self.assertEqual((request.written, request.finished, request.responseCode),
+                         ([], 0, None))
