@@ -105,17 +105,17 @@ class StoreTests(SynchronousTestCase):
         self.store = MemorySubscriberStore(self.clock)
 
     def add(self, sub: Subscriber) -> None:
-        self.assertTrue(self.successResultOf(self.store.addSubscriber(sub)))
+        self.assertTrue(self.successResultOf(self.store.addSubscriber("LiveApp", sub)))
 
     def acquire(self, subscriberId: str = "alice", action: str = "play", step: int = 10,
                 streamId: str = "s") -> SubscriberLease:
         return self.successResultOf(
-            self.store.acquire(streamId, subscriberId, action, step, "hls", "127.0.0.1"))
+            self.store.acquire("LiveApp", streamId, subscriberId, action, step, "hls", "127.0.0.1"))
 
     def refused(self, subscriberId: str = "alice", action: str = "play", step: int = 10
                 ) -> Refusal:
         f = self.failureResultOf(
-            self.store.acquire("s", subscriberId, action, step, "hls"), SubscriberRefused)
+            self.store.acquire("LiveApp", "s", subscriberId, action, step, "hls"), SubscriberRefused)
         return f.value.refusal
 
     def test_interface(self) -> None:
@@ -126,67 +126,86 @@ class StoreTests(SynchronousTestCase):
             self.add(Subscriber(name, "s", "play"))
         self.add(Subscriber("dave", "other", "play"))
         self.assertEqual([s.subscriberId for s in
-                          self.successResultOf(self.store.listSubscribers("s", 1, 5))],
+                          self.successResultOf(self.store.listSubscribers("LiveApp", "s", 1, 5))],
                          ["bob1", "carol"])
-        self.assertEqual(self.successResultOf(self.store.getSubscriber("s", "alice")),
+        self.assertEqual(self.successResultOf(self.store.getSubscriber("LiveApp", "s", "alice")),
                          Subscriber("alice", "s", "play"))
-        self.assertIsNone(self.successResultOf(self.store.getSubscriber("other", "alice")))
-        self.assertTrue(self.successResultOf(self.store.deleteSubscriber("s", "alice")))
-        self.assertFalse(self.successResultOf(self.store.deleteSubscriber("s", "alice")))
-        self.assertEqual(self.successResultOf(self.store.revokeSubscribers("s")), 2)
-        self.assertEqual(self.successResultOf(self.store.listSubscribers("s", 0, 10)), [])
-        self.assertEqual(len(self.successResultOf(self.store.listSubscribers("other", 0, 10))),
+        self.assertIsNone(self.successResultOf(self.store.getSubscriber("LiveApp", "other", "alice")))
+        self.assertTrue(self.successResultOf(self.store.deleteSubscriber("LiveApp", "s", "alice")))
+        self.assertFalse(self.successResultOf(self.store.deleteSubscriber("LiveApp", "s", "alice")))
+        self.assertEqual(self.successResultOf(self.store.revokeSubscribers("LiveApp", "s")), 2)
+        self.assertEqual(self.successResultOf(self.store.listSubscribers("LiveApp", "s", 0, 10)), [])
+        self.assertEqual(len(self.successResultOf(self.store.listSubscribers("LiveApp", "other", 0, 10))),
                          1)
+
+    def test_applicationsApart(self) -> None:
+        """
+        The same stream and subscriber in two applications are two
+        subscribers: records, blocks and live connections apart.
+        """
+        self.add(Subscriber("alice", "s", "play"))
+        self.assertIsNone(self.successResultOf(self.store.getSubscriber("OtherApp", "s", "alice")))
+        self.successResultOf(self.store.blockSubscriber("OtherApp", "s", "alice", "play", 60))
+        self.assertFalse(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "play")))
+        self.acquire()
+        self.failureResultOf(self.store.acquire("LiveApp", "s", "alice", "play", 1, "hls"),
+                             SubscriberRefused)
+        self.failureResultOf(self.store.acquire("OtherApp", "s", "alice", "play", 1, "hls"),
+                             SubscriberRefused)
+        self.successResultOf(self.store.blockSubscriber("OtherApp", "s", "alice", "play", 0))
+        self.successResultOf(self.store.acquire("OtherApp", "s", "alice", "play", 1, "hls"))
+        self.assertEqual(self.successResultOf(self.store.revokeSubscribers("OtherApp", "s")), 1)
+        self.assertIsNotNone(self.successResultOf(self.store.getSubscriber("LiveApp", "s", "alice")))
 
     def test_full(self) -> None:
         store = MemorySubscriberStore(self.clock, maxSubscribers=2)
         for name in ["alice", "bob1"]:
-            self.assertTrue(self.successResultOf(store.addSubscriber(Subscriber(name, "s", "play"))))
-        self.assertFalse(self.successResultOf(store.addSubscriber(Subscriber("carol", "s", "play"))))
-        self.assertFalse(self.successResultOf(store.blockSubscriber("s", "carol", "play", 60)))
+            self.assertTrue(self.successResultOf(store.addSubscriber("LiveApp", Subscriber(name, "s", "play"))))
+        self.assertFalse(self.successResultOf(store.addSubscriber("LiveApp", Subscriber("carol", "s", "play"))))
+        self.assertFalse(self.successResultOf(store.blockSubscriber("LiveApp", "s", "carol", "play", 60)))
         # replacing a record is not growth
         self.assertTrue(self.successResultOf(
-            store.addSubscriber(Subscriber("alice", "s", "publish"))))
+            store.addSubscriber("LiveApp", Subscriber("alice", "s", "publish"))))
 
     def test_blockExpires(self) -> None:
         self.add(Subscriber("alice", "s", "publish"))
-        self.assertTrue(self.successResultOf(self.store.blockSubscriber("s", "alice", "play", 60)))
-        self.assertTrue(self.successResultOf(self.store.isBlocked("s", "alice", "play")))
-        self.assertFalse(self.successResultOf(self.store.isBlocked("s", "alice", "publish")))
+        self.assertTrue(self.successResultOf(self.store.blockSubscriber("LiveApp", "s", "alice", "play", 60)))
+        self.assertTrue(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "play")))
+        self.assertFalse(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "publish")))
         self.assertEqual(self.refused(), Refusal.BLOCKED)
         self.acquire(action="publish").release()
         self.clock.advance(59.999)
-        self.assertTrue(self.successResultOf(self.store.isBlocked("s", "alice", "play")))
+        self.assertTrue(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "play")))
         self.clock.advance(0.001)
-        self.assertFalse(self.successResultOf(self.store.isBlocked("s", "alice", "play")))
+        self.assertFalse(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "play")))
         self.acquire().release()
-        record = self.successResultOf(self.store.getSubscriber("s", "alice"))
+        record = self.successResultOf(self.store.getSubscriber("LiveApp", "s", "alice"))
         assert record is not None
         self.assertEqual((record.blockedType, record.blockedUntilUnitTimeStampMs),
                          ("play", 1_700_000_060_000))
 
     def test_blockBoth(self) -> None:
-        self.successResultOf(self.store.blockSubscriber("s", "alice", "publish_play", 10))
-        self.assertTrue(self.successResultOf(self.store.isBlocked("s", "alice", "play")))
-        self.assertTrue(self.successResultOf(self.store.isBlocked("s", "alice", "publish")))
-        self.successResultOf(self.store.blockSubscriber("s", "alice", "publish_play", 0))
-        self.assertFalse(self.successResultOf(self.store.isBlocked("s", "alice", "play")))
+        self.successResultOf(self.store.blockSubscriber("LiveApp", "s", "alice", "publish_play", 10))
+        self.assertTrue(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "play")))
+        self.assertTrue(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "publish")))
+        self.successResultOf(self.store.blockSubscriber("LiveApp", "s", "alice", "publish_play", 0))
+        self.assertFalse(self.successResultOf(self.store.isBlocked("LiveApp", "s", "alice", "play")))
 
     def test_blockUnknownRecordsIt(self) -> None:
         """
         As Ant Media: blocking a subscriber nobody recorded records it,
         with no type and no secret (its key stays the derived one).
         """
-        self.successResultOf(self.store.blockSubscriber("s", "ghost", "publish", 60))
-        record = self.successResultOf(self.store.getSubscriber("s", "ghost"))
+        self.successResultOf(self.store.blockSubscriber("LiveApp", "s", "ghost", "publish", 60))
+        record = self.successResultOf(self.store.getSubscriber("LiveApp", "s", "ghost"))
         assert record is not None
         self.assertEqual((record.type, record.b32Secret), (None, None))
         self.assertEqual(self.refused("ghost", "publish"), Refusal.BLOCKED)
 
     def test_blockArguments(self) -> None:
-        self.assertRaises(ValueError, self.store.blockSubscriber, "s", "alice", "view", 10)
-        self.assertRaises(ValueError, self.store.blockSubscriber, "s", "alice", "play", -1)
-        self.assertRaises(ValueError, self.store.blockSubscriber, "s", "alice", "play",
+        self.assertRaises(ValueError, self.store.blockSubscriber, "LiveApp", "s", "alice", "view", 10)
+        self.assertRaises(ValueError, self.store.blockSubscriber, "LiveApp", "s", "alice", "play", -1)
+        self.assertRaises(ValueError, self.store.blockSubscriber, "LiveApp", "s", "alice", "play",
                           S.MAX_BLOCK_SECONDS + 1)
 
     def test_oneLiveConnection(self) -> None:
@@ -208,7 +227,7 @@ class StoreTests(SynchronousTestCase):
         self.add(Subscriber("alice", "s", "play", concurrentConnectionsLimit=2))
         first, second = self.acquire(), self.acquire()
         self.assertEqual(self.refused(), Refusal.IN_USE)
-        record = self.successResultOf(self.store.getSubscriber("s", "alice"))
+        record = self.successResultOf(self.store.getSubscriber("LiveApp", "s", "alice"))
         assert record is not None
         self.assertEqual((record.connected, record.currentConcurrentConnections), (True, 2))
         # re-adding the record (a REST update) keeps the live count
@@ -216,7 +235,7 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.refused(), Refusal.IN_USE)
         first.release()
         second.release()
-        record = self.successResultOf(self.store.getSubscriber("s", "alice"))
+        record = self.successResultOf(self.store.getSubscriber("LiveApp", "s", "alice"))
         assert record is not None
         self.assertEqual((record.connected, record.currentConcurrentConnections), (False, 0))
 
@@ -230,20 +249,20 @@ class StoreTests(SynchronousTestCase):
     def test_derivedStateDoesNotGrow(self) -> None:
         store = MemorySubscriberStore(self.clock, maxSubscribers=3)
         for i in range(10):
-            lease = self.successResultOf(store.acquire("s", "user%d" % i, "play", 1, "hls"))
+            lease = self.successResultOf(store.acquire("LiveApp", "s", "user%d" % i, "play", 1, "hls"))
             lease.release()
-        held = [self.successResultOf(store.acquire("s", "held%d" % i, "play", 1, "hls"))
+        held = [self.successResultOf(store.acquire("LiveApp", "s", "held%d" % i, "play", 1, "hls"))
                 for i in range(3)]
-        f = self.failureResultOf(store.acquire("s", "more", "play", 1, "hls"), SubscriberRefused)
+        f = self.failureResultOf(store.acquire("LiveApp", "s", "more", "play", 1, "hls"), SubscriberRefused)
         self.assertEqual(f.value.refusal, Refusal.FULL)
         held[0].release()
-        self.successResultOf(store.acquire("s", "more", "play", 1, "hls"))
+        self.successResultOf(store.acquire("LiveApp", "s", "more", "play", 1, "hls"))
 
     def test_events(self) -> None:
         lease = self.acquire()
         self.clock.advance(5)
         lease.release()
-        events = self.successResultOf(self.store.connectionEvents("s", 0, 10))
+        events = self.successResultOf(self.store.connectionEvents("LiveApp", "s", 0, 10))
         self.assertEqual([e.toJSON() for e in events], [
             {"timestamp": 1_700_000_000_000, "eventType": "connected", "type": "play",
              "eventProtocol": "hls", "streamId": "s", "subscriberId": "alice",
@@ -252,22 +271,22 @@ class StoreTests(SynchronousTestCase):
              "eventProtocol": "hls", "streamId": "s", "subscriberId": "alice",
              "instanceIP": "127.0.0.1"},
         ])
-        self.assertEqual(self.successResultOf(self.store.connectionEvents("s", 1, 10)),
+        self.assertEqual(self.successResultOf(self.store.connectionEvents("LiveApp", "s", 1, 10)),
                          events[1:])
-        self.assertEqual(self.successResultOf(self.store.connectionEvents("x", 0, 10)), [])
+        self.assertEqual(self.successResultOf(self.store.connectionEvents("LiveApp", "x", 0, 10)), [])
 
     def test_eventsBounded(self) -> None:
         for i in range(S.MAX_EVENTS_PER_STREAM):
             self.acquire(step=i).release()
-        events = self.successResultOf(self.store.connectionEvents("s", 0, 10**6))
+        events = self.successResultOf(self.store.connectionEvents("LiveApp", "s", 0, 10**6))
         self.assertEqual(len(events), S.MAX_EVENTS_PER_STREAM)
         self.assertEqual(events[0].eventType, "connected")
         self.assertEqual(events[-1].eventType, "disconnected")
         self.patch(S, "MAX_EVENT_STREAMS", 3)
         for name in ["a", "b", "c", "d"]:
             self.acquire(streamId=name).release()
-        self.assertEqual(self.successResultOf(self.store.connectionEvents("s", 0, 10)), [])
-        self.assertEqual(len(self.successResultOf(self.store.connectionEvents("d", 0, 10))), 2)
+        self.assertEqual(self.successResultOf(self.store.connectionEvents("LiveApp", "s", 0, 10)), [])
+        self.assertEqual(len(self.successResultOf(self.store.connectionEvents("LiveApp", "d", 0, 10))), 2)
 
     @given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), max_size=40),
            st.integers(1, 3))
@@ -277,18 +296,18 @@ class StoreTests(SynchronousTestCase):
         number of unreleased leases, never above the limit.
         """
         store = MemorySubscriberStore(Clock())
-        store.addSubscriber(Subscriber("alice", "s", "play", concurrentConnectionsLimit=limit))
+        store.addSubscriber("LiveApp", Subscriber("alice", "s", "play", concurrentConnectionsLimit=limit))
         leases: list[SubscriberLease] = []
         for take, index in ops:
             if take:
-                d = store.acquire("s", "alice", "play", 0, "hls")
+                d = store.acquire("LiveApp", "s", "alice", "play", 0, "hls")
                 if len(leases) < limit:
                     leases.append(self.successResultOf(d))
                 else:
                     self.failureResultOf(d, SubscriberRefused)
             elif leases:
                 leases.pop(index % len(leases)).release()
-            record = self.successResultOf(store.getSubscriber("s", "alice"))
+            record = self.successResultOf(store.getSubscriber("LiveApp", "s", "alice"))
             assert record is not None
             self.assertEqual(record.currentConcurrentConnections, len(leases))
 
@@ -308,7 +327,8 @@ class AdmitTests(SynchronousTestCase):
     def admit(self, subscriberId: object, code: object, action: str = "play",
               secret: str = SECRET) -> "Deferred[SubscriberLease]":
         return Deferred.fromCoroutine(admitSubscriber(
-            self.store, "s", subscriberId, code, action, secret, 60, self.clock.seconds(),
+            self.store, "LiveApp", "s", subscriberId, code, action, secret, 60,
+            self.clock.seconds(),
             "webrtc"))
 
     def refusal(self, subscriberId: object, code: object, action: str = "play",
@@ -335,7 +355,7 @@ class AdmitTests(SynchronousTestCase):
         self.assertEqual(self.refusal("alice", code, secret=""), Refusal.INVALID)
 
     def test_recorded(self) -> None:
-        self.successResultOf(self.store.addSubscriber(
+        self.successResultOf(self.store.addSubscriber("LiveApp", 
             Subscriber("alice", "s", "play", b32Secret=B32, totpExpiryPeriodSeconds=30)))
         key = keyFromB32Secret(B32)
         code = hotp(key, stepAt(self.clock.seconds(), 30))
@@ -346,11 +366,11 @@ class AdmitTests(SynchronousTestCase):
         self.assertEqual(self.refusal("alice", code, "publish"), Refusal.TYPE)
 
     def test_publisherMayPlay(self) -> None:
-        self.successResultOf(self.store.addSubscriber(Subscriber("alice", "s", "publish")))
+        self.successResultOf(self.store.addSubscriber("LiveApp", Subscriber("alice", "s", "publish")))
         self.successResultOf(self.admit("alice", self.derivedCode("alice", "play"))).release()
 
     def test_blockedAfterTheCode(self) -> None:
-        self.successResultOf(self.store.blockSubscriber("s", "alice", "play", 60))
+        self.successResultOf(self.store.blockSubscriber("LiveApp", "s", "alice", "play", 60))
         right = self.derivedCode("alice", "play")
         wrong = "000000" if right != "000000" else "111111"
         self.assertEqual(self.refusal("alice", wrong), Refusal.INVALID)

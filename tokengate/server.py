@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
@@ -71,6 +71,9 @@ class Server:
     #: server's clock, which is then the reactor
     jwks: JWKSSources = field(default=Factory(lambda self: JWKSSources(self.clock),
                                               takes_self=True))
+    #: security policies asked after the applications' own (the composition
+    #: root gives none; tests give one that records what it is asked)
+    extraPolicies: Sequence[IAccessPolicy] = ()
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -124,7 +127,7 @@ class Server:
         # datastore-only streams, TOTP subscribers, authorization webhook
         policies: list[IAccessPolicy] = []
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
-                                    policies)
+                                    [*policies, *self.extraPolicies])
         self.apps.onChange(self._appChanged)
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",

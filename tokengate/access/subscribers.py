@@ -350,52 +350,54 @@ class SubscriberLease:
 
 class ISubscriberStore(Interface):
     """
-    Where subscriber records, blocks and live connections live.  Every
-    method returns a L{Deferred}.
+    Where subscriber records, blocks and live connections live, per
+    application and stream.  Every method returns a L{Deferred}.
     """
 
     name = Attribute("A short name for logs and metrics.")
 
-    def addSubscriber(subscriber: Subscriber) -> "Deferred[bool]":
+    def addSubscriber(app: str, subscriber: Subscriber) -> "Deferred[bool]":
         """
         Record (or replace) a subscriber; keeps its live-connection count.
         Fires L{False} when the store is full.
         """
 
-    def getSubscriber(streamId: str, subscriberId: str) -> "Deferred[Optional[Subscriber]]":
+    def getSubscriber(app: str, streamId: str, subscriberId: str
+                      ) -> "Deferred[Optional[Subscriber]]":
         """
         The record, or L{None}.
         """
 
-    def listSubscribers(streamId: str, offset: int, size: int) -> "Deferred[Sequence[Subscriber]]":
+    def listSubscribers(app: str, streamId: str, offset: int, size: int
+                        ) -> "Deferred[Sequence[Subscriber]]":
         """
         A stream's records in the order they were added.
         """
 
-    def deleteSubscriber(streamId: str, subscriberId: str) -> "Deferred[bool]":
+    def deleteSubscriber(app: str, streamId: str, subscriberId: str) -> "Deferred[bool]":
         """
         Delete one record; fires whether there was one.
         """
 
-    def revokeSubscribers(streamId: str) -> "Deferred[int]":
+    def revokeSubscribers(app: str, streamId: str) -> "Deferred[int]":
         """
         Delete every record of a stream; fires how many.
         """
 
-    def blockSubscriber(streamId: str, subscriberId: str, blockedType: str, seconds: int
-                        ) -> "Deferred[bool]":
+    def blockSubscriber(app: str, streamId: str, subscriberId: str, blockedType: str,
+                        seconds: int) -> "Deferred[bool]":
         """
         Block for C{seconds} from now (0 unblocks), recording an unknown
         subscriber without a secret.  Fires L{False} when the store is full.
         """
 
-    def isBlocked(streamId: str, subscriberId: str, action: str) -> "Deferred[bool]":
+    def isBlocked(app: str, streamId: str, subscriberId: str, action: str) -> "Deferred[bool]":
         """
         Whether a block for C{action} is in force now.
         """
 
-    def acquire(streamId: str, subscriberId: str, action: str, step: int, protocol: str,
-                instanceIP: Optional[str] = None) -> "Deferred[SubscriberLease]":
+    def acquire(app: str, streamId: str, subscriberId: str, action: str, step: int,
+                protocol: str, instanceIP: Optional[str] = None) -> "Deferred[SubscriberLease]":
         """
         In one atomic step: refuse a blocked subscriber, a code whose time
         C{step} is older than the newest this subscriber used, a subscriber
@@ -404,17 +406,21 @@ class ISubscriberStore(Interface):
         L{SubscriberRefused}.
         """
 
-    def connectionEvents(streamId: str, offset: int, size: int
+    def connectionEvents(app: str, streamId: str, offset: int, size: int
                          ) -> "Deferred[Sequence[ConnectionEvent]]":
         """
         A stream's connection events, oldest first.
         """
 
 
+#: a subscriber's key in a store: (app, streamId, subscriberId)
+_Key = tuple[str, str, str]
+
+
 @attrs.define
 class _State:
     """
-    What the memory store keeps per (streamId, subscriberId) beside the
+    What the memory store keeps per (app, streamId, subscriberId) beside the
     record: live connections and the newest time step used.
     """
 
@@ -436,22 +442,22 @@ class MemorySubscriberStore:
     def __init__(self, clock: Clock, maxSubscribers: int = MAX_SUBSCRIBERS) -> None:
         self._clock = clock
         self._max = maxSubscribers
-        self._records: dict[tuple[str, str], Subscriber] = {}
-        self._state: dict[tuple[str, str], _State] = {}
-        self._events: OrderedDict[str, Deque[ConnectionEvent]] = OrderedDict()
+        self._records: dict[_Key, Subscriber] = {}
+        self._state: dict[_Key, _State] = {}
+        self._events: OrderedDict[tuple[str, str], Deque[ConnectionEvent]] = OrderedDict()
 
     def _nowMs(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def _full(self, key: tuple[str, str]) -> bool:
+    def _full(self, key: _Key) -> bool:
         return key not in self._records and len(self._records) >= self._max
 
-    def _withLive(self, record: Subscriber) -> Subscriber:
-        state = self._state.get((record.streamId, record.subscriberId))
+    def _withLive(self, app: str, record: Subscriber) -> Subscriber:
+        state = self._state.get((app, record.streamId, record.subscriberId))
         live = state.live if state is not None else 0
         return attrs.evolve(record, currentConcurrentConnections=live, connected=live > 0)
 
-    def _forget(self, key: tuple[str, str]) -> None:
+    def _forget(self, key: _Key) -> None:
         """
         Drop the state of a subscriber that is neither recorded nor live.
         """
@@ -459,43 +465,45 @@ class MemorySubscriberStore:
         if key not in self._records and state is not None and state.live == 0:
             del self._state[key]
 
-    def addSubscriber(self, subscriber: Subscriber) -> "Deferred[bool]":
-        key = (subscriber.streamId, subscriber.subscriberId)
+    def addSubscriber(self, app: str, subscriber: Subscriber) -> "Deferred[bool]":
+        key = (app, subscriber.streamId, subscriber.subscriberId)
         if self._full(key):
             return succeed(False)
         self._records[key] = subscriber
         return succeed(True)
 
-    def getSubscriber(self, streamId: str, subscriberId: str) -> "Deferred[Optional[Subscriber]]":
-        record = self._records.get((streamId, subscriberId))
-        return succeed(None if record is None else self._withLive(record))
+    def getSubscriber(self, app: str, streamId: str, subscriberId: str
+                      ) -> "Deferred[Optional[Subscriber]]":
+        record = self._records.get((app, streamId, subscriberId))
+        return succeed(None if record is None else self._withLive(app, record))
 
-    def listSubscribers(self, streamId: str, offset: int, size: int
+    def listSubscribers(self, app: str, streamId: str, offset: int, size: int
                         ) -> "Deferred[Sequence[Subscriber]]":
         if offset < 0 or size < 0:
             return succeed([])
-        records = [r for (s, _), r in self._records.items() if s == streamId]
-        return succeed([self._withLive(r) for r in records[offset:offset + size]])
+        records = [r for (a, s, _), r in self._records.items() if a == app and s == streamId]
+        return succeed([self._withLive(app, r) for r in records[offset:offset + size]])
 
-    def deleteSubscriber(self, streamId: str, subscriberId: str) -> "Deferred[bool]":
-        key = (streamId, subscriberId)
+    def deleteSubscriber(self, app: str, streamId: str, subscriberId: str) -> "Deferred[bool]":
+        key = (app, streamId, subscriberId)
         found = self._records.pop(key, None) is not None
         self._forget(key)
         return succeed(found)
 
-    def revokeSubscribers(self, streamId: str) -> "Deferred[int]":
-        keys = [k for k in self._records if k[0] == streamId]
+    def revokeSubscribers(self, app: str, streamId: str) -> "Deferred[int]":
+        keys = [k for k in self._records if k[:2] == (app, streamId)]
         for key in keys:
             del self._records[key]
             self._forget(key)
         return succeed(len(keys))
 
-    def blockSubscriber(self, streamId: str, subscriberId: str, blockedType: str, seconds: int) -> "Deferred[bool]":
+    def blockSubscriber(self, app: str, streamId: str, subscriberId: str, blockedType: str,
+                        seconds: int) -> "Deferred[bool]":
         if blockedType not in BLOCK_TYPES:
             raise ValueError("the block type must be publish, play or publish_play")
         if not 0 <= seconds <= MAX_BLOCK_SECONDS:
             raise ValueError("a block lasts 0 to {} seconds".format(MAX_BLOCK_SECONDS))
-        key = (streamId, subscriberId)
+        key = (app, streamId, subscriberId)
         record = self._records.get(key)
         if record is None:
             if self._full(key):
@@ -508,13 +516,14 @@ class MemorySubscriberStore:
             blockedUntilUnitTimeStampMs=min(self._nowMs() + seconds * 1000, _INT64))
         return succeed(True)
 
-    def isBlocked(self, streamId: str, subscriberId: str, action: str) -> "Deferred[bool]":
-        record = self._records.get((streamId, subscriberId))
+    def isBlocked(self, app: str, streamId: str, subscriberId: str, action: str
+                  ) -> "Deferred[bool]":
+        record = self._records.get((app, streamId, subscriberId))
         return succeed(record is not None and record.isBlocked(action, self._nowMs()))
 
-    def acquire(self, streamId: str, subscriberId: str, action: str, step: int,
-                protocol: str, instanceIP: Optional[str] = None ) -> "Deferred[SubscriberLease]":
-        key = (streamId, subscriberId)
+    def acquire(self, app: str, streamId: str, subscriberId: str, action: str, step: int,
+                protocol: str, instanceIP: Optional[str] = None) -> "Deferred[SubscriberLease]":
+        key = (app, streamId, subscriberId)
         record = self._records.get(key)
         nowMs = self._nowMs()
         if record is not None and record.isBlocked(action, nowMs):
@@ -533,13 +542,13 @@ class MemorySubscriberStore:
         state.live += 1
         state.lastStep = step
         protocol = protocol[:MAX_NAME]
-        self._event(ConnectionEvent(nowMs, "connected", action, protocol, streamId,
-                                    subscriberId, instanceIP))
+        self._event(app, ConnectionEvent(nowMs, "connected", action, protocol, streamId,
+                                         subscriberId, instanceIP))
 
         def release() -> "Deferred[None]":
             state.live -= 1
-            self._event(ConnectionEvent(self._nowMs(), "disconnected", action, protocol,
-                                        streamId, subscriberId, instanceIP))
+            self._event(app, ConnectionEvent(self._nowMs(), "disconnected", action, protocol,
+                                             streamId, subscriberId, instanceIP))
             if state.live == 0 and key not in self._records:
                 # an unrecorded (derived) subscriber: its state, replay
                 # mark included, lasts while it holds a connection, so that
@@ -549,21 +558,22 @@ class MemorySubscriberStore:
 
         return succeed(SubscriberLease(streamId, subscriberId, action, release))
 
-    def _event(self, event: ConnectionEvent) -> None:
-        events = self._events.get(event.streamId)
+    def _event(self, app: str, event: ConnectionEvent) -> None:
+        where = (app, event.streamId)
+        events = self._events.get(where)
         if events is None:
             while len(self._events) >= MAX_EVENT_STREAMS:
                 self._events.popitem(last=False)
-            events = self._events[event.streamId] = deque(maxlen=MAX_EVENTS_PER_STREAM)
+            events = self._events[where] = deque(maxlen=MAX_EVENTS_PER_STREAM)
         else:
-            self._events.move_to_end(event.streamId)
+            self._events.move_to_end(where)
         events.append(event)
 
-    def connectionEvents(self, streamId: str, offset: int, size: int
+    def connectionEvents(self, app: str, streamId: str, offset: int, size: int
                          ) -> "Deferred[Sequence[ConnectionEvent]]":
         if offset < 0 or size < 0:
             return succeed([])
-        events = list(self._events.get(streamId, ()))
+        events = list(self._events.get((app, streamId), ()))
         return succeed(events[offset:offset + size])
 
 
@@ -572,15 +582,15 @@ class SubscriberStore(Protocol):
     What L{admitSubscriber} uses of an L{ISubscriberStore}, as mypy sees it.
     """
 
-    def getSubscriber(self, streamId: str, subscriberId: str
+    def getSubscriber(self, app: str, streamId: str, subscriberId: str
                       ) -> "Deferred[Optional[Subscriber]]": ...
 
-    def acquire(self, streamId: str, subscriberId: str, action: str, step: int,
+    def acquire(self, app: str, streamId: str, subscriberId: str, action: str, step: int,
                 protocol: str, instanceIP: Optional[str] = None
                 ) -> "Deferred[SubscriberLease]": ...
 
 
-async def admitSubscriber(store: SubscriberStore, streamId: str, subscriberId: object,
+async def admitSubscriber(store: SubscriberStore, app: str, streamId: str, subscriberId: object,
                           code: object, action: str, secretFromSettings: str, appPeriod: int,
                           now: float, protocol: str, instanceIP: Optional[str] = None
                           ) -> SubscriberLease:
@@ -604,7 +614,7 @@ async def admitSubscriber(store: SubscriberStore, streamId: str, subscriberId: o
     if action not in TYPES or not isValidSubscriberId(subscriberId):
         raise SubscriberRefused(Refusal.INVALID)
     assert isinstance(subscriberId, str)
-    record = await store.getSubscriber(streamId, subscriberId)
+    record = await store.getSubscriber(app, streamId, subscriberId)
     if record is None:
         record = Subscriber(subscriberId=subscriberId, streamId=streamId, type=None)
     if not record.allows(action):
@@ -616,6 +626,6 @@ async def admitSubscriber(store: SubscriberStore, streamId: str, subscriberId: o
     step = verifyCode(key, code, now, record.period(appPeriod))
     if step is None:
         raise SubscriberRefused(Refusal.INVALID)
-    lease: SubscriberLease = await store.acquire(streamId, subscriberId, action, step, protocol,
-                                                 instanceIP)
+    lease: SubscriberLease = await store.acquire(app, streamId, subscriberId, action, step,
+                                                 protocol, instanceIP)
     return lease
