@@ -237,28 +237,47 @@ class RestTests(RestBase):
         self.assertEqual(code, 403)
 
     async def test_appJwt(self):
+        """
+        The application's JWT filter and its address filter must both pass
+        (Ant Media's IPFilter and JWTFilter on /rest/*); the full matrix
+        is in tests.test_rest_protection.
+        """
         secret = "s" * 32
         self.server.apps.replace("LiveApp", jwtControlEnabled=True, jwtSecretKey=secret)
         remote = self.remote()
         path = "/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10"
-        code, body = await self.get(path, remote)
+        code, body = await self.get(path)
         self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
         good = pyjwt.encode({"exp": NOW + 60}, secret, algorithm="HS256")
         expired = pyjwt.encode({"exp": NOW - 1}, secret, algorithm="HS256")
         forged = pyjwt.encode({"exp": NOW + 60}, "x" * 32, algorithm="HS256")
         for token, expected in ((good, 200), ("Bearer " + good, 200), (expired, 403), (forged, 403)):
-            code, _ = await self.get(path, remote, headers={"Authorization": token})
+            code, _ = await self.get(path, headers={"Authorization": token})
             self.assertEqual(code, expected, token)
+        # a valid JWT does not open the API to an address the filter refuses
+        code, body = await self.get(path, remote, headers={"Authorization": good})
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
+        self.server.apps.replace("LiveApp", ipFilterEnabled=False)
+        code, _ = await self.get(path, remote, headers={"Authorization": good})
+        self.assertEqual(code, 200)
+        code, body = await self.get(path, remote)
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
 
     async def test_serverJwt(self):
         secret = "m" * 32
         self.server = Server.inMemory(clock=self.clock,
                                       config=ServerConfig(restJwtSecretKey=secret))
         self.resource = restAPI(self.server).resource()
+        local = StubTreq(self.resource)
         token = pyjwt.encode({"sub": "ops", "exp": NOW + 3600}, secret, algorithm="HS256")
-        code, _ = await self.get("/rest/v2/applications", self.remote(),
-                                 headers={"Authorization": "Bearer " + token})
+        bearer = {"Authorization": "Bearer " + token}
+        code, _ = await self.get("/rest/v2/applications", local, headers=bearer)
         self.assertEqual(code, 200)
+        code, body = await self.get("/rest/v2/applications", local)
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
+        # the JWT does not open the management API to other addresses
+        code, body = await self.get("/rest/v2/applications", self.remote(), headers=bearer)
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
 
     # --- applications and settings -------------------------------------------------------
 
@@ -421,16 +440,16 @@ class BroadcastTests(RestBase):
                              ("acceptOnlyRoomsInDataStore", 1),
                              ("webhookAuthenticateURL", "http://127.0.0.1:9/hook"),
                              ("webhookPlayAuthUrl", "http://127.0.0.1:9/hook"),
-                             ("allowedPublisherCIDR", "10.0.0.0/8"),
-                             ("jwksURL", "https://example.com/jwks"),
-                             ("ipFilterEnabled", False)):
+                             ("allowedPublisherCIDR", "10.0.0.0/8")):
             code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
             self.assertEqual((code, body["success"]), (200, False), field)
             self.assertIn(field, body["message"])
             self.assertFalse(self.server.apps.get("LiveApp").playTokenControlEnabled, field)
-        two = await self.post(path, {"webhookAuthenticateURL": "http://x", "jwksURL": "http://y"})
+        two = await self.post(path, {"webhookAuthenticateURL": "http://x",
+                                     "allowedPublisherCIDR": "10.0.0.0/8"})
         self.assertEqual(two[1]["message"], "Not supported by tokengate, so refused (nothing "
-                                            "was changed): jwksURL, webhookAuthenticateURL")
+                                            "was changed): allowedPublisherCIDR, "
+                                            "webhookAuthenticateURL")
         neutral = {"hashControlPublishEnabled": False, "hashControlPlayEnabled": False,
                    "tokenHashSecret": "", "acceptOnlyStreamsInDataStore": False,
                    "webhookAuthenticateURL": "", "jwksURL": "", "ipFilterEnabled": True,
