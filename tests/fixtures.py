@@ -34,7 +34,8 @@ def restAPI(server: Server) -> RestAPI:
     The REST API of C{server}, built as the composition root builds it.
     """
     return RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                   server.clock, server.metrics, server.config, server.subscribers)
+                   server.clock, server.metrics, server.config, server.subscribers,
+                   server.jwks)
 
 
 class InProcessMedia:

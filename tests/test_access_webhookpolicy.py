@@ -25,9 +25,10 @@ from tokengate.access.outbound import Outbound
 from tokengate.access.service import AccessRequest, AccessService, Refused
 from tokengate.access.webhook import MAX_BODY
 from tokengate.access.webhookpolicy import WebhookPolicy
-from tokengate.apps import Applications, AppSettings, SettingsError
+from tokengate.apps import Applications, AppSettings
 from tokengate.auth import build_gate
 from tokengate.config import ServerConfig
+from tokengate.jsonvalue import JSONError
 from tokengate.media.hub import Hub
 from tokengate.metrics import Metrics
 from tokengate.server import Server, buildSite
@@ -288,7 +289,7 @@ class SettingsTests(SynchronousTestCase):
         for name in ("webhookAuthenticateURL", "webhookPlayAuthUrl"):
             for bad in ("ftp://x/", "not a url", "http://", "/hook", "http://x:99999/",
                         "http://x/" + "a" * 3000):
-                with self.assertRaises((SettingsError, ValueError)) as caught:
+                with self.assertRaises(JSONError) as caught:
                     AppSettings.fromJSON({name: bad})
                 self.assertIn(name, str(caught.exception))
                 self.assertNotIn("ftp://x", str(caught.exception))

@@ -23,6 +23,7 @@ from tokengate.jsonvalue import (
     readJSON,
     requireObject,
     stringValue,
+    urlValue,
 )
 
 #: any JSON value, nested within the default limit
@@ -156,6 +157,15 @@ class ValueTests(SynchronousTestCase):
         for bad in ("abcd", "a\nb", "a\x1bb", "a\x85", 3, None):
             self.assertRaises(JSONError, stringValue, bad, "s", 3)
         self.assertEqual(stringValue("a\tb", "s", 3, allowControl=True), "a\tb")
+
+    def test_url(self) -> None:
+        for good in ("http://127.0.0.1:8080/jwks", "https://idp.example.com/.well-known/jwks.json",
+                     "https://[::1]/k?x=1"):
+            self.assertEqual(urlValue(good, "jwksURL"), good)
+        for bad in ("", "ftp://a/b", "http://", "http:///x", "//a/b", "http://a b/",
+                    "http://a:99999/", "http://a/\u00e9", "http://a/" + "x" * 2048, None, 5):
+            e = self.assertRaises(JSONError, urlValue, bad, "jwksURL")
+            self.assertEqual((str(e), e.field), ("jwksURL must be an http or https URL", "jwksURL"))
 
     def test_decimalText(self) -> None:
         self.assertEqual(decimalText("60", "hlsTime", 1, 60), 60)

@@ -237,28 +237,47 @@ class RestTests(RestBase):
         self.assertEqual(code, 403)
 
     async def test_appJwt(self):
+        """
+        The application's JWT filter and its address filter must both pass
+        (Ant Media's IPFilter and JWTFilter on /rest/*); the full matrix
+        is in tests.test_rest_protection.
+        """
         secret = "s" * 32
         self.server.apps.replace("LiveApp", jwtControlEnabled=True, jwtSecretKey=secret)
         remote = self.remote()
         path = "/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10"
-        code, body = await self.get(path, remote)
+        code, body = await self.get(path)
         self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
         good = pyjwt.encode({"exp": NOW + 60}, secret, algorithm="HS256")
         expired = pyjwt.encode({"exp": NOW - 1}, secret, algorithm="HS256")
         forged = pyjwt.encode({"exp": NOW + 60}, "x" * 32, algorithm="HS256")
         for token, expected in ((good, 200), ("Bearer " + good, 200), (expired, 403), (forged, 403)):
-            code, _ = await self.get(path, remote, headers={"Authorization": token})
+            code, _ = await self.get(path, headers={"Authorization": token})
             self.assertEqual(code, expected, token)
+        # a valid JWT does not open the API to an address the filter refuses
+        code, body = await self.get(path, remote, headers={"Authorization": good})
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
+        self.server.apps.replace("LiveApp", ipFilterEnabled=False)
+        code, _ = await self.get(path, remote, headers={"Authorization": good})
+        self.assertEqual(code, 200)
+        code, body = await self.get(path, remote)
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
 
     async def test_serverJwt(self):
         secret = "m" * 32
         self.server = Server.inMemory(clock=self.clock,
                                       config=ServerConfig(restJwtSecretKey=secret))
         self.resource = restAPI(self.server).resource()
+        local = StubTreq(self.resource)
         token = pyjwt.encode({"sub": "ops", "exp": NOW + 3600}, secret, algorithm="HS256")
-        code, _ = await self.get("/rest/v2/applications", self.remote(),
-                                 headers={"Authorization": "Bearer " + token})
+        bearer = {"Authorization": "Bearer " + token}
+        code, _ = await self.get("/rest/v2/applications", local, headers=bearer)
         self.assertEqual(code, 200)
+        code, body = await self.get("/rest/v2/applications", local)
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
+        # the JWT does not open the management API to other addresses
+        code, body = await self.get("/rest/v2/applications", self.remote(), headers=bearer)
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
 
     # --- applications and settings -------------------------------------------------------
 
@@ -412,7 +431,8 @@ class BroadcastTests(RestBase):
         """
         The authorization webhooks' URLs are settings with Ant Media's
         names (default C{""}), returned by GET; one that is not an http(s)
-        URL is refused, naming the field and not quoting the value.
+        URL is a 400 naming the field, not quoting the value, and changes
+        nothing.
         """
         path = "/rest/v2/applications/settings/LiveApp"
         code, stored = await self.get(path)
@@ -426,7 +446,7 @@ class BroadcastTests(RestBase):
                          ("http://127.0.0.1:9/p", "https://h.example/play?k=1"))
         for name in ("webhookAuthenticateURL", "webhookPlayAuthUrl"):
             code, body = await self.post(path, {name: "javascript:secret-key"})
-            self.assertEqual((code, body["success"]), (200, False), name)
+            self.assertEqual((code, body["success"]), (400, False), name)
             self.assertIn(name, body["message"])
             self.assertNotIn("secret-key", body["message"])
         code, stored = await self.get(path)
@@ -443,16 +463,16 @@ class BroadcastTests(RestBase):
         path = "/rest/v2/applications/settings/LiveApp"
         for field, value in (("acceptOnlyStreamsInDataStore", True),
                              ("acceptOnlyRoomsInDataStore", 1),
-                             ("allowedPublisherCIDR", "10.0.0.0/8"),
-                             ("jwksURL", "https://example.com/jwks"),
-                             ("ipFilterEnabled", False)):
+                             ("allowedPublisherCIDR", "10.0.0.0/8")):
             code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
             self.assertEqual((code, body["success"]), (200, False), field)
             self.assertIn(field, body["message"])
             self.assertFalse(self.server.apps.get("LiveApp").playTokenControlEnabled, field)
-        two = await self.post(path, {"allowedPublisherCIDR": "10.0.0.0/8", "jwksURL": "http://y"})
+        two = await self.post(path, {"acceptOnlyStreamsInDataStore": True,
+                                     "allowedPublisherCIDR": "10.0.0.0/8"})
         self.assertEqual(two[1]["message"], "Not supported by tokengate, so refused (nothing "
-                                            "was changed): allowedPublisherCIDR, jwksURL")
+                                            "was changed): acceptOnlyStreamsInDataStore, "
+                                            "allowedPublisherCIDR")
         neutral = {"hashControlPublishEnabled": False, "hashControlPlayEnabled": False,
                    "tokenHashSecret": "", "acceptOnlyStreamsInDataStore": False,
                    "webhookAuthenticateURL": "", "jwksURL": "", "ipFilterEnabled": True,

@@ -27,7 +27,6 @@ from attrs import asdict, define, evolve
 
 from tokengate.access.names import isValidAppName
 from tokengate.access.totp import DEFAULT_PERIOD, MAX_PERIOD, MIN_PERIOD
-from tokengate.access.urls import MAX_URL, checkURL
 from tokengate.jsonvalue import (
     JSONError,
     boolValue,
@@ -35,6 +34,7 @@ from tokengate.jsonvalue import (
     intValue,
     requireObject,
     stringValue,
+    urlValue,
 )
 from tokengate.logsafe import Logger
 
@@ -93,6 +93,22 @@ class TextField:
 
 
 @define(frozen=True)
+class URLField:
+    """
+    An C{http} or C{https} URL that tokengate will call
+    (L{tokengate.jsonvalue.urlValue}), or C{""} for none.  Not repairable.
+    """
+
+    def check(self, value: object, name: str) -> str:
+        if value == "":
+            return ""
+        return urlValue(value, name)
+
+    def repair(self, value: object, name: str) -> Optional[object]:
+        return None
+
+
+@define(frozen=True)
 class DecimalField:
     """
     An integer in [C{low}, C{high}] that the reference server keeps as a
@@ -144,7 +160,7 @@ class IntField:
 #: The type and range of every settings field: the one place they are
 #: checked, for a POST (L{AppSettings.fromJSON}), for any change
 #: (L{AppSettings.validate}) and for what was stored (L{AppSettings.fromStored}).
-SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField | IntField"] = {
+SETTINGS_FIELDS: dict[str, "BoolField | TextField | URLField | DecimalField | IntField"] = {
     "publishTokenControlEnabled": BoolField(),
     "playTokenControlEnabled": BoolField(),
     "publishJwtControlEnabled": BoolField(),
@@ -159,11 +175,13 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField | IntField"] = 
     "hashControlPublishEnabled": BoolField(),
     "hashControlPlayEnabled": BoolField(),
     "tokenHashSecret": TextField(MAX_KEY_LENGTH),
-    "webhookAuthenticateURL": TextField(MAX_URL),
-    "webhookPlayAuthUrl": TextField(MAX_URL),
+    "webhookAuthenticateURL": URLField(),
+    "webhookPlayAuthUrl": URLField(),
+    "ipFilterEnabled": BoolField(),
     "remoteAllowedCIDR": TextField(MAX_CIDR_TEXT),
     "jwtControlEnabled": BoolField(),
     "jwtSecretKey": TextField(MAX_KEY_LENGTH),
+    "jwksURL": URLField(),
     "hlsMuxingEnabled": BoolField(),
     "dashMuxingEnabled": BoolField(),
     "mp4MuxingEnabled": BoolField(),
@@ -192,26 +210,15 @@ def _names(value: object) -> bool:
     return value != ""
 
 
-def _turnsOff(value: object) -> bool:
-    """
-    Whether a POSTed C{ipFilterEnabled} asks to turn the REST address
-    filter off (anything but C{true}: tokengate always applies it).
-    """
-    return value is not True
-
-
 #: Ant Media's stream-security settings that tokengate does not enforce: a
 #: POST whose value would change what is admitted is refused, naming the
 #: fields (a setting accepted and not enforced would fail open); their
-#: neutral values (C{false}, C{""}; C{true} for C{ipFilterEnabled}), as
-#: Ant Media's own clients send them in a whole settings object, are
-#: accepted.
+#: neutral values (C{false}, C{""}), as Ant Media's own clients send them
+#: in a whole settings object, are accepted.
 UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
     "acceptOnlyStreamsInDataStore": _turnsOn,
     "acceptOnlyRoomsInDataStore": _turnsOn,
     "allowedPublisherCIDR": _names,
-    "jwksURL": _names,
-    "ipFilterEnabled": _turnsOff,
 }
 
 #: unknown fields named in a settings answer, at most
@@ -276,10 +283,14 @@ class AppSettings:
     # else an http(s) URL POSTed before each publish / play; 200 admits
     webhookAuthenticateURL: str = ""
     webhookPlayAuthUrl: str = ""
-    # protection of this application's REST API
+    # protection of this application's REST API: each filter that is on
+    # must pass (the address filter AND the JWT filter); one must be on
+    ipFilterEnabled: bool = True
     remoteAllowedCIDR: str = "127.0.0.1"
     jwtControlEnabled: bool = False
     jwtSecretKey: str = ""
+    # RS256 keys of the JWTs (REST and stream) instead of the HS256 secrets
+    jwksURL: str = ""
     # media
     hlsMuxingEnabled: bool = True
     dashMuxingEnabled: bool = False
@@ -385,11 +396,10 @@ class AppSettings:
                     "Only one token type can be enabled for {}: TOTP cannot be combined "
                     "with one-time or JWT tokens (it can with hash tokens)".format(direction)
                 )
-        if (self.publishJwtControlEnabled or self.playJwtControlEnabled) and len(
-            self.jwtStreamSecretKey
-        ) < MIN_JWT_KEY_LENGTH:
+        if (self.publishJwtControlEnabled or self.playJwtControlEnabled) and not self.jwksURL \
+                and len(self.jwtStreamSecretKey) < MIN_JWT_KEY_LENGTH:
             raise SettingsError(
-                "jwtStreamSecretKey must be at least {} characters".format(
+                "jwtStreamSecretKey must be at least {} characters (or set jwksURL)".format(
                     MIN_JWT_KEY_LENGTH
                 )
             )
@@ -400,17 +410,17 @@ class AppSettings:
                 "tokenHashSecret must be at least {} characters to enable hash "
                 "tokens".format(MIN_HASH_SECRET_LENGTH)
             )
-        for name in ("webhookAuthenticateURL", "webhookPlayAuthUrl"):
-            url = getattr(self, name)
-            if url:
-                try:
-                    checkURL(url, name)
-                except ValueError as e:
-                    raise SettingsError(str(e))
-        if self.jwtControlEnabled and len(self.jwtSecretKey) < MIN_JWT_KEY_LENGTH:
+        if self.jwtControlEnabled and not self.jwksURL \
+                and len(self.jwtSecretKey) < MIN_JWT_KEY_LENGTH:
             raise SettingsError(
-                "jwtSecretKey must be at least {} characters".format(MIN_JWT_KEY_LENGTH)
+                "jwtSecretKey must be at least {} characters (or set jwksURL)".format(
+                    MIN_JWT_KEY_LENGTH)
             )
+        if not self.ipFilterEnabled and not self.jwtControlEnabled:
+            raise SettingsError(
+                "ipFilterEnabled can be false only with jwtControlEnabled true (and "
+                "jwtSecretKey or jwksURL): otherwise anyone could call this "
+                "application's REST API")
         parse_cidrs(self.remoteAllowedCIDR)
 
     def tokenKind(self, action: str) -> Optional[str]:

@@ -22,7 +22,8 @@ class ServerConfig:
 
     #: networks allowed to call the management REST API and /metrics
     restAllowedCIDR: str = "127.0.0.1"
-    #: when set, a bearer JWT signed with it also opens them
+    #: when set, they also need a bearer JWT signed with it (both filters
+    #: must pass, as Ant Media's IPFilter and JWTFilter)
     restJwtSecretKey: str = ""
     #: end JWT-admitted live sessions when their token expires
     kickOnExpiry: bool = False

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
 
+from tokengate.access.jwks import JWKSSources
 from tokengate.access.outbound import Outbound
 from tokengate.access.revocation import (
     HORIZON_MARGIN,
@@ -73,6 +74,11 @@ class Server:
     #: process's memory unless the composition root gives a persistent one)
     subscribers: ISubscriberStore = field(
         default=Factory(lambda self: MemorySubscriberStore(self.clock), takes_self=True))
+    #: the key sources of the applications' jwksURLs (RS256 JWTs), shared by
+    #: the stream JWT checker and the REST API; by default fetched on the
+    #: server's clock, which is then the reactor
+    jwks: JWKSSources = field(default=Factory(lambda self: JWKSSources(self.clock),
+                                              takes_self=True))
     #: security policies asked after the applications' own (the composition
     #: root gives none; tests give one that records what it is asked)
     extraPolicies: Sequence[IAccessPolicy] = ()
@@ -98,6 +104,7 @@ class Server:
             self.metrics,
             kickOnExpiry=self.config.kickOnExpiry,
             throttle=self.throttle,
+            keys=self.jwks,
         )
         self.hub = Hub(self.clock)
         self.outputs = Outputs(self.apps, self.hub, self.clock, self.metrics, self.dataDir,
@@ -186,7 +193,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, config, server.subscribers)
+                  server.clock, server.metrics, config, server.subscribers, server.jwks)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

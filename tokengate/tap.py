@@ -83,7 +83,9 @@ class Options(usage.Options):
         ["rest-allowed-cidr", None, None,
          "Networks allowed to call the management REST API and /metrics [default: 127.0.0.1]"],
         ["rest-jwt-secret", None, None,
-         "Also allow management calls bearing a JWT signed with this (32+ characters)"],
+         "Management calls and /metrics must also bear a JWT signed with this (32+ "
+         "characters), from an address --rest-allowed-cidr allows: both must pass (changed: "
+         "the JWT no longer opens them from other addresses; see docs/rest.md)"],
         ["session-secret", None, None,
          "Secret signing playback session credentials; give every node of a cluster "
          "the same (32+ characters) [default: made once, kept in the data dir]"],

@@ -32,11 +32,9 @@ from twisted.web.client import (
 )
 from treq.client import HTTPClient
 
-from tokengate.access.urls import MAX_URL, checkURL
+from tokengate.jsonvalue import MAX_URL, urlValue
 
 _T = TypeVar("_T")
-
-__all__ = ["MAX_URL", "Outbound", "OutboundError", "checkURL", "newHTTPClient"]
 
 
 class OutboundError(Exception):
@@ -55,6 +53,17 @@ class OutboundError(Exception):
 
 class _TooLarge(Exception):
     pass
+
+
+def checkURL(url: object, name: str = "URL") -> str:
+    """
+    @return: C{url} when it is an absolute C{http} or C{https} URL with a
+        host, printable ASCII, at most L{MAX_URL} characters
+        (L{tokengate.jsonvalue.urlValue}, which settings use too).
+    @raise ValueError: naming C{name} otherwise (not quoting the URL, which
+        may carry a key).
+    """
+    return urlValue(url, name)
 
 
 def newHTTPClient(reactor: Any) -> HTTPClient:

@@ -10,9 +10,16 @@ and messages:
   connection events;
 * C{/metrics}: Prometheus.
 
-Only loopback may call any of it unless the application's
-C{remoteAllowedCIDR} (server-wide C{restAllowedCIDR} for management and
-metrics) or a bearer JWT (C{jwtControlEnabled}/C{jwtSecretKey}) opens it.
+Every request passes L{RestGuard} first, as Ant Media maps its C{IPFilter}
+and C{JWTFilter} on C{/rest/*}: B{each filter that is on must pass}.  For
+an application's calls (C{/{App}/rest/...}) the address filter
+(C{ipFilterEnabled}, C{remoteAllowedCIDR}: loopback only by default) and,
+when C{jwtControlEnabled}, a bearer JWT (HS256 over C{jwtSecretKey}, or
+RS256 with the keys of C{jwksURL} when set); C{ipFilterEnabled} may be
+false only when the JWT filter is on.  For the management calls, metrics
+and any other path (an unknown application is not revealed), the
+server-wide C{restAllowedCIDR} and, when C{restJwtSecretKey} is set, a JWT
+signed with it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
+from tokengate.access.jwks import KeySources
 from tokengate.access.names import isValidStreamId
 from tokengate.access.revocation import Revoker
 from tokengate.access.subscribers import (
@@ -50,7 +62,14 @@ from tokengate.apps import (
     SettingsError,
     address_allowed,
 )
-from tokengate.auth import Gate, Refused, StreamCredentials, check_jwt, mint_jwt
+from tokengate.auth import (
+    Gate,
+    Refused,
+    StreamCredentials,
+    check_jwt,
+    mint_jwt,
+    verifyJWKSToken,
+)
 from tokengate.jsonvalue import JSONError, JSONValue, decimalText, readJSON, requireObject
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Hub
@@ -78,6 +97,11 @@ MAX_EXPIRE_DATE = 2**63 - 1
 
 MSG_NOT_ALLOWED_IP = "Not allowed IP"
 MSG_INVALID_APP_JWT = "Invalid App JWT Token"
+MSG_JWKS_DOWN = "The JWT keys (jwksURL) are unavailable, try again later"
+MSG_JWKS_MINT = (
+    "Cannot create JWT token: this application verifies JWTs with the keys of its "
+    "jwksURL; sign them with the matching private key"
+)
 MSG_NO_JWT_KEY = (
     "Cannot create JWT token. The problem can be ->  this is community edition "
     "or JWT stream key is not set or it's length is less than 32"
@@ -167,7 +191,8 @@ class RestAPI:
 
     def __init__(self, apps: Applications, store: ITokenStore, hub: Hub, gate: Gate,
                  revoker: Revoker, clock: IReactorTime, metrics: Metrics,
-                 config: ServerConfig, subscribers: ISubscriberStore) -> None:
+                 config: ServerConfig, subscribers: ISubscriberStore,
+                 keys: KeySources) -> None:
         """
         @param apps: the applications (created, changed, deleted here).
         @param store: the tokens (minted, listed, deleted here).
@@ -178,6 +203,7 @@ class RestAPI:
             management JWT).
         @param subscribers: the TOTP subscribers (added, listed, blocked,
             deleted here).
+        @param keys: the key sources of the applications' C{jwksURL}s.
         """
         self._apps = apps
         self._store = store
@@ -188,9 +214,13 @@ class RestAPI:
         self._metrics = metrics
         self._config = config
         self._subscribers = subscribers
+        self._keys = keys
 
     def resource(self) -> Any:
-        return self.app.resource()
+        """
+        The REST API's resource: the routes behind L{RestGuard}.
+        """
+        return RestGuard(self, self.app.resource())
 
     # --- errors and protection ---------------------------------------------------
 
@@ -211,51 +241,88 @@ class RestAPI:
         self._metrics.malformed.labels("rest", e.kind).inc()
         return send_json(request, result(False, str(e)), 400)
 
-    def _allow(self, request: IRequest, networks: Any, jwtSecret: Optional[str]) -> None:
-        host = request.getClientAddress().host
-        if address_allowed(host, networks):
-            return
-        if jwtSecret:
-            token = _bearer(request)
-            if token and len(token) <= MAX_TOKEN_LENGTH:
-                try:
-                    check_jwt(jwtSecret, token, self._clock.seconds(),
-                              self._config.restJwtMaxLifetime)
-                    return
-                except Refused:
-                    pass
+    def scopeOf(self, request: IRequest) -> Optional[AppSettings]:
+        """
+        Whose protection a request falls under, found as Klein routes it:
+        the settings of the application a route names (its C{appName}), or
+        L{None} for the server's (management calls, metrics, an unknown
+        application, any path no route takes).
+        """
+        path = b"/" + b"/".join(request.postpath or [])
+        try:
+            adapter = self.app.url_map.bind(
+                "localhost", path_info=path.decode("utf-8"),
+                default_method=(request.method or b"GET").decode("ascii", "replace"))
+            _, arguments = adapter.match(return_rule=True)
+        except (UnicodeDecodeError, HTTPException, RequestRedirect):
+            return None
+        appName = arguments.get("appName")
+        return self._apps.get(appName) if isinstance(appName, str) else None
+
+    async def protect(self, request: IRequest) -> None:
+        """
+        Ant Media's C{IPFilter} and C{JWTFilter}: each one that is on must
+        pass (see the module's docstring).
+
+        @raise HTTPError: 403 C{Not allowed IP} or C{Invalid App JWT Token};
+            503 when the C{jwksURL}'s keys are unavailable; counted in
+            C{tokengate_rest_refusals{reason}}.
+        """
+        settings = self.scopeOf(request)
+        if settings is None:
+            config = self._config
+            ipFilter, networks = True, config.restNetworks
+            jwtFilter, secret, jwksURL = bool(config.restJwtSecretKey), config.restJwtSecretKey, ""
+        else:
+            ipFilter, networks = settings.ipFilterEnabled, settings.allowedNetworks()
+            jwtFilter, secret = settings.jwtControlEnabled, settings.jwtSecretKey
+            jwksURL = settings.jwksURL
+        if ipFilter and not address_allowed(request.getClientAddress().host, networks):
+            self._metrics.http_refusals.labels("ip").inc()
+            raise HTTPError(403, MSG_NOT_ALLOWED_IP)
+        if jwtFilter:
+            await self._checkJwt(request, secret, jwksURL)
+        elif not ipFilter:
+            # the settings refuse this; were it stored anyway, nothing protects
+            self._metrics.http_refusals.labels("no_filter").inc()
+            raise HTTPError(403, MSG_NOT_ALLOWED_IP)
+
+    async def _checkJwt(self, request: IRequest, secret: str, jwksURL: str) -> None:
+        token = _bearer(request)
+        try:
+            if not token or len(token) > MAX_TOKEN_LENGTH:
+                raise Refused(Outcome.MISSING)
+            maxLifetime = self._config.restJwtMaxLifetime
+            if jwksURL:
+                await verifyJWKSToken(self._keys, jwksURL, token, maxLifetime)
+            else:
+                check_jwt(secret, token, self._clock.seconds(), maxLifetime)
+        except Refused as e:
+            if e.outcome is Outcome.UNAVAILABLE:
+                self._metrics.http_refusals.labels("jwks_unavailable").inc()
+                raise HTTPError(503, MSG_JWKS_DOWN)
             self._metrics.http_refusals.labels("invalid_jwt").inc()
             raise HTTPError(403, MSG_INVALID_APP_JWT)
-        self._metrics.http_refusals.labels("ip").inc()
-        raise HTTPError(403, MSG_NOT_ALLOWED_IP)
-
-    def _protectServer(self, request: IRequest) -> None:
-        config = self._config
-        self._allow(request, config.restNetworks, config.restJwtSecretKey or None)
 
     def _appSettings(self, request: IRequest, appName: str) -> AppSettings:
+        """
+        The settings of the application a route names (L{RestGuard} has
+        already applied its protection, or the server's when it does not
+        exist): 404 when there is none.
+        """
         settings = self._apps.get(appName)
         if settings is None:
-            # Protect before telling which applications exist.
-            self._protectServer(request)
             raise HTTPError(404, MSG_NO_APP)
-        self._allow(
-            request,
-            settings.allowedNetworks(),
-            settings.jwtSecretKey if settings.jwtControlEnabled else None,
-        )
         return settings
 
     # --- management: applications and settings -----------------------------------
 
     @app.route("/rest/v2/applications", methods=["GET"])
     def listApplications(self, request: IRequest) -> bytes:
-        self._protectServer(request)
         return send_json(request, {"applications": list(self._apps)})
 
     @app.route("/rest/v2/applications/<string:name>", methods=["POST"])
     def createApplication(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         try:
             self._apps.create(name)
         except SettingsError as e:
@@ -264,7 +331,6 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/<string:name>", methods=["DELETE"])
     async def deleteApplication(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         self._apps.delete(name)  # ends its sessions and streams
@@ -280,7 +346,6 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["GET"])
     def getSettings(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         settings = self._apps.get(name)
         if settings is None:
             raise HTTPError(404, MSG_NO_APP)
@@ -288,7 +353,6 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["POST"])
     def setSettings(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         body = read_json(request)
@@ -309,7 +373,6 @@ class RestAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
-        self._protectServer(request)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return self._metrics.render()
 
@@ -351,6 +414,8 @@ class RestAPI:
     def mintJwt(self, request: IRequest, appName: str, streamId: str) -> bytes:
         settings = self._appSettings(request, appName)
         type_, expireDate, roomId = self._mintArgs(request, streamId)
+        if settings.jwksURL:
+            raise HTTPError(400, MSG_JWKS_MINT)
         if len(settings.jwtStreamSecretKey) < 32:
             raise HTTPError(400, MSG_NO_JWT_KEY)
         tokenId = mint_jwt(settings.jwtStreamSecretKey, streamId, type_, expireDate, roomId)
@@ -641,3 +706,47 @@ class RestAPI:
             page = await self._subscriberCall("events", self._subscribers.connectionEvents(
                 appName, streamId, first, count))
         return send_json(request, [e.toJSON() for e in page])
+
+
+class RestGuard(Resource):
+    """
+    The REST API's front: every request is protected (L{RestAPI.protect})
+    before Klein routes it, so no route can forget it.  A route of one
+    application names it C{appName} (its protection is that
+    application's); every other request gets the server's.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: RestAPI, routes: Any) -> None:
+        super().__init__()
+        self._api = api
+        self._routes = routes
+
+    def render(self, request: IRequest) -> Any:
+        gone: list[object] = []
+        # IRequest does not declare it; every twisted.web Request has it
+        request.notifyFinish().addBoth(gone.append)  # type: ignore[attr-defined]
+        d = Deferred.fromCoroutine(self._api.protect(request))
+        d.addCallbacks(self._allowed, self._refused, callbackArgs=(request, gone),
+                       errbackArgs=(request, gone))
+        return NOT_DONE_YET
+
+    def _allowed(self, _: None, request: IRequest, gone: list[object]) -> None:
+        if gone:
+            return  # the client left while its JWT was checked
+        body = self._routes.render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _refused(self, failure: Failure, request: IRequest, gone: list[object]) -> None:
+        if gone:
+            return
+        e = failure.value
+        if isinstance(e, HTTPError):
+            request.write(send_json(request, result(False, e.message), e.code))
+        else:
+            self._api._log.failure("protecting a REST call failed", failure)
+            request.write(send_json(request, result(False, "Internal error"), 500))
+        request.finish()
