@@ -427,6 +427,31 @@ class BroadcastTests(RestBase):
         self.assertEqual(r.code, 200)
         self.assertTrue(stream.ended)
 
+    async def test_webhookSettings(self):
+        """
+        The authorization webhooks' URLs are settings with Ant Media's
+        names (default C{""}), returned by GET; one that is not an http(s)
+        URL is a 400 naming the field, not quoting the value, and changes
+        nothing.
+        """
+        path = "/rest/v2/applications/settings/LiveApp"
+        code, stored = await self.get(path)
+        self.assertEqual((stored["webhookAuthenticateURL"], stored["webhookPlayAuthUrl"]),
+                         ("", ""))
+        code, body = await self.post(path, {"webhookAuthenticateURL": "http://127.0.0.1:9/p",
+                                            "webhookPlayAuthUrl": "https://h.example/play?k=1"})
+        self.assertEqual((code, body["success"]), (200, True))
+        code, stored = await self.get(path)
+        self.assertEqual((stored["webhookAuthenticateURL"], stored["webhookPlayAuthUrl"]),
+                         ("http://127.0.0.1:9/p", "https://h.example/play?k=1"))
+        for name in ("webhookAuthenticateURL", "webhookPlayAuthUrl"):
+            code, body = await self.post(path, {name: "javascript:secret-key"})
+            self.assertEqual((code, body["success"]), (400, False), name)
+            self.assertIn(name, body["message"])
+            self.assertNotIn("secret-key", body["message"])
+        code, stored = await self.get(path)
+        self.assertEqual(stored["webhookAuthenticateURL"], "http://127.0.0.1:9/p")
+
     async def test_unenforcedSecuritySettingsRefused(self):
         """
         Ant Media's security settings that tokengate does not enforce are
@@ -438,18 +463,16 @@ class BroadcastTests(RestBase):
         path = "/rest/v2/applications/settings/LiveApp"
         for field, value in (("acceptOnlyStreamsInDataStore", True),
                              ("acceptOnlyRoomsInDataStore", 1),
-                             ("webhookAuthenticateURL", "http://127.0.0.1:9/hook"),
-                             ("webhookPlayAuthUrl", "http://127.0.0.1:9/hook"),
                              ("allowedPublisherCIDR", "10.0.0.0/8")):
             code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
             self.assertEqual((code, body["success"]), (200, False), field)
             self.assertIn(field, body["message"])
             self.assertFalse(self.server.apps.get("LiveApp").playTokenControlEnabled, field)
-        two = await self.post(path, {"webhookAuthenticateURL": "http://x",
+        two = await self.post(path, {"acceptOnlyStreamsInDataStore": True,
                                      "allowedPublisherCIDR": "10.0.0.0/8"})
         self.assertEqual(two[1]["message"], "Not supported by tokengate, so refused (nothing "
-                                            "was changed): allowedPublisherCIDR, "
-                                            "webhookAuthenticateURL")
+                                            "was changed): acceptOnlyStreamsInDataStore, "
+                                            "allowedPublisherCIDR")
         neutral = {"hashControlPublishEnabled": False, "hashControlPlayEnabled": False,
                    "tokenHashSecret": "", "acceptOnlyStreamsInDataStore": False,
                    "webhookAuthenticateURL": "", "jwksURL": "", "ipFilterEnabled": True,

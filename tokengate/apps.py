@@ -175,6 +175,8 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | URLField | DecimalField | In
     "hashControlPublishEnabled": BoolField(),
     "hashControlPlayEnabled": BoolField(),
     "tokenHashSecret": TextField(MAX_KEY_LENGTH),
+    "webhookAuthenticateURL": URLField(),
+    "webhookPlayAuthUrl": URLField(),
     "ipFilterEnabled": BoolField(),
     "remoteAllowedCIDR": TextField(MAX_CIDR_TEXT),
     "jwtControlEnabled": BoolField(),
@@ -216,8 +218,6 @@ def _names(value: object) -> bool:
 UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
     "acceptOnlyStreamsInDataStore": _turnsOn,
     "acceptOnlyRoomsInDataStore": _turnsOn,
-    "webhookAuthenticateURL": _names,
-    "webhookPlayAuthUrl": _names,
     "allowedPublisherCIDR": _names,
 }
 
@@ -279,6 +279,10 @@ class AppSettings:
     hashControlPublishEnabled: bool = False
     hashControlPlayEnabled: bool = False
     tokenHashSecret: str = ""
+    # authorization webhooks (tokengate.access.webhookpolicy): "" is off,
+    # else an http(s) URL POSTed before each publish / play; 200 admits
+    webhookAuthenticateURL: str = ""
+    webhookPlayAuthUrl: str = ""
     # protection of this application's REST API: each filter that is on
     # must pass (the address filter AND the JWT filter); one must be on
     ipFilterEnabled: bool = True
@@ -439,6 +443,14 @@ class AppSettings:
             if self.hashControlPlayEnabled:
                 return "hash"
         return None
+
+    def webhookURL(self, action: str) -> str:
+        """
+        The authorization webhook the application asks about C{action}
+        (C{webhookAuthenticateURL} for publish, C{webhookPlayAuthUrl} for
+        play), C{""} for none.
+        """
+        return self.webhookAuthenticateURL if action == "publish" else self.webhookPlayAuthUrl
 
     def requiresSubscriber(self, action: str) -> bool:
         """

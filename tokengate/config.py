@@ -46,6 +46,9 @@ class ServerConfig:
     #: a playback session ends after this many idle seconds (MP4: vodIdle)
     sessionIdle: float = 120.0
     vodIdle: float = 6 * 3600.0
+    #: seconds for one authorization webhook exchange (webhookAuthenticateURL,
+    #: webhookPlayAuthUrl), after which the request is refused
+    webhookTimeout: float = 3.0
     #: LL-HLS part duration target, seconds
     partTarget: float = 0.5
     #: ICE servers the server's own WebRTC peer connections use (STUN for a

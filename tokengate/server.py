@@ -23,6 +23,7 @@ from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
 
 from tokengate.access.jwks import JWKSSources
+from tokengate.access.outbound import Outbound
 from tokengate.access.revocation import (
     HORIZON_MARGIN,
     LocalTransport,
@@ -31,6 +32,7 @@ from tokengate.access.revocation import (
     Revoker,
 )
 from tokengate.access.service import AccessService, IAccessPolicy
+from tokengate.access.webhookpolicy import WebhookPolicy, newOutbound
 from tokengate.access.subscriberpolicy import SubscriberPolicy
 from tokengate.access.subscribers import ISubscriberStore, MemorySubscriberStore
 from tokengate.apps import Applications, AppSettings
@@ -80,6 +82,9 @@ class Server:
     #: security policies asked after the applications' own (the composition
     #: root gives none; tests give one that records what it is asked)
     extraPolicies: Sequence[IAccessPolicy] = ()
+    #: the authorization webhooks' HTTP client (None: one on C{clock}, the
+    #: reactor, with C{config.webhookTimeout})
+    webhookOutbound: Optional[Outbound] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -134,6 +139,11 @@ class Server:
         policies: list[IAccessPolicy] = [
             SubscriberPolicy(self.subscribers, self.clock),
         ]
+        # the webhook last: it is the slowest (a remote call)
+        outbound = self.webhookOutbound
+        if outbound is None:
+            outbound = newOutbound(self.clock, self.config.webhookTimeout)
+        policies.append(WebhookPolicy(outbound, self.clock))
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
                                     [*policies, *self.extraPolicies])
         self.apps.onChange(self._appChanged)
