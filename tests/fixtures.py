@@ -14,13 +14,16 @@ import tempfile
 from typing import Any, Callable, Optional
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
-from tokengate.apps import Applications
+from tokengate.access.service import AccessRequest, Refused, Release
+from tokengate.apps import Applications, AppSettings
 from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.config import ServerConfig
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.server import buildSite
+from tokengate.tokens import Outcome
 from tokengate.web.rest import RestAPI
 
 from tests.helpers import require
@@ -31,7 +34,8 @@ def restAPI(server: Server) -> RestAPI:
     The REST API of C{server}, built as the composition root builds it.
     """
     return RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                   server.clock, server.metrics, server.config, broadcasts=server.broadcasts,
+                   server.clock, server.metrics, server.config, server.subscribers,
+                   server.jwks, broadcasts=server.broadcasts,
                    stopPublishers=server.stopPublishers)
 
 
@@ -100,3 +104,54 @@ def frames(stderr: str) -> int:
     """
     found = re.findall(r"frame=\s*(\d+)", stderr)
     return int(found[-1]) if found else 0
+
+
+class RecordingPolicy:
+    """
+    An L{tokengate.access.service.IAccessPolicy} for tests (give it to
+    C{Server(extraPolicies=[policy])} or to an C{AccessService}): records
+    every L{AccessRequest} it is asked about (C{asked}); refuses with
+    C{outcome} when it is set, else admits holding a release whose calls are
+    counted (C{released}); waits for C{pending} first when it is set.  It
+    applies (L{applies}) to the C{actions} given (both by default).
+    """
+
+    mechanism = "recording"
+
+    def __init__(self, outcome: Optional[Outcome] = None,
+                 actions: frozenset[str] = frozenset({"publish", "play"})) -> None:
+        """
+        @param actions: the actions it applies to (L{applies}).
+        """
+        self.outcome = outcome
+        self.actions = actions
+        self.asked: list[AccessRequest] = []
+        self.released = 0
+        self.pending: Optional[Deferred[None]] = None
+
+    @property
+    def last(self) -> AccessRequest:
+        """
+        The last request asked about (fails the test when none was).
+        """
+        assert self.asked, "the policy was never asked"
+        return self.asked[-1]
+
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        return action in self.actions
+
+    async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
+        self.asked.append(request)
+        if self.pending is not None:
+            await self.pending
+        if self.outcome is not None:
+            raise Refused(self.outcome)
+
+        def release() -> None:
+            self.released += 1
+        return release
+
+
+#: the refusal outcomes a security policy may answer with
+POLICY_OUTCOMES = (Outcome.BLOCKED, Outcome.BAD_CODE, Outcome.CODE_IN_USE, Outcome.UNREGISTERED,
+                   Outcome.ADDRESS, Outcome.WEBHOOK_REFUSED, Outcome.WEBHOOK_UNAVAILABLE)

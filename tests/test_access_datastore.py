@@ -367,3 +367,28 @@ class PublisherNetworksProperties(TestCase):
                 ipaddress.ip_network(part, strict=False)
 
         check()
+
+
+class AppliesTests(TestCase):
+    """
+    What each policy says it applies to (HTTP delivery asks, through
+    L{tokengate.access.service.AccessService.admissionRequired}).
+    """
+
+    def test_publisherAddress(self) -> None:
+        policy = PublisherAddressPolicy()
+        self.assertFalse(policy.applies(AppSettings(), PUBLISH))
+        on = AppSettings(allowedPublisherCIDR="10.0.0.0/8")
+        self.assertTrue(policy.applies(on, PUBLISH))
+        self.assertFalse(policy.applies(on, PLAY))
+
+    def test_datastore(self) -> None:
+        policy = DatastorePolicy(MemoryBroadcasts())
+        self.assertFalse(policy.applies(AppSettings(), PUBLISH))
+        self.assertFalse(policy.applies(AppSettings(), PLAY))
+        streams = AppSettings(acceptOnlyStreamsInDataStore=True)
+        self.assertEqual((policy.applies(streams, PUBLISH), policy.applies(streams, PLAY)),
+                         (True, False))
+        rooms = AppSettings(acceptOnlyRoomsInDataStore=True)
+        self.assertEqual((policy.applies(rooms, PUBLISH), policy.applies(rooms, PLAY)),
+                         (True, True))

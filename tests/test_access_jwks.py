@@ -24,6 +24,7 @@ from tokengate.access.jwks import (
     MAX_JWKS_BODY,
     IJWTKeySource,
     JWKSKeySource,
+    JWKSSources,
     JWTRefused,
     parseJWKS,
     verify,
@@ -247,3 +248,33 @@ class SourceTests(TestCase):
         await second
         self.assertEqual(source.fetches, 1)
         self.assertEqual(len(self.receiver.received), 1)
+
+
+class SourcesTests(SynchronousTestCase):
+    """
+    L{JWKSSources}: one key source per URL, shared, at most C{maxSources}.
+    """
+
+    def test_onePerURL(self) -> None:
+        sources = JWKSSources(Clock(), client=newHTTPClient(reactor))
+        a = sources.sourceFor("http://127.0.0.1:1/a")
+        self.assertIs(sources.sourceFor("http://127.0.0.1:1/a"), a)
+        self.assertIsNot(sources.sourceFor("http://127.0.0.1:1/b"), a)
+        self.assertEqual(len(sources), 2)
+        self.assertEqual(a.url, "http://127.0.0.1:1/a")
+
+    def test_bounded(self) -> None:
+        sources = JWKSSources(Clock(), maxSources=3, client=newHTTPClient(reactor))
+        first = sources.sourceFor("http://127.0.0.1:1/0")
+        for n in range(1, 3):
+            sources.sourceFor("http://127.0.0.1:1/{}".format(n))
+        self.assertIs(sources.sourceFor("http://127.0.0.1:1/0"), first)  # now the newest
+        for n in range(3, 10):
+            sources.sourceFor("http://127.0.0.1:1/{}".format(n))
+        self.assertEqual(len(sources), 3)
+        self.assertIsNot(sources.sourceFor("http://127.0.0.1:1/0"), first)
+
+    def test_badURL(self) -> None:
+        sources = JWKSSources(Clock(), client=newHTTPClient(reactor))
+        self.assertRaises(ValueError, sources.sourceFor, "file:///etc/passwd")
+        self.assertEqual(len(sources), 0)

@@ -7,7 +7,17 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tokengate.access.service import AccessRequest, AccessService, Publication, Refused, Viewing
+from tokengate.access.service import (
+    MAX_PARAMS,
+    MAX_PARAMS_CHARS,
+    MAX_SUBSCRIBER_CODE,
+    MAX_SUBSCRIBER_ID,
+    AccessRequest,
+    AccessService,
+    Publication,
+    Refused,
+    Viewing,
+)
 from tokengate.apps import Applications
 from tokengate.auth import build_gate
 from tokengate.media.hub import Hub
@@ -15,6 +25,7 @@ from tokengate.metrics import Metrics
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, new_token
 
+from .fixtures import RecordingPolicy
 from .helpers import NOW, clock_at
 
 
@@ -299,6 +310,9 @@ class Policy:
 
     mechanism = "test"
 
+    def applies(self, settings, action):
+        return True
+
     def __init__(self):
         self.outcome = None
         self.asked = []
@@ -395,3 +409,79 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d1, Refused).value.outcome, Outcome.IN_USE)
         self.assertEqual(self.first.released, 1)
         self.assertEqual(len(self.store._tokens), 1, "the waiting publisher's token is kept")
+
+
+class BoundsTests(SynchronousTestCase):
+    """
+    A subscriber id, code or parameters longer than any client needs are
+    refused as invalid before any policy or token is asked (the token
+    kept); within the bounds they reach the policies as given.
+    """
+
+    def setUp(self):
+        self.clock = clock_at()
+        self.apps = Applications(None)
+        self.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        self.store = MemoryTokenStore()
+        self.metrics = Metrics()
+        self.gate = build_gate(self.apps, self.store, self.clock, self.metrics)
+        self.policy = RecordingPolicy()
+        self.access = AccessService(self.apps, self.gate, Hub(self.clock),
+                                    policies=[self.policy])
+        t = new_token("s1", PUBLISH, NOW + 60)
+        self.store.add(StoredToken.fromToken("LiveApp", t))
+        self.token = t.tokenId
+
+    def publish(self, **kw):
+        return self.access.publish(
+            AccessRequest("LiveApp", "s1", PUBLISH, "rtmp", "192.0.2.1", self.token, **kw),
+            Mind())
+
+    def test_absurd(self):
+        for kw in ({"subscriberId": "a" * (MAX_SUBSCRIBER_ID + 1)},
+                   {"subscriberCode": "1" * (MAX_SUBSCRIBER_CODE + 1)},
+                   {"params": [("k", "v" * MAX_PARAMS_CHARS)]},
+                   {"params": [("k" * 300, "v" * 300)] * 20},
+                   {"params": [("k", "v")] * (MAX_PARAMS + 1)}):
+            self.assertEqual(self.failureResultOf(self.publish(**kw), Refused).value.outcome,
+                             Outcome.INVALID, kw)
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(len(self.store._tokens), 1)
+
+    def test_withinBoundsAsGiven(self):
+        """
+        Not judged here: a subscriber id outside the subscriber grammar and
+        a code that is not six digits reach the policy as sent.
+        """
+        kw = {"subscriberId": "a" * MAX_SUBSCRIBER_ID, "subscriberCode": "x" * MAX_SUBSCRIBER_CODE,
+              "params": [("k", "v" * (MAX_PARAMS_CHARS - MAX_PARAMS))]
+              + [("k", "")] * (MAX_PARAMS - 1)}
+        self.successResultOf(self.publish(**kw))
+        r = self.policy.last
+        self.assertEqual((r.subscriberId, r.subscriberCode, r.params),
+                         (kw["subscriberId"], kw["subscriberCode"], tuple(kw["params"])))
+        self.assertNotIn("x" * 10, repr(r))
+
+
+class AdmissionRequiredTests(SynchronousTestCase):
+    """
+    Whether an application admits an action: a token demanded, or a policy
+    that applies to it.
+    """
+
+    def test_admissionRequired(self):
+        apps = Applications(None)
+        apps.create("Open")
+        apps.create("Tokens")
+        apps.replace("Tokens", playTokenControlEnabled=True)
+        clock = clock_at()
+        gate = build_gate(apps, MemoryTokenStore(), clock, Metrics())
+        bare = AccessService(apps, gate, Hub(clock))
+        self.assertFalse(bare.admissionRequired("Open", PLAY))
+        self.assertTrue(bare.admissionRequired("Tokens", PLAY))
+        self.assertFalse(bare.admissionRequired("Tokens", PUBLISH))
+        self.assertTrue(bare.admissionRequired("Nope", PLAY))
+        policed = AccessService(apps, gate, Hub(clock),
+                                policies=[RecordingPolicy(actions=frozenset({PLAY}))])
+        self.assertTrue(policed.admissionRequired("Open", PLAY))
+        self.assertFalse(policed.admissionRequired("Open", PUBLISH))

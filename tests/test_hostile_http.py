@@ -15,6 +15,7 @@ from typing import Any, Optional
 import jwt as pyjwt
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from treq.testing import StubTreq
 from twisted.internet import reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
@@ -609,9 +610,10 @@ class ManagementJwtTests(RestBase):
         self.resource = restAPI(self.server).resource()
         cases = (({"sub": "ops"}, 403), ({"exp": NOW + 30 * 86400}, 403),
                  ({"exp": NOW + 3600}, 200), ({"exp": NOW - 1}, 403))
+        local = StubTreq(self.resource)  # the JWT and the address filter must both pass
         for claims, expected in cases:
             token = pyjwt.encode(claims, SECRET, algorithm="HS256")
-            code, _ = await self.get("/rest/v2/applications", self.remote(),
+            code, _ = await self.get("/rest/v2/applications", local,
                                      headers={"Authorization": "Bearer " + token})
             self.assertEqual(code, expected, claims)
         self.assertEqual(self.server.metrics.registry.get_sample_value(
@@ -620,6 +622,38 @@ class ManagementJwtTests(RestBase):
     async def test_appJwtNoExp(self) -> None:
         self.server.apps.replace("LiveApp", jwtControlEnabled=True, jwtSecretKey=SECRET)
         token = pyjwt.encode({"sub": "ops"}, SECRET, algorithm="HS256")
-        code, _ = await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10", self.remote(),
+        code, _ = await self.get("/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10",
                                  headers={"Authorization": token})
         self.assertEqual(code, 403)
+
+
+class JWKSFloodTests(TestCase):
+    """
+    REST callers flooding an application whose JWT filter uses a jwksURL
+    (with the address filter off, anyone may try): tokens naming unknown
+    keys, garbage and forged algorithms cost no more than one fetch of the
+    key set per refetch interval, and every one is refused.
+    """
+
+    async def test_unknownKidsFetchOnce(self) -> None:
+        from tests.test_rest_protection import KEY, Harness, rs256
+
+        harness = Harness()
+        harness.setUpHarness()
+        harness.server.apps.replace("LiveApp", ipFilterEnabled=False, jwtControlEnabled=True,
+                                    jwksURL="http://jwks.example/keys")
+        path = "/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10"
+        codes = []
+        for n in range(200):
+            token = (rs256(KEY, "kid{}".format(n), NOW + 600) if n % 3 == 0
+                     else pyjwt.encode({"exp": NOW + 600}, "x" * 32, algorithm="HS256")
+                     if n % 3 == 1 else "x" * (n * 50))
+            codes.append((await harness.call(path, "198.51.100.{}".format(n % 250), token))[0])
+        self.assertEqual(set(codes), {403})
+        self.assertEqual(harness.jwks.requests, 1)
+        harness.clock.advance(31)  # an unknown kid may fetch again after the interval, once
+        for n in range(20):
+            await harness.call(path, "198.51.100.1", rs256(KEY, "again{}".format(n), NOW + 600))
+        self.assertEqual(harness.jwks.requests, 2)
+        code, _ = await harness.call(path, "198.51.100.1", rs256(KEY, "k1", NOW + 600))
+        self.assertEqual(code, 200)

@@ -50,7 +50,9 @@ from tokengate.rtmp.protocol import (
 )
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
+from tokengate.tokens import StoredToken, new_token
 
+from .fixtures import RecordingPolicy
 from .helpers import clock_at
 from .test_rtmp_core import ready_server
 from .test_rtmp_protocol import AAC_HEADER, AVC_HEADER, Peer, inter, key
@@ -439,3 +441,50 @@ class ClosingTests(_Harness, SynchronousTestCase):
         self.clock.advance(MAX_CONGESTION)
         self.assertFalse(slow.connected)
         self.assertEqual(dropped(self.server, "slow_reader"), 1)
+
+
+class SubscriberFieldsTests(SynchronousTestCase):
+    """
+    Issue 12's request fields from a hostile RTMP client: a name carrying
+    thousands of query pairs, or a subscriber id and code as long as the
+    unadmitted message bound allows, is refused as malformed (counted
+    C{invalid}) before any policy or token is asked (the token kept), and
+    only that client is closed.
+    """
+
+    def setUp(self) -> None:
+        self.clock = clock_at()
+        self.policy = RecordingPolicy()
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=self.clock,
+                             extraPolicies=[self.policy])
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
+        self.factory = RTMPFactory(self.server.access, self.server.clock, self.server.metrics)
+
+    def test_floodedNames(self) -> None:
+        token = new_token("s1", "publish", int(self.clock.seconds()) + 60)
+        self.server.store.add(StoredToken.fromToken("LiveApp", token))
+        names = [
+            "s1?token={}&".format(token.tokenId) + "&".join("k{}=v".format(i)
+                                                            for i in range(4000)),
+            "s1/{}/{}/123456".format(token.tokenId, "a" * 20000),
+            "s1?token={}&subscriberCode={}".format(token.tokenId, "9" * 20000),
+        ]
+        bystander = Peer(self, "192.0.2.99")
+        bystander.connect()
+        for name in names:
+            self.assertLess(len(name), 32 * 1024)
+            peer = Peer(self)
+            peer.publish(name)
+            status = peer.statuses()[-1]
+            self.assertEqual(status["code"], "NetStream.Publish.BadName")
+            self.clock.advance(0.2)
+            self.assertFalse(peer.transport.connected)
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(self.server.metrics.refusals.labels("rtmp", "publish", "invalid")
+                         ._value.get(), len(names))
+        self.assertTrue(bystander.transport.connected)
+        # the token was kept
+        peer = Peer(self)
+        peer.publish("s1?token=" + token.tokenId)
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Publish.Start")
+        self.assertEqual(self.policy.last.params, ())

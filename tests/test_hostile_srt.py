@@ -25,7 +25,7 @@ L{tests.interop.test_hostile_srt}.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -121,11 +121,15 @@ class Caller:
 
 
 class ListenerHarness:
+    #: security policies the server asks besides its own
+    extraPolicies: Sequence[Any] = ()
+
     def setUp(self) -> None:
         self.clock = clock_at()
         self.throttle = Throttle(self.clock)
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
-                             clock=self.clock, throttle=self.throttle)
+                             clock=self.clock, throttle=self.throttle,
+                             extraPolicies=self.extraPolicies)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True)
         self.srt = SRTListener(self.server.access, self.server.clock, self.server.metrics)
         self.transport = FakeUDP()

@@ -23,6 +23,7 @@ from tokengate.jsonvalue import (
     readJSON,
     requireObject,
     stringValue,
+    urlValue,
 )
 
 #: any JSON value, nested within the default limit
@@ -157,6 +158,15 @@ class ValueTests(SynchronousTestCase):
             self.assertRaises(JSONError, stringValue, bad, "s", 3)
         self.assertEqual(stringValue("a\tb", "s", 3, allowControl=True), "a\tb")
 
+    def test_url(self) -> None:
+        for good in ("http://127.0.0.1:8080/jwks", "https://idp.example.com/.well-known/jwks.json",
+                     "https://[::1]/k?x=1"):
+            self.assertEqual(urlValue(good, "jwksURL"), good)
+        for bad in ("", "ftp://a/b", "http://", "http:///x", "//a/b", "http://a b/",
+                    "http://a:99999/", "http://a/\u00e9", "http://a/" + "x" * 2048, None, 5):
+            e = self.assertRaises(JSONError, urlValue, bad, "jwksURL")
+            self.assertEqual((str(e), e.field), ("jwksURL must be an http or https URL", "jwksURL"))
+
     def test_decimalText(self) -> None:
         self.assertEqual(decimalText("60", "hlsTime", 1, 60), 60)
         self.assertEqual(decimalText("007", "n", 0, 999), 7)
@@ -176,6 +186,8 @@ class OneReaderTests(SynchronousTestCase):
                                 "RecursionError caught",
         "web/sessions.py": "session credentials, parsed only after their MAC is checked",
         "media/recorder/journal.py": "a recording's own config file",
+        "access/subscriberstores.py": "subscriber records and events it stored itself "
+                                      "(SQLite rows, Redis values)",
     }
 
     def test_everyClientDocumentThroughTheReader(self) -> None:

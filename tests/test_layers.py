@@ -19,7 +19,7 @@ LAYERS = [
                       "tokengate.limits", "tokengate.metrics", "tokengate.config",
                       "tokengate.rtmp", "tokengate.rtmp.core", "tokengate.rtmp.amf0",
                       "tokengate.rtmp.errors",
-                      "tokengate.srt", "tokengate.access.names")),
+                      "tokengate.srt", "tokengate.access.names", "tokengate.access.totp")),
     ("media", ("tokengate.media",)),
     ("access", ("tokengate.access", "tokengate.auth")),
     ("adapters", ("tokengate.rtmp.protocol", "tokengate.srt.protocol", "tokengate.webrtc",

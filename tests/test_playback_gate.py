@@ -17,11 +17,12 @@ from tokengate.auth import Throttle
 from tokengate.rtmp.protocol import RTMPFactory
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, new_token
+from tokengate.tokens import Outcome, StoredToken, new_token
 from tokengate.web.playback import PlaybackResource
 from tokengate.server import buildSite
 from tokengate.web.sessions import InvalidCredential, cookie_name
 
+from .fixtures import POLICY_OUTCOMES, RecordingPolicy
 from .helpers import NOW, clock_at
 from .test_rtmp_protocol import AVC_HEADER, Peer, key
 
@@ -38,12 +39,15 @@ def failure(message: str) -> bytes:
 
 class Harness(SynchronousTestCase):
     tokenControl = True
+    #: security policies the server asks besides its own
+    extraPolicies = ()
 
     def setUp(self):
         self.clock = clock_at()
         self.throttle = Throttle(self.clock)
         self.server = Server(apps=Applications(None), store=MemoryTokenStore(),
-                             clock=self.clock, throttle=self.throttle)
+                             clock=self.clock, throttle=self.throttle,
+                             extraPolicies=self.extraPolicies)
         self.server.apps.replace("LiveApp", playTokenControlEnabled=self.tokenControl,
                                  dashMuxingEnabled=True, mp4MuxingEnabled=True)
         site = buildSite(self.server)
@@ -242,6 +246,95 @@ class RefusalsKeepTheTokenTests(Harness):
                           "Token store is unavailable, try again later")
 
 
+class PolicyPlumbingTests(RefusalsKeepTheTokenTests):
+    """
+    The security policies are told the C{subscriberId}, C{subscriberCode}
+    and other query parameters of the request that opens a session; a
+    session's later requests are not asked again.  Each refusal is answered
+    Ant Media's way where it has a way, the token kept.
+    """
+
+    def setUp(self):
+        self.policy = RecordingPolicy()
+        self.extraPolicies = [self.policy]
+        super().setUp()
+
+    def asked(self):
+        r = self.policy.last
+        return (r.protocol, r.action, r.app, r.streamId, r.token, r.subscriberId,
+                r.subscriberCode, r.params)
+
+    def test_manifestQuery(self):
+        self.live()
+        token = self.mint()
+        r = self.get("s1.m3u8?a=1&token={}&subscriberId=viewer-1&subscriberCode=123456&b=%20"
+                     "&a=2&tgs=forged".format(token))
+        self.assertEqual(r[0].code, 404)  # admitted; no packager for this bare stream
+        self.assertEqual(self.asked(), ("hls", "play", "LiveApp", "s1", token, "viewer-1",
+                                        "123456", (("a", "1"), ("b", " "), ("a", "2"))))
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+
+    def test_dashQuery(self):
+        self.live()
+        token = self.mint()
+        self.get("s1/s1.mpd?token={}&subscriberId=viewer-1&subscriberCode=654321".format(token))
+        self.assertEqual(self.asked(), ("dash", "play", "LiveApp", "s1", token, "viewer-1",
+                                        "654321", ()))
+
+    def test_sessionNotAskedAgain(self):
+        self.live()
+        response = self.get("s1.m3u8?token={}&subscriberId=viewer-1&subscriberCode=123456"
+                            .format(self.mint()))
+        credential = self.credential(response)
+        self.assertEqual(len(self.policy.asked), 1)
+        self.get("s1.m3u8?tgs=" + credential)
+        self.get("s1/video/0.m4s?tgs=" + credential)
+        self.assertEqual(len(self.policy.asked), 1)
+
+    def test_absurdLengths(self):
+        self.live()
+        token = self.mint()
+        self.assertAnswer(self.get("s1.m3u8?token={}&subscriberId={}".format(token, "a" * 300)),
+                          403, "Invalid Token for streamId:s1")
+        self.assertAnswer(self.get("s1.m3u8?token={}&x={}".format(token, "v" * 9000)),
+                          403, "Invalid Token for streamId:s1")
+        self.assertAnswer(self.get("s1.m3u8?token={}&".format(token)
+                                   + "&".join("k{}=v".format(i) for i in range(33))),
+                          403, "Invalid Token for streamId:s1")
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(self.refusals("hls", "invalid"), 3)
+        self.assertTokenIntact(token)
+
+    def test_refusals(self):
+        """
+        401 C{Subscriber is blocked}, 403 C{Time Based subscriber id or code
+        is invalid}, 403 with a reason for the other policies and 503 when
+        the webhook did not answer; counted, the token kept.
+        """
+        self.live()
+        token = self.mint()
+        expected = {
+            Outcome.BLOCKED: (401, "Subscriber is blocked"),
+            Outcome.BAD_CODE: (403, "Time Based subscriber id or code is invalid"),
+            Outcome.CODE_IN_USE: (403, "Time Based subscriber id or code is invalid"),
+            Outcome.UNREGISTERED: (403, "Stream is not registered"),
+            Outcome.ADDRESS: (403, "Address is not allowed"),
+            Outcome.WEBHOOK_REFUSED: (403, "Not authorized"),
+            Outcome.WEBHOOK_UNAVAILABLE: (503, "Authorization is unavailable, try again later"),
+        }
+        self.assertEqual(set(expected), set(POLICY_OUTCOMES))
+        for outcome in POLICY_OUTCOMES:
+            self.policy.outcome = outcome
+            for path in ("s1.m3u8", "s1/s1.mpd"):
+                self.assertAnswer(self.get(path + "?token={}&subscriberId=viewer-1"
+                                           "&subscriberCode=123456".format(token)),
+                                  *expected[outcome])
+            self.assertEqual(self.refusals("hls", outcome.value), 1, outcome)
+            self.assertEqual(self.refusals("dash", outcome.value), 1, outcome)
+        self.policy.outcome = None
+        self.assertTokenIntact(token)
+
+
 class OpenApplicationTests(Harness):
     """
     Without play token control there is no session: the access service's
@@ -265,6 +358,85 @@ class OpenApplicationTests(Harness):
         # delivery, not admission: nothing refused
         self.assertEqual(self.refusals("hls", "not_live"), 0)
         self.assertEqual(self.server.gate.registry.grants("LiveApp"), [])
+
+
+class OpenApplicationPolicyTests(Harness):
+    """
+    An application without play token control but with a security policy
+    that applies to play (a TOTP code, a play webhook): the first request is
+    admitted all the same and opens a session; segments need one.  A policy
+    that applies only to publish changes nothing for HTTP play.
+    """
+
+    tokenControl = False
+
+    def setUp(self):
+        self.policy = RecordingPolicy()
+        self.extraPolicies = [self.policy]
+        super().setUp()
+
+    def test_admittedWithoutToken(self):
+        self.live()
+        response = self.get("s1.m3u8?subscriberId=viewer-1&subscriberCode=123456&x=1")
+        r = self.policy.last
+        self.assertEqual((r.protocol, r.token, r.subscriberId, r.subscriberCode, r.params),
+                         ("hls", None, "viewer-1", "123456", (("x", "1"),)))
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+        credential = self.credential(response)
+        self.get("s1/video/0.m4s?tgs=" + credential)
+        self.assertEqual(len(self.policy.asked), 1)
+
+    def test_refusedWithoutToken(self):
+        self.live()
+        self.policy.outcome = Outcome.BAD_CODE
+        self.assertAnswer(self.get("s1.m3u8?subscriberId=viewer-1&subscriberCode=000000"),
+                          403, "Time Based subscriber id or code is invalid")
+        self.policy.outcome = Outcome.BLOCKED
+        self.assertAnswer(self.get("s1/s1.mpd?subscriberId=viewer-1&subscriberCode=000000"),
+                          401, "Subscriber is blocked")
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {})
+
+    def test_segmentNeedsASession(self):
+        self.live()
+        self.assertAnswer(self.get("s1/video/0.m4s?subscriberId=viewer-1&subscriberCode=1"),
+                          403, "Invalid Token for streamId:s1")
+        self.assertEqual(self.policy.asked, [])
+
+    def test_codeContinuesItsSession(self):
+        """
+        As a token does: the subscriber id and code that opened a session
+        continue it from the same address (mpv opens a URL twice), for the
+        same stream and format; another code is admitted afresh.
+        """
+        self.live()
+
+        def sessionId(path, peer="127.0.0.1"):
+            # a client without cookies
+            self.patch(self.root._playback, "_peer", lambda request: peer)
+            credential = self.credential(self.get(path, http=StubTreq(self.root)))
+            return self.server.signer.check(credential, "LiveApp", "s1",
+                                            self.clock.seconds()).sessionId
+
+        url = "s1.m3u8?subscriberId=viewer-1&subscriberCode=123456"
+        first = sessionId(url)
+        self.assertEqual(sessionId(url), first)
+        self.assertEqual(len(self.policy.asked), 1)
+        self.assertEqual(self.server.hub.viewers("LiveApp", "s1"), {"hls": 1})
+        self.assertNotEqual(sessionId("s1.m3u8?subscriberId=viewer-1&subscriberCode=654321"),
+                            first)
+        self.assertNotEqual(sessionId("s1.m3u8?subscriberId=viewer-2&subscriberCode=123456"),
+                            first)
+        self.assertEqual(len(self.policy.asked), 3)
+        self.assertNotEqual(sessionId(url, peer="192.0.2.99"), first)
+        self.assertEqual(len(self.policy.asked), 4)
+
+    def test_publishOnlyPolicy(self):
+        self.policy.actions = frozenset({"publish"})
+        self.live()
+        r, _ = self.get("s1.m3u8?subscriberId=viewer-1&subscriberCode=123456")
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(self.server.gate.registry.grants("LiveApp", "s1"), [])
+        self.assertFalse(r.headers.getRawHeaders(b"set-cookie"))
 
 
 class OneRegistryTests(Harness):

@@ -237,28 +237,47 @@ class RestTests(RestBase):
         self.assertEqual(code, 403)
 
     async def test_appJwt(self):
+        """
+        The application's JWT filter and its address filter must both pass
+        (Ant Media's IPFilter and JWTFilter on /rest/*); the full matrix
+        is in tests.test_rest_protection.
+        """
         secret = "s" * 32
         self.server.apps.replace("LiveApp", jwtControlEnabled=True, jwtSecretKey=secret)
         remote = self.remote()
         path = "/LiveApp/rest/v2/broadcasts/s1/tokens/list/0/10"
-        code, body = await self.get(path, remote)
+        code, body = await self.get(path)
         self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
         good = pyjwt.encode({"exp": NOW + 60}, secret, algorithm="HS256")
         expired = pyjwt.encode({"exp": NOW - 1}, secret, algorithm="HS256")
         forged = pyjwt.encode({"exp": NOW + 60}, "x" * 32, algorithm="HS256")
         for token, expected in ((good, 200), ("Bearer " + good, 200), (expired, 403), (forged, 403)):
-            code, _ = await self.get(path, remote, headers={"Authorization": token})
+            code, _ = await self.get(path, headers={"Authorization": token})
             self.assertEqual(code, expected, token)
+        # a valid JWT does not open the API to an address the filter refuses
+        code, body = await self.get(path, remote, headers={"Authorization": good})
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
+        self.server.apps.replace("LiveApp", ipFilterEnabled=False)
+        code, _ = await self.get(path, remote, headers={"Authorization": good})
+        self.assertEqual(code, 200)
+        code, body = await self.get(path, remote)
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
 
     async def test_serverJwt(self):
         secret = "m" * 32
         self.server = Server.inMemory(clock=self.clock,
                                       config=ServerConfig(restJwtSecretKey=secret))
         self.resource = restAPI(self.server).resource()
+        local = StubTreq(self.resource)
         token = pyjwt.encode({"sub": "ops", "exp": NOW + 3600}, secret, algorithm="HS256")
-        code, _ = await self.get("/rest/v2/applications", self.remote(),
-                                 headers={"Authorization": "Bearer " + token})
+        bearer = {"Authorization": "Bearer " + token}
+        code, _ = await self.get("/rest/v2/applications", local, headers=bearer)
         self.assertEqual(code, 200)
+        code, body = await self.get("/rest/v2/applications", local)
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
+        # the JWT does not open the management API to other addresses
+        code, body = await self.get("/rest/v2/applications", self.remote(), headers=bearer)
+        self.assertEqual((code, body["message"]), (403, "Not allowed IP"))
 
     # --- applications and settings -------------------------------------------------------
 
@@ -301,7 +320,10 @@ class RestTests(RestBase):
             ({"publishJwtControlEnabled": True, "jwtStreamSecretKey": "short"}, "at least 32"),
             ({"jwtControlEnabled": True, "jwtSecretKey": "short"}, "at least 32"),
             ({"remoteAllowedCIDR": "nonsense"}, "not a network"),
-            ({"enableTimeTokenForPlay": True}, "not supported"),
+            ({"enableTimeTokenForPlay": True, "playTokenControlEnabled": True},
+             "TOTP cannot be combined"),
+            ({"enableTimeTokenForPublish": True, "publishJwtControlEnabled": True,
+              "jwtStreamSecretKey": KEY}, "TOTP cannot be combined"),
             ({"hashControlPlayEnabled": True}, "tokenHashSecret must be at least 16"),
             ({"hashControlPlayEnabled": True, "tokenHashSecret": "x" * 15}, "at least 16"),
             ({"hashControlPlayEnabled": True, "playTokenControlEnabled": True,
@@ -405,6 +427,31 @@ class BroadcastTests(RestBase):
         self.assertEqual(r.code, 200)
         self.assertTrue(stream.ended)
 
+    async def test_webhookSettings(self):
+        """
+        The authorization webhooks' URLs are settings with Ant Media's
+        names (default C{""}), returned by GET; one that is not an http(s)
+        URL is a 400 naming the field, not quoting the value, and changes
+        nothing.
+        """
+        path = "/rest/v2/applications/settings/LiveApp"
+        code, stored = await self.get(path)
+        self.assertEqual((stored["webhookAuthenticateURL"], stored["webhookPlayAuthUrl"]),
+                         ("", ""))
+        code, body = await self.post(path, {"webhookAuthenticateURL": "http://127.0.0.1:9/p",
+                                            "webhookPlayAuthUrl": "https://h.example/play?k=1"})
+        self.assertEqual((code, body["success"]), (200, True))
+        code, stored = await self.get(path)
+        self.assertEqual((stored["webhookAuthenticateURL"], stored["webhookPlayAuthUrl"]),
+                         ("http://127.0.0.1:9/p", "https://h.example/play?k=1"))
+        for name in ("webhookAuthenticateURL", "webhookPlayAuthUrl"):
+            code, body = await self.post(path, {name: "javascript:secret-key"})
+            self.assertEqual((code, body["success"]), (400, False), name)
+            self.assertIn(name, body["message"])
+            self.assertNotIn("secret-key", body["message"])
+        code, stored = await self.get(path)
+        self.assertEqual(stored["webhookAuthenticateURL"], "http://127.0.0.1:9/p")
+
     async def test_unenforcedSecuritySettingsRefused(self):
         """
         Ant Media's security settings that tokengate does not enforce are
@@ -414,25 +461,33 @@ class BroadcastTests(RestBase):
         object, are accepted.  Other unknown fields are kept out and named.
         """
         path = "/rest/v2/applications/settings/LiveApp"
-        for field, value in (("webhookAuthenticateURL", "http://127.0.0.1:9/hook"),
-                             ("webhookPlayAuthUrl", "http://127.0.0.1:9/hook"),
-                             ("jwksURL", "https://example.com/jwks"),
-                             ("timeTokenSecretForPublish", "x"),
-                             ("ipFilterEnabled", False)):
+        # every Ant Media security setting is enforced now: the mechanism
+        # that refuses those that are not is held to its rule with two
+        # made-up ones
+        from tokengate import apps
+
+        self.assertEqual(apps.UNENFORCED_SECURITY, {})
+        self.patch(apps, "UNENFORCED_SECURITY", {"madeUpSwitch": apps._turnsOn,
+                                                 "madeUpURL": apps._names})
+        for field, value in (("madeUpSwitch", True), ("madeUpSwitch", 1),
+                             ("madeUpURL", "http://127.0.0.1:9/hook")):
             code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
             self.assertEqual((code, body["success"]), (200, False), field)
             self.assertIn(field, body["message"])
             self.assertFalse(self.server.apps.get("LiveApp").playTokenControlEnabled, field)
-        two = await self.post(path, {"webhookAuthenticateURL": "http://x", "jwksURL": "http://y"})
+        two = await self.post(path, {"madeUpURL": "x", "madeUpSwitch": True})
         self.assertEqual(two[1]["message"], "Not supported by tokengate, so refused (nothing "
-                                            "was changed): jwksURL, webhookAuthenticateURL")
+                                            "was changed): madeUpSwitch, madeUpURL")
+        code, body = await self.post(path, {"madeUpURL": "", "madeUpSwitch": False})
+        self.assertEqual((code, body["success"]), (200, True))
         neutral = {"hashControlPublishEnabled": False, "hashControlPlayEnabled": False,
                    "tokenHashSecret": "", "acceptOnlyStreamsInDataStore": False,
                    "webhookAuthenticateURL": "", "jwksURL": "", "ipFilterEnabled": True,
-                   "allowedPublisherCIDR": None, "timeTokenPeriod": 60}
+                   "allowedPublisherCIDR": None, "timeTokenPeriod": 60,
+                   "someUnknownField": 1}
         code, body = await self.post(path, dict(neutral, playTokenControlEnabled=True))
         self.assertEqual((code, body["success"], body["message"]),
-                         (200, True, "Unknown settings ignored: timeTokenPeriod"))
+                         (200, True, "Unknown settings ignored: someUnknownField"))
         self.assertTrue(self.server.apps.get("LiveApp").playTokenControlEnabled)
         many = {"unknown{}".format(i): i for i in range(25)}
         many["bad name!"] = 1
@@ -442,4 +497,5 @@ class BroadcastTests(RestBase):
         self.assertNotIn("bad name!", body["message"])
         code, stored = await self.get(path)
         self.assertNotIn("unknown1", stored)
-        self.assertNotIn("timeTokenPeriod", stored)
+        self.assertNotIn("someUnknownField", stored)
+        self.assertEqual(stored["timeTokenPeriod"], 60)

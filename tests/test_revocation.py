@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tokengate.access.revocation import (
     MAX_EVENT_BYTES,
     SESSIONS,
+    SUBSCRIBER,
     TOKENS,
     LocalTransport,
     MalformedEvent,
@@ -39,6 +40,7 @@ class FakeGrant:
     action: str
     kind: str
     started: float
+    subscriberId: Optional[str] = None
     kicked: list[str] = field(factory=list)
 
     @property
@@ -210,6 +212,31 @@ class RevokeHereTests(SynchronousTestCase):
         self.assertEqual([r.kind for r in self.node.transport.announced], [SESSIONS])
         self.assertEqual(self.node.counted("sent"), 1)
 
+    def test_blockSubscriber(self) -> None:
+        """
+        Blocking a subscriber ends its sessions of the stream for the
+        blocked action (both when None), kicked "blocked", and announces it
+        with the subscriber and the action.
+        """
+        r = self.node.registry
+        alicePublishes = r.add("LiveApp", "s1", "publish", "none", NOW - 1, "alice")
+        alicePlays = r.add("LiveApp", "s1", "play", "none", NOW - 1, "alice")
+        aliceElsewhere = r.add("LiveApp", "s2", "play", "none", NOW - 1, "alice")
+        bob = r.add("LiveApp", "s1", "play", "none", NOW - 1, "bobby")
+        revoker = self.node.revoker
+        self.assertEqual(self.successResultOf(
+            revoker.blockSubscriber("LiveApp", "s1", "alice", "play")), 1)
+        self.assertEqual(alicePlays.kicked, ["blocked"])
+        self.assertFalse(alicePublishes.ended or aliceElsewhere.ended or bob.ended)
+        self.assertEqual(self.successResultOf(
+            revoker.blockSubscriber("LiveApp", "s1", "alice", None)), 1)
+        self.assertEqual(alicePublishes.kicked, ["blocked"])
+        self.assertFalse(aliceElsewhere.ended or bob.ended or self.freePlayer.ended)
+        self.assertEqual(self.node.transport.announced[-2:], [
+            Revocation(SUBSCRIBER, "LiveApp", "s1", NOW, revoker.nodeId, "alice", "play"),
+            Revocation(SUBSCRIBER, "LiveApp", "s1", NOW, revoker.nodeId, "alice", None)])
+        self.assertEqual(self.node.signer.revoked, [])
+
     def test_transportFails(self) -> None:
         """
         When the cluster cannot be told, this node's sessions are ended all
@@ -340,6 +367,13 @@ class CatchUpTests(SynchronousTestCase):
         self.assertTrue(oldPlayer.ended)
         self.assertFalse(newToken.ended or newPlayer.ended or elsewhere.ended)
         self.assertEqual(node.signer.revoked, [("LiveApp", "s2", NOW - 50)])
+        oldAlice = r.add("LiveApp", "s3", "play", "none", NOW - 100, "alice")
+        newAlice = r.add("LiveApp", "s3", "play", "none", NOW - 10, "alice")
+        oldBob = r.add("LiveApp", "s3", "play", "none", NOW - 100, "bobby")
+        self.assertEqual(node.revoker.catchUp([
+            Revocation(SUBSCRIBER, "LiveApp", "s3", NOW - 50, "", "alice", "play")]), 1)
+        self.assertEqual(oldAlice.kicked, ["blocked"])
+        self.assertFalse(newAlice.ended or oldBob.ended)
         # catching up again ends nothing more
         self.assertEqual(node.revoker.catchUp([
             Revocation(TOKENS, "LiveApp", "s1", NOW - 50, "")]), 0)
@@ -351,6 +385,21 @@ class ClusterInMemoryTests(SynchronousTestCase):
     """
     Events out of one node, into the others.
     """
+
+    def test_blockEverywhere(self) -> None:
+        bus = Bus()
+        clock = Clock()
+        clock.advance(NOW)
+        a = Node(bus.transport(), clock=clock)
+        b = Node(bus.transport(), clock=clock)
+        a.revoker.start()
+        b.revoker.start()
+        onB = b.registry.add("LiveApp", "s1", "publish", "none", NOW - 1, "alice")
+        other = b.registry.add("LiveApp", "s1", "play", "none", NOW - 1, "alice")
+        self.assertEqual(self.successResultOf(
+            a.revoker.blockSubscriber("LiveApp", "s1", "alice", "publish")), 0)
+        self.assertEqual((onB.kicked, other.kicked), (["blocked"], []))
+        self.assertEqual(b.counted("received"), 1)
 
     def test_twoNodes(self) -> None:
         bus = Bus()
@@ -384,6 +433,25 @@ class EventTests(SynchronousTestCase):
             {"v": 1, "kind": "tokens", "app": "A", "streamId": "s", "time": 3.0,
              "origin": "n"},
         )
+
+    def test_subscriberEvents(self) -> None:
+        """
+        A subscriber revocation carries its subscriber and action (null for
+        both); the other kinds carry neither; a bad one is malformed.
+        """
+        for action in ("publish", "play", None):
+            r = Revocation(SUBSCRIBER, "LiveApp", "s1", 3.0, "n", "al:ice", action)
+            self.assertEqual(parseEvent(encodeEvent(r)), r)
+        self.assertEqual(
+            json.loads(encodeEvent(Revocation(SUBSCRIBER, "A", "s", 3.0, "n", "alice", None))),
+            {"v": 1, "kind": "subscriber", "app": "A", "streamId": "s", "time": 3.0,
+             "origin": "n", "subscriberId": "alice", "action": None})
+        for bad in (dict(kind=SUBSCRIBER), dict(kind=SUBSCRIBER, subscriberId=""),
+                    dict(kind=SUBSCRIBER, subscriberId=3, action="play"),
+                    dict(kind=SUBSCRIBER, subscriberId="x" * 1025, action="play"),
+                    dict(kind=SUBSCRIBER, subscriberId="alice", action="publish_play")):
+            self.assertRaises(MalformedEvent, parseEvent, event(**bad))
+        self.assertIsNone(parseEvent(event(subscriberId="alice")).subscriberId)
 
     def test_tooLong(self) -> None:
         self.assertRaises(MalformedEvent, encodeEvent,

@@ -5,17 +5,28 @@ server protocol over string transports, on a fake clock.
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlencode
+
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
+from tokengate.access.names import isValidStreamId
 from tokengate.apps import Applications
 from tokengate.rtmp.core import CLIENT, AudioData, Command, RTMPConnection, VideoData
-from tokengate.rtmp.protocol import RTMPFactory, parse_stream_name
+from tokengate.rtmp.protocol import (
+    DESC_PLAY_REFUSED,
+    DESC_PUBLISH_REFUSED,
+    RTMPFactory,
+    parse_stream_name,
+)
 from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
-from tokengate.tokens import StoredToken, new_token
+from tokengate.tokens import Outcome, StoredToken, new_token
 
+from .fixtures import POLICY_OUTCOMES, RecordingPolicy
 from .helpers import NOW, clock_at
 
 AVC_HEADER = bytes([0x17, 0x00, 0, 0, 0]) + bytes.fromhex("0164001fffe1000467640000010004") + b"\x68\xee\x3c\x80"
@@ -30,17 +41,117 @@ def inter(n=0):
     return bytes([0x27, 0x01, 0, 0, 0]) + bytes([n]) * 100
 
 
+def parsed(name, appPath=""):
+    """
+    (stream id, token, subscriber id, code, params) of an RTMP stream name.
+    """
+    r = parse_stream_name(name, appPath)
+    return r.streamId, r.token, r.subscriberId, r.subscriberCode, r.params
+
+
 class ParseTests(SynchronousTestCase):
     def test_forms(self):
-        self.assertEqual(parse_stream_name("s1?token=123"), ("s1", "123"))
-        self.assertEqual(parse_stream_name("s1?foo&token=1%2B2&x=y"), ("s1", "1+2"))
-        self.assertEqual(parse_stream_name("s1/123"), ("s1", "123"))
-        self.assertEqual(parse_stream_name("s1%2F123"), ("s1", "123"))
-        self.assertEqual(parse_stream_name("123", appPath="s1"), ("s1", "123"))
-        self.assertEqual(parse_stream_name("s1"), ("s1", None))
-        self.assertEqual(parse_stream_name("s1?token="), ("s1", None))
-        self.assertEqual(parse_stream_name("mp4:s1.flv?token=9"), ("s1", "9"))
-        self.assertEqual(parse_stream_name(""), ("", None))
+        self.assertEqual(parsed("s1?token=123"), ("s1", "123", None, None, ()))
+        self.assertEqual(parsed("s1?foo&token=1%2B2&x=y"),
+                         ("s1", "1+2", None, None, (("foo", ""), ("x", "y"))))
+        self.assertEqual(parsed("s1/123"), ("s1", "123", None, None, ()))
+        self.assertEqual(parsed("s1%2F123"), ("s1", "123", None, None, ()))
+        self.assertEqual(parsed("123", appPath="s1"), ("s1", "123", None, None, ()))
+        self.assertEqual(parsed("s1"), ("s1", None, None, None, ()))
+        self.assertEqual(parsed("s1?token="), ("s1", None, None, None, ()))
+        self.assertEqual(parsed("mp4:s1.flv?token=9"), ("s1", "9", None, None, ()))
+        self.assertEqual(parsed(""), ("", None, None, None, ()))
+
+    def test_subscriberQuery(self):
+        """
+        Ant Media's query form: token, subscriberId and subscriberCode have
+        their fields (the first of a repeated key wins), the other pairs are
+        the params, in order.
+        """
+        self.assertEqual(
+            parsed("s1?token=T&subscriberId=sub-1&subscriberCode=123456&a=1&b=2"),
+            ("s1", "T", "sub-1", "123456", (("a", "1"), ("b", "2"))))
+        self.assertEqual(parsed("s1?subscriberCode=1&subscriberId=x&subscriberId=y"),
+                         ("s1", None, "x", "1", ()))
+        self.assertEqual(parsed("s1?subscriberId=&subscriberCode="), ("s1", None, None, None, ()))
+        self.assertEqual(parsed("s1?subscriberId=a%40b.c"), ("s1", None, "a@b.c", None, ()))
+
+    def test_subscriberPath(self):
+        """
+        Ant Media's path form C{stream/token/subscriberId/subscriberCode},
+        with C{/} or C{%2F}, and as ffmpeg folds it into the application.
+        """
+        whole = ("s1", "T", "sub-1", "123456", ())
+        self.assertEqual(parsed("s1/T/sub-1/123456"), whole)
+        self.assertEqual(parsed("s1%2FT%2Fsub-1%2F123456"), whole)
+        self.assertEqual(parsed("123456", appPath="s1/T/sub-1"), whole)
+        self.assertEqual(parsed("sub-1/123456", appPath="s1/T"), whole)
+        self.assertEqual(parsed("s1/T/sub-1"), ("s1", "T", "sub-1", None, ()))
+        # the query wins over the path
+        self.assertEqual(parsed("s1/T/sub-1/123456?subscriberCode=654321"),
+                         ("s1", "T", "sub-1", "654321", ()))
+
+    def test_ffmpegFolding(self):
+        """
+        What ffmpeg really sends for C{rtmp://host/LiveApp/s1/T/sub-1/123456}:
+        the app C{LiveApp/s1} (its first two path segments) and the name
+        C{T/sub-1/123456}.
+        """
+        self.assertEqual(parsed("T/sub-1/123456", appPath="s1"),
+                         ("s1", "T", "sub-1", "123456", ()))
+
+    @given(streamId=st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,20}", fullmatch=True),
+           token=st.text(st.characters(codec="utf-8", exclude_characters="/%"), min_size=1,
+                         max_size=40),
+           subscriberId=st.from_regex(r"[A-Za-z0-9_.@-]{4,30}", fullmatch=True),
+           code=st.from_regex(r"[0-9]{6}", fullmatch=True),
+           split=st.integers(0, 3))
+    def test_formsAgree(self, streamId, token, subscriberId, code, split):
+        """
+        The query form, the path form and the path folded into the
+        application at any segment say the same.
+        """
+        if streamId.endswith(".flv"):
+            streamId += "x"
+        expected = (streamId, token, subscriberId, code, ())
+        query = "{}?{}".format(streamId, urlencode(
+            [("token", token), ("subscriberId", subscriberId), ("subscriberCode", code)]))
+        self.assertEqual(parsed(query), expected)
+        segments = [streamId, quote(token, safe=""), subscriberId, code]
+        self.assertEqual(parsed("/".join(segments)), expected)
+        if split:
+            self.assertEqual(parsed("/".join(segments[split:]), "/".join(segments[:split])),
+                             expected)
+
+    @given(st.text(max_size=300), st.text(max_size=40))
+    def test_anyName(self, name, appPath):
+        """
+        Any name parses (the grammar and the bounds are the access
+        service's); empty values are absent ones.
+        """
+        r = parse_stream_name(name, appPath)
+        self.assertNotIn("", (r.token, r.subscriberId, r.subscriberCode))
+
+    def test_tooManySegments(self):
+        """
+        A path of more than four segments is not understood: its stream id
+        is the whole path, outside the grammar.
+        """
+        streamId = parsed("s1/T/sub-1/123456/more")[0]
+        self.assertEqual(streamId, "s1/T/sub-1/123456/more")
+        self.assertFalse(isValidStreamId(streamId))
+
+    def test_paramsInOrder(self):
+        """
+        Every other pair, in order (the access service bounds them).
+        """
+        params = parsed("s1?" + "&".join("k{}=v".format(i) for i in range(100)))[4]
+        self.assertEqual(params, tuple(("k{}".format(i), "v") for i in range(100)))
+
+    def test_secretsNotInRepr(self):
+        r = parse_stream_name("s1?token=SECRETTOKEN&subscriberId=sub-1&subscriberCode=123456")
+        self.assertNotIn("SECRETTOKEN", repr(r))
+        self.assertNotIn("123456", repr(r))
 
 
 class Peer:
@@ -320,3 +431,147 @@ class ProtocolTests(SynchronousTestCase):
             action = "play" if outcome == "not_live" else "publish"
             self.assertEqual(self.server.metrics.refusals.labels("rtmp", action, outcome)
                              ._value.get(), 1)
+
+
+class PolicyPlumbingTests(SynchronousTestCase):
+    """
+    The security policies are told what an RTMP client sent (token,
+    subscriber id and code, the query's other pairs, in both of Ant Media's
+    forms), and each refusal is answered Ant Media's way, the token kept.
+    """
+
+    def setUp(self):
+        self.clock = clock_at()
+        self.policy = RecordingPolicy()
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=self.clock,
+                             extraPolicies=[self.policy])
+        self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
+                                 playTokenControlEnabled=True, rtmpPlaybackEnabled=True)
+        self.factory = RTMPFactory(self.server.access, self.server.clock, self.server.metrics)
+
+    mint = ProtocolTests.mint
+
+    def asked(self):
+        r = self.policy.last
+        return (r.protocol, r.action, r.app, r.streamId, r.token, r.subscriberId,
+                r.subscriberCode, r.params)
+
+    def play(self, name, host="192.0.2.20"):
+        player = Peer(self, host)
+        player.connect()
+        player.command("play", 3, None, name, stream_id=1)
+        return player
+
+    def test_queryForm(self):
+        token = self.mint()
+        peer = Peer(self)
+        peer.publish("s1?token={}&subscriberId=sub-1&subscriberCode=123456&a=1&b=%20".format(
+            token))
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Publish.Start")
+        self.assertEqual(self.asked(), ("rtmp", "publish", "LiveApp", "s1", token, "sub-1",
+                                        "123456", (("a", "1"), ("b", " "))))
+
+    def test_pathForm(self):
+        token = self.mint()
+        peer = Peer(self)
+        peer.publish("s1/{}/sub-1/123456".format(token))
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Publish.Start")
+        self.assertEqual(self.asked(), ("rtmp", "publish", "LiveApp", "s1", token, "sub-1",
+                                        "123456", ()))
+
+    def test_pathFoldedIntoTheApplication(self):
+        """
+        ffmpeg sends C{rtmp://host/LiveApp/s1/T/sub-1/123456} as the app
+        C{LiveApp/s1/T/sub-1} and the name C{123456}.
+        """
+        token = self.mint()
+        peer = Peer(self)
+        peer.command("connect", 1, {"app": "LiveApp/s1/{}/sub-1".format(token)})
+        peer.command("createStream", 2, None)
+        peer.command("publish", 3, None, "123456", "live", stream_id=1)
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Publish.Start")
+        self.assertEqual(self.asked(), ("rtmp", "publish", "LiveApp", "s1", token, "sub-1",
+                                        "123456", ()))
+
+    def test_playForms(self):
+        Peer(self).publish("s1?token=" + self.mint())
+        token = self.mint(type="play")
+        player = self.play("s1?token={}&subscriberId=viewer-1&subscriberCode=654321&x=y".format(
+            token))
+        self.assertIn("NetStream.Play.Start", [s["code"] for s in player.statuses()])
+        self.assertEqual(self.asked(), ("rtmp", "play", "LiveApp", "s1", token, "viewer-1",
+                                        "654321", (("x", "y"),)))
+        token = self.mint(type="play")
+        player = self.play("s1/{}/viewer-2/111111".format(token), "192.0.2.21")
+        self.assertIn("NetStream.Play.Start", [s["code"] for s in player.statuses()])
+        self.assertEqual(self.asked()[4:7], (token, "viewer-2", "111111"))
+
+    def test_absurdLengthsInvalid(self):
+        """
+        A subscriber id or code far longer than any is refused as invalid
+        before any policy or token is asked, the token kept.
+        """
+        token = self.mint()
+        for name in ("s1?token={}&subscriberId=" + "a" * 300,
+                     "s1?token={}&subscriberCode=" + "1" * 100,
+                     "s1/{}/sub-1/" + "1" * 100):
+            peer = Peer(self)
+            peer.publish(name.format(token))
+            status = peer.statuses()[-1]
+            self.assertEqual((status["code"], status["description"]),
+                             ("NetStream.Publish.BadName", DESC_PUBLISH_REFUSED))
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(self.server.metrics.refusals.labels("rtmp", "publish", "invalid")
+                         ._value.get(), 3)
+        peer = Peer(self)
+        peer.publish("s1?token=" + token)
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Publish.Start")
+
+    def test_publishRefusals(self):
+        """
+        A blocked subscriber is told so (C{NetStream.Failed}, Ant Media's
+        text); every other policy refusal is Ant Media's security refusal;
+        each keeps the token, is counted, and closes the connection.
+        """
+        token = self.mint()
+        for outcome in POLICY_OUTCOMES:
+            self.policy.outcome = outcome
+            peer = Peer(self)
+            peer.publish("s1?token={}&subscriberId=sub-1&subscriberCode=123456".format(token))
+            status = peer.statuses()[-1]
+            if outcome is Outcome.BLOCKED:
+                expected = ("error", "NetStream.Failed", "Subscriber sub-1 is blocked to publish "
+                            "stream.")
+            else:
+                expected = ("error", "NetStream.Publish.BadName", DESC_PUBLISH_REFUSED)
+            self.assertEqual((status["level"], status["code"], status["description"]), expected,
+                             outcome)
+            self.assertEqual(status["details"], "s1")
+            self.assertEqual(self.server.metrics.refusals.labels("rtmp", "publish", outcome.value)
+                             ._value.get(), 1, outcome)
+            self.clock.advance(0.2)
+            self.assertFalse(peer.transport.connected, outcome)
+        self.policy.outcome = None
+        peer = Peer(self)
+        peer.publish("s1?token=" + token)
+        self.assertEqual(peer.statuses()[-1]["code"], "NetStream.Publish.Start")
+
+    def test_playRefusals(self):
+        Peer(self).publish("s1?token=" + self.mint())
+        token = self.mint(type="play")
+        for outcome in POLICY_OUTCOMES:
+            self.policy.outcome = outcome
+            player = self.play("s1/{}/viewer-1/123456".format(token))
+            status = player.statuses()[-1]
+            if outcome is Outcome.BLOCKED:
+                expected = ("error", "NetStream.Failed", "Subscriber viewer-1 is blocked to play "
+                            "stream.")
+            else:
+                expected = ("error", "NetStream.Publish.BadName", DESC_PLAY_REFUSED)
+            self.assertEqual((status["level"], status["code"], status["description"]), expected,
+                             outcome)
+            self.assertEqual(self.server.metrics.refusals.labels("rtmp", "play", outcome.value)
+                             ._value.get(), 1, outcome)
+        self.policy.outcome = None
+        player = self.play("s1?token=" + token)
+        self.assertIn("NetStream.Play.Start", [s["code"] for s in player.statuses()])

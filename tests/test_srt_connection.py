@@ -66,7 +66,19 @@ class StreamIdTests(SynchronousTestCase):
     def test_referenceExtras(self):
         r = parse_stream_id("LiveApp/s1,token=T,subscriberId=sub,subscriberCode=123456")
         self.assertEqual((r.app, r.stream_id, r.token, r.mode), ("LiveApp", "s1", "T", "publish"))
-        self.assertEqual(r.extra, {"subscriberId": "sub", "subscriberCode": "123456"})
+        self.assertEqual((r.subscriberId, r.subscriberCode, r.extra), ("sub", "123456", {}))
+        r = parse_stream_id("LiveApp/s1,subscriberCode=123456,x=1,subscriberId=sub,y=2")
+        self.assertEqual((r.token, r.subscriberId, r.subscriberCode, list(r.extra.items())),
+                         (None, "sub", "123456", [("x", "1"), ("y", "2")]))
+        r = parse_stream_id("#!::r=LiveApp/s1,m=publish,subscriberId=sub,subscriberCode=654321")
+        self.assertEqual((r.subscriberId, r.subscriberCode), ("sub", "654321"))
+        r = parse_stream_id("LiveApp/s1,subscriberId=,subscriberCode=")
+        self.assertEqual((r.subscriberId, r.subscriberCode), (None, None))
+
+    def test_tokenAndCodeNotInRepr(self):
+        r = parse_stream_id("LiveApp/s1,token=SECRETTOKEN,subscriberId=sub,subscriberCode=123456")
+        self.assertNotIn("SECRETTOKEN", repr(r))
+        self.assertNotIn("123456", repr(r))
 
     def test_noToken(self):
         self.assertEqual(parse_stream_id("App/s1").token, None)
@@ -80,7 +92,7 @@ class StreamIdTests(SynchronousTestCase):
     def test_percentDecoding(self):
         # ffmpeg passes streamid through undecoded (protocol-facts 2)
         r = parse_stream_id("App/s%2D1,token=a%2Fb%2C%3Dc,subscriberId=x%40y")
-        self.assertEqual((r.stream_id, r.token, r.extra["subscriberId"]), ("s-1", "a/b,=c", "x@y"))
+        self.assertEqual((r.stream_id, r.token, r.subscriberId), ("s-1", "a/b,=c", "x@y"))
 
     def test_accessControl(self):
         self.assertEqual(

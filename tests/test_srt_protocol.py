@@ -15,19 +15,22 @@ from tokengate.srt.errors import (
     REJX_BAD_REQUEST,
     REJX_CONFLICT,
     REJX_DOWN,
+    REJX_FORBIDDEN,
     REJX_NOTFOUND,
     REJX_UNAUTHORIZED,
 )
 from tokengate.srt.protocol import rejectCode
 from tokengate.tokens import Outcome
 
+from .fixtures import POLICY_OUTCOMES, RecordingPolicy
 from .test_hostile_srt import ListenerHarness
 
 
 class RejectCodeTests(SynchronousTestCase):
     def test_everyOutcome(self) -> None:
         """
-        Every refusal has its reject code; a token refused is 1401.
+        Every refusal has its reject code; a token refused (and a subscriber
+        code missing or wrong) is 1401.
         """
         expected = {
             Outcome.NO_APP: REJX_NOTFOUND,
@@ -36,6 +39,12 @@ class RejectCodeTests(SynchronousTestCase):
             Outcome.UNAVAILABLE: REJX_DOWN,
             Outcome.INVALID: REJX_BAD_REQUEST,
             Outcome.DISABLED: REJX_BAD_MODE,
+            Outcome.BLOCKED: REJX_FORBIDDEN,
+            Outcome.CODE_IN_USE: REJX_CONFLICT,
+            Outcome.UNREGISTERED: REJX_NOTFOUND,
+            Outcome.ADDRESS: REJX_FORBIDDEN,
+            Outcome.WEBHOOK_REFUSED: REJX_FORBIDDEN,
+            Outcome.WEBHOOK_UNAVAILABLE: REJX_DOWN,
         }
         for outcome in Outcome:
             if outcome is Outcome.GRANTED:
@@ -167,3 +176,78 @@ class PublicationTests(ListenerHarness, SynchronousTestCase):
         self.assertTrue(session.ended)
         self.assertFalse(self.server.hub.isTaken("LiveApp", "s1"))
         self.assertIsNone(self.server.hub.record("LiveApp", "s1"))
+
+
+class PolicyPlumbingTests(ListenerHarness, SynchronousTestCase):
+    """
+    The security policies are told what the caller's stream id carries
+    (token, subscriber id and code, its other keys), in both forms; each
+    refusal is its reject code, the token kept.
+    """
+
+    def setUp(self) -> None:
+        self.policy = RecordingPolicy()
+        self.extraPolicies = [self.policy]
+        super().setUp()
+
+    def asked(self) -> tuple:
+        r = self.policy.last
+        return (r.protocol, r.action, r.app, r.streamId, r.token, r.subscriberId,
+                r.subscriberCode, r.params)
+
+    def test_referenceForm(self) -> None:
+        token = self.mint()
+        c = self.caller()
+        c.call("LiveApp/s1,token={},subscriberId=sub-1,subscriberCode=123456,x=a%2Cb".format(
+            token))
+        self.assertEqual(c.answer()[0], "agreed")
+        self.assertEqual(self.asked(), ("srt", "publish", "LiveApp", "s1", token, "sub-1",
+                                        "123456", (("x", "a,b"),)))
+
+    def test_accessControlForm(self) -> None:
+        token = self.mint()
+        c = self.caller()
+        c.call("#!::r=LiveApp/s1,m=publish,t={},subscriberId=sub-1,subscriberCode=123456,"
+               "s=sess".format(token))
+        self.assertEqual(c.answer()[0], "agreed")
+        self.assertEqual(self.asked(), ("srt", "publish", "LiveApp", "s1", token, "sub-1",
+                                        "123456", (("s", "sess"),)))
+
+    def test_withoutSubscriber(self) -> None:
+        token = self.mint()
+        c = self.caller()
+        c.call("LiveApp/s1,token=" + token)
+        self.assertEqual(c.answer()[0], "agreed")
+        self.assertEqual(self.asked()[4:], (token, None, None, ()))
+
+    def test_absurdLengthsInvalid(self) -> None:
+        token = self.mint()
+        c = self.caller()
+        c.call("LiveApp/s1,token={},subscriberCode={}".format(token, "1" * 100))
+        self.assertEqual(c.answer(), ("rejected", REJX_BAD_REQUEST))
+        c = self.caller()
+        c.call("LiveApp/s1,token={},".format(token) + ",".join("k{}=v".format(i)
+                                                                for i in range(33)))
+        self.assertEqual(c.answer(), ("rejected", REJX_BAD_REQUEST))
+        self.assertEqual(self.policy.asked, [])
+        self.assertTrue(self.unspent(token))
+        self.assertEqual(self.refusals("invalid"), 2)
+
+    def test_refusals(self) -> None:
+        token = self.mint()
+        for outcome in POLICY_OUTCOMES:
+            self.policy.outcome = outcome
+            c = self.caller()
+            c.call("LiveApp/s1,token={},subscriberId=sub-1,subscriberCode=123456".format(token))
+            self.assertEqual(c.answer(), ("rejected", rejectCode(outcome)), outcome)
+            self.assertEqual(self.refusals(outcome.value), 1, outcome)
+            self.assertTrue(self.unspent(token), outcome)
+            self.assertFalse(self.server.hub.isTaken("LiveApp", "s1"), outcome)
+        self.assertEqual([rejectCode(o) for o in POLICY_OUTCOMES],
+                         [REJX_FORBIDDEN, REJX_UNAUTHORIZED, REJX_CONFLICT, REJX_NOTFOUND,
+                          REJX_FORBIDDEN, REJX_FORBIDDEN, REJX_DOWN])
+        self.policy.outcome = None
+        c = self.caller()
+        c.call("LiveApp/s1,token=" + token)
+        self.assertEqual(c.answer()[0], "agreed")
+        self.assertFalse(self.unspent(token))

@@ -74,6 +74,19 @@ class OptionsTests(TestCase):
             svc = makeService(o, MemoryReactorClock())
             self.assertEqual(svc.server.config.webrtcTranscodes, expected)
 
+    def test_webhookTimeout(self):
+        """
+        --webhook-timeout (1 to 60 s, default 3) reaches the webhooks'
+        outgoing client.
+        """
+        for bad in ("0", "0.5", "61", "x"):
+            self.assertRaises(usage.UsageError, self.parse, "--webhook-timeout", bad)
+        for argv, expected in ((["--webhook-timeout", "7.5"], 7.5), ([], 3.0)):
+            o = Options()
+            o.parseOptions(["--data-dir", self.mktemp(), "--store", "memory"] + argv)
+            svc = makeService(o, MemoryReactorClock())
+            self.assertEqual(svc.server.config.webhookTimeout, expected)
+
     def test_sessionReuseWindowDeprecated(self):
         """
         --session-reuse-window is still accepted (command line and config

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -26,6 +26,8 @@ from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import PLAY, PUBLISH, Outcome, StoredToken, digest, new_token
 from tokengate.server import buildSite
 from tokengate.webrtc import signalling
+
+from tests.fixtures import POLICY_OUTCOMES, RecordingPolicy
 
 
 class FakePeer:
@@ -121,8 +123,12 @@ class SignallingBase(TestCase):
 
     timeout = 30
 
+    #: security policies the server asks besides its own
+    extraPolicies: Sequence[Any] = ()
+
     def setUp(self) -> None:
-        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor)
+        self.server = Server(apps=Applications(None), store=MemoryTokenStore(), clock=reactor,
+                             extraPolicies=self.extraPolicies)
         self.server.apps.replace("LiveApp", publishTokenControlEnabled=True,
                                  playTokenControlEnabled=True)
         self.site = buildSite(self.server)
@@ -161,6 +167,103 @@ class SignallingBase(TestCase):
         self.assertEqual((m["type"], m["sdp"]), ("answer", "fake-answer to o"))
         await c.expect(command="notification", definition="publish_started", streamId=streamId)
 
+
+class PolicyPlumbing(SignallingBase):
+    """
+    The security policies are told the C{subscriberId} and
+    C{subscriberCode} of a C{publish} or C{play} (as Ant Media's JavaScript
+    SDK sends them), and each refusal is Ant Media's error, the token kept
+    and the socket usable.
+    """
+
+    def setUp(self) -> None:
+        self.policy = RecordingPolicy()
+        self.extraPolicies = [self.policy]
+        super().setUp()
+
+    def asked(self) -> tuple:
+        r = self.policy.last
+        return (r.protocol, r.action, r.app, r.streamId, r.token, r.subscriberId,
+                r.subscriberCode, r.params)
+
+    async def test_publishFields(self) -> None:
+        c = await self.ws()
+        token = self.mint()
+        c.send(command="publish", streamId="s1", token=token, subscriberId="sub-1",
+               subscriberCode="123456", streamName="ignored", mainTrack="", metaData="")
+        await c.expect(command="start", streamId="s1")
+        self.assertEqual(self.asked(), ("webrtc", "publish", "LiveApp", "s1", token, "sub-1",
+                                        "123456", ()))
+
+    async def test_playFields(self) -> None:
+        await self.publish(await self.ws())
+        c = await self.ws()
+        token = self.mint("s1", "play")
+        c.send(command="play", streamId="s1", token=token, subscriberId="viewer-1",
+               subscriberCode="654321", room="", trackList=[])
+        await c.expect(command="takeConfiguration", streamId="s1")
+        self.assertEqual(self.asked(), ("webrtc", "play", "LiveApp", "s1", token, "viewer-1",
+                                        "654321", ()))
+
+    async def test_absentOrNotStrings(self) -> None:
+        """
+        What the SDK sends when there is no subscriber (C{""}, or nothing),
+        and values that are not strings, reach the policy as None.
+        """
+        c = await self.ws()
+        for fields in ({"subscriberId": "", "subscriberCode": ""}, {},
+                       {"subscriberId": 12, "subscriberCode": 123456},
+                       {"subscriberId": None, "subscriberCode": ["1"]}):
+            self.policy.outcome = Outcome.BAD_CODE
+            c.send(command="publish", streamId="s1", token="x", **fields)
+            await c.expect(command="error", definition="unauthorized_access", streamId="s1")
+            self.assertEqual(self.asked()[5:7], (None, None), fields)
+
+    async def test_absurdLengths(self) -> None:
+        c = await self.ws()
+        token = self.mint()
+        c.send(command="publish", streamId="s1", token=token, subscriberId="a" * 300)
+        await c.expect(command="error", definition="unauthorized_access", streamId="s1")
+        self.assertEqual(self.policy.asked, [])
+        self.assertEqual(self.server.metrics.refusals.labels("webrtc", "publish", "invalid")
+                         ._value.get(), 1)
+        c.send(command="publish", streamId="s1", token=token)
+        await c.expect(command="start", streamId="s1")
+
+    async def test_refusals(self) -> None:
+        """
+        Each policy outcome on publish and play: C{user_blocked},
+        C{not_allowed_unregistered_streams}, else C{unauthorized_access};
+        counted; both tokens kept.
+        """
+        c = await self.ws()
+        publishToken, playToken = self.mint(), self.mint("s1", "play")
+        for outcome in POLICY_OUTCOMES:
+            self.policy.outcome = outcome
+            definition = {Outcome.BLOCKED: "user_blocked",
+                          Outcome.UNREGISTERED: "not_allowed_unregistered_streams"}.get(
+                              outcome, "unauthorized_access")
+            c.send(command="publish", streamId="s1", token=publishToken,
+                   subscriberId="sub-1", subscriberCode="123456")
+            m = await c.expect(command="error", streamId="s1")
+            self.assertEqual(m, {"command": "error", "definition": definition,
+                                 "streamId": "s1"}, outcome)
+            self.assertEqual(self.server.metrics.refusals.labels(
+                "webrtc", "publish", outcome.value)._value.get(), 1, outcome)
+        self.policy.outcome = None
+        c.send(command="publish", streamId="s1", token=publishToken)
+        await c.expect(command="start", streamId="s1")
+        c.send(command="takeConfiguration", streamId="s1", type="offer", sdp="o")
+        await c.expect(command="notification", definition="publish_started", streamId="s1")
+        p = await self.ws()
+        for outcome in POLICY_OUTCOMES:
+            self.policy.outcome = outcome
+            p.send(command="play", streamId="s1", token=playToken)
+            m = await p.expect(command="error", streamId="s1")
+            self.assertEqual(m, signalling.refusalMessage(outcome, PLAY, "s1"), outcome)
+        self.policy.outcome = None
+        p.send(command="play", streamId="s1", token=playToken)
+        await p.expect(command="takeConfiguration", streamId="s1")
 
 
 class Signalling(SignallingBase):
@@ -452,6 +555,10 @@ class RefusalMessages(SynchronousTestCase):
                     expected = dict(tokenRefusal, definition="streamIdInUse")
                 elif outcome is Outcome.UNAVAILABLE:
                     expected = dict(tokenRefusal, definition="data_store_not_available")
+                elif outcome is Outcome.BLOCKED:
+                    expected = dict(tokenRefusal, definition="user_blocked")
+                elif outcome is Outcome.UNREGISTERED:
+                    expected = dict(tokenRefusal, definition="not_allowed_unregistered_streams")
                 elif outcome is Outcome.NOT_LIVE:
                     expected = dict(tokenRefusal, definition="no_stream_exist", error_code="404",
                                     information="stream_not_exist_or_not_streaming")

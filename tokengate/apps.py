@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 from attrs import asdict, define, evolve
 
 from tokengate.access.names import isValidAppName
+from tokengate.access.totp import DEFAULT_PERIOD, MAX_PERIOD, MIN_PERIOD
 from tokengate.jsonvalue import (
     JSONError,
     boolValue,
@@ -33,6 +34,7 @@ from tokengate.jsonvalue import (
     intValue,
     requireObject,
     stringValue,
+    urlValue,
 )
 from tokengate.logsafe import Logger
 
@@ -91,6 +93,22 @@ class TextField:
 
 
 @define(frozen=True)
+class URLField:
+    """
+    An C{http} or C{https} URL that tokengate will call
+    (L{tokengate.jsonvalue.urlValue}), or C{""} for none.  Not repairable.
+    """
+
+    def check(self, value: object, name: str) -> str:
+        if value == "":
+            return ""
+        return urlValue(value, name)
+
+    def repair(self, value: object, name: str) -> Optional[object]:
+        return None
+
+
+@define(frozen=True)
 class DecimalField:
     """
     An integer in [C{low}, C{high}] that the reference server keeps as a
@@ -118,10 +136,31 @@ class DecimalField:
         return self.default
 
 
+@define(frozen=True)
+class IntField:
+    """
+    A JSON integer in [C{low}, C{high}], kept as an integer (the reference
+    server's C{int} settings).  A stored value out of range is clamped into
+    it; one that is not an integer takes C{default}.
+    """
+
+    low: int
+    high: int
+    default: int
+
+    def check(self, value: object, name: str) -> int:
+        return intValue(value, name, self.low, self.high)
+
+    def repair(self, value: object, name: str) -> Optional[object]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return min(max(value, self.low), self.high)
+        return self.default
+
+
 #: The type and range of every settings field: the one place they are
 #: checked, for a POST (L{AppSettings.fromJSON}), for any change
 #: (L{AppSettings.validate}) and for what was stored (L{AppSettings.fromStored}).
-SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
+SETTINGS_FIELDS: dict[str, "BoolField | TextField | URLField | DecimalField | IntField"] = {
     "publishTokenControlEnabled": BoolField(),
     "playTokenControlEnabled": BoolField(),
     "publishJwtControlEnabled": BoolField(),
@@ -129,12 +168,20 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | DecimalField"] = {
     "jwtStreamSecretKey": TextField(MAX_KEY_LENGTH),
     "enableTimeTokenForPublish": BoolField(),
     "enableTimeTokenForPlay": BoolField(),
+    "timeTokenSecretForPublish": TextField(MAX_KEY_LENGTH),
+    "timeTokenSecretForPlay": TextField(MAX_KEY_LENGTH),
+    # seconds; Ant Media takes any int, tokengate the bounds of its TOTP
+    "timeTokenPeriod": IntField(MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD),
     "hashControlPublishEnabled": BoolField(),
     "hashControlPlayEnabled": BoolField(),
     "tokenHashSecret": TextField(MAX_KEY_LENGTH),
+    "webhookAuthenticateURL": URLField(),
+    "webhookPlayAuthUrl": URLField(),
+    "ipFilterEnabled": BoolField(),
     "remoteAllowedCIDR": TextField(MAX_CIDR_TEXT),
     "jwtControlEnabled": BoolField(),
     "jwtSecretKey": TextField(MAX_KEY_LENGTH),
+    "jwksURL": URLField(),
     "hlsMuxingEnabled": BoolField(),
     "dashMuxingEnabled": BoolField(),
     "mp4MuxingEnabled": BoolField(),
@@ -168,27 +215,12 @@ def _names(value: object) -> bool:
     return value != ""
 
 
-def _turnsOff(value: object) -> bool:
-    """
-    Whether a POSTed C{ipFilterEnabled} asks to turn the REST address
-    filter off (anything but C{true}: tokengate always applies it).
-    """
-    return value is not True
-
-
 #: Ant Media's stream-security settings that tokengate does not enforce: a
 #: POST whose value would change what is admitted is refused, naming the
 #: fields (a setting accepted and not enforced would fail open); their
-#: neutral values (C{false}, C{""}; C{true} for C{ipFilterEnabled}), as
-#: Ant Media's own clients send them in a whole settings object, are
-#: accepted.
+#: neutral values (C{false}, C{""}), as Ant Media's own clients send them
+#: in a whole settings object, are accepted.
 UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
-    "timeTokenSecretForPublish": _names,
-    "timeTokenSecretForPlay": _names,
-    "webhookAuthenticateURL": _names,
-    "webhookPlayAuthUrl": _names,
-    "jwksURL": _names,
-    "ipFilterEnabled": _turnsOff,
 }
 
 #: unknown fields named in a settings answer, at most
@@ -237,17 +269,30 @@ class AppSettings:
     publishJwtControlEnabled: bool = False
     playJwtControlEnabled: bool = False
     jwtStreamSecretKey: str = ""
-    # TOTP subscriber codes: not implemented; refused when enabled
+    # TOTP subscriber codes (tokengate.access.subscriberpolicy): with a
+    # token kind of the same direction, both must pass (hash only: Ant
+    # Media refuses TOTP with one-time or JWT tokens)
     enableTimeTokenForPublish: bool = False
     enableTimeTokenForPlay: bool = False
+    timeTokenSecretForPublish: str = ""
+    timeTokenSecretForPlay: str = ""
+    timeTokenPeriod: int = DEFAULT_PERIOD
     # hash tokens: sha256 hex of streamId + role + tokenHashSecret (reusable)
     hashControlPublishEnabled: bool = False
     hashControlPlayEnabled: bool = False
     tokenHashSecret: str = ""
-    # protection of this application's REST API
+    # authorization webhooks (tokengate.access.webhookpolicy): "" is off,
+    # else an http(s) URL POSTed before each publish / play; 200 admits
+    webhookAuthenticateURL: str = ""
+    webhookPlayAuthUrl: str = ""
+    # protection of this application's REST API: each filter that is on
+    # must pass (the address filter AND the JWT filter); one must be on
+    ipFilterEnabled: bool = True
     remoteAllowedCIDR: str = "127.0.0.1"
     jwtControlEnabled: bool = False
     jwtSecretKey: str = ""
+    # RS256 keys of the JWTs (REST and stream) instead of the HS256 secrets
+    jwksURL: str = ""
     # media
     hlsMuxingEnabled: bool = True
     dashMuxingEnabled: bool = False
@@ -347,21 +392,22 @@ class AppSettings:
                 self.hashControlPlayEnabled,
             ),
         ):
-            if onetime + jwt_ + totp + hash_ > 1:
+            if onetime + jwt_ + hash_ > 1:
                 raise SettingsError(
                     "Only one token type can be enabled for {}: one-time token, "
-                    "JWT, TOTP or hash".format(direction)
+                    "JWT or hash".format(direction)
                 )
-            if totp:
+            if totp and (onetime or jwt_):
+                # Ant Media's rule (isTokenSecuritySettingsValid): TOTP
+                # counts as a token type beside one-time and JWT, not hash
                 raise SettingsError(
-                    "Time-based (TOTP) tokens are not supported by tokengate; "
-                    "use one-time tokens or JWT"
+                    "Only one token type can be enabled for {}: TOTP cannot be combined "
+                    "with one-time or JWT tokens (it can with hash tokens)".format(direction)
                 )
-        if (self.publishJwtControlEnabled or self.playJwtControlEnabled) and len(
-            self.jwtStreamSecretKey
-        ) < MIN_JWT_KEY_LENGTH:
+        if (self.publishJwtControlEnabled or self.playJwtControlEnabled) and not self.jwksURL \
+                and len(self.jwtStreamSecretKey) < MIN_JWT_KEY_LENGTH:
             raise SettingsError(
-                "jwtStreamSecretKey must be at least {} characters".format(
+                "jwtStreamSecretKey must be at least {} characters (or set jwksURL)".format(
                     MIN_JWT_KEY_LENGTH
                 )
             )
@@ -372,10 +418,17 @@ class AppSettings:
                 "tokenHashSecret must be at least {} characters to enable hash "
                 "tokens".format(MIN_HASH_SECRET_LENGTH)
             )
-        if self.jwtControlEnabled and len(self.jwtSecretKey) < MIN_JWT_KEY_LENGTH:
+        if self.jwtControlEnabled and not self.jwksURL \
+                and len(self.jwtSecretKey) < MIN_JWT_KEY_LENGTH:
             raise SettingsError(
-                "jwtSecretKey must be at least {} characters".format(MIN_JWT_KEY_LENGTH)
+                "jwtSecretKey must be at least {} characters (or set jwksURL)".format(
+                    MIN_JWT_KEY_LENGTH)
             )
+        if not self.ipFilterEnabled and not self.jwtControlEnabled:
+            raise SettingsError(
+                "ipFilterEnabled can be false only with jwtControlEnabled true (and "
+                "jwtSecretKey or jwksURL): otherwise anyone could call this "
+                "application's REST API")
         parse_cidrs(self.remoteAllowedCIDR)
         parse_cidrs(self.allowedPublisherCIDR, "allowedPublisherCIDR", impliedLoopback=False)
 
@@ -399,6 +452,33 @@ class AppSettings:
             if self.hashControlPlayEnabled:
                 return "hash"
         return None
+
+    def webhookURL(self, action: str) -> str:
+        """
+        The authorization webhook the application asks about C{action}
+        (C{webhookAuthenticateURL} for publish, C{webhookPlayAuthUrl} for
+        play), C{""} for none.
+        """
+        return self.webhookAuthenticateURL if action == "publish" else self.webhookPlayAuthUrl
+
+    def requiresSubscriber(self, action: str) -> bool:
+        """
+        Whether C{action} (C{"publish"} or C{"play"}) needs a TOTP
+        subscriber id and code (C{enableTimeTokenForPublish},
+        C{enableTimeTokenForPlay}).
+        """
+        if action == "publish":
+            return self.enableTimeTokenForPublish
+        return action == "play" and self.enableTimeTokenForPlay
+
+    def timeTokenSecret(self, action: str) -> str:
+        """
+        The secret from which the keys of subscribers not recorded through
+        REST are derived for C{action} (C{""}: none, such subscribers are
+        refused).
+        """
+        return self.timeTokenSecretForPublish if action == "publish" else (
+            self.timeTokenSecretForPlay)
 
     def allowedNetworks(
         self,

@@ -47,6 +47,7 @@ from tokengate.access.sessions import (
     SessionRegistry,
 )
 from tokengate.access.hashtoken import verifyHashToken
+from tokengate.access.jwks import JWTRefused, KeySources, verifyJWT
 from tokengate.apps import Applications, AppSettings
 from tokengate.logsafe import Logger
 from tokengate.metrics import Metrics
@@ -81,6 +82,7 @@ class IStreamCredentials(ICredentials):
     protocol = Attribute("rtmp, srt, webrtc, hls, dash, vod, rest: for metrics.")
     roomId = Attribute("The conference room named by the request, or None.")
     subscriberId = Attribute("The TOTP subscriber named by the request, or None.")
+    subscriberCode = Attribute("The subscriber's TOTP code, or None (never logged).")
 
 
 @implementer(IStreamCredentials)
@@ -94,6 +96,7 @@ class StreamCredentials:
     protocol: str = "unknown"
     roomId: Optional[str] = None
     subscriberId: Optional[str] = None
+    subscriberCode: Optional[str] = field(default=None, repr=False)
 
 
 class Refused(UnauthorizedLogin):
@@ -231,19 +234,68 @@ class _SettingsTokenChecker:
         raise NotImplementedError()
 
 
+#: how a refusal of an RS256 JWT verified with a jwksURL's keys is counted:
+#: an outage of the key set is L{Outcome.UNAVAILABLE} (the client is not
+#: guessing), an expired token L{Outcome.EXPIRED}, anything else (unknown
+#: kid, another algorithm, a bad signature, no exp) L{Outcome.INVALID}
+JWKS_OUTCOMES = {"jwks_unavailable": Outcome.UNAVAILABLE, "expired": Outcome.EXPIRED}
+
+
+async def verifyJWKSToken(keys: KeySources, url: str, token: str,
+                          maxLifetime: Optional[float] = None) -> dict[str, Any]:
+    """
+    Verify an RS256 JWT with the keys of C{url} (a C{jwksURL}): C{exp}
+    required (L{tokengate.access.jwks.verifyJWT}).
+
+    @param maxLifetime: when given, an C{exp} more than this many seconds
+        ahead is refused too (management JWTs).
+    @return: the claims.
+    @raise Refused: with L{JWKS_OUTCOMES}' outcome.
+    """
+    source = keys.sourceFor(url)
+    try:
+        claims = await verifyJWT(source, token)
+    except JWTRefused as e:
+        raise Refused(JWKS_OUTCOMES.get(e.reason, Outcome.INVALID))
+    exp = claims["exp"]
+    if not 0 < exp < MAX_EXPIRE_SECONDS or (
+            maxLifetime is not None and exp > source.seconds() + maxLifetime):
+        raise Refused(Outcome.INVALID)
+    return claims
+
+
 @implementer(ICredentialsChecker)
 class JwtTokenChecker(_SettingsTokenChecker):
     """
-    Checks stream JWTs (reusable until they expire).
+    Checks stream JWTs (reusable until they expire): HS256 over the
+    application's C{jwtStreamSecretKey}, or RS256 with the keys of its
+    C{jwksURL} when it names one (fetched through C{keys}; an outage of
+    the key set refuses, L{Outcome.UNAVAILABLE}).  The same claims rules
+    either way: C{exp} required, C{type} the action, C{streamId} the
+    stream (or C{roomId} the request's room).
     """
 
-    def __init__(self, apps: Applications, clock: IReactorTime) -> None:
+    def __init__(self, apps: Applications, clock: IReactorTime,
+                 keys: Optional[KeySources] = None) -> None:
         super().__init__(apps)
         self._clock = clock
+        self._keys = keys
 
-    def _check(self, creds: IStreamCredentials, token: str,
-               settings: AppSettings) -> AvatarId:
-        claims = check_jwt(settings.jwtStreamSecretKey, token, self._clock.seconds())
+    async def _checkPresented(self, creds: IStreamCredentials) -> AvatarId:
+        token = _presented(creds)
+        settings = self._apps.get(creds.app)
+        if settings is None:
+            raise Refused(Outcome.NO_APP)
+        if settings.jwksURL:
+            if self._keys is None:
+                raise Refused(Outcome.UNAVAILABLE)
+            claims = await verifyJWKSToken(self._keys, settings.jwksURL, token)
+        else:
+            claims = check_jwt(settings.jwtStreamSecretKey, token, self._clock.seconds())
+        return self._admit(creds, token, claims)
+
+    def _admit(self, creds: IStreamCredentials, token: str,
+               claims: dict[str, Any]) -> AvatarId:
         if claims.get("type") != creds.action:
             raise Refused(Outcome.WRONG_TYPE)
         if claims.get("streamId") != creds.streamId:
@@ -560,7 +612,9 @@ def attemptOf(creds: IStreamCredentials) -> bytes:
     What identifies an attempt for the throttle: a digest of the credentials
     (so no token is kept in memory in the clear).
     """
-    what = json.dumps([creds.app, creds.streamId, creds.action, creds.roomId, creds.token])
+    # the subscriber and its code too: each code tried is an attempt
+    what = json.dumps([creds.app, creds.streamId, creds.action, creds.roomId, creds.token,
+                       creds.subscriberId, creds.subscriberCode])
     return hashlib.sha256(what.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
@@ -575,10 +629,17 @@ class _Mind:
 
 def build_gate(apps: Applications, store: ITokenStore, clock: IReactorTime,
                metrics: Metrics, kickOnExpiry: bool = False,
-               throttle: Optional[Throttle] = None) -> Gate:
+               throttle: Optional[Throttle] = None,
+               keys: Optional[KeySources] = None) -> Gate:
+    """
+    @param keys: the key sources of the applications' C{jwksURL}s (without
+        them, a JWT of an application with a C{jwksURL} is refused as
+        L{Outcome.UNAVAILABLE}).
+    """
     registry = SessionRegistry(metrics, clock, kickOnExpiry=kickOnExpiry)
     onetime = OneTimeTokenChecker(store, clock)
-    portal = Portal(GateRealm(registry), [PolicyChecker(apps, onetime, JwtTokenChecker(apps, clock),
+    jwt = JwtTokenChecker(apps, clock, keys)
+    portal = Portal(GateRealm(registry), [PolicyChecker(apps, onetime, jwt,
                                                         HashTokenChecker(apps))])
     return Gate(portal, registry, throttle or Throttle(clock), metrics, apps, onetime)
 

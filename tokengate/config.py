@@ -22,7 +22,8 @@ class ServerConfig:
 
     #: networks allowed to call the management REST API and /metrics
     restAllowedCIDR: str = "127.0.0.1"
-    #: when set, a bearer JWT signed with it also opens them
+    #: when set, they also need a bearer JWT signed with it (both filters
+    #: must pass, as Ant Media's IPFilter and JWTFilter)
     restJwtSecretKey: str = ""
     #: end JWT-admitted live sessions when their token expires
     kickOnExpiry: bool = False
@@ -45,6 +46,9 @@ class ServerConfig:
     #: a playback session ends after this many idle seconds (MP4: vodIdle)
     sessionIdle: float = 120.0
     vodIdle: float = 6 * 3600.0
+    #: seconds for one authorization webhook exchange (webhookAuthenticateURL,
+    #: webhookPlayAuthUrl), after which the request is refused
+    webhookTimeout: float = 3.0
     #: LL-HLS part duration target, seconds
     partTarget: float = 0.5
     #: ICE servers the server's own WebRTC peer connections use (STUN for a

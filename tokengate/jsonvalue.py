@@ -35,6 +35,7 @@ import math
 import re
 from itertools import accumulate
 from typing import Optional, Union
+from urllib.parse import urlsplit
 
 #: what L{readJSON} returns (a recursive alias mypy can check)
 JSONValue = Union[None, bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"]]
@@ -55,6 +56,10 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _DECIMAL = re.compile(r"[0-9]+")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_URL_CHARS = re.compile(r"[\x21-\x7e]+")
+
+#: the longest URL accepted (L{urlValue})
+MAX_URL = 2048
 
 
 class JSONError(ValueError):
@@ -235,6 +240,28 @@ def stringValue(value: object, name: str, maxLength: int, allowControl: bool = F
         raise JSONError("{} must be at most {} characters".format(name, maxLength), name)
     if not allowControl and _CONTROL.search(value) is not None:
         raise JSONError("{} must not contain control characters".format(name), name)
+    return value
+
+
+def urlValue(value: object, name: str) -> str:
+    """
+    @return: C{value} when it is an absolute C{http} or C{https} URL with a
+        host, printable ASCII, at most L{MAX_URL} characters (the URLs a
+        setting names for tokengate to call: C{jwksURL}, the webhooks).
+    @raise JSONError: naming C{name} otherwise (not quoting the URL, which
+        may carry a key).
+    """
+    message = "{} must be an http or https URL".format(name)
+    if (not isinstance(value, str) or not value or len(value) > MAX_URL
+            or not _URL_CHARS.fullmatch(value)):
+        raise JSONError(message, name)
+    try:
+        parts = urlsplit(value)
+        parts.port  # raises ValueError for a bad port
+    except ValueError:
+        raise JSONError(message, name)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JSONError(message, name)
     return value
 
 

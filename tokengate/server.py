@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 from attrs import Factory, define, field
 from twisted.internet.interfaces import IReactorTime
 
+from tokengate.access.jwks import JWKSSources
+from tokengate.access.outbound import Outbound
 from tokengate.access.revocation import (
     HORIZON_MARGIN,
     LocalTransport,
@@ -32,6 +34,9 @@ from tokengate.access.revocation import (
 from tokengate.access.datastore import DatastorePolicy
 from tokengate.access.publisheraddress import PublisherAddressPolicy
 from tokengate.access.service import AccessService, IAccessPolicy
+from tokengate.access.webhookpolicy import WebhookPolicy, newOutbound
+from tokengate.access.subscriberpolicy import SubscriberPolicy
+from tokengate.access.subscribers import ISubscriberStore, MemorySubscriberStore
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
 from tokengate.config import ServerConfig
@@ -73,6 +78,21 @@ class Server:
     #: store's backend (L{registryFor})
     broadcasts: IBroadcastRegistry = field(
         default=Factory(lambda self: registryFor(self.store), takes_self=True))
+    #: the TOTP subscribers' records, blocks and live connections (in this
+    #: process's memory unless the composition root gives a persistent one)
+    subscribers: ISubscriberStore = field(
+        default=Factory(lambda self: MemorySubscriberStore(self.clock), takes_self=True))
+    #: the key sources of the applications' jwksURLs (RS256 JWTs), shared by
+    #: the stream JWT checker and the REST API; by default fetched on the
+    #: server's clock, which is then the reactor
+    jwks: JWKSSources = field(default=Factory(lambda self: JWKSSources(self.clock),
+                                              takes_self=True))
+    #: security policies asked after the applications' own (the composition
+    #: root gives none; tests give one that records what it is asked)
+    extraPolicies: Sequence[IAccessPolicy] = ()
+    #: the authorization webhooks' HTTP client (None: one on C{clock}, the
+    #: reactor, with C{config.webhookTimeout})
+    webhookOutbound: Optional[Outbound] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -92,6 +112,7 @@ class Server:
             self.metrics,
             kickOnExpiry=self.config.kickOnExpiry,
             throttle=self.throttle,
+            keys=self.jwks,
         )
         self.hub = Hub(self.clock)
         self.outputs = Outputs(self.apps, self.hub, self.clock, self.metrics, self.dataDir,
@@ -126,9 +147,15 @@ class Server:
         policies: list[IAccessPolicy] = [
             PublisherAddressPolicy(),
             DatastorePolicy(self.broadcasts),
+            SubscriberPolicy(self.subscribers, self.clock),
         ]
+        # the webhook last: it is the slowest (a remote call)
+        outbound = self.webhookOutbound
+        if outbound is None:
+            outbound = newOutbound(self.clock, self.config.webhookTimeout)
+        policies.append(WebhookPolicy(outbound, self.clock))
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
-                                    policies)
+                                    [*policies, *self.extraPolicies])
         self.apps.onChange(self._appChanged)
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
@@ -185,8 +212,8 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, config, broadcasts=server.broadcasts,
-                  stopPublishers=server.stopPublishers)
+                  server.clock, server.metrics, config, server.subscribers, server.jwks,
+                  broadcasts=server.broadcasts, stopPublishers=server.stopPublishers)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

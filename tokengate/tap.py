@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "max-connections-per-address": 256,
     "http-request-timeout": 20.0,
     "rest-jwt-max-lifetime": 86400.0,
+    "webhook-timeout": 3.0,
 }
 
 _log = Logger()
@@ -82,7 +83,9 @@ class Options(usage.Options):
         ["rest-allowed-cidr", None, None,
          "Networks allowed to call the management REST API and /metrics [default: 127.0.0.1]"],
         ["rest-jwt-secret", None, None,
-         "Also allow management calls bearing a JWT signed with this (32+ characters)"],
+         "Management calls and /metrics must also bear a JWT signed with this (32+ "
+         "characters), from an address --rest-allowed-cidr allows: both must pass (changed: "
+         "the JWT no longer opens them from other addresses; see docs/rest.md)"],
         ["session-secret", None, None,
          "Secret signing playback session credentials; give every node of a cluster "
          "the same (32+ characters) [default: made once, kept in the data dir]"],
@@ -117,6 +120,9 @@ class Options(usage.Options):
         ["rest-jwt-max-lifetime", None, None,
          "A management JWT (--rest-jwt-secret, an application's jwtSecretKey) must "
          "carry an exp at most this many seconds ahead [default: 86400]", float],
+        ["webhook-timeout", None, None,
+         "Seconds for one authorization webhook exchange (webhookAuthenticateURL, "
+         "webhookPlayAuthUrl), then the publish or play is refused [default: 3]", float],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -173,7 +179,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--max-connections-per-address must be a whole number, 0 or more")
         for key, low, high in (("http-request-timeout", 1.0, 3600.0),
-                               ("rest-jwt-max-lifetime", 60.0, 366 * 86400.0)):
+                               ("rest-jwt-max-lifetime", 60.0, 366 * 86400.0),
+                               ("webhook-timeout", 1.0, 60.0)):
             value = self[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise usage.UsageError("--{} must be a number of seconds".format(key))
@@ -389,6 +396,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             requestTimeout=float(options["http-request-timeout"]),
             maxConnectionsPerAddress=int(options["max-connections-per-address"]),
             restJwtMaxLifetime=float(options["rest-jwt-max-lifetime"]),
+            webhookTimeout=float(options["webhook-timeout"]),
             **({} if options["webrtc-transcodes"] is None
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),

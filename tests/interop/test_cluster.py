@@ -114,6 +114,10 @@ class Node:
         r = await self._pumped(self.rest.delete(BASE + path))
         return r.code, await self._pumped(json_body(r))
 
+    async def put(self, path: str):
+        r = await self._pumped(self.rest.put(BASE + path, data=b""))
+        return r.code, await self._pumped(json_body(r))
+
     async def mint(self, streamId="s1", type="publish"):
         r = await self._pumped(self.rest.get(
             BASE + "/LiveApp/rest/v2/broadcasts/{}/token?expireDate={}&type={}".format(
@@ -122,12 +126,14 @@ class Node:
         ))
         return (await self._pumped(json_body(r)))["tokenId"]
 
-    async def login(self, token, action="publish", streamId="s1", peer="192.0.2.1"):
+    async def login(self, token, action="publish", streamId="s1", peer="192.0.2.1",
+                    subscriberId=None):
         if action == "play" and not self.server.hub.isLive("LiveApp", streamId):
             self.server.hub.publish("LiveApp", streamId, "RTMP")
         mind = Mind(peer)
         grant = await self.server.gate.login(
-            StreamCredentials("LiveApp", streamId, action, token, peer, "rtmp"), mind
+            StreamCredentials("LiveApp", streamId, action, token, peer, "rtmp",
+                              subscriberId=subscriberId), mind
         )
         return grant, mind
 
@@ -299,6 +305,33 @@ class ClusterTests(TestCase):
         await self.b.bus.catchUp()
         self.assertFalse(self.b.refuses(fresh))
         self.assertFalse(newPlayer.ended)
+
+    async def test_subscriberBlockedEverywhere(self):
+        """
+        Blocking a TOTP subscriber on node A ends its sessions of that
+        stream and type on node B too, also when B missed the event (from
+        the record, once its subscription is back).
+        """
+        await self.subscribed()
+        alice, aliceMind = await self.b.login(None, action="play", subscriberId="alice")
+        bob, _ = await self.b.login(None, action="play", subscriberId="bobby")
+        code, body = await self.a.put(
+            "/LiveApp/rest/v2/broadcasts/s1/subscribers/alice/block/60/play")
+        self.assertEqual((code, body["success"], body["dataId"]), (200, True, "0"))
+        await eventually(lambda: aliceMind.kicked)
+        self.assertEqual(aliceMind.kicked, ["blocked"])
+        self.assertFalse(bob.ended)
+        self.assertEqual(self.redis.zrange("tokengate:revoked", 0, -1),
+                         [b"subscriber:LiveApp:s1:alice:play"])
+        # B misses the block of bobby: it learns it from the record
+        port = self.b.bus.subscription.connection.transport.getHost().port
+        self.redis.execute_command("CLIENT", "KILL", "ADDR", "127.0.0.1:{}".format(port))
+        await eventually(lambda: not self.b.bus.subscribed, timeout=5)
+        await self.a.put("/LiveApp/rest/v2/broadcasts/s1/subscribers/bobby/block/60/publish_play")
+        self.assertFalse(self.b.bus.subscribed, "B came back too early for this test")
+        self.assertFalse(bob.ended)
+        await self.subscribed(self.b)
+        self.assertTrue(bob.ended)
 
     async def test_catchUpAtStart(self):
         """

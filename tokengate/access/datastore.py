@@ -64,6 +64,15 @@ class DatastorePolicy:
                            error=str(e))
             raise Refused(Outcome.UNAVAILABLE)
 
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        """
+        Publishes when either switch is on; plays when the rooms' is (a play
+        naming a room).
+        """
+        if action == PUBLISH:
+            return settings.acceptOnlyStreamsInDataStore or settings.acceptOnlyRoomsInDataStore
+        return settings.acceptOnlyRoomsInDataStore
+
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         if (settings.acceptOnlyStreamsInDataStore and request.action == PUBLISH
                 and not await self._registered(request.app, request.streamId)):

@@ -34,11 +34,13 @@ exactly one (as Ant Media's provider does), and refused otherwise.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Optional, Protocol
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from zope.interface import Interface, implementer
 
@@ -56,6 +58,8 @@ MAX_KEYS = 64
 MIN_RSA_BITS = 2048
 #: the longest C{kid}
 MAX_KID = 256
+#: the most key sources (distinct C{jwksURL}s) kept at once
+MAX_SOURCES = 64
 
 log = Logger()
 
@@ -248,6 +252,70 @@ class JWKSKeySource:
             waiters, self._waiters = self._waiters, None
             for w in waiters:
                 w.callback(None)
+
+
+class KeySources(Protocol):
+    """
+    What a verifier of JWTs needs: the key source of a C{jwksURL}
+    (L{JWKSSources}).
+    """
+
+    def sourceFor(self, url: str) -> KeySource: ...
+
+
+class JWKSSources:
+    """
+    One L{JWKSKeySource} per C{jwksURL}, shared by everything that verifies
+    JWTs (the stream JWT checker, the REST API's JWT filter), so that one
+    URL is fetched and cached once however many applications and requests
+    use it.  At most C{maxSources} are kept, the least recently used
+    dropped first (its key set is fetched again when next needed).
+
+    Built by the composition root with the reactor.
+
+    @param reactor: connections and the clock (see L{JWKSKeySource}).
+    @param client: the treq client of every source (by default each makes
+        its own, L{tokengate.access.outbound.newHTTPClient}).
+    @param options: L{JWKSKeySource}'s C{ttl}, C{minRefetchInterval},
+        C{grace} and C{timeout}.
+    """
+
+    def __init__(self, reactor: Any, maxSources: int = MAX_SOURCES,
+                 client: Optional[HTTPClient] = None, ttl: float = 300.0,
+                 minRefetchInterval: float = 30.0, grace: float = 600.0,
+                 timeout: float = 3.0) -> None:
+        self._reactor = reactor
+        self.maxSources = maxSources
+        self._client = client
+        self._ttl = ttl
+        self._minRefetchInterval = minRefetchInterval
+        self._grace = grace
+        self._timeout = timeout
+        self._sources: OrderedDict[str, JWKSKeySource] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def sourceFor(self, url: str) -> JWKSKeySource:
+        """
+        The key source of C{url}.
+
+        @raise ValueError: when C{url} is not an http or https URL (the
+            settings refuse such a C{jwksURL} before it gets here).
+        """
+        source = self._sources.get(url)
+        if source is not None:
+            self._sources.move_to_end(url)
+            return source
+        outbound = Outbound(self._reactor, self._timeout, MAX_JWKS_BODY, maxInFlight=1,
+                            client=self._client)
+        source = JWKSKeySource(url, self._reactor, ttl=self._ttl,
+                               minRefetchInterval=self._minRefetchInterval,
+                               grace=self._grace, outbound=outbound)
+        self._sources[url] = source
+        while len(self._sources) > self.maxSources:
+            self._sources.popitem(last=False)
+        return source
 
 
 def _number(claims: dict[str, Any], name: str) -> Optional[float]:

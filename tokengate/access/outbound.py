@@ -14,9 +14,7 @@ label: the callers fail closed on it.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Optional, TypeVar
-from urllib.parse import urlsplit
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -34,11 +32,9 @@ from twisted.web.client import (
 )
 from treq.client import HTTPClient
 
-#: the longest URL accepted
-MAX_URL = 2048
+from tokengate.jsonvalue import MAX_URL, urlValue
 
 _T = TypeVar("_T")
-_URL_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
 class OutboundError(Exception):
@@ -62,20 +58,12 @@ class _TooLarge(Exception):
 def checkURL(url: object, name: str = "URL") -> str:
     """
     @return: C{url} when it is an absolute C{http} or C{https} URL with a
-        host, printable ASCII, at most L{MAX_URL} characters.
+        host, printable ASCII, at most L{MAX_URL} characters
+        (L{tokengate.jsonvalue.urlValue}, which settings use too).
     @raise ValueError: naming C{name} otherwise (not quoting the URL, which
         may carry a key).
     """
-    if not isinstance(url, str) or not url or len(url) > MAX_URL or not _URL_CHARS.fullmatch(url):
-        raise ValueError("{} must be an http or https URL".format(name))
-    try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError for a bad port
-    except ValueError:
-        raise ValueError("{} must be an http or https URL".format(name))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("{} must be an http or https URL".format(name))
-    return url
+    return urlValue(url, name)
 
 
 def newHTTPClient(reactor: Any) -> HTTPClient:

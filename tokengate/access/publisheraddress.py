@@ -29,6 +29,12 @@ class PublisherAddressPolicy:
 
     mechanism = "publisherAddress"
 
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        """
+        Publishes, when the application lists networks.
+        """
+        return action == PUBLISH and settings.publisherNetworks() is not None
+
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         if request.action != PUBLISH:
             return None

@@ -2,10 +2,11 @@
 """
 The revocation service: one L{Revoker} per process, with a transport.
 
-The REST revocations (C{DELETE .../tokens}, C{DELETE .../sessions}) call
-L{Revoker.revokeTokens} and L{Revoker.revokeSessions}, which always act on
-this node at once, then tell the other nodes of the cluster through the
-transport:
+The REST revocations (C{DELETE .../tokens}, C{DELETE .../sessions}) and
+blocks of TOTP subscribers (C{PUT .../subscribers/{sid}/block/...}) call
+L{Revoker.revokeTokens}, L{Revoker.revokeSessions} and
+L{Revoker.blockSubscriber}, which always act on this node at once, then tell
+the other nodes of the cluster through the transport:
 
 * L{LocalTransport} (memory and SQLite stores): no other node;
 * L{RedisTransport} (Redis store): one Lua script records the revocation in
@@ -23,12 +24,21 @@ What ending sessions on this node means:
   (HTTP playback grants included: their mind's kick revokes that session's
   credential, once), and C{signer.revokeStream(app, streamId, when)}, which
   refuses the playback credentials of sessions started up to C{when} that
-  other nodes issued.
+  other nodes issued;
+* a stream's I{subscriber sessions}: the registry's grants of the stream
+  that a TOTP subscriber opened, for one action or both (kicked
+  C{"blocked"}; the block itself lives in the subscriber store, which
+  refuses the subscriber's new connections).
 
 Events are JSON objects::
 
-    {"v": 1, "kind": "tokens" | "sessions", "app": ..., "streamId": ...,
-     "time": <unix seconds, the revoking node's clock>, "origin": <node id>}
+    {"v": 1, "kind": "tokens" | "sessions" | "subscriber", "app": ...,
+     "streamId": ..., "time": <unix seconds, the revoking node's clock>,
+     "origin": <node id>}
+
+and, for C{subscriber} only, C{"subscriberId"} and C{"action"}
+(C{"publish"}, C{"play"}, or null for both).  A node of an older version
+drops a C{subscriber} event as of an unknown kind (counted malformed).
 
 A node ignores its own events (C{origin} is random per process).  An event
 that is too long, not JSON, of an unknown kind or version, or whose
@@ -37,7 +47,9 @@ is logged but its size).
 
 Pub/sub is fire-and-forget: a node whose subscription is down misses the
 events published meanwhile.  So every revocation is also kept in a sorted
-set, member C{"{kind}:{q(app)}:{q(streamId)}"}, score the time::
+set, member C{"{kind}:{q(app)}:{q(streamId)}"} (for C{subscriber}:
+C{"subscriber:{q(app)}:{q(streamId)}:{q(subscriberId)}:{action or ''}"}),
+score the time::
 
     {P}revoked                ZSET  (entries older than the longest
                                     lifetime of a playback credential are
@@ -79,7 +91,10 @@ if TYPE_CHECKING:
 
 TOKENS = "tokens"
 SESSIONS = "sessions"
-KINDS = (TOKENS, SESSIONS)
+SUBSCRIBER = "subscriber"
+KINDS = (TOKENS, SESSIONS, SUBSCRIBER)
+#: what a C{subscriber} revocation ends: one action, or both (None)
+SUBSCRIBER_ACTIONS = ("publish", "play", None)
 VERSION = 1
 
 #: longest event accepted, bytes
@@ -133,10 +148,14 @@ class Revocation:
     """
     One revocation, as the nodes of a cluster tell each other.
 
-    @ivar kind: L{TOKENS} (end the stream's token sessions) or L{SESSIONS}
-        (end its viewing sessions).
+    @ivar kind: L{TOKENS} (end the stream's token sessions), L{SESSIONS}
+        (end its viewing sessions) or L{SUBSCRIBER} (end a blocked
+        subscriber's sessions of the stream).
     @ivar time: when it was made, unix seconds on the revoking node's clock.
     @ivar origin: the revoking node's id.
+    @ivar subscriberId: the subscriber (L{SUBSCRIBER} only).
+    @ivar action: C{"publish"} or C{"play"}, or None for both
+        (L{SUBSCRIBER} only).
     """
 
     kind: str
@@ -144,6 +163,8 @@ class Revocation:
     streamId: str
     time: float
     origin: str
+    subscriberId: Optional[str] = None
+    action: Optional[str] = None
 
 
 def encodeEvent(revocation: Revocation) -> str:
@@ -152,12 +173,14 @@ def encodeEvent(revocation: Revocation) -> str:
 
     @raise MalformedEvent: if it would be longer than L{MAX_EVENT_BYTES}.
     """
-    event = json.dumps(
-        {"v": VERSION, "kind": revocation.kind, "app": revocation.app,
-         "streamId": revocation.streamId, "time": revocation.time,
-         "origin": revocation.origin},
-        separators=(",", ":"),
-    )
+    fields: dict[str, Any] = {
+        "v": VERSION, "kind": revocation.kind, "app": revocation.app,
+        "streamId": revocation.streamId, "time": revocation.time,
+        "origin": revocation.origin}
+    if revocation.kind == SUBSCRIBER:
+        fields["subscriberId"] = revocation.subscriberId
+        fields["action"] = revocation.action
+    event = json.dumps(fields, separators=(",", ":"))
     if len(event.encode("utf-8", "surrogatepass")) > MAX_EVENT_BYTES:
         raise MalformedEvent("too long")
     return event
@@ -201,7 +224,44 @@ def parseEvent(message: Any) -> Revocation:
         or when < 0
     ):
         raise MalformedEvent("bad time")
-    return Revocation(kind, event["app"], event["streamId"], float(when), event["origin"])
+    subscriberId, action = None, None
+    if kind == SUBSCRIBER:
+        subscriberId, action = event.get("subscriberId"), event.get("action")
+        if not isinstance(subscriberId, str) or not 0 < len(subscriberId) <= MAX_NAME_LENGTH:
+            raise MalformedEvent("bad subscriberId")
+        if action not in SUBSCRIBER_ACTIONS:
+            raise MalformedEvent("bad action")
+    return Revocation(kind, event["app"], event["streamId"], float(when), event["origin"],
+                      subscriberId, action)
+
+
+def _member(revocation: Revocation) -> str:
+    """
+    A revocation's member in the recorded set.
+    """
+    member = "{}:{}:{}".format(revocation.kind, _q(revocation.app), _q(revocation.streamId))
+    if revocation.kind == SUBSCRIBER:
+        member += ":{}:{}".format(_q(revocation.subscriberId or ""), revocation.action or "")
+    return member
+
+
+def _fromMember(member: str, when: float) -> Revocation:
+    """
+    The revocation a recorded member tells (without its origin).
+
+    @raise ValueError: when it is not one.
+    """
+    parts = member.split(":")
+    kind = parts[0]
+    if kind in (TOKENS, SESSIONS) and len(parts) == 3:
+        return Revocation(kind, _unq(parts[1]), _unq(parts[2]), when, "")
+    if kind == SUBSCRIBER and len(parts) == 5 and parts[3]:
+        action = parts[4] or None
+        if action not in SUBSCRIBER_ACTIONS:
+            raise ValueError("bad action")
+        return Revocation(kind, _unq(parts[1]), _unq(parts[2]), when, "", _unq(parts[3]),
+                          action)
+    raise ValueError("not a recorded revocation")
 
 
 # --- what the revoker acts on ---------------------------------------------------
@@ -220,6 +280,9 @@ class RevocableGrant(Protocol):
 
     @property
     def started(self) -> float: ...
+
+    @property
+    def subscriberId(self) -> Optional[str]: ...
 
 
 G = TypeVar("G", bound=RevocableGrant)
@@ -345,7 +408,41 @@ class Revoker:
         kicked = self.endViewingSessions(app, streamId, now)
         return self._announce(SESSIONS, app, streamId, now).addCallback(lambda _: kicked)
 
+    def blockSubscriber(self, app: str, streamId: str, subscriberId: str,
+                        action: Optional[str]) -> "Deferred[int]":
+        """
+        End the live sessions of the stream that a (now blocked) TOTP
+        subscriber opened, for C{action} (or both when None), here at once
+        and on the other nodes.
+
+        @return: as L{revokeTokens}.
+        """
+        now = self._clock.seconds()
+        kicked = self.endSubscriberSessions(app, streamId, subscriberId, action)
+        return self._announce(SUBSCRIBER, app, streamId, now, subscriberId,
+                              action).addCallback(lambda _: kicked)
+
     # --- acting on this node ----------------------------------------------------
+
+    def endSubscriberSessions(self, app: str, streamId: str, subscriberId: str,
+                              action: Optional[str], before: Optional[float] = None) -> int:
+        """
+        End the stream's sessions that C{subscriberId} opened, for
+        C{action} (both when None), started up to C{before} when given.
+
+        @return: how many were ended.
+        """
+        registry = self._registry
+        return registry.kick(
+            [
+                g
+                for g in registry.grants(app, streamId)
+                if g.subscriberId == subscriberId
+                and (action is None or g.action == action)
+                and (before is None or g.started <= before)
+            ],
+            "blocked",
+        )
 
     def endTokenSessions(self, app: str, streamId: str, before: Optional[float] = None) -> int:
         """
@@ -389,8 +486,10 @@ class Revoker:
 
     # --- telling the other nodes ---------------------------------------------------
 
-    def _announce(self, kind: str, app: str, streamId: str, when: float) -> "Deferred[None]":
-        revocation = Revocation(kind, app, streamId, when, self.nodeId)
+    def _announce(self, kind: str, app: str, streamId: str, when: float,
+                  subscriberId: Optional[str] = None,
+                  action: Optional[str] = None) -> "Deferred[None]":
+        revocation = Revocation(kind, app, streamId, when, self.nodeId, subscriberId, action)
         d = maybeDeferred(self.transport.announce, revocation)
 
         def sent(told: bool) -> None:
@@ -430,6 +529,10 @@ class Revoker:
             return
         if revocation.kind == TOKENS:
             n = self.endTokenSessions(app, streamId)
+        elif revocation.kind == SUBSCRIBER:
+            assert revocation.subscriberId is not None
+            n = self.endSubscriberSessions(app, streamId, revocation.subscriberId,
+                                           revocation.action)
         else:
             when = max(revocation.time, self._clock.seconds())
             n = self.endViewingSessions(app, streamId, when)
@@ -453,6 +556,9 @@ class Revoker:
                 n += self.endTokenSessions(r.app, r.streamId, before=r.time)
             elif r.kind == SESSIONS:
                 n += self.endViewingSessions(r.app, r.streamId, r.time, onlyBefore=True)
+            elif r.kind == SUBSCRIBER and r.subscriberId is not None:
+                n += self.endSubscriberSessions(r.app, r.streamId, r.subscriberId, r.action,
+                                                before=r.time)
         if n:
             self.log.info("caught up on missed revocations: {n} sessions ended", n=n)
         return n
@@ -547,7 +653,7 @@ class RedisTransport:
 
     def announce(self, revocation: Revocation) -> "Deferred[bool]":
         event = encodeEvent(revocation)
-        member = "{}:{}:{}".format(revocation.kind, _q(revocation.app), _q(revocation.streamId))
+        member = _member(revocation)
         when = float(revocation.time)
         d = self._client.eval(
             _RECORD,
@@ -588,15 +694,12 @@ class RedisTransport:
             for i in range(0, len(flat) - 1, 2):
                 member, score = flat[i], flat[i + 1]
                 try:
-                    kind, qapp, qstream = str(member).split(":")
                     when = float(score)
+                    if not math.isfinite(when):
+                        raise ValueError("not a time")
+                    revocations.append(_fromMember(str(member), when))
                 except ValueError:
                     bad += 1
-                    continue
-                if kind not in KINDS or not math.isfinite(when):
-                    bad += 1
-                    continue
-                revocations.append(Revocation(kind, _unq(qapp), _unq(qstream), when, ""))
             if bad:
                 self.log.warn("ignored {n} malformed recorded revocations", n=bad)
             if self._revoker is None:
@@ -648,4 +751,4 @@ class RedisTransport:
 
 __all__ = ["Revoker", "Revocation", "RevocationTransport", "LocalTransport",
            "RedisTransport", "parseEvent", "encodeEvent", "MalformedEvent", "KINDS",
-           "TOKENS", "SESSIONS", "HORIZON_MARGIN"]
+           "TOKENS", "SESSIONS", "SUBSCRIBER", "HORIZON_MARGIN"]

@@ -58,12 +58,22 @@ PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC"}
 PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "hls", "dash", "vod"})
 
 
-#: at most this many parameters of a request are kept (L{AccessRequest.params})
+#: a request with more parameters than this (L{AccessRequest.params}) is
+#: refused as C{invalid}
 MAX_PARAMS = 32
+
+#: the longest subscriber id, TOTP code and parameters (names and values
+#: together) a request may carry: beyond, it is refused as C{invalid} before
+#: anything is looked at, as an over-long token is (a valid subscriber id
+#: has at most 128 characters, a code 6 digits; judging them is the
+#: subscriber policy's business)
+MAX_SUBSCRIBER_ID = 256
+MAX_SUBSCRIBER_CODE = 64
+MAX_PARAMS_CHARS = 8192
 
 
 def _params(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    return tuple(pairs)[:MAX_PARAMS]
+    return tuple(pairs)
 
 
 @frozen
@@ -84,8 +94,9 @@ class AccessRequest:
     @ivar subscriberCode: the subscriber's TOTP code, or None.
     @ivar params: the request's other parameters, as (name, value) pairs in
         the order the client sent them (the query of a URL, an RTMP
-        C{?...}), at most L{MAX_PARAMS}: what an authorization webhook is
-        told (C{queryParams}).
+        C{?...}): what an authorization webhook is told (C{queryParams}).
+        More than L{MAX_PARAMS}, or more than L{MAX_PARAMS_CHARS}
+        characters, and L{AccessService.check} refuses the request.
     """
 
     app: str
@@ -106,7 +117,7 @@ class AccessRequest:
         """
         return StreamCredentials(self.app, self.streamId, self.action, self.token or None,
                                  self.peer, self.protocol, self.roomId or None,
-                                 self.subscriberId or None)
+                                 self.subscriberId or None, self.subscriberCode or None)
 
 #: what an admitted session holds until it ends (L{IAccessPolicy.admit})
 Release = Callable[[], None]
@@ -122,6 +133,13 @@ class IAccessPolicy(Protocol):
     """
 
     mechanism: str
+
+    def applies(self, settings: AppSettings, action: str) -> bool:
+        """
+        Whether C{settings} turn this policy on for C{action}: an HTTP play
+        of an application without play tokens opens a session (is admitted)
+        only when some policy applies to play (L{AccessService.admissionRequired}).
+        """
 
     async def admit(self, request: AccessRequest, settings: AppSettings) -> Optional[Release]:
         """
@@ -147,6 +165,12 @@ class IAccess(Protocol):
     def tokenKind(self, app: str, action: str) -> Optional[str]:
         """
         C{"onetime"}, C{"jwt"} or None: what C{app} demands for C{action}.
+        """
+
+    def admissionRequired(self, app: str, action: str) -> bool:
+        """
+        Whether C{app} admits C{action} (a token, or a security policy that
+        applies): when not, HTTP delivery needs no session.
         """
 
     def check(self, request: "AccessRequest") -> Optional[Outcome]:
@@ -285,14 +309,33 @@ class AccessService:
         settings = self._apps.get(app)
         return settings.tokenKind(action) if settings is not None else None
 
+    def admissionRequired(self, app: str, action: str) -> bool:
+        """
+        Whether C{app} demands a token for C{action} or has a security
+        policy that applies to it (unknown applications: True, so that the
+        request goes on to be refused).  HTTP delivery asks: without either,
+        an application's streams are served without a session.
+        """
+        settings = self._apps.get(app)
+        if settings is None:
+            return True
+        if settings.tokenKind(action) is not None:
+            return True
+        return any(policy.applies(settings, action) for policy in self._policies)
+
     def check(self, request: AccessRequest) -> Optional[Outcome]:
         """
         The checks that keep a token, decided now: None when the request may
         go on to redemption, else the refusal's outcome (not counted: see
         L{refuse}).  In order: the stream id's grammar, the application, the
         protocol's switch, then whether the stream is taken (publish), live
-        (play) or recorded (MP4 play).
+        (play) or recorded (MP4 play).  Before all, a subscriber id, code
+        or parameters longer than any a client needs (L{MAX_SUBSCRIBER_ID},
+        L{MAX_SUBSCRIBER_CODE}, L{MAX_PARAMS}, L{MAX_PARAMS_CHARS}) are
+        C{invalid}.
         """
+        if not _bounded(request):
+            return Outcome.INVALID
         if not isValidStreamId(request.streamId):
             return Outcome.INVALID
         settings = self._apps.get(request.app)
@@ -436,6 +479,25 @@ def _releaseAll(holds: list[Release]) -> None:
     holds.clear()
 
 
+def _bounded(request: AccessRequest) -> bool:
+    """
+    Whether the request's subscriber id, code and parameters are within
+    their bounds.
+    """
+    if request.subscriberId is not None and len(request.subscriberId) > MAX_SUBSCRIBER_ID:
+        return False
+    if request.subscriberCode is not None and len(request.subscriberCode) > MAX_SUBSCRIBER_CODE:
+        return False
+    if len(request.params) > MAX_PARAMS:
+        return False
+    size = 0
+    for name, value in request.params:
+        size += len(name) + len(value)
+        if size > MAX_PARAMS_CHARS:
+            return False
+    return True
+
+
 def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
     """
     Whether the application's switches let C{protocol} do C{action}.
@@ -453,5 +515,6 @@ def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
 
 
 __all__ = ["AccessRequest", "AccessService", "IAccess", "IAccessPolicy", "Release", "MAX_PARAMS",
+           "MAX_PARAMS_CHARS", "MAX_SUBSCRIBER_CODE", "MAX_SUBSCRIBER_ID",
            "Publication", "Viewing", "Refused",
            "ISettingsLookup", "PUBLISH_TYPES", "PLAY_PROTOCOLS"]

@@ -4,8 +4,10 @@ The RTMP server: a thin Twisted adapter over the sans-IO
 L{tokengate.rtmp.core.RTMPConnection}.
 
 Encoders publish to C{rtmp://host/App/StreamId?token=T}, players play the
-same form (also C{StreamId/T}).  The token rides in the stream name of
-C{publish} and C{play}; this protocol parses it and asks the access service
+same form (also C{StreamId/T}); a TOTP subscriber adds
+C{&subscriberId=S&subscriberCode=C} (or C{StreamId/T/S/C}).  These ride in
+the stream name of C{publish} and C{play} (L{parse_stream_name}); this
+protocol parses them and asks the access service
 (L{tokengate.access.service}), with the connection paused so no media is
 read while the token is checked.  Refusals are C{onStatus} errors
 (C{NetStream.Publish.BadName}, C{NetStream.Play.StreamNotFound},
@@ -45,6 +47,7 @@ from __future__ import annotations
 from typing import Any, Optional, Protocol as TypingProtocol, cast
 from urllib.parse import parse_qsl, unquote
 
+from attrs import field, frozen
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -99,33 +102,76 @@ MAX_METADATA_BYTES = 64 * 1024
 DESC_PUBLISH_REFUSED = "You are not allowed to publish the stream."
 DESC_PLAY_REFUSED = "You are not allowed to play the stream due to security."
 CODE_BAD_NAME = "NetStream.Publish.BadName"
+#: a blocked subscriber (its id, then C{publish} or C{play})
+SUBSCRIBER_BLOCKED = "Subscriber {} is blocked to {} stream."
 
 
-def parse_stream_name(name: str, appPath: str = "") -> tuple[str, Optional[str]]:
+#: the path form's segments after the stream id, in order (Ant Media's
+#: C{StreamService}: C{stream/token/subscriberId/subscriberCode})
+_PATH_KEYS = ("token", "subscriberId", "subscriberCode")
+
+
+@frozen
+class StreamName:
     """
-    Split an RTMP stream name into (stream id, token).
+    What an RTMP stream name (and the application path ffmpeg folds into
+    it) asks for.
 
-    Accepts C{StreamId?token=T} (any other query keys are ignored, keys
-    without C{=} too), the path form C{StreamId/T}, and ffmpeg's folding
-    of C{rtmp://host/App/StreamId/T} into app C{App/StreamId} and name
-    C{T} (C{appPath} is then C{StreamId}).  Percent-escapes are decoded.
+    @ivar streamId: the stream's name (not yet checked against the grammar).
+    @ivar token: the token, or None.
+    @ivar subscriberId: the TOTP subscriber, or None.
+    @ivar subscriberCode: the subscriber's code, or None.
+    @ivar params: the query's other pairs, in the order sent.
+    """
+
+    streamId: str
+    token: Optional[str] = field(default=None, repr=False)
+    subscriberId: Optional[str] = None
+    subscriberCode: Optional[str] = field(default=None, repr=False)
+    params: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+def parse_stream_name(name: str, appPath: str = "") -> StreamName:
+    """
+    Split an RTMP stream name into a L{StreamName}.
+
+    Accepts Ant Media's two forms: the query
+    C{StreamId?token=T&subscriberId=S&subscriberCode=C} (each optional, the
+    first of a repeated key wins, the other pairs are L{StreamName.params})
+    and the path C{StreamId/T/S/C} (C{/} or C{%2F}; a value the query gives
+    wins), also as ffmpeg folds C{rtmp://host/App/StreamId/T/S/C} into the
+    app C{App/StreamId/T/S} and the name C{C} (C{appPath} is then
+    C{StreamId/T/S}).  Percent-escapes are decoded (in the application's
+    path too); empty values are None.
+    A path of more than four segments is not understood: its stream id is
+    the whole path, which the stream id grammar refuses.
     """
     if name.startswith(("mp4:", "flv:")):
         name = name[4:]
     base, _, query = name.partition("?")
-    token: Optional[str] = None
+    own: dict[str, Optional[str]] = dict.fromkeys(_PATH_KEYS)
+    seen: set[str] = set()
+    params: list[tuple[str, str]] = []
     for key, value in parse_qsl(query, keep_blank_values=True):
-        if key == "token":
-            token = value
-            break
-    base = unquote(base)
-    parts = [p for p in (appPath.split("/") if appPath else []) + base.split("/") if p]
-    streamId = parts[0] if parts else ""
-    if token is None and len(parts) > 1:
-        token = parts[1]
+        if key in own:
+            if key not in seen:
+                seen.add(key)
+                own[key] = value or None
+        else:
+            params.append((key, value))
+    path = unquote(appPath + "/" + base if appPath else base)
+    parts = [p for p in path.split("/") if p]
+    if len(parts) > 1 + len(_PATH_KEYS):
+        streamId = "/".join(parts)
+    else:
+        streamId = parts[0] if parts else ""
+        for key, value in zip(_PATH_KEYS, parts[1:]):
+            if key not in seen:
+                own[key] = value
     if streamId.endswith(".flv"):
         streamId = streamId[:-4]
-    return streamId, token or None
+    return StreamName(streamId, own["token"], own["subscriberId"], own["subscriberCode"],
+                      tuple(params))
 
 
 class TCPTransport(TypingProtocol):
@@ -526,8 +572,11 @@ class RTMPServerProtocol(Protocol):
         name = cmd.args[0] if cmd.args else None
         if not isinstance(name, str) or cmd.stream_id not in self._messageStreams:
             return
-        streamId, token = parse_stream_name(name, self.appPath)
-        request = AccessRequest(self.app, streamId, action, "rtmp", self.peerHost, token)
+        wire = parse_stream_name(name, self.appPath)
+        streamId = wire.streamId
+        request = AccessRequest(self.app, streamId, action, "rtmp", self.peerHost, wire.token,
+                                subscriberId=wire.subscriberId,
+                                subscriberCode=wire.subscriberCode, params=wire.params)
         msid = cmd.stream_id
         self._pendingLogin = True
         self._tcp.pauseProducing()
@@ -555,7 +604,7 @@ class RTMPServerProtocol(Protocol):
                 return
             self._tcp.resumeProducing()
             failure.trap(Refused)
-            self._refuse(msid, action, streamId, failure.value.outcome)
+            self._refuse(msid, action, streamId, failure.value.outcome, wire.subscriberId)
 
         def unexpected(failure: Any) -> None:
             self._log.failure("RTMP {action} admission failed", failure, action=action)
@@ -571,14 +620,24 @@ class RTMPServerProtocol(Protocol):
     def cmd_play(self, cmd: Command) -> None:
         self._request(cmd, PLAY)
 
-    def _refuse(self, msid: int, action: str, streamId: str, outcome: Outcome) -> None:
+    def _refuse(self, msid: int, action: str, streamId: str, outcome: Outcome,
+                subscriberId: Optional[str] = None) -> None:
         """
         Answer a refusal the reference server's way (the access service
-        counted it), then close.
+        counted it), then close.  A blocked subscriber gets Ant Media's
+        C{NetStream.Failed} naming it; every other policy's refusal (a bad
+        or reused code, an unregistered stream, an address outside the
+        publisher filter, a webhook's no or silence) the answer of a token
+        refusal, as Ant Media answers its security handlers' refusals.
         """
         if not isValidStreamId(streamId):
             streamId = streamId[:MAX_STREAM_ID] or "-"
-        if action == PUBLISH:
+        if outcome is Outcome.BLOCKED:
+            verb = "publish" if action == PUBLISH else "play"
+            self.conn.send_status(msid, "error", "NetStream.Failed",
+                                  SUBSCRIBER_BLOCKED.format(subscriberId or "", verb),
+                                  streamId)
+        elif action == PUBLISH:
             if outcome is Outcome.IN_USE:
                 desc = "The stream is already being published."
             else:

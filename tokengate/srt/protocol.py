@@ -5,7 +5,8 @@ over the sans-IO L{tokengate.srt.connection.Listener} and
 L{tokengate.media.ts.TSDemuxer}.
 
 The token is decided **inside the handshake**: a caller's conclusion
-(C{streamid=App/StreamId,token=T} or C{#!::r=App/StreamId,m=publish,token=T})
+(C{streamid=App/StreamId,token=T} or C{#!::r=App/StreamId,m=publish,token=T},
+with C{subscriberId=S,subscriberCode=C} for a TOTP subscriber)
 goes to the access service (L{tokengate.access.service}) before any media is
 accepted; the caller gets the agreement only when it is admitted, otherwise a
 rejection (the access service's outcome, as a reject code):
@@ -20,6 +21,13 @@ stream being published (token kept)   1409 SRT_REJX_CONFLICT
 C{m=request} (play over SRT)         1405 SRT_REJX_BAD_MODE
 encryption (a passphrase) requested   11 SRT_REJ_UNSECURE
 throttled or store down               1503 SRT_REJX_DOWN
+subscriber code missing or wrong      1401 SRT_REJX_UNAUTHORIZED
+subscriber blocked                    1403 SRT_REJX_FORBIDDEN
+subscriber code already connected     1409 SRT_REJX_CONFLICT
+stream not created through REST       1404 SRT_REJX_NOTFOUND
+outside C{allowedPublisherCIDR}       1403 SRT_REJX_FORBIDDEN
+authorization webhook refused         1403 SRT_REJX_FORBIDDEN
+authorization webhook did not answer  1503 SRT_REJX_DOWN
 ====================================  =====================================
 
 The answer reaches the caller while it still waits: each decision carries the
@@ -63,6 +71,7 @@ from tokengate.srt.errors import (
     REJX_BAD_REQUEST,
     REJX_CONFLICT,
     REJX_DOWN,
+    REJX_FORBIDDEN,
     REJX_NOTFOUND,
     REJX_UNAUTHORIZED,
     SRTProtocolError,
@@ -74,7 +83,8 @@ from tokengate.srt.receiver import Closed, Connection, Payload
 TICK = 0.01
 
 #: the access service's outcomes as reject codes; every other refusal (a
-#: token refused) is 1401 SRT_REJX_UNAUTHORIZED
+#: token refused, a TOTP subscriber code missing or wrong) is 1401
+#: SRT_REJX_UNAUTHORIZED
 _CODES = {
     Outcome.NO_APP: REJX_NOTFOUND,
     Outcome.IN_USE: REJX_CONFLICT,
@@ -82,6 +92,12 @@ _CODES = {
     Outcome.UNAVAILABLE: REJX_DOWN,
     Outcome.INVALID: REJX_BAD_REQUEST,
     Outcome.DISABLED: REJX_BAD_MODE,
+    Outcome.BLOCKED: REJX_FORBIDDEN,
+    Outcome.CODE_IN_USE: REJX_CONFLICT,
+    Outcome.UNREGISTERED: REJX_NOTFOUND,
+    Outcome.ADDRESS: REJX_FORBIDDEN,
+    Outcome.WEBHOOK_REFUSED: REJX_FORBIDDEN,
+    Outcome.WEBHOOK_UNAVAILABLE: REJX_DOWN,
 }
 
 
@@ -328,7 +344,9 @@ class SRTListener(DatagramProtocol):
             return
         wire = decision.request
         request = AccessRequest(wire.app, wire.stream_id, PUBLISH, "srt", peer, wire.token,
-                                deadline=decision.answer_by)
+                                deadline=decision.answer_by, subscriberId=wire.subscriberId,
+                                subscriberCode=wire.subscriberCode,
+                                params=tuple(wire.extra.items()))
         if wire.mode != "publish":
             # play over SRT (m=request) is not served
             self.access.refuse(request, Outcome.DISABLED)

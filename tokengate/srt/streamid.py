@@ -44,16 +44,18 @@ class BadStreamId(SRTProtocolError):
 class StreamRequest:
     """
     What a caller's stream id asks for.  C{mode} is C{"publish"} or
-    C{"request"} (play); C{token} is None when none was given; C{extra}
-    holds the other keys (C{subscriberId}, C{subscriberCode}, C{s}, ...),
-    percent-decoded.
+    C{"request"} (play); C{token}, C{subscriberId} and C{subscriberCode}
+    are None when not given (or empty); C{extra} holds the other keys
+    (C{s}, ...), percent-decoded, in the order sent.
     """
 
     app: str
     stream_id: str
-    token: Optional[str]
+    token: Optional[str] = field(repr=False)
     mode: str = MODE_PUBLISH
-    extra: dict[str, str] = field(factory=dict, hash=False)
+    extra: dict[str, str] = field(factory=dict, hash=False, repr=False)
+    subscriberId: Optional[str] = None
+    subscriberCode: Optional[str] = field(default=None, repr=False)
 
 
 def _pct(value: str, what: str) -> str:
@@ -82,12 +84,16 @@ def parse_stream_id(raw: str) -> StreamRequest:
     """
     Parse a caller's stream id.  Two forms:
 
-    - the reference form C{App/StreamId,token=T[,subscriberId=..,
-      subscriberCode=..]}, mode publish;
-    - the SRT access-control form C{#!::r=App/StreamId,m=publish,token=T}:
+    - the reference form C{App/StreamId,token=T[,subscriberId=S,
+      subscriberCode=C]}, mode publish;
+    - the SRT access-control form
+      C{#!::r=App/StreamId,m=publish,token=T[,subscriberId=S,subscriberCode=C]}:
       C{r} the resource, C{m} the mode (C{publish} or C{request},
       default C{request} as the SRT access-control specification says),
       C{u} (user) ignored.
+
+    Ant Media's public source has no SRT form for a TOTP subscriber: both
+    forms take C{subscriberId} and C{subscriberCode} as keys, like C{token}.
 
     In both, C{token} or C{t} is the token (C{token} wins when both are
     there; note that the SRT specification uses C{t} for a resource type,
@@ -135,4 +141,6 @@ def parse_stream_id(raw: str) -> StreamRequest:
             token = None
     keys.pop("u", None)
     extra = {key: _pct(value, key) for key, value in keys.items()}
-    return StreamRequest(app, stream, token, mode, extra)
+    subscriberId = extra.pop("subscriberId", None) or None
+    subscriberCode = extra.pop("subscriberCode", None) or None
+    return StreamRequest(app, stream, token, mode, extra, subscriberId, subscriberCode)

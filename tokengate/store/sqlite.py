@@ -144,6 +144,26 @@ class SQLiteTokenStore:
             self._kick = self._reactor.callLater(0, self._start)
         return d
 
+    @property
+    def path(self) -> str:
+        """
+        The database file.
+        """
+        return self._path
+
+    def run(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
+        """
+        Queue C{f(db, *args)} for the database thread, batched with the
+        token calls (L{_run}): for other tables of the same file (the
+        subscriber store, L{tokengate.access.subscribers_sqlite}; the
+        broadcast registry, L{tokengate.store.broadcasts.SQLiteBroadcasts}).  Fails
+        with L{StoreUnavailable} when the database fails or the store is
+        closed; any other exception C{f} raises (not a
+        C{sqlite3.OperationalError}) fails this call only, and the
+        transaction goes on, with what C{f} wrote before raising.
+        """
+        return self._run(f, *args)
+
     def _start(self) -> None:
         self._kick = None
         self._pool.callInThread(self._drain)
@@ -178,17 +198,6 @@ class SQLiteTokenStore:
                     pass
                 results = [(d, False, StoreUnavailable(str(e))) for d, _, _ in batch]
             self._reactor.callFromThread(_deliver, results)
-
-    def run(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
-        """
-        Run C{f(connection, *args)} on the database thread, in the batch's
-        transaction like the store's own calls (see L{_run}): how other
-        tables of the same database (the broadcast registry,
-        L{tokengate.store.broadcasts.SQLiteBroadcasts}) share its thread
-        and its file.  An exception C{f} raises fails only its own call;
-        a database error fails the batch with L{StoreUnavailable}.
-        """
-        return self._run(f, *args)
 
     # --- ITokenStore --------------------------------------------------------
 

@@ -12,7 +12,14 @@ Range requests then carry it).  A cookie scoped to the stream carries it
 too, for clients that re-request the original URL with the spent token
 (ffmpeg's DASH reader does).
 
-A spent token presented again **from the address that redeemed it**, for the
+When the application has no play token control but a security policy that
+applies to play (a TOTP subscriber code, a play webhook), the first request
+is admitted all the same (with C{?subscriberId=S&subscriberCode=C}, the
+policies being told the query's other parameters too) and opens a session;
+without either, streams are served without sessions.
+
+A spent token (or without a token, the subscriber id and code that opened a
+session) presented again **from the address that redeemed it**, for the
 same stream and format, continues the session it opened while that session is
 alive (not ended, revoked or idle): mpv opens a playlist, an MPD or an MP4
 twice (its stream layer probes, then libavformat reopens the URL), a HEAD is
@@ -54,7 +61,7 @@ import re
 import time
 from collections import OrderedDict
 from typing import Any, Optional, Protocol
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -170,8 +177,9 @@ class _SessionMind:
     L{kick} here once: the session leaves the index and its credentials
     stop working.
 
-    @ivar tokenDigest: the digest of the token that opened it (so that the
-        token may continue it from C{peerHost}), or None.
+    @ivar tokenDigest: the digest of the token that opened it, or without a
+        token of the subscriber's id and code (so that they may continue it
+        from C{peerHost}), or None.
     @ivar lastSeen: when the session last made a request.
     """
 
@@ -280,7 +288,8 @@ class HTTPSessions:
     def continued(self, token: str, peer: str, app: str, streamId: str, kind: str
                   ) -> Optional[Session]:
         """
-        The live session that the token with digest C{token} opened, if
+        The live session that the token with digest C{token} opened (or the
+        subscriber's id and code, L{_opener}), if
         C{peer} is the address that redeemed it and the request is for the
         same stream and format; None otherwise (the token must then go
         through admission, which refuses a spent one).
@@ -468,8 +477,8 @@ class PlaybackGate:
             # refused before any token is looked at: the token is kept
             self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer, token), outcome)
             return _fail(request, *_checkRefusal(outcome, protocol))
-        kind = self.access.tokenKind(app, PLAY)
-        if kind is None:
+        kind = self.access.tokenKind(app, PLAY) or ""
+        if not kind and not self.access.admissionRequired(app, PLAY):
             return self._deliver(request, app, streamId, what, details, None)
         now = self.clock.seconds()
         session = self._sessionOf(request, app, streamId, now)
@@ -481,11 +490,16 @@ class PlaybackGate:
             self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer),
                                Outcome.MISSING)
             return _fail(request, 403, self._refusal(kind, streamId))
-        if token is not None and len(token) <= MAX_TOKEN_LENGTH:
-            session = self.sessions.continued(digest(token), peer, app, streamId, protocol)
+        asked = AccessRequest(app, streamId, PLAY, protocol, peer, token,
+                              subscriberId=self._arg(request, b"subscriberId"),
+                              subscriberCode=self._arg(request, b"subscriberCode"),
+                              params=_otherParams(request))
+        opener = _opener(asked)
+        if opener is not None:
+            session = self.sessions.continued(opener, peer, app, streamId, protocol)
             if session is not None:
                 return self._deliver(request, app, streamId, what, details, session)
-        d = self._admit(request, app, streamId, protocol, token, now)
+        d = self._admit(request, asked)
         d.addCallback(lambda s: self._deliverLater(request, app, streamId, what, details, s))
         d.addErrback(self._refused, request, kind, streamId, protocol)
         d.addErrback(self._unexpected, request)
@@ -546,12 +560,12 @@ class PlaybackGate:
             request = self._checkRequests[key] = AccessRequest(app, streamId, PLAY, protocol)
         return request
 
-    async def _admitAsync(self, request: Any, app: str, streamId: str, protocol: str,
-                          token: Optional[str], now: float) -> Session:
-        peer = self._peer(request)
-        if not token or len(token) > MAX_TOKEN_LENGTH:
-            return await self._login(app, streamId, protocol, token, peer, None)
-        key = (digest(token), peer)
+    async def _admitAsync(self, request: Any, asked: AccessRequest) -> Session:
+        peer = asked.peer
+        opener = _opener(asked)
+        if opener is None:
+            return await self._login(asked, None)
+        key = (opener, peer)
         waiters = self._pending.get(key)
         if waiters is not None:
             # the same token's redemption from this address is in flight (mpv
@@ -561,34 +575,35 @@ class PlaybackGate:
                 waiter: Deferred[None] = Deferred()
                 waiters.append(waiter)
                 await waiter
-                session = self.sessions.continued(key[0], peer, app, streamId, protocol)
+                session = self.sessions.continued(key[0], peer, asked.app, asked.streamId,
+                                                  asked.protocol)
                 if session is not None:
                     return session
-            return await self._login(app, streamId, protocol, token, peer, None)
+            return await self._login(asked, None)
         if len(self._pending) >= self.maxPending:
-            return await self._login(app, streamId, protocol, token, peer, key[0])
+            return await self._login(asked, key[0])
         self._pending[key] = []
         try:
-            return await self._login(app, streamId, protocol, token, peer, key[0])
+            return await self._login(asked, key[0])
         finally:
             for waiter in self._pending.pop(key, []):
                 waiter.callback(None)
 
-    async def _login(self, app: str, streamId: str, protocol: str, token: Optional[str],
-                     peer: str, tokenDigest: Optional[str]) -> Session:
+    async def _login(self, asked: AccessRequest, tokenDigest: Optional[str]) -> Session:
         """
         Admit through the access service and open a session (indexed by the
-        token's digest, so that the token may continue it from C{peer}).
+        token's digest, so that the token may continue it from the same
+        address).
         """
-        mind = self.sessions.mind(protocol, peer, tokenDigest)
-        viewing = await self.access.play(
-            AccessRequest(app, streamId, PLAY, protocol, peer, token), mind)
-        session = self.signer.new(app, streamId, protocol, self.clock.seconds())
+        mind = self.sessions.mind(asked.protocol, asked.peer, tokenDigest)
+        viewing = await self.access.play(asked, mind)
+        session = self.signer.new(asked.app, asked.streamId, asked.protocol,
+                                  self.clock.seconds())
         self.sessions.open(mind, viewing.grant, session)
         return session
 
-    def _admit(self, request: Any, *args: Any) -> "Deferred[Session]":
-        return Deferred.fromCoroutine(self._admitAsync(request, *args))
+    def _admit(self, request: Any, asked: AccessRequest) -> "Deferred[Session]":
+        return Deferred.fromCoroutine(self._admitAsync(request, asked))
 
     def _refusal(self, kind: str, streamId: str) -> str:
         if kind == "jwt":
@@ -606,6 +621,8 @@ class PlaybackGate:
         elif outcome is Outcome.DISABLED:
             # the switch went off while the request waited
             body = _fail(request, *_checkRefusal(outcome, protocol))
+        elif outcome in _POLICY_REFUSALS:
+            body = _fail(request, *_POLICY_REFUSALS[outcome])
         else:
             body = _fail(request, 403, self._refusal(kind, streamId))
         _finish(request, body)
@@ -855,6 +872,53 @@ class PlaybackGate:
 
 #: the protocol of each kind of request (segments: see L{PlaybackGate._check})
 _PROTOCOLS = {"hls": "hls", "media": "hls", "dash": "dash", "vod": "vod"}
+
+
+#: the answers to the security policies' refusals (Ant Media's strings where
+#: it has them: C{filter/SubscriberBlockFilter.java},
+#: C{filter/TokenFilterManager.java}); a webhook that did not answer is a
+#: 503, the others 403
+_POLICY_REFUSALS: dict[Outcome, tuple[int, str]] = {
+    Outcome.BLOCKED: (401, "Subscriber is blocked"),
+    Outcome.BAD_CODE: (403, "Time Based subscriber id or code is invalid"),
+    Outcome.CODE_IN_USE: (403, "Time Based subscriber id or code is invalid"),
+    Outcome.UNREGISTERED: (403, "Stream is not registered"),
+    Outcome.ADDRESS: (403, "Address is not allowed"),
+    Outcome.WEBHOOK_REFUSED: (403, "Not authorized"),
+    Outcome.WEBHOOK_UNAVAILABLE: (503, "Authorization is unavailable, try again later"),
+}
+
+def _opener(asked: AccessRequest) -> Optional[str]:
+    """
+    What may continue the session C{asked} opens, from its address (see
+    L{HTTPSessions.continued}): the digest of its token, or without one, of
+    its subscriber id and code; None when it has neither (or an over-long
+    token: refused anyway).
+    """
+    token = asked.token
+    if token:
+        return digest(token) if len(token) <= MAX_TOKEN_LENGTH else None
+    if asked.subscriberId and asked.subscriberCode:
+        return digest("\0subscriber\0{}\0{}".format(asked.subscriberId, asked.subscriberCode))
+    return None
+
+
+#: query parameters with a field of their own, not among the request's
+#: other parameters (L{AccessRequest.params})
+_OWN_PARAMS = frozenset({"token", "subscriberId", "subscriberCode", "tgs"})
+
+
+def _otherParams(request: Any) -> tuple[tuple[str, str], ...]:
+    """
+    The request's query parameters but the token, the subscriber's and the
+    session credential, in the order sent (the access service bounds them).
+    """
+    uri: bytes = request.uri
+    _, _, query = uri.partition(b"?")
+    if not query:
+        return ()
+    pairs = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
+    return tuple((k, v) for k, v in pairs if k not in _OWN_PARAMS)
 
 
 def _checkRefusal(outcome: Outcome, protocol: str) -> tuple[int, str]:

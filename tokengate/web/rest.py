@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_rest -*-
+# -*- test-case-name: tests.test_rest,tests.test_rest_subscribers -*-
 """
 The REST API, with the reference server's paths, JSON shapes, status codes
 and messages:
@@ -6,27 +6,56 @@ and messages:
 * C{/rest/v2/applications...}: list, create and delete applications, read
   and replace their settings (the management API);
 * C{/{App}/rest/v2/broadcasts/...}: mint, validate, revoke and list tokens;
+  add, list, block and delete TOTP subscribers, their current codes and
+  connection events;
   create, read, list and delete broadcasts (L{tokengate.store.broadcasts});
 * C{/metrics}: Prometheus.
 
-Only loopback may call any of it unless the application's
-C{remoteAllowedCIDR} (server-wide C{restAllowedCIDR} for management and
-metrics) or a bearer JWT (C{jwtControlEnabled}/C{jwtSecretKey}) opens it.
+Every request passes L{RestGuard} first, as Ant Media maps its C{IPFilter}
+and C{JWTFilter} on C{/rest/*}: B{each filter that is on must pass}.  For
+an application's calls (C{/{App}/rest/...}) the address filter
+(C{ipFilterEnabled}, C{remoteAllowedCIDR}: loopback only by default) and,
+when C{jwtControlEnabled}, a bearer JWT (HS256 over C{jwtSecretKey}, or
+RS256 with the keys of C{jwksURL} when set); C{ipFilterEnabled} may be
+false only when the JWT filter is on.  For the management calls, metrics
+and any other path (an unknown application is not revealed), the
+server-wide C{restAllowedCIDR} and, when C{restJwtSecretKey} is set, a JWT
+signed with it.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
+from tokengate.access.jwks import KeySources
 from tokengate.access.names import isValidStreamId
 from tokengate.access.revocation import Revoker
+from tokengate.access.subscribers import (
+    BLOCK_TYPES,
+    ConnectionEvent,
+    MAX_BLOCK_SECONDS,
+    MAX_EVENTS_PER_STREAM,
+    PUBLISH,
+    PUBLISH_AND_PLAY,
+    TYPES,
+    ISubscriberStore,
+    Subscriber,
+    isValidSubscriberId,
+    subscriberFromJSON,
+)
+from tokengate.access.totp import SecretError, totpAt
 from tokengate.apps import (
     MAX_NAMED_FIELDS,
     Applications,
@@ -34,8 +63,22 @@ from tokengate.apps import (
     SettingsError,
     address_allowed,
 )
-from tokengate.auth import Gate, Refused, StreamCredentials, check_jwt, mint_jwt
-from tokengate.jsonvalue import JSONError, decimalText, readJSON, requireObject, stringValue
+from tokengate.auth import (
+    Gate,
+    Refused,
+    StreamCredentials,
+    check_jwt,
+    mint_jwt,
+    verifyJWKSToken,
+)
+from tokengate.jsonvalue import (
+    JSONError,
+    JSONValue,
+    decimalText,
+    readJSON,
+    requireObject,
+    stringValue,
+)
 from tokengate.logsafe import Logger
 from tokengate.media.hub import BroadcastRecord, Hub
 from tokengate.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -61,6 +104,8 @@ from tokengate.tokens import (
 
 #: the reference server's cap on one page of a listing
 MAX_LIST_SIZE = 250
+
+T = TypeVar("T")
 #: path integers (offsets and sizes of listings) are Java ints there
 MAX_PATH_INT = 2**31 - 1
 #: the largest expireDate read (beyond, it is "not a positive integer")
@@ -68,6 +113,11 @@ MAX_EXPIRE_DATE = 2**63 - 1
 
 MSG_NOT_ALLOWED_IP = "Not allowed IP"
 MSG_INVALID_APP_JWT = "Invalid App JWT Token"
+MSG_JWKS_DOWN = "The JWT keys (jwksURL) are unavailable, try again later"
+MSG_JWKS_MINT = (
+    "Cannot create JWT token: this application verifies JWTs with the keys of its "
+    "jwksURL; sign them with the matching private key"
+)
 MSG_NO_JWT_KEY = (
     "Cannot create JWT token. The problem can be ->  this is community edition "
     "or JWT stream key is not set or it's length is less than 32"
@@ -75,6 +125,10 @@ MSG_NO_JWT_KEY = (
 MSG_STORE_DOWN = "Token store is unavailable, try again later"
 MSG_NO_APP = "Application not found"
 MSG_NO_BROADCAST = "Broadcast is not found"
+MSG_SUBSCRIBERS_DOWN = "Subscriber store is unavailable, try again later"
+MSG_BAD_SUBSCRIBER_ID = "subscriberId must be 4 to 128 of A-Z a-z 0-9 _ . @ -"
+MSG_NO_TIME_SECRET = ("Secret is not set in AppSettings. Please set timetokensecret publish or "
+                      "play in Application settings")
 MSG_BROADCAST_EXISTS = "Stream id is already being used. Please change stream id or keep it empty"
 MSG_TOO_MANY_BROADCASTS = "An application holds at most {} broadcasts; delete some first"
 MSG_REGISTRY_DOWN = "Broadcast store is unavailable, try again later"
@@ -109,7 +163,7 @@ def send_json(request: IRequest, obj: object, code: int = 200) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
-def read_json(request: IRequest) -> object:
+def read_json(request: IRequest) -> JSONValue:
     """
     The request body as JSON (L{tokengate.jsonvalue.readJSON}: depth,
     numbers and encoding bounded); its L{JSONError} is answered 400 by
@@ -160,7 +214,8 @@ class RestAPI:
 
     def __init__(self, apps: Applications, store: ITokenStore, hub: Hub, gate: Gate,
                  revoker: Revoker, clock: IReactorTime, metrics: Metrics,
-                 config: ServerConfig, *, broadcasts: IBroadcastRegistry,
+                 config: ServerConfig, subscribers: ISubscriberStore,
+                 keys: KeySources, *, broadcasts: IBroadcastRegistry,
                  stopPublishers: Callable[[str, str], int]) -> None:
         """
         @param apps: the applications (created, changed, deleted here).
@@ -170,6 +225,9 @@ class RestAPI:
         @param revoker: ends sessions here and across the cluster.
         @param config: the server-wide REST protection (allowed networks,
             management JWT).
+        @param subscribers: the TOTP subscribers (added, listed, blocked,
+            deleted here).
+        @param keys: the key sources of the applications' C{jwksURL}s.
         @param broadcasts: the broadcasts created through REST (created,
             listed, deleted here).
         @param stopPublishers: ends the publishing sessions of
@@ -183,11 +241,16 @@ class RestAPI:
         self._clock = clock
         self._metrics = metrics
         self._config = config
+        self._subscribers = subscribers
+        self._keys = keys
         self._broadcasts = broadcasts
         self._stopPublishers = stopPublishers
 
     def resource(self) -> Any:
-        return self.app.resource()
+        """
+        The REST API's resource: the routes behind L{RestGuard}.
+        """
+        return RestGuard(self, self.app.resource())
 
     # --- errors and protection ---------------------------------------------------
 
@@ -208,51 +271,88 @@ class RestAPI:
         self._metrics.malformed.labels("rest", e.kind).inc()
         return send_json(request, result(False, str(e)), 400)
 
-    def _allow(self, request: IRequest, networks: Any, jwtSecret: Optional[str]) -> None:
-        host = request.getClientAddress().host
-        if address_allowed(host, networks):
-            return
-        if jwtSecret:
-            token = _bearer(request)
-            if token and len(token) <= MAX_TOKEN_LENGTH:
-                try:
-                    check_jwt(jwtSecret, token, self._clock.seconds(),
-                              self._config.restJwtMaxLifetime)
-                    return
-                except Refused:
-                    pass
+    def scopeOf(self, request: IRequest) -> Optional[AppSettings]:
+        """
+        Whose protection a request falls under, found as Klein routes it:
+        the settings of the application a route names (its C{appName}), or
+        L{None} for the server's (management calls, metrics, an unknown
+        application, any path no route takes).
+        """
+        path = b"/" + b"/".join(request.postpath or [])
+        try:
+            adapter = self.app.url_map.bind(
+                "localhost", path_info=path.decode("utf-8"),
+                default_method=(request.method or b"GET").decode("ascii", "replace"))
+            _, arguments = adapter.match(return_rule=True)
+        except (UnicodeDecodeError, HTTPException, RequestRedirect):
+            return None
+        appName = arguments.get("appName")
+        return self._apps.get(appName) if isinstance(appName, str) else None
+
+    async def protect(self, request: IRequest) -> None:
+        """
+        Ant Media's C{IPFilter} and C{JWTFilter}: each one that is on must
+        pass (see the module's docstring).
+
+        @raise HTTPError: 403 C{Not allowed IP} or C{Invalid App JWT Token};
+            503 when the C{jwksURL}'s keys are unavailable; counted in
+            C{tokengate_rest_refusals{reason}}.
+        """
+        settings = self.scopeOf(request)
+        if settings is None:
+            config = self._config
+            ipFilter, networks = True, config.restNetworks
+            jwtFilter, secret, jwksURL = bool(config.restJwtSecretKey), config.restJwtSecretKey, ""
+        else:
+            ipFilter, networks = settings.ipFilterEnabled, settings.allowedNetworks()
+            jwtFilter, secret = settings.jwtControlEnabled, settings.jwtSecretKey
+            jwksURL = settings.jwksURL
+        if ipFilter and not address_allowed(request.getClientAddress().host, networks):
+            self._metrics.http_refusals.labels("ip").inc()
+            raise HTTPError(403, MSG_NOT_ALLOWED_IP)
+        if jwtFilter:
+            await self._checkJwt(request, secret, jwksURL)
+        elif not ipFilter:
+            # the settings refuse this; were it stored anyway, nothing protects
+            self._metrics.http_refusals.labels("no_filter").inc()
+            raise HTTPError(403, MSG_NOT_ALLOWED_IP)
+
+    async def _checkJwt(self, request: IRequest, secret: str, jwksURL: str) -> None:
+        token = _bearer(request)
+        try:
+            if not token or len(token) > MAX_TOKEN_LENGTH:
+                raise Refused(Outcome.MISSING)
+            maxLifetime = self._config.restJwtMaxLifetime
+            if jwksURL:
+                await verifyJWKSToken(self._keys, jwksURL, token, maxLifetime)
+            else:
+                check_jwt(secret, token, self._clock.seconds(), maxLifetime)
+        except Refused as e:
+            if e.outcome is Outcome.UNAVAILABLE:
+                self._metrics.http_refusals.labels("jwks_unavailable").inc()
+                raise HTTPError(503, MSG_JWKS_DOWN)
             self._metrics.http_refusals.labels("invalid_jwt").inc()
             raise HTTPError(403, MSG_INVALID_APP_JWT)
-        self._metrics.http_refusals.labels("ip").inc()
-        raise HTTPError(403, MSG_NOT_ALLOWED_IP)
-
-    def _protectServer(self, request: IRequest) -> None:
-        config = self._config
-        self._allow(request, config.restNetworks, config.restJwtSecretKey or None)
 
     def _appSettings(self, request: IRequest, appName: str) -> AppSettings:
+        """
+        The settings of the application a route names (L{RestGuard} has
+        already applied its protection, or the server's when it does not
+        exist): 404 when there is none.
+        """
         settings = self._apps.get(appName)
         if settings is None:
-            # Protect before telling which applications exist.
-            self._protectServer(request)
             raise HTTPError(404, MSG_NO_APP)
-        self._allow(
-            request,
-            settings.allowedNetworks(),
-            settings.jwtSecretKey if settings.jwtControlEnabled else None,
-        )
         return settings
 
     # --- management: applications and settings -----------------------------------
 
     @app.route("/rest/v2/applications", methods=["GET"])
     def listApplications(self, request: IRequest) -> bytes:
-        self._protectServer(request)
         return send_json(request, {"applications": list(self._apps)})
 
     @app.route("/rest/v2/applications/<string:name>", methods=["POST"])
     def createApplication(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         try:
             self._apps.create(name)
         except SettingsError as e:
@@ -261,7 +361,6 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/<string:name>", methods=["DELETE"])
     async def deleteApplication(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         self._apps.delete(name)  # ends its sessions and streams
@@ -287,7 +386,6 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["GET"])
     def getSettings(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         settings = self._apps.get(name)
         if settings is None:
             raise HTTPError(404, MSG_NO_APP)
@@ -295,7 +393,6 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["POST"])
     def setSettings(self, request: IRequest, name: str) -> bytes:
-        self._protectServer(request)
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         body = read_json(request)
@@ -316,7 +413,6 @@ class RestAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
-        self._protectServer(request)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return self._metrics.render()
 
@@ -358,6 +454,8 @@ class RestAPI:
     def mintJwt(self, request: IRequest, appName: str, streamId: str) -> bytes:
         settings = self._appSettings(request, appName)
         type_, expireDate, roomId = self._mintArgs(request, streamId)
+        if settings.jwksURL:
+            raise HTTPError(400, MSG_JWKS_MINT)
         if len(settings.jwtStreamSecretKey) < 32:
             raise HTTPError(400, MSG_NO_JWT_KEY)
         tokenId = mint_jwt(settings.jwtStreamSecretKey, streamId, type_, expireDate, roomId)
@@ -577,3 +675,197 @@ class RestAPI:
         self._appSettings(request, appName)
         kicked = await self._revoker.revokeSessions(appName, streamId)
         return send_json(request, result(True, "{} sessions ended".format(kicked), str(kicked)))
+
+
+    # --- TOTP subscribers -------------------------------------------------------------
+
+    def _subscriberPath(self, request: IRequest, appName: str, streamId: str,
+                        subscriberId: Optional[str] = None) -> AppSettings:
+        """
+        Protect as every per-application call, then check the path's
+        stream and subscriber ids (a 400 naming them).
+        """
+        settings = self._appSettings(request, appName)
+        if not isValidStreamId(streamId):
+            raise HTTPError(400, MSG_BAD_STREAM_ID)
+        if subscriberId is not None and not isValidSubscriberId(subscriberId):
+            raise HTTPError(400, MSG_BAD_SUBSCRIBER_ID)
+        return settings
+
+    async def _subscriberCall(self, what: str, d: "Deferred[T]") -> T:
+        """
+        The subscriber store's answer, or a 503 when it cannot answer
+        (logged and counted, never its details).
+        """
+        try:
+            return await d
+        except Exception:
+            self._log.failure("the subscriber store failed to {what}", what=what)
+            self._metrics.store_errors.labels("subscribers_" + what).inc()
+            raise HTTPError(503, MSG_SUBSCRIBERS_DOWN)
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers",
+               methods=["POST"])
+    async def addSubscriber(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        """
+        Record a subscriber of the stream (Ant Media's C{Subscriber} JSON);
+        its C{b32Secret} is never shown again.
+        """
+        settings = self._subscriberPath(request, appName, streamId)
+        body = read_json(request)
+        try:
+            subscriber = subscriberFromJSON(body, streamId, settings.timeTokenPeriod)
+        except JSONError as e:
+            # Ant Media answers its checks of a subscriber as a Result
+            return send_json(request, result(False, str(e)))
+        added = await self._subscriberCall(
+            "add", self._subscribers.addSubscriber(appName, subscriber))
+        return send_json(request, result(added, "" if added else "Too many subscribers"))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/list/"
+               "<string:offset>/<string:size>", methods=["GET"])
+    async def listSubscribers(self, request: IRequest, appName: str, streamId: str,
+                              offset: str, size: str) -> bytes:
+        self._subscriberPath(request, appName, streamId)
+        first, count = _page(offset, size)
+        records = await self._subscriberCall(
+            "list", self._subscribers.listSubscribers(appName, streamId, first, count))
+        return send_json(request, [r.toJSON() for r in records])
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
+               "<string:subscriberId>/totp", methods=["GET"])
+    async def subscriberCode(self, request: IRequest, appName: str, streamId: str,
+                             subscriberId: str) -> bytes:
+        """
+        The subscriber's current code, in C{dataId}: from its own
+        C{b32Secret} and period when it has one, else derived from the
+        application's secret for C{?type=} and C{timeTokenPeriod} (the key
+        and period the check uses).
+        """
+        settings = self._subscriberPath(request, appName, streamId, subscriberId)
+        type_ = _arg(request, "type")
+        record = await self._subscriberCall(
+            "get", self._subscribers.getSubscriber(appName, streamId, subscriberId))
+        if record is None:
+            record = Subscriber(subscriberId=subscriberId, streamId=streamId, type=None)
+        if not record.b32Secret:
+            if type_ not in TYPES:
+                return send_json(request, result(False, "type must be publish or play"))
+            assert type_ is not None
+            if not settings.timeTokenSecret(type_):
+                return send_json(request, result(False, MSG_NO_TIME_SECRET))
+        try:
+            key = record.key(settings.timeTokenSecret(type_ or PUBLISH), type_ or PUBLISH)
+        except SecretError:
+            return send_json(request, result(False, MSG_NO_TIME_SECRET))
+        code = totpAt(key, self._clock.seconds(), record.period(settings.timeTokenPeriod))
+        return send_json(request, result(True, "", code))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
+               "<string:subscriberId>", methods=["DELETE"])
+    async def deleteSubscriber(self, request: IRequest, appName: str, streamId: str,
+                               subscriberId: str) -> bytes:
+        self._subscriberPath(request, appName, streamId, subscriberId)
+        found = await self._subscriberCall(
+            "delete", self._subscribers.deleteSubscriber(appName, streamId, subscriberId))
+        return send_json(request, result(found))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers",
+               methods=["DELETE"])
+    async def revokeSubscribers(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        self._subscriberPath(request, appName, streamId)
+        deleted = await self._subscriberCall(
+            "revoke", self._subscribers.revokeSubscribers(appName, streamId))
+        return send_json(request, result(deleted > 0, "", str(deleted)))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
+               "<string:subscriberId>/block/<string:seconds>/<string:blockType>",
+               methods=["PUT"])
+    async def blockSubscriber(self, request: IRequest, appName: str, streamId: str,
+                              subscriberId: str, seconds: str, blockType: str) -> bytes:
+        """
+        Block the subscriber for C{seconds} from now (0 unblocks) for
+        C{publish}, C{play} or C{publish_play}, and end at once its live
+        sessions of that stream and type, on this node and (through the
+        revocation service) on the other nodes of a cluster.
+        """
+        self._subscriberPath(request, appName, streamId, subscriberId)
+        duration = decimalText(seconds, "seconds", 0, MAX_BLOCK_SECONDS)
+        if blockType not in BLOCK_TYPES:
+            raise HTTPError(400, "block type must be publish, play or publish_play")
+        blocked = await self._subscriberCall("block", self._subscribers.blockSubscriber(
+            appName, streamId, subscriberId, blockType, duration))
+        if not blocked:
+            return send_json(request, result(False, "Too many subscribers"))
+        kicked = 0
+        if duration > 0:
+            # here at once, then on the other nodes of a cluster (never fails)
+            action = None if blockType == PUBLISH_AND_PLAY else blockType
+            kicked = await self._revoker.blockSubscriber(appName, streamId, subscriberId, action)
+        return send_json(request, result(True, "", str(kicked)))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/connection-events/"
+               "<string:offset>/<string:size>", methods=["GET"])
+    async def connectionEvents(self, request: IRequest, appName: str, streamId: str,
+                               offset: str, size: str) -> bytes:
+        """
+        The stream's subscribers' C{connected} and C{disconnected} events,
+        oldest first; C{?subscriberId=} keeps one subscriber's.
+        """
+        self._subscriberPath(request, appName, streamId)
+        first, count = _page(offset, size)
+        subscriberId = _arg(request, "subscriberId")
+        if subscriberId:
+            # at most MAX_EVENTS_PER_STREAM are kept: filter them all, then page
+            events = await self._subscriberCall("events", self._subscribers.connectionEvents(
+                appName, streamId, 0, MAX_EVENTS_PER_STREAM))
+            page: Sequence[ConnectionEvent] = [
+                e for e in events if e.subscriberId == subscriberId][first:first + count]
+        else:
+            page = await self._subscriberCall("events", self._subscribers.connectionEvents(
+                appName, streamId, first, count))
+        return send_json(request, [e.toJSON() for e in page])
+
+
+class RestGuard(Resource):
+    """
+    The REST API's front: every request is protected (L{RestAPI.protect})
+    before Klein routes it, so no route can forget it.  A route of one
+    application names it C{appName} (its protection is that
+    application's); every other request gets the server's.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: RestAPI, routes: Any) -> None:
+        super().__init__()
+        self._api = api
+        self._routes = routes
+
+    def render(self, request: IRequest) -> Any:
+        gone: list[object] = []
+        # IRequest does not declare it; every twisted.web Request has it
+        request.notifyFinish().addBoth(gone.append)  # type: ignore[attr-defined]
+        d = Deferred.fromCoroutine(self._api.protect(request))
+        d.addCallbacks(self._allowed, self._refused, callbackArgs=(request, gone),
+                       errbackArgs=(request, gone))
+        return NOT_DONE_YET
+
+    def _allowed(self, _: None, request: IRequest, gone: list[object]) -> None:
+        if gone:
+            return  # the client left while its JWT was checked
+        body = self._routes.render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _refused(self, failure: Failure, request: IRequest, gone: list[object]) -> None:
+        if gone:
+            return
+        e = failure.value
+        if isinstance(e, HTTPError):
+            request.write(send_json(request, result(False, e.message), e.code))
+        else:
+            self._api._log.failure("protecting a REST call failed", failure)
+            request.write(send_json(request, result(False, "Internal error"), 500))
+        request.finish()

@@ -3,11 +3,15 @@
 The WebSocket signalling of WebRTC publish and play, at C{/{App}/websocket},
 with the JSON messages of Ant Media Server's JavaScript SDK.
 
-A client sends C{publish} or C{play} with a stream id and a token; the
-request goes through the access service (L{tokengate.access.service},
-protocol C{webrtc}).  A refusal is an C{error} message (see L{refusalMessage}:
-C{unauthorized_access} with the stream id for any token refusal;
-C{streamIdInUse}, C{no_stream_exist} and, when the application's
+A client sends C{publish} or C{play} with a stream id and a token (and, for
+a TOTP subscriber, C{subscriberId} and C{subscriberCode}, as Ant Media's
+JavaScript SDK sends them); the request goes through the access service
+(L{tokengate.access.service}, protocol C{webrtc}).  A refusal is an C{error}
+message (see L{refusalMessage}: C{unauthorized_access} with the stream id
+for any token refusal and any other policy's; C{user_blocked} for a blocked
+subscriber and C{not_allowed_unregistered_streams} for a stream not created
+through REST, decided by the security policies before the token is
+redeemed; C{streamIdInUse}, C{no_stream_exist} and, when the application's
 C{webRTCEnabled} is off, C{webrtc_not_enabled} are decided before the token
 is redeemed, so it stays usable) and leaves the socket usable for a retry.
 On success a publisher gets C{start} and sends its offer; a player gets the
@@ -73,6 +77,8 @@ _REFUSAL_DEFINITIONS = {
     Outcome.IN_USE: "streamIdInUse",
     Outcome.NOT_LIVE: "no_stream_exist",
     Outcome.UNAVAILABLE: "data_store_not_available",
+    Outcome.BLOCKED: "user_blocked",
+    Outcome.UNREGISTERED: "not_allowed_unregistered_streams",
 }
 
 #: Ant Media Server's not-found answer and its reasons (C{information})
@@ -105,6 +111,15 @@ def refusalMessage(outcome: Outcome, action: str, streamId: str) -> dict[str, An
     if definition == "no_stream_exist":
         message.update(_NOT_FOUND, information=NOT_STREAMING)
     return message
+
+
+def _text(value: Any) -> Optional[str]:
+    """
+    A message's optional string field: None unless a non-empty string (Ant
+    Media's JavaScript SDK sends C{""} or C{undefined} when there is none).
+    Its length is the access service's to bound.
+    """
+    return value if isinstance(value, str) and value else None
 
 
 class _TokenBucket:
@@ -410,7 +425,9 @@ class SignallingProtocol(WebSocketServerProtocol):
         room = message.get("room")
         room = room if isinstance(room, str) and room else None
         request = AccessRequest(self.app, streamId, action, "webrtc", self.peerHost,
-                                token or None, room)
+                                token or None, room,
+                                subscriberId=_text(message.get("subscriberId")),
+                                subscriberCode=_text(message.get("subscriberCode")))
         session = StreamSession(self, streamId, action)
         self.sessions[streamId] = session
         d: Deferred[Any]
