@@ -24,6 +24,8 @@ from tests.interop.test_srt_interop import ts_clip
 from tests.service import TokengateProcess
 
 SETTINGS = "/rest/v2/applications/settings/LiveApp"
+#: what ffmpeg prints of the RTMP refusal (NetStream.Publish.BadName)
+REFUSED = "You are not allowed to publish the stream."
 
 
 class DatastoreServiceTests(TestCase):
@@ -99,6 +101,7 @@ class DatastoreServiceTests(TestCase):
         token = self.mint("cam1")
         result = await self.rtmp("/LiveApp/cam1?token=" + token)
         self.assertNotEqual(result.code, 0, result.stderr[-1500:])
+        self.assertIn(REFUSED, result.stderr)
         self.assertEqual(self.refusals("rtmp", "unregistered"), 1)
         self.create("cam1")
         # a restart: the broadcast is in the SQLite database
@@ -148,6 +151,7 @@ class DatastoreServiceTests(TestCase):
         token = self.mint("cam3")
         result = await self.rtmp("/LiveApp/cam3?token=" + token)
         self.assertNotEqual(result.code, 0)
+        self.assertIn(REFUSED, result.stderr)
         result = await self.srt("LiveApp/cam3,token=" + token)
         self.assertNotEqual(result.code, 0)
         self.assertEqual((self.refusals("rtmp", "address"), self.refusals("srt", "address")),
