@@ -77,7 +77,8 @@ class Server:
     #: the broadcasts created through REST; by default in the token
     #: store's backend (L{registryFor})
     broadcasts: IBroadcastRegistry = field(
-        default=Factory(lambda self: registryFor(self.store), takes_self=True))
+        default=Factory(lambda self: registryFor(self.store, self.config.maxBroadcasts),
+                        takes_self=True))
     #: the TOTP subscribers' records, blocks and live connections (in this
     #: process's memory unless the composition root gives a persistent one)
     subscribers: ISubscriberStore = field(
