@@ -35,7 +35,8 @@ def restAPI(server: Server) -> RestAPI:
     """
     return RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                    server.clock, server.metrics, server.config, server.subscribers,
-                   server.jwks)
+                   server.jwks, broadcasts=server.broadcasts,
+                   stopPublishers=server.stopPublishers)
 
 
 class InProcessMedia:

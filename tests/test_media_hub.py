@@ -154,11 +154,19 @@ class HubTests(SynchronousTestCase):
         rec = self.hub.record("LiveApp", "s1")
         self.assertEqual((rec.status, rec.viewers), ("broadcasting", {"rtmp": 1, "hls": 2}))
 
-    def test_created(self):
-        self.hub.create("LiveApp", "later")
-        self.assertEqual(self.hub.record("LiveApp", "later").status, "created")
-        self.assertIsNone(self.hub.record("LiveApp", "never"))
-        self.assertEqual(sorted(r.streamId for r in self.hub.records("LiveApp")), ["later", "s1"])
+    def test_discard(self):
+        """
+        The record of an ended stream is kept until it is discarded (its
+        broadcast was deleted); a live stream's is not discarded.
+        """
+        self.assertFalse(self.hub.discard("LiveApp", "s1"))
+        self.stream.end()
+        self.assertEqual(self.hub.record("LiveApp", "s1").status, "finished")
+        self.assertEqual([r.streamId for r in self.hub.records("LiveApp")], ["s1"])
+        self.assertTrue(self.hub.discard("LiveApp", "s1"))
+        self.assertIsNone(self.hub.record("LiveApp", "s1"))
+        self.assertEqual(self.hub.records("LiveApp"), [])
+        self.assertFalse(self.hub.discard("LiveApp", "s1"))
 
     def test_gopBounded(self):
         from tokengate.media import hub as hubmod

@@ -461,18 +461,25 @@ class BroadcastTests(RestBase):
         object, are accepted.  Other unknown fields are kept out and named.
         """
         path = "/rest/v2/applications/settings/LiveApp"
-        for field, value in (("acceptOnlyStreamsInDataStore", True),
-                             ("acceptOnlyRoomsInDataStore", 1),
-                             ("allowedPublisherCIDR", "10.0.0.0/8")):
+        # every Ant Media security setting is enforced now: the mechanism
+        # that refuses those that are not is held to its rule with two
+        # made-up ones
+        from tokengate import apps
+
+        self.assertEqual(apps.UNENFORCED_SECURITY, {})
+        self.patch(apps, "UNENFORCED_SECURITY", {"madeUpSwitch": apps._turnsOn,
+                                                 "madeUpURL": apps._names})
+        for field, value in (("madeUpSwitch", True), ("madeUpSwitch", 1),
+                             ("madeUpURL", "http://127.0.0.1:9/hook")):
             code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
             self.assertEqual((code, body["success"]), (200, False), field)
             self.assertIn(field, body["message"])
             self.assertFalse(self.server.apps.get("LiveApp").playTokenControlEnabled, field)
-        two = await self.post(path, {"acceptOnlyStreamsInDataStore": True,
-                                     "allowedPublisherCIDR": "10.0.0.0/8"})
+        two = await self.post(path, {"madeUpURL": "x", "madeUpSwitch": True})
         self.assertEqual(two[1]["message"], "Not supported by tokengate, so refused (nothing "
-                                            "was changed): acceptOnlyStreamsInDataStore, "
-                                            "allowedPublisherCIDR")
+                                            "was changed): madeUpSwitch, madeUpURL")
+        code, body = await self.post(path, {"madeUpURL": "", "madeUpSwitch": False})
+        self.assertEqual((code, body["success"]), (200, True))
         neutral = {"hashControlPublishEnabled": False, "hashControlPlayEnabled": False,
                    "tokenHashSecret": "", "acceptOnlyStreamsInDataStore": False,
                    "webhookAuthenticateURL": "", "jwksURL": "", "ipFilterEnabled": True,

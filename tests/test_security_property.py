@@ -5,9 +5,9 @@ that one of its mechanisms alone would refuse.
 
 Each example draws a set of security mechanisms (each a group of Ant Media
 settings that turn one mechanism on, with what it needs: a secret, a URL),
-sometimes an unenforced security setting or unknown fields, and a few
-requests (action, protocol, credentials presented, address, whether the
-stream was created through REST, what the webhook answers).  Each request
+sometimes unknown fields, and a few requests (action, protocol, credentials
+presented, address, whether the stream and the room it names were created
+through REST, what the webhook answers).  Each request
 is judged by a fresh in-memory server (the composition's own
 L{tokengate.server.Server}, webhooks answered by StubTreq) under the whole
 object and under each of its mechanisms alone.
@@ -30,10 +30,11 @@ from tokengate.access.outbound import Outbound
 from tokengate.access.service import AccessRequest
 from tokengate.access.totp import derivedKey, totpAt
 from tokengate.access.webhook import MAX_BODY
-from tokengate.apps import Applications, AppSettings, SettingsError
+from tokengate.apps import UNENFORCED_SECURITY, Applications, AppSettings, SettingsError
 from tokengate.auth import Refused, mint_jwt
 from tokengate.jsonvalue import JSONError
 from tokengate.server import Server
+from tokengate.store.broadcasts import Broadcast
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import PLAY, PUBLISH, StoredToken, new_token
 
@@ -61,6 +62,9 @@ GROUPS: dict[str, dict[str, Any]] = {
     "webrtc-off": {"webRTCEnabled": False},
     "rtmpPlayback-off": {"rtmpPlaybackEnabled": False},
     "hls-off": {"hlsMuxingEnabled": False},
+    "datastore": {"acceptOnlyStreamsInDataStore": True},
+    "rooms": {"acceptOnlyRoomsInDataStore": True},
+    "publisherAddress": {"allowedPublisherCIDR": "127.0.0.0/8, ::1"},
 }
 
 PUBLISH_PROTOCOLS = ("rtmp", "srt", "webrtc")
@@ -79,8 +83,9 @@ class Ask:
     token: str = "none"
     code: Optional[str] = "good"  # good, bad, or None: no subscriber
     peer: str = INSIDE
-    registered: bool = True
+    registered: bool = True  # the stream (and the room) were created through REST
     hookAllows: bool = True
+    room: Optional[str] = None
 
 
 #: for each mechanism, a request the defaults admit and it alone refuses
@@ -98,6 +103,9 @@ WITNESSES: dict[str, Ask] = {
     "webrtc-off": Ask(PUBLISH, "webrtc"),
     "rtmpPlayback-off": Ask(PLAY, "rtmp"),
     "hls-off": Ask(PLAY, "hls"),
+    "datastore": Ask(PUBLISH, "rtmp", registered=False),
+    "rooms": Ask(PLAY, "webrtc", registered=False, room="r1"),
+    "publisherAddress": Ask(PUBLISH, "srt", peer=OUTSIDE),
 }
 
 
@@ -148,7 +156,9 @@ def admitted(settings: AppSettings, ask: Ask) -> bool:
     server = Server(apps=apps, store=store, clock=clock, webhookOutbound=outbound)
     streamId = "s1"
     if ask.registered:
-        server.hub.create("LiveApp", streamId)
+        for registered in (streamId, ask.room):
+            if registered is not None:
+                server.broadcasts.create(Broadcast("LiveApp", registered, registered, "", 0))
     if ask.action == PLAY:
         server.hub.publish("LiveApp", streamId, "RTMP")
     token: Optional[str] = None
@@ -169,7 +179,7 @@ def admitted(settings: AppSettings, ask: Ask) -> bool:
         code = good if ask.code == "good" else "%06d" % ((int(good) + 1) % 10**6)
     request = AccessRequest("LiveApp", streamId, ask.action, ask.protocol, ask.peer, token,
                             subscriberId=SUBSCRIBER if ask.code is not None else None,
-                            subscriberCode=code)
+                            subscriberCode=code, roomId=ask.room)
     if ask.action == PUBLISH:
         d: Any = server.access.publish(request, Mind())
     else:
@@ -200,6 +210,7 @@ asks = st.builds(
     peer=st.sampled_from([INSIDE, OUTSIDE]),
     registered=st.booleans(),
     hookAllows=st.booleans(),
+    room=st.sampled_from([None, "r1"]),
 ) | st.builds(
     Ask,
     action=st.just(PLAY),
@@ -209,6 +220,7 @@ asks = st.builds(
     peer=st.sampled_from([INSIDE, OUTSIDE]),
     registered=st.booleans(),
     hookAllows=st.booleans(),
+    room=st.sampled_from([None, "r1"]),
 )
 
 
@@ -239,24 +251,21 @@ class SettingsPropertyTests(SynchronousTestCase):
             self.assertTrue(admitted(defaults, ask), name)
             self.assertFalse(admitted(alone, ask), name)
         self.assertEqual(set(WITNESSES), set(GROUPS))
+        # every Ant Media security setting is enforced: none is left for
+        # the settings to refuse as unenforced
+        self.assertEqual(UNENFORCED_SECURITY, {})
 
     @settings(max_examples=60, deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(names=st.lists(st.sampled_from(sorted(GROUPS)), min_size=1, max_size=4, unique=True),
            extra=st.dictionaries(st.from_regex(r"zz[a-z]{1,8}", fullmatch=True),
                                  st.integers() | st.booleans(), max_size=2),
-           unenforced=st.sampled_from([False, False, False, False, True]),
            requests=st.lists(asks, max_size=6))
     def test_acceptedIsEnforced(self, names: list[str], extra: dict[str, Any],
-                                unenforced: bool, requests: list[Ask]) -> None:
+                                requests: list[Ask]) -> None:
         fields = combined(names)
         fields.update(extra)
-        if unenforced:
-            fields["acceptOnlyRoomsInDataStore"] = True
         whole = accepted(fields)
-        if unenforced:
-            self.assertIsNone(whole, "an unenforced security setting was accepted")
-            return
         if whole is None:
             # a combination the server refuses (two token kinds for one
             # direction, TOTP beside one-time or JWT tokens): nothing to

@@ -143,3 +143,18 @@ class ServiceTests(TestCase):
         o = Options()
         o.parseOptions(["--data-dir", self.mktemp(), "--store", "mongodb://x"])
         self.assertRaises(SystemExit, makeService, o, MemoryReactorClock())
+
+
+class MaxBroadcastsTests(TestCase):
+    """
+    C{--max-broadcasts}: the broadcast registry's bound per application.
+    """
+
+    def test_bound(self):
+        for argv, expected in (([], 10_000), (["--max-broadcasts", "5"], 5)):
+            o = Options()
+            o.parseOptions(["--data-dir", self.mktemp(), "--store", "memory"] + argv)
+            svc = makeService(o, MemoryReactorClock())
+            self.assertEqual(svc.server.broadcasts.limit, expected)
+        for bad in ("0", "-1", "many", "10000001"):
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["--max-broadcasts", bad])

@@ -187,6 +187,11 @@ SETTINGS_FIELDS: dict[str, "BoolField | TextField | URLField | DecimalField | In
     "mp4MuxingEnabled": BoolField(),
     "webRTCEnabled": BoolField(),
     "rtmpPlaybackEnabled": BoolField(),
+    # only broadcasts (rooms) created through REST may publish (be joined)
+    "acceptOnlyStreamsInDataStore": BoolField(),
+    "acceptOnlyRoomsInDataStore": BoolField(),
+    # publishers' addresses (comma-separated CIDRs; empty: everyone)
+    "allowedPublisherCIDR": TextField(MAX_CIDR_TEXT),
     # segment target in whole seconds, at most a minute (a segment is held in
     # memory while it grows); a larger --part-target is lowered to it
     "hlsTime": DecimalField(1, 60, "2"),
@@ -216,9 +221,6 @@ def _names(value: object) -> bool:
 #: neutral values (C{false}, C{""}), as Ant Media's own clients send them
 #: in a whole settings object, are accepted.
 UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
-    "acceptOnlyStreamsInDataStore": _turnsOn,
-    "acceptOnlyRoomsInDataStore": _turnsOn,
-    "allowedPublisherCIDR": _names,
 }
 
 #: unknown fields named in a settings answer, at most
@@ -297,6 +299,12 @@ class AppSettings:
     mp4MuxingEnabled: bool = False
     webRTCEnabled: bool = True
     rtmpPlaybackEnabled: bool = True
+    # datastore: only broadcasts created through REST publish
+    # (tokengate.access.datastore)
+    acceptOnlyStreamsInDataStore: bool = False
+    acceptOnlyRoomsInDataStore: bool = False
+    # publisher address filter (tokengate.access.publisheraddress)
+    allowedPublisherCIDR: str = ""
     hlsTime: str = "2"
     hlsListSize: str = "5"
 
@@ -422,6 +430,7 @@ class AppSettings:
                 "jwtSecretKey or jwksURL): otherwise anyone could call this "
                 "application's REST API")
         parse_cidrs(self.remoteAllowedCIDR)
+        parse_cidrs(self.allowedPublisherCIDR, "allowedPublisherCIDR", impliedLoopback=False)
 
     def tokenKind(self, action: str) -> Optional[str]:
         """
@@ -476,6 +485,16 @@ class AppSettings:
     ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return _cached_cidrs(self.remoteAllowedCIDR)
 
+    def publisherNetworks(
+        self,
+    ) -> Optional[list[ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+        """
+        The networks publishers must come from (C{allowedPublisherCIDR},
+        exactly as written: no loopback of the other family implied), or
+        None when it is empty (everyone may publish).
+        """
+        return _cached_publisher_cidrs(self.allowedPublisherCIDR) or None
+
 
 _ALIASES = {"hlsEnabled": "hlsMuxingEnabled", "dashEnabled": "dashMuxingEnabled"}
 
@@ -498,23 +517,27 @@ def _present(data: object) -> Iterator[tuple[str, object]]:
 
 
 def parse_cidrs(
-    text: str,
+    text: str, field: str = "remoteAllowedCIDR", impliedLoopback: bool = True,
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """
-    Parse a comma-separated list of addresses and networks.  The loopback
-    address of the other family is implied by C{127.0.0.1} and C{::1}.
+    Parse a comma-separated list of addresses and networks (IPv4 and IPv6).
+
+    @param field: the setting's name, for the error's message.
+    @param impliedLoopback: whether C{127.0.0.1} and C{::1} each imply the
+        loopback address of the other family.
+    @raise SettingsError: naming C{field} and what is not a network.
     """
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if len(parts) > MAX_NETWORKS:
-        raise SettingsError("remoteAllowedCIDR: more than {} networks".format(MAX_NETWORKS))
+        raise SettingsError("{}: more than {} networks".format(field, MAX_NETWORKS))
     for part in parts:
         try:
             net = ipaddress.ip_network(part, strict=False)
         except ValueError:
-            raise SettingsError("remoteAllowedCIDR: {!r} is not a network".format(part))
+            raise SettingsError("{}: {!r} is not a network".format(field, part))
         networks.append(net)
-        if net.num_addresses == 1 and net.network_address.is_loopback:
+        if impliedLoopback and net.num_addresses == 1 and net.network_address.is_loopback:
             other = "::1/128" if net.version == 4 else "127.0.0.1/32"
             networks.append(ipaddress.ip_network(other))
     return networks
@@ -523,6 +546,11 @@ def parse_cidrs(
 @functools.lru_cache(maxsize=256)
 def _cached_cidrs(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return parse_cidrs(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_publisher_cidrs(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return parse_cidrs(text, "allowedPublisherCIDR", impliedLoopback=False)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -35,6 +35,9 @@ class ServerConfig:
     #: most connections one address may hold open on each TCP listener
     #: (HTTP, HTTPS, RTMP); 0 disables
     maxConnectionsPerAddress: int = 256
+    #: most broadcasts created through REST one application may hold
+    #: (L{tokengate.store.broadcasts})
+    maxBroadcasts: int = 10_000
     #: a management (REST bearer) JWT must carry an exp at most this many
     #: seconds ahead
     restJwtMaxLifetime: float = 24 * 3600.0

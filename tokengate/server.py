@@ -31,6 +31,8 @@ from tokengate.access.revocation import (
     RevocationTransport,
     Revoker,
 )
+from tokengate.access.datastore import DatastorePolicy
+from tokengate.access.publisheraddress import PublisherAddressPolicy
 from tokengate.access.service import AccessService, IAccessPolicy
 from tokengate.access.webhookpolicy import WebhookPolicy, newOutbound
 from tokengate.access.subscriberpolicy import SubscriberPolicy
@@ -43,6 +45,8 @@ from tokengate.media.hub import Hub
 from tokengate.media.outputs import Outputs
 from tokengate.metrics import Metrics
 from tokengate.store import ITokenStore
+from tokengate.store.broadcasts import IBroadcastRegistry, registryFor
+from tokengate.tokens import PUBLISH
 from tokengate.web.playback import HTTPSessions
 from tokengate.web.sessions import SessionSigner, load_or_create_secret
 
@@ -70,6 +74,11 @@ class Server:
     #: the Redis client shared by a Redis token store and the revocation
     #: service's cluster transport (None: revocation is local)
     redis: Optional[RedisClient] = None
+    #: the broadcasts created through REST; by default in the token
+    #: store's backend (L{registryFor})
+    broadcasts: IBroadcastRegistry = field(
+        default=Factory(lambda self: registryFor(self.store, self.config.maxBroadcasts),
+                        takes_self=True))
     #: the TOTP subscribers' records, blocks and live connections (in this
     #: process's memory unless the composition root gives a persistent one)
     subscribers: ISubscriberStore = field(
@@ -137,6 +146,8 @@ class Server:
         # and most local first, the webhook last): publisher address,
         # datastore-only streams, TOTP subscribers, authorization webhook
         policies: list[IAccessPolicy] = [
+            PublisherAddressPolicy(),
+            DatastorePolicy(self.broadcasts),
             SubscriberPolicy(self.subscribers, self.clock),
         ]
         # the webhook last: it is the slowest (a remote call)
@@ -150,6 +161,15 @@ class Server:
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
                         lambda: len(self.hub.liveStreams()))
+
+    def stopPublishers(self, app: str, streamId: str) -> int:
+        """
+        End the publishing sessions of a stream on this node (its broadcast
+        was deleted); how many.
+        """
+        registry = self.gate.registry
+        return registry.kick([g for g in registry.grants(app, streamId) if g.action == PUBLISH],
+                             "deleted")
 
     def _appChanged(self, name: str, settings: Optional[AppSettings]) -> None:
         if settings is None:
@@ -193,7 +213,8 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
-                  server.clock, server.metrics, config, server.subscribers, server.jwks)
+                  server.clock, server.metrics, config, server.subscribers, server.jwks,
+                  broadcasts=server.broadcasts, stopPublishers=server.stopPublishers)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

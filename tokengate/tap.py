@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "server-stun": "",
     "webrtc-transcodes": None,
     "max-connections-per-address": 256,
+    "max-broadcasts": 10_000,
     "http-request-timeout": 20.0,
     "rest-jwt-max-lifetime": 86400.0,
     "webhook-timeout": 3.0,
@@ -114,6 +115,9 @@ class Options(usage.Options):
         ["max-connections-per-address", None, None,
          "Connections one client address may hold open on each TCP listener (HTTP, "
          "HTTPS, RTMP); more are closed at once; 0 disables [default: 256]", int],
+        ["max-broadcasts", None, None,
+         "Broadcasts created through REST one application may hold; more are "
+         "refused [default: 10000]", int],
         ["http-request-timeout", None, None,
          "Seconds an HTTP client has to send a request's line and headers (its body "
          "then at 1 KiB/s or more), else 408 and closed; 0 disables [default: 20]", float],
@@ -178,6 +182,10 @@ class Options(usage.Options):
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise usage.UsageError(
                 "--max-connections-per-address must be a whole number, 0 or more")
+        broadcasts = self["max-broadcasts"]
+        if isinstance(broadcasts, bool) or not isinstance(broadcasts, int) \
+                or not 1 <= broadcasts <= 10_000_000:
+            raise usage.UsageError("--max-broadcasts must be a whole number from 1 to 10000000")
         for key, low, high in (("http-request-timeout", 1.0, 3600.0),
                                ("rest-jwt-max-lifetime", 60.0, 366 * 86400.0),
                                ("webhook-timeout", 1.0, 60.0)):
@@ -395,6 +403,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             serverIceServers=[{"urls": uri} for uri in options["server-stun"]],
             requestTimeout=float(options["http-request-timeout"]),
             maxConnectionsPerAddress=int(options["max-connections-per-address"]),
+            maxBroadcasts=int(options["max-broadcasts"]),
             restJwtMaxLifetime=float(options["rest-jwt-max-lifetime"]),
             webhookTimeout=float(options["webhook-timeout"]),
             **({} if options["webrtc-transcodes"] is None

@@ -355,7 +355,6 @@ class Hub:
         self._live: dict[tuple[str, str], LiveStream] = {}
         self._history: OrderedDict[tuple[str, str], BroadcastRecord] = OrderedDict()
         self._generations: dict[tuple[str, str], int] = {}
-        self._created: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._claims: dict[tuple[str, str], Claim] = {}
         self._publishListeners: list[Callable[[LiveStream], None]] = []
         self._viewerCounters: list[Callable[[str, str], dict[str, int]]] = []
@@ -434,7 +433,6 @@ class Hub:
                             hub=self)
         self._live[key] = stream
         self._history.pop(key, None)
-        self._created.pop(key, None)
         self._log.info("{app}/{streamId} is live ({publishType})", app=app,
                        streamId=streamId, publishType=publishType)
         for listener in list(self._publishListeners):
@@ -456,16 +454,13 @@ class Hub:
             self._history.popitem(last=False)
         self._log.info("{app}/{streamId} ended", app=stream.app, streamId=stream.streamId)
 
-    def create(self, app: str, streamId: str) -> None:
+    def discard(self, app: str, streamId: str) -> bool:
         """
-        Record a broadcast before it is published (status C{created}).
+        Forget the record of an ended stream (its broadcast was deleted).
+
+        @return: whether there was one.
         """
-        key = (app, streamId)
-        if key not in self._live:
-            self._created[key] = self._now()
-            self._history.pop(key, None)
-            while len(self._created) > MAX_HISTORY:
-                self._created.popitem(last=False)
+        return self._history.pop((app, streamId), None) is not None
 
     def viewers(self, app: str, streamId: str) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -486,17 +481,12 @@ class Hub:
         if stream is not None:
             return BroadcastRecord(app, streamId, "broadcasting", stream.publishType,
                                    int(stream.started * 1000), 0, self.viewers(app, streamId))
-        if key in self._history:
-            return self._history[key]
-        if key in self._created:
-            return BroadcastRecord(app, streamId, "created", None,
-                                   0, 0, self.viewers(app, streamId))
-        return None
+        return self._history.get(key)
 
     def records(self, app: str) -> list[BroadcastRecord]:
         keys: list[tuple[str, str]] = []
         seen = set()
-        for source in (self._live, self._created, self._history):
+        for source in (self._live, self._history):
             for key in source:
                 if key[0] == app and key not in seen:
                     seen.add(key)
@@ -517,9 +507,8 @@ class Hub:
                 stream.end()
         for key in [k for k in self._claims if k[0] == app]:
             self._claims.pop(key).released = True
-        for table in (self._history, self._created):
-            for key in [k for k in table if k[0] == app]:
-                del table[key]
+        for key in [k for k in self._history if k[0] == app]:
+            del self._history[key]
 
     def liveStreams(self) -> list[LiveStream]:
         return list(self._live.values())

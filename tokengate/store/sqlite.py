@@ -155,7 +155,8 @@ class SQLiteTokenStore:
         """
         Queue C{f(db, *args)} for the database thread, batched with the
         token calls (L{_run}): for other tables of the same file (the
-        subscriber store, L{tokengate.access.subscribers_sqlite}).  Fails
+        subscriber store, L{tokengate.access.subscribers_sqlite}; the
+        broadcast registry, L{tokengate.store.broadcasts.SQLiteBroadcasts}).  Fails
         with L{StoreUnavailable} when the database fails or the store is
         closed; any other exception C{f} raises (not a
         C{sqlite3.OperationalError}) fails this call only, and the

@@ -8,6 +8,7 @@ and messages:
 * C{/{App}/rest/v2/broadcasts/...}: mint, validate, revoke and list tokens;
   add, list, block and delete TOTP subscribers, their current codes and
   connection events;
+  create, read, list and delete broadcasts (L{tokengate.store.broadcasts});
 * C{/metrics}: Prometheus.
 
 Every request passes L{RestGuard} first, as Ant Media maps its C{IPFilter}
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -70,12 +71,27 @@ from tokengate.auth import (
     mint_jwt,
     verifyJWKSToken,
 )
-from tokengate.jsonvalue import JSONError, JSONValue, decimalText, readJSON, requireObject
+from tokengate.jsonvalue import (
+    JSONError,
+    JSONValue,
+    decimalText,
+    readJSON,
+    requireObject,
+    stringValue,
+)
 from tokengate.logsafe import Logger
-from tokengate.media.hub import Hub
+from tokengate.media.hub import BroadcastRecord, Hub
 from tokengate.metrics import CONTENT_TYPE_LATEST, Metrics
 from tokengate.config import ServerConfig
 from tokengate.store import ITokenStore, StoreUnavailable
+from tokengate.store.broadcasts import (
+    MAX_DESCRIPTION,
+    MAX_NAME,
+    Broadcast,
+    BroadcastExists,
+    IBroadcastRegistry,
+    TooManyBroadcasts,
+)
 from tokengate.tokens import (
     MAX_TOKEN_LENGTH,
     MSG_BAD_STREAM_ID,
@@ -113,6 +129,13 @@ MSG_SUBSCRIBERS_DOWN = "Subscriber store is unavailable, try again later"
 MSG_BAD_SUBSCRIBER_ID = "subscriberId must be 4 to 128 of A-Z a-z 0-9 _ . @ -"
 MSG_NO_TIME_SECRET = ("Secret is not set in AppSettings. Please set timetokensecret publish or "
                       "play in Application settings")
+MSG_BROADCAST_EXISTS = "Stream id is already being used. Please change stream id or keep it empty"
+MSG_TOO_MANY_BROADCASTS = "An application holds at most {} broadcasts; delete some first"
+MSG_REGISTRY_DOWN = "Broadcast store is unavailable, try again later"
+#: Ant Media's answers to a broadcast's deletion (the second is theirs too,
+#: word for word, for a broadcast that was not live)
+MSG_DELETED_STOPPED = "broadcast is deleted and stopped successfully"
+MSG_DELETED_NOT_STOPPED = "broadcast is deleted but could not stopped "
 
 
 class HTTPError(Exception):
@@ -192,11 +215,12 @@ class RestAPI:
     def __init__(self, apps: Applications, store: ITokenStore, hub: Hub, gate: Gate,
                  revoker: Revoker, clock: IReactorTime, metrics: Metrics,
                  config: ServerConfig, subscribers: ISubscriberStore,
-                 keys: KeySources) -> None:
+                 keys: KeySources, *, broadcasts: IBroadcastRegistry,
+                 stopPublishers: Callable[[str, str], int]) -> None:
         """
         @param apps: the applications (created, changed, deleted here).
         @param store: the tokens (minted, listed, deleted here).
-        @param hub: the broadcasts' records.
+        @param hub: the live streams' and the ended ones' records.
         @param gate: redeems tokens for C{validate-token}.
         @param revoker: ends sessions here and across the cluster.
         @param config: the server-wide REST protection (allowed networks,
@@ -204,6 +228,10 @@ class RestAPI:
         @param subscribers: the TOTP subscribers (added, listed, blocked,
             deleted here).
         @param keys: the key sources of the applications' C{jwksURL}s.
+        @param broadcasts: the broadcasts created through REST (created,
+            listed, deleted here).
+        @param stopPublishers: ends the publishing sessions of
+            C{(app, streamId)} on this node; how many.
         """
         self._apps = apps
         self._store = store
@@ -215,6 +243,8 @@ class RestAPI:
         self._config = config
         self._subscribers = subscribers
         self._keys = keys
+        self._broadcasts = broadcasts
+        self._stopPublishers = stopPublishers
 
     def resource(self) -> Any:
         """
@@ -334,6 +364,16 @@ class RestAPI:
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         self._apps.delete(name)  # ends its sessions and streams
+        try:
+            await self._broadcasts.deleteApp(name)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("broadcast_delete_app").inc()
+            return send_json(
+                request,
+                result(True, "Application deleted; its broadcasts could not be deleted "
+                       "(the broadcast store is unavailable): they are back if an "
+                       "application of that name is created again"),
+            )
         try:
             await self._store.deleteApp(name)
         except StoreUnavailable:
@@ -494,18 +534,26 @@ class RestAPI:
 
     # --- broadcasts -----------------------------------------------------------------
 
-    def _broadcastJSON(self, record: Any) -> dict[str, Any]:
-        viewers = record.viewers
-        stream = self._hub.get(record.app, record.streamId)
+    def _broadcastJSON(self, app: str, streamId: str, record: Optional[BroadcastRecord],
+                       registered: Optional[Broadcast]) -> dict[str, Any]:
+        """
+        A broadcast as the reference server shows it: what the registry keeps
+        of it (when it was created through REST) merged with the hub's live
+        status (when it is or was published).
+        """
+        viewers = record.viewers if record is not None else {}
+        stream = self._hub.get(app, streamId)
+        startTime = record.startTime if record is not None else 0
         return {
-            "streamId": record.streamId,
-            "status": record.status,
+            "streamId": streamId,
+            "status": record.status if record is not None else "created",
             "type": "liveStream",
-            "name": record.streamId,
-            "publishType": record.publishType,
-            "date": record.startTime,
-            "startTime": record.startTime,
-            "endTime": record.endTime,
+            "name": registered.name if registered is not None else streamId,
+            "description": registered.description if registered is not None else "",
+            "publishType": record.publishType if record is not None else None,
+            "date": registered.date if registered is not None else startTime,
+            "startTime": startTime,
+            "endTime": record.endTime if record is not None else 0,
             "hlsViewerCount": viewers.get("hls", 0),
             "dashViewerCount": viewers.get("dash", 0),
             "webRTCViewerCount": viewers.get("webrtc", 0),
@@ -513,37 +561,108 @@ class RestAPI:
             "receivedBytes": stream.bytesIn if stream is not None else 0,
         }
 
+    def _registryDown(self, operation: str) -> HTTPError:
+        self._metrics.store_errors.labels(operation).inc()
+        return HTTPError(503, MSG_REGISTRY_DOWN)
+
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>", methods=["GET"])
-    def getBroadcast(self, request: IRequest, appName: str, streamId: str) -> bytes:
+    async def getBroadcast(self, request: IRequest, appName: str, streamId: str) -> bytes:
         self._appSettings(request, appName)
         record = self._hub.record(appName, streamId)
-        if record is None:
+        try:
+            registered = await self._broadcasts.get(appName, streamId)
+        except StoreUnavailable:
+            raise self._registryDown("broadcast_get")
+        if record is None and registered is None:
             raise HTTPError(404, MSG_NO_BROADCAST)
-        return send_json(request, self._broadcastJSON(record))
+        return send_json(request, self._broadcastJSON(appName, streamId, record, registered))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/list/<string:offset>/<string:size>",
                methods=["GET"])
-    def listBroadcasts(self, request: IRequest, appName: str, offset: str, size: str) -> bytes:
+    async def listBroadcasts(self, request: IRequest, appName: str, offset: str,
+                             size: str) -> bytes:
+        """
+        The broadcasts created through REST, in creation order, then the
+        streams published without being created (live, then recently
+        ended), one page of the two.
+        """
         self._appSettings(request, appName)
         first, count = _page(offset, size)
-        records = self._hub.records(appName)[first : first + count]
-        return send_json(request, [self._broadcastJSON(r) for r in records])
+        try:
+            total = await self._broadcasts.count(appName)
+            registered = (await self._broadcasts.list(appName, first, count)
+                          if first < total and count else [])
+            page = [self._broadcastJSON(appName, b.streamId, self._hub.record(appName, b.streamId), b)
+                    for b in registered]
+            rest = count - len(page)
+            if rest > 0:
+                records = self._hub.records(appName)
+                known = await self._broadcasts.registered(
+                    appName, [r.streamId for r in records])
+                unregistered = [r for r in records if r.streamId not in known]
+                skip = max(0, first - total)
+                page += [self._broadcastJSON(appName, r.streamId, r, None)
+                         for r in unregistered[skip:skip + rest]]
+        except StoreUnavailable:
+            raise self._registryDown("broadcast_list")
+        return send_json(request, page)
 
     @app.route("/<string:appName>/rest/v2/broadcasts/create", methods=["POST"])
-    def createBroadcast(self, request: IRequest, appName: str) -> bytes:
+    async def createBroadcast(self, request: IRequest, appName: str) -> bytes:
         """
-        Record a broadcast ahead of its publication (status C{created}).
+        Register a broadcast ahead of its publication (status C{created}),
+        in the broadcast registry: it survives a restart, and it is what
+        C{acceptOnlyStreamsInDataStore} admits.  Kept of the body:
+        C{streamId} (a random one when absent or empty), C{name},
+        C{description}; other fields are ignored.
         """
         self._appSettings(request, appName)
         body = requireObject(
             read_json(request) if request.getHeader(b"content-length") not in (None, b"0") else {},
             "Broadcast")
-        streamId = body.get("streamId") or secrets.token_hex(8)
+        streamId = body.get("streamId")
+        if isinstance(streamId, str):
+            streamId = streamId.strip()
+        streamId = streamId or secrets.token_hex(8)
         if not isinstance(streamId, str) or not isValidStreamId(streamId):
             raise HTTPError(400, MSG_BAD_STREAM_ID)
-        self._hub.create(appName, streamId)
+        name = body.get("name")
+        name = stringValue(name, "name", MAX_NAME) if name is not None else ""
+        description = body.get("description")
+        description = (stringValue(description, "description", MAX_DESCRIPTION)
+                       if description is not None else "")
+        broadcast = Broadcast(appName, streamId, name or streamId, description,
+                              int(self._clock.seconds() * 1000))
+        try:
+            await self._broadcasts.create(broadcast)
+        except BroadcastExists:
+            raise HTTPError(400, MSG_BROADCAST_EXISTS)
+        except TooManyBroadcasts as e:
+            self._metrics.http_refusals.labels("broadcast_limit").inc()
+            raise HTTPError(400, MSG_TOO_MANY_BROADCASTS.format(e.limit))
+        except StoreUnavailable:
+            raise self._registryDown("broadcast_create")
         record = self._hub.record(appName, streamId)
-        return send_json(request, self._broadcastJSON(record))
+        return send_json(request, self._broadcastJSON(appName, streamId, record, broadcast))
+
+    @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>", methods=["DELETE"])
+    async def deleteBroadcast(self, request: IRequest, appName: str, streamId: str) -> bytes:
+        """
+        Delete a broadcast: forget it in the registry and the hub, and stop
+        it when it is live (its publisher is kicked).  Ant Media's answers:
+        C{success} false when there was no such broadcast.
+        """
+        self._appSettings(request, appName)
+        try:
+            registered = await self._broadcasts.delete(appName, streamId)
+        except StoreUnavailable:
+            raise self._registryDown("broadcast_delete")
+        stopped = self._stopPublishers(appName, streamId)
+        forgotten = self._hub.discard(appName, streamId)
+        if not (registered or stopped or forgotten):
+            return send_json(request, result(False))
+        return send_json(request, result(True, MSG_DELETED_STOPPED if stopped
+                                         else MSG_DELETED_NOT_STOPPED))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/sessions", methods=["DELETE"])
     async def revokeSessions(self, request: IRequest, appName: str, streamId: str) -> bytes:
