@@ -461,12 +461,21 @@ class BroadcastTests(RestBase):
         object, are accepted.  Other unknown fields are kept out and named.
         """
         path = "/rest/v2/applications/settings/LiveApp"
-        # every Ant Media security setting is enforced now: the mechanism
-        # that refuses those that are not is held to its rule with two
-        # made-up ones
+        for field, value in (("hlsEncryptionKeyInfoFile", "/keys/info"),
+                             ("contentSecurityPolicyHeaderValue", "default-src 'self'"),
+                             ("maxResolutionAccept", 720), ("maxBitrateAccept", 1),
+                             ("maxFpsAccept", 30)):
+            code, body = await self.post(path, {"playTokenControlEnabled": True, field: value})
+            self.assertEqual((code, body["success"]), (200, False), field)
+            self.assertIn(field, body["message"])
+            self.assertFalse(self.server.apps.get("LiveApp").playTokenControlEnabled, field)
+        code, body = await self.post(path, {"hlsEncryptionKeyInfoFile": "", "maxFpsAccept": 0,
+                                            "maxResolutionAccept": 0, "maxBitrateAccept": 0,
+                                            "contentSecurityPolicyHeaderValue": ""})
+        self.assertEqual((code, body["success"]), (200, True))
+        # the rule, held with two made-up settings too
         from tokengate import apps
 
-        self.assertEqual(apps.UNENFORCED_SECURITY, {})
         self.patch(apps, "UNENFORCED_SECURITY", {"madeUpSwitch": apps._turnsOn,
                                                  "madeUpURL": apps._names})
         for field, value in (("madeUpSwitch", True), ("madeUpSwitch", 1),

@@ -215,12 +215,27 @@ def _names(value: object) -> bool:
     return value != ""
 
 
+def _limits(value: object) -> bool:
+    """
+    Whether a POSTed limit asks for the feature (anything but C{0}).
+    """
+    return value != 0
+
+
 #: Ant Media's stream-security settings that tokengate does not enforce: a
 #: POST whose value would change what is admitted is refused, naming the
 #: fields (a setting accepted and not enforced would fail open); their
 #: neutral values (C{false}, C{""}), as Ant Media's own clients send them
 #: in a whole settings object, are accepted.
 UNENFORCED_SECURITY: dict[str, Callable[[object], bool]] = {
+    # HLS AES-128 encryption: segments would be served in the clear
+    "hlsEncryptionKeyInfoFile": _names,
+    # a Content-Security-Policy header on the server's pages
+    "contentSecurityPolicyHeaderValue": _names,
+    # publish limits: streams above them would be admitted
+    "maxResolutionAccept": _limits,
+    "maxBitrateAccept": _limits,
+    "maxFpsAccept": _limits,
 }
 
 #: unknown fields named in a settings answer, at most
