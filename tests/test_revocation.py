@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.access.revocation import (
     MAX_EVENT_BYTES,
+    PUBLISHERS,
     SESSIONS,
     SUBSCRIBER,
     TOKENS,
@@ -237,6 +238,23 @@ class RevokeHereTests(SynchronousTestCase):
             Revocation(SUBSCRIBER, "LiveApp", "s1", NOW, revoker.nodeId, "alice", None)])
         self.assertEqual(self.node.signer.revoked, [])
 
+    def test_stopPublishers(self) -> None:
+        """
+        Deleting a broadcast ends its publishers, whatever admitted them,
+        kicked "deleted", keeps its players, and announces it.
+        """
+        freePublisher = self.node.registry.add("LiveApp", "s1", "publish", "none", NOW - 1)
+        n = self.successResultOf(self.node.revoker.stopPublishers("LiveApp", "s1"))
+        self.assertEqual(n, 2)
+        self.assertEqual((self.tokenPublisher.kicked, freePublisher.kicked),
+                         (["deleted"], ["deleted"]))
+        for g in (self.jwtPlayer, self.freePlayer, self.httpPlayer, self.otherStream,
+                  self.otherApp):
+            self.assertFalse(g.ended)
+        self.assertEqual(self.node.transport.announced, [
+            Revocation(PUBLISHERS, "LiveApp", "s1", NOW, self.node.revoker.nodeId)])
+        self.assertEqual(self.node.signer.revoked, [])
+
     def test_transportFails(self) -> None:
         """
         When the cluster cannot be told, this node's sessions are ended all
@@ -313,6 +331,11 @@ class ReceiveTests(SynchronousTestCase):
         self.assertEqual(self.node.signer.revoked[-1], ("LiveApp", "s1", NOW + 30))
         self.assertEqual(self.node.counted("received"), 2)
 
+    def test_publishers(self) -> None:
+        self.node.revoker.received(event(kind=PUBLISHERS))
+        self.assertEqual(self.publisher.kicked, ["deleted"])
+        self.assertFalse(self.player.ended)
+
     def test_ownEventIgnored(self) -> None:
         self.node.revoker.received(event(origin=self.node.revoker.nodeId))
         self.assertFalse(self.player.ended)
@@ -374,6 +397,11 @@ class CatchUpTests(SynchronousTestCase):
             Revocation(SUBSCRIBER, "LiveApp", "s3", NOW - 50, "", "alice", "play")]), 1)
         self.assertEqual(oldAlice.kicked, ["blocked"])
         self.assertFalse(newAlice.ended or oldBob.ended)
+        oldPublisher = r.add("LiveApp", "s4", "publish", "none", NOW - 100)
+        newPublisher = r.add("LiveApp", "s4", "publish", "none", NOW - 10)
+        self.assertEqual(node.revoker.catchUp([
+            Revocation(PUBLISHERS, "LiveApp", "s4", NOW - 50, "")]), 1)
+        self.assertEqual((oldPublisher.kicked, newPublisher.kicked), (["deleted"], []))
         # catching up again ends nothing more
         self.assertEqual(node.revoker.catchUp([
             Revocation(TOKENS, "LiveApp", "s1", NOW - 50, "")]), 0)
@@ -400,6 +428,19 @@ class ClusterInMemoryTests(SynchronousTestCase):
             a.revoker.blockSubscriber("LiveApp", "s1", "alice", "publish")), 0)
         self.assertEqual((onB.kicked, other.kicked), (["blocked"], []))
         self.assertEqual(b.counted("received"), 1)
+
+    def test_deletedBroadcastStopsEverywhere(self) -> None:
+        bus = Bus()
+        clock = Clock()
+        clock.advance(NOW)
+        a = Node(bus.transport(), clock=clock)
+        b = Node(bus.transport(), clock=clock)
+        a.revoker.start()
+        b.revoker.start()
+        publisher = b.registry.add("LiveApp", "s1", "publish", "token", NOW - 1)
+        player = b.registry.add("LiveApp", "s1", "play", "token", NOW - 1)
+        self.assertEqual(self.successResultOf(a.revoker.stopPublishers("LiveApp", "s1")), 0)
+        self.assertEqual((publisher.kicked, player.kicked), (["deleted"], []))
 
     def test_twoNodes(self) -> None:
         bus = Bus()

@@ -162,15 +162,6 @@ class Server:
         m.callbackGauge("tokengate_live_streams", "Streams being published",
                         lambda: len(self.hub.liveStreams()))
 
-    def stopPublishers(self, app: str, streamId: str) -> int:
-        """
-        End the publishing sessions of a stream on this node (its broadcast
-        was deleted); how many.
-        """
-        registry = self.gate.registry
-        return registry.kick([g for g in registry.grants(app, streamId) if g.action == PUBLISH],
-                             "deleted")
-
     def _appChanged(self, name: str, settings: Optional[AppSettings]) -> None:
         if settings is None:
             self.gate.registry.kick(self.gate.registry.grants(name), "revoked")
@@ -214,7 +205,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                   server.clock, server.metrics, config, server.subscribers, server.jwks,
-                  broadcasts=server.broadcasts, stopPublishers=server.stopPublishers)
+                  broadcasts=server.broadcasts)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

@@ -85,6 +85,7 @@ from twisted.python.failure import Failure
 
 from tokengate.logsafe import Logger
 from tokengate.metrics import Metrics
+from tokengate.tokens import PUBLISH
 
 if TYPE_CHECKING:
     from tokengate.redisclient import RedisClient, RedisSubscription
@@ -92,7 +93,8 @@ if TYPE_CHECKING:
 TOKENS = "tokens"
 SESSIONS = "sessions"
 SUBSCRIBER = "subscriber"
-KINDS = (TOKENS, SESSIONS, SUBSCRIBER)
+PUBLISHERS = "publishers"
+KINDS = (TOKENS, SESSIONS, SUBSCRIBER, PUBLISHERS)
 #: what a C{subscriber} revocation ends: one action, or both (None)
 SUBSCRIBER_ACTIONS = ("publish", "play", None)
 VERSION = 1
@@ -149,8 +151,9 @@ class Revocation:
     One revocation, as the nodes of a cluster tell each other.
 
     @ivar kind: L{TOKENS} (end the stream's token sessions), L{SESSIONS}
-        (end its viewing sessions) or L{SUBSCRIBER} (end a blocked
-        subscriber's sessions of the stream).
+        (end its viewing sessions), L{SUBSCRIBER} (end a blocked
+        subscriber's sessions of the stream) or L{PUBLISHERS} (end its
+        publishers: its broadcast was deleted).
     @ivar time: when it was made, unix seconds on the revoking node's clock.
     @ivar origin: the revoking node's id.
     @ivar subscriberId: the subscriber (L{SUBSCRIBER} only).
@@ -253,7 +256,7 @@ def _fromMember(member: str, when: float) -> Revocation:
     """
     parts = member.split(":")
     kind = parts[0]
-    if kind in (TOKENS, SESSIONS) and len(parts) == 3:
+    if kind in (TOKENS, SESSIONS, PUBLISHERS) and len(parts) == 3:
         return Revocation(kind, _unq(parts[1]), _unq(parts[2]), when, "")
     if kind == SUBSCRIBER and len(parts) == 5 and parts[3]:
         action = parts[4] or None
@@ -422,7 +425,32 @@ class Revoker:
         return self._announce(SUBSCRIBER, app, streamId, now, subscriberId,
                               action).addCallback(lambda _: kicked)
 
+    def stopPublishers(self, app: str, streamId: str) -> "Deferred[int]":
+        """
+        End the stream's publishing sessions (its broadcast was deleted),
+        here at once and on the other nodes.
+
+        @return: as L{revokeTokens}.
+        """
+        now = self._clock.seconds()
+        kicked = self.endPublishingSessions(app, streamId)
+        return self._announce(PUBLISHERS, app, streamId, now).addCallback(lambda _: kicked)
+
     # --- acting on this node ----------------------------------------------------
+
+    def endPublishingSessions(self, app: str, streamId: str,
+                              before: Optional[float] = None) -> int:
+        """
+        End the stream's publishers (started up to C{before}, when given).
+
+        @return: how many were ended.
+        """
+        registry = self._registry
+        return registry.kick(
+            [g for g in registry.grants(app, streamId)
+             if g.action == PUBLISH and (before is None or g.started <= before)],
+            "deleted",
+        )
 
     def endSubscriberSessions(self, app: str, streamId: str, subscriberId: str,
                               action: Optional[str], before: Optional[float] = None) -> int:
@@ -533,6 +561,8 @@ class Revoker:
             assert revocation.subscriberId is not None
             n = self.endSubscriberSessions(app, streamId, revocation.subscriberId,
                                            revocation.action)
+        elif revocation.kind == PUBLISHERS:
+            n = self.endPublishingSessions(app, streamId)
         else:
             when = max(revocation.time, self._clock.seconds())
             n = self.endViewingSessions(app, streamId, when)
@@ -556,6 +586,8 @@ class Revoker:
                 n += self.endTokenSessions(r.app, r.streamId, before=r.time)
             elif r.kind == SESSIONS:
                 n += self.endViewingSessions(r.app, r.streamId, r.time, onlyBefore=True)
+            elif r.kind == PUBLISHERS:
+                n += self.endPublishingSessions(r.app, r.streamId, before=r.time)
             elif r.kind == SUBSCRIBER and r.subscriberId is not None:
                 n += self.endSubscriberSessions(r.app, r.streamId, r.subscriberId, r.action,
                                                 before=r.time)
@@ -751,4 +783,4 @@ class RedisTransport:
 
 __all__ = ["Revoker", "Revocation", "RevocationTransport", "LocalTransport",
            "RedisTransport", "parseEvent", "encodeEvent", "MalformedEvent", "KINDS",
-           "TOKENS", "SESSIONS", "SUBSCRIBER", "HORIZON_MARGIN"]
+           "TOKENS", "SESSIONS", "SUBSCRIBER", "PUBLISHERS", "HORIZON_MARGIN"]

@@ -215,8 +215,7 @@ class RestAPI:
     def __init__(self, apps: Applications, store: ITokenStore, hub: Hub, gate: Gate,
                  revoker: Revoker, clock: IReactorTime, metrics: Metrics,
                  config: ServerConfig, subscribers: ISubscriberStore,
-                 keys: KeySources, *, broadcasts: IBroadcastRegistry,
-                 stopPublishers: Callable[[str, str], int]) -> None:
+                 keys: KeySources, *, broadcasts: IBroadcastRegistry) -> None:
         """
         @param apps: the applications (created, changed, deleted here).
         @param store: the tokens (minted, listed, deleted here).
@@ -230,8 +229,6 @@ class RestAPI:
         @param keys: the key sources of the applications' C{jwksURL}s.
         @param broadcasts: the broadcasts created through REST (created,
             listed, deleted here).
-        @param stopPublishers: ends the publishing sessions of
-            C{(app, streamId)} on this node; how many.
         """
         self._apps = apps
         self._store = store
@@ -244,7 +241,6 @@ class RestAPI:
         self._subscribers = subscribers
         self._keys = keys
         self._broadcasts = broadcasts
-        self._stopPublishers = stopPublishers
 
     def resource(self) -> Any:
         """
@@ -657,7 +653,8 @@ class RestAPI:
             registered = await self._broadcasts.delete(appName, streamId)
         except StoreUnavailable:
             raise self._registryDown("broadcast_delete")
-        stopped = self._stopPublishers(appName, streamId)
+        # its publishers end on every node of a cluster
+        stopped = await self._revoker.stopPublishers(appName, streamId)
         forgotten = self._hub.discard(appName, streamId)
         if not (registered or stopped or forgotten):
             return send_json(request, result(False))
