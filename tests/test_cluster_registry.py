@@ -9,8 +9,9 @@ L{tests.interop.test_cluster_registry}.
 
 from __future__ import annotations
 
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tokengate.access.service import AccessRequest, Refused
 from tokengate.apps import Applications
@@ -30,7 +31,8 @@ from tokengate.server import Server
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import PUBLISH, Outcome, StoredToken, new_token
 
-from .helpers import NOW, clock_at
+from .fixtures import restAPI
+from .helpers import NOW, clock_at, json_body
 
 
 def result(testcase, d):
@@ -325,3 +327,81 @@ class NodeAddressTests(SynchronousTestCase):
         self.assertEqual(defaultNodeAddress("tcp:port=8080:interface=10.1.2.3"),
                          "10.1.2.3:8080")
         self.assertEqual(defaultNodeAddress("tcp:8080:interface=0.0.0.0"), "127.0.0.1:8080")
+
+
+class ClusterRestTests(TestCase):
+    """
+    C{GET /{app}/rest/v2/broadcasts/{id}} and the list report the streams
+    live on every node, with their origin (C{originAdress}).
+    """
+
+    def setUp(self):
+        self.clock = clock_at()
+        self.backend = MemoryBackend(self.clock)
+        self.store = MemoryTokenStore()
+        self.rest = {}
+        self.a = self.server("10.0.0.1:5080")
+        self.b = self.server("10.0.0.2:5080")
+
+    def server(self, address):
+        server = Server(apps=Applications(None), store=self.store, clock=self.clock,
+                        config=ServerConfig(nodeAddress=address),
+                        streamBackend=self.backend)
+        self.rest[server.config.nodeAddress] = StubTreq(restAPI(server).resource())
+        return server
+
+    async def get(self, server, path):
+        r = await self.rest[server.config.nodeAddress].get("http://127.0.0.1:5080/LiveApp/rest/v2/broadcasts/" + path)
+        return r.code, await json_body(r)
+
+    async def publish(self, server, streamId, protocol="rtmp"):
+        publication = await server.access.publish(
+            AccessRequest("LiveApp", streamId, PUBLISH, protocol, "192.0.2.1"), Mind())
+        return publication
+
+    async def test_getAnywhere(self):
+        publication = await self.publish(self.a, "s1")
+        publication.start()
+        code, body = await self.get(self.a, "s1")
+        self.assertEqual((code, body["status"], body["originAdress"], body["publishType"]),
+                         (200, "broadcasting", "10.0.0.1:5080", "RTMP"))
+        code, body = await self.get(self.b, "s1")
+        self.assertEqual((code, body["status"], body["originAdress"], body["publishType"],
+                          body["startTime"]),
+                         (200, "broadcasting", "10.0.0.1:5080", "RTMP", NOW * 1000))
+        # claimed but not live (SRT before its first packet): not broadcasting
+        await self.publish(self.a, "s2", "srt")
+        code, _ = await self.get(self.b, "s2")
+        self.assertEqual(code, 404)
+        publication.end()
+        code, _ = await self.get(self.b, "s1")
+        self.assertEqual(code, 404)
+        code, body = await self.get(self.a, "s1")
+        self.assertEqual((body["status"], body["originAdress"]), ("finished", None))
+
+    async def test_listEveryNode(self):
+        (await self.publish(self.a, "a1")).start()
+        (await self.publish(self.b, "b1")).start()
+        ended = await self.publish(self.b, "b0")
+        ended.start()
+        ended.end()
+        for server in (self.a, self.b):
+            code, body = await self.get(server, "list/0/10")
+            self.assertEqual(code, 200)
+            seen = {(b["streamId"], b["status"], b["originAdress"]) for b in body}
+            self.assertIn(("a1", "broadcasting", "10.0.0.1:5080"), seen)
+            self.assertIn(("b1", "broadcasting", "10.0.0.2:5080"), seen)
+        code, body = await self.get(self.a, "list/0/10")
+        self.assertEqual(len(body), 2)
+        code, body = await self.get(self.b, "list/0/10")
+        self.assertEqual([b["streamId"] for b in body], ["b1", "a1", "b0"])
+
+    async def test_registryDownLocalView(self):
+        (await self.publish(self.a, "s1")).start()
+        self.backend.down = True
+        code, _ = await self.get(self.b, "s1")
+        self.assertEqual(code, 404)
+        code, body = await self.get(self.a, "s1")
+        self.assertEqual((body["status"], body["originAdress"]), ("broadcasting", "10.0.0.1:5080"))
+        self.assertEqual(
+            self.b.metrics.store_errors.labels("cluster_locate")._value.get(), 1)

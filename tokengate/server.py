@@ -234,7 +234,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                   server.clock, server.metrics, config, server.subscribers, server.jwks,
-                  broadcasts=server.broadcasts)
+                  broadcasts=server.broadcasts, streams=server.streams)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:

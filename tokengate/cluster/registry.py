@@ -104,6 +104,22 @@ class IStreamLocator(Protocol):
         """
 
 
+class IClusterStreams(IStreamLocator, Protocol):
+    """
+    What the REST API asks: the streams live on every node.
+
+    @ivar address: this node's internal address.
+    """
+
+    address: str
+
+    def liveStreams(self, app: str) -> "Deferred[dict[str, StreamLocation]]":
+        """
+        Every stream of C{app} live on some node, by stream id.  Fails with
+        L{RegistryUnavailable}.
+        """
+
+
 @frozen
 class Entry:
     """
@@ -671,6 +687,6 @@ class MemoryLocator:
         return succeed(self.locations.get((app, streamId)))
 
 
-__all__ = ["HEARTBEAT", "TTL", "Entry", "IRegistryBackend", "IStreamLocator", "MemoryBackend",
+__all__ = ["HEARTBEAT", "TTL", "Entry", "IClusterStreams", "IRegistryBackend", "IStreamLocator", "MemoryBackend",
            "MemoryLocator", "RedisBackend", "RegistryUnavailable", "StreamLocation",
            "StreamRegistry", "StreamTaken"]
