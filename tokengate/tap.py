@@ -420,8 +420,18 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     if redis is not None and not options["cluster-secret"]:
         _log.warn("no --cluster-secret: this node shares the stream registry and the "
                   "settings, but serves no other node's streams (docs/cluster.md)")
+    from tokengate.cluster.settings import RedisApplications
+    from tokengate.metrics import Metrics
+
+    metrics = Metrics()
+    apps = Applications(os.path.join(dataDir, "apps.json"))
+    if redis is not None:
+        # the applications live in Redis, in force on every node; this
+        # node's apps.json seeds a Redis that has none yet
+        apps = RedisApplications(redis, reactor, metrics, seed=apps)
     server = Server(
-        apps=Applications(os.path.join(dataDir, "apps.json")),
+        apps=apps,
+        metrics=metrics,
         store=store,
         clock=reactor,
         config=ServerConfig(
@@ -451,6 +461,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         redis=redis,
     )
     top = TokengateService(server)
+    if isinstance(apps, RedisApplications):
+        Running("the cluster's settings", apps.start, apps.stop).setServiceParent(top)
     site = buildSite(server)
     perAddress = server.config.maxConnectionsPerAddress
     listener("HTTP", options["http"], site, reactor,
@@ -474,6 +486,27 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     purge.setServiceParent(top)
     TimerService(10.0, top.sweep).setServiceParent(top)
     return top
+
+
+class Running(service.Service):
+    """
+    A collaborator with a life of its own (a subscription), started and
+    stopped with the service tree.
+    """
+
+    def __init__(self, name: str, start: Callable[[], None],
+                 stop: Callable[[], "Optional[Deferred[None]]"]) -> None:
+        self.name = name
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
+
+    def stopService(self) -> "Optional[Deferred[None]]":
+        super().stopService()
+        return self._stop()
 
 
 class TokengateService(service.MultiService):

@@ -61,6 +61,7 @@ from tokengate.apps import (
     Applications,
     AppSettings,
     SettingsError,
+    SettingsUnavailable,
     address_allowed,
 )
 from tokengate.auth import (
@@ -133,6 +134,7 @@ MSG_NO_TIME_SECRET = ("Secret is not set in AppSettings. Please set timetokensec
 MSG_BROADCAST_EXISTS = "Stream id is already being used. Please change stream id or keep it empty"
 MSG_TOO_MANY_BROADCASTS = "An application holds at most {} broadcasts; delete some first"
 MSG_REGISTRY_DOWN = "Broadcast store is unavailable, try again later"
+MSG_SETTINGS_DOWN = "Application settings are unavailable, try again later"
 #: Ant Media's answers to a broadcast's deletion (the second is theirs too,
 #: word for word, for a broadcast that was not live)
 MSG_DELETED_STOPPED = "broadcast is deleted and stopped successfully"
@@ -353,18 +355,25 @@ class RestAPI:
         return send_json(request, {"applications": list(self._apps)})
 
     @app.route("/rest/v2/applications/<string:name>", methods=["POST"])
-    def createApplication(self, request: IRequest, name: str) -> bytes:
+    async def createApplication(self, request: IRequest, name: str) -> bytes:
         try:
-            self._apps.create(name)
+            await self._apps.add(name)
         except SettingsError as e:
             return send_json(request, result(False, str(e)))
+        except SettingsUnavailable:
+            raise self._settingsDown("app_create")
         return send_json(request, result(True))
 
     @app.route("/rest/v2/applications/<string:name>", methods=["DELETE"])
     async def deleteApplication(self, request: IRequest, name: str) -> bytes:
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
-        self._apps.delete(name)  # ends its sessions and streams
+        try:
+            await self._apps.remove(name)  # ends its sessions and streams, on every node
+        except KeyError:
+            raise HTTPError(404, MSG_NO_APP)
+        except SettingsUnavailable:
+            raise self._settingsDown("app_delete")
         try:
             await self._broadcasts.deleteApp(name)
         except StoreUnavailable:
@@ -393,16 +402,20 @@ class RestAPI:
         return send_json(request, settings.asJSON())
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["POST"])
-    def setSettings(self, request: IRequest, name: str) -> bytes:
+    async def setSettings(self, request: IRequest, name: str) -> bytes:
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         body = read_json(request)
         try:
             # a field of the wrong type or out of range: JSONError, a 400
             settings, ignored = AppSettings.fromJSON(body)
-            self._apps.update(name, settings)
+            await self._apps.store(name, settings)
         except SettingsError as e:
             return send_json(request, result(False, str(e)))
+        except KeyError:
+            raise HTTPError(404, MSG_NO_APP)
+        except SettingsUnavailable:
+            raise self._settingsDown("app_settings")
         if ignored:
             named = ignored[:MAX_NAMED_FIELDS]
             more = len(ignored) - len(named)
@@ -604,6 +617,10 @@ class RestAPI:
             "receivedBytes": stream.bytesIn if stream is not None else 0,
             "originAdress": origin,
         }
+
+    def _settingsDown(self, operation: str) -> HTTPError:
+        self._metrics.store_errors.labels(operation).inc()
+        return HTTPError(503, MSG_SETTINGS_DOWN)
 
     def _registryDown(self, operation: str) -> HTTPError:
         self._metrics.store_errors.labels(operation).inc()
