@@ -405,3 +405,33 @@ class ClusterRestTests(TestCase):
         self.assertEqual((body["status"], body["originAdress"]), ("broadcasting", "10.0.0.1:5080"))
         self.assertEqual(
             self.b.metrics.store_errors.labels("cluster_locate")._value.get(), 1)
+
+
+class ClusterOptionsTests(SynchronousTestCase):
+    def parse(self, *argv):
+        from tokengate.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_clusterSecret(self):
+        from twisted.python.usage import UsageError
+
+        self.assertRaises(UsageError, self.parse, "--cluster-secret", "x" * 31)
+        self.assertEqual(self.parse("--cluster-secret", "x" * 32)["cluster-secret"], "x" * 32)
+        self.assertEqual(self.parse()["cluster-secret"], "")
+
+    def test_nodeAddress(self):
+        from twisted.python.usage import UsageError
+
+        self.assertEqual(self.parse()["node-address"], "127.0.0.1:5080")
+        self.assertEqual(self.parse("--http", "tcp:8080:interface=10.0.0.7")["node-address"],
+                         "10.0.0.7:8080")
+        self.assertEqual(self.parse("--node-address", "node-a:5080")["node-address"],
+                         "node-a:5080")
+        for bad in ("node-a", "node-a:0", "[::1:80"):
+            self.assertRaises(UsageError, self.parse, "--node-address", bad)
+
+    def test_secretNotInConfigRepr(self):
+        self.assertNotIn("y" * 40, repr(ServerConfig(clusterSecret="y" * 40)))

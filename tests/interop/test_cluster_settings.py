@@ -136,3 +136,61 @@ class RedisApplicationsTests(TestCase):
         self.raw.publish("tokengate:apps:0", b"\xff\xfe")
         await sleep(0.2)
         self.assertEqual(list(a), ["Good"])
+
+    async def test_restChangesEverywhere(self):
+        """
+        The REST API's settings, creation and deletion go through Redis: in
+        force on the other node; Redis out of reach, a 503 and nothing
+        changed.
+        """
+        from treq.testing import StubTreq
+        from twisted.internet.defer import ensureDeferred
+
+        from tokengate.server import Server
+        from tokengate.store.memory import MemoryTokenStore
+        from tests.fixtures import restAPI
+        from tests.helpers import json_body
+
+        a, b = self.node(), self.node()
+        await self.started(a, b)
+        await eventually(lambda: a.subscribed and b.subscribed)
+        server = Server(apps=a, store=MemoryTokenStore(), clock=reactor)
+        rest = StubTreq(restAPI(server).resource())
+
+        async def call(method, path, body=None):
+            done = []
+            d = ensureDeferred(rest.request(
+                method, "http://127.0.0.1:5080" + path,
+                data=json.dumps(body).encode() if body is not None else None))
+            d.addBoth(done.append)
+            deadline = time.monotonic() + 10
+            while not done:
+                self.assertLess(time.monotonic(), deadline, "no answer")
+                rest.flush()
+                await sleep(0.01)
+            response = done[0]
+            content = []
+            ensureDeferred(json_body(response)).addBoth(content.append)
+            while not content:
+                rest.flush()
+                await sleep(0.01)
+            return response.code, content[0]
+
+        code, body = await call("POST", "/rest/v2/applications/settings/LiveApp",
+                                {"playTokenControlEnabled": True})
+        self.assertEqual((code, body["success"]), (200, True))
+        await eventually(lambda: b.get("LiveApp").playTokenControlEnabled)
+        code, body = await call("POST", "/rest/v2/applications/Third")
+        self.assertEqual((code, body["success"]), (200, True))
+        await eventually(lambda: b.get("Third") is not None)
+        code, body = await call("DELETE", "/rest/v2/applications/Third")
+        self.assertEqual((code, body["success"]), (200, True))
+        await eventually(lambda: b.get("Third") is None)
+        self.redisServer.stop()
+        code, body = await call("POST", "/rest/v2/applications/settings/LiveApp", {})
+        self.assertEqual((code, body["message"]),
+                         (503, "Application settings are unavailable, try again later"))
+        self.assertTrue(a.get("LiveApp").playTokenControlEnabled)
+        code, _ = await call("POST", "/rest/v2/applications/Fourth")
+        self.assertEqual(code, 503)
+        self.assertIsNone(a.get("Fourth"))
