@@ -617,6 +617,9 @@ class Applications:
         self._path = path
         self._apps: dict[str, AppSettings] = {}
         self._listeners: list[Callable[[str, Optional[AppSettings]], None]] = []
+        #: whether the applications are known (a cluster's backend: read
+        #: from Redis at least once); until then none is
+        self.loaded = True
         loaded = self._load() if path else None
         if loaded is None:
             for name in DEFAULT_APPS:

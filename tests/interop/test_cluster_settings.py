@@ -157,7 +157,7 @@ class RedisApplicationsTests(TestCase):
         server = Server(apps=a, store=MemoryTokenStore(), clock=reactor)
         rest = StubTreq(restAPI(server).resource())
 
-        async def call(method, path, body=None):
+        async def call(method, path, body=None, rest=rest):
             done = []
             d = ensureDeferred(rest.request(
                 method, "http://127.0.0.1:5080" + path,
@@ -176,6 +176,15 @@ class RedisApplicationsTests(TestCase):
                 await sleep(0.01)
             return response.code, content[0]
 
+        # a node that has not read the applications yet answers 503
+        unread = Server(apps=self.node(), store=MemoryTokenStore(), clock=reactor)
+        unreadRest = StubTreq(restAPI(unread).resource())
+        for method, path in (("GET", "/rest/v2/applications"),
+                             ("GET", "/rest/v2/applications/settings/LiveApp"),
+                             ("GET", "/LiveApp/rest/v2/broadcasts/list/0/10")):
+            code, body = await call(method, path, rest=unreadRest)
+            self.assertEqual((code, body["message"]),
+                             (503, "Application settings are unavailable, try again later"))
         code, body = await call("POST", "/rest/v2/applications/settings/LiveApp",
                                 {"playTokenControlEnabled": True})
         self.assertEqual((code, body["success"]), (200, True))

@@ -343,19 +343,30 @@ class RestAPI:
         already applied its protection, or the server's when it does not
         exist): 404 when there is none.
         """
+        self._requireApplications()
         settings = self._apps.get(appName)
         if settings is None:
             raise HTTPError(404, MSG_NO_APP)
         return settings
 
+    def _requireApplications(self) -> None:
+        """
+        @raise HTTPError: 503 while the applications are not known yet (a
+            cluster node that has not read them from Redis).
+        """
+        if not self._apps.loaded:
+            raise HTTPError(503, MSG_SETTINGS_DOWN)
+
     # --- management: applications and settings -----------------------------------
 
     @app.route("/rest/v2/applications", methods=["GET"])
     def listApplications(self, request: IRequest) -> bytes:
+        self._requireApplications()
         return send_json(request, {"applications": list(self._apps)})
 
     @app.route("/rest/v2/applications/<string:name>", methods=["POST"])
     async def createApplication(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         try:
             await self._apps.add(name)
         except SettingsError as e:
@@ -366,6 +377,7 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/<string:name>", methods=["DELETE"])
     async def deleteApplication(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         try:
@@ -396,6 +408,7 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["GET"])
     def getSettings(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         settings = self._apps.get(name)
         if settings is None:
             raise HTTPError(404, MSG_NO_APP)
@@ -403,6 +416,7 @@ class RestAPI:
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["POST"])
     async def setSettings(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         body = read_json(request)
