@@ -69,8 +69,9 @@ Upgrading aiortc: read the diff of C{rtcrtpreceiver.py}, C{rtcrtpsender.py},
 C{rtcrtptransceiver.py}, C{rtcdtlstransport.py} and C{codecs/h264.py} for the items above; run
 C{python -m tokengate.webrtc.aiortcpatches} (prints the check's findings,
 exit status 1 when any) and C{tests.test_webrtc_aiortcpatches},
-C{tests.interop.test_webrtc_media} and C{tests.test_webrtc_signalling}
-(aiortc and Chromium against the server); then change the pin in C{setup.py} and
+C{tests.interop.test_webrtc_media}, C{tests.interop.test_webrtc_dtls} and
+C{tests.test_webrtc_signalling} (aiortc, Chromium and GStreamer's webrtcbin
+against the server); then change the pin in C{setup.py} and
 L{WRITTEN_FOR}.
 """
 
