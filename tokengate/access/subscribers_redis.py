@@ -43,7 +43,10 @@ subscriber's connections drops the ids whose key has expired.  A node that
 dies (or loses Redis for longer than the TTL) therefore frees its
 subscribers' connections within the TTL.  A holder whose lease was counted
 as dead meanwhile does not take it back (that could exceed the limit): the
-loss is logged and the connection goes on uncounted.  An unrecorded
+loss is logged and the connection goes on uncounted (its end then records
+no C{disconnected} event: a release whose lease id is no longer in the live
+hash writes nothing, which is also what keeps a deleted application's keys
+from coming back, L{RedisSubscriberStore.deleteApp}).  An unrecorded
 subscriber's state (its replay mark) expires with its leases, as in memory.
 
 Failures.  Every call fails with L{StoreUnavailable} within the client's
