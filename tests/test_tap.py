@@ -144,6 +144,10 @@ class ServiceTests(TestCase):
         o.parseOptions(["--data-dir", self.mktemp(), "--http", "tcp:0:interface=127.0.0.1",
                         "--rtmp", "", "--srt", ""])
         svc = makeService(o, MemoryReactorClock())
+        # the listeners and timers never started (a fake reactor): only the
+        # server's own shutdown is under test
+        for child in list(svc):
+            child.disownServiceParent()
         server = svc.server
         self.assertIsInstance(server.subscribers, SQLiteSubscriberStore)
         order = []
