@@ -366,8 +366,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    from tokengate.access.subscriberstores import open_subscriber_store
     from tokengate.apps import Applications
     from tokengate.config import ServerConfig
+    from tokengate.metrics import Metrics
     from tokengate.server import Server
     from tokengate.store import open_redis, open_store
     from tokengate.server import buildSite
@@ -384,10 +386,17 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         store = open_store(options["store"], dataDir, reactor, redis=redis)
     except ValueError as e:
         raise SystemExit("tokengate: {}".format(e))
+    # one registry for the node, the subscriber store's errors included
+    metrics = Metrics()
+    # the TOTP subscribers beside the tokens: in memory, in the same SQLite
+    # file, or on the same Redis client (shared by the cluster)
+    subscribers = open_subscriber_store(store, reactor, metrics)
     server = Server(
         apps=Applications(os.path.join(dataDir, "apps.json")),
         store=store,
         clock=reactor,
+        metrics=metrics,
+        subscribers=subscribers,
         config=ServerConfig(
             restAllowedCIDR=options["rest-allowed-cidr"],
             restJwtSecretKey=options["rest-jwt-secret"],
@@ -505,6 +514,9 @@ class TokengateService(service.MultiService):
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.server.revoker.stop())
         d.addBoth(lambda _: self.server.outputs.close())
+        # after the kicks above (their leases' releases are in flight),
+        # before the token store and the Redis client they run on
+        d.addBoth(lambda _: self.server.subscribers.close())
         d.addBoth(lambda _: self.server.store.close())
         if self.server.redis is not None:
             redis = self.server.redis
