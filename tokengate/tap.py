@@ -399,8 +399,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    from tokengate.access.subscriberstores import open_subscriber_store
     from tokengate.apps import Applications
+    from tokengate.cluster.settings import RedisApplications
     from tokengate.config import ServerConfig
+    from tokengate.metrics import Metrics
     from tokengate.server import Server
     from tokengate.store import open_redis, open_store
     from tokengate.server import buildSite
@@ -420,10 +423,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     if redis is not None and not options["cluster-secret"]:
         _log.warn("no --cluster-secret: this node shares the stream registry and the "
                   "settings, but serves no other node's streams (docs/cluster.md)")
-    from tokengate.cluster.settings import RedisApplications
-    from tokengate.metrics import Metrics
-
+    # one registry for the node, the subscriber store's errors included
     metrics = Metrics()
+    # the TOTP subscribers beside the tokens: in memory, in the same SQLite
+    # file, or on the same Redis client (shared by the cluster)
+    subscribers = open_subscriber_store(store, reactor, metrics)
     apps = Applications(os.path.join(dataDir, "apps.json"))
     if redis is not None:
         # the applications live in Redis, in force on every node; this
@@ -431,9 +435,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         apps = RedisApplications(redis, reactor, metrics, seed=apps)
     server = Server(
         apps=apps,
-        metrics=metrics,
         store=store,
         clock=reactor,
+        metrics=metrics,
+        subscribers=subscribers,
         config=ServerConfig(
             restAllowedCIDR=options["rest-allowed-cidr"],
             restJwtSecretKey=options["rest-jwt-secret"],
@@ -578,6 +583,9 @@ class TokengateService(service.MultiService):
         d.addBoth(lambda _: self.server.streams.stop())
         d.addBoth(lambda _: self.server.revoker.stop())
         d.addBoth(lambda _: self.server.outputs.close())
+        # after the kicks above (their leases' releases are in flight),
+        # before the token store and the Redis client they run on
+        d.addBoth(lambda _: self.server.subscribers.close())
         d.addBoth(lambda _: self.server.store.close())
         if self.server.redis is not None:
             redis = self.server.redis

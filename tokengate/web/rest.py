@@ -386,24 +386,28 @@ class RestAPI:
             raise HTTPError(404, MSG_NO_APP)
         except SettingsUnavailable:
             raise self._settingsDown("app_delete")
+        left = []
         try:
             await self._broadcasts.deleteApp(name)
         except StoreUnavailable:
             self._metrics.store_errors.labels("broadcast_delete_app").inc()
-            return send_json(
-                request,
-                result(True, "Application deleted; its broadcasts could not be deleted "
-                       "(the broadcast store is unavailable): they are back if an "
-                       "application of that name is created again"),
-            )
+            left.append("its broadcasts could not be deleted (the broadcast store is "
+                        "unavailable): they are back if an application of that name is "
+                        "created again")
         try:
             await self._store.deleteApp(name)
         except StoreUnavailable:
             self._metrics.store_errors.labels("delete_app").inc()
-            return send_json(
-                request,
-                result(True, "Application deleted; its tokens will expire by themselves"),
-            )
+            left.append("its tokens will expire by themselves")
+        try:
+            # records, blocks, replay marks, connection events (the leases
+            # of the sessions just ended included)
+            await self._subscribers.deleteApp(name)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("subscribers_delete_app").inc()
+            left.append("its TOTP subscribers could not be deleted")
+        if left:
+            return send_json(request, result(True, "Application deleted; " + "; ".join(left)))
         return send_json(request, result(True))
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["GET"])
@@ -869,9 +873,10 @@ class RestAPI:
                methods=["DELETE"])
     async def revokeSubscribers(self, request: IRequest, appName: str, streamId: str) -> bytes:
         self._subscriberPath(request, appName, streamId)
-        deleted = await self._subscriberCall(
+        revoked = await self._subscriberCall(
             "revoke", self._subscribers.revokeSubscribers(appName, streamId))
-        return send_json(request, result(deleted > 0, "", str(deleted)))
+        # as Ant Media: success when subscribers or connection events went
+        return send_json(request, result(bool(revoked), "", str(revoked.subscribers)))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
                "<string:subscriberId>/block/<string:seconds>/<string:blockType>",
