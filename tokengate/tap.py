@@ -578,11 +578,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     purge.setServiceParent(top)
     TimerService(10.0, top.sweep).setServiceParent(top)
     if worker is not None:
-        from tokengate.workers import announceReady
+        from tokengate.workers import workerRunning
 
         # last: every listener above is bound once the reactor runs
         Running("the supervisor's readiness",
-                lambda: reactor.callWhenRunning(announceReady),
+                lambda: reactor.callWhenRunning(workerRunning),
                 lambda: None).setServiceParent(top)
     return top
 

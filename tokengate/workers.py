@@ -133,6 +133,17 @@ def workerCommand(executable: str, reactor: Optional[str], arguments: Sequence[s
             "tokengate", *arguments, "--worker", str(index)]
 
 
+def workerRunning() -> None:
+    """
+    In a worker, once its reactor runs (its listeners bound): ignore SIGINT
+    (a terminal's Ctrl-C reaches the whole process group; the supervisor
+    then stops its workers with SIGTERM), and tell the supervisor that this
+    worker is ready.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    announceReady()
+
+
 def announceReady() -> None:
     """
     In a worker: tell the supervisor that this worker listens (once; nothing
