@@ -9,11 +9,13 @@ fresh redis-server for each).
 For one process, then for W workers (default: the number of CPUs):
 
  - HLS: ffmpeg publishes one stream over RTMP to the shared port (it lands
-   on one worker; the others pull it from there), then wrk fetches one of
-   its live CMAF segments through the shared HTTP port (token control off,
-   so every connection uses the same plain URL) with C{--connections}
-   keep-alive connections, which the kernel spreads over the workers:
-   segment requests/s, and the server's CPU time per request;
+   on one worker; the others pull it from there when asked for its
+   playlist), then wrk fetches live CMAF segments (token control off) with
+   C{--connections} keep-alive connections in all: one wrk per worker, on
+   that worker's own port, for that worker's newest complete segment (each
+   worker packages its own copy, so the segment names differ between
+   workers): segment requests/s of all together, and the server's CPU time
+   per request;
  - RTMP ingest: C{--publishers} 2 Mbps publishers (the pre-chunked clip of
    L{bench.rtmp_ingest}, replayed in real time from this process) to the
    shared RTMP port: the media the server took in, as a share of what was
@@ -112,8 +114,8 @@ class Server:
             try:
                 if predicate():
                     return
-            except OSError:
-                pass
+            except (OSError, IndexError):
+                pass  # not yet: no answer, or a playlist without segments
             time.sleep(0.2)
         raise SystemExit("not within {} s: {}".format(timeout, what))
 
@@ -150,22 +152,53 @@ class Server:
                     p.kill()
 
 
-def wrk(url: str, seconds: float, connections: int) -> tuple[float, int]:
-    run = subprocess.run(["wrk", "-t2", "-c{}".format(connections),
-                          "-d{:g}s".format(seconds), url],
-                         capture_output=True, text=True, timeout=seconds + 30)
-    out = run.stdout
+def wrkArgv(url: str, seconds: float, connections: int) -> list[str]:
+    return ["wrk", "-t1", "-c{}".format(connections), "-d{:g}s".format(seconds), url]
+
+
+def wrkResult(url: str, run: subprocess.Popen) -> tuple[float, int]:
+    out, err = run.communicate(timeout=60)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     n = re.search(r"(\d+) requests in", out)
     if not m or not n or "Non-2xx" in out:
         raise SystemExit("wrk ({}) exited {} and said:\n{}{}".format(
-            url, run.returncode, out, run.stderr))
+            url, run.returncode, out, err))
     return float(m.group(1)), int(n.group(1))
+
+
+def wrkAll(urls: list[str], seconds: float, connections: int) -> tuple[float, int]:
+    """
+    One wrk per URL at once, C{connections} shared among them: the total
+    requests/s and requests.
+    """
+    each = max(1, connections // len(urls))
+    runs = [subprocess.Popen(wrkArgv(url, seconds, each), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for url in urls]
+    results = [wrkResult(url, run) for url, run in zip(urls, runs)]
+    return sum(r for r, _ in results), sum(n for _, n in results)
+
+
+def newestSegment(port: int) -> str:
+    """
+    The URL of the newest complete segment of s1 on the node at C{port}
+    (asking for its playlist has an edge pull the stream).
+    """
+    base = "http://127.0.0.1:{}/LiveApp/streams/".format(port)
+    media = lines(get(base + "s1.m3u8").decode())[0]
+    seg = lines(get(base + media).decode())[-2]
+    url = base + "s1/" + seg
+    get(url)
+    return url
 
 
 def hls(server: Server, clip: str, args) -> dict:
     """
-    Segment requests/s through the shared port, and CPU µs per request.
+    Segment requests/s of the server's processes together, and CPU µs per
+    request.  Each worker packages its own copy of the stream (the ones
+    that pull it too), so its segments have names of their own: one wrk per
+    worker fetches that worker's newest complete segment from its own port
+    (the shared port's spreading is what tests/interop/test_workers.py
+    checks).
     """
     server.settings(playTokenControlEnabled=False)
     pub = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
@@ -174,25 +207,20 @@ def hls(server: Server, clip: str, args) -> dict:
     try:
         rates, costs = [], []
         for n in range(args.rounds + 1):
-            # a segment every worker has: the newest complete one of the
-            # first worker's playlist, fetched from each worker's own port
-            def common():
-                media = lines(get(server.base + "/LiveApp/streams/s1.m3u8").decode())[0]
-                seg = lines(get(server.base + "/LiveApp/streams/" + media).decode())[-2]
-                for port in server.internal:
-                    get("http://127.0.0.1:{}/LiveApp/streams/s1/{}".format(port, seg))
-                return seg
+            urls: dict[int, str] = {}
 
-            box: list[str] = []
-            server.waitFor(lambda: bool(box.append(common()) or True), 60,
-                           "a segment of s1 on every worker")
-            url = server.base + "/LiveApp/streams/s1/" + box[-1]
+            def found() -> bool:
+                for port in server.internal:
+                    urls[port] = newestSegment(port)
+                return True
+
+            server.waitFor(found, 60, "a complete segment of s1 on every worker")
             if n == 0:
-                wrk(url, 1, args.connections)  # warm-up, not counted
+                wrkAll(list(urls.values()), 1, args.connections)  # warm-up, not counted
                 continue
             pids = server.pids()
             before = cpu_seconds(pids)
-            rate, count = wrk(url, args.wrk_seconds, args.connections)
+            rate, count = wrkAll(list(urls.values()), args.wrk_seconds, args.connections)
             rates.append(rate)
             costs.append((cpu_seconds(pids) - before) / count * 1e6)
         return {"segments_per_s": statistics.median(rates), "range": (min(rates), max(rates)),
@@ -231,8 +259,8 @@ def main() -> None:
         tmp = tempfile.mkdtemp()
         server = Server(tmp, count)
         try:
-            results[count] = {"hls": hls(server, clip, args),
-                              "ingest": ingest(server, slices, bitrate, args)}
+            results[count] = {"ingest": ingest(server, slices, bitrate, args)}
+            results[count]["hls"] = hls(server, clip, args)
         finally:
             server.stop()
             shutil.rmtree(tmp, ignore_errors=True)
