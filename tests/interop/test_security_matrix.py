@@ -81,8 +81,8 @@ PUBLISH_SECRET = "publish secret"
 PLAY_SECRET = "play secret"
 #: SRT reject codes (tokengate.srt.errors), as the handshake carries them:
 #: C{invalid} (a bad JWT or hash) is 1400, C{bad_code} 1401, a policy's
-#: refusal 1403 (docs/development.md, "Access outcomes")
-SRT_BAD_REQUEST, SRT_UNAUTHORIZED, SRT_FORBIDDEN = 1400, 1401, 1403
+#: refusal 1403, C{unavailable} 1503 (docs/development.md, "Access outcomes")
+SRT_BAD_REQUEST, SRT_UNAUTHORIZED, SRT_FORBIDDEN, SRT_DOWN = 1400, 1401, 1403, 1503
 #: the SRT handshake request type of a conclusion (an accepted call)
 SRT_CONCLUSION = -1
 #: every muxer on, so the live stream has HLS and DASH and records MP4
@@ -97,6 +97,32 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def streamJWT(streamId: str, type: str, secret: str = JWT_SECRET) -> str:
     return pyjwt.encode({"streamId": streamId, "type": type, "exp": int(time.time()) + 600},
                         secret, algorithm="HS256")
+
+
+def jwksReceiver(testcase: TestCase) -> Receiver:
+    """
+    A receiver serving, at C{/jwks}, the key set of
+    L{tests.interop.test_jwks_interop}'s C{KEY} as C{k1}.
+    """
+    from jwt.algorithms import RSAAlgorithm
+
+    from tests.interop.test_jwks_interop import KEY
+
+    receiver = Receiver().start(testcase)
+    jwk = json.loads(RSAAlgorithm.to_jwk(KEY.public_key()))
+    jwk["kid"] = "k1"
+    receiver.answers["/jwks"] = (200, {"Content-Type": "application/json"},
+                                 json.dumps({"keys": [jwk]}).encode())
+    return receiver
+
+
+def rs256(streamId: str, type: str, good: bool = True) -> str:
+    """
+    An RS256 stream JWT signed by the key set's key (or by another key).
+    """
+    from tests.interop.test_jwks_interop import KEY, OTHER_KEY, streamJWT as signed
+
+    return signed(KEY if good else OTHER_KEY, "k1", streamId, type)
 
 
 def hashToken(streamId: str, role: str) -> str:
@@ -535,6 +561,29 @@ class PublishMatrix(MatrixBase):
         self.assertEqual({s: self.broadcast(s)["publishType"] for s in ("j1", "j2", "j3", "j4")},
                          {"j1": "RTMP", "j2": "SRT", "j3": "SRT", "j4": "WebRTC"})
 
+    async def test_jwksOutage(self) -> None:
+        """
+        RS256 stream JWTs (C{jwksURL}) over srt-live-transmit: while the
+        key set cannot be fetched, a good JWT is rejected 1503
+        (C{unavailable}, fail closed); signed by another key, 1400; with
+        the keys reachable, it publishes.
+        """
+        from tests.httpreceiver import closedPortURL
+
+        receiver = jwksReceiver(self)
+        self.settings(publishJwtControlEnabled=True, jwksURL=await closedPortURL("/jwks"))
+        unavailable = self.counting("srt", "publish", "unavailable")
+        result, relay = await self.sltPublish("LiveApp/k1,token=" + rs256("k1", "publish"))
+        self.assertIn("REJECT", result.stderr)
+        self.assertEqual((relay.rejectCode, unavailable()), (SRT_DOWN, 1))
+        self.settings(publishJwtControlEnabled=True, jwksURL=receiver.url("/jwks"))
+        result, relay = await self.sltPublish("LiveApp/k1,token=" + rs256("k1", "publish",
+                                                                         good=False))
+        self.assertEqual(relay.rejectCode, SRT_BAD_REQUEST)
+        result, relay = await self.sltPublish("LiveApp/k1,token=" + rs256("k1", "publish"))
+        self.assertEqual(relay.rejectCode, None, result.stderr[-2000:])
+        self.assertEqual(self.broadcast("k1")["publishType"], "SRT")
+
     async def test_hash(self) -> None:
         """
         Hash tokens (C{hashControlPublishEnabled}) over srt-live-transmit
@@ -718,6 +767,38 @@ class PlayMatrix(MatrixBase):
         answer = await client.ask("play", "s1", token=good)
         self.assertEqual(answer["definition"], "play_started")
         self.assertGreater(answer["frames"], 0)
+
+    async def test_jwksOutage(self) -> None:
+        """
+        RS256 stream JWTs (C{jwksURL}) on RTMP, WebRTC and HLS play: while
+        the key set cannot be fetched a good JWT is refused as
+        C{unavailable} (RTMP's play refusal, C{data_store_not_available},
+        HTTP 503); signed by another key, C{invalid}; with the keys, it
+        plays.
+        """
+        from tests.httpreceiver import closedPortURL
+
+        receiver = jwksReceiver(self)
+        self.settings(**MUXERS, playJwtControlEnabled=True, jwksURL=await closedPortURL("/jwks"))
+        unavailable = {p: self.counting(p, "play", "unavailable") for p in ("rtmp", "webrtc", "hls")}
+        good = rs256("s1", "play")
+        self.assertRefused(await self.play(self.rtmpURL("/LiveApp/s1?token=" + good)),
+                           REFUSED_PLAY)
+        self.assertRefused(await self.play(self.httpURL(HLS + "?token=" + good)), "503")
+        self.assertRefusedHTTP(await self.httpGet(HLS + "?token=" + good), 503,
+                               "Token store is unavailable, try again later")
+        client = await self.webrtc()
+        answer = await client.ask("play", "s1", token=good)
+        self.assertEqual(answer["definition"], "data_store_not_available")
+        self.assertEqual({p: c() for p, c in unavailable.items()},
+                         {"rtmp": 1, "webrtc": 1, "hls": 2})
+        self.settings(**MUXERS, playJwtControlEnabled=True, jwksURL=receiver.url("/jwks"))
+        self.assertRefusedHTTP(await self.httpGet(HLS + "?token=" + rs256("s1", "play", False)),
+                               403, "Invalid JWT Token")
+        self.assertAllowed(await self.play(self.rtmpURL("/LiveApp/s1?token=" + good)), 10)
+        self.assertAllowed(await self.play(self.httpURL(HLS + "?token=" + good)), 10)
+        answer = await client.ask("play", "s1", token=good)
+        self.assertEqual(answer["definition"], "play_started")
 
     async def test_hash(self) -> None:
         """
