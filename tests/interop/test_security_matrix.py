@@ -52,7 +52,7 @@ from twisted.trial.unittest import TestCase
 from tests import procs
 from tests.fixtures import frames, test_clip
 from tests.helpers import http_client, require
-from tests.httpreceiver import Receiver
+from tests.httpreceiver import Receiver, hang
 from tests.interop.test_srt_interop import ts_clip
 from tests.service import TokengateProcess
 
@@ -685,8 +685,9 @@ class PublishMatrix(MatrixBase):
         """
         The publish webhook (C{webhookAuthenticateURL}) over
         srt-live-transmit and WebRTC (aiortc), with one-time tokens: a 403
-        refuses (SRT 1403, WebSocket C{unauthorized_access}) and keeps the
-        token, which publishes once the webhook answers 200.
+        refuses (SRT 1403, WebSocket C{unauthorized_access}), no answer in
+        time refuses (SRT 1503), and the token is kept: it publishes once
+        the webhook answers 200.
         """
         receiver = Receiver().start(self)
         receiver.answers["/publish"] = (403, {}, b"no")
@@ -704,6 +705,11 @@ class PublishMatrix(MatrixBase):
         asked = [json.loads(r.body) for r in receiver.received]
         self.assertEqual([(b["streamId"], b["mode"], b["token"]) for b in asked],
                          [("w1", "live", t1), ("w2", "live", t2)])
+        # a webhook that does not answer in time (--webhook-timeout 1): 1503
+        receiver.answers["/publish"] = hang
+        unavailable = self.counting("srt", "publish", "webhook_unavailable")
+        result, relay = await self.sltPublish("LiveApp/w1,token=" + t1)
+        self.assertEqual((relay.rejectCode, unavailable()), (SRT_DOWN, 1))
         receiver.answers["/publish"] = (200, {}, b"")
         result, relay = await self.sltPublish("LiveApp/w1,token=" + t1)
         self.assertSRTAccepted(result, relay)
@@ -831,7 +837,8 @@ class PlayMatrix(MatrixBase):
 
         receiver = jwksReceiver(self)
         self.settings(**MUXERS, playJwtControlEnabled=True, jwksURL=await closedPortURL("/jwks"))
-        unavailable = {p: self.counting(p, "play", "unavailable") for p in ("rtmp", "webrtc", "hls")}
+        unavailable = {p: self.counting(p, "play", "unavailable")
+                       for p in ("rtmp", "webrtc", "hls")}
         good = rs256("s1", "play")
         self.assertRefused(await self.play(self.rtmpURL("/LiveApp/s1?token=" + good)),
                            REFUSED_PLAY)
@@ -914,8 +921,9 @@ class PlayMatrix(MatrixBase):
         """
         The play webhook (C{webhookPlayAuthUrl}) on RTMP, WebRTC, DASH and
         MP4, with one-time play tokens: a 403 refuses each (RTMP's play
-        refusal, C{unauthorized_access}, HTTP 403 C{Not authorized}) and
-        keeps the token, which plays once the webhook answers 200.
+        refusal, C{unauthorized_access}, HTTP 403 C{Not authorized}), no
+        answer in time refuses (HTTP 503), and the token is kept: it plays
+        once the webhook answers 200.
         """
         receiver = Receiver().start(self)
         receiver.answers["/play"] = (403, {}, b"no")
@@ -943,6 +951,12 @@ class PlayMatrix(MatrixBase):
                          sorted([("s1", "play", tokens["rtmp"]), ("s1", "play", tokens["dash"]),
                                  ("rec", "play", tokens["vod"]), ("rec", "play", tokens["vod"]),
                                  ("s1", "play", tokens["webrtc"])]))
+        # a webhook that does not answer in time (--webhook-timeout 1)
+        receiver.answers["/play"] = hang
+        unavailable = self.counting("dash", "play", "webhook_unavailable")
+        self.assertRefusedHTTP(await self.httpGet(DASH + "?token=" + tokens["dash"]), 503,
+                               "Authorization is unavailable, try again later")
+        self.assertEqual(unavailable(), 1)
         receiver.answers["/play"] = (200, {}, b"")
         self.assertAllowed(await self.play(self.rtmpURL("/LiveApp/s1?token=" + tokens["rtmp"])),
                            10)
