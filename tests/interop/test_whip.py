@@ -259,3 +259,36 @@ class WhipInterop(TestCase):
         self.assertNothingLeft()
         self.assertTrue(self.validate(playToken, "s1", "play"))
         self.assertTrue(self.validate(otherStream, "s2", "publish"))
+
+    async def test_revocationEndsWhip(self) -> None:
+        """
+        Revoking the stream's tokens (REST) ends a live WHIP session and a
+        WHEP viewer of it at once: the stream is no longer live, the
+        server's peer connections are closed, the resources are gone.
+        """
+        path = await self.makeClip()
+        publisher = self.start([sys.executable, SCRIPT, "publish", self.endpoint("whip"),
+                                self.mint(), path, "20"], 150)
+        await self.waitFor(lambda: self.broadcast().get("receivedBytes", 0) > 50000, 60,
+                           "WHIP media in the hub")
+        viewer = self.start([sys.executable, SCRIPT, "play", self.endpoint("whep"),
+                             self.mint("s1", "play"), "20", "100000"], 90)
+        await self.waitFor(lambda: self.metric("tokengate_whep_sessions") == 1, 30,
+                           "the WHEP viewer")
+        req = urllib.request.Request(self.tg.base + "/LiveApp/rest/v2/broadcasts/s1/tokens",
+                                     method="DELETE")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            answer = json.loads(r.read())
+        self.assertIn("2 sessions ended", answer["message"], answer)
+        self.assertEqual(self.metric("tokengate_whip_sessions"), 0)
+        self.assertEqual(self.metric("tokengate_whep_sessions"), 0)
+        self.assertEqual(self.metric("tokengate_live_streams"), 0)
+        self.assertEqual(self.metric(
+            'tokengate_sessions_kicked_total{action="publish",protocol="whip",reason="revoked"}'),
+            1)
+        out = await self.result(publisher)
+        self.assertEqual(out["status"], 201, out)
+        self.assertEqual(out["delete"], 404, out)  # already ended by the server
+        self.assertNotEqual(out["stateBeforeDelete"], "connected", out)
+        seen = await self.result(viewer)
+        self.assertEqual(seen["delete"], 404, seen)
