@@ -294,6 +294,8 @@ class Refusals(WhipBase):
         for token, reason in cases:
             r, body = await self.post(token=token)
             await self.assertRefused(401, r, body, reason)
+            self.assertEqual(self.header(r, "www-authenticate"), 'Bearer realm="tokengate"' + (
+                ', error="invalid_token"' if token is not None else ""))
         for reason, count in (("missing", 1), ("unknown", 2), ("wrong_type", 1),
                               ("wrong_stream", 1)):
             self.assertEqual(self.refusals("whip", "publish", reason), count, reason)
@@ -562,3 +564,43 @@ class Ending(WhipBase):
         text = self.server.metrics.render().decode()
         self.assertIn("tokengate_whip_sessions 1.0", text)
         self.assertIn("tokengate_whep_sessions 0.0", text)
+
+
+class ClientGone(WhipBase):
+    def setUp(self) -> None:
+        self.policy = RecordingPolicy()
+        self.extraPolicies = [self.policy]
+        super().setUp()
+
+    async def test_goneDuringAdmission(self) -> None:
+        """
+        A client that leaves while its publish is being admitted (a policy
+        waits): once admitted, the session ends at once, the claim and what
+        the policy held are released, no peer connection is made.
+        """
+        from twisted.internet.protocol import ClientCreator, Protocol
+
+        self.policy.pending = Deferred()
+        body = offer().encode()
+        proto = await ClientCreator(reactor, Protocol).connectTCP(
+            "127.0.0.1", self.port.getHost().port)
+        proto.transport.write(
+            b"POST /LiveApp/whip/s1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
+            b"Authorization: Bearer " + self.mint().encode() +
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        while not self.policy.asked:
+            await deferLater(reactor, 0.01)
+        proto.transport.loseConnection()
+        await deferLater(reactor, 0.05)
+        pending, self.policy.pending = self.policy.pending, None
+        pending.callback(None)
+        await deferLater(reactor, 0.05)
+        self.assertEqual(self.engine.peers, [])
+        self.assertNothingLeft()
+        self.assertEqual(self.policy.released, 1)
+
+    async def test_releasedOnDelete(self) -> None:
+        location = await self.publish()
+        self.assertEqual(self.policy.released, 0)
+        await self.call("DELETE", location)
+        self.assertEqual(self.policy.released, 1)

@@ -385,7 +385,10 @@ class _WhipResource(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         if code == 401:
-            request.setHeader(b"www-authenticate", b'Bearer realm="tokengate"')
+            presented = request.getHeader(b"authorization") is not None or \
+                b"token" in request.args
+            request.setHeader(b"www-authenticate", b'Bearer realm="tokengate"' + (
+                b', error="invalid_token"' if presented else b""))
         elif code == 405:
             request.setHeader(b"allow", self._methods())
         return (reason + "\n").encode("utf-8")
@@ -519,11 +522,13 @@ class _WhipResource(Resource):
             self._e._remove(session)
             session.close()
             raise
-        session.admission = admission
         if session.state == "closed" or gone:
-            # kicked, or the client left, while it was admitted
+            # kicked, or the client left, while it was admitted: the
+            # session has closed without this admission, end it here
+            admission.end()
             self._e.end(session, "gone before the answer")
             return self._finish(request, self._fail(request, 409, "The session ended"))
+        session.admission = admission
         session.state = "negotiating"
         try:
             answer = await self._answer(session, admission, sdp)
