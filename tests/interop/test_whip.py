@@ -8,9 +8,14 @@ the asyncio reactor, over loopback, each client bounded in time:
 - ffmpeg publishes over RTMP and an aiortc WHEP viewer decodes it (H.264,
   and the AAC as Opus);
 - missing, spent, wrong-type and wrong-stream tokens are refused with 401
-  and leave no session, no claim, and the mismatched tokens usable.
+  and leave no session, no claim, and the mismatched tokens usable;
+- revoking the stream's tokens ends a WHIP session and its WHEP viewer;
+- GStreamer's webrtcbin publishes over WHIP with an offer without
+  candidates, trickling them by PATCH (If-Match), and an RTMP viewer gets
+  frames.
 
-aiortc runs in tests/whip_client_script.py (its own asyncio loop).
+aiortc runs in tests/whip_client_script.py (its own asyncio loop), webrtcbin
+in tests/webrtcbin_whip_client.py (the system Python's python3-gi).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from tests.whipoffers import offer
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "whip_client_script.py")
+WEBRTCBIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "webrtcbin_whip_client.py")
 
 
 def clip(ffmpeg: str, path: str, seconds: int = 40) -> list[str]:
@@ -45,7 +52,12 @@ def clip(ffmpeg: str, path: str, seconds: int = 40) -> list[str]:
             "-bf", "0", "-c:a", "aac", "-b:a", "64k", path]
 
 
-class WhipInterop(TestCase):
+class _WhipProcess(TestCase):
+    """
+    A C{twistd tokengate} on the asyncio reactor with publish and play
+    token control, and the helpers of the tests below.
+    """
+
     timeout = 300
 
     def setUp(self) -> None:
@@ -145,6 +157,13 @@ class WhipInterop(TestCase):
         self.assertEqual(self.metric("tokengate_whep_sessions"), 0)
         self.assertEqual(self.metric("tokengate_live_streams"), 0)
         self.assertNotEqual(self.broadcast(streamId).get("status"), "broadcasting")
+
+
+
+class WhipInterop(_WhipProcess):
+    """
+    aiortc as the WHIP and WHEP client.
+    """
 
     async def test_whipToHlsRtmpWhep(self) -> None:
         """
@@ -292,3 +311,44 @@ class WhipInterop(TestCase):
         self.assertNotEqual(out["stateBeforeDelete"], "connected", out)
         seen = await self.result(viewer)
         self.assertEqual(seen["delete"], 404, seen)
+
+
+class WebrtcbinWhip(_WhipProcess):
+    """
+    GStreamer's webrtcbin (the stack of simple-whip-client and whipsink) as
+    a WHIP client: an RSA certificate, an offer without candidates, its
+    candidates trickled by PATCH with If-Match.
+    """
+
+    def setUp(self) -> None:
+        from tests.interop.test_webrtc_dtls import requireGstPython
+
+        self.python = requireGstPython()
+        super().setUp()
+
+    async def test_whipTrickle(self) -> None:
+        token = self.mint()
+        publisher = self.start([self.python, WEBRTCBIN, self.endpoint("whip"), token, "12"],
+                               120)
+        await self.waitFor(lambda: self.broadcast().get("receivedBytes", 0) > 20000, 60,
+                           "webrtcbin's media in the hub")
+        rtmp = "rtmp://127.0.0.1:{}/LiveApp/s1?token={}".format(self.tg.rtmp,
+                                                              self.mint("s1", "play"))
+        r = await self.start([self.ffmpeg, "-nostdin", "-loglevel", "error", "-i", rtmp,
+                              "-frames:v", "25", "-f", "framemd5", "-"], 60).done
+        self.assertEqual(r.code, 0, r.stderr[-2000:])
+        self.assertEqual(len([ln for ln in r.out.decode().splitlines()
+                              if ln and not ln.startswith("#")
+                              and ln.split(",")[0].strip() == "0"]), 25)
+        out = await self.result(publisher)
+        self.assertEqual(out["status"], 201, out)
+        self.assertEqual(out["acceptPatch"], "application/trickle-ice-sdpfrag")
+        self.assertTrue(out["patches"], out)
+        self.assertEqual(set(out["patches"]), {204}, out)
+        self.assertTrue(out.get("end"), out)
+        self.assertIn("connected", out["states"], out)
+        self.assertEqual(out["errors"], [], out)
+        self.assertEqual(out["delete"], 200, out)
+        await self.waitFor(lambda: self.metric("tokengate_live_streams") == 0, 10,
+                           "the stream to end")
+        self.assertNothingLeft()
