@@ -62,7 +62,7 @@ class Bounds(WhipBase):
         fragment, a fragment of at most MAX_FRAGMENT bytes.
         """
         location = await self.publish()
-        h = {"content-type": "application/trickle-ice-sdpfrag"}
+        h = {"content-type": "application/trickle-ice-sdpfrag", "if-match": "*"}
         many = (CANDIDATE,) * 64
         for _ in range(whip.MAX_SESSION_CANDIDATES // 64):
             r, body = await self.call("PATCH", location, fragment(candidates=many).encode(), h)

@@ -475,19 +475,24 @@ class Patch(WhipBase):
 
     async def test_trickle(self) -> None:
         """
-        Candidates in a fragment reach the peer with their mid (204 and the
-        ETag); If-Match is optional, C{*} or the ETag match, another tag is
-        412; a new ufrag or password (an ICE restart) is 422.
+        Candidates in a fragment reach the peer with their mid (204, no
+        ETag: RFC 9725 4.3.1); If-Match is required (428 without it), C{*}
+        or the ETag match, another tag is 412; a new ufrag or password (an
+        ICE restart) is 422.
         """
         r, _ = await self.post(token=self.mint())
         location, etag = self.header(r, "location") or "", self.header(r, "etag") or ""
         peer = self.engine.peers[0]
-        r, body = await self.patch(location, fragment())
+        r, body = await self.call("PATCH", location, fragment().encode(),
+                                  {"content-type": "application/trickle-ice-sdpfrag"})
+        self.assertEqual(r.code, 428, body)
+        self.assertEqual(peer.candidates, [])
+        r, body = await self.patch(location, fragment(), {"if-match": etag})
         self.assertEqual(r.code, 204, body)
-        self.assertEqual(self.header(r, "etag"), etag)
+        self.assertIsNone(self.header(r, "etag"))
         self.assertCors(r)
         self.assertEqual(peer.candidates, [(CANDIDATE, "0", 0)])
-        for match in (etag, "*", '"other", ' + etag):
+        for match in ("*", '"other", ' + etag, etag):
             r, body = await self.patch(location, fragment(), {"if-match": match})
             self.assertEqual(r.code, 204, (match, body))
         self.assertEqual(len(peer.candidates), 4)
@@ -495,12 +500,12 @@ class Patch(WhipBase):
         self.assertEqual(r.code, 412, body)
         r, body = await self.patch(location, fragment(ufrag="nEwU"), {"if-match": "*"})
         self.assertEqual(r.code, 422, body)
-        r, body = await self.patch(location, fragment(pwd="n" * 24))
+        r, body = await self.patch(location, fragment(pwd="n" * 24), {"if-match": etag})
         self.assertEqual(r.code, 422, body)
-        r, body = await self.patch(location, "a=candidate:1 1 udp\r\n")
+        r, body = await self.patch(location, "a=candidate:1 1 udp\r\n", {"if-match": etag})
         self.assertEqual(r.code, 400, body)
         r, body = await self.call("PATCH", location, fragment().encode(),
-                                  {"content-type": "application/sdp"})
+                                  {"content-type": "application/sdp", "if-match": etag})
         self.assertEqual(r.code, 415, body)
         self.assertEqual(len(peer.candidates), 4)
         # the session is still there

@@ -17,8 +17,9 @@ C{/{App}/whip/{streamId}/{sessionId}}, 192 random bits), C{ETag},
 C{Accept-Patch: application/trickle-ice-sdpfrag} and a C{Link: <uri>;
 rel="ice-server"} per STUN/TURN URI (TURN with fresh time-limited
 credentials).  On the session's resource: C{PATCH} adds trickled
-candidates (C{204}; C{If-Match} optional, C{412} when it names another
-entity tag; ICE restarts are not supported: C{422}), C{DELETE} ends the
+candidates (C{204}; C{If-Match} required: C{428} without it, C{412} when it
+names another entity tag; a candidate the session cannot use is discarded;
+ICE restarts are not supported: C{422}), C{DELETE} ends the
 session (C{200}).  C{OPTIONS} and CORS headers on every answer let browser
 clients use it.
 
@@ -592,7 +593,12 @@ class _WhipResource(Resource):
         if not isMediaType(_header(request, b"content-type"), SDPFRAG):
             return self._finish(request, self._fail(
                 request, 415, "Content-Type must be " + SDPFRAG))
-        if ifMatch(_header(request, b"if-match"), session.etag) is False:
+        matched = ifMatch(_header(request, b"if-match"), session.etag)
+        if matched is None:
+            # RFC 9725 4.3.1: a trickle or restart PATCH must name the entity
+            return self._finish(request, self._fail(
+                request, 428, "If-Match is required (this session's ETag)"))
+        if matched is False:
             return self._finish(request, self._fail(
                 request, 412, "If-Match does not name this session's ETag"))
         body = request.content.read(MAX_FRAGMENT + 1)
@@ -618,12 +624,13 @@ class _WhipResource(Resource):
             try:
                 await maybeDeferred(peer.addCandidate, c.candidate, mid, index)
             except Exception:
-                return self._finish(request, self._fail(
-                    request, 400, "Bad fragment: a candidate was refused"))
+                # RFC 9725 4.3.1: a candidate whose transport or address the
+                # session cannot use is discarded, the rest processed
+                self._log.debug("a trickled candidate was discarded")
         if session.state == "closed":
             return self._finish(request, self._fail(request, 404, "No such session"))
+        # RFC 9725 4.3.1: 204 without a body and without an ETag
         request.setResponseCode(204)
         _cors(request, _SESSION_METHODS)
-        request.setHeader(b"etag", session.etag.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         self._finish(request, b"")
