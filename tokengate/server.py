@@ -215,7 +215,8 @@ class Server:
 def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     """
     The HTTP site of a node: the REST API, HTTP playback, the WebSocket
-    signalling and the pages, each given its collaborators from the graph.
+    signalling, WHIP and WHEP, and the pages, each given its collaborators
+    from the graph.
 
     @param engine: the WebRTC media engine; by default the one
         L{tokengate.webrtc.media.make_engine} makes for the running reactor.
@@ -230,6 +231,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     from tokengate.webrtc.media import make_engine
     from tokengate.webrtc.pages import WebRTCPages
     from tokengate.webrtc.signalling import SignallingFactory
+    from tokengate.webrtc.whip import WhipEndpoints
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
@@ -249,6 +251,8 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     signalling = SignallingFactory(server.access, server.clock, server.metrics, server.hub,
                                    engine, ice=ice)
     webrtc = WebRTCPages(server.apps, signalling, engine)
-    root = Root(server.apps, server.clock, api.resource(), playback, webrtc)
+    whip = WhipEndpoints(server.access, server.clock, server.metrics, engine, ice,
+                         perAddress=config.maxConnectionsPerAddress)
+    root = Root(server.apps, server.clock, api.resource(), playback, webrtc, whip)
     return TokengateSite(root, maxBodySize=config.maxBodySize, metrics=server.metrics,
                          requestTimeout=config.requestTimeout)
