@@ -145,6 +145,59 @@ class ReusePortTests(TestCase):
 
         self.assertEqual(await deferToThread(greet), b"secret")
 
+    async def test_addressAffinity(self) -> None:
+        """
+        With C{affinity}, every connection from one client address reaches
+        the same listener (the greeting says which), and different
+        addresses (127.0.0.0/8 is all loopback) reach both.
+        """
+        from twisted.internet.threads import deferToThread
+
+        number = free_port()
+        shared = ReusePortReactor(reactor, affinity=2)
+        for greeting in (b"a", b"b"):
+            port = await serverFromString(shared, "tcp:{}:interface=127.0.0.1".format(
+                number)).listen(hello(greeting))
+            self.addCleanup(port.stopListening)
+
+        def greet(source: str) -> bytes:
+            with socket.socket() as s:
+                s.settimeout(5)
+                s.bind((source, 0))
+                s.connect(("127.0.0.1", number))
+                data = b""
+                while True:
+                    chunk = s.recv(100)
+                    if not chunk:
+                        return data
+                    data += chunk
+
+        def survey() -> dict[str, set[bytes]]:
+            return {source: {greet(source) for _ in range(8)}
+                    for source in ("127.0.0.{}".format(n) for n in range(1, 21))}
+
+        seen = await deferToThread(survey)
+        for source, greetings in seen.items():
+            self.assertEqual(len(greetings), 1, source)
+        self.assertEqual(set().union(*seen.values()), {b"a", b"b"})
+
+    def test_affinityProgram(self) -> None:
+        """
+        The program is 24 instructions whose jumps stay inside it, ending
+        with the modulo and the return.
+        """
+        from tokengate.reuseport import addressAffinity
+
+        program = addressAffinity(3)
+        self.assertEqual(len(program), 24)
+        self.assertEqual(program[-2][3], 3)
+        for index, (code, jt, jf, k) in enumerate(program):
+            if code == 0x15:
+                self.assertLess(index + 1 + max(jt, jf), len(program))
+            if code == 0x05:
+                self.assertLess(index + 1 + k, len(program))
+        self.assertRaises(ValueError, addressAffinity, 0)
+
     def test_checkFree(self) -> None:
         """
         Free ports pass (and stay free); a taken one is named.

@@ -469,14 +469,16 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
 
         return supervise(options, reactor)
     worker = options["worker"]
-    listenOn = reactor
+    listenOn = httpOn = reactor
     if worker is not None:
         from tokengate.reuseport import ReusePortReactor
         from tokengate.workers import followSupervisor
 
         followSupervisor()
-        # every worker listens on the same ports: the kernel spreads clients
+        # every worker listens on the same ports: the kernel spreads clients,
+        # HTTP ones by their address (a player's requests reach one worker)
         listenOn = ReusePortReactor(reactor)
+        httpOn = ReusePortReactor(reactor, affinity=options["workers"])
     from tokengate.access.subscriberstores import open_subscriber_store
     from tokengate.apps import Applications
     from tokengate.cluster.settings import RedisApplications
@@ -548,7 +550,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         Running("the cluster's settings", apps.start, apps.stop).setServiceParent(top)
     site = buildSite(server)
     perAddress = server.config.maxConnectionsPerAddress
-    listener("HTTP", options["http"], site, listenOn,
+    listener("HTTP", options["http"], site, httpOn,
              addressLimit(perAddress, server.metrics, "http")).setServiceParent(top)
     if worker is not None:
         from tokengate.workers import internalListener, nodeInfo
@@ -560,7 +562,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
                  ).setServiceParent(top)
         nodeInfo(server.metrics, options["node-address"], worker)
     if options["https"]:
-        listener("HTTPS", options["https"], site, listenOn,
+        listener("HTTPS", options["https"], site, httpOn,
                  addressLimit(perAddress, server.metrics, "https")).setServiceParent(top)
     if options["rtmp"]:
         from tokengate.rtmp.protocol import RTMPFactory

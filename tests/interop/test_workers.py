@@ -2,8 +2,9 @@
 C{twistd tokengate --workers 3} as a real process on a real redis-server,
 driven over loopback:
 
- - the three workers listen on the same HTTP, RTMP and SRT ports: many
-   HTTP connections reach every worker (each scrape says which,
+ - the three workers listen on the same HTTP, RTMP and SRT ports: HTTP
+   connections from many client addresses reach every worker, all those of
+   one address the same worker (each scrape says which,
    C{tokengate_worker_info}); ffmpeg publishers over RTMP and SRT land on
    more than one worker (the stream's C{originAdress} is its worker's node
    address), and an SRT caller's handshake and media all reach the one
@@ -92,7 +93,9 @@ class WorkersTests(TestCase):
         self.base = consecutiveFreePorts(WORKERS)
         self.tg = TokengateProcess(self.mktemp(), extra=(
             "--workers", str(WORKERS), "--store", redis.url,
-            "--node-address", "127.0.0.1:{}".format(self.base)))
+            "--node-address", "127.0.0.1:{}".format(self.base),
+            # /metrics from every loopback address (the tests' clients)
+            "--rest-allowed-cidr", "127.0.0.0/8"))
         self.addCleanup(self.tg.stop, 30)
         self.tg.start(timeout=120)
         self.running: list[procs.Running] = []
@@ -145,18 +148,34 @@ class WorkersTests(TestCase):
             await deferLater(reactor, 0.2, lambda: None)
         return time.monotonic() - started
 
-    def answeringWorker(self) -> Optional[int]:
+    def answeringWorker(self, source: str = "127.0.0.1") -> Optional[int]:
         """
-        Which worker answers a new connection to the shared HTTP port.
+        Which worker answers a new connection to the shared HTTP port from
+        the address C{source} (127.0.0.0/8 is all loopback).
         """
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.tg.http, timeout=5,
+                                                source_address=(source, 0))
         try:
-            with urllib.request.urlopen(self.tg.base + "/metrics", timeout=5) as r:
-                text = r.read().decode()
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            text = response.read().decode()
         except OSError as e:
             self.errors.append(repr(e))
             return None
+        finally:
+            connection.close()
         m = re.search(r'tokengate_worker_info\{address="[^"]+",worker="(\d+)"\} 1', text)
         return int(m.group(1)) if m else None
+
+    def spreadOverAddresses(self) -> dict[str, set[Optional[int]]]:
+        """
+        The workers that answer 4 connections from each of 40 client
+        addresses.
+        """
+        return {source: {self.answeringWorker(source) for _ in range(4)}
+                for source in ("127.0.0.{}".format(n) for n in range(1, 41))}
 
     def workerPids(self) -> dict[int, int]:
         """
@@ -217,12 +236,15 @@ class WorkersTests(TestCase):
 
     async def test_sharedPorts(self) -> None:
         """
-        Every worker answers on the shared HTTP port; RTMP and SRT
-        publishers land on several workers; an SRT caller stays on its
-        worker (it is admitted, and its stream stays live there).
+        Every worker answers on the shared HTTP port, every connection of
+        one client address on the same worker; RTMP and SRT publishers land
+        on several workers; an SRT caller stays on its worker (it is
+        admitted, and only its worker receives its datagrams).
         """
-        seen = {self.answeringWorker() for _ in range(90)}
-        self.assertEqual(seen, set(range(WORKERS)))
+        seen = self.spreadOverAddresses()
+        for source, workers in seen.items():
+            self.assertEqual(len(workers), 1, (source, workers, self.errors))
+        self.assertEqual(set().union(*seen.values()), set(range(WORKERS)))
         addresses = {self.address(index) for index in range(WORKERS)}
         rtmp = await self.spread(self.publishRTMP, "r")
         self.assertGreaterEqual(len(rtmp), 2)
@@ -259,6 +281,46 @@ class WorkersTests(TestCase):
         m = re.search(r"^" + pattern + r" ([0-9.e+]+)$", text, re.M)
         return float(m.group(1)) if m else 0.0
 
+    def mintPlay(self, streamId: str) -> str:
+        import json
+
+        url = "{}/LiveApp/rest/v2/broadcasts/{}/token?type=play&expireDate={}".format(
+            self.tg.base, streamId, int(time.time()) + 600)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return str(json.loads(r.read())["tokenId"])
+
+    def plays(self, index: int, protocol: str) -> float:
+        """The plays worker C{index} admitted over C{protocol}."""
+        with urllib.request.urlopen(self.internal(index) + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(v) for v in re.findall(
+            r'^tokengate_grants_total\{action="play",kind="[^"]*",protocol="%s"\} ([0-9.e+]+)$'
+            % protocol, text, re.M))
+
+    async def playElsewhere(self, protocol: str, streamId: str, url: Callable[[str], str],
+                            origin: int) -> int:
+        """
+        Play C{streamId} with a new play token until a worker other than
+        C{origin} admitted a play (at most 12 attempts), each play decoding
+        frames; that worker's index.
+        """
+        for attempt in range(12):
+            before = [self.plays(i, protocol) for i in range(WORKERS)]
+            r = procs.start([self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "info",
+                             "-rw_timeout", "15000000", "-i", url(self.mintPlay(streamId)),
+                             "-t", "2", "-f", "null", "-"], timeout=60)
+            self.running.append(r)
+            result = await r.done
+            self.assertEqual(result.code, 0, result.stderr[-1500:])
+            frames = re.findall(r"frame=\s*(\d+)", result.stderr)
+            self.assertTrue(frames and int(frames[-1]) > 0, result.stderr[-1500:])
+            after = [self.plays(i, protocol) for i in range(WORKERS)]
+            admitted = [i for i in range(WORKERS) if after[i] > before[i]]
+            self.assertEqual(len(admitted), 1, (before, after))
+            if admitted[0] != origin:
+                return admitted[0]
+        self.fail("no {} play reached a worker other than the publisher's".format(protocol))
+
     async def test_killedWorkerRestarts(self) -> None:
         """
         kill -9 one worker: the shared port keeps serving at once, and the
@@ -273,7 +335,7 @@ class WorkersTests(TestCase):
         assert self.tg.proc is not None
         supervisor = self.tg.proc.pid
         await self.until(lambda: pids[1] not in children(supervisor), 10, "worker 1 gone")
-        answers = [self.answeringWorker() for _ in range(30)]
+        answers = [self.answeringWorker("127.0.0.{}".format(n)) for n in range(1, 41)]
         self.assertNotIn(None, answers, self.errors)
         self.assertNotIn(1, answers)
         took = await self.until(
@@ -281,8 +343,8 @@ class WorkersTests(TestCase):
             and "LiveApp" in self.get(self.internal(1), "/rest/v2/applications").get(
                 "applications", []), 60, "worker 1 restarted")
         self.assertLess(took, 60)
-        seen = {self.answeringWorker() for _ in range(90)}
-        self.assertEqual(seen, set(range(WORKERS)))
+        seen = self.spreadOverAddresses()
+        self.assertEqual(set().union(*seen.values()), set(range(WORKERS)))
         log = self.tg.logText()
         self.assertIn("worker 1 ended", log)
         self.assertIn("restart 1 in", log)
