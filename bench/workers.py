@@ -224,7 +224,8 @@ def hls(server: Server, clip: str, args) -> dict:
             rates.append(rate)
             costs.append((cpu_seconds(pids) - before) / count * 1e6)
         return {"segments_per_s": statistics.median(rates), "range": (min(rates), max(rates)),
-                "cpu_us_per_request": statistics.median(costs)}
+                "cpu_us_per_request": statistics.median(costs),
+                "cores": statistics.median(rates) * statistics.median(costs) / 1e6}
     finally:
         pub.terminate()
         pub.wait(10)
@@ -265,19 +266,23 @@ def main() -> None:
             server.stop()
             shutil.rmtree(tmp, ignore_errors=True)
     one, many = results[1], results[args.workers]
-    print("{} CPUs; {} workers against one process".format(os.cpu_count(), args.workers))
+    print("{} CPUs (load average {:.1f} at the end: other work on the machine leaves the "
+          "workers less than that); {} workers against one process".format(
+              os.cpu_count(), os.getloadavg()[0], args.workers))
     for label, r in (("1 process", one), ("{} workers".format(args.workers), many)):
-        print("{:>10}: HLS {:8.0f} segments/s ({:.0f}-{:.0f}), {:5.0f} µs CPU/request; "
+        print("{:>10}: HLS {:8.0f} segments/s ({:.0f}-{:.0f}), {:5.0f} µs CPU/request, "
+              "{:.2f} cores; "
               "RTMP ingest {} publishers: {:5.1%} of the media taken, {:.2f} cores, "
               "{:.4f} CPU-s per stream-second".format(
                   label, r["hls"]["segments_per_s"], *r["hls"]["range"],
-                  r["hls"]["cpu_us_per_request"], args.publishers,
+                  r["hls"]["cpu_us_per_request"], r["hls"]["cores"], args.publishers,
                   r["ingest"]["share_taken"], r["ingest"]["cpu_fraction_of_core"],
                   r["ingest"]["cpu_per_stream_second"]))
-    print("ratios {}/1: HLS segments/s {:.2f}; RTMP media taken {:.2f}; cores used {:.2f}; "
-          "CPU per stream-second {:.2f}".format(
+    print("ratios {}/1: HLS segments/s {:.2f} (cores used {:.2f}); RTMP media taken {:.2f}; "
+          "cores used {:.2f}; CPU per stream-second {:.2f}".format(
               args.workers,
               many["hls"]["segments_per_s"] / one["hls"]["segments_per_s"],
+              many["hls"]["cores"] / one["hls"]["cores"],
               many["ingest"]["share_taken"] / one["ingest"]["share_taken"],
               many["ingest"]["cpu_fraction_of_core"] / one["ingest"]["cpu_fraction_of_core"],
               many["ingest"]["cpu_per_stream_second"] / one["ingest"]["cpu_per_stream_second"]))
