@@ -362,7 +362,7 @@ class SuperviseTests(SynchronousTestCase):
                         "--node-address", "127.0.0.1:{}".format(free_port())])
         e = self.assertRaises(SystemExit, workers.supervise, o, ProcessClock())
         self.assertIn(str(port), str(e))
-        self.assertIn("not free", str(e))
+        self.assertIn("in use", str(e))
 
     def test_supervisor(self) -> None:
         """

@@ -268,10 +268,13 @@ def checkFree(streams: list[str], datagrams: list[tuple[int, str]]) -> Optional[
         failure: list[Any] = []
         d.addErrback(failure.append)
         if failure:
+            if failure[0].check(error.CannotListenError):
+                return "{}: in use, by another server? ({})".format(
+                    description, failure[0].getErrorMessage())
             return "{}: {}".format(description, failure[0].getErrorMessage())
     for port, interface in datagrams:
         try:
             probe._check(socket.SOCK_DGRAM, port, interface)
         except error.CannotListenError as e:
-            return "udp:{}: {}".format(port, e)
+            return "udp:{}: in use, by another server? ({})".format(port, e)
     return None

@@ -493,8 +493,7 @@ def supervise(options: Any, reactor: Any) -> service.MultiService:
     datagrams = [parse_udp(options["srt"])] if options["srt"] else []
     problem = checkFree(streams, datagrams)
     if problem is not None:
-        raise SystemExit("tokengate: a port the workers need is not free ({}); is another "
-                         "server running?".format(problem))
+        raise SystemExit("tokengate: the workers cannot listen on {}".format(problem))
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     # never on a command line, where ps shows it
     environment[SECRET_ENV] = options["cluster-secret"] or secrets.token_urlsafe(32)
