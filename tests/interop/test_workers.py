@@ -2,8 +2,8 @@
 C{twistd tokengate --workers 3} as a real process on a real redis-server,
 driven over loopback:
 
- - the three workers listen on the same HTTP, RTMP and SRT ports: HTTP
-   connections from many client addresses reach every worker, all those of
+ - the three workers listen on the same HTTP, HTTPS, RTMP and SRT ports:
+   HTTP and HTTPS connections from many client addresses reach every worker, all those of
    one address the same worker (each scrape says which,
    C{tokengate_worker_info}); ffmpeg publishers over RTMP and SRT land on
    more than one worker (the stream's C{originAdress} is its worker's node
@@ -34,7 +34,8 @@ from tests import procs
 from tests.fixtures import test_clip
 from tests.helpers import require
 from tests.redisserver import start_redis_server
-from tests.service import TokengateProcess
+from tests.interop.test_store_redis import _write_certificates
+from tests.service import TokengateProcess, free_port
 
 WORKERS = 3
 #: seconds SIGTERM to the supervisor may take to end everything (the
@@ -91,7 +92,13 @@ class WorkersTests(TestCase):
         self.ffmpeg = require("ffmpeg")
         redis = start_redis_server(self)
         self.base = consecutiveFreePorts(WORKERS)
+        certificates = os.path.abspath(self.mktemp())
+        os.makedirs(certificates)
+        self.ca, cert, key, _ = _write_certificates(certificates)
+        self.https = free_port()
         self.tg = TokengateProcess(self.mktemp(), extra=(
+            "--https", "ssl:{}:interface=127.0.0.1".format(self.https),
+            "--certificate", cert, "--private-key", key,
             "--workers", str(WORKERS), "--store", redis.url,
             "--node-address", "127.0.0.1:{}".format(self.base),
             # /metrics from every loopback address (the tests' clients)
@@ -148,15 +155,23 @@ class WorkersTests(TestCase):
             await deferLater(reactor, 0.2, lambda: None)
         return time.monotonic() - started
 
-    def answeringWorker(self, source: str = "127.0.0.1") -> Optional[int]:
+    def answeringWorker(self, source: str = "127.0.0.1", tls: bool = False) -> Optional[int]:
         """
-        Which worker answers a new connection to the shared HTTP port from
-        the address C{source} (127.0.0.0/8 is all loopback).
+        Which worker answers a new connection to the shared HTTP (or, with
+        C{tls}, HTTPS) port from the address C{source} (127.0.0.0/8 is all
+        loopback).
         """
         import http.client
+        import ssl
 
-        connection = http.client.HTTPConnection("127.0.0.1", self.tg.http, timeout=5,
-                                                source_address=(source, 0))
+        connection: http.client.HTTPConnection
+        if tls:
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", self.https, timeout=5, source_address=(source, 0),
+                context=ssl.create_default_context(cafile=self.ca))
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", self.tg.http, timeout=5,
+                                                    source_address=(source, 0))
         try:
             connection.request("GET", "/metrics")
             response = connection.getresponse()
@@ -169,12 +184,12 @@ class WorkersTests(TestCase):
         m = re.search(r'tokengate_worker_info\{address="[^"]+",worker="(\d+)"\} 1', text)
         return int(m.group(1)) if m else None
 
-    def spreadOverAddresses(self) -> dict[str, set[Optional[int]]]:
+    def spreadOverAddresses(self, tls: bool = False) -> dict[str, set[Optional[int]]]:
         """
         The workers that answer 4 connections from each of 40 client
         addresses.
         """
-        return {source: {self.answeringWorker(source) for _ in range(4)}
+        return {source: {self.answeringWorker(source, tls) for _ in range(4)}
                 for source in ("127.0.0.{}".format(n) for n in range(1, 41))}
 
     def workerPids(self) -> dict[int, int]:
@@ -241,10 +256,11 @@ class WorkersTests(TestCase):
         on several workers; an SRT caller stays on its worker (it is
         admitted, and only its worker receives its datagrams).
         """
-        seen = self.spreadOverAddresses()
-        for source, workers in seen.items():
-            self.assertEqual(len(workers), 1, (source, workers, self.errors))
-        self.assertEqual(set().union(*seen.values()), set(range(WORKERS)))
+        for tls in (False, True):
+            seen = self.spreadOverAddresses(tls)
+            for source, workers in seen.items():
+                self.assertEqual(len(workers), 1, (tls, source, workers, self.errors))
+            self.assertEqual(set().union(*seen.values()), set(range(WORKERS)))
         addresses = {self.address(index) for index in range(WORKERS)}
         rtmp = await self.spread(self.publishRTMP, "r")
         self.assertGreaterEqual(len(rtmp), 2)
