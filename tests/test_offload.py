@@ -149,6 +149,20 @@ class OptionsTests(SynchronousTestCase):
         o.parseOptions([])
         self.assertEqual((o["offload-secret"], o["offload-ttl"]), ("", 30.0))
 
+    def test_configFile(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('"offload-secret" = "{}"\n"offload-ttl" = 10\n'.format(SECRET))
+        o = Options()
+        o.parseOptions(["--config", path])
+        self.assertEqual((o["offload-secret"], o["offload-ttl"]), (SECRET, 10))
+        for text in ('"offload-secret" = 12345\n', '"offload-ttl" = true\n',
+                     '"offload-ttl" = "30"\n',
+                     '"offload-secret" = "{}"\n"offload-ttl" = 7200\n'.format(SECRET)):
+            with open(path, "w") as f:
+                f.write(text)
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", path])
+
     def test_refused(self):
         for argv in (["--offload-secret", "short"],
                      ["--offload-secret", SECRET, "--offload-ttl", "1"],

@@ -203,6 +203,8 @@ class Options(usage.Options):
         ttl = self["offload-ttl"]
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
             raise usage.UsageError("--offload-ttl must be a number of seconds")
+        if not isinstance(self["offload-secret"], str):
+            raise usage.UsageError("--offload-secret must be a string")
         if self["offload-secret"]:
             try:
                 OffloadLinks(self["offload-secret"], float(ttl))
