@@ -16,8 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNIPPET = os.path.join(ROOT, "contrib", "nginx", "tokengate-offload.conf")
 
 #: the edge's access log: no query (the links are credentials), the cache
-#: status of each request ("-" when nginx answered without the upstream)
-LOG_FORMAT = "$uri $status $upstream_cache_status"
+#: status of each request ("-" when nginx answered without the upstream),
+#: and the _HLS_msn of a blocking playlist reload ("-" when none)
+LOG_FORMAT = "$uri $status $upstream_cache_status $arg__HLS_msn"
 
 
 def nginxBinary() -> Optional[str]:
@@ -89,9 +90,10 @@ def argv(binary: str, tmp: str, conf: str) -> list[str]:
     return [binary, "-p", tmp + "/", "-c", conf]
 
 
-def accessLog(tmp: str) -> list[tuple[str, int, str]]:
+def accessLog(tmp: str, blocking: bool = False) -> list[tuple[str, int, str]]:
     """
-    The edge's access log so far: C{(uri, status, cache status)}.
+    The edge's access log so far: C{(uri, status, cache status)}; only the
+    blocking playlist reloads (LL-HLS C{_HLS_msn}) when C{blocking}.
     """
     try:
         with open(os.path.join(tmp, "access.log"), encoding="utf-8") as f:
@@ -100,6 +102,7 @@ def accessLog(tmp: str) -> list[tuple[str, int, str]]:
         return []
     out = []
     for line in lines:
-        uri, status, cache = line.rsplit(" ", 2)
-        out.append((uri, int(status), cache))
+        uri, status, cache, msn = line.rsplit(" ", 3)
+        if msn != "-" or not blocking:
+            out.append((uri, int(status), cache))
     return out

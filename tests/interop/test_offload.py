@@ -280,3 +280,34 @@ class EdgeTests(TestCase):
         self.assertEqual(result.code, 0, result.stderr[-1500:])
         self.assertGreaterEqual(frames(result.stderr), 240, result.stderr[-1500:])
         self.assertNotIn("HTTP error", result.stderr[:20000])
+
+    async def test_hlsJsLowLatency(self) -> None:
+        """
+        hls.js in low-latency mode (play.html in headless Chromium) through
+        nginx: its blocking playlist reloads pass through nginx to
+        tokengate, its parts and segments come from nginx with their links,
+        and it plays on.
+        """
+        require("chromium")
+        from tests import browser as chromium
+
+        await self.publish(60)
+        b = await chromium.launch(self)
+        page = await b.open("{}/LiveApp/play.html?id=s1&playOrder=hls&token={}".format(
+            self.edge, self.mint()))
+        await page.wait_for(
+            "window.tokengateState && window.tokengateState.status === 'playing'", 40)
+        start = await page.evaluate("document.querySelector('video').currentTime")
+        await page.wait_for(
+            "document.querySelector('video').currentTime > {}".format(start + 8), 30)
+        await b.close()
+        log = nginxedge.accessLog(self.edgeDir)
+        parts = [entry for entry in log if re.match(r"^/LiveApp/streams/s1/video/\d+\.\d+\.m4s$",
+                                                   entry[0]) and entry[1] == 200]
+        self.assertTrue(parts, log)
+        blocking = [status for uri, status, _ in nginxedge.accessLog(self.edgeDir, blocking=True)
+                    if uri.endswith("/video.m3u8")]
+        # answered when the part came (499: one the browser left when it closed)
+        self.assertGreater(blocking.count(200), 5, log)
+        self.assertLessEqual(set(blocking), {200, 499})
+        self.assertEqual([e for e in log if e[1] == 403], [])
