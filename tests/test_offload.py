@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.config import ServerConfig
 from tokengate.tap import Options
-from tokengate.web.offload import OffloadError, OffloadLinks
+from tokengate.web.offload import INIT_LIFE, OffloadError, OffloadLinks
 
 from tests.fixtures import test_clip
 
@@ -117,6 +117,33 @@ class LinkTests(SynchronousTestCase):
         fileLink = query(self.links.link("/LiveApp/streams/s1/video/7.m4s", NOW))
         self.assertFalse(self.links.check("/LiveApp/streams/s1/video/7.m4s", fileLink["md5"],
                                           fileLink["expires"], "track", NOW))
+
+    def test_initLinks(self):
+        """
+        An init segment's link (the tracks' configuration, no media) lives
+        hours and stays the same for hours: hls.js keeps the first one it
+        was given for the whole playback.
+        """
+        for name in ("init.mp4", "init-3.mp4"):
+            path = "/LiveApp/streams/s1/video/" + name
+            link = self.links.link(path, NOW)
+            q = query(link)
+            expires = int(q["expires"])
+            self.assertEqual(expires % INIT_LIFE, 0)
+            self.assertGreater(expires, NOW + INIT_LIFE)
+            self.assertLessEqual(expires, NOW + 2 * INIT_LIFE)
+            self.assertEqual(q["md5"], nginxMd5(expires, path, SECRET))
+            self.assertEqual(self.links.link(path, NOW + 60), link)
+            self.assertTrue(self.check(path, link, NOW + INIT_LIFE - 1))
+            self.assertFalse(self.check(path, link, expires))
+            # one further ahead than the server issues: refused
+            far = self.links.link(path, NOW, expires=expires + INIT_LIFE)
+            self.assertFalse(self.check(path, far))
+            # and its link opens no segment
+            self.assertFalse(self.check("/LiveApp/streams/s1/video/1.m4s", link))
+        # a segment's link stays short-lived whatever its name looks like
+        for path in ("/LiveApp/streams/s1/video/1.m4s", "/LiveApp/streams/init.mp4/video/1.m4s"):
+            self.assertEqual(query(self.links.link(path, NOW))["expires"], str(int(NOW) + 30))
 
     @given(st.from_regex(r"\A/[A-Za-z0-9_\-]{1,20}/streams/[A-Za-z0-9_.\-]{1,40}/"
                          r"(video|audio)/[0-9]{1,9}(\.[0-9]{1,4})?\.m4s\Z"),
@@ -237,7 +264,10 @@ class OffloadGateTests(OffloadBase):
             path, _, link = uri.partition("?")
             q = query(link)
             self.assertEqual(set(q), {"md5", "expires"}, uri)
-            self.assertIn(int(q["expires"]), range(int(started) + 20, int(time.time()) + 22))
+            if "/init" in uri:
+                self.assertGreater(int(q["expires"]), started + INIT_LIFE)
+            else:
+                self.assertIn(int(q["expires"]), range(int(started) + 20, int(time.time()) + 22))
             self.assertEqual(q["md5"], nginxMd5(int(q["expires"]), "/LiveApp/streams/s1/" + path,
                                                 SECRET))
         # a listed segment through its link: served, without a session

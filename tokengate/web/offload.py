@@ -25,6 +25,12 @@ C{/App/streams/id/video/}), which opens any segment of that track until it
 expires.  The two forms cannot be confused: a track's path ends with C{/},
 a file's never does.
 
+Init segments (C{init.mp4}, C{init-N.mp4}: the tracks' configuration, no
+media) get long-lived links instead (L{INIT_LIFE}), stable for hours:
+hls.js keeps the init segment URL of the first playlist it loaded for the
+whole playback (and fetches it again after a buffer reset), and ffmpeg
+fetches the init segment again whenever its URL changes.
+
 Pure code: no I/O, time is passed in.  The configuration an edge needs is
 C{contrib/nginx/tokengate-offload.conf} (C{docs/offload.md}).
 """
@@ -56,6 +62,11 @@ _MPD_MEDIA = re.compile(r'(media=")((?:video|audio)/)\$Number\$\.m4s(?:\?[^"]*)?
 
 MIN_TTL = 5.0
 MAX_TTL = 3600.0
+#: an init segment's link is valid from L{INIT_LIFE} to twice that, and
+#: the same for L{INIT_LIFE} seconds (its expiry is a multiple of it)
+INIT_LIFE = 6 * 3600
+
+_INIT_NAME = re.compile(r"/init(?:-\d{1,6})?\.mp4$", re.ASCII)
 
 
 class OffloadError(ValueError):
@@ -98,12 +109,23 @@ class OffloadLinks:
         data = str(expires).encode("ascii") + path.encode("utf-8") + self._suffix
         return _b64(hashlib.md5(data).digest())
 
-    def expiry(self, now: float) -> int:
+    def expiry(self, now: float, path: str = "") -> int:
         """
-        The expiry of a link issued at C{now}: whole seconds, at least
-        C{ttl} ahead.
+        The expiry of a link for C{path} issued at C{now}: whole seconds,
+        at least C{ttl} ahead; for an init segment, the end of the
+        L{INIT_LIFE} period after the current one.
         """
+        if _INIT_NAME.search(path):
+            return (int(now) // INIT_LIFE + 2) * INIT_LIFE
         return int(math.ceil(now + self.ttl))
+
+    def _horizon(self, path: str, now: float) -> float:
+        """
+        The latest expiry a genuine link for C{path} issued by now can have.
+        """
+        if _INIT_NAME.search(path):
+            return (int(now) // INIT_LIFE + 2) * INIT_LIFE
+        return now + self.ttl + 1
 
     def link(self, path: str, now: float, expires: Optional[int] = None) -> str:
         """
@@ -111,7 +133,7 @@ class OffloadLinks:
         ending in C{/}) until C{expires} (by default L{expiry} of C{now}).
         """
         if expires is None:
-            expires = self.expiry(now)
+            expires = self.expiry(now, path)
         query = "md5={}&expires={}".format(self.digest(path, expires), expires)
         return query + "&scope=track" if path.endswith("/") else query
 
@@ -126,7 +148,7 @@ class OffloadLinks:
                 or not expires.isascii() or not expires.isdigit():
             return False
         when = int(expires)
-        if when <= now or when > now + self.ttl + 1:
+        if when <= now:
             return False
         if scope == "track":
             signed = path.rsplit("/", 1)[0] + "/"
@@ -134,7 +156,7 @@ class OffloadLinks:
             signed = path
         else:
             return False
-        if signed.endswith("/") != (scope == "track"):
+        if signed.endswith("/") != (scope == "track") or when > self._horizon(signed, now):
             return False
         return hmac.compare_digest(md5.encode("ascii", "replace"),
                                    self.digest(signed, when).encode("ascii"))
@@ -153,11 +175,10 @@ class OffloadLinks:
         replaced); the URIs of playlists (rendition reports) keep theirs.
         """
         base = self.base(app, streamId)
-        expires = self.expiry(now)
 
         def sign(m: "re.Match[str]") -> str:
             uri = m.group(2)
-            return "{}{}?{}".format(m.group(1), uri, self.link(base + uri, now, expires))
+            return "{}{}?{}".format(m.group(1), uri, self.link(base + uri, now))
 
         return _HLS_URI.sub(sign, text)
 
@@ -167,17 +188,16 @@ class OffloadLinks:
         track's for C{media} (L{link} of the track's directory).
         """
         base = self.base(app, streamId)
-        expires = self.expiry(now)
 
         def init(m: "re.Match[str]") -> str:
             uri = m.group(2)
             return '{}{}?{}"'.format(m.group(1), uri,
-                                     self.link(base + uri, now, expires).replace("&", "&amp;"))
+                                     self.link(base + uri, now).replace("&", "&amp;"))
 
         def media(m: "re.Match[str]") -> str:
             track = m.group(2)
             return '{}{}$Number$.m4s?{}"'.format(
-                m.group(1), track, self.link(base + track, now, expires).replace("&", "&amp;"))
+                m.group(1), track, self.link(base + track, now).replace("&", "&amp;"))
 
         return _MPD_MEDIA.sub(media, _MPD_INIT.sub(init, text))
 
