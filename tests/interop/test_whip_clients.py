@@ -358,9 +358,13 @@ class ThirdPartyClients(_Browsers):
         self.assertEqual(await spent.evaluate("out.errors"),
                          ["Request rejected with status 401"])
 
+        # stop() closes the peer connection, then DELETEs: tokengate may
+        # have ended the session when the connection went (then 404)
         await pub.evaluate("medoozeStop()", timeout=20)
         await self.streamEnds("m1")
-        self.assertEqual((await pub.evaluate("out.requests"))[-1], ["DELETE", 200])
+        method, status = (await pub.evaluate("out.requests"))[-1]
+        self.assertEqual(method, "DELETE")
+        self.assertIn(status, (200, 404))
         await play.evaluate("medoozeStop()", timeout=20)
         await self.waitFor(lambda: self.metric("tokengate_whep_sessions") == 0, 20,
                            "the WHEP session to end")
@@ -388,7 +392,10 @@ class ThirdPartyClients(_Browsers):
                            timeout=40)
         self.assertEqual(await pub.evaluate("out.errors"), [], pub.debug())
         await self.assertHlsDecodes("e1")
-        print("EYEVINN", await pub.evaluate("out.requests"))
+        # it asks the endpoint with OPTIONS whether PATCH is allowed there
+        # (it is not: PATCH is the session's), so it does not trickle and
+        # offers once its candidates are gathered
+        self.assertEqual(await pub.evaluate("out.requests"), [["OPTIONS", 204], ["POST", 201]])
 
         ff = self.rtmpPublish("r2")
         await self.live("r2")
@@ -492,13 +499,14 @@ class OwnPages(_Browsers):
         self.assertIn("Not authorized",
                       await badpub.evaluate("window.tokengatePublishState.error"))
 
-        # leaving play.html DELETEs its WHEP session
+        # leaving play.html ends its WHEP session (a DELETE on pagehide)
         await play.close()
         await self.waitFor(lambda: self.metric("tokengate_whep_sessions") == 0, 20,
                            "the WHEP session to end")
         # Stop on the publish page DELETEs its WHIP session: the stream ends
         await pub.evaluate("document.getElementById('stop').click()")
         await self.streamEnds("w1")
+        self.assertEqual(await pub.wait_for("window.tokengatePublishState.session.deleted"), 200)
 
         # webRTCEnabled off: WHEP is refused 403 with the token kept, and
         # play.html plays the stream over HLS with that token

@@ -13,9 +13,10 @@
  * then it sets the answer and trickles the candidates with PATCH
  * (application/trickle-ice-sdpfrag, If-Match: the answer's ETag), one
  * request at a time, ending with a=end-of-candidates.  The session is
- * {resource, etag, iceServers, status, patches, stop()} (patches: the
- * statuses of the PATCH requests); stop() DELETEs the resource (keepalive,
- * so it works while the page unloads) and closes pc.  As RFC 9725 (4.5.1)
+ * {resource, etag, iceServers, status, patches, deleted, stop()} (patches:
+ * the statuses of the PATCH requests, deleted: the DELETE's); stop() DELETEs
+ * the resource (keepalive, so it works while the page unloads), then closes
+ * pc.  As RFC 9725 (4.5.1)
  * asks, every request but a CORS preflight carries the Bearer token when
  * there is one (tokengate redeems it once, at the POST: the session's URL
  * is the capability).
@@ -131,11 +132,15 @@
     session.stop = function () {
       if (stopped) { return; }
       stopped = true;
-      if (session.resource) {
-        fetch(session.resource, {method: 'DELETE', headers: headers({}), keepalive: true})
-          .catch(function () { /* the server ends it when the connection goes */ });
+      function close() {
+        try { pc.close(); } catch (e) { /* closed already */ }
       }
-      try { pc.close(); } catch (e) { /* closed already */ }
+      if (!session.resource) { close(); return; }
+      // DELETE first, then close: closed first, the server would see the
+      // connection go and end the session before the DELETE (then 404)
+      fetch(session.resource, {method: 'DELETE', headers: headers({}), keepalive: true})
+        .then(function (r) { session.deleted = r.status; }, function () { session.deleted = 0; })
+        .then(close);
     };
 
     var offer;
