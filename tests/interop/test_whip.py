@@ -59,6 +59,8 @@ class _WhipProcess(TestCase):
     """
 
     timeout = 300
+    #: the server's extra command-line arguments
+    serverArgs: tuple[str, ...] = ()
 
     def setUp(self) -> None:
         self.ffmpeg = require("ffmpeg")
@@ -68,7 +70,7 @@ class _WhipProcess(TestCase):
             if os.environ.get("TOKENGATE_REQUIRE_CLIENTS"):
                 raise
             self.skipTest("aiortc not installed")
-        self.tg = TokengateProcess(self.mktemp(), reactor="asyncio")
+        self.tg = TokengateProcess(self.mktemp(), self.serverArgs, reactor="asyncio")
         self.addCleanup(self.tg.kill)
         self.tg.start()
         code, body = self.tg.post("/rest/v2/applications/settings/LiveApp",
