@@ -146,6 +146,7 @@ setup(
     packages=[
         "tokengate",
         "tokengate.access",
+        "tokengate.cluster",
         "tokengate.store",
         "tokengate.web",
         "tokengate.rtmp",

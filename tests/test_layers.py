@@ -19,11 +19,12 @@ LAYERS = [
                       "tokengate.limits", "tokengate.metrics", "tokengate.config",
                       "tokengate.rtmp", "tokengate.rtmp.core", "tokengate.rtmp.amf0",
                       "tokengate.rtmp.errors",
-                      "tokengate.srt", "tokengate.access.names", "tokengate.access.totp")),
-    ("media", ("tokengate.media",)),
-    ("access", ("tokengate.access", "tokengate.auth")),
+                      "tokengate.srt", "tokengate.access.names", "tokengate.access.totp",
+                      "tokengate.cluster.registry")),
+    ("media", ("tokengate.media", "tokengate.cluster.feed")),
+    ("access", ("tokengate.access", "tokengate.auth", "tokengate.cluster")),
     ("adapters", ("tokengate.rtmp.protocol", "tokengate.srt.protocol", "tokengate.webrtc",
-                  "tokengate.web")),
+                  "tokengate.web", "tokengate.cluster.origin")),
     ("composition root", ("tokengate.server", "tokengate.tap")),
 ]
 

@@ -1,0 +1,3 @@
+"""
+The cluster: what the nodes of one tokengate deployment share (docs/cluster.md).
+"""
