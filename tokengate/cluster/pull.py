@@ -32,7 +32,7 @@ A pull's life:
    (L{tokengate.media.hub.Hub.viewers}: RTMP and WebRTC subscribers, HTTP
    sessions) the pull is dropped.
 
-Metrics: C{tokengate_edge_pulls} (pulls running), C{tokengate_edge_pulls_total{result}}
+Metrics: C{tokengate_edge_pulls} (pulls running), C{tokengate_edge_pull_results_total{result}}
 (started, ended, idle, failed, gave_up...), C{tokengate_edge_pull_retries_total},
 C{tokengate_edge_pull_failures_total{reason}}, C{tokengate_edge_pull_bytes_total}.
 """
@@ -159,7 +159,7 @@ class IFeedClient(Protocol):
 class PullCounters:
     def __init__(self, metrics: Metrics) -> None:
         self.results = metrics.counter(
-            "tokengate_edge_pulls_total",
+            "tokengate_edge_pull_results_total",
             "Edge pulls by result (started, ended, idle, gave_up, republished, "
             "taken, not_found)", ["result"])
         self.retries = metrics.counter(
@@ -278,6 +278,7 @@ class Pull:
                 self._finish("taken")
                 return
             self._resumeAfter = {}
+            self._idleSince = None
             self._puller.counters.results.labels("started").inc()
             self._log.info("pulling {app}/{streamId} from the origin", app=self.app,
                            streamId=self.streamId)
@@ -285,7 +286,6 @@ class Pull:
             # the same publication again: skip what was delivered
             self._resumeAfter = dict(self._lastTimestamps)
         self.publication = publication
-        self._idleSince = None
         self._scheduleLinger()
         self._tellWaiters(True)
 
