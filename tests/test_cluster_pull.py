@@ -405,3 +405,120 @@ class PullerTests(SynchronousTestCase):
         self.puller.stopAll()
         self.assertFalse(self.edgeHub.isLive("live", "cam1"))
         self.assertEqual(self.originHub.get("live", "cam1").subscribers, [])
+
+
+class EdgeAdmissionTests(SynchronousTestCase):
+    """
+    The access service on an edge: a play of a stream live on another node
+    is pulled before the token is redeemed; the adapters see a stream live
+    in the hub as any other.
+    """
+
+    def setUp(self) -> None:
+        from tokengate.access.service import AccessService
+        from tokengate.apps import Applications
+        from tokengate.auth import build_gate
+        from tokengate.store.memory import MemoryTokenStore
+
+        from tests.helpers import clock_at
+
+        self.clock = clock_at()
+        self.metrics = Metrics()
+        self.apps = Applications(None)
+        self.apps.create("live")
+        self.apps.replace("live", playTokenControlEnabled=True, dashMuxingEnabled=True)
+        self.store = MemoryTokenStore()
+        self.gate = build_gate(self.apps, self.store, self.clock, self.metrics)
+        self.origins = Origins(self.clock, self.metrics)
+        self.originHub = Hub(self.clock)
+        self.origins.hubs["10.0.0.1:5080"] = self.originHub
+        self.locator = Locator()
+        self.hub = Hub(self.clock)
+        self.puller = EdgePuller(self.hub, self.locator, self.origins, self.clock,
+                                 self.metrics)
+        self.access = AccessService(self.apps, self.gate, self.hub, None, (),
+                                    remote=self.puller)
+
+    def mint(self, streamId="cam1"):
+        from tokengate.tokens import PLAY, StoredToken, new_token
+
+        from tests.helpers import NOW
+
+        t = new_token(streamId, PLAY, NOW + 60)
+        self.store.add(StoredToken.fromToken("live", t))
+        return t.tokenId
+
+    def play(self, token, protocol="rtmp", streamId="cam1"):
+        from tokengate.access.service import AccessRequest
+        from tokengate.tokens import PLAY
+
+        class Mind:
+            protocolName = protocol
+            peerHost = "192.0.2.1"
+
+            def kick(self, reason):
+                pass
+
+        return self.access.play(AccessRequest("live", streamId, PLAY, protocol, "192.0.2.1",
+                                              token), Mind())
+
+    def test_playOfAStreamLiveElsewhere(self) -> None:
+        stream = self.originHub.publish("live", "cam1", "RTMP")
+        stream.videoReceived(0, AVC_HEADER)
+        self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
+        token = self.mint()
+        d = self.play(token)
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        viewing = self.successResultOf(d)
+        self.assertIs(viewing.stream, self.hub.get("live", "cam1"))
+        self.assertEqual(viewing.stream.publishType, PULLED)
+        self.assertEqual(viewing.stream.videoConfig, AVC_HEADER)
+        # spent: exactly once
+        from tokengate.auth import Refused
+
+        again = self.play(token, "dash")
+        self.clock.advance(0)
+        self.assertIn(self.failureResultOf(again, Refused).value.outcome.value,
+                      ("used", "unknown"))
+
+    def test_notLiveAnywhereKeepsTheToken(self) -> None:
+        from tokengate.auth import Refused
+
+        token = self.mint()
+        d = self.play(token)
+        self.assertEqual(self.failureResultOf(d, Refused).value.outcome.value, "not_live")
+        self.originHub.publish("live", "cam1", "RTMP")
+        self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
+        d = self.play(token)
+        self.clock.advance(0)
+        self.successResultOf(d)
+
+    def test_originUnreachableKeepsTheToken(self) -> None:
+        from tokengate.auth import Refused
+
+        self.originHub.publish("live", "cam1", "RTMP")
+        self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
+        self.origins.down.add("10.0.0.1:5080")
+        token = self.mint()
+        d = self.play(token)
+        self.clock.pump([0.25] * 21)
+        self.assertEqual(self.failureResultOf(d, Refused).value.outcome.value, "not_live")
+        self.clock.pump([1.0] * 10)
+        self.origins.down.clear()
+        d = self.play(token)
+        self.clock.advance(0)
+        self.successResultOf(d)
+
+    def test_readyForDeliveryWithoutAdmission(self) -> None:
+        from tokengate.access.service import AccessRequest
+        from tokengate.tokens import PLAY
+
+        self.originHub.publish("live", "cam1", "RTMP")
+        self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
+        d = self.access.ready(AccessRequest("live", "cam1", PLAY, "dash"))
+        self.clock.advance(0)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertTrue(self.hub.isLive("live", "cam1"))
+        d = self.access.ready(AccessRequest("live", "cam2", PLAY, "dash"))
+        self.assertEqual(self.successResultOf(d).value, "not_live")

@@ -192,6 +192,12 @@ class IAccess(Protocol):
         The checks that keep a token: None, or the refusal's outcome.
         """
 
+    def ready(self, request: "AccessRequest") -> "Deferred[Optional[Outcome]]":
+        """
+        L{check}, once a live stream that is live on another node has been
+        pulled here (bounded); for delivery without admission.
+        """
+
     def refuse(self, request: "AccessRequest", outcome: Outcome,
                attempt: Optional[bytes] = None) -> None:
         """

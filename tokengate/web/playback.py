@@ -479,6 +479,14 @@ class PlaybackGate:
             return _fail(request, *_checkRefusal(outcome, protocol))
         kind = self.access.tokenKind(app, PLAY) or ""
         if not kind and not self.access.admissionRequired(app, PLAY):
+            if what in ("hls", "dash") and self.outputs.packager(app, streamId) is None:
+                # not live here: the access service may make it so (a stream
+                # live on another node of the cluster is pulled), bounded
+                ready = self.access.ready(self._checked(app, streamId, protocol))
+                ready.addCallback(lambda _: self._deliverLater(request, app, streamId, what,
+                                                               details, None))
+                ready.addErrback(self._unexpected, request)
+                return NOT_DONE_YET
             return self._deliver(request, app, streamId, what, details, None)
         now = self.clock.seconds()
         session = self._sessionOf(request, app, streamId, now)
@@ -634,7 +642,7 @@ class PlaybackGate:
     # --- delivery ------------------------------------------------------------------------
 
     def _deliverLater(self, request: Any, app: str, streamId: str, what: str,
-                      details: tuple[Any, ...], session: Session) -> None:
+                      details: tuple[Any, ...], session: Optional[Session]) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
         result = self._deliver(request, app, streamId, what, details, session)
