@@ -35,7 +35,7 @@ def restAPI(server: Server) -> RestAPI:
     """
     return RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                    server.clock, server.metrics, server.config, server.subscribers,
-                   server.jwks, broadcasts=server.broadcasts)
+                   server.jwks, broadcasts=server.broadcasts, streams=server.streams)
 
 
 class InProcessMedia:

@@ -18,6 +18,7 @@ from tokengate.access.subscribers import (
     ISubscriberStore,
     MemorySubscriberStore,
     Refusal,
+    Revoked,
     Subscriber,
     SubscriberLease,
     SubscriberRefused,
@@ -133,7 +134,8 @@ class StoreTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.store.getSubscriber("LiveApp", "other", "alice")))
         self.assertTrue(self.successResultOf(self.store.deleteSubscriber("LiveApp", "s", "alice")))
         self.assertFalse(self.successResultOf(self.store.deleteSubscriber("LiveApp", "s", "alice")))
-        self.assertEqual(self.successResultOf(self.store.revokeSubscribers("LiveApp", "s")), 2)
+        self.assertEqual(self.successResultOf(self.store.revokeSubscribers("LiveApp", "s")),
+                         Revoked(2, 0))
         self.assertEqual(self.successResultOf(self.store.listSubscribers("LiveApp", "s", 0, 10)), [])
         self.assertEqual(len(self.successResultOf(self.store.listSubscribers("LiveApp", "other", 0, 10))),
                          1)
@@ -154,7 +156,8 @@ class StoreTests(SynchronousTestCase):
                              SubscriberRefused)
         self.successResultOf(self.store.blockSubscriber("OtherApp", "s", "alice", "play", 0))
         self.successResultOf(self.store.acquire("OtherApp", "s", "alice", "play", 1, "hls"))
-        self.assertEqual(self.successResultOf(self.store.revokeSubscribers("OtherApp", "s")), 1)
+        self.assertEqual(self.successResultOf(self.store.revokeSubscribers("OtherApp", "s")).subscribers,
+                         1)
         self.assertIsNotNone(self.successResultOf(self.store.getSubscriber("LiveApp", "s", "alice")))
 
     def test_full(self) -> None:

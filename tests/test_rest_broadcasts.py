@@ -215,3 +215,20 @@ class BroadcastRestTests(TestCase):
                              (503, "Broadcast store is unavailable, try again later"), path)
         self.assertIn('tokengate_store_errors_total{operation="broadcast_create"} 1.0',
                       self.server.metrics.render().decode())
+
+    async def test_deleteApplicationWithRegistryDown(self) -> None:
+        """
+        The application is deleted and its tokens too when its broadcasts
+        cannot be: the answer says what is left.
+        """
+        from tokengate.tokens import PUBLISH, StoredToken, new_token
+
+        self.server.apps.create("Tmp")
+        token = new_token("cam1", PUBLISH, self.clock.seconds() + 60)
+        await self.server.store.add(StoredToken.fromToken("Tmp", token))
+        self.patch(self.registry, "deleteApp", lambda app: fail(StoreUnavailable("down")))
+        code, body = await self.call("DELETE", "/rest/v2/applications/Tmp")
+        self.assertEqual((code, body["success"]), (200, True))
+        self.assertIn("its broadcasts could not be deleted", body["message"])
+        self.assertNotIn("Tmp", self.server.apps)
+        self.assertEqual(await self.server.store.listStream("Tmp", "cam1", 0, 10), [])

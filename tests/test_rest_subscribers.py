@@ -14,6 +14,7 @@ from twisted.internet.defer import fail
 
 from tokengate.access.service import AccessRequest, Refused
 from tokengate.access.subscribers import Subscriber
+from tokengate.store import StoreUnavailable
 from tokengate.tokens import Outcome
 
 from .helpers import NOW
@@ -202,6 +203,58 @@ class SubscriberRestTests(RestBase):
         code, mine = await self.get(path + "1/10?subscriberId=bobby")
         self.assertEqual([(e["subscriberId"], e["eventType"]) for e in mine],
                          [("bobby", "disconnected")])
+        # deleting the stream's subscribers deletes its events, as Ant
+        # Media: a success though no subscriber was recorded
+        self.assertEqual(await self.delete(SUBS), self.ok(dataId="0"))
+        self.assertEqual(await self.get(path + "0/10"), (200, []))
+        self.assertEqual((await self.delete(SUBS))[1]["success"], False)
+
+    async def test_deleteApplication(self):
+        """
+        Deleting an application deletes its subscribers, blocks and
+        connection events, the leases of its live sessions (kicked)
+        included: the application created again has none of them.
+        """
+        self.assertEqual(await self.post(SUBS, {"subscriberId": "alice", "type": "publish"}),
+                         self.ok())
+        self.assertEqual(await self.put(SUBS + "/ghost/block/600/publish"), self.ok(dataId="0"))
+        code = pyotp.TOTP(derivedB32("pub-secret", "alice", "s1", "publish"),
+                          interval=60).at(NOW)
+        mind = Mind()
+        await self.server.access.publish(AccessRequest(
+            "LiveApp", "s1", "publish", "rtmp", "192.0.2.1", subscriberId="alice",
+            subscriberCode=code), mind)
+        r = await self.treq.delete(BASE + "/rest/v2/applications/LiveApp")
+        self.assertEqual((r.code, json.loads(await r.content())["success"]), (200, True))
+        self.assertEqual(mind.kicked, ["revoked"])
+        store = self.server.subscribers
+        self.assertEqual(list(await store.listSubscribers("LiveApp", "s1", 0, 10)), [])
+        self.assertFalse(await store.isBlocked("LiveApp", "s1", "ghost", "publish"))
+        self.assertEqual(list(await store.connectionEvents("LiveApp", "s1", 0, 10)), [])
+        # the live connection went with it: the same code connects again
+        self.server.apps.create("LiveApp")
+        self.server.apps.replace("LiveApp", enableTimeTokenForPublish=True,
+                                 timeTokenSecretForPublish="pub-secret")
+        publication = await self.server.access.publish(AccessRequest(
+            "LiveApp", "s1", "publish", "rtmp", "192.0.2.1", subscriberId="alice",
+            subscriberCode=code), Mind())
+        publication.end()
+        self.assertEqual((await self.get(SUBS + "/list/0/10")), (200, []))
+
+    async def test_deleteApplicationStoreDown(self):
+        """
+        A subscriber store that cannot delete: the application is deleted
+        all the same, the answer says what is left, counted.
+        """
+        self.server.subscribers.deleteApp = lambda app: fail(StoreUnavailable("down"))
+        r = await self.treq.delete(BASE + "/rest/v2/applications/LiveApp")
+        answer = json.loads(await r.content())
+        self.assertEqual((r.code, answer["success"], answer["message"]),
+                         (200, True, "Application deleted; its TOTP subscribers could not be "
+                          "deleted"))
+        self.assertNotIn("LiveApp", self.server.apps)
+        self.assertEqual(self.server.metrics.registry.get_sample_value(
+            "tokengate_store_errors_total", {"operation": "subscribers_delete_app"}), 1.0)
 
     async def test_protectedAndBounded(self):
         """

@@ -29,6 +29,7 @@ from tokengate.access.subscribers import (
     ISubscriberStore,
     MemorySubscriberStore,
     Refusal,
+    Revoked,
     Subscriber,
     SubscriberLease,
     SubscriberRefused,
@@ -124,8 +125,8 @@ class SubscriberStoreSuite:
         self.assertEqual(await self.get(), Subscriber("alice", "s", "publish"))
         self.assertTrue(await self.store.deleteSubscriber("LiveApp", "s", "alice"))
         self.assertFalse(await self.store.deleteSubscriber("LiveApp", "s", "alice"))
-        self.assertEqual(await self.store.revokeSubscribers("LiveApp", "s"), 2)
-        self.assertEqual(await self.store.revokeSubscribers("LiveApp", "s"), 0)
+        self.assertEqual(await self.store.revokeSubscribers("LiveApp", "s"), Revoked(2, 0))
+        self.assertFalse(await self.store.revokeSubscribers("LiveApp", "s"))
         self.assertEqual(await self.store.listSubscribers("LiveApp", "s", 0, 10), [])
         self.assertEqual(len(await self.store.listSubscribers("LiveApp", "other", 0, 10)), 1)
 
@@ -155,7 +156,7 @@ class SubscriberStoreSuite:
         self.assertEqual(await self.refused(app="OtherApp"), Refusal.BLOCKED)
         await self.store.blockSubscriber("OtherApp", "s", "alice", "play", 0)
         other = await self.store.acquire("OtherApp", "s", "alice", "play", 1, "hls")
-        self.assertEqual(await self.store.revokeSubscribers("OtherApp", "s"), 1)
+        self.assertEqual((await self.store.revokeSubscribers("OtherApp", "s")).subscribers, 1)
         self.assertIsNotNone(await self.get())
         await lease.release()
         await other.release()
@@ -173,7 +174,7 @@ class SubscriberStoreSuite:
         # deleting makes room
         self.assertTrue(await store.deleteSubscriber("LiveApp", "s", "alice"))
         await self.add(Subscriber("carol", "s", "play"), store)
-        self.assertEqual(await store.revokeSubscribers("LiveApp", "s"), 2)
+        self.assertEqual(await store.revokeSubscribers("LiveApp", "s"), Revoked(2, 0))
         await self.add(Subscriber("dave", "s", "play"), store)
         await self.add(Subscriber("erin", "s", "play"), store)
 
@@ -300,6 +301,19 @@ class SubscriberStoreSuite:
         await self.store.deleteSubscriber("LiveApp", "s", "alice")
         await (await self.acquire(step=29)).release()
 
+    async def test_markSurvivesBlockRecord(self) -> None:
+        """
+        Blocking a live unrecorded subscriber records it: its replay mark
+        then stays with the record after its connection ends, as when a
+        record is added.
+        """
+        lease = await self.acquire("derived", step=20)
+        self.assertTrue(await self.store.blockSubscriber("LiveApp", "s", "derived", "publish",
+                                                         60))
+        await lease.release()
+        self.assertEqual(await self.refused("derived", step=19), Refusal.REPLAYED)
+        await (await self.acquire("derived", step=20)).release()
+
     async def test_derivedStateDoesNotGrow(self) -> None:
         store = self.makeStore(maxSubscribers=3)
         for i in range(10):
@@ -358,6 +372,85 @@ class SubscriberStoreSuite:
         await (await self.acquire(streamId="d")).release()
         self.assertEqual(await self.store.connectionEvents("LiveApp", "b", 0, 10), [])
         self.assertEqual(len(await self.store.connectionEvents("LiveApp", "a", 0, 10)), 4)
+
+    async def test_revokeClearsEvents(self) -> None:
+        """
+        Deleting a stream's subscribers deletes its connection events too,
+        as Ant Media's C{DELETE .../subscribers}; the answer is true when
+        either went.  Other streams' and applications' events stay.
+        """
+        await self.add(Subscriber("alice", "s", "play"))
+        await (await self.acquire()).release()
+        await (await self.acquire("derived")).release()
+        await (await self.acquire(streamId="other")).release()
+        await self.store.addSubscriber("OtherApp", Subscriber("alice", "s", "play"))
+        await (await self.store.acquire("OtherApp", "s", "alice", "play", 1, "hls")).release()
+        self.assertEqual(await self.store.revokeSubscribers("LiveApp", "s"), Revoked(1, 4))
+        self.assertEqual(await self.store.connectionEvents("LiveApp", "s", 0, 10), [])
+        self.assertEqual(len(await self.store.connectionEvents("LiveApp", "other", 0, 10)), 2)
+        self.assertEqual(len(await self.store.connectionEvents("OtherApp", "s", 0, 10)), 2)
+        self.assertFalse(await self.store.revokeSubscribers("LiveApp", "s"))
+        # events alone: a true answer, no subscriber deleted
+        await (await self.acquire("derived", step=11)).release()
+        revoked = await self.store.revokeSubscribers("LiveApp", "s")
+        self.assertEqual((bool(revoked), revoked), (True, Revoked(0, 2)))
+        # a connection live through the revocation still ends normally
+        lease = await self.acquire("derived", step=12)
+        self.assertEqual(await self.store.revokeSubscribers("LiveApp", "s"), Revoked(0, 1))
+        self.assertEqual(await self.refused("derived", step=12), Refusal.IN_USE)
+        await lease.release()
+        events = await self.store.connectionEvents("LiveApp", "s", 0, 10)
+        self.assertEqual([e.eventType for e in events], ["disconnected"])
+
+    async def test_deleteApp(self) -> None:
+        """
+        Deleting an application deletes its records, blocks, replay marks,
+        live-connection state and events, and nothing of other
+        applications; a lease released afterwards (its session was kicked)
+        writes nothing back.
+        """
+        store = self.makeStore(maxSubscribers=5)
+        for app in ["LiveApp", "OtherApp"]:
+            await store.addSubscriber(app, Subscriber("alice", "s", "play"))
+            await store.blockSubscriber(app, "s", "ghost", "play", 60)
+            await (await store.acquire(app, "s", "alice", "play", 20, "rtmp")).release()
+        await store.addSubscriber("LiveApp", Subscriber("bob1", "t", "play"))
+        held = [await store.acquire("LiveApp", "t", "bob1", "play", 20, "srt"),
+                await store.acquire("LiveApp", "s", "derived", "play", 20, "srt")]
+        self.assertEqual(await store.deleteApp("LiveApp"), 3)
+        for streamId, subscriberId in [("s", "alice"), ("s", "ghost"), ("t", "bob1")]:
+            self.assertIsNone(await store.getSubscriber("LiveApp", streamId, subscriberId))
+        for streamId in ["s", "t"]:
+            self.assertEqual(await store.listSubscribers("LiveApp", streamId, 0, 10), [])
+            self.assertEqual(await store.connectionEvents("LiveApp", streamId, 0, 10), [])
+        self.assertFalse(await store.isBlocked("LiveApp", "s", "ghost", "play"))
+        # replay marks and live connections are gone with it
+        fresh = [await store.acquire("LiveApp", "s", "alice", "play", 1, "hls"),
+                 await store.acquire("LiveApp", "t", "bob1", "play", 1, "hls"),
+                 await store.acquire("LiveApp", "s", "derived", "play", 1, "hls")]
+        for lease in held:
+            await lease.release()
+        self.assertEqual(len(await store.connectionEvents("LiveApp", "s", 0, 10)), 2)
+        self.assertEqual(len(await store.connectionEvents("LiveApp", "t", 0, 10)), 1)
+        for lease in fresh:
+            await lease.release()
+        self.assertEqual(await store.deleteApp("LiveApp"), 0)
+        # the other application is whole
+        self.assertEqual([r.subscriberId for r in
+                          await store.listSubscribers("OtherApp", "s", 0, 10)], ["alice", "ghost"])
+        self.assertTrue(await store.isBlocked("OtherApp", "s", "ghost", "play"))
+        self.assertEqual(len(await store.connectionEvents("OtherApp", "s", 0, 10)), 2)
+        with self.assertRaises(SubscriberRefused) as e:
+            await store.acquire("OtherApp", "s", "alice", "play", 19, "hls")
+        self.assertEqual(e.exception.refusal, Refusal.REPLAYED)
+        # the deleted records made room
+        for name in ["carol", "dave", "erin"]:
+            self.assertTrue(await store.addSubscriber("LiveApp", Subscriber(name, "s", "play")))
+        self.assertFalse(await store.addSubscriber("LiveApp", Subscriber("frank", "s", "play")))
+
+    async def test_close(self) -> None:
+        await (await self.acquire()).release()
+        self.assertIsNone(await self.store.close())
 
     async def test_neverOverLimit(self) -> None:
         """
@@ -420,7 +513,7 @@ class SameAsMemory:
             for step in range(80):
                 op = rng.choice(["add", "add", "delete", "revoke", "block", "acquire",
                                  "acquire", "acquire", "release", "release", "get", "list",
-                                 "events", "isBlocked", "advance"])
+                                 "events", "isBlocked", "advance"] + ["deleteApp"] * (step % 9 == 0))
                 streamId = rng.choice(["s", "s", "t"])
                 name = rng.choice(["alice", "bob1", "carol", "derived%d" % rng.randrange(6)])
                 action = rng.choice(["play", "publish"])
@@ -442,6 +535,8 @@ class SameAsMemory:
                         answer = await target.deleteSubscriber("LiveApp", streamId, name)
                     elif op == "revoke":
                         answer = await target.revokeSubscribers("LiveApp", streamId)
+                    elif op == "deleteApp":
+                        answer = await target.deleteApp("LiveApp")
                     elif op == "block":
                         answer = await target.blockSubscriber("LiveApp", streamId, name,
                                                               blockedType, seconds)
@@ -477,7 +572,8 @@ class SameAsMemory:
                 await mine.release()
                 await theirs.release()
         self.assertLessEqual({"granted", "in_use", "blocked", "replayed", "full", "add", "delete",
-                              "revoke", "block", "release", "get", "list", "events"}, seen)
+                              "revoke", "block", "release", "get", "list", "events",
+                              "deleteApp"}, seen)
 
 class MemorySubscriberStoreTests(SubscriberStoreSuite, TestCase):
     def makeStore(self, maxSubscribers: int = S.MAX_SUBSCRIBERS) -> Any:

@@ -144,6 +144,40 @@ class ServiceTests(TestCase):
         o.parseOptions(["--data-dir", self.mktemp(), "--store", "mongodb://x"])
         self.assertRaises(SystemExit, makeService, o, MemoryReactorClock())
 
+    async def test_subscriberStore(self):
+        """
+        The subscriber store is the token store's backend (here the default,
+        SQLite in the data directory), shares the server's metrics, and is
+        closed on shutdown after the sessions are kicked and before the
+        token store.
+        """
+        from tokengate.access.subscribers_sqlite import SQLiteSubscriberStore
+
+        o = Options()
+        o.parseOptions(["--data-dir", self.mktemp(), "--http", "tcp:0:interface=127.0.0.1",
+                        "--rtmp", "", "--srt", ""])
+        svc = makeService(o, MemoryReactorClock())
+        # the listeners and timers never started (a fake reactor): only the
+        # server's own shutdown is under test
+        for child in list(svc):
+            child.disownServiceParent()
+        server = svc.server
+        self.assertIsInstance(server.subscribers, SQLiteSubscriberStore)
+        order = []
+        kickAll, close, storeClose = (server.gate.registry.kickAll, server.subscribers.close,
+                                      server.store.close)
+        server.gate.registry.kickAll = lambda reason: order.append("kick") or kickAll(reason)
+        server.subscribers.close = lambda: order.append("subscribers") or close()
+        server.store.close = lambda: order.append("tokens") or storeClose()
+        await svc.stopService()
+        self.assertEqual(order, ["kick", "subscribers", "tokens"])
+        # a call the closed database fails is counted in the server's metrics
+        from tokengate.store import StoreUnavailable
+
+        with self.assertRaises(StoreUnavailable):
+            await server.subscribers.getSubscriber("LiveApp", "s", "alice")
+        self.assertEqual(server.metrics.registry.get_sample_value(
+            "tokengate_store_errors_total", {"operation": "subscriber_get"}), 1.0)
 
 class MaxBroadcastsTests(TestCase):
     """

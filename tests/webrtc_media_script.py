@@ -100,12 +100,18 @@ def aw(coro):
     return Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
-async def publish(url, clip, token, streamId="s1", video="video/H264", audio=None):
+async def publish(url, clip, token, streamId="s1", video="video/H264", audio=None,
+                  fields=None):
+    """
+    C{fields}: more fields of the publish message (e.g. C{subscriberId},
+    C{subscriberCode}, C{room}).
+    """
     from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
 
     ws = await WS(url).open()
-    ws.proto.send(command="publish", streamId=streamId, token=token, video=True, audio=True)
+    ws.proto.send(command="publish", streamId=streamId, token=token, video=True, audio=True,
+                  **(fields or {}))
     m = await ws.expect(lambda m: m.get("command") in ("start", "error"))
     if m["command"] == "error":
         return ws, None, m
@@ -132,13 +138,16 @@ async def publish(url, clip, token, streamId="s1", video="video/H264", audio=Non
     return ws, pc, n
 
 
-async def play(url, token, streamId="s1", want=50, seconds=12.0):
+async def play(url, token, streamId="s1", want=50, seconds=12.0, fields=None):
+    """
+    C{fields}: more fields of the play message (as for L{publish}).
+    """
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 
     ws = await WS(url).open()
     started = time.time()
-    ws.proto.send(command="play", streamId=streamId, token=token)
+    ws.proto.send(command="play", streamId=streamId, token=token, **(fields or {}))
     m = await ws.expect(lambda m: m.get("command") in ("takeConfiguration", "error"))
     if m["command"] == "error":
         return {"error": m}

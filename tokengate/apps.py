@@ -57,6 +57,13 @@ MAX_NETWORKS = 256
 _SIGNED = re.compile(r"-?[0-9]+")
 
 
+class SettingsUnavailable(Exception):
+    """
+    The applications' shared backend (a cluster's Redis) cannot take a
+    change now; nothing changed.
+    """
+
+
 class SettingsError(ValueError):
     """
     Settings that cannot be applied; the message is shown to the caller.
@@ -610,6 +617,9 @@ class Applications:
         self._path = path
         self._apps: dict[str, AppSettings] = {}
         self._listeners: list[Callable[[str, Optional[AppSettings]], None]] = []
+        #: whether the applications are known (a cluster's backend: read
+        #: from Redis at least once); until then none is
+        self.loaded = True
         loaded = self._load() if path else None
         if loaded is None:
             for name in DEFAULT_APPS:
@@ -682,7 +692,10 @@ class Applications:
         self._save()
         self._changed(name, settings)
 
-    def create(self, name: str, settings: Optional[AppSettings] = None) -> None:
+    def _checkNew(self, name: str) -> None:
+        """
+        @raise SettingsError: C{name} cannot name a new application.
+        """
         if not isValidAppName(name) or name.lower() in RESERVED_NAMES:
             raise SettingsError(
                 "Application name must be 1-64 letters, digits, '-' or '_' "
@@ -690,6 +703,9 @@ class Applications:
             )
         if name in self._apps:
             raise SettingsError("Application {} already exists".format(name))
+
+    def create(self, name: str, settings: Optional[AppSettings] = None) -> None:
+        self._checkNew(name)
         self._apps[name] = settings if settings is not None else AppSettings()
         self._save()
         self._changed(name, self._apps[name])
@@ -698,6 +714,27 @@ class Applications:
         del self._apps[name]
         self._save()
         self._changed(name, None)
+
+    # the REST API's changes: a cluster's backend (tokengate.cluster.settings)
+    # writes them to every node first, and may fail with SettingsUnavailable
+
+    async def store(self, name: str, settings: AppSettings) -> None:
+        """
+        L{update}, as the REST API asks it.
+        """
+        self.update(name, settings)
+
+    async def add(self, name: str, settings: Optional[AppSettings] = None) -> None:
+        """
+        L{create}, as the REST API asks it.
+        """
+        self.create(name, settings)
+
+    async def remove(self, name: str) -> None:
+        """
+        L{delete}, as the REST API asks it.
+        """
+        self.delete(name)
 
     def replace(self, name: str, **changes: Any) -> AppSettings:
         """

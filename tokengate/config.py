@@ -14,6 +14,55 @@ from attrs import define, field
 from tokengate.apps import parse_cidrs
 
 
+def parseNodeAddress(value: str) -> tuple[str, int]:
+    """
+    Read a node's internal address, C{host:port} (an IPv6 host in
+    brackets, C{[::1]:5080}).
+
+    @raise ValueError: naming what is wrong.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("--node-address must be host:port")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("--node-address: an IPv6 host goes in brackets, [::1]:5080")
+        ipaddress.IPv6Address(host[1:-1])
+    elif ":" in host or any(c.isspace() or c in "/@?#" for c in host) or len(host) > 253:
+        raise ValueError("--node-address: {!r} is not a host name or address".format(host))
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("--node-address: the port must be 1 to 65535")
+    return host, int(port)
+
+
+def defaultNodeAddress(http: str) -> str:
+    """
+    The internal address of a node whose HTTP listener is the endpoint
+    C{http} (C{tcp:5080}, C{tcp:port=5080:interface=10.0.0.2}): its
+    IPv4 interface if it names one, else 127.0.0.1 (one machine), and its
+    port (an IPv6 or all-interfaces listener: give C{--node-address}).
+    """
+    parts = http.split(":")
+    port = ""
+    interface = ""
+    for index, part in enumerate(parts[1:]):
+        if part.startswith("port="):
+            port = part[5:]
+        elif part.startswith("interface="):
+            interface = part[10:]
+        elif index == 0 and "=" not in part:
+            port = part
+    if not port.isdigit():
+        port = "5080"
+    try:
+        ipaddress.IPv4Address(interface)
+    except ValueError:
+        interface = "127.0.0.1"
+    if interface == "0.0.0.0":
+        interface = "127.0.0.1"
+    return "{}:{}".format(interface, port)
+
+
 @define
 class ServerConfig:
     """
@@ -49,6 +98,11 @@ class ServerConfig:
     #: a playback session ends after this many idle seconds (MP4: vodIdle)
     sessionIdle: float = 120.0
     vodIdle: float = 6 * 3600.0
+    #: the secret the nodes of a cluster share to authenticate each other
+    #: (32+ characters; empty: this node serves no other node's streams)
+    clusterSecret: str = field(default="", repr=False)
+    #: the internal address this node advertises to the others, host:port
+    nodeAddress: str = "127.0.0.1:5080"
     #: seconds for one authorization webhook exchange (webhookAuthenticateURL,
     #: webhookPlayAuthUrl), after which the request is refused
     webhookTimeout: float = 3.0

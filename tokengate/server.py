@@ -31,6 +31,7 @@ from tokengate.access.revocation import (
     RevocationTransport,
     Revoker,
 )
+from tokengate.access.clusterpolicy import ClusterPolicy
 from tokengate.access.datastore import DatastorePolicy
 from tokengate.access.publisheraddress import PublisherAddressPolicy
 from tokengate.access.service import AccessService, IAccessPolicy
@@ -39,6 +40,12 @@ from tokengate.access.subscriberpolicy import SubscriberPolicy
 from tokengate.access.subscribers import ISubscriberStore, MemorySubscriberStore
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
+from tokengate.cluster.registry import (
+    IRegistryBackend,
+    MemoryBackend,
+    RedisBackend,
+    StreamRegistry,
+)
 from tokengate.config import ServerConfig
 from tokengate.logsafe import Logger
 from tokengate.media.hub import Hub
@@ -94,6 +101,9 @@ class Server:
     #: the authorization webhooks' HTTP client (None: one on C{clock}, the
     #: reactor, with C{config.webhookTimeout})
     webhookOutbound: Optional[Outbound] = None
+    #: where the stream registry keeps its entries (None: in C{redis} when
+    #: given, else in this process; tests share one between nodes)
+    streamBackend: Optional[IRegistryBackend] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -104,6 +114,9 @@ class Server:
     httpSessions: HTTPSessions = field(init=False)
     #: the revocation service: this node, then the rest of the cluster
     revoker: Revoker = field(init=False)
+    #: which node holds each live stream (in Redis with a Redis store, else
+    #: in this process); the locator of the edge puller
+    streams: StreamRegistry = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -142,10 +155,21 @@ class Server:
             metrics=self.metrics,
             transport=transport,
         )
-        # the applications' security policies, asked in this order (cheapest
-        # and most local first, the webhook last): publisher address,
-        # datastore-only streams, TOTP subscribers, authorization webhook
+        backend = self.streamBackend
+        if backend is None:
+            backend = (MemoryBackend(self.clock) if self.redis is None
+                       else RedisBackend(self.redis))
+        self.streams = StreamRegistry(backend, self.clock, self.metrics,
+                                      self.config.nodeAddress, self._endPublisher)
+        self.hub.onPublish(lambda stream: self.streams.streamLive(
+            stream.app, stream.streamId, stream.started))
+        # the applications' security policies, asked in this order: the
+        # cluster's claim first (a stream published elsewhere is in use, as
+        # one published here), then the cheapest and most local first, the
+        # webhook last: publisher address, datastore-only streams, TOTP
+        # subscribers, authorization webhook
         policies: list[IAccessPolicy] = [
+            ClusterPolicy(self.streams),
             PublisherAddressPolicy(),
             DatastorePolicy(self.broadcasts),
             SubscriberPolicy(self.subscribers, self.clock),
@@ -161,6 +185,11 @@ class Server:
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
                         lambda: len(self.hub.liveStreams()))
+
+    def _endPublisher(self, app: str, streamId: str) -> None:
+        registry = self.gate.registry
+        registry.kick([g for g in registry.grants(app, streamId) if g.action == PUBLISH],
+                      "revoked")
 
     def _appChanged(self, name: str, settings: Optional[AppSettings]) -> None:
         if settings is None:
@@ -186,7 +215,8 @@ class Server:
 def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     """
     The HTTP site of a node: the REST API, HTTP playback, the WebSocket
-    signalling and the pages, each given its collaborators from the graph.
+    signalling, WHIP and WHEP, and the pages, each given its collaborators
+    from the graph.
 
     @param engine: the WebRTC media engine; by default the one
         L{tokengate.webrtc.media.make_engine} makes for the running reactor.
@@ -201,11 +231,12 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     from tokengate.webrtc.media import make_engine
     from tokengate.webrtc.pages import WebRTCPages
     from tokengate.webrtc.signalling import SignallingFactory
+    from tokengate.webrtc.whip import WhipEndpoints
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                   server.clock, server.metrics, config, server.subscribers, server.jwks,
-                  broadcasts=server.broadcasts)
+                  broadcasts=server.broadcasts, streams=server.streams)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
                             server.outputs, server.httpSessions)
     if engine is None:
@@ -220,6 +251,8 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     signalling = SignallingFactory(server.access, server.clock, server.metrics, server.hub,
                                    engine, ice=ice)
     webrtc = WebRTCPages(server.apps, signalling, engine)
-    root = Root(server.apps, server.clock, api.resource(), playback, webrtc)
+    whip = WhipEndpoints(server.access, server.clock, server.metrics, engine, ice,
+                         perAddress=config.maxConnectionsPerAddress)
+    root = Root(server.apps, server.clock, api.resource(), playback, webrtc, whip)
     return TokengateSite(root, maxBodySize=config.maxBodySize, metrics=server.metrics,
                          requestTimeout=config.requestTimeout)

@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "http-request-timeout": 20.0,
     "rest-jwt-max-lifetime": 86400.0,
     "webhook-timeout": 3.0,
+    "cluster-secret": "",
+    "node-address": None,
 }
 
 _log = Logger()
@@ -127,6 +129,13 @@ class Options(usage.Options):
         ["webhook-timeout", None, None,
          "Seconds for one authorization webhook exchange (webhookAuthenticateURL, "
          "webhookPlayAuthUrl), then the publish or play is refused [default: 3]", float],
+        ["cluster-secret", None, None,
+         "Secret the nodes of a cluster share to authenticate each other (32+ "
+         "characters; the same on every node); without it a node serves no other "
+         "node's streams (docs/cluster.md)"],
+        ["node-address", None, None,
+         "The internal address host:port this node advertises to the others (its HTTP "
+         "listener) [default: 127.0.0.1 or the --http interface, and the --http port]"],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -169,6 +178,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e))
         self._checkLimits()
         self._checkIce()
+        self._checkCluster()
         transcodes = self["webrtc-transcodes"]
         if transcodes is not None and (not isinstance(transcodes, int) or transcodes < 0):
             raise usage.UsageError("--webrtc-transcodes must be a whole number, 0 or more")
@@ -198,6 +208,29 @@ class Options(usage.Options):
                 raise usage.UsageError("--{} must be between {:.0f} and {:.0f} seconds".format(
                     key, low, high))
             self[key] = float(value)
+
+    def _checkCluster(self) -> None:
+        """
+        The cluster secret's length and the node's address (by default
+        derived from the HTTP listener).
+        """
+        from tokengate.config import defaultNodeAddress, parseNodeAddress
+
+        secret = self["cluster-secret"]
+        if not isinstance(secret, str):
+            raise usage.UsageError("--cluster-secret must be a string")
+        if secret and len(secret) < 32:
+            raise usage.UsageError("--cluster-secret must be at least 32 characters")
+        address = self["node-address"]
+        if address is None:
+            self["node-address"] = defaultNodeAddress(str(self["http"]))
+        elif not isinstance(address, str):
+            raise usage.UsageError("--node-address must be host:port")
+        else:
+            try:
+                parseNodeAddress(address)
+            except ValueError as e:
+                raise usage.UsageError(str(e))
 
     def _checkIce(self) -> None:
         """
@@ -366,8 +399,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    from tokengate.access.subscriberstores import open_subscriber_store
     from tokengate.apps import Applications
+    from tokengate.cluster.settings import RedisApplications
     from tokengate.config import ServerConfig
+    from tokengate.metrics import Metrics
     from tokengate.server import Server
     from tokengate.store import open_redis, open_store
     from tokengate.server import buildSite
@@ -384,10 +420,25 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         store = open_store(options["store"], dataDir, reactor, redis=redis)
     except ValueError as e:
         raise SystemExit("tokengate: {}".format(e))
+    if redis is not None and not options["cluster-secret"]:
+        _log.warn("no --cluster-secret: this node shares the stream registry and the "
+                  "settings, but serves no other node's streams (docs/cluster.md)")
+    # one registry for the node, the subscriber store's errors included
+    metrics = Metrics()
+    # the TOTP subscribers beside the tokens: in memory, in the same SQLite
+    # file, or on the same Redis client (shared by the cluster)
+    subscribers = open_subscriber_store(store, reactor, metrics)
+    apps = Applications(os.path.join(dataDir, "apps.json"))
+    if redis is not None:
+        # the applications live in Redis, in force on every node; this
+        # node's apps.json seeds a Redis that has none yet
+        apps = RedisApplications(redis, reactor, metrics, seed=apps)
     server = Server(
-        apps=Applications(os.path.join(dataDir, "apps.json")),
+        apps=apps,
         store=store,
         clock=reactor,
+        metrics=metrics,
+        subscribers=subscribers,
         config=ServerConfig(
             restAllowedCIDR=options["rest-allowed-cidr"],
             restJwtSecretKey=options["rest-jwt-secret"],
@@ -406,6 +457,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             maxBroadcasts=int(options["max-broadcasts"]),
             restJwtMaxLifetime=float(options["rest-jwt-max-lifetime"]),
             webhookTimeout=float(options["webhook-timeout"]),
+            clusterSecret=options["cluster-secret"],
+            nodeAddress=options["node-address"],
             **({} if options["webrtc-transcodes"] is None
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
@@ -413,6 +466,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         redis=redis,
     )
     top = TokengateService(server)
+    if isinstance(apps, RedisApplications):
+        Running("the cluster's settings", apps.start, apps.stop).setServiceParent(top)
     site = buildSite(server)
     perAddress = server.config.maxConnectionsPerAddress
     listener("HTTP", options["http"], site, reactor,
@@ -436,6 +491,27 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
     purge.setServiceParent(top)
     TimerService(10.0, top.sweep).setServiceParent(top)
     return top
+
+
+class Running(service.Service):
+    """
+    A collaborator with a life of its own (a subscription), started and
+    stopped with the service tree.
+    """
+
+    def __init__(self, name: str, start: Callable[[], None],
+                 stop: Callable[[], "Optional[Deferred[None]]"]) -> None:
+        self.name = name
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
+
+    def stopService(self) -> "Optional[Deferred[None]]":
+        super().stopService()
+        return self._stop()
 
 
 class TokengateService(service.MultiService):
@@ -478,6 +554,7 @@ class TokengateService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         self.server.revoker.start()
+        self.server.streams.start()
         # Recover recordings cut short by a crash once the reactor runs (the
         # work happens on a thread).
         self.server.clock.callWhenRunning(self._recover)
@@ -503,8 +580,12 @@ class TokengateService(service.MultiService):
         for stream in self.server.hub.liveStreams():
             stream.end()
         d = maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.server.streams.stop())
         d.addBoth(lambda _: self.server.revoker.stop())
         d.addBoth(lambda _: self.server.outputs.close())
+        # after the kicks above (their leases' releases are in flight),
+        # before the token store and the Redis client they run on
+        d.addBoth(lambda _: self.server.subscribers.close())
         d.addBoth(lambda _: self.server.store.close())
         if self.server.redis is not None:
             redis = self.server.redis

@@ -157,7 +157,7 @@ class RedisSubscriberStoreTests(SubscriberStoreSuite, SameAsMemory, TestCase):
         await self.add(Subscriber("alice", "s", "play"), store)
         await (await self.acquire(store=store)).release()
         await store.blockSubscriber("LiveApp", "s", "ghost", "play", 60)
-        self.assertEqual(await store.revokeSubscribers("LiveApp", "s"), 2)
+        self.assertEqual((await store.revokeSubscribers("LiveApp", "s")).subscribers, 2)
         await deferLater(reactor, SHORT_TTL + 0.3, lambda: None)
         # the dead node's lease has expired: a lower code is no replay now
         await (await self.acquire("dead", store=store, step=1)).release()
@@ -166,6 +166,66 @@ class RedisSubscriberStoreTests(SubscriberStoreSuite, SameAsMemory, TestCase):
                          ["u:e:LiveApp:s", "u:es", "u:eseq", "u:n", "u:seq"])
         count = await store._client.call(lambda conn: conn.get(store._prefix + "u:n"))
         self.assertEqual(int(count), 0)
+
+    async def keys(self, store: RedisSubscriberStore) -> list[str]:
+        keys = await store._client.call(lambda conn: conn.keys("*"))
+        return sorted(k for k in keys if k.startswith(store._prefix))
+
+    async def test_deleteAppLeavesNothing(self) -> None:
+        """
+        Deleting an application leaves none of its keys in Redis (records,
+        order, blocks, marks, live hashes, lease keys, events) and no entry
+        of it in the shared indexes, in several SCAN steps; a lease
+        released afterwards writes nothing back.  Another application, and
+        another tokengate whose prefix the glob of this one's would match
+        unescaped, keep theirs.
+        """
+        # glob characters in the prefix
+        store = RedisSubscriberStore(self.client("t[1]*?:"), self.clock, batch=2)
+        bystander = RedisSubscriberStore(self.client("t1xx:"), self.clock)
+        for target in (store, bystander):
+            self.addCleanup(target.close)
+        for target in (store, bystander):
+            await target.addSubscriber("OtherApp", Subscriber("alice", "s", "play"))
+            await (await target.acquire("OtherApp", "s", "alice", "play", 5, "hls")).release()
+        before = await self.keys(store)
+        bystanderKeys = await self.keys(bystander)
+        for i in range(6):
+            streamId = "s%d" % (i % 3)
+            await store.addSubscriber("LiveApp", Subscriber("user%d" % i, streamId, "play"))
+            await (await store.acquire("LiveApp", streamId, "user%d" % i, "play", 7,
+                                       "rtmp")).release()
+            await store.blockSubscriber("LiveApp", streamId, "ghost%d" % i, "publish", 60)
+        held = [await store.acquire("LiveApp", "s0", "user0", "play", 8, "srt"),
+                await store.acquire("LiveApp", "s1", "derived", "play", 8, "srt")]
+        self.assertEqual(await store.deleteApp("LiveApp"), 12)
+        self.assertEqual(await self.keys(store), before)
+        for lease in held:
+            await lease.release()
+        self.assertEqual(await self.keys(store), before)
+        p = store._prefix
+        count = await store._client.call(lambda conn: conn.get(p + "u:n"))
+        self.assertEqual(int(count), 1)
+        live = await store._client.call(lambda conn: conn.zrange(p + "u:live", 0, -1))
+        self.assertEqual(live, ["OtherApp:s:alice"])
+        streams = await store._client.call(lambda conn: conn.zrange(p + "u:es", 0, -1))
+        self.assertEqual(streams, ["OtherApp:s"])
+        self.assertEqual(await self.keys(bystander), bystanderKeys)
+        self.assertIsNotNone(await store.getSubscriber("OtherApp", "s", "alice"))
+
+    async def test_closeWaitsForReleases(self) -> None:
+        """
+        L{RedisSubscriberStore.close} fires once the releases already sent
+        are answered: closing the client then loses none.
+        """
+        other = self.sibling(self.store)
+        leases = [await self.acquire("user%d" % i) for i in range(5)]
+        for lease in leases:
+            lease.release()
+        await self.store.close()
+        await self.store._client.close()
+        for i in range(5):
+            await (await self.acquire("user%d" % i, store=other)).release()
 
     def test_options(self) -> None:
         store = self.makeStore()

@@ -51,11 +51,16 @@ from tokengate.logsafe import Logger
 from tokengate.media.hub import Claim, Hub, LiveStream, StreamInUse
 from tokengate.tokens import PLAY, PUBLISH, Outcome
 
-#: the protocols that publish, and the hub's name for each
-PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC"}
+#: the protocols that publish, and the hub's name for each (WHIP is WebRTC
+#: signalled over HTTP: its streams are WebRTC streams)
+PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC", "whip": "WebRTC"}
 
 #: the protocols that play
-PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "hls", "dash", "vod"})
+PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "whep", "hls", "dash", "vod"})
+
+#: the protocols whose media is WebRTC (the WebSocket signalling, WHIP and
+#: WHEP): the application's C{webRTCEnabled} switches them all
+WEBRTC_PROTOCOLS = frozenset({"webrtc", "whip", "whep"})
 
 
 #: a request with more parameters than this (L{AccessRequest.params}) is
@@ -84,7 +89,8 @@ class AccessRequest:
     @ivar app: the application's name.
     @ivar streamId: the stream's name.
     @ivar action: L{PUBLISH} or L{PLAY}.
-    @ivar protocol: C{rtmp}, C{srt}, C{webrtc}, C{hls}, C{dash} or C{vod}.
+    @ivar protocol: C{rtmp}, C{srt}, C{webrtc}, C{whip}, C{whep}, C{hls},
+        C{dash} or C{vod}.
     @ivar peer: the client's address (host), for throttling and logs.
     @ivar token: the token presented (one-time or JWT), or None.
     @ivar roomId: the conference room named by the request, or None.
@@ -548,7 +554,7 @@ def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
     """
     Whether the application's switches let C{protocol} do C{action}.
     """
-    if protocol == "webrtc":
+    if protocol in WEBRTC_PROTOCOLS:
         return settings.webRTCEnabled
     if action == PLAY:
         if protocol == "rtmp":
@@ -564,4 +570,4 @@ __all__ = ["AccessRequest", "AccessService", "IAccess", "IAccessPolicy", "IRemot
            "Release", "MAX_PARAMS",
            "MAX_PARAMS_CHARS", "MAX_SUBSCRIBER_CODE", "MAX_SUBSCRIBER_ID",
            "Publication", "Viewing", "Refused",
-           "ISettingsLookup", "PUBLISH_TYPES", "PLAY_PROTOCOLS"]
+           "ISettingsLookup", "PUBLISH_TYPES", "PLAY_PROTOCOLS", "WEBRTC_PROTOCOLS"]

@@ -313,6 +313,23 @@ class Refusal(enum.Enum):
     TYPE = "type"
 
 
+@attrs.frozen
+class Revoked:
+    """
+    What L{ISubscriberStore.revokeSubscribers} deleted: how many records and
+    connection events.
+    """
+
+    subscribers: int
+    events: int
+
+    def __bool__(self) -> bool:
+        """
+        Whether anything was deleted (Ant Media's answer).
+        """
+        return bool(self.subscribers or self.events)
+
+
 class SubscriberRefused(Exception):
     """
     L{ISubscriberStore.acquire} refused; C{refusal} says why.
@@ -379,9 +396,27 @@ class ISubscriberStore(Interface):
         Delete one record; fires whether there was one.
         """
 
-    def revokeSubscribers(app: str, streamId: str) -> "Deferred[int]":
+    def revokeSubscribers(app: str, streamId: str) -> "Deferred[Revoked]":
         """
-        Delete every record of a stream; fires how many.
+        Delete every record of a stream and its connection events, as Ant
+        Media's C{DELETE .../subscribers} does; fires how many of each.
+        Live connections go on (and are still counted) until they end.
+        """
+
+    def deleteApp(app: str) -> "Deferred[int]":
+        """
+        Delete everything of an application: records, blocks, replay marks,
+        live-connection state and connection events; fires how many records.
+        (Its live sessions are kicked when the application is deleted: a
+        lease released after this leaves nothing behind.)
+        """
+
+    def close() -> "Deferred[None]":
+        """
+        Stop what the store runs (lease refreshes), waiting for releases in
+        flight; later calls may fail with
+        L{tokengate.store.StoreUnavailable}.  The database itself is the
+        token store's: whoever opened it closes it, after this.
         """
 
     def blockSubscriber(app: str, streamId: str, subscriberId: str, blockedType: str,
@@ -490,12 +525,30 @@ class MemorySubscriberStore:
         self._forget(key)
         return succeed(found)
 
-    def revokeSubscribers(self, app: str, streamId: str) -> "Deferred[int]":
+    def revokeSubscribers(self, app: str, streamId: str) -> "Deferred[Revoked]":
         keys = [k for k in self._records if k[:2] == (app, streamId)]
         for key in keys:
             del self._records[key]
             self._forget(key)
-        return succeed(len(keys))
+        events = self._events.pop((app, streamId), ())
+        return succeed(Revoked(len(keys), len(events)))
+
+    def deleteApp(self, app: str) -> "Deferred[int]":
+        records = [k for k in self._records if k[0] == app]
+        for key in records:
+            del self._records[key]
+        # live state too: a lease released later finds it gone (L{acquire})
+        for key in [k for k in self._state if k[0] == app]:
+            del self._state[key]
+        for where in [w for w in self._events if w[0] == app]:
+            del self._events[where]
+        return succeed(len(records))
+
+    def close(self) -> "Deferred[None]":
+        """
+        Nothing runs: nothing to stop.
+        """
+        return succeed(None)
 
     def blockSubscriber(self, app: str, streamId: str, subscriberId: str, blockedType: str,
                         seconds: int) -> "Deferred[bool]":
@@ -546,6 +599,10 @@ class MemorySubscriberStore:
                                          subscriberId, instanceIP))
 
         def release() -> "Deferred[None]":
+            if self._state.get(key) is not state:
+                # the application was deleted meanwhile (L{deleteApp}):
+                # nothing of it is written again
+                return succeed(None)
             state.live -= 1
             self._event(app, ConnectionEvent(self._nowMs(), "disconnected", action, protocol,
                                              streamId, subscriberId, instanceIP))

@@ -43,7 +43,10 @@ subscriber's connections drops the ids whose key has expired.  A node that
 dies (or loses Redis for longer than the TTL) therefore frees its
 subscribers' connections within the TTL.  A holder whose lease was counted
 as dead meanwhile does not take it back (that could exceed the limit): the
-loss is logged and the connection goes on uncounted.  An unrecorded
+loss is logged and the connection goes on uncounted (its end then records
+no C{disconnected} event: a release whose lease id is no longer in the live
+hash writes nothing, which is also what keeps a deleted application's keys
+from coming back, L{RedisSubscriberStore.deleteApp}).  An unrecorded
 subscriber's state (its replay mark) expires with its leases, as in memory.
 
 Failures.  Every call fails with L{StoreUnavailable} within the client's
@@ -60,7 +63,7 @@ import os
 from typing import Any, Optional, Sequence
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -72,6 +75,7 @@ from tokengate.access.subscribers import (
     ConnectionEvent,
     ISubscriberStore,
     Refusal,
+    Revoked,
     Subscriber,
     SubscriberLease,
     SubscriberRefused,
@@ -204,7 +208,9 @@ _RELEASE = _COMMON + """
 -- ARGV: 1 prefix, 2 lease id, 3 sid, 4 event JSON, 5 ix, 6 max events,
 --       7 max event streams
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[1], ARGV[2])
+-- a lease no longer in the live hash (its application deleted, or counted
+-- as dead meanwhile) ends nothing and writes nothing
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
 liveCount(ARGV[1], ARGV[5], ARGV[3])
 event(ARGV[1], ARGV[5], ARGV[4], ARGV[6], ARGV[7])
 return 1
@@ -249,14 +255,21 @@ end
 return 1
 """
 
-_BLOCK = """
--- KEYS: records, order, blocks, count, seq
--- ARGV: 1 sid, 2 JSON of a record without type, 3 max subscribers, 4 block
+_BLOCK = _COMMON + """
+-- KEYS: records, order, blocks, count, seq, steps, live hash, state index
+-- ARGV: 1 sid, 2 JSON of a record without type, 3 max subscribers, 4 block,
+--       5 prefix, 6 ix, 7 member
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   if tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[3]) then return 0 end
   redis.call('INCR', KEYS[4])
   redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), ARGV[1])
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  -- a live subscriber's state (its replay mark) stays with it once
+  -- recorded, as when a record is added
+  if liveCount(ARGV[5], ARGV[6], ARGV[1]) > 0 then
+    redis.call('HSET', KEYS[6], ARGV[1], redis.call('HGET', KEYS[7], 'step') or '-1')
+    redis.call('ZADD', KEYS[8], '+inf', ARGV[7])
+  end
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
@@ -275,8 +288,13 @@ return 1
 """
 
 _REVOKE = _COMMON + """
--- KEYS: records, order, blocks, steps, count
+-- KEYS: records, order, blocks, steps, count, events
 -- ARGV: 1 batch, 2 prefix, 3 ix, 4 lease ttl (ms)
+local events = redis.call('LLEN', KEYS[6])
+if events > 0 then
+  redis.call('DEL', KEYS[6])
+  redis.call('ZREM', ARGV[2] .. 'u:es', ARGV[3])
+end
 local ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
 local n = 0
 for _, sid in ipairs(ids) do
@@ -287,7 +305,40 @@ for _, sid in ipairs(ids) do
   unrecorded(ARGV[2], ARGV[3], sid, ARGV[4])
 end
 if n > 0 then redis.call('DECRBY', KEYS[5], n) end
-return {n, #ids}
+return {n, #ids, events}
+"""
+
+_DELETE_APP = """
+if redis.replicate_commands then redis.replicate_commands() end
+-- KEYS: state index, event streams, count
+-- ARGV: 1 prefix, 2 cursor, 3 pattern (the app's keys), 4 count
+-- One SCAN step over the keys of one application ({P}u:?:{q(app)}:*),
+-- each deleted with what refers to it: the state index's and the event
+-- streams' entries, the count of records, the lease keys of live hashes.
+local p = ARGV[1]
+local found = redis.call('SCAN', ARGV[2], 'MATCH', ARGV[3], 'COUNT', tonumber(ARGV[4]))
+local n = 0
+for _, key in ipairs(found[2]) do
+  local kind = string.sub(key, #p + 3, #p + 3)
+  local rest = string.sub(key, #p + 5)
+  if kind == 'r' or kind == 'p' then
+    -- rest is ix: a recorded subscriber's entry in the state index
+    local ids = redis.call('HKEYS', key)
+    for _, sid in ipairs(ids) do redis.call('ZREM', KEYS[1], rest .. ':' .. sid) end
+    if kind == 'r' then n = n + #ids end
+  elseif kind == 'l' then
+    -- rest is ix:sid, the member in the state index
+    for _, f in ipairs(redis.call('HKEYS', key)) do
+      if f ~= 'step' then redis.call('DEL', p .. 'u:k:' .. f) end
+    end
+    redis.call('ZREM', KEYS[1], rest)
+  elseif kind == 'e' then
+    redis.call('ZREM', KEYS[2], rest)
+  end
+  redis.call('DEL', key)
+end
+if n > 0 then redis.call('DECRBY', KEYS[3], n) end
+return {found[1], n}
 """
 
 _GET = _COMMON + """
@@ -317,6 +368,13 @@ return out
 
 def _q(s: str) -> str:
     return quote(s, safe="", errors="surrogatepass")
+
+
+def _globEscape(s: str) -> str:
+    """
+    C{s} matched literally in a Redis C{MATCH} pattern.
+    """
+    return "".join("\\" + c if c in "*?[]\\^-" else c for c in s)
 
 
 def _block(value: Optional[str]) -> tuple[Optional[str], int]:
@@ -361,6 +419,7 @@ class RedisSubscriberStore:
         self._onError = onError
         self._closed = False
         self._refreshing: set[LoopingCall] = set()
+        self._releasing: set[Deferred[Any]] = set()
 
     def _nowMs(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -458,20 +517,42 @@ class RedisSubscriberStore:
                        [subscriberId, self._prefix, self._ix(app, streamId), self._ttlMs])
         return d.addCallback(lambda found: bool(int(found)))
 
-    async def _revoke(self, app: str, streamId: str) -> int:
+    async def _revoke(self, app: str, streamId: str) -> Revoked:
         k = self._keys(app, streamId)
-        keys = [k["records"], k["order"], k["blocks"], k["steps"], k["count"]]
-        total = 0
+        keys = [k["records"], k["order"], k["blocks"], k["steps"], k["count"], k["events"]]
+        total = events = 0
         while True:
-            deleted, seen = await self._eval("revoke", _REVOKE, keys,
-                                             [self._batch, self._prefix,
-                                              self._ix(app, streamId), self._ttlMs])
+            deleted, seen, cleared = await self._eval("revoke", _REVOKE, keys,
+                                                      [self._batch, self._prefix,
+                                                       self._ix(app, streamId), self._ttlMs])
             total += int(deleted)
+            events += int(cleared)
             if int(seen) < self._batch:
+                return Revoked(total, events)
+
+    def revokeSubscribers(self, app: str, streamId: str) -> "Deferred[Revoked]":
+        return Deferred.fromCoroutine(self._revoke(app, streamId))
+
+    async def _deleteApp(self, app: str) -> int:
+        p = self._prefix
+        pattern = _globEscape(p) + "u:?:" + _q(app) + ":*"
+        cursor, total = "0", 0
+        while True:
+            cursor, deleted = await self._eval(
+                "delete_app", _DELETE_APP, [p + "u:live", p + "u:es", p + "u:n"],
+                [p, cursor, pattern, self._batch])
+            total += int(deleted)
+            if str(cursor) == "0":
                 return total
 
-    def revokeSubscribers(self, app: str, streamId: str) -> "Deferred[int]":
-        return Deferred.fromCoroutine(self._revoke(app, streamId))
+    def deleteApp(self, app: str) -> "Deferred[int]":
+        """
+        SCAN steps of C{batch} keys over the application's keys, one script
+        each (a stream's records go in one step); not atomic as a whole:
+        what a node writes meanwhile may stay.  Live leases' keys go too;
+        their holders' releases and refreshes then find nothing.
+        """
+        return Deferred.fromCoroutine(self._deleteApp(app))
 
     def blockSubscriber(self, app: str, streamId: str, subscriberId: str, blockedType: str,
                         seconds: int) -> "Deferred[bool]":
@@ -482,10 +563,12 @@ class RedisSubscriberStore:
         until = min(self._nowMs() + seconds * 1000, _INT64)
         k = self._keys(app, streamId)
         unknown = Subscriber(subscriberId=subscriberId, streamId=streamId, type=None)
+        live, member = self._live(app, streamId, subscriberId)
         d = self._eval("block", _BLOCK, [k["records"], k["order"], k["blocks"], k["count"],
-                                         k["seq"]],
+                                         k["seq"], k["steps"], live, k["index"]],
                        [subscriberId, recordJSON(unknown), self._max,
-                        "{} {}".format(blockedType, until)])
+                        "{} {}".format(blockedType, until), self._prefix,
+                        self._ix(app, streamId), member])
         return d.addCallback(lambda blocked: bool(int(blocked)))
 
     def isBlocked(self, app: str, streamId: str, subscriberId: str, action: str
@@ -541,7 +624,14 @@ class RedisSubscriberStore:
                                   [self._prefix, leaseId, subscriberId, eventJSON(disconnected),
                                    ix,
                                    S.MAX_EVENTS_PER_STREAM, S.MAX_EVENT_STREAMS])
-                return done.addCallback(lambda _: None)
+                # close() waits for it (it ends within the client's timeout)
+                self._releasing.add(done)
+
+                def ended(result: Any) -> Any:
+                    self._releasing.discard(done)
+                    return None if not isinstance(result, Failure) else result
+
+                return done.addBoth(ended)
 
             return SubscriberLease(streamId, subscriberId, action, release)
 
@@ -578,14 +668,21 @@ class RedisSubscriberStore:
             lambda conn: conn.lrange(key, min(offset, _INT64), end)))
         return d.addCallback(lambda texts: [eventFromJSON(t) for t in texts or []])
 
-    def close(self) -> None:
+    def close(self) -> "Deferred[None]":
         """
         Stop refreshing leases (those still held then expire within the
-        TTL) and fail later calls with L{StoreUnavailable}.  The client is
-        the token store's: whoever opened it closes it.
+        TTL) and fail later calls with L{StoreUnavailable}; fires once the
+        releases already sent have been answered (or have failed, within
+        the client's timeout), so that the composition root closes the
+        client after them.  The client is the token store's: whoever opened
+        it closes it.
         """
         self._closed = True
         for refresher in list(self._refreshing):
             if refresher.running:
                 refresher.stop()
         self._refreshing.clear()
+        pending = list(self._releasing)
+        if not pending:
+            return succeed(None)
+        return DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)

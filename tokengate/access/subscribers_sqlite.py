@@ -38,7 +38,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -49,6 +49,7 @@ from tokengate.access.subscribers import (
     ConnectionEvent,
     ISubscriberStore,
     Refusal,
+    Revoked,
     Subscriber,
     SubscriberLease,
     SubscriberRefused,
@@ -182,6 +183,11 @@ class SQLiteSubscriberStore:
         self._clock = clock
         self._max = maxSubscribers
         self._onError = onError
+        # per application, how many times it was deleted: a lease taken
+        # before a deletion ends nothing after it (the live count it would
+        # decrement may be a newer connection's).  SQLite serves one
+        # process, so this process's count is enough.
+        self._deletions: dict[str, int] = {}
         # before the reactor runs (as the token store opens its file): a
         # file that cannot be opened fails at start-up
         conn = sqlite3.connect(path, isolation_level=None, timeout=10)
@@ -274,15 +280,40 @@ class SQLiteSubscriberStore:
 
         return self._call("delete", delete)
 
-    def revokeSubscribers(self, app: str, streamId: str) -> "Deferred[int]":
-        def revoke(db: sqlite3.Connection) -> int:
+    def revokeSubscribers(self, app: str, streamId: str) -> "Deferred[Revoked]":
+        def revoke(db: sqlite3.Connection) -> Revoked:
             count: int = db.execute("DELETE FROM subscribers WHERE app = ? AND stream_id = ?",
                                     (app, streamId)).rowcount
             db.execute("DELETE FROM subscriber_state WHERE app = ? AND stream_id = ? "
                        "AND live <= 0", (app, streamId))
-            return count
+            events: int = db.execute("DELETE FROM subscriber_events WHERE app = ? "
+                                     "AND stream_id = ?", (app, streamId)).rowcount
+            db.execute("DELETE FROM subscriber_event_streams WHERE app = ? AND stream_id = ?",
+                       (app, streamId))
+            return Revoked(count, events)
 
         return self._call("revoke", revoke)
+
+    def deleteApp(self, app: str) -> "Deferred[int]":
+        # at the call, in the order of the database thread's queue: a lease
+        # acquired by a call made before this one is deleted here
+        self._deletions[app] = self._deletions.get(app, 0) + 1
+
+        def delete(db: sqlite3.Connection) -> int:
+            count: int = db.execute("DELETE FROM subscribers WHERE app = ?", (app,)).rowcount
+            # live state too (the leases taken before this end nothing)
+            for table in ("subscriber_state", "subscriber_events", "subscriber_event_streams"):
+                db.execute("DELETE FROM {} WHERE app = ?".format(table), (app,))
+            return count
+
+        return self._call("delete_app", delete)
+
+    def close(self) -> "Deferred[None]":
+        """
+        Nothing runs here: the calls are the token store's thread's, and
+        its C{close} lets those already queued (releases) finish.
+        """
+        return succeed(None)
 
     def blockSubscriber(self, app: str, streamId: str, subscriberId: str, blockedType: str,
                         seconds: int) -> "Deferred[bool]":
@@ -356,7 +387,13 @@ class SQLiteSubscriberStore:
             _event(db, app, ConnectionEvent(nowMs, "connected", action, protocol, streamId,
                                             subscriberId, instanceIP))
 
+        deletions = self._deletions.get(app, 0)
+
         def release() -> "Deferred[None]":
+            if self._deletions.get(app, 0) != deletions:
+                # the application was deleted since (L{deleteApp}): its
+                # state went with it, and nothing is written back
+                return succeed(None)
             nowMs = self._nowMs()
 
             def release(db: sqlite3.Connection) -> None:

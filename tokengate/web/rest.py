@@ -61,6 +61,7 @@ from tokengate.apps import (
     Applications,
     AppSettings,
     SettingsError,
+    SettingsUnavailable,
     address_allowed,
 )
 from tokengate.auth import (
@@ -71,6 +72,7 @@ from tokengate.auth import (
     mint_jwt,
     verifyJWKSToken,
 )
+from tokengate.cluster.registry import IClusterStreams, RegistryUnavailable, StreamLocation
 from tokengate.jsonvalue import (
     JSONError,
     JSONValue,
@@ -132,6 +134,7 @@ MSG_NO_TIME_SECRET = ("Secret is not set in AppSettings. Please set timetokensec
 MSG_BROADCAST_EXISTS = "Stream id is already being used. Please change stream id or keep it empty"
 MSG_TOO_MANY_BROADCASTS = "An application holds at most {} broadcasts; delete some first"
 MSG_REGISTRY_DOWN = "Broadcast store is unavailable, try again later"
+MSG_SETTINGS_DOWN = "Application settings are unavailable, try again later"
 #: Ant Media's answers to a broadcast's deletion (the second is theirs too,
 #: word for word, for a broadcast that was not live)
 MSG_DELETED_STOPPED = "broadcast is deleted and stopped successfully"
@@ -215,7 +218,8 @@ class RestAPI:
     def __init__(self, apps: Applications, store: ITokenStore, hub: Hub, gate: Gate,
                  revoker: Revoker, clock: IReactorTime, metrics: Metrics,
                  config: ServerConfig, subscribers: ISubscriberStore,
-                 keys: KeySources, *, broadcasts: IBroadcastRegistry) -> None:
+                 keys: KeySources, *, broadcasts: IBroadcastRegistry,
+                 streams: Optional[IClusterStreams] = None) -> None:
         """
         @param apps: the applications (created, changed, deleted here).
         @param store: the tokens (minted, listed, deleted here).
@@ -229,6 +233,8 @@ class RestAPI:
         @param keys: the key sources of the applications' C{jwksURL}s.
         @param broadcasts: the broadcasts created through REST (created,
             listed, deleted here).
+        @param streams: the streams live on the cluster's nodes (the stream
+            registry), or None: only this node's.
         """
         self._apps = apps
         self._store = store
@@ -241,6 +247,7 @@ class RestAPI:
         self._subscribers = subscribers
         self._keys = keys
         self._broadcasts = broadcasts
+        self._streams = streams
 
     def resource(self) -> Any:
         """
@@ -336,68 +343,97 @@ class RestAPI:
         already applied its protection, or the server's when it does not
         exist): 404 when there is none.
         """
+        self._requireApplications()
         settings = self._apps.get(appName)
         if settings is None:
             raise HTTPError(404, MSG_NO_APP)
         return settings
 
+    def _requireApplications(self) -> None:
+        """
+        @raise HTTPError: 503 while the applications are not known yet (a
+            cluster node that has not read them from Redis).
+        """
+        if not self._apps.loaded:
+            raise HTTPError(503, MSG_SETTINGS_DOWN)
+
     # --- management: applications and settings -----------------------------------
 
     @app.route("/rest/v2/applications", methods=["GET"])
     def listApplications(self, request: IRequest) -> bytes:
+        self._requireApplications()
         return send_json(request, {"applications": list(self._apps)})
 
     @app.route("/rest/v2/applications/<string:name>", methods=["POST"])
-    def createApplication(self, request: IRequest, name: str) -> bytes:
+    async def createApplication(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         try:
-            self._apps.create(name)
+            await self._apps.add(name)
         except SettingsError as e:
             return send_json(request, result(False, str(e)))
+        except SettingsUnavailable:
+            raise self._settingsDown("app_create")
         return send_json(request, result(True))
 
     @app.route("/rest/v2/applications/<string:name>", methods=["DELETE"])
     async def deleteApplication(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
-        self._apps.delete(name)  # ends its sessions and streams
+        try:
+            await self._apps.remove(name)  # ends its sessions and streams, on every node
+        except KeyError:
+            raise HTTPError(404, MSG_NO_APP)
+        except SettingsUnavailable:
+            raise self._settingsDown("app_delete")
+        left = []
         try:
             await self._broadcasts.deleteApp(name)
         except StoreUnavailable:
             self._metrics.store_errors.labels("broadcast_delete_app").inc()
-            return send_json(
-                request,
-                result(True, "Application deleted; its broadcasts could not be deleted "
-                       "(the broadcast store is unavailable): they are back if an "
-                       "application of that name is created again"),
-            )
+            left.append("its broadcasts could not be deleted (the broadcast store is "
+                        "unavailable): they are back if an application of that name is "
+                        "created again")
         try:
             await self._store.deleteApp(name)
         except StoreUnavailable:
             self._metrics.store_errors.labels("delete_app").inc()
-            return send_json(
-                request,
-                result(True, "Application deleted; its tokens will expire by themselves"),
-            )
+            left.append("its tokens will expire by themselves")
+        try:
+            # records, blocks, replay marks, connection events (the leases
+            # of the sessions just ended included)
+            await self._subscribers.deleteApp(name)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("subscribers_delete_app").inc()
+            left.append("its TOTP subscribers could not be deleted")
+        if left:
+            return send_json(request, result(True, "Application deleted; " + "; ".join(left)))
         return send_json(request, result(True))
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["GET"])
     def getSettings(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         settings = self._apps.get(name)
         if settings is None:
             raise HTTPError(404, MSG_NO_APP)
         return send_json(request, settings.asJSON())
 
     @app.route("/rest/v2/applications/settings/<string:name>", methods=["POST"])
-    def setSettings(self, request: IRequest, name: str) -> bytes:
+    async def setSettings(self, request: IRequest, name: str) -> bytes:
+        self._requireApplications()
         if name not in self._apps:
             raise HTTPError(404, MSG_NO_APP)
         body = read_json(request)
         try:
             # a field of the wrong type or out of range: JSONError, a 400
             settings, ignored = AppSettings.fromJSON(body)
-            self._apps.update(name, settings)
+            await self._apps.store(name, settings)
         except SettingsError as e:
             return send_json(request, result(False, str(e)))
+        except KeyError:
+            raise HTTPError(404, MSG_NO_APP)
+        except SettingsUnavailable:
+            raise self._settingsDown("app_settings")
         if ignored:
             named = ignored[:MAX_NAMED_FIELDS]
             more = len(ignored) - len(named)
@@ -530,15 +566,57 @@ class RestAPI:
 
     # --- broadcasts -----------------------------------------------------------------
 
+    async def _clusterLive(self, app: str) -> dict[str, StreamLocation]:
+        """
+        The streams of C{app} live on other nodes, by stream id (none when
+        the registry is out of reach: counted, and this node's view is
+        answered).
+        """
+        if self._streams is None:
+            return {}
+        try:
+            live = await self._streams.liveStreams(app)
+        except RegistryUnavailable:
+            self._metrics.store_errors.labels("cluster_list").inc()
+            return {}
+        local = self._streams.localNodeId
+        return {sid: loc for sid, loc in live.items() if loc.nodeId != local}
+
+    async def _clusterRecord(self, app: str, streamId: str
+                             ) -> tuple[Optional[BroadcastRecord], Optional[str]]:
+        """
+        The stream's record and origin: this node's when it publishes it,
+        else the node's that does (as the registry says), else this node's
+        record of it (ended, or unknown) and no origin.
+        """
+        record = self._hub.record(app, streamId)
+        if record is not None and record.status == "broadcasting":
+            return record, self._config.nodeAddress
+        if self._streams is None:
+            return record, None
+        try:
+            location = await self._streams.locate(app, streamId)
+        except RegistryUnavailable:
+            self._metrics.store_errors.labels("cluster_locate").inc()
+            return record, None
+        if location is None or location.nodeId == self._streams.localNodeId:
+            return record, None
+        return _remoteRecord(app, streamId, location), location.address
+
     def _broadcastJSON(self, app: str, streamId: str, record: Optional[BroadcastRecord],
-                       registered: Optional[Broadcast]) -> dict[str, Any]:
+                       registered: Optional[Broadcast],
+                       origin: Optional[str] = None) -> dict[str, Any]:
         """
         A broadcast as the reference server shows it: what the registry keeps
-        of it (when it was created through REST) merged with the hub's live
-        status (when it is or was published).
+        of it (when it was created through REST) merged with its live status
+        (when it is or was published: the hub's, or the stream registry's
+        for a stream live on another node) and the node that publishes it
+        (C{originAdress}, Ant Media's spelling: its internal address).
         """
         viewers = record.viewers if record is not None else {}
         stream = self._hub.get(app, streamId)
+        if origin is None and stream is not None:
+            origin = self._config.nodeAddress
         startTime = record.startTime if record is not None else 0
         return {
             "streamId": streamId,
@@ -555,7 +633,12 @@ class RestAPI:
             "webRTCViewerCount": viewers.get("webrtc", 0),
             "rtmpViewerCount": viewers.get("rtmp", 0),
             "receivedBytes": stream.bytesIn if stream is not None else 0,
+            "originAdress": origin,
         }
+
+    def _settingsDown(self, operation: str) -> HTTPError:
+        self._metrics.store_errors.labels(operation).inc()
+        return HTTPError(503, MSG_SETTINGS_DOWN)
 
     def _registryDown(self, operation: str) -> HTTPError:
         self._metrics.store_errors.labels(operation).inc()
@@ -564,14 +647,15 @@ class RestAPI:
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>", methods=["GET"])
     async def getBroadcast(self, request: IRequest, appName: str, streamId: str) -> bytes:
         self._appSettings(request, appName)
-        record = self._hub.record(appName, streamId)
+        record, origin = await self._clusterRecord(appName, streamId)
         try:
             registered = await self._broadcasts.get(appName, streamId)
         except StoreUnavailable:
             raise self._registryDown("broadcast_get")
         if record is None and registered is None:
             raise HTTPError(404, MSG_NO_BROADCAST)
-        return send_json(request, self._broadcastJSON(appName, streamId, record, registered))
+        return send_json(request, self._broadcastJSON(appName, streamId, record, registered,
+                                                      origin))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/list/<string:offset>/<string:size>",
                methods=["GET"])
@@ -579,25 +663,43 @@ class RestAPI:
                              size: str) -> bytes:
         """
         The broadcasts created through REST, in creation order, then the
-        streams published without being created (live, then recently
-        ended), one page of the two.
+        streams published without being created (live here, live on other
+        nodes, then recently ended here), one page of the two.
         """
         self._appSettings(request, appName)
         first, count = _page(offset, size)
+        remote = await self._clusterLive(appName)
+
+        def recordOf(streamId: str) -> tuple[Optional[BroadcastRecord], Optional[str]]:
+            record = self._hub.record(appName, streamId)
+            if (record is None or record.status != "broadcasting") and streamId in remote:
+                location = remote[streamId]
+                return _remoteRecord(appName, streamId, location), location.address
+            return record, None
+
         try:
             total = await self._broadcasts.count(appName)
             registered = (await self._broadcasts.list(appName, first, count)
                           if first < total and count else [])
-            page = [self._broadcastJSON(appName, b.streamId, self._hub.record(appName, b.streamId), b)
-                    for b in registered]
+            page = [self._broadcastJSON(appName, b.streamId, *_withBroadcast(
+                        recordOf(b.streamId), b)) for b in registered]
             rest = count - len(page)
             if rest > 0:
                 records = self._hub.records(appName)
+                live = [r for r in records if r.status == "broadcasting"]
+                ended = [r for r in records if r.status != "broadcasting"]
+                elsewhere = [_remoteRecord(appName, sid, remote[sid]) for sid in sorted(remote)
+                             if not self._hub.isLive(appName, sid)]
+                records = live + elsewhere + [r for r in ended if r.streamId not in remote]
                 known = await self._broadcasts.registered(
                     appName, [r.streamId for r in records])
                 unregistered = [r for r in records if r.streamId not in known]
                 skip = max(0, first - total)
-                page += [self._broadcastJSON(appName, r.streamId, r, None)
+                page += [self._broadcastJSON(appName, r.streamId, r, None,
+                                             remote[r.streamId].address
+                                             if r.streamId in remote
+                                             and not self._hub.isLive(appName, r.streamId)
+                                             else None)
                          for r in unregistered[skip:skip + rest]]
         except StoreUnavailable:
             raise self._registryDown("broadcast_list")
@@ -771,9 +873,10 @@ class RestAPI:
                methods=["DELETE"])
     async def revokeSubscribers(self, request: IRequest, appName: str, streamId: str) -> bytes:
         self._subscriberPath(request, appName, streamId)
-        deleted = await self._subscriberCall(
+        revoked = await self._subscriberCall(
             "revoke", self._subscribers.revokeSubscribers(appName, streamId))
-        return send_json(request, result(deleted > 0, "", str(deleted)))
+        # as Ant Media: success when subscribers or connection events went
+        return send_json(request, result(bool(revoked), "", str(revoked.subscribers)))
 
     @app.route("/<string:appName>/rest/v2/broadcasts/<string:streamId>/subscribers/"
                "<string:subscriberId>/block/<string:seconds>/<string:blockType>",
@@ -822,6 +925,21 @@ class RestAPI:
             page = await self._subscriberCall("events", self._subscribers.connectionEvents(
                 appName, streamId, first, count))
         return send_json(request, [e.toJSON() for e in page])
+
+
+def _remoteRecord(app: str, streamId: str, location: StreamLocation) -> BroadcastRecord:
+    """
+    The record of a stream live on another node (its viewers are counted
+    where they play).
+    """
+    return BroadcastRecord(app, streamId, "broadcasting", location.publishType,
+                           int(location.started * 1000), 0, {})
+
+
+def _withBroadcast(found: tuple[Optional[BroadcastRecord], Optional[str]],
+                   broadcast: Broadcast
+                   ) -> tuple[Optional[BroadcastRecord], Broadcast, Optional[str]]:
+    return found[0], broadcast, found[1]
 
 
 class RestGuard(Resource):

@@ -49,6 +49,15 @@ The internals, what is done with each, and why:
     L{onKeyframeRequest}): a viewer's picture loss (PLI/FIR) goes to the
     stream's publisher or re-encoder instead of aiortc's encoder, which the
     server's pre-encoded video does not use.
+10. C{RTCCertificate._create_ssl_context} (a method, B{replaced} once per
+    process by L{installDtlsCiphers}): aiortc's DTLS context offers only
+    ECDHE-ECDSA suites, so as DTLS client (the server answers
+    C{a=setup:active}) it cannot reach a DTLS server with an RSA
+    certificate, such as GStreamer's webrtcbin ("no shared cipher").  The
+    replacement makes the context as before, then sets L{DTLS_CIPHERS}
+    (aiortc's ECDHE-ECDSA suites and their ECDHE-RSA counterparts: forward
+    secret, authenticated, no NULL, anonymous or export suite) and DTLS 1.2
+    as the lowest version.
 
 At import, L{requireInternals} (L{checkInternals}) looks for each of them (on a receiver and a
 transceiver built for the purpose: the name-mangled attributes exist only on
@@ -57,11 +66,12 @@ missing one, when any is not there: the server then fails to start rather
 than run WebRTC half broken.
 
 Upgrading aiortc: read the diff of C{rtcrtpreceiver.py}, C{rtcrtpsender.py},
-C{rtcrtptransceiver.py} and C{codecs/h264.py} for the items above; run
+C{rtcrtptransceiver.py}, C{rtcdtlstransport.py} and C{codecs/h264.py} for the items above; run
 C{python -m tokengate.webrtc.aiortcpatches} (prints the check's findings,
 exit status 1 when any) and C{tests.test_webrtc_aiortcpatches},
-C{tests.interop.test_webrtc_media} and C{tests.test_webrtc_signalling}
-(aiortc and Chromium against the server); then change the pin in C{setup.py} and
+C{tests.interop.test_webrtc_media}, C{tests.interop.test_webrtc_dtls} and
+C{tests.test_webrtc_signalling} (aiortc, Chromium and GStreamer's webrtcbin
+against the server); then change the pin in C{setup.py} and
 L{WRITTEN_FOR}.
 """
 
@@ -79,11 +89,12 @@ from typing import Any, Callable, Optional
 
 import aiortc
 import av
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCCertificate, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as _rtcrtpreceiver
 from aiortc.codecs import h264 as _h264
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket
+from OpenSSL import SSL
 
 __all__ = [
     "WRITTEN_FOR",
@@ -99,6 +110,10 @@ __all__ = [
     "watchSenderReports",
     "requestPictureLoss",
     "onKeyframeRequest",
+    "DTLS_CIPHERS",
+    "DTLS_MIN_VERSION",
+    "restrictDtls",
+    "installDtlsCiphers",
 ]
 
 #: the aiortc version this module was written for (and setup.py pins)
@@ -142,6 +157,12 @@ def checkInternals() -> list[str]:
                       (RTCRtpSender, "_send_keyframe")):
         if not callable(getattr(cls, name, None)):
             problems.append(f"aiortc.{cls.__name__}.{name} is gone")
+    makeContext = getattr(RTCCertificate, "_create_ssl_context", None)
+    if not callable(makeContext):
+        problems.append("aiortc.RTCCertificate._create_ssl_context is gone")
+    elif _parameters(makeContext) != ["self", "srtp_profiles"]:
+        problems.append("aiortc.RTCCertificate._create_ssl_context takes {} instead of "
+                        "(self, srtp_profiles)".format(_parameters(makeContext)))
     fields = getattr(RtcpSrPacket, "__dataclass_fields__", {})
     if not {"ssrc", "sender_info"} <= set(fields):
         problems.append("aiortc.rtp.RtcpSrPacket has no ssrc or sender_info")
@@ -333,6 +354,58 @@ def onKeyframeRequest(sender: RTCRtpSender, callback: Callable[[], None]) -> Non
     C{sender} asks for a keyframe (PLI or FIR).
     """
     sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+# --- 10: DTLS suites for RSA peers ------------------------------------------------------
+
+#: the DTLS cipher suites of every peer connection, client and server: aiortc's
+#: own ECDHE-ECDSA suites, each followed by its ECDHE-RSA counterpart, so that
+#: a DTLS server with an RSA certificate (GStreamer's webrtcbin) is reached; the
+#: server's own certificate is ECDSA, so as DTLS server it still picks an
+#: ECDHE-ECDSA suite
+DTLS_CIPHERS = b":".join([
+    b"ECDHE-ECDSA-AES128-GCM-SHA256", b"ECDHE-RSA-AES128-GCM-SHA256",
+    b"ECDHE-ECDSA-CHACHA20-POLY1305", b"ECDHE-RSA-CHACHA20-POLY1305",
+    b"ECDHE-ECDSA-AES128-SHA", b"ECDHE-RSA-AES128-SHA",
+    b"ECDHE-ECDSA-AES256-SHA", b"ECDHE-RSA-AES256-SHA",
+])
+
+#: the lowest DTLS version taken (DTLS 1.2; OpenSSL's DTLS1_2_VERSION, which
+#: pyOpenSSL does not name)
+DTLS_MIN_VERSION = 0xFEFD
+
+#: aiortc's own maker of DTLS contexts (before L{installDtlsCiphers})
+#: (looked up leniently: L{requireInternals} names it when it is gone)
+_aiortcContext: Callable[[Any, Any], SSL.Context] = getattr(
+    RTCCertificate, "_create_ssl_context", None)  # type: ignore[assignment]
+_dtlsCiphersInstalled = False
+
+
+def restrictDtls(context: SSL.Context) -> SSL.Context:
+    """
+    Set L{DTLS_CIPHERS} and L{DTLS_MIN_VERSION} on a DTLS context.
+
+    @return: C{context}
+    """
+    context.set_cipher_list(DTLS_CIPHERS)
+    context.set_min_proto_version(DTLS_MIN_VERSION)
+    return context
+
+
+def installDtlsCiphers() -> None:
+    """
+    Make every DTLS context aiortc creates offer L{DTLS_CIPHERS} and take
+    DTLS 1.2 at least (L{restrictDtls}).  Idempotent.
+    """
+    global _dtlsCiphersInstalled
+    if _dtlsCiphersInstalled:
+        return
+
+    def createContext(self: Any, srtp_profiles: Any) -> SSL.Context:
+        return restrictDtls(_aiortcContext(self, srtp_profiles))
+
+    RTCCertificate._create_ssl_context = createContext  # type: ignore[method-assign]
+    _dtlsCiphersInstalled = True
 
 
 if __name__ != "__main__":

@@ -27,7 +27,12 @@ from twisted.internet.defer import Deferred, DeferredList
 from tokengate.logsafe import Logger
 from tokengate.media.hub import VIDEO, Frame, LiveStream
 from tokengate.metrics import Metrics
-from tokengate.webrtc.aiortcpatches import installPackCache, installPassthrough, share
+from tokengate.webrtc.aiortcpatches import (
+    installDtlsCiphers,
+    installPackCache,
+    installPassthrough,
+    share,
+)
 from tokengate.webrtc.audio import AacToOpus
 from tokengate.webrtc.media import flv_to_annexb
 from tokengate.webrtc.peer import VIDEO_CLOCK, Peer, PeerEvents
@@ -67,6 +72,7 @@ class AiortcEngine:
         """
         installPassthrough()
         installPackCache()
+        installDtlsCiphers()
         self.reactor = reactor
         self._iceServers = [dict(s) for s in iceServers]
         self.peers: set[Peer] = set()
