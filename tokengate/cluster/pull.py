@@ -62,6 +62,7 @@ from tokengate.cluster.feed import (
     FeedVideo,
     feedCredential,
 )
+from tokengate.cluster.registry import IStreamLocator
 from tokengate.logsafe import Logger
 from tokengate.media.hub import PULLED, Hub, LiveStream, StreamInUse
 from tokengate.metrics import Metrics
@@ -85,34 +86,6 @@ MAX_BACKOFF = 4.0
 #: pulls one node runs at once (more plays of other streams are refused
 #: not_live, counted as failures "limit")
 MAX_PULLS = 1000
-
-
-class ILocation(Protocol):
-    """
-    Where a stream is live (L{tokengate.cluster.registry.StreamLocation}).
-    """
-
-    @property
-    def nodeId(self) -> str: ...
-
-    @property
-    def address(self) -> str: ...
-
-
-class ILocator(Protocol):
-    """
-    Which node holds a stream live
-    (L{tokengate.cluster.registry.IStreamLocator}).
-    """
-
-    @property
-    def localNodeId(self) -> str: ...
-
-    def locate(self, app: str, streamId: str) -> "Deferred[Optional[Any]]":
-        """
-        The stream's L{ILocation}, or None; fails when the registry is
-        unavailable.
-        """
 
 
 class IFeedSink(Protocol):
@@ -438,7 +411,7 @@ class EdgePuller:
 
     _log = Logger()
 
-    def __init__(self, hub: Hub, locator: ILocator, client: IFeedClient, clock: IReactorTime,
+    def __init__(self, hub: Hub, locator: IStreamLocator, client: IFeedClient, clock: IReactorTime,
                  metrics: Metrics, linger: float = LINGER, stallTimeout: float = STALL_TIMEOUT,
                  maxRetries: int = MAX_RETRIES, backoff: float = BACKOFF,
                  maxBackoff: float = MAX_BACKOFF, admissionWait: float = ADMISSION_WAIT,
