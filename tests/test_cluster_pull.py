@@ -439,6 +439,39 @@ class EdgeAdmissionTests(SynchronousTestCase):
         self.access = AccessService(self.apps, self.gate, self.hub, None, (),
                                     remote=self.puller)
 
+    def live(self):
+        """
+        The stream live at the origin, with its first frame (an admission
+        waits for the pulled copy's first frame).
+        """
+        stream = self.originHub.publish("live", "cam1", "RTMP")
+        stream.videoReceived(0, AVC_HEADER)
+        stream.videoReceived(0, key(1))
+        return stream
+
+    def test_waitsForTheFirstFrame(self) -> None:
+        from tokengate.auth import Refused
+
+        stream = self.originHub.publish("live", "cam1", "RTMP")
+        stream.videoReceived(0, AVC_HEADER)
+        self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
+        token = self.mint()
+        d = self.play(token)
+        self.clock.advance(0)
+        self.assertNoResult(d)
+        stream.videoReceived(0, key(1))
+        self.assertEqual(self.successResultOf(d).stream.gop[0].body, key(1))
+        # no frame within the admission's bound: not live, token kept
+        other = self.originHub.publish("live", "cam2", "RTMP")
+        self.locator.where[("live", "cam2")] = Location("origin", "10.0.0.1:5080")
+        token = self.mint("cam2")
+        d = self.play(token, streamId="cam2")
+        self.clock.pump([1.0] * 5)
+        self.assertEqual(self.failureResultOf(d, Refused).value.outcome.value, "not_live")
+        other.videoReceived(0, key(2))
+        d = self.play(token, streamId="cam2")
+        self.successResultOf(d)
+
     def mint(self, streamId="cam1"):
         from tokengate.tokens import PLAY, StoredToken, new_token
 
@@ -463,8 +496,7 @@ class EdgeAdmissionTests(SynchronousTestCase):
                                               token), Mind())
 
     def test_playOfAStreamLiveElsewhere(self) -> None:
-        stream = self.originHub.publish("live", "cam1", "RTMP")
-        stream.videoReceived(0, AVC_HEADER)
+        self.live()
         self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
         token = self.mint()
         d = self.play(token)
@@ -488,7 +520,7 @@ class EdgeAdmissionTests(SynchronousTestCase):
         token = self.mint()
         d = self.play(token)
         self.assertEqual(self.failureResultOf(d, Refused).value.outcome.value, "not_live")
-        self.originHub.publish("live", "cam1", "RTMP")
+        self.live()
         self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
         d = self.play(token)
         self.clock.advance(0)
@@ -497,7 +529,7 @@ class EdgeAdmissionTests(SynchronousTestCase):
     def test_originUnreachableKeepsTheToken(self) -> None:
         from tokengate.auth import Refused
 
-        self.originHub.publish("live", "cam1", "RTMP")
+        self.live()
         self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
         self.origins.down.add("10.0.0.1:5080")
         token = self.mint()
@@ -514,7 +546,7 @@ class EdgeAdmissionTests(SynchronousTestCase):
         from tokengate.access.service import AccessRequest
         from tokengate.tokens import PLAY
 
-        self.originHub.publish("live", "cam1", "RTMP")
+        self.live()
         self.locator.where[("live", "cam1")] = Location("origin", "10.0.0.1:5080")
         d = self.access.ready(AccessRequest("live", "cam1", PLAY, "dash"))
         self.clock.advance(0)

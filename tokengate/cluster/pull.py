@@ -260,7 +260,6 @@ class Pull:
             self._resumeAfter = dict(self._lastTimestamps)
         self.publication = publication
         self._scheduleLinger()
-        self._tellWaiters(True)
 
     def feedData(self, data: bytes) -> None:
         if self.over or self._parser is None:
@@ -294,6 +293,9 @@ class Pull:
                     stream.setMetadata(event.metadata)
         finally:
             stream.burstEnded()
+        if self._waiters and stream.framesIn:
+            # the admissions waiting see the stream with its first frames
+            self._tellWaiters(True)
 
     def _media(self, kind: str, stream: LiveStream, timestamp: int, body: bytes) -> None:
         if kind == "video":
