@@ -149,6 +149,13 @@ class EdgePullTests(TestCase):
         self.assertEqual(metric(self.a, "tokengate_feed_requests_total",
                                 'outcome="served"'), 1)
         self.assertGreater(metric(self.b, "tokengate_edge_pull_bytes_total"), 100_000)
+        # B reports the stream as A's, pulled or not
+        code, body = self.b.get("/LiveApp/rest/v2/broadcasts/cam1")
+        self.assertEqual((code, body["status"], body["originAdress"], body["publishType"]),
+                         (200, "broadcasting", "127.0.0.1:{}".format(self.a.http), "RTMP"))
+        listed = self.b.get("/LiveApp/rest/v2/broadcasts/list/0/10")[1]
+        self.assertEqual([(b["streamId"], b["originAdress"]) for b in listed],
+                         [("cam1", "127.0.0.1:{}".format(self.a.http))])
 
         # the token spent at B is refused at A
         again = await self.player("{}/LiveApp/streams/cam1.m3u8?token={}".format(
