@@ -103,6 +103,9 @@ class ServerConfig:
     clusterSecret: str = field(default="", repr=False)
     #: the internal address this node advertises to the others, host:port
     nodeAddress: str = "127.0.0.1:5080"
+    #: seconds a stream pulled from another node stays after its last
+    #: viewer here left (docs/cluster.md, "Edge pull")
+    edgeLinger: float = 10.0
     #: seconds for one authorization webhook exchange (webhookAuthenticateURL,
     #: webhookPlayAuthUrl), after which the request is refused
     webhookTimeout: float = 3.0

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "webhook-timeout": 3.0,
     "cluster-secret": "",
     "node-address": None,
+    "edge-linger": 10.0,
 }
 
 _log = Logger()
@@ -145,6 +146,9 @@ class Options(usage.Options):
         ["node-address", None, None,
          "The internal address host:port this node advertises to the others (its HTTP "
          "listener) [default: 127.0.0.1 or the --http interface, and the --http port]"],
+        ["edge-linger", None, None,
+         "Seconds a stream pulled from another node of the cluster stays after its last "
+         "viewer here left [default: 10]", float],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -225,6 +229,7 @@ class Options(usage.Options):
                 or not 1 <= broadcasts <= 10_000_000:
             raise usage.UsageError("--max-broadcasts must be a whole number from 1 to 10000000")
         for key, low, high in (("http-request-timeout", 1.0, 3600.0),
+                               ("edge-linger", 1.0, 3600.0),
                                ("rest-jwt-max-lifetime", 60.0, 366 * 86400.0),
                                ("webhook-timeout", 1.0, 60.0)):
             value = self[key]
@@ -489,6 +494,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             webhookTimeout=float(options["webhook-timeout"]),
             clusterSecret=options["cluster-secret"],
             nodeAddress=options["node-address"],
+            edgeLinger=float(options["edge-linger"]),
             **({} if options["webrtc-transcodes"] is None
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
@@ -607,6 +613,8 @@ class TokengateService(service.MultiService):
         from twisted.internet.defer import maybeDeferred
 
         self.server.gate.registry.kickAll("shutdown")
+        if self.server.puller is not None:
+            self.server.puller.stopAll()
         for stream in self.server.hub.liveStreams():
             stream.end()
         d = maybeDeferred(super().stopService)

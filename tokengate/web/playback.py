@@ -99,6 +99,11 @@ FUTILE_WINDOW = 30.0
 ENDED_DOCUMENTS = 3
 
 
+
+#: the longest a playlist or MPD request waits for a starting stream's
+#: first segment, seconds
+MAX_STARTING_WAIT = 15.0
+
 class FutileRequests:
     """
     Per viewing session (or, without play tokens, per address and stream):
@@ -490,6 +495,14 @@ class PlaybackGate:
             return self._deliver(request, app, streamId, what, details, None)
         kind = self.access.tokenKind(app, PLAY) or ""
         if not kind and not self.access.admissionRequired(app, PLAY):
+            if what in ("hls", "dash") and self.outputs.packager(app, streamId) is None:
+                # not live here: the access service may make it so (a stream
+                # live on another node of the cluster is pulled), bounded
+                ready = self.access.ready(self._checked(app, streamId, protocol))
+                ready.addCallback(lambda _: self._deliverLater(request, app, streamId, what,
+                                                               details, None))
+                ready.addErrback(self._unexpected, request)
+                return NOT_DONE_YET
             return self._deliver(request, app, streamId, what, details, None)
         now = self.clock.seconds()
         session = self._sessionOf(request, app, streamId, now)
@@ -660,10 +673,11 @@ class PlaybackGate:
     # --- delivery ------------------------------------------------------------------------
 
     def _deliverLater(self, request: Any, app: str, streamId: str, what: str,
-                      details: tuple[Any, ...], session: Session) -> None:
+                      details: tuple[Any, ...], session: Optional[Session],
+                      waited: bool = False) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
-        result = self._deliver(request, app, streamId, what, details, session)
+        result = self._deliver(request, app, streamId, what, details, session, waited)
         if result is not NOT_DONE_YET:
             _finish(request, result)
 
@@ -682,12 +696,28 @@ class PlaybackGate:
         return "tgs=" + credential
 
     def _deliver(self, request: Any, app: str, streamId: str, what: str,
-                 details: tuple[Any, ...], session: Optional[Session]) -> Any:
+                 details: tuple[Any, ...], session: Optional[Session],
+                 waited: bool = False) -> Any:
         if what == "vod":
             return self._vod(request, app, streamId, session)
         packager = self.outputs.packager(app, streamId)
         if packager is None:
             return _fail(request, 404, "Stream is not live: " + streamId)
+        if what in ("hls", "dash") and not waited:
+            first = self._firstSegment(packager)
+            if first is not None:
+                # the stream is starting (just published, or just pulled
+                # from its origin): answer once its first segment is made
+                timeout = self.clock.callLater(
+                    min(2 * packager.segmentTarget + 1, MAX_STARTING_WAIT), first.cancel)
+
+                def ready(_: object) -> None:
+                    if timeout.active():
+                        timeout.cancel()
+                    self._deliverLater(request, app, streamId, what, details, session, True)
+
+                first.addBoth(ready).addErrback(self._unexpected, request)
+                return NOT_DONE_YET
         if packager.ended and what in ("hls", "media", "dash"):
             document = "{}:{}:{}".format(self._futileKey(request, app, streamId, session),
                                          what, details[0] if details else "")
@@ -741,6 +771,30 @@ class PlaybackGate:
                 return b""
             return self._bytes(request, None)
         return _fail(request, 404, "Not found")
+
+    def _firstSegment(self, packager: Any) -> "Optional[Deferred[bool]]":
+        """
+        When a live stream's packager has media but no complete segment yet:
+        a Deferred firing once it has one (or never will); otherwise None.
+        """
+        if packager.ended:
+            return None
+        tracks = packager.segmenter
+        if tracks.video.track is not None:
+            kind, track = "video", tracks.video
+        elif tracks.audio.track is not None:
+            kind, track = "audio", tracks.audio
+        else:
+            return None
+        if track.segments:
+            return None
+        # the segment being made (its number continues a previous
+        # publication's), or the first one once it is begun
+        msn = track.msn if track.msn is not None else 0
+        first: Deferred[bool] = packager.wait(kind, msn)
+        if first.called:
+            return None
+        return first
 
     def _futileKey(self, request: Any, app: str, streamId: str,
                    session: Optional[Session]) -> str:
