@@ -111,6 +111,11 @@ class ServerConfig:
     webhookTimeout: float = 3.0
     #: LL-HLS part duration target, seconds
     partTarget: float = 0.5
+    #: segment offload: the secret shared with the edge (nginx secure_link)
+    #: that signs the segment links of playlists and MPDs; empty: off
+    offloadSecret: str = field(default="", repr=False)
+    #: seconds an offload link stays valid
+    offloadTtl: float = 30.0
     #: ICE servers the server's own WebRTC peer connections use (STUN for a
     #: server-reflexive candidate behind 1:1 NAT): dicts with "urls" and,
     #: for TURN, "username" and "credential"

@@ -238,6 +238,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     """
     from twisted.internet import reactor
 
+    from tokengate.web.offload import OffloadLinks
     from tokengate.web.playback import PlaybackGate
     from tokengate.web.resource import Root
     from tokengate.web.rest import RestAPI
@@ -253,8 +254,11 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                   server.clock, server.metrics, config, server.subscribers, server.jwks,
                   broadcasts=server.broadcasts, streams=server.streams)
+    offload = None
+    if config.offloadSecret:
+        offload = OffloadLinks(config.offloadSecret, config.offloadTtl)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
-                            server.outputs, server.httpSessions)
+                            server.outputs, server.httpSessions, offload=offload)
     if engine is None:
         engine = make_engine(reactor, config, server.metrics)
     ice = IceServers.fromConfig(config)

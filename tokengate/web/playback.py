@@ -74,6 +74,7 @@ from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
 from tokengate.metrics import Metrics
 from tokengate.tokens import MAX_TOKEN_LENGTH, PLAY, Outcome, digest
+from tokengate.web.offload import OffloadLinks
 from tokengate.web.sessions import InvalidCredential, Session, SessionSigner, cookie_name
 from tokengate.web.vod import RecordingFile
 
@@ -402,7 +403,8 @@ class PlaybackGate:
 
     def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics,
                  signer: SessionSigner, outputs: "IMediaOutputs", sessions: HTTPSessions,
-                 blockTimeoutFactor: float = 3.0) -> None:
+                 blockTimeoutFactor: float = 3.0, offload: Optional[OffloadLinks] = None
+                 ) -> None:
         """
         @param access: admits sessions and decides what keeps a token.
         @param clock: the reactor's clock.
@@ -411,6 +413,10 @@ class PlaybackGate:
         @param outputs: the packagers of live streams and the recordings.
         @param sessions: the HTTP sessions of this node (the composition
             root builds them over the session registry).
+        @param offload: with segment offload (C{--offload-secret}), the
+            links an edge verifies by itself: the playlists and MPDs carry
+            them for every segment, and a segment request carrying one is
+            served (the edge filling its cache); None: sessions only.
         """
         self.access = access
         self.clock = clock
@@ -419,6 +425,7 @@ class PlaybackGate:
         self.outputs = outputs
         self.sessions = sessions
         self.blockTimeoutFactor = blockTimeoutFactor
+        self.offload = offload
         self.futile = FutileRequests(clock)
         self.endedDocuments = FutileRequests(clock, ENDED_DOCUMENTS, 600.0)
         # (token digest, peer) -> the requests waiting for that token's
@@ -482,6 +489,10 @@ class PlaybackGate:
             # refused before any token is looked at: the token is kept
             self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer, token), outcome)
             return _fail(request, *_checkRefusal(outcome, protocol))
+        if what == "resource" and self.offload is not None and self._offloaded(
+                request, app, streamId, details):
+            self.metrics.offload_fills.inc()
+            return self._deliver(request, app, streamId, what, details, None)
         kind = self.access.tokenKind(app, PLAY) or ""
         if not kind and not self.access.admissionRequired(app, PLAY):
             if what in ("hls", "dash") and self.outputs.packager(app, streamId) is None:
@@ -539,6 +550,21 @@ class PlaybackGate:
         if outcome is Outcome.NOT_LIVE and protocol != "vod":
             return protocol, None
         return protocol, outcome
+
+    def _offloaded(self, request: Any, app: str, streamId: str,
+                   details: tuple[Any, ...]) -> bool:
+        """
+        Whether a segment request carries a valid offload link for it (the
+        edge fetching what it does not hold yet, with the link it checked).
+        """
+        assert self.offload is not None
+        md5 = self._arg(request, b"md5")
+        if md5 is None:
+            return False
+        kind, name = details
+        return self.offload.check(OffloadLinks.base(app, streamId) + kind + "/" + name, md5,
+                                  self._arg(request, b"expires"), self._arg(request, b"scope"),
+                                  self.clock.seconds())
 
     def _peer(self, request: Any) -> str:
         return getattr(request.getClientAddress(), "host", "") or ""
@@ -713,6 +739,8 @@ class PlaybackGate:
                     (request.getHeader(b"host") or b"localhost").decode("latin-1"),
                     quote(app), quote(streamId), quote(streamId), query)
             text = packager.dashMpd(query, location)
+            if text is not None and self.offload is not None:
+                text = self.offload.signMpd(text, app, streamId, self.clock.seconds())
             return self._text(request, text, DASHXML)
         if what == "resource":
             kind, name = details
@@ -883,8 +911,10 @@ class PlaybackGate:
         part = _int(self._arg(request, b"_HLS_part"))
 
         def render() -> bytes:
-            return self._text(request, packager.hlsMedia(
-                kind, self._query(request, app, streamId, session)), MPEGURL)
+            text = packager.hlsMedia(kind, self._query(request, app, streamId, session))
+            if text is not None and self.offload is not None:
+                text = self.offload.signHls(text, app, streamId, self.clock.seconds())
+            return self._text(request, text, MPEGURL)
 
         if msn is None:
             return render()
