@@ -21,10 +21,10 @@ LAYERS = [
                       "tokengate.rtmp.errors",
                       "tokengate.srt", "tokengate.access.names", "tokengate.access.totp",
                       "tokengate.cluster.registry", "tokengate.reuseport")),
-    ("media", ("tokengate.media",)),
+    ("media", ("tokengate.media", "tokengate.cluster.feed")),
     ("access", ("tokengate.access", "tokengate.auth", "tokengate.cluster")),
     ("adapters", ("tokengate.rtmp.protocol", "tokengate.srt.protocol", "tokengate.webrtc",
-                  "tokengate.web")),
+                  "tokengate.web", "tokengate.cluster.origin")),
     ("composition root", ("tokengate.server", "tokengate.tap", "tokengate.workers")),
 ]
 

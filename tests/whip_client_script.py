@@ -96,7 +96,11 @@ async def publish(endpoint: str, token: str, clip: str, seconds: str) -> dict[st
             return out
         out["connected"] = await waitConnected(pc, 20)
         if out["connected"]:
-            await asyncio.sleep(float(seconds))
+            # publish for that long, or until the server ends the session
+            deadline = asyncio.get_running_loop().time() + float(seconds)
+            while (asyncio.get_running_loop().time() < deadline
+                   and pc.connectionState not in ("failed", "closed")):
+                await asyncio.sleep(0.2)
         out["stateBeforeDelete"] = pc.connectionState
         out["delete"] = (await asyncio.to_thread(http, "DELETE", session))[0]
         out["deleteAgain"] = (await asyncio.to_thread(http, "DELETE", session))[0]
@@ -137,10 +141,13 @@ async def play(endpoint: str, token: str, seconds: str, frames: str = "50") -> d
         if session is None:
             return out
         out["connected"] = await waitConnected(pc, 20)
-        try:
-            await asyncio.wait_for(enough.wait(), float(seconds))
-        except asyncio.TimeoutError:
-            pass
+        # enough frames, the tracks ended (the server ended the session), or
+        # the time is up
+        deadline = asyncio.get_running_loop().time() + float(seconds)
+        while (not enough.is_set() and asyncio.get_running_loop().time() < deadline
+               and not (tasks and all(t.done() for t in tasks))
+               and pc.connectionState not in ("failed", "closed")):
+            await asyncio.sleep(0.2)
         out["delete"] = (await asyncio.to_thread(http, "DELETE", session))[0]
         return out
     finally:

@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "session-secret": "",
     "session-reuse-window": None,
     "part-target": 0.5,
+    "offload-secret": "",
+    "offload-ttl": 30.0,
     "ice-servers": "",
     "turn-username": "",
     "turn-credential": "",
@@ -59,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "cluster-secret": "",
     "node-address": None,
     "workers": 1,
+    "edge-linger": 10.0,
 }
 
 _log = Logger()
@@ -97,6 +100,13 @@ class Options(usage.Options):
          "Deprecated, no effect: a spent play token continues the session it opened "
          "from the same address while that session is alive (docs/playback.md)", float],
         ["part-target", None, None, "LL-HLS part duration, seconds [default: 0.5]", float],
+        ["offload-secret", None, None,
+         "Segment offload: the secret shared with an nginx (secure_link) or CDN edge in "
+         "front (32+ characters of A-Z a-z 0-9 _ -): playlists and MPDs then carry "
+         "links it verifies by itself (docs/offload.md) [default: off]"],
+        ["offload-ttl", None, None,
+         "Seconds an offload link stays valid; each playlist reload carries fresh ones "
+         "[default: 30]", float],
         ["ice-servers", None, None,
          "STUN/TURN URIs handed to WebRTC browsers, comma-separated, e.g. "
          "stun:stun.example.com:3478,turn:turn.example.com:3478?transport=udp"],
@@ -144,6 +154,9 @@ class Options(usage.Options):
          "(needs a Redis --store; docs/cluster.md) [default: 1]", int],
         ["worker", None, None,
          "Internal: this process is worker INDEX of a --workers supervisor", int],
+        ["edge-linger", None, None,
+         "Seconds a stream pulled from another node of the cluster stays after its last "
+         "viewer here left [default: 10]", float],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
@@ -183,6 +196,7 @@ class Options(usage.Options):
             raise usage.UsageError("--session-secret must be at least 32 characters")
         if not 0.1 <= float(self["part-target"]) <= 2.0:
             raise usage.UsageError("--part-target must be between 0.1 and 2 seconds")
+        self._checkOffload()
         if self["rest-jwt-secret"] and len(self["rest-jwt-secret"]) < 32:
             raise usage.UsageError("--rest-jwt-secret must be at least 32 characters")
         from tokengate.apps import SettingsError, parse_cidrs
@@ -199,6 +213,24 @@ class Options(usage.Options):
         if transcodes is not None and (not isinstance(transcodes, int) or transcodes < 0):
             raise usage.UsageError("--webrtc-transcodes must be a whole number, 0 or more")
 
+    def _checkOffload(self) -> None:
+        """
+        Refuse an offload secret or link lifetime out of range (a value from
+        the config file has not been converted by the option parser).
+        """
+        from tokengate.web.offload import OffloadError, OffloadLinks
+
+        ttl = self["offload-ttl"]
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+            raise usage.UsageError("--offload-ttl must be a number of seconds")
+        if not isinstance(self["offload-secret"], str):
+            raise usage.UsageError("--offload-secret must be a string")
+        if self["offload-secret"]:
+            try:
+                OffloadLinks(self["offload-secret"], float(ttl))
+            except OffloadError as e:
+                raise usage.UsageError("--offload-secret/--offload-ttl: {}".format(e))
+
     def _checkLimits(self) -> None:
         """
         Refuse connection limits and deadlines out of range (a value from the
@@ -213,6 +245,7 @@ class Options(usage.Options):
                 or not 1 <= broadcasts <= 10_000_000:
             raise usage.UsageError("--max-broadcasts must be a whole number from 1 to 10000000")
         for key, low, high in (("http-request-timeout", 1.0, 3600.0),
+                               ("edge-linger", 1.0, 3600.0),
                                ("rest-jwt-max-lifetime", 60.0, 366 * 86400.0),
                                ("webhook-timeout", 1.0, 60.0)):
             value = self[key]
@@ -525,6 +558,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             kickOnExpiry=options["kick-on-expiry"],
             sessionSecret=options["session-secret"],
             partTarget=float(options["part-target"]),
+            offloadSecret=options["offload-secret"],
+            offloadTtl=float(options["offload-ttl"]),
             iceServers=list(options["ice-servers"]),
             turnUsername=options["turn-username"],
             turnCredential=options["turn-credential"],
@@ -539,6 +574,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             webhookTimeout=float(options["webhook-timeout"]),
             clusterSecret=options["cluster-secret"],
             nodeAddress=options["node-address"],
+            edgeLinger=float(options["edge-linger"]),
             **({} if options["webrtc-transcodes"] is None
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
@@ -673,6 +709,8 @@ class TokengateService(service.MultiService):
         from twisted.internet.defer import maybeDeferred
 
         self.server.gate.registry.kickAll("shutdown")
+        if self.server.puller is not None:
+            self.server.puller.stopAll()
         for stream in self.server.hub.liveStreams():
             stream.end()
         d = maybeDeferred(super().stopService)

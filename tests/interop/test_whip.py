@@ -59,6 +59,8 @@ class _WhipProcess(TestCase):
     """
 
     timeout = 300
+    #: the server's extra command-line arguments
+    serverArgs: tuple[str, ...] = ()
 
     def setUp(self) -> None:
         self.ffmpeg = require("ffmpeg")
@@ -68,7 +70,7 @@ class _WhipProcess(TestCase):
             if os.environ.get("TOKENGATE_REQUIRE_CLIENTS"):
                 raise
             self.skipTest("aiortc not installed")
-        self.tg = TokengateProcess(self.mktemp(), reactor="asyncio")
+        self.tg = TokengateProcess(self.mktemp(), self.serverArgs, reactor="asyncio")
         self.addCleanup(self.tg.kill)
         self.tg.start()
         code, body = self.tg.post("/rest/v2/applications/settings/LiveApp",
@@ -287,11 +289,13 @@ class WhipInterop(_WhipProcess):
         """
         path = await self.makeClip()
         publisher = self.start([sys.executable, SCRIPT, "publish", self.endpoint("whip"),
-                                self.mint(), path, "20"], 150)
+                                self.mint(), path, "90"], 150)
         await self.waitFor(lambda: self.broadcast().get("receivedBytes", 0) > 50000, 60,
                            "WHIP media in the hub")
+        # both clients last longer than a loaded machine may take to get here:
+        # the revocation, not their own end, must be what ends them
         viewer = self.start([sys.executable, SCRIPT, "play", self.endpoint("whep"),
-                             self.mint("s1", "play"), "20", "100000"], 90)
+                             self.mint("s1", "play"), "60", "100000"], 90)
         await self.waitFor(lambda: self.metric("tokengate_whep_sessions") == 1, 30,
                            "the WHEP viewer")
         req = urllib.request.Request(self.tg.base + "/LiveApp/rest/v2/broadcasts/s1/tokens",

@@ -25,13 +25,17 @@ class Root(Resource):
     """
 
     def __init__(self, apps: Container[str], clock: IReactorTime, api: Any,
-                 playback: PlaybackGate, webrtc: Any = None, whip: Any = None) -> None:
+                 playback: PlaybackGate, webrtc: Any = None, whip: Any = None,
+                 feed: Any = None) -> None:
         """
         @param apps: the applications' names.
         @param api: the REST API's resource.
         @param webrtc: the WebSocket and WebRTC pages (or None).
         @param whip: the WHIP and WHEP endpoints
             (L{tokengate.webrtc.whip.WhipEndpoints}, or None).
+        @param feed: the internal feed other nodes pull streams from,
+            C{/internal/v1/feed/{app}/{streamId}}
+            (L{tokengate.cluster.origin.FeedResource}, or None).
         """
         super().__init__()
         self._apps = apps
@@ -41,11 +45,17 @@ class Root(Resource):
         self._pages = Pages()
         self._webrtc = webrtc  # the WebSocket and the WebRTC pages
         self._whip = whip
+        self._feed = feed
 
     def getChildWithDefault(self, name: bytes, request: Any) -> Any:
         postpath = request.postpath
         if name == b"time" and not postpath:
             return self._time
+        if (name == b"internal" and self._feed is not None and len(postpath) == 4
+                and postpath[0] == b"v1" and postpath[1] == b"feed"):
+            request.prepath.extend(postpath[:2])
+            del postpath[:2]
+            return self._feed
         try:
             app = name.decode("utf-8")
         except UnicodeDecodeError:
