@@ -9,6 +9,13 @@ driven over loopback:
    more than one worker (the stream's C{originAdress} is its worker's node
    address), and an SRT caller's handshake and media all reach the one
    worker that admitted it;
+ - ffmpeg publishes over RTMP to the shared port (it lands on one worker);
+   ffmpeg plays it with one-time play tokens through the shared ports on
+   another worker (each worker counts the plays it admitted), which serves
+   it from its pull of the stream, the frames decoding: over RTMP (plays
+   repeated until one lands elsewhere) and HLS (the stream published under
+   new names until it lives elsewhere than the worker this test's address
+   reaches);
  - a worker killed with SIGKILL is restarted by the supervisor while the
    shared port keeps serving;
  - SIGTERM to the supervisor ends it and every worker within a bound;
@@ -336,6 +343,48 @@ class WorkersTests(TestCase):
             if admitted[0] != origin:
                 return admitted[0]
         self.fail("no {} play reached a worker other than the publisher's".format(protocol))
+
+    async def test_playOnAnotherWorker(self) -> None:
+        """
+        A stream published on one worker plays, over RTMP and HLS with
+        one-time play tokens, through the shared ports on another worker.
+        RTMP connections are spread by their 4-tuple: plays are repeated
+        until one lands elsewhere.  HTTP ones by their client address: the
+        stream is published (again under new names) until it lives on
+        another worker than the one this test's address reaches, then the
+        HLS player's every request reaches that worker, which pulls it.
+        """
+        import json
+
+        req = urllib.request.Request(
+            self.tg.base + "/rest/v2/applications/settings/LiveApp",
+            data=json.dumps({"playTokenControlEnabled": True}).encode(), method="POST",
+            headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        for index in range(WORKERS):
+            self.waitBlocking(lambda index=index: self.get(
+                self.internal(index), "/rest/v2/applications/settings/LiveApp").get(
+                "playTokenControlEnabled") is True, 10, "the setting on every worker")
+        http = self.answeringWorker()
+        self.assertIsNotNone(http, self.errors)
+        for n in range(12):
+            streamId = "cam{}".format(n)
+            self.publishRTMP(streamId)
+            await self.until(lambda: self.origin(streamId) is not None, 30,
+                             streamId + " broadcasting")
+            origin = [i for i in range(WORKERS) if self.address(i) == self.origin(streamId)][0]
+            if origin != http:
+                break
+        else:
+            self.fail("every stream published on worker {}".format(http))
+        edge = await self.playElsewhere(
+            "rtmp", streamId, lambda token: "rtmp://127.0.0.1:{}/LiveApp/{}?token={}".format(
+                self.tg.rtmp, streamId, token), origin)
+        self.assertNotEqual(edge, origin)
+        edge = await self.playElsewhere(
+            "hls", streamId, lambda token: "{}/LiveApp/streams/{}.m3u8?token={}".format(
+                self.tg.base, streamId, token), origin)
+        self.assertEqual(edge, http)
 
     async def test_killedWorkerRestarts(self) -> None:
         """
