@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
 from tokengate.access.outbound import Outbound, OutboundError
@@ -490,3 +490,151 @@ class EdgeTests(SynchronousTestCase):
         # neither kept
         self.fetch("video/1.m4s")
         self.assertEqual(len(self.origin.requests), 3)
+
+
+class TwoNodesTests(TestCase):
+    """
+    Two nodes in one process (L{Server}s sharing an in-memory stream
+    registry and token store, each with its real HTTP site on a loopback
+    port): the edge's HLS is the origin's, and it packages nothing itself.
+    """
+
+    timeout = 60
+
+    def node(self, backend: Any, store: Any) -> Any:
+        from twisted.internet import reactor
+
+        from tokengate.access.outbound import newHTTPClient
+        from tokengate.config import ServerConfig
+        from tokengate.server import Server, buildSite
+        from tests.service import free_port
+
+        http = free_port()
+        server = Server(apps=Applications(None), store=store, clock=reactor,
+                        streamBackend=backend,
+                        mediaOutbound=Outbound(reactor, 10.0, MAX_OBJECT,
+                                               client=newHTTPClient(reactor)),
+                        config=ServerConfig(clusterSecret="o" * 40, sessionSecret="s" * 40,
+                                            nodeAddress="127.0.0.1:{}".format(http)))
+        server.apps.replace("LiveApp", playTokenControlEnabled=True, hlsTime="1")
+        port = reactor.listenTCP(http, buildSite(server, engine=object()),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(server.streams.stop)
+        self.addCleanup(server.outputs.close)
+        assert server.puller is not None
+        self.addCleanup(server.puller.stopAll)
+        self.bases[id(server)] = "http://127.0.0.1:{}/LiveApp/streams/".format(http)
+        self.ports[id(server)] = port
+        return server
+
+    def base(self, server: Any) -> str:
+        return self.bases[id(server)]
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        from tokengate.cluster.registry import MemoryBackend
+        from tokengate.store.memory import MemoryTokenStore
+        from tests.helpers import http_client
+
+        require("ffmpeg")
+        store = MemoryTokenStore()
+        backend = MemoryBackend(reactor)
+        self.bases: dict[int, str] = {}
+        self.ports: dict[int, Any] = {}
+        self.origin = self.node(backend, store)
+        self.edge = self.node(backend, store)
+        self.http = http_client(self)
+
+    def mint(self, server: Any) -> str:
+        from tokengate.tokens import StoredToken, new_token
+
+        t = new_token("cam1", "play", int(time.time()) + 600)
+        server.store.add(StoredToken.fromToken("LiveApp", t))
+        return t.tokenId
+
+    async def get(self, url: str) -> tuple[int, bytes]:
+        r = await self.http.get(url)
+        return r.code, await r.content()
+
+    async def test_edgeServesTheOrigins(self) -> None:
+        await self.origin.streams.claim("LiveApp", "cam1", "RTMP")
+        stream = self.origin.hub.publish("LiveApp", "cam1", "RTMP")
+        self.addCleanup(stream.end)
+        feed(stream, test_clip(8), until_ms=6000)
+        packager = self.origin.outputs.packager("LiveApp", "cam1")
+
+        code, body = await self.get(self.base(self.edge) + "cam1.m3u8?token=" + self.mint(self.edge))
+        self.assertEqual(code, 200, body)
+        # admitted at the edge (its pull started), packaged at the origin only
+        self.assertTrue(self.edge.hub.isLive("LiveApp", "cam1"))
+        self.assertIsNone(self.edge.outputs.packager("LiveApp", "cam1"))
+        query = body.decode().split("video.m3u8?", 1)[1].split('"', 1)[0].split("\n", 1)[0]
+        self.assertTrue(query.startswith("tgs="), body)
+        code, atEdge = await self.get(self.base(self.edge) + "cam1/video.m3u8?" + query)
+        self.assertEqual(code, 200, atEdge)
+        code, atOrigin = await self.get(self.base(self.origin) + "cam1/video.m3u8?" + query)
+        self.assertEqual(code, 200, atOrigin)
+        # the same playlist, each with the credential it issued
+        import re
+
+        def anonymous(text: str) -> str:
+            return re.sub(r"tgs=[^\s\"&]+", "tgs=X", text)
+
+        self.assertEqual(anonymous(packager.hlsMedia("video", "tgs=X")),
+                         anonymous(atEdge.decode()))
+        self.assertEqual(anonymous(atOrigin.decode()), anonymous(atEdge.decode()))
+        # a segment through the edge is the origin's, byte for byte
+        code, data = await self.get(self.base(self.edge) + "cam1/video/2.m4s?" + query)
+        self.assertEqual((code, data), (200, packager.segment("video", 2)))
+        # without a session: refused, whatever node
+        code, _ = await self.get(self.base(self.edge) + "cam1/video/2.m4s")
+        self.assertEqual(code, 403)
+
+    async def test_segmentOnANodeWithoutThePull(self) -> None:
+        await self.origin.streams.claim("LiveApp", "cam1", "RTMP")
+        stream = self.origin.hub.publish("LiveApp", "cam1", "RTMP")
+        self.addCleanup(stream.end)
+        feed(stream, test_clip(8), until_ms=6000)
+        packager = self.origin.outputs.packager("LiveApp", "cam1")
+        code, body = await self.get(self.base(self.origin) + "cam1.m3u8?token="
+                                    + self.mint(self.origin))
+        self.assertEqual(code, 200, body)
+        query = body.decode().split("video.m3u8?", 1)[1].split("\n", 1)[0]
+        # the edge never admitted this session, nor pulls the stream: the
+        # session's credential is good, the segment comes from the origin
+        code, data = await self.get(self.base(self.edge) + "cam1/video/1.m4s?" + query)
+        self.assertEqual((code, data), (200, packager.segment("video", 1)))
+        self.assertFalse(self.edge.hub.isLive("LiveApp", "cam1"))
+        # requests for what does not exist end the session (a bounded
+        # number reach the origin)
+        codes = []
+        for n in range(45):
+            code, _ = await self.get(self.base(self.edge) + "cam1/video/{}.m4s?{}".format(
+                900 + n, query))
+            codes.append(code)
+        self.assertEqual(codes[:40], [404] * 40)
+        self.assertEqual(codes[40], 410)
+        self.assertEqual(set(codes[41:]), {403})
+        self.assertEqual(self.origin.metrics.registry.get_sample_value(
+            "tokengate_media_requests_total", {"outcome": "not_found"}), 41)
+
+    async def test_originGone(self) -> None:
+        await self.origin.streams.claim("LiveApp", "cam1", "RTMP")
+        stream = self.origin.hub.publish("LiveApp", "cam1", "RTMP")
+        self.addCleanup(stream.end)
+        feed(stream, test_clip(8), until_ms=6000)
+        code, body = await self.get(self.base(self.edge) + "cam1.m3u8?token="
+                                    + self.mint(self.edge))
+        self.assertEqual(code, 200, body)
+        query = body.decode().split("video.m3u8?", 1)[1].split("\n", 1)[0]
+        # the origin's HTTP goes away (its registry entry not yet expired)
+        await self.ports[id(self.origin)].stopListening()
+        code, body = await self.get(self.base(self.edge) + "cam1/video.m3u8?" + query)
+        self.assertEqual(code, 404, body)
+        self.assertIn(b"Stream is not live", body)
+        code, _ = await self.get(self.base(self.edge) + "cam1/video/3.m4s?" + query)
+        self.assertEqual(code, 404)
+        self.assertGreaterEqual(self.edge.metrics.registry.get_sample_value(
+            "tokengate_edge_media_failures_total", {"reason": "unreachable"}), 1)
