@@ -8,7 +8,9 @@ to the other node in turn, with one play token each.
 Every node serves the origin's packager output (B fetches it from A over
 the internal media channel), so the playlists and segment names are the
 same on both, and a player that moves between them plays: frames decoded,
-and both nodes served segments.
+and both nodes served segments.  Chromium plays play.html through the same
+proxy: hls.js in low-latency mode (LL-HLS blocking reloads, forwarded by
+B to A) and dash.js.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class RoundRobin(Resource):
         self.backends = backends
         self.turn = 0
         self.log: list[tuple[int, str, int]] = []
+        #: the query of each request, in the order of L{log}
+        self.queries: list[str] = []
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.agent = Agent(reactor, connectTimeout=5, pool=self.pool)
 
@@ -94,6 +98,7 @@ class RoundRobin(Resource):
                     request.responseHeaders.setRawHeaders(name, values)
             path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
             self.log.append((index, path, response.code))
+            self.queries.append(request.uri.partition(b"?")[2].decode("ascii", "replace"))
             body = readBody(response)
 
             def write(data: bytes) -> None:
@@ -260,3 +265,35 @@ class NoStickySessionsTests(TestCase):
         self.assertGreater(self.proxy.segments(1), 0, self.proxy.log)
         self.assertGreater(metric(self.b, "tokengate_edge_media_requests_total",
                                   'result="fetched"'), 0)
+
+    async def _browser(self, tech: str) -> None:
+        from tests import browser as chromium
+
+        require("chromium")
+        await self._publish()
+        b = await chromium.launch(self)
+        page = await b.open("{}/LiveApp/play.html?id=cam1&playOrder={}&token={}".format(
+            self.proxyBase, tech, self.mint(self.a)))
+        await page.wait_for(
+            "window.tokengateState && window.tokengateState.status === 'playing'", 60)
+        start = await page.evaluate("document.querySelector('video').currentTime")
+        await page.wait_for(
+            "document.querySelector('video').currentTime > {}".format(start + 4), 40)
+        await b.close()
+        self.assertGreater(self.proxy.segments(0), 0, self.proxy.log)
+        self.assertGreater(self.proxy.segments(1), 0, self.proxy.log)
+        self.assertGreater(metric(self.b, "tokengate_edge_media_requests_total",
+                                  'result="fetched"'), 0)
+
+    async def test_chromiumLowLatencyHls(self) -> None:
+        await self._browser("hls")
+        # blocking reloads reached both nodes, and were answered
+        blocking = [(entry, query) for entry, query in zip(self.proxy.log, self.proxy.queries)
+                    if entry[1].endswith(".m3u8") and "_HLS_msn=" in query]
+        self.assertTrue(any(entry[0] == 1 and entry[2] == 200 for entry, _ in blocking),
+                        self.proxy.log)
+        self.assertTrue(any(entry[0] == 0 and entry[2] == 200 for entry, _ in blocking),
+                        self.proxy.log)
+
+    async def test_chromiumDash(self) -> None:
+        await self._browser("dash")
