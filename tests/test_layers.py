@@ -24,7 +24,7 @@ LAYERS = [
     ("media", ("tokengate.media", "tokengate.cluster.feed")),
     ("access", ("tokengate.access", "tokengate.auth", "tokengate.cluster")),
     ("adapters", ("tokengate.rtmp.protocol", "tokengate.srt.protocol", "tokengate.webrtc",
-                  "tokengate.web", "tokengate.cluster.origin")),
+                  "tokengate.web", "tokengate.cluster.origin", "tokengate.cluster.mediaorigin")),
     ("composition root", ("tokengate.server", "tokengate.tap", "tokengate.workers")),
 ]
 

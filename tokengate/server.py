@@ -42,6 +42,8 @@ from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
 from tokengate.cluster.feed import feedKey
 from tokengate.cluster.pull import EdgePuller, HTTPFeedClient, IFeedClient
+from tokengate.cluster.remote import RemoteMedia
+from tokengate.cluster.remote import newOutbound as newMediaOutbound
 from tokengate.cluster.registry import (
     IRegistryBackend,
     MemoryBackend,
@@ -109,6 +111,9 @@ class Server:
     #: how the edge puller opens origins' feeds (None: over HTTP on
     #: C{clock}, the reactor, with the feed key of C{config.clusterSecret})
     feedClient: Optional[IFeedClient] = None
+    #: how this node fetches other nodes' packaged media (None: over HTTP
+    #: on C{clock}, the reactor, L{tokengate.cluster.remote.newOutbound})
+    mediaOutbound: Optional[Outbound] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -125,6 +130,9 @@ class Server:
     #: pulls the streams other nodes publish for this node's viewers (None
     #: without C{config.clusterSecret}: nothing is pulled)
     puller: Optional[EdgePuller] = field(init=False, default=None)
+    #: the HLS and DASH of streams other nodes package, fetched from them
+    #: for this node's viewers (None without C{config.clusterSecret})
+    remoteMedia: Optional[RemoteMedia] = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -194,6 +202,12 @@ class Server:
                                         self.streams.localNodeId)
             self.puller = EdgePuller(self.hub, self.streams, client, self.clock, self.metrics,
                                      linger=self.config.edgeLinger)
+            outbound = self.mediaOutbound
+            if outbound is None:
+                outbound = newMediaOutbound(self.clock)
+            self.remoteMedia = RemoteMedia(self.streams, outbound,
+                                           feedKey(self.config.clusterSecret), self.clock,
+                                           self.metrics, self.apps)
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
                                     [*policies, *self.extraPolicies], remote=self.puller)
         self.apps.onChange(self._appChanged)
@@ -249,6 +263,7 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     from tokengate.webrtc.signalling import SignallingFactory
     from tokengate.webrtc.whip import WhipEndpoints
     from tokengate.cluster.origin import FeedResource
+    from tokengate.cluster.mediaorigin import MediaResource
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
@@ -258,7 +273,8 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     if config.offloadSecret:
         offload = OffloadLinks(config.offloadSecret, config.offloadTtl)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
-                            server.outputs, server.httpSessions, offload=offload)
+                            server.outputs, server.httpSessions, offload=offload,
+                            remote=server.remoteMedia)
     if engine is None:
         engine = make_engine(reactor, config, server.metrics)
     ice = IceServers.fromConfig(config)
@@ -276,6 +292,10 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     secret = config.clusterSecret
     feed = FeedResource(server.hub, server.clock, server.metrics,
                         feedKey(secret) if secret else None)
-    root = Root(server.apps, server.clock, api.resource(), playback, webrtc, whip, feed)
+    media = MediaResource(server.outputs, server.clock, server.metrics,
+                          feedKey(secret) if secret else None,
+                          blockTimeoutFactor=playback.blockTimeoutFactor)
+    root = Root(server.apps, server.clock, api.resource(), playback, webrtc, whip, feed,
+                media)
     return TokengateSite(root, maxBodySize=config.maxBodySize, metrics=server.metrics,
                          requestTimeout=config.requestTimeout)

@@ -181,9 +181,10 @@ class Outbound:
         self._client = client if client is not None else newHTTPClient(reactor)
 
     def request(self, method: str, url: str, data: Optional[bytes] = None,
-                headers: Optional[Mapping[str, str]] = None) -> "Deferred[tuple[int, bytes]]":
+                headers: Optional[Mapping[str, str]] = None,
+                timeout: Optional[float] = None) -> "Deferred[tuple[int, bytes]]":
         """
-        One exchange.
+        One exchange, within C{timeout} seconds (by default the client's).
 
         @return: a L{Deferred} firing with (status, body) or failing with
             L{OutboundError}; cancelled (closing its connection) when the
@@ -194,7 +195,7 @@ class Outbound:
         self.inFlight += 1
         d = Deferred.fromCoroutine(
             _exchange(self._client, method, url, data, headers or {}, self.maxBody))
-        d.addTimeout(self.timeout, self._reactor)
+        d.addTimeout(self.timeout if timeout is None else timeout, self._reactor)
 
         def done(result: _T) -> _T:
             self.inFlight -= 1

@@ -148,25 +148,35 @@ def feedKey(clusterSecret: str) -> bytes:
                     hashlib.sha256).digest()
 
 
-def _message(app: str, streamId: str, node: str, expiry: int) -> bytes:
-    return "feed|{}|{}|{}|{}".format(app, streamId, node, expiry).encode("utf-8")
+#: what a credential opens: the feed, or the packaged media
+#: (L{tokengate.cluster.media}); one never opens the other
+PURPOSES = ("feed", "media")
 
 
-def feedCredential(key: bytes, app: str, streamId: str, node: str, expiry: int) -> str:
+def _message(purpose: str, app: str, streamId: str, node: str, expiry: int) -> bytes:
+    if purpose not in PURPOSES:
+        raise ValueError("unknown credential purpose")
+    return "{}|{}|{}|{}|{}".format(purpose, app, streamId, node, expiry).encode("utf-8")
+
+
+def feedCredential(key: bytes, app: str, streamId: str, node: str, expiry: int,
+                   purpose: str = "feed") -> str:
     """
-    The credential by which node C{node} asks for the feed of C{app/streamId}
-    until C{expiry} (seconds since the epoch): lowercase hex.
+    The credential by which node C{node} asks for the feed (or with
+    C{purpose="media"}, the packaged media) of C{app/streamId} until
+    C{expiry} (seconds since the epoch): lowercase hex.
     """
-    return hmac.new(key, _message(app, streamId, node, expiry), hashlib.sha256).hexdigest()
+    return hmac.new(key, _message(purpose, app, streamId, node, expiry),
+                    hashlib.sha256).hexdigest()
 
 
 def checkFeedCredential(key: bytes, app: str, streamId: str, node: str, expiry: object,
-                        credential: object, now: float) -> bool:
+                        credential: object, now: float, purpose: str = "feed") -> bool:
     """
-    Whether C{credential} opens the feed of C{app/streamId} for C{node} at
-    C{now}: the HMAC matches (constant-time), C{expiry} is an integer not
-    past and at most L{CREDENTIAL_LIFETIME} seconds ahead (both give
-    L{CLOCK_SKEW} seconds to the nodes' clocks).
+    Whether C{credential} opens the feed (or C{purpose}) of C{app/streamId}
+    for C{node} at C{now}: the HMAC matches (constant-time), C{expiry} is an
+    integer not past and at most L{CREDENTIAL_LIFETIME} seconds ahead (both
+    give L{CLOCK_SKEW} seconds to the nodes' clocks).
     """
     if not isinstance(expiry, int) or isinstance(expiry, bool):
         return False
@@ -174,7 +184,7 @@ def checkFeedCredential(key: bytes, app: str, streamId: str, node: str, expiry: 
         return False
     if not now - CLOCK_SKEW <= expiry <= now + CREDENTIAL_LIFETIME + CLOCK_SKEW:
         return False
-    expected = feedCredential(key, app, streamId, node, expiry)
+    expected = feedCredential(key, app, streamId, node, expiry, purpose)
     return hmac.compare_digest(expected, credential)
 
 

@@ -2,7 +2,9 @@
 """
 What every live stream turns into, by its application's switches: CMAF for
 HLS and DASH (one packager per stream, kept across republishes for a while
-so playlists continue with a discontinuity), and an MP4 recording.
+so playlists continue with a discontinuity), and an MP4 recording.  A
+stream pulled from another node of a cluster gets neither: its origin
+packages and records it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,16 @@ class Outputs:
         settings = self._apps.get(stream.app)
         if settings is None:
             return
+        if stream.publishType == PULLED:
+            # a stream pulled from another node is packaged there: this
+            # node's HLS and DASH viewers are served its origin's packager
+            # output (tokengate.cluster.remote), the same segment names on
+            # every node; a packager of an earlier local publication of
+            # the stream stops being served
+            old = self._packagers.pop((stream.app, stream.streamId), None)
+            if old is not None:
+                old.close()
+            return
         if settings.hlsMuxingEnabled or settings.dashMuxingEnabled:
             key = (stream.app, stream.streamId)
             packager = self._packagers.get(key)
@@ -97,9 +109,7 @@ class Outputs:
                 )
                 self._packagers[key] = packager
             packager.attach(stream)
-        if (settings.mp4MuxingEnabled and self.recordings is not None
-                and stream.publishType != PULLED):
-            # a pulled copy is recorded by its origin, not by every edge
+        if settings.mp4MuxingEnabled and self.recordings is not None:
             from tokengate.media.recorder import RecordingRefused
 
             try:

@@ -104,6 +104,31 @@ ENDED_DOCUMENTS = 3
 #: first segment, seconds
 MAX_STARTING_WAIT = 15.0
 
+def firstSegment(packager: Any) -> "Optional[Deferred[bool]]":
+    """
+    When a live stream's packager has media but no complete segment yet:
+    a Deferred firing once it has one (or never will); otherwise None.
+    """
+    if packager.ended:
+        return None
+    tracks = packager.segmenter
+    if tracks.video.track is not None:
+        kind, track = "video", tracks.video
+    elif tracks.audio.track is not None:
+        kind, track = "audio", tracks.audio
+    else:
+        return None
+    if track.segments:
+        return None
+    # the segment being made (its number continues a previous
+    # publication's), or the first one once it is begun
+    msn = track.msn if track.msn is not None else 0
+    first: Deferred[bool] = packager.wait(kind, msn)
+    if first.called:
+        return None
+    return first
+
+
 class FutileRequests:
     """
     Per viewing session (or, without play tokens, per address and stream):
@@ -151,6 +176,21 @@ class IMediaOutputs(Protocol):
     def recordingPath(self, app: str, streamId: str) -> Optional[str]:
         """
         Where the stream's MP4 recording is, or None.
+        """
+
+
+class IRemoteMedia(Protocol):
+    """
+    The packaged media of streams this node does not package: another
+    node's (L{tokengate.cluster.remote.RemoteMedia}).
+    """
+
+    def fetch(self, app: str, streamId: str, name: str, msn: Optional[int] = None,
+              part: Optional[int] = None) -> "Deferred[Any]":
+        """
+        The object C{name} (L{tokengate.cluster.media.objectName}): fires
+        with an answer whose C{code} is 200 (C{body}), 204, 404 or 503;
+        never fails.
         """
 
 
@@ -403,8 +443,8 @@ class PlaybackGate:
 
     def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics,
                  signer: SessionSigner, outputs: "IMediaOutputs", sessions: HTTPSessions,
-                 blockTimeoutFactor: float = 3.0, offload: Optional[OffloadLinks] = None
-                 ) -> None:
+                 blockTimeoutFactor: float = 3.0, offload: Optional[OffloadLinks] = None,
+                 remote: Optional[IRemoteMedia] = None) -> None:
         """
         @param access: admits sessions and decides what keeps a token.
         @param clock: the reactor's clock.
@@ -417,6 +457,9 @@ class PlaybackGate:
             links an edge verifies by itself: the playlists and MPDs carry
             them for every segment, and a segment request carrying one is
             served (the edge filling its cache); None: sessions only.
+        @param remote: where HLS and DASH of a stream this node does not
+            package come from (its origin's packager, in a cluster); None:
+            such a stream is not live here.
         """
         self.access = access
         self.clock = clock
@@ -426,6 +469,7 @@ class PlaybackGate:
         self.sessions = sessions
         self.blockTimeoutFactor = blockTimeoutFactor
         self.offload = offload
+        self.remote = remote
         self.futile = FutileRequests(clock)
         self.endedDocuments = FutileRequests(clock, ENDED_DOCUMENTS, 600.0)
         # (token digest, peer) -> the requests waiting for that token's
@@ -702,6 +746,8 @@ class PlaybackGate:
             return self._vod(request, app, streamId, session)
         packager = self.outputs.packager(app, streamId)
         if packager is None:
+            if self.remote is not None:
+                return self._remoteDeliver(request, app, streamId, what, details, session)
             return _fail(request, 404, "Stream is not live: " + streamId)
         if what in ("hls", "dash") and not waited:
             first = self._firstSegment(packager)
@@ -719,12 +765,9 @@ class PlaybackGate:
                 first.addBoth(ready).addErrback(self._unexpected, request)
                 return NOT_DONE_YET
         if packager.ended and what in ("hls", "media", "dash"):
-            document = "{}:{}:{}".format(self._futileKey(request, app, streamId, session),
-                                         what, details[0] if details else "")
-            if not self.endedDocuments.spend(document):
-                if not self._spend(request, app, streamId, session):
-                    return self._flood(request, app, streamId, session, what)
-                return _fail(request, 410, "Stream ended: " + streamId)
+            refused = self._endedDocument(request, app, streamId, what, details, session)
+            if refused is not None:
+                return refused
         if what == "hls":
             text = packager.hlsMultivariant(self._query(request, app, streamId, session))
             return self._text(request, text, MPEGURL)
@@ -732,13 +775,7 @@ class PlaybackGate:
             return self._media(request, packager, details[0], app, streamId, session)
         if what == "dash":
             query = self._query(request, app, streamId, session)
-            location = None
-            if query:
-                location = "{}://{}/{}/streams/{}/{}.mpd?{}".format(
-                    "https" if request.isSecure() else "http",
-                    (request.getHeader(b"host") or b"localhost").decode("latin-1"),
-                    quote(app), quote(streamId), quote(streamId), query)
-            text = packager.dashMpd(query, location)
+            text = packager.dashMpd(query, self._location(request, app, streamId, query))
             if text is not None and self.offload is not None:
                 text = self.offload.signMpd(text, app, streamId, self.clock.seconds())
             return self._text(request, text, DASHXML)
@@ -772,29 +809,99 @@ class PlaybackGate:
             return self._bytes(request, None)
         return _fail(request, 404, "Not found")
 
+    def _endedDocument(self, request: Any, app: str, streamId: str, what: str,
+                       details: tuple[Any, ...], session: Optional[Session]
+                       ) -> Optional[bytes]:
+        """
+        A document of an ended stream is served L{ENDED_DOCUMENTS} times
+        per session: None while it may be, else the refusal (410, or the
+        flood's).
+        """
+        document = "{}:{}:{}".format(self._futileKey(request, app, streamId, session),
+                                     what, details[0] if details else "")
+        if self.endedDocuments.spend(document):
+            return None
+        if not self._spend(request, app, streamId, session):
+            return self._flood(request, app, streamId, session, what)
+        return _fail(request, 410, "Stream ended: " + streamId)
+
+    def _location(self, request: Any, app: str, streamId: str, query: str) -> Optional[str]:
+        """
+        The MPD's C{Location}: the MPD's URL with the session's query (None
+        without a session).
+        """
+        if not query:
+            return None
+        return "{}://{}/{}/streams/{}/{}.mpd?{}".format(
+            "https" if request.isSecure() else "http",
+            (request.getHeader(b"host") or b"localhost").decode("latin-1"),
+            quote(app), quote(streamId), quote(streamId), query)
+
+    def _remoteDeliver(self, request: Any, app: str, streamId: str, what: str,
+                       details: tuple[Any, ...], session: Optional[Session]) -> Any:
+        """
+        Serve a stream this node does not package from its origin's
+        packager (L{IRemoteMedia}): the same documents and segments, the
+        documents decorated for this viewer as a local packager's would be.
+        """
+        from tokengate.cluster.media import decorateHls, decorateMpd, documentEnded, objectName
+
+        assert self.remote is not None
+        name = objectName(what, details)
+        if name is None:
+            return _fail(request, 404, "Not found")
+        msn = part = None
+        if what == "media":
+            msn = _int(self._arg(request, b"_HLS_msn"))
+            part = _int(self._arg(request, b"_HLS_part")) if msn is not None else None
+
+        def answered(answer: Any) -> None:
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            if answer.code == 503:
+                _finish(request, _fail(request, 503, "Busy, try again later"))
+            elif what == "resource":
+                if answer.code == 200:
+                    _finish(request, self._bytes(request, answer.body))
+                elif answer.code == 204:
+                    request.setResponseCode(204)
+                    request.setHeader(b"cache-control", b"no-store")
+                    request.finish()
+                elif not self._spend(request, app, streamId, session):
+                    _finish(request, self._flood(request, app, streamId, session, what))
+                else:
+                    _finish(request, self._bytes(request, None))
+            elif answer.code != 200:
+                _finish(request, _fail(request, 404, "Stream is not live: " + streamId))
+            else:
+                text = answer.body.decode("utf-8", "replace")
+                if documentEnded(what, text):
+                    refused = self._endedDocument(request, app, streamId, what, details,
+                                                  session)
+                    if refused is not None:
+                        _finish(request, refused)
+                        return
+                query = self._query(request, app, streamId, session)
+                now = self.clock.seconds()
+                if what == "dash":
+                    text = decorateMpd(text, query, self._location(request, app, streamId,
+                                                                   query))
+                    if self.offload is not None:
+                        text = self.offload.signMpd(text, app, streamId, now)
+                    _finish(request, self._text(request, text, DASHXML))
+                else:
+                    text = decorateHls(text, query)
+                    if self.offload is not None:
+                        text = self.offload.signHls(text, app, streamId, now)
+                    _finish(request, self._text(request, text, MPEGURL))
+
+        d = self.remote.fetch(app, streamId, name, msn, part)
+        d.addCallback(answered)
+        d.addErrback(self._unexpected, request)
+        return NOT_DONE_YET
+
     def _firstSegment(self, packager: Any) -> "Optional[Deferred[bool]]":
-        """
-        When a live stream's packager has media but no complete segment yet:
-        a Deferred firing once it has one (or never will); otherwise None.
-        """
-        if packager.ended:
-            return None
-        tracks = packager.segmenter
-        if tracks.video.track is not None:
-            kind, track = "video", tracks.video
-        elif tracks.audio.track is not None:
-            kind, track = "audio", tracks.audio
-        else:
-            return None
-        if track.segments:
-            return None
-        # the segment being made (its number continues a previous
-        # publication's), or the first one once it is begun
-        msn = track.msn if track.msn is not None else 0
-        first: Deferred[bool] = packager.wait(kind, msn)
-        if first.called:
-            return None
-        return first
+        return firstSegment(packager)
 
     def _futileKey(self, request: Any, app: str, streamId: str,
                    session: Optional[Session]) -> str:

@@ -26,7 +26,7 @@ class Root(Resource):
 
     def __init__(self, apps: Container[str], clock: IReactorTime, api: Any,
                  playback: PlaybackGate, webrtc: Any = None, whip: Any = None,
-                 feed: Any = None) -> None:
+                 feed: Any = None, media: Any = None) -> None:
         """
         @param apps: the applications' names.
         @param api: the REST API's resource.
@@ -36,6 +36,10 @@ class Root(Resource):
         @param feed: the internal feed other nodes pull streams from,
             C{/internal/v1/feed/{app}/{streamId}}
             (L{tokengate.cluster.origin.FeedResource}, or None).
+        @param media: the internal media channel other nodes serve this
+            node's HLS and DASH from,
+            C{/internal/v1/media/{app}/{streamId}/{object}}
+            (L{tokengate.cluster.mediaorigin.MediaResource}, or None).
         """
         super().__init__()
         self._apps = apps
@@ -46,6 +50,7 @@ class Root(Resource):
         self._webrtc = webrtc  # the WebSocket and the WebRTC pages
         self._whip = whip
         self._feed = feed
+        self._media = media
 
     def getChildWithDefault(self, name: bytes, request: Any) -> Any:
         postpath = request.postpath
@@ -56,6 +61,11 @@ class Root(Resource):
             request.prepath.extend(postpath[:2])
             del postpath[:2]
             return self._feed
+        if (name == b"internal" and self._media is not None and len(postpath) in (5, 6)
+                and postpath[0] == b"v1" and postpath[1] == b"media"):
+            request.prepath.extend(postpath[:2])
+            del postpath[:2]
+            return self._media
         try:
             app = name.decode("utf-8")
         except UnicodeDecodeError:
