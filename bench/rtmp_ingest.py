@@ -354,6 +354,20 @@ def ffmpeg_publishers(clip: str, urls: list[str], log: str) -> list[subprocess.P
     return procs
 
 
+def user_system(pids: list[int]) -> tuple[float, float]:
+    """
+    User and system CPU seconds of processes, from /proc.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
+
+
 def measure_ffmpeg(procs: list[subprocess.Popen], pids: list[int], seconds: float,
                    warmup: float) -> dict:
     """
@@ -361,14 +375,20 @@ def measure_ffmpeg(procs: list[subprocess.Popen], pids: list[int], seconds: floa
     every publisher still running at the end.
     """
     time.sleep(warmup)
-    c0, t0 = cpu_seconds(pids), time.monotonic()
+    u0, s0 = user_system(pids)
+    t0 = time.monotonic()
     time.sleep(seconds)
-    c1, t1 = cpu_seconds(pids), time.monotonic()
+    u1, s1 = user_system(pids)
+    t1 = time.monotonic()
     alive = sum(1 for p in procs if p.poll() is None)
-    result = {"publishers": len(procs), "alive": alive, "cpu_seconds": c1 - c0,
+    used = (u1 - u0) + (s1 - s0)
+    per = 1000 / ((t1 - t0) * len(procs))
+    result = {"publishers": len(procs), "alive": alive, "cpu_seconds": used,
               "wall": t1 - t0,
-              "cpu_ms_per_stream_second": (c1 - c0) * 1000 / ((t1 - t0) * len(procs)),
-              "cpu_fraction_of_core": (c1 - c0) / (t1 - t0)}
+              "cpu_ms_per_stream_second": used * per,
+              "user_ms_per_stream_second": (u1 - u0) * per,
+              "system_ms_per_stream_second": (s1 - s0) * per,
+              "cpu_fraction_of_core": used / (t1 - t0)}
     if alive != len(procs):
         result["error"] = "{} of {} publishers exited".format(len(procs) - alive, len(procs))
     return result
@@ -386,8 +406,8 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
             p.wait(10)
 
 
-def ffmpeg_tokengate(args, clip: str, hls: bool, tmp: str) -> dict:
-    tg = Tokengate(tmp)
+def ffmpeg_tokengate(args, clip: str, hls: bool, tmp: str, root: str = ROOT) -> dict:
+    tg = Tokengate(tmp, root=root)
     procs: list[subprocess.Popen] = []
     try:
         tg.settings(publishTokenControlEnabled=True, hlsMuxingEnabled=hls)
@@ -486,7 +506,10 @@ def main_ffmpeg(args) -> None:
         raise SystemExit("ffmpeg is not installed")
     clip = make_clip(args.clip_seconds)
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.hls]
+    if args.ab:
+        return main_ab(args, clip, modes)
     rows: dict[bool, list[tuple[float, float]]] = {m: [] for m in modes}
+    users: dict[bool, list[tuple[float, float]]] = {m: [] for m in modes}
     for n in range(args.rounds):
         for hls in modes:
             # alternate which server goes first, round to round
@@ -504,6 +527,8 @@ def main_ffmpeg(args) -> None:
                     raise SystemExit(1)
             rows[hls].append((pair["tokengate"]["cpu_ms_per_stream_second"],
                               pair["nginx"]["cpu_ms_per_stream_second"]))
+            users[hls].append((pair["tokengate"]["user_ms_per_stream_second"],
+                               pair["nginx"]["user_ms_per_stream_second"]))
     print("{} ffmpeg publishers (-re -c copy, {} s clip), {:g} s measured per run:".format(
         args.publishers, args.clip_seconds, args.seconds))
     for hls in modes:
@@ -514,6 +539,42 @@ def main_ffmpeg(args) -> None:
             "on" if hls else "off", " ".join("{:.2f}".format(x) for x in tg),
             " ".join("{:.2f}".format(x) for x in ng),
             " ".join("{:.2f}".format(x) for x in ratios)))
+        print("           user time only: tokengate {}, nginx-rtmp {}".format(
+            " ".join("{:.2f}".format(t) for t, _ in users[hls]),
+            " ".join("{:.2f}".format(g) for _, g in users[hls])))
+
+
+def main_ab(args, clip: str, modes: list[bool]) -> None:
+    """
+    tokengate from another tree (C{--ab}, the base) and from this one, run
+    alternately under the same ffmpeg load: the paired ratio this / base
+    of CPU per stream-second, per round.
+    """
+    trees = {"base": os.path.abspath(args.ab), "this": ROOT}
+    rows: dict[bool, list[tuple[float, float]]] = {m: [] for m in modes}
+    for n in range(args.rounds):
+        for hls in modes:
+            pair = {}
+            for name in (("base", "this") if n % 2 == 0 else ("this", "base")):
+                tmp = tempfile.mkdtemp()
+                try:
+                    pair[name] = ffmpeg_tokengate(args, clip, hls, tmp, trees[name])
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                print("round {} HLS {}: {}: {}".format(n + 1, "on" if hls else "off", name,
+                                                      json.dumps(pair[name])), flush=True)
+                if "error" in pair[name]:
+                    raise SystemExit(1)
+            rows[hls].append((pair["base"]["cpu_ms_per_stream_second"],
+                              pair["this"]["cpu_ms_per_stream_second"]))
+    print("{} ffmpeg publishers, tokengate from {} (base) and {} (this):".format(
+        args.publishers, trees["base"], trees["this"]))
+    for hls in modes:
+        ratios = sorted(t / b for b, t in rows[hls])
+        print("  HLS {:3}: base {} CPU-ms/stream-s, this {}; this/base median {:.3f} ({})".format(
+            "on" if hls else "off", " ".join("{:.2f}".format(b) for b, _ in rows[hls]),
+            " ".join("{:.2f}".format(t) for _, t in rows[hls]),
+            ratios[len(ratios) // 2], " ".join("{:.3f}".format(r) for r in ratios)))
 
 
 def run_driver(port, names, players, slices, pids, seconds, bytes_in=None) -> dict:
@@ -548,6 +609,9 @@ def main() -> None:
                         help="with --ffmpeg: HLS packaging on both servers")
     parser.add_argument("--rounds", type=int, default=1,
                         help="with --ffmpeg: rounds of the servers run alternately")
+    parser.add_argument("--ab", metavar="TREE",
+                        help="with --ffmpeg: compare tokengate from TREE (the base) with this "
+                             "tree's, alternately, instead of with nginx-rtmp")
     parser.add_argument("--warmup", type=float, default=5,
                         help="with --ffmpeg: seconds after the publishers start")
     args = parser.parse_args()
