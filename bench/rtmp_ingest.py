@@ -68,6 +68,15 @@ def slices_of(path: str) -> tuple[list[bytes], float]:
     The clip's media as pre-chunked RTMP bytes (stream id 1, chunk size
     4096), grouped in 100 ms slices; and the clip's bitrate.
     """
+    messages, bitrate = messages_of(path)
+    return [b"".join(s) for s in messages], bitrate
+
+
+def messages_of(path: str) -> tuple[list[list[bytes]], float]:
+    """
+    The clip's media as pre-chunked RTMP messages (stream id 1, chunk size
+    4096), one list per 100 ms slice; and the clip's bitrate.
+    """
     with open(path, "rb") as f:
         data = f.read()
     slices: list[list[bytes]] = []
@@ -91,8 +100,7 @@ def slices_of(path: str) -> tuple[list[bytes], float]:
             body = amf0.encode("@setDataFrame") + body
         slices[i].append(encode_message(csid, 1, type_id, tag.timestamp, body, CHUNK))
         total += len(body)
-    joined = [b"".join(s) for s in slices]
-    return joined, total * 8 / (len(joined) * SLICE)
+    return slices, total * 8 / (len(slices) * SLICE)
 
 
 class Client(protocol.Protocol):

@@ -62,14 +62,13 @@ from tokengate.tokens import PLAY, PUBLISH, Outcome
 from tokengate.rtmp import amf0
 from tokengate.rtmp.core import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    MSG_VIDEO,
     SERVER,
-    AudioData,
     Command,
     DataMessage,
     RTMPConnection,
     RTMPProtocolError,
     UserControl,
-    VideoData,
 )
 
 
@@ -315,21 +314,13 @@ class RTMPServerProtocol(Protocol):
         self._factory.bytesIn.inc(len(data))
         self._lastActivity = self._clock.seconds()
         burst = self.publishing
+        if burst is not None:
+            # Players write once for all the frames of this read.
+            burst.inBurst = True
         try:
-            events = self.conn.receive_data(data)
-            if burst is not None:
-                # Players write once for all the frames of this read.
-                burst.inBurst = True
-            for event in events:
-                # Media first, inline: nearly every event is one.
-                if type(event) is AudioData:
-                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                        self.publishing.audioReceived(event.timestamp, event.payload)
-                elif type(event) is VideoData:
-                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                        self.publishing.videoReceived(event.timestamp, event.payload)
-                else:
-                    self._dispatch(event)
+            # Media goes straight to the stream as it is parsed (no event
+            # object per message); everything else to _dispatch, in order.
+            self.conn.receive_into(data, self._media, self._dispatch)
         except RTMPProtocolError as e:
             self._log.info("bad RTMP from {peer}: {error}", peer=self.peerHost, error=str(e))
             self._drop("limit" if e.limit else "malformed")
@@ -338,6 +329,18 @@ class RTMPServerProtocol(Protocol):
             if burst is not None:
                 burst.burstEnded()
         self._flush()
+
+    def _media(self, type_id: int, stream_id: int, timestamp: int, payload: bytes) -> None:
+        """
+        An audio (8) or video (9) message: to the published stream when it
+        came on the publishing message stream, else dropped.
+        """
+        publishing = self.publishing
+        if publishing is not None and stream_id == self.publishMessageStream:
+            if type_id == MSG_VIDEO:
+                publishing.videoReceived(timestamp, payload)
+            else:
+                publishing.audioReceived(timestamp, payload)
 
     def _flush(self) -> None:
         """
@@ -430,13 +433,7 @@ class RTMPServerProtocol(Protocol):
 
     def _dispatch(self, event: Any) -> None:
         t = type(event)
-        if t is VideoData:
-            if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                self.publishing.videoReceived(event.timestamp, event.payload)
-        elif t is AudioData:
-            if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                self.publishing.audioReceived(event.timestamp, event.payload)
-        elif t is Command:
+        if t is Command:
             self._command(event)
         elif t is DataMessage:
             self._data(event)
