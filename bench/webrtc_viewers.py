@@ -1,10 +1,15 @@
 """
 WebRTC viewers benchmark: one 1 Mbps H.264 stream published over RTMP
 (ffmpeg -re, a testsrc2 640x360 clip made once and cached in bench/out/),
-played by N aiortc viewers through the WebSocket signalling.
+played by N aiortc viewers through the WebSocket signalling (or WHEP).
 
     python bench/webrtc_viewers.py [--viewers 50] [--seconds 15] [--baseline 8]
-                                   [--light] [--audio]
+                                   [--light] [--audio] [--whep | --compare]
+
+``--whep``: the viewers play over WHEP (``POST /LiveApp/whep/s1``) instead;
+``--compare``: N WebSocket viewers, then N WHEP viewers of the same stream in
+the same run, and the ratio of their CPU per viewer (WHEP over WebSocket),
+with the WHEP offer -> 201 latency (median, p95).
 
 The tokengate server runs under ``twistd -r asyncio`` (WebRTC needs it),
 pinned to CPU 0 when ``taskset`` exists; this load generator runs on CPU 1.
@@ -36,6 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from urllib.parse import urljoin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -86,7 +94,11 @@ class Client(WebSocketClientProtocol):
 
 class Viewer:
     def __init__(self, url: str, streamId: str, token: str, audio: bool = False,
-                 light: bool = False) -> None:
+                 light: bool = False, whep: bool = False) -> None:
+        self.whep = whep
+        #: WHEP: seconds from the POST of the offer to its 201, and the session
+        self.answered: float | None = None
+        self.location: str | None = None
         self.audio_on = audio
         self.light = light
         self.started = 0.0
@@ -101,41 +113,72 @@ class Viewer:
         self.ws = None
         self.tasks: list = []
 
+    async def consume(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            if track.kind == "video":
+                self.frames += 1
+                if self.first is None:
+                    self.first = time.monotonic() - self.started
+            else:
+                self.audio += 1
+
+    async def startWhep(self) -> None:
+        """
+        Play over WHEP: offer to receive, POST it, take the answer.
+        """
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+        from tokengate.webrtc.aiortcpatches import passthrough
+
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        for kind in ("video", "audio"):
+            t = pc.addTransceiver(kind, direction="recvonly" if kind == "video" or self.audio_on
+                                  else "inactive")
+            passthrough(t.receiver)  # count access units, do not decode
+            if self.light:
+                t.receiver._bench_viewer = self
+        pc.on("track", lambda tr: self.tasks.append(asyncio.ensure_future(self.consume(tr))))
+        self.started = time.monotonic()
+        offer = await defer.Deferred.fromFuture(asyncio.ensure_future(pc.createOffer()))
+        await defer.Deferred.fromFuture(asyncio.ensure_future(pc.setLocalDescription(offer)))
+        posted = time.monotonic()
+        status, location, body = await defer.Deferred.fromFuture(asyncio.ensure_future(
+            asyncio.to_thread(_post, self.url, pc.localDescription.sdp, self.token)))
+        if status != 201:
+            self.error = {"status": status, "body": body[:200]}
+            return
+        self.answered = time.monotonic() - posted
+        self.location = location
+        await defer.Deferred.fromFuture(asyncio.ensure_future(
+            pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))))
+
     async def start(self) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
         from tokengate.webrtc.aiortcpatches import passthrough
 
+        if self.whep:
+            return await self.startWhep()
         f = WebSocketClientFactory(self.url)
         f.protocol = Client
         f.opened = defer.Deferred()
         f.offer = defer.Deferred()
         connectWS(f)
         self.ws = await f.opened
-        self.started = started = time.monotonic()
+        self.started = time.monotonic()
         self.ws.send(command="play", streamId=self.streamId, token=self.token)
         m = await f.offer
         if m["command"] == "error":
             self.error = m
             return
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-        async def consume(track):
-            from aiortc.mediastreams import MediaStreamError
-
-            while True:
-                try:
-                    await track.recv()
-                except MediaStreamError:
-                    return
-                if track.kind == "video":
-                    self.frames += 1
-                    if self.first is None:
-                        self.first = time.monotonic() - started
-                else:
-                    self.audio += 1
-
-        pc.on("track", lambda tr: self.tasks.append(asyncio.ensure_future(consume(tr))))
+        pc.on("track", lambda tr: self.tasks.append(asyncio.ensure_future(self.consume(tr))))
         await defer.Deferred.fromFuture(asyncio.ensure_future(
             pc.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="offer"))))
         for t in pc.getTransceivers():
@@ -156,6 +199,28 @@ class Viewer:
             await defer.Deferred.fromFuture(asyncio.ensure_future(self.pc.close()))
         if self.ws is not None:
             self.ws.sendClose()
+        if self.location is not None:
+            await defer.Deferred.fromFuture(asyncio.ensure_future(
+                asyncio.to_thread(_delete, urljoin(self.url, self.location))))
+
+
+def _post(url: str, sdp: str, token: str) -> tuple[int, str, str]:
+    headers = {"content-type": "application/sdp"}
+    if token:
+        headers["authorization"] = "Bearer " + token
+    req = urllib.request.Request(url, data=sdp.encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers.get("location", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, "", e.read().decode("utf-8", "replace")
+
+
+def _delete(url: str) -> None:
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10).read()
+    except OSError:
+        pass
 
 
 def light_receivers() -> None:
@@ -200,7 +265,19 @@ async def run(args, base: str, ws: str, pid: int) -> dict:
     await task.deferLater(reactor, args.baseline)
     c1, t1 = cpu_seconds(pid), time.monotonic()
     baseline = (c1 - c0) / (t1 - t0)
-    viewers = [Viewer(ws, "s1", "", args.audio, args.light) for _ in range(args.viewers)]
+    whep = base + "/LiveApp/whep/s1"
+    if args.compare:
+        result = await measure(args, ws, pid, baseline, False)
+        await task.deferLater(reactor, 3.0)  # the first viewers' peers close
+        result["whep"] = await measure(args, whep, pid, baseline, True)
+        perWs, perWhep = result["cpu_per_viewer_second"], result["whep"]["cpu_per_viewer_second"]
+        result["whep_over_websocket"] = perWhep / perWs if perWs > 0 else None
+        return result
+    return await measure(args, whep if args.whep else ws, pid, baseline, args.whep)
+
+
+async def measure(args, url: str, pid: int, baseline: float, whep: bool) -> dict:
+    viewers = [Viewer(url, "s1", "", args.audio, args.light, whep) for _ in range(args.viewers)]
     # Connect in batches of 10 per 0.5 s (ICE, DTLS handshakes are bursts).
     starts = []
     for i in range(0, len(viewers), 10):
@@ -225,7 +302,9 @@ async def run(args, base: str, ws: str, pid: int) -> dict:
     loaded = (c3 - c2) / (t3 - t2)
     perViewer = (loaded - baseline) / max(1, len(playing))
     firsts = [v.first for v in playing]
+    answers = [v.answered for v in viewers if v.answered is not None]
     return {
+        "signalling": "whep" if whep else "websocket",
         "viewers": len(viewers),
         "playing": len(playing),
         "errors": [v.error for v in viewers if v.error is not None][:3],
@@ -239,6 +318,8 @@ async def run(args, base: str, ws: str, pid: int) -> dict:
         "generator_cpu_per_second": (g3 - g2) / (t3 - t2),
         "first_frame_median": statistics.median(firsts) if firsts else None,
         "first_frame_p95": q(firsts, 0.95) if firsts else None,
+        "offer_to_201_median": statistics.median(answers) if answers else None,
+        "offer_to_201_p95": q(answers, 0.95) if answers else None,
     }
 
 
@@ -252,6 +333,10 @@ def main() -> None:
                              "more viewers than aiortc receivers fit on one generator core)")
     parser.add_argument("--audio", action="store_true",
                         help="viewers accept the Opus track too (default: video only)")
+    parser.add_argument("--whep", action="store_true",
+                        help="viewers play over WHEP instead of the WebSocket signalling")
+    parser.add_argument("--compare", action="store_true",
+                        help="WebSocket viewers, then as many WHEP viewers, in the same run")
     args = parser.parse_args()
     clip = make_clip()
     taskset = shutil.which("taskset")
@@ -272,7 +357,7 @@ def main() -> None:
             d = defer.ensureDeferred(run(args, base, "ws://127.0.0.1:{}/LiveApp/websocket".format(
                 http), server.pid))
             d.addBoth(lambda r: (box.append(r), reactor.stop()))
-            reactor.callLater(args.baseline + args.seconds + 120,
+            reactor.callLater(args.baseline + (args.seconds + 120) * (2 if args.compare else 1),
                               lambda: box or (box.append(RuntimeError("timed out")),
                                               reactor.stop()))
 
@@ -289,10 +374,20 @@ def main() -> None:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
-    print("{} WebRTC viewers{} of one 1 Mbps H.264 stream{} ({} playing, {:.1f} fps each):".format(
-        result["viewers"], " (light)" if args.light else "", " + Opus" if args.audio else "",
-        result["playing"],
-        result["fps_per_viewer"]))
+    report(result, args)
+    if args.compare:
+        report(result["whep"], args)
+        ratio = result["whep_over_websocket"]
+        if ratio is not None:
+            print("WHEP viewers cost {:.2f}x the CPU of WebSocket-signalled viewers "
+                  "(target within 10 %)".format(ratio))
+
+
+def report(result: dict, args) -> None:
+    print("{} WebRTC viewers over {}{} of one 1 Mbps H.264 stream{} ({} playing, {:.1f} fps "
+          "each):".format(result["viewers"], result["signalling"],
+                          " (light)" if args.light else "", " + Opus" if args.audio else "",
+                          result["playing"], result["fps_per_viewer"]))
     if result["generator_cpu_per_second"] > 0.9:
         print("  warning: the load generator used {:.0%} of its core; the viewers may lose "
               "packets (fewer fps, retransmissions)".format(result["generator_cpu_per_second"]))
@@ -306,6 +401,9 @@ def main() -> None:
     if result["first_frame_median"] is not None:
         print("  play -> first video frame: median {:.2f} s, p95 {:.2f} s".format(
             result["first_frame_median"], result["first_frame_p95"]))
+    if result["offer_to_201_median"] is not None:
+        print("  WHEP offer -> 201: median {:.3f} s, p95 {:.3f} s".format(
+            result["offer_to_201_median"], result["offer_to_201_p95"]))
 
 
 if __name__ == "__main__":

@@ -238,8 +238,10 @@ class PublisherAddressTests(PolicyBase):
         self.assertEqual(
             await self.refused(AccessRequest("LiveApp", "s", PUBLISH, "rtmp", "10.0.0.5")),
             Outcome.UNREGISTERED)
-        self.assertEqual([p.mechanism for p in self.server.access._policies[:2]],
-                         [PublisherAddressPolicy.mechanism, DatastorePolicy.mechanism])
+        # (after the cluster-wide claim, which comes first of all)
+        mechanisms = [p.mechanism for p in self.server.access._policies]
+        self.assertEqual(mechanisms[:3], ["cluster", PublisherAddressPolicy.mechanism,
+                                          DatastorePolicy.mechanism])
 
 
 class SettingsTests(TestCase):

@@ -20,12 +20,12 @@ LAYERS = [
                       "tokengate.rtmp", "tokengate.rtmp.core", "tokengate.rtmp.amf0",
                       "tokengate.rtmp.errors",
                       "tokengate.srt", "tokengate.access.names", "tokengate.access.totp",
-                      "tokengate.cluster.registry")),
-    ("media", ("tokengate.media",)),
+                      "tokengate.cluster.registry", "tokengate.reuseport")),
+    ("media", ("tokengate.media", "tokengate.cluster.feed")),
     ("access", ("tokengate.access", "tokengate.auth", "tokengate.cluster")),
     ("adapters", ("tokengate.rtmp.protocol", "tokengate.srt.protocol", "tokengate.webrtc",
-                  "tokengate.web")),
-    ("composition root", ("tokengate.server", "tokengate.tap")),
+                  "tokengate.web", "tokengate.cluster.origin")),
+    ("composition root", ("tokengate.server", "tokengate.tap", "tokengate.workers")),
 ]
 
 

@@ -364,6 +364,34 @@ class OpenTests(PlaybackBase):
         self.assertEqual(r.code, 404)
 
 
+class StartingTests(PlaybackBase):
+    """
+    A playlist or MPD asked for while the stream has media but no complete
+    segment yet (just published, or just pulled from its origin) is
+    answered once the first segment is made.
+    """
+
+    tokenControl = False
+
+    async def test_answeredAtTheFirstSegment(self):
+        stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
+        self.addCleanup(stream.end)
+        feed(stream, self.clip, until_ms=500)
+        pending = [Deferred.fromCoroutine(self.get(path)) for path in ("s1.m3u8", "s1/s1.mpd")]
+        await task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual([d.called for d in pending], [False, False])
+        feed(stream, self.clip, start_ms=500)
+        for d in pending:
+            r, body = await d
+            self.assertEqual(r.code, 200, body)
+
+    async def test_noMediaIsAnsweredAtOnce(self):
+        stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
+        self.addCleanup(stream.end)
+        r, body = await self.get("s1.m3u8")
+        self.assertEqual((r.code, b"starting" in body), (404, True))
+
+
 class VodTests(PlaybackBase):
     async def test_recordingRangeRequests(self):
         stream = self.live(until_ms=None)

@@ -103,11 +103,19 @@ class ServerConfig:
     clusterSecret: str = field(default="", repr=False)
     #: the internal address this node advertises to the others, host:port
     nodeAddress: str = "127.0.0.1:5080"
+    #: seconds a stream pulled from another node stays after its last
+    #: viewer here left (docs/cluster.md, "Edge pull")
+    edgeLinger: float = 10.0
     #: seconds for one authorization webhook exchange (webhookAuthenticateURL,
     #: webhookPlayAuthUrl), after which the request is refused
     webhookTimeout: float = 3.0
     #: LL-HLS part duration target, seconds
     partTarget: float = 0.5
+    #: segment offload: the secret shared with the edge (nginx secure_link)
+    #: that signs the segment links of playlists and MPDs; empty: off
+    offloadSecret: str = field(default="", repr=False)
+    #: seconds an offload link stays valid
+    offloadTtl: float = 30.0
     #: ICE servers the server's own WebRTC peer connections use (STUN for a
     #: server-reflexive candidate behind 1:1 NAT): dicts with "urls" and,
     #: for TURN, "username" and "credential"

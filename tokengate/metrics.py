@@ -109,6 +109,13 @@ class Metrics:
             ["protocol"],
             registry=r,
         )
+        self.offload_fills = Counter(
+            "tokengate_offload_fills",
+            "Segment requests that carried a valid offload link: an edge filling its cache"
+            " (docs/offload.md)",
+            [],
+            registry=r,
+        )
         self.malformed = Counter(
             "tokengate_malformed_requests",
             "Client JSON refused: the document (json) or a value in it (field)",

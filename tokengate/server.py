@@ -40,6 +40,8 @@ from tokengate.access.subscriberpolicy import SubscriberPolicy
 from tokengate.access.subscribers import ISubscriberStore, MemorySubscriberStore
 from tokengate.apps import Applications, AppSettings
 from tokengate.auth import Gate, Throttle, build_gate
+from tokengate.cluster.feed import feedKey
+from tokengate.cluster.pull import EdgePuller, HTTPFeedClient, IFeedClient
 from tokengate.cluster.registry import (
     IRegistryBackend,
     MemoryBackend,
@@ -104,6 +106,9 @@ class Server:
     #: where the stream registry keeps its entries (None: in C{redis} when
     #: given, else in this process; tests share one between nodes)
     streamBackend: Optional[IRegistryBackend] = None
+    #: how the edge puller opens origins' feeds (None: over HTTP on
+    #: C{clock}, the reactor, with the feed key of C{config.clusterSecret})
+    feedClient: Optional[IFeedClient] = None
     gate: Gate = field(init=False)
     #: the one door of every protocol's publish and play
     access: AccessService = field(init=False)
@@ -117,6 +122,9 @@ class Server:
     #: which node holds each live stream (in Redis with a Redis store, else
     #: in this process); the locator of the edge puller
     streams: StreamRegistry = field(init=False)
+    #: pulls the streams other nodes publish for this node's viewers (None
+    #: without C{config.clusterSecret}: nothing is pulled)
+    puller: Optional[EdgePuller] = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.gate = build_gate(
@@ -179,8 +187,15 @@ class Server:
         if outbound is None:
             outbound = newOutbound(self.clock, self.config.webhookTimeout)
         policies.append(WebhookPolicy(outbound, self.clock))
+        if self.config.clusterSecret:
+            client = self.feedClient
+            if client is None:
+                client = HTTPFeedClient(self.clock, feedKey(self.config.clusterSecret),
+                                        self.streams.localNodeId)
+            self.puller = EdgePuller(self.hub, self.streams, client, self.clock, self.metrics,
+                                     linger=self.config.edgeLinger)
         self.access = AccessService(self.apps, self.gate, self.hub, self.outputs.hasRecording,
-                                    [*policies, *self.extraPolicies])
+                                    [*policies, *self.extraPolicies], remote=self.puller)
         self.apps.onChange(self._appChanged)
         m = self.metrics
         m.callbackGauge("tokengate_live_streams", "Streams being published",
@@ -215,13 +230,15 @@ class Server:
 def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     """
     The HTTP site of a node: the REST API, HTTP playback, the WebSocket
-    signalling and the pages, each given its collaborators from the graph.
+    signalling, WHIP and WHEP, and the pages, each given its collaborators
+    from the graph.
 
     @param engine: the WebRTC media engine; by default the one
         L{tokengate.webrtc.media.make_engine} makes for the running reactor.
     """
     from twisted.internet import reactor
 
+    from tokengate.web.offload import OffloadLinks
     from tokengate.web.playback import PlaybackGate
     from tokengate.web.resource import Root
     from tokengate.web.rest import RestAPI
@@ -230,13 +247,18 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     from tokengate.webrtc.media import make_engine
     from tokengate.webrtc.pages import WebRTCPages
     from tokengate.webrtc.signalling import SignallingFactory
+    from tokengate.webrtc.whip import WhipEndpoints
+    from tokengate.cluster.origin import FeedResource
 
     config = server.config
     api = RestAPI(server.apps, server.store, server.hub, server.gate, server.revoker,
                   server.clock, server.metrics, config, server.subscribers, server.jwks,
                   broadcasts=server.broadcasts, streams=server.streams)
+    offload = None
+    if config.offloadSecret:
+        offload = OffloadLinks(config.offloadSecret, config.offloadTtl)
     playback = PlaybackGate(server.access, server.clock, server.metrics, server.signer,
-                            server.outputs, server.httpSessions)
+                            server.outputs, server.httpSessions, offload=offload)
     if engine is None:
         engine = make_engine(reactor, config, server.metrics)
     ice = IceServers.fromConfig(config)
@@ -249,6 +271,11 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     signalling = SignallingFactory(server.access, server.clock, server.metrics, server.hub,
                                    engine, ice=ice)
     webrtc = WebRTCPages(server.apps, signalling, engine)
-    root = Root(server.apps, server.clock, api.resource(), playback, webrtc)
+    whip = WhipEndpoints(server.access, server.clock, server.metrics, engine, ice,
+                         perAddress=config.maxConnectionsPerAddress)
+    secret = config.clusterSecret
+    feed = FeedResource(server.hub, server.clock, server.metrics,
+                        feedKey(secret) if secret else None)
+    root = Root(server.apps, server.clock, api.resource(), playback, webrtc, whip, feed)
     return TokengateSite(root, maxBodySize=config.maxBodySize, metrics=server.metrics,
                          requestTimeout=config.requestTimeout)

@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "session-secret": "",
     "session-reuse-window": None,
     "part-target": 0.5,
+    "offload-secret": "",
+    "offload-ttl": 30.0,
     "ice-servers": "",
     "turn-username": "",
     "turn-credential": "",
@@ -58,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "webhook-timeout": 3.0,
     "cluster-secret": "",
     "node-address": None,
+    "workers": 1,
+    "edge-linger": 10.0,
 }
 
 _log = Logger()
@@ -96,6 +100,13 @@ class Options(usage.Options):
          "Deprecated, no effect: a spent play token continues the session it opened "
          "from the same address while that session is alive (docs/playback.md)", float],
         ["part-target", None, None, "LL-HLS part duration, seconds [default: 0.5]", float],
+        ["offload-secret", None, None,
+         "Segment offload: the secret shared with an nginx (secure_link) or CDN edge in "
+         "front (32+ characters of A-Z a-z 0-9 _ -): playlists and MPDs then carry "
+         "links it verifies by itself (docs/offload.md) [default: off]"],
+        ["offload-ttl", None, None,
+         "Seconds an offload link stays valid; each playlist reload carries fresh ones "
+         "[default: 30]", float],
         ["ice-servers", None, None,
          "STUN/TURN URIs handed to WebRTC browsers, comma-separated, e.g. "
          "stun:stun.example.com:3478,turn:turn.example.com:3478?transport=udp"],
@@ -135,11 +146,28 @@ class Options(usage.Options):
          "node's streams (docs/cluster.md)"],
         ["node-address", None, None,
          "The internal address host:port this node advertises to the others (its HTTP "
-         "listener) [default: 127.0.0.1 or the --http interface, and the --http port]"],
+         "listener) [default: 127.0.0.1 or the --http interface, and the --http port]; "
+         "with --workers, the first worker's (the others' ports follow it) [default: the "
+         "--http port + 1]"],
+        ["workers", None, None,
+         "Worker processes sharing the listening ports, each a node of one cluster "
+         "(needs a Redis --store; docs/cluster.md) [default: 1]", int],
+        ["worker", None, None,
+         "Internal: this process is worker INDEX of a --workers supervisor", int],
+        ["edge-linger", None, None,
+         "Seconds a stream pulled from another node of the cluster stays after its last "
+         "viewer here left [default: 10]", float],
     ]
     optFlags = [
         ["kick-on-expiry", None, "End JWT-admitted live sessions when their token expires"],
     ]
+
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        # the command line as given: a --workers supervisor hands it on
+        import sys
+
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         fileValues: dict[str, Any] = {}
@@ -168,6 +196,7 @@ class Options(usage.Options):
             raise usage.UsageError("--session-secret must be at least 32 characters")
         if not 0.1 <= float(self["part-target"]) <= 2.0:
             raise usage.UsageError("--part-target must be between 0.1 and 2 seconds")
+        self._checkOffload()
         if self["rest-jwt-secret"] and len(self["rest-jwt-secret"]) < 32:
             raise usage.UsageError("--rest-jwt-secret must be at least 32 characters")
         from tokengate.apps import SettingsError, parse_cidrs
@@ -178,10 +207,29 @@ class Options(usage.Options):
             raise usage.UsageError(str(e))
         self._checkLimits()
         self._checkIce()
+        self._checkWorkers()
         self._checkCluster()
         transcodes = self["webrtc-transcodes"]
         if transcodes is not None and (not isinstance(transcodes, int) or transcodes < 0):
             raise usage.UsageError("--webrtc-transcodes must be a whole number, 0 or more")
+
+    def _checkOffload(self) -> None:
+        """
+        Refuse an offload secret or link lifetime out of range (a value from
+        the config file has not been converted by the option parser).
+        """
+        from tokengate.web.offload import OffloadError, OffloadLinks
+
+        ttl = self["offload-ttl"]
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+            raise usage.UsageError("--offload-ttl must be a number of seconds")
+        if not isinstance(self["offload-secret"], str):
+            raise usage.UsageError("--offload-secret must be a string")
+        if self["offload-secret"]:
+            try:
+                OffloadLinks(self["offload-secret"], float(ttl))
+            except OffloadError as e:
+                raise usage.UsageError("--offload-secret/--offload-ttl: {}".format(e))
 
     def _checkLimits(self) -> None:
         """
@@ -197,6 +245,7 @@ class Options(usage.Options):
                 or not 1 <= broadcasts <= 10_000_000:
             raise usage.UsageError("--max-broadcasts must be a whole number from 1 to 10000000")
         for key, low, high in (("http-request-timeout", 1.0, 3600.0),
+                               ("edge-linger", 1.0, 3600.0),
                                ("rest-jwt-max-lifetime", 60.0, 366 * 86400.0),
                                ("webhook-timeout", 1.0, 60.0)):
             value = self[key]
@@ -223,7 +272,13 @@ class Options(usage.Options):
             raise usage.UsageError("--cluster-secret must be at least 32 characters")
         address = self["node-address"]
         if address is None:
-            self["node-address"] = defaultNodeAddress(str(self["http"]))
+            address = defaultNodeAddress(str(self["http"]))
+            if self["workers"] > 1:
+                # the workers' own ports follow the shared HTTP port
+                from tokengate.workers import workerAddress
+
+                address = workerAddress(address, 1)
+            self["node-address"] = address
         elif not isinstance(address, str):
             raise usage.UsageError("--node-address must be host:port")
         else:
@@ -231,6 +286,48 @@ class Options(usage.Options):
                 parseNodeAddress(address)
             except ValueError as e:
                 raise usage.UsageError(str(e))
+        if self["workers"] > 1:
+            from tokengate.workers import workerAddress
+
+            host, port = parseNodeAddress(address)
+            if port + self["workers"] - 1 > 65535:
+                raise usage.UsageError(
+                    "--node-address: the workers' ports {}+0..{} pass 65535".format(
+                        port, self["workers"] - 1))
+            self["worker-base-address"] = address
+            if self["worker"] is not None:
+                self["node-address"] = workerAddress(address, self["worker"])
+
+    def _checkWorkers(self) -> None:
+        """
+        C{--workers N}: a whole number from 1 to L{MAX_WORKERS}; more than
+        one needs a Redis store (the workers are the nodes of one cluster).
+        C{--worker INDEX} (a supervisor's worker): its cluster secret comes
+        from the environment.
+        """
+        import os
+
+        from tokengate.store import isRedisURL
+        from tokengate.workers import MAX_WORKERS, SECRET_ENV
+
+        workers = self["workers"]
+        if isinstance(workers, bool) or not isinstance(workers, int) \
+                or not 1 <= workers <= MAX_WORKERS:
+            raise usage.UsageError(
+                "--workers must be a whole number from 1 to {}".format(MAX_WORKERS))
+        if workers > 1 and not isRedisURL(str(self["store"])):
+            raise usage.UsageError(
+                "--workers {} needs a Redis --store (redis://host:port/db): the workers "
+                "are the nodes of one cluster and share tokens, settings and streams "
+                "through it (docs/cluster.md)".format(workers))
+        index = self["worker"]
+        if index is None:
+            return
+        if workers < 2 or not 0 <= index < workers:
+            raise usage.UsageError("--worker must be from 0 to --workers - 1")
+        secret = os.environ.pop(SECRET_ENV, "")
+        if not self["cluster-secret"]:
+            self["cluster-secret"] = secret
 
     def _checkIce(self) -> None:
         """
@@ -399,6 +496,22 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    if options["workers"] > 1 and options["worker"] is None:
+        # this process supervises the workers, which are the nodes
+        from tokengate.workers import supervise
+
+        return supervise(options, reactor)
+    worker = options["worker"]
+    listenOn = httpOn = reactor
+    if worker is not None:
+        from tokengate.reuseport import ReusePortReactor
+        from tokengate.workers import followSupervisor
+
+        followSupervisor()
+        # every worker listens on the same ports: the kernel spreads clients,
+        # HTTP ones by their address (a player's requests reach one worker)
+        listenOn = ReusePortReactor(reactor)
+        httpOn = ReusePortReactor(reactor, affinity=options["workers"])
     from tokengate.access.subscriberstores import open_subscriber_store
     from tokengate.apps import Applications
     from tokengate.cluster.settings import RedisApplications
@@ -445,6 +558,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             kickOnExpiry=options["kick-on-expiry"],
             sessionSecret=options["session-secret"],
             partTarget=float(options["part-target"]),
+            offloadSecret=options["offload-secret"],
+            offloadTtl=float(options["offload-ttl"]),
             iceServers=list(options["ice-servers"]),
             turnUsername=options["turn-username"],
             turnCredential=options["turn-credential"],
@@ -459,6 +574,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             webhookTimeout=float(options["webhook-timeout"]),
             clusterSecret=options["cluster-secret"],
             nodeAddress=options["node-address"],
+            edgeLinger=float(options["edge-linger"]),
             **({} if options["webrtc-transcodes"] is None
                else {"webrtcTranscodes": options["webrtc-transcodes"]}),
         ),
@@ -470,26 +586,42 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
         Running("the cluster's settings", apps.start, apps.stop).setServiceParent(top)
     site = buildSite(server)
     perAddress = server.config.maxConnectionsPerAddress
-    listener("HTTP", options["http"], site, reactor,
+    listener("HTTP", options["http"], site, httpOn,
              addressLimit(perAddress, server.metrics, "http")).setServiceParent(top)
+    if worker is not None:
+        from tokengate.workers import internalListener, nodeInfo
+
+        # this worker's own port: its node address, where the other nodes
+        # reach it (and where each worker's /metrics is scraped)
+        listener("HTTP (this worker)", internalListener(options["node-address"]), site,
+                 reactor, addressLimit(perAddress, server.metrics, "http")
+                 ).setServiceParent(top)
+        nodeInfo(server.metrics, options["node-address"], worker)
     if options["https"]:
-        listener("HTTPS", options["https"], site, reactor,
+        listener("HTTPS", options["https"], site, httpOn,
                  addressLimit(perAddress, server.metrics, "https")).setServiceParent(top)
     if options["rtmp"]:
         from tokengate.rtmp.protocol import RTMPFactory
 
         rtmp = RTMPFactory(server.access, server.clock, server.metrics)
-        listener("RTMP", options["rtmp"], rtmp, reactor,
+        listener("RTMP", options["rtmp"], rtmp, listenOn,
                  addressLimit(perAddress, server.metrics, "rtmp")).setServiceParent(top)
     if options["srt"]:
         from tokengate.srt.protocol import SRTListener
 
         UDPListenerService("SRT", options["srt"],
                            SRTListener(server.access, server.clock, server.metrics),
-                           reactor).setServiceParent(top)
+                           listenOn).setServiceParent(top)
     purge = TimerService(server.config.purgeInterval, top.purge)
     purge.setServiceParent(top)
     TimerService(10.0, top.sweep).setServiceParent(top)
+    if worker is not None:
+        from tokengate.workers import workerRunning
+
+        # last: every listener above is bound once the reactor runs
+        Running("the supervisor's readiness",
+                lambda: reactor.callWhenRunning(workerRunning),
+                lambda: None).setServiceParent(top)
     return top
 
 
@@ -577,6 +709,8 @@ class TokengateService(service.MultiService):
         from twisted.internet.defer import maybeDeferred
 
         self.server.gate.registry.kickAll("shutdown")
+        if self.server.puller is not None:
+            self.server.puller.stopAll()
         for stream in self.server.hub.liveStreams():
             stream.end()
         d = maybeDeferred(super().stopService)

@@ -51,11 +51,16 @@ from tokengate.logsafe import Logger
 from tokengate.media.hub import Claim, Hub, LiveStream, StreamInUse
 from tokengate.tokens import PLAY, PUBLISH, Outcome
 
-#: the protocols that publish, and the hub's name for each
-PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC"}
+#: the protocols that publish, and the hub's name for each (WHIP is WebRTC
+#: signalled over HTTP: its streams are WebRTC streams)
+PUBLISH_TYPES = {"rtmp": "RTMP", "srt": "SRT", "webrtc": "WebRTC", "whip": "WebRTC"}
 
 #: the protocols that play
-PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "hls", "dash", "vod"})
+PLAY_PROTOCOLS = frozenset({"rtmp", "webrtc", "whep", "hls", "dash", "vod"})
+
+#: the protocols whose media is WebRTC (the WebSocket signalling, WHIP and
+#: WHEP): the application's C{webRTCEnabled} switches them all
+WEBRTC_PROTOCOLS = frozenset({"webrtc", "whip", "whep"})
 
 
 #: a request with more parameters than this (L{AccessRequest.params}) is
@@ -84,7 +89,8 @@ class AccessRequest:
     @ivar app: the application's name.
     @ivar streamId: the stream's name.
     @ivar action: L{PUBLISH} or L{PLAY}.
-    @ivar protocol: C{rtmp}, C{srt}, C{webrtc}, C{hls}, C{dash} or C{vod}.
+    @ivar protocol: C{rtmp}, C{srt}, C{webrtc}, C{whip}, C{whep}, C{hls},
+        C{dash} or C{vod}.
     @ivar peer: the client's address (host), for throttling and logs.
     @ivar token: the token presented (one-time or JWT), or None.
     @ivar roomId: the conference room named by the request, or None.
@@ -152,6 +158,20 @@ class IAccessPolicy(Protocol):
 RecordingLookup = Callable[[str, str], bool]
 
 
+class IRemoteStreams(Protocol):
+    """
+    Streams live on other nodes of a cluster (the edge puller,
+    L{tokengate.cluster.pull.EdgePuller}).
+    """
+
+    def pull(self, app: str, streamId: str) -> "Deferred[bool]":
+        """
+        Make C{app}/C{streamId} live in this node's hub by pulling it from
+        the node that holds it: fires True once it is live here, False when
+        it cannot be (in a bounded time); never fails.
+        """
+
+
 class IAccess(Protocol):
     """
     What a protocol adapter may ask of the access service.
@@ -176,6 +196,12 @@ class IAccess(Protocol):
     def check(self, request: "AccessRequest") -> Optional[Outcome]:
         """
         The checks that keep a token: None, or the refusal's outcome.
+        """
+
+    def ready(self, request: "AccessRequest") -> "Deferred[Optional[Outcome]]":
+        """
+        L{check}, once a live stream that is live on another node has been
+        pulled here (bounded); for delivery without admission.
         """
 
     def refuse(self, request: "AccessRequest", outcome: Outcome,
@@ -278,7 +304,8 @@ class AccessService:
 
     def __init__(self, apps: ISettingsLookup, gate: Gate, hub: Hub,
                  hasRecording: Optional[RecordingLookup] = None,
-                 policies: Sequence[IAccessPolicy] = ()) -> None:
+                 policies: Sequence[IAccessPolicy] = (),
+                 remote: Optional[IRemoteStreams] = None) -> None:
         """
         @param apps: the applications' settings.
         @param gate: logs in (throttle, token) and counts.
@@ -286,12 +313,16 @@ class AccessService:
         @param hasRecording: whether an MP4 recording of C{(app, streamId)}
             exists (MP4 plays need one); None: no recordings.
         @param policies: the security policies, asked in this order.
+        @param remote: streams live on other nodes: a live play of a stream
+            not live here is pulled from its node before the token is
+            looked at (None: a single node).
         """
         self._apps = apps
         self._gate = gate
         self._hub = hub
         self._hasRecording = hasRecording
         self._policies = tuple(policies)
+        self._remote = remote
 
     # --- what adapters ask before a request -------------------------------
 
@@ -396,7 +427,7 @@ class AccessService:
         if request.action != action:
             outcome = Outcome.INVALID
         else:
-            outcome = self.check(request)
+            outcome = await self._checkPulling(request)
         if outcome is not None:
             self.refuse(request, outcome)
             raise Refused(outcome)
@@ -415,6 +446,27 @@ class AccessService:
         for release in holds:
             grant.hold(release)
         return grant
+
+    async def _checkPulling(self, request: AccessRequest) -> Optional[Outcome]:
+        """
+        L{check}; a live play of a stream that is not live here but on
+        another node of the cluster waits (bounded) for this node to pull
+        it, then is checked again.  Nothing has been redeemed yet.
+        """
+        outcome = self.check(request)
+        if (outcome is Outcome.NOT_LIVE and self._remote is not None
+                and request.action == PLAY and request.protocol != "vod"):
+            if await self._remote.pull(request.app, request.streamId):
+                outcome = self.check(request)
+        return outcome
+
+    def ready(self, request: AccessRequest) -> "Deferred[Optional[Outcome]]":
+        """
+        L{check}, after pulling a live stream that is live on another node
+        of the cluster (bounded): for HTTP delivery without admission,
+        which opens no session.  Not counted (see L{refuse}).
+        """
+        return Deferred.fromCoroutine(self._checkPulling(request))
 
     async def _admissible(self, request: AccessRequest, holds: list[Release]
                           ) -> Optional[Outcome]:
@@ -502,7 +554,7 @@ def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
     """
     Whether the application's switches let C{protocol} do C{action}.
     """
-    if protocol == "webrtc":
+    if protocol in WEBRTC_PROTOCOLS:
         return settings.webRTCEnabled
     if action == PLAY:
         if protocol == "rtmp":
@@ -514,7 +566,8 @@ def _enabled(settings: AppSettings, protocol: str, action: str) -> bool:
     return True
 
 
-__all__ = ["AccessRequest", "AccessService", "IAccess", "IAccessPolicy", "Release", "MAX_PARAMS",
+__all__ = ["AccessRequest", "AccessService", "IAccess", "IAccessPolicy", "IRemoteStreams",
+           "Release", "MAX_PARAMS",
            "MAX_PARAMS_CHARS", "MAX_SUBSCRIBER_CODE", "MAX_SUBSCRIBER_ID",
            "Publication", "Viewing", "Refused",
-           "ISettingsLookup", "PUBLISH_TYPES", "PLAY_PROTOCOLS"]
+           "ISettingsLookup", "PUBLISH_TYPES", "PLAY_PROTOCOLS", "WEBRTC_PROTOCOLS"]

@@ -43,6 +43,11 @@ MAX_GOP_FRAMES = 3000
 #: How many ended streams are remembered for the REST status.
 MAX_HISTORY = 1000
 
+#: The publish type of a stream pulled from another node of the cluster
+#: (L{tokengate.cluster.pull}): not a local publisher (not recorded here,
+#: not served on to other nodes).
+PULLED = "pull"
+
 
 class Frame:
     """

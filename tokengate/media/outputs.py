@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from tokengate.apps import ISettingsLookup
 from tokengate.logsafe import Logger
-from tokengate.media.hub import Hub, LiveStream
+from tokengate.media.hub import PULLED, Hub, LiveStream
 from tokengate.metrics import Metrics
 
 #: keep an ended stream's packager this long (players finish; a republish
@@ -97,7 +97,9 @@ class Outputs:
                 )
                 self._packagers[key] = packager
             packager.attach(stream)
-        if settings.mp4MuxingEnabled and self.recordings is not None:
+        if (settings.mp4MuxingEnabled and self.recordings is not None
+                and stream.publishType != PULLED):
+            # a pulled copy is recorded by its origin, not by every edge
             from tokengate.media.recorder import RecordingRefused
 
             try:

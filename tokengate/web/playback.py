@@ -74,6 +74,7 @@ from tokengate.jsonvalue import JSONError, optionalDecimalText
 from tokengate.logsafe import Logger
 from tokengate.metrics import Metrics
 from tokengate.tokens import MAX_TOKEN_LENGTH, PLAY, Outcome, digest
+from tokengate.web.offload import OffloadLinks
 from tokengate.web.sessions import InvalidCredential, Session, SessionSigner, cookie_name
 from tokengate.web.vod import RecordingFile
 
@@ -97,6 +98,11 @@ FUTILE_WINDOW = 30.0
 #: it never takes the MPD's change to static) stops after a few refusals.
 ENDED_DOCUMENTS = 3
 
+
+
+#: the longest a playlist or MPD request waits for a starting stream's
+#: first segment, seconds
+MAX_STARTING_WAIT = 15.0
 
 class FutileRequests:
     """
@@ -397,7 +403,8 @@ class PlaybackGate:
 
     def __init__(self, access: IAccess, clock: IReactorTime, metrics: Metrics,
                  signer: SessionSigner, outputs: "IMediaOutputs", sessions: HTTPSessions,
-                 blockTimeoutFactor: float = 3.0) -> None:
+                 blockTimeoutFactor: float = 3.0, offload: Optional[OffloadLinks] = None
+                 ) -> None:
         """
         @param access: admits sessions and decides what keeps a token.
         @param clock: the reactor's clock.
@@ -406,6 +413,10 @@ class PlaybackGate:
         @param outputs: the packagers of live streams and the recordings.
         @param sessions: the HTTP sessions of this node (the composition
             root builds them over the session registry).
+        @param offload: with segment offload (C{--offload-secret}), the
+            links an edge verifies by itself: the playlists and MPDs carry
+            them for every segment, and a segment request carrying one is
+            served (the edge filling its cache); None: sessions only.
         """
         self.access = access
         self.clock = clock
@@ -414,6 +425,7 @@ class PlaybackGate:
         self.outputs = outputs
         self.sessions = sessions
         self.blockTimeoutFactor = blockTimeoutFactor
+        self.offload = offload
         self.futile = FutileRequests(clock)
         self.endedDocuments = FutileRequests(clock, ENDED_DOCUMENTS, 600.0)
         # (token digest, peer) -> the requests waiting for that token's
@@ -477,8 +489,20 @@ class PlaybackGate:
             # refused before any token is looked at: the token is kept
             self.access.refuse(AccessRequest(app, streamId, PLAY, protocol, peer, token), outcome)
             return _fail(request, *_checkRefusal(outcome, protocol))
+        if what == "resource" and self.offload is not None and self._offloaded(
+                request, app, streamId, details):
+            self.metrics.offload_fills.inc()
+            return self._deliver(request, app, streamId, what, details, None)
         kind = self.access.tokenKind(app, PLAY) or ""
         if not kind and not self.access.admissionRequired(app, PLAY):
+            if what in ("hls", "dash") and self.outputs.packager(app, streamId) is None:
+                # not live here: the access service may make it so (a stream
+                # live on another node of the cluster is pulled), bounded
+                ready = self.access.ready(self._checked(app, streamId, protocol))
+                ready.addCallback(lambda _: self._deliverLater(request, app, streamId, what,
+                                                               details, None))
+                ready.addErrback(self._unexpected, request)
+                return NOT_DONE_YET
             return self._deliver(request, app, streamId, what, details, None)
         now = self.clock.seconds()
         session = self._sessionOf(request, app, streamId, now)
@@ -526,6 +550,21 @@ class PlaybackGate:
         if outcome is Outcome.NOT_LIVE and protocol != "vod":
             return protocol, None
         return protocol, outcome
+
+    def _offloaded(self, request: Any, app: str, streamId: str,
+                   details: tuple[Any, ...]) -> bool:
+        """
+        Whether a segment request carries a valid offload link for it (the
+        edge fetching what it does not hold yet, with the link it checked).
+        """
+        assert self.offload is not None
+        md5 = self._arg(request, b"md5")
+        if md5 is None:
+            return False
+        kind, name = details
+        return self.offload.check(OffloadLinks.base(app, streamId) + kind + "/" + name, md5,
+                                  self._arg(request, b"expires"), self._arg(request, b"scope"),
+                                  self.clock.seconds())
 
     def _peer(self, request: Any) -> str:
         return getattr(request.getClientAddress(), "host", "") or ""
@@ -634,10 +673,11 @@ class PlaybackGate:
     # --- delivery ------------------------------------------------------------------------
 
     def _deliverLater(self, request: Any, app: str, streamId: str, what: str,
-                      details: tuple[Any, ...], session: Session) -> None:
+                      details: tuple[Any, ...], session: Optional[Session],
+                      waited: bool = False) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
-        result = self._deliver(request, app, streamId, what, details, session)
+        result = self._deliver(request, app, streamId, what, details, session, waited)
         if result is not NOT_DONE_YET:
             _finish(request, result)
 
@@ -656,12 +696,28 @@ class PlaybackGate:
         return "tgs=" + credential
 
     def _deliver(self, request: Any, app: str, streamId: str, what: str,
-                 details: tuple[Any, ...], session: Optional[Session]) -> Any:
+                 details: tuple[Any, ...], session: Optional[Session],
+                 waited: bool = False) -> Any:
         if what == "vod":
             return self._vod(request, app, streamId, session)
         packager = self.outputs.packager(app, streamId)
         if packager is None:
             return _fail(request, 404, "Stream is not live: " + streamId)
+        if what in ("hls", "dash") and not waited:
+            first = self._firstSegment(packager)
+            if first is not None:
+                # the stream is starting (just published, or just pulled
+                # from its origin): answer once its first segment is made
+                timeout = self.clock.callLater(
+                    min(2 * packager.segmentTarget + 1, MAX_STARTING_WAIT), first.cancel)
+
+                def ready(_: object) -> None:
+                    if timeout.active():
+                        timeout.cancel()
+                    self._deliverLater(request, app, streamId, what, details, session, True)
+
+                first.addBoth(ready).addErrback(self._unexpected, request)
+                return NOT_DONE_YET
         if packager.ended and what in ("hls", "media", "dash"):
             document = "{}:{}:{}".format(self._futileKey(request, app, streamId, session),
                                          what, details[0] if details else "")
@@ -683,6 +739,8 @@ class PlaybackGate:
                     (request.getHeader(b"host") or b"localhost").decode("latin-1"),
                     quote(app), quote(streamId), quote(streamId), query)
             text = packager.dashMpd(query, location)
+            if text is not None and self.offload is not None:
+                text = self.offload.signMpd(text, app, streamId, self.clock.seconds())
             return self._text(request, text, DASHXML)
         if what == "resource":
             kind, name = details
@@ -713,6 +771,30 @@ class PlaybackGate:
                 return b""
             return self._bytes(request, None)
         return _fail(request, 404, "Not found")
+
+    def _firstSegment(self, packager: Any) -> "Optional[Deferred[bool]]":
+        """
+        When a live stream's packager has media but no complete segment yet:
+        a Deferred firing once it has one (or never will); otherwise None.
+        """
+        if packager.ended:
+            return None
+        tracks = packager.segmenter
+        if tracks.video.track is not None:
+            kind, track = "video", tracks.video
+        elif tracks.audio.track is not None:
+            kind, track = "audio", tracks.audio
+        else:
+            return None
+        if track.segments:
+            return None
+        # the segment being made (its number continues a previous
+        # publication's), or the first one once it is begun
+        msn = track.msn if track.msn is not None else 0
+        first: Deferred[bool] = packager.wait(kind, msn)
+        if first.called:
+            return None
+        return first
 
     def _futileKey(self, request: Any, app: str, streamId: str,
                    session: Optional[Session]) -> str:
@@ -829,8 +911,10 @@ class PlaybackGate:
         part = _int(self._arg(request, b"_HLS_part"))
 
         def render() -> bytes:
-            return self._text(request, packager.hlsMedia(
-                kind, self._query(request, app, streamId, session)), MPEGURL)
+            text = packager.hlsMedia(kind, self._query(request, app, streamId, session))
+            if text is not None and self.offload is not None:
+                text = self.offload.signHls(text, app, streamId, self.clock.seconds())
+            return self._text(request, text, MPEGURL)
 
         if msn is None:
             return render()

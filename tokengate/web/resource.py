@@ -20,16 +20,22 @@ from tokengate.web.playback import PlaybackGate, PlaybackResource, TimeResource
 
 class Root(Resource):
     """
-    The site's root: dispatches C{/{App}/...} to playback, the WebRTC
-    pages, the player pages, or the REST API.
+    The site's root: dispatches C{/{App}/...} to playback, WHIP and WHEP,
+    the WebRTC pages, the player pages, or the REST API.
     """
 
     def __init__(self, apps: Container[str], clock: IReactorTime, api: Any,
-                 playback: PlaybackGate, webrtc: Any = None) -> None:
+                 playback: PlaybackGate, webrtc: Any = None, whip: Any = None,
+                 feed: Any = None) -> None:
         """
         @param apps: the applications' names.
         @param api: the REST API's resource.
         @param webrtc: the WebSocket and WebRTC pages (or None).
+        @param whip: the WHIP and WHEP endpoints
+            (L{tokengate.webrtc.whip.WhipEndpoints}, or None).
+        @param feed: the internal feed other nodes pull streams from,
+            C{/internal/v1/feed/{app}/{streamId}}
+            (L{tokengate.cluster.origin.FeedResource}, or None).
         """
         super().__init__()
         self._apps = apps
@@ -38,11 +44,18 @@ class Root(Resource):
         self._time = TimeResource(clock)
         self._pages = Pages()
         self._webrtc = webrtc  # the WebSocket and the WebRTC pages
+        self._whip = whip
+        self._feed = feed
 
     def getChildWithDefault(self, name: bytes, request: Any) -> Any:
         postpath = request.postpath
         if name == b"time" and not postpath:
             return self._time
+        if (name == b"internal" and self._feed is not None and len(postpath) == 4
+                and postpath[0] == b"v1" and postpath[1] == b"feed"):
+            request.prepath.extend(postpath[:2])
+            del postpath[:2]
+            return self._feed
         try:
             app = name.decode("utf-8")
         except UnicodeDecodeError:
@@ -52,6 +65,12 @@ class Root(Resource):
         if known and postpath and postpath[0] == b"streams":
             request.prepath.append(postpath.pop(0))
             return PlaybackResource(self._playback, app)
+        if self._whip is not None and postpath and postpath[0] in (b"whip", b"whep"):
+            # any application: an unknown one is the access service's 404
+            request.prepath.extend(postpath)
+            page = self._whip.child(app, request)
+            if page is not None:
+                return page
         if known and self._webrtc is not None:
             page = self._webrtc.child(name, request)
             if page is not None:

@@ -82,7 +82,7 @@ from tokengate.jsonvalue import (
     stringValue,
 )
 from tokengate.logsafe import Logger
-from tokengate.media.hub import BroadcastRecord, Hub
+from tokengate.media.hub import PULLED, BroadcastRecord, Hub
 from tokengate.metrics import CONTENT_TYPE_LATEST, Metrics
 from tokengate.config import ServerConfig
 from tokengate.store import ITokenStore, StoreUnavailable
@@ -596,6 +596,14 @@ class RestAPI:
         local = self._streams.localNodeId
         return {sid: loc for sid, loc in live.items() if loc.nodeId != local}
 
+    def _publishedHere(self, app: str, streamId: str) -> bool:
+        """
+        Whether this node publishes the stream (live here, not pulled from
+        another node).
+        """
+        stream = self._hub.get(app, streamId)
+        return stream is not None and stream.publishType != PULLED
+
     async def _clusterRecord(self, app: str, streamId: str
                              ) -> tuple[Optional[BroadcastRecord], Optional[str]]:
         """
@@ -604,7 +612,8 @@ class RestAPI:
         record of it (ended, or unknown) and no origin.
         """
         record = self._hub.record(app, streamId)
-        if record is not None and record.status == "broadcasting":
+        if record is not None and record.status == "broadcasting" \
+                and record.publishType != PULLED:
             return record, self._config.nodeAddress
         if self._streams is None:
             return record, None
@@ -686,7 +695,7 @@ class RestAPI:
 
         def recordOf(streamId: str) -> tuple[Optional[BroadcastRecord], Optional[str]]:
             record = self._hub.record(appName, streamId)
-            if (record is None or record.status != "broadcasting") and streamId in remote:
+            if not self._publishedHere(appName, streamId) and streamId in remote:
                 location = remote[streamId]
                 return _remoteRecord(appName, streamId, location), location.address
             return record, None
@@ -700,10 +709,12 @@ class RestAPI:
             rest = count - len(page)
             if rest > 0:
                 records = self._hub.records(appName)
-                live = [r for r in records if r.status == "broadcasting"]
+                # a stream pulled from its origin is listed as the origin's
+                live = [r for r in records if r.status == "broadcasting"
+                        and (r.publishType != PULLED or r.streamId not in remote)]
                 ended = [r for r in records if r.status != "broadcasting"]
                 elsewhere = [_remoteRecord(appName, sid, remote[sid]) for sid in sorted(remote)
-                             if not self._hub.isLive(appName, sid)]
+                             if not self._publishedHere(appName, sid)]
                 records = live + elsewhere + [r for r in ended if r.streamId not in remote]
                 known = await self._broadcasts.registered(
                     appName, [r.streamId for r in records])
@@ -712,7 +723,7 @@ class RestAPI:
                 page += [self._broadcastJSON(appName, r.streamId, r, None,
                                              remote[r.streamId].address
                                              if r.streamId in remote
-                                             and not self._hub.isLive(appName, r.streamId)
+                                             and not self._publishedHere(appName, r.streamId)
                                              else None)
                          for r in unregistered[skip:skip + rest]]
         except StoreUnavailable:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 #: Query parameters whose values are secrets.  Redaction compares names
 #: case-insensitively (the server reads them case-sensitively), so it covers
 #: at least every spelling the server would read.
-SECRET_PARAMS = ("token", "tokenId", "jwt", "subscriberCode", "tg", "tgs")
+SECRET_PARAMS = ("token", "tokenId", "jwt", "subscriberCode", "tg", "tgs", "md5")
 
 _SECRET_NAMES = frozenset(p.lower().encode("ascii") for p in SECRET_PARAMS)
 _SEPARATOR = re.compile(rb"([&;])")

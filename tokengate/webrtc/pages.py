@@ -7,6 +7,11 @@ What WebRTC adds to the site of every application:
   - C{/{App}/webrtc.js}: play.html's WebRTC technology
   - C{/{App}/publish.js}: the publish page's script
   - C{/{App}/ice.js}: the ICE side both share
+  - C{/{App}/whip.html?id=&token=}: the WHIP publish page
+  - C{/{App}/whippublish.js}: its script
+  - C{/{App}/whipclient.js}: the WHIP/WHEP client it and play.html's WHEP
+    technology share
+  - C{/{App}/whep.js}: play.html's WHEP technology
 """
 
 from __future__ import annotations
@@ -24,18 +29,28 @@ from tokengate.webrtc.signalling import SignallingFactory
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "web", "static")
-SCRIPTS = {b"webrtc.js": "webrtc.js", b"publish.js": "publish.js", b"ice.js": "ice.js"}
+SCRIPTS = {b"webrtc.js": "webrtc.js", b"publish.js": "publish.js", b"ice.js": "ice.js",
+           b"whipclient.js": "whipclient.js", b"whippublish.js": "whippublish.js",
+           b"whep.js": "whep.js"}
+#: the publish pages under C{/{App}/} (besides C{/{App}} itself)
+PAGES = {b"whip.html": "whip.html"}
 
 
 class PublishPage(Resource):
+    """
+    A publish page of one application (its name in the page, not cached,
+    no referrer).
+    """
+
     isLeaf = True
 
-    def __init__(self, app: str) -> None:
+    def __init__(self, app: str, filename: str = "publish.html") -> None:
         super().__init__()
         self._app = app
+        self._filename = filename
 
     def render_GET(self, request: Request) -> bytes:
-        with open(os.path.join(STATIC, "publish.html"), encoding="utf-8") as f:
+        with open(os.path.join(STATIC, self._filename), encoding="utf-8") as f:
             text = f.read()
         text = text.replace("__APP__", html.escape(self._app, quote=True))
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -84,6 +99,9 @@ class WebRTCPages:
             return PublishPage(app)
         prepath = request.prepath  # a list while the request is routed
         if len(postpath) == 1 and prepath is not None:
+            if postpath[0] in PAGES:
+                prepath.append(postpath.pop(0))
+                return PublishPage(app, PAGES[prepath[-1]])
             if postpath[0] == b"websocket":
                 prepath.append(postpath.pop(0))
                 return self._ws

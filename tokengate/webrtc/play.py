@@ -115,6 +115,33 @@ class PlayerPeer(Peer):
         await self.pc.setLocalDescription(offer)
         return self.pc.localDescription.sdp
 
+    def answer(self, sdp: str) -> Deferred[str]:
+        """
+        Answer a viewer's offer C{sdp} (WHEP: the viewer offers to receive):
+        a L{Deferred} of the answer's SDP, whose send-only tracks are this
+        peer's (matched to the offer's sections by kind); fails with
+        L{HighResourceUsage} as L{offer} does.
+        """
+        return bridge(self._answer(RTCSessionDescription(sdp=sdp, type="offer")))
+
+    async def _answer(self, offer: RTCSessionDescription) -> str:
+        if self.engine.hasBFrames(self.stream):
+            self._reencode()
+        await self.pc.setRemoteDescription(offer)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        self._audioDeclined()
+        return self.pc.localDescription.sdp
+
+    def _audioDeclined(self) -> None:
+        """
+        Stop transcoding audio for a viewer that does not take it.
+        """
+        if self.audioTrack is not None and not any(
+                t.kind == "audio" and t.currentDirection in ("sendonly", "sendrecv")
+                for t in self.pc.getTransceivers()):
+            self.audioTrack = None
+
     def accept(self, sdp: str) -> Deferred[None]:
         """
         The viewer's answer C{sdp}: a L{Deferred} that fires once it is set.
@@ -123,10 +150,7 @@ class PlayerPeer(Peer):
 
     async def _accept(self, answer: RTCSessionDescription) -> None:
         await self.pc.setRemoteDescription(answer)
-        if self.audioTrack is not None and not any(
-                t.kind == "audio" and t.currentDirection in ("sendonly", "sendrecv")
-                for t in self.pc.getTransceivers()):
-            self.audioTrack = None  # the viewer declined the audio: do not transcode for it
+        self._audioDeclined()  # the viewer declined the audio: do not transcode for it
 
     def onConnected(self) -> None:
         self._subscribed = True

@@ -3,7 +3,9 @@
  *
  * URL parameters (as the reference player's):
  *   id         stream id (required)
- *   playOrder  comma list of webrtc, hls, dash, vod; default "webrtc,hls"
+ *   playOrder  comma list of webrtc, whep, hls, dash, vod; default "webrtc,hls"
+ *              (webrtc: the WebSocket signalling, webrtc.js; whep: WHEP,
+ *              whep.js)
  *   token      one-time (or JWT) play token, passed once, on the first request
  *   autoplay   default true ("false"/"0" waits for the user)
  *   mute       default true, so that autoplay is allowed
@@ -61,7 +63,7 @@
     auth: 'Not authorized: the token is invalid, expired or already used',
     notlive: 'The stream is not live'
   };
-  var KNOWN = ['webrtc', 'hls', 'dash', 'vod'];
+  var KNOWN = ['webrtc', 'whep', 'hls', 'dash', 'vod'];
   var SCRIPT_BASE = (document.currentScript && document.currentScript.src) || location.href;
 
   var video = document.getElementById('video');
@@ -448,7 +450,7 @@
   if (!streamId) {
     showError('Playback failed: no stream id (the id parameter) in the address');
   } else if (!playOrder.length) {
-    showError('Playback failed: playOrder names no known technology (webrtc, hls, dash, vod)');
+    showError('Playback failed: playOrder names no known technology (webrtc, whep, hls, dash, vod)');
   } else {
     tryTech(0);
   }

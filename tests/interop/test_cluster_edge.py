@@ -1,0 +1,193 @@
+"""
+Edge pull between real tokengate processes (C{twistd tokengate}, distinct
+loopback ports) on one real redis-server, with ffmpeg as publisher and
+players:
+
+ - ffmpeg publishes RTMP at A (the origin); ffmpeg plays HLS and RTMP from
+   B (the edge) with play tokens minted at A and at B: B pulls the stream
+   once (one feed from A, whatever its viewers) and serves both from the
+   pulled copy;
+ - a play token spent at B is refused at A (tokens are redeemed once,
+   cluster-wide);
+ - kill -9 A: B's RTMP viewer ends within L{DEATH_BOUND} seconds;
+ - ffmpeg republishes the stream at B: a new viewer at B plays it (now
+   local).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests import procs
+from tests.fixtures import frames, test_clip
+from tests.helpers import require
+from tests.redisserver import start_redis_server
+from tests.service import TokengateProcess
+
+SETTINGS = "/rest/v2/applications/settings/LiveApp"
+CLUSTER_SECRET = "c" * 40
+SESSION_SECRET = "s" * 40
+
+#: seconds from the origin's SIGKILL to the end of an edge's RTMP viewer:
+#: the puller's retries (0.5 + 1 + 2 + 4 s of backoff, or the registry
+#: entry's expiry, 6 s, whichever first) and ffmpeg noticing the end
+DEATH_BOUND = 12.0
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+def metric(tg: TokengateProcess, name: str, labels: str = "") -> float:
+    with urllib.request.urlopen(tg.base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") \
+        + r" ([0-9.e+]+)"
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else 0.0
+
+
+class EdgePullTests(TestCase):
+    timeout = 240
+
+    def setUp(self) -> None:
+        self.ffmpeg = require("ffmpeg")
+        redis = start_redis_server(self)
+        self.nodes = {}
+        for name in "ab":
+            tg = TokengateProcess(self.mktemp(), extra=(
+                "--store", redis.url, "--cluster-secret", CLUSTER_SECRET,
+                "--session-secret", SESSION_SECRET))
+            tg.extra = tg.extra + ("--node-address", "127.0.0.1:{}".format(tg.http))
+            self.addCleanup(tg.kill)
+            tg.start(timeout=60)
+            self.nodes[name] = tg
+        self.a, self.b = self.nodes["a"], self.nodes["b"]
+        for tg in self.nodes.values():
+            self.waitUntil(lambda tg=tg: "LiveApp" in tg.get("/rest/v2/applications")[1].get(
+                "applications", []), 20, "the applications read from redis")
+        self.running: list[procs.Running] = []
+        self.addCleanup(self._killClients)
+
+    async def _killClients(self) -> None:
+        for r in self.running:
+            r.kill()
+        for r in self.running:
+            await r.done
+
+    def waitUntil(self, predicate, timeout: float, what: str) -> float:
+        started = time.monotonic()
+        while not predicate():
+            if time.monotonic() - started > timeout:
+                self.fail("not within {}s: {}".format(timeout, what))
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    async def eventually(self, predicate, timeout: float, what: str) -> None:
+        """
+        Wait (without blocking the reactor, which reads the clients'
+        output) until C{predicate}.
+        """
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail("not within {}s: {}".format(timeout, what))
+            await sleep(0.1)
+
+    def mint(self, tg: TokengateProcess, type: str, streamId: str = "cam1") -> str:
+        code, body = tg.get(
+            "/LiveApp/rest/v2/broadcasts/{}/token?expireDate={}&type={}".format(
+                streamId, int(time.time()) + 600, type))
+        self.assertEqual(code, 200, body)
+        return str(body["tokenId"])
+
+    def run_(self, argv, timeout: float) -> procs.Running:
+        r = procs.start(argv, timeout=timeout)
+        self.running.append(r)
+        return r
+
+    def publisher(self, tg: TokengateProcess, path: str) -> procs.Running:
+        url = "rtmp://127.0.0.1:{}{}".format(tg.rtmp, path)
+        return self.run_([self.ffmpeg, "-hide_banner", "-nostdin", "-re", "-stream_loop", "-1",
+                          "-i", test_clip(), "-c", "copy", "-f", "flv", url], 150)
+
+    def player(self, url: str, seconds: float, timeout: float = 60) -> procs.Running:
+        return self.run_([self.ffmpeg, "-hide_banner", "-nostdin", "-i", url, "-t", str(seconds),
+                          "-f", "null", "-"], timeout)
+
+    def broadcasting(self, tg: TokengateProcess, streamId: str = "cam1") -> bool:
+        code, body = tg.get("/LiveApp/rest/v2/broadcasts/" + streamId)
+        return code == 200 and body["status"] == "broadcasting"
+
+    async def test_edgePull(self) -> None:
+        code, body = self.b.post(SETTINGS, {"playTokenControlEnabled": True})
+        self.assertEqual((code, body["success"]), (200, True), body)
+        self.waitUntil(lambda: self.a.get(SETTINGS)[1]["playTokenControlEnabled"], 5,
+                       "the setting at A")
+        origin = self.publisher(self.a, "/LiveApp/cam1")
+        self.waitUntil(lambda: self.broadcasting(self.b), 30, "cam1 broadcasting at B")
+        await sleep(1)
+
+        # HLS from B with a token minted at A; RTMP from B with one minted at B
+        hlsToken = self.mint(self.a, "play")
+        hls = self.player("{}/LiveApp/streams/cam1.m3u8?token={}".format(self.b.base, hlsToken),
+                          3)
+        rtmp = self.player("rtmp://127.0.0.1:{}/LiveApp/cam1?token={}".format(
+            self.b.rtmp, self.mint(self.b, "play")), 3)
+        for result in (await hls.done, await rtmp.done):
+            self.assertEqual(result.code, 0, result.stderr[-2000:])
+            self.assertGreater(frames(result.stderr), 50, result.stderr[-2000:])
+        # one pull, one feed, shared by both viewers
+        self.assertEqual(metric(self.b, "tokengate_edge_pull_results_total",
+                                'result="started"'), 1)
+        self.assertEqual(metric(self.a, "tokengate_feed_requests_total",
+                                'outcome="served"'), 1)
+        self.assertGreater(metric(self.b, "tokengate_edge_pull_bytes_total"), 100_000)
+        # B reports the stream as A's, pulled or not
+        code, body = self.b.get("/LiveApp/rest/v2/broadcasts/cam1")
+        self.assertEqual((code, body["status"], body["originAdress"], body["publishType"]),
+                         (200, "broadcasting", "127.0.0.1:{}".format(self.a.http), "RTMP"))
+        listed = self.b.get("/LiveApp/rest/v2/broadcasts/list/0/10")[1]
+        self.assertEqual([(b["streamId"], b["originAdress"]) for b in listed],
+                         [("cam1", "127.0.0.1:{}".format(self.a.http))])
+
+        # the token spent at B is refused at A
+        again = await self.player("{}/LiveApp/streams/cam1.m3u8?token={}".format(
+            self.a.base, hlsToken), 1).done
+        self.assertNotEqual(again.code, 0)
+        self.assertIn("403", again.stderr)
+
+        # kill -9 A: B's viewer ends within the bound
+        viewer = self.player("rtmp://127.0.0.1:{}/LiveApp/cam1?token={}".format(
+            self.b.rtmp, self.mint(self.b, "play")), 60, timeout=90)
+        await self.eventually(lambda: frames(viewer.stderrSoFar()) > 25, 20, "the viewer plays")
+        self.a.kill()
+        killed = time.monotonic()
+        result = await viewer.done
+        took = time.monotonic() - killed
+        self.assertLess(took, DEATH_BOUND, result.stderr[-1500:])
+        self.assertFalse(self.broadcasting(self.b))
+        origin.kill()
+        await origin.done
+
+        # republished at B (once A's entry expired): a new viewer at B plays
+        republish = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            republish = self.publisher(self.b, "/LiveApp/cam1")
+            await sleep(2)
+            if self.broadcasting(self.b):
+                break
+            republish.kill()
+            await republish.done
+        self.assertTrue(self.broadcasting(self.b), "republished at B")
+        result = await self.player("rtmp://127.0.0.1:{}/LiveApp/cam1?token={}".format(
+            self.b.rtmp, self.mint(self.b, "play")), 2).done
+        self.assertEqual(result.code, 0, result.stderr[-2000:])
+        self.assertGreater(frames(result.stderr), 25)
