@@ -63,9 +63,11 @@ class Tokengate:
     """
     ``twistd -n tokengate`` on free loopback ports in a data directory,
     pinned to CPU 0; C{TG_PROFILE=path} in the environment profiles it.
+    C{root} is the source tree it runs (another checkout, for A/B runs).
     """
 
-    def __init__(self, tmp: str, *extra: str, asyncio: bool = False, srt: bool = False) -> None:
+    def __init__(self, tmp: str, *extra: str, asyncio: bool = False, srt: bool = False,
+                 root: str = ROOT) -> None:
         self.http, self.rtmp = free_port(), free_port()
         self.srt = free_port(udp=True) if srt else None
         profile = os.environ.get("TG_PROFILE")
@@ -79,8 +81,8 @@ class Tokengate:
                 "--rtmp", "tcp:{}:interface=127.0.0.1:backlog=1024".format(self.rtmp),
                 "--srt", "udp:{}:interface=127.0.0.1".format(self.srt or free_port(udp=True)),
                 *extra]
-        self.proc = subprocess.Popen(pinned(argv, 0), cwd=ROOT,
-                                     env=dict(os.environ, PYTHONPATH=ROOT))
+        self.proc = subprocess.Popen(pinned(argv, 0), cwd=root,
+                                     env=dict(os.environ, PYTHONPATH=root))
         self.base = "http://127.0.0.1:{}".format(self.http)
         wait_http(self.base + "/rest/v2/applications", self.proc)
 

@@ -6,7 +6,10 @@ twistd with its access log going to a file (as an operator runs them).
 
     python bench/rest_mint.py [--seconds 8] [--connections 32]
 
-Needs wrk (Debian package wrk).  Prints requests/s of both and the ratio.
+Needs wrk (Debian package wrk).  Prints requests/s of both and the ratio,
+and the server processes' CPU time per request (user + system, from /proc)
+and its ratio (bare / mint), which a machine shared with other jobs
+disturbs much less than requests/s.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import Tokengate, free_port, pinned, wait_http  # noqa: E402
+from bench.common import Tokengate, cpu_seconds, free_port, pinned, wait_http  # noqa: E402
 
 BARE = r"""
 import os
@@ -46,7 +49,10 @@ internet.TCPServer(int(os.environ["BARE_PORT"]), Site(Bare()),
 """
 
 
-def wrk(url: str, seconds: int, connections: int) -> float:
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
+    """
+    C{(requests/s, requests)} of a wrk run.
+    """
     out = subprocess.run(
         pinned(["wrk", "-t1", "-c{}".format(connections), "-d{}s".format(seconds), url], 1),
         capture_output=True, text=True, timeout=seconds + 30,
@@ -57,7 +63,17 @@ def wrk(url: str, seconds: int, connections: int) -> float:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise SystemExit("{} error responses:\n{}".format(non2xx.group(1), out))
-    return float(m.group(1))
+    n = re.search(r"(\d+) requests in", out)
+    return float(m.group(1)), int(n.group(1)) if n else 0
+
+
+def measured(pid: int, url: str, seconds: int, connections: int) -> tuple[float, float]:
+    """
+    C{(requests/s, CPU seconds of process pid per request)} of a wrk run.
+    """
+    before = cpu_seconds([pid])
+    rate, count = wrk(url, seconds, connections)
+    return rate, (cpu_seconds([pid]) - before) / max(count, 1)
 
 
 def main() -> None:
@@ -81,23 +97,26 @@ def main() -> None:
         procs.append(bare)
         url = "http://127.0.0.1:{}/".format(port)
         wait_http(url, bare)
-        base = wrk(url, args.seconds, args.connections)
+        base, baseCpu = measured(bare.pid, url, args.seconds, args.connections)
         bare.terminate()
 
         tg = Tokengate(tmp)
         procs.append(tg.proc)
         url = "{}/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}".format(
             tg.base, int(time.time()) + 3600)
-        mint = wrk(url, args.seconds, args.connections)
+        mint, mintCpu = measured(tg.pid, url, args.seconds, args.connections)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print("bare twisted.web resource: {:8.0f} requests/s".format(base))
-    print("tokengate REST mint:       {:8.0f} requests/s (SQLite store)".format(mint))
-    print("ratio mint / bare:         {:8.3f}".format(mint / base))
+    print("bare twisted.web resource: {:8.0f} requests/s, {:5.0f} us CPU/request".format(
+        base, baseCpu * 1e6))
+    print("tokengate REST mint:       {:8.0f} requests/s, {:5.0f} us CPU/request "
+          "(SQLite store)".format(mint, mintCpu * 1e6))
+    print("ratio mint / bare:         {:8.3f} (requests/s), {:.3f} (CPU per request, "
+          "bare / mint)".format(mint / base, baseCpu / mintCpu))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,17 @@ endpoint), one after the other in the same run.  Reports the server's
 CPU-seconds per stream-second for both and their ratio.
 
     python bench/rtmp_ingest.py [--publishers 200] [--players 0] [--seconds 15]
+    python bench/rtmp_ingest.py --ffmpeg [--publishers 30] [--hls both] [--rounds 2]
 
-The load generator is light: it pre-encodes a 2 Mbps clip into RTMP chunks
+With C{--ffmpeg} the publishers are real ffmpeg processes (C{-re
+-stream_loop -1 -c copy}, FLV over RTMP, the publish name carrying the
+token), HLS packaging is off, on or both in turn on both servers
+(tokengate's C{hlsMuxingEnabled}; nginx-rtmp's C{hls on}, 2 s fragments
+written to a directory) and the servers run alternately, C{--rounds}
+times, so a drift of the shared machine shows in the spread.  Printed:
+CPU-ms per stream-second of each server and their ratio per round.
+
+Otherwise the load generator is light: it pre-encodes a 2 Mbps clip into RTMP chunks
 once and each publisher replays the bytes in real time (100 ms slices), so
 the generator spends its CPU on socket writes, not on encoding.  The server
 runs pinned to CPU 0 and the generator to CPU 1 when ``taskset`` exists.
@@ -26,8 +35,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -57,6 +68,15 @@ def slices_of(path: str) -> tuple[list[bytes], float]:
     The clip's media as pre-chunked RTMP bytes (stream id 1, chunk size
     4096), grouped in 100 ms slices; and the clip's bitrate.
     """
+    messages, bitrate = messages_of(path)
+    return [b"".join(s) for s in messages], bitrate
+
+
+def messages_of(path: str) -> tuple[list[list[bytes]], float]:
+    """
+    The clip's media as pre-chunked RTMP messages (stream id 1, chunk size
+    4096), one list per 100 ms slice; and the clip's bitrate.
+    """
     with open(path, "rb") as f:
         data = f.read()
     slices: list[list[bytes]] = []
@@ -80,8 +100,7 @@ def slices_of(path: str) -> tuple[list[bytes], float]:
             body = amf0.encode("@setDataFrame") + body
         slices[i].append(encode_message(csid, 1, type_id, tag.timestamp, body, CHUNK))
         total += len(body)
-    joined = [b"".join(s) for s in slices]
-    return joined, total * 8 / (len(joined) * SLICE)
+    return slices, total * 8 / (len(slices) * SLICE)
 
 
 class Client(protocol.Protocol):
@@ -307,6 +326,265 @@ rtmp {{
         port.stopListening()
 
 
+class _AuthHandler(BaseHTTPRequestHandler):
+    """
+    nginx-rtmp's C{on_publish} endpoint in the ffmpeg mode: 2xx when the
+    publish name carries a token, 403 otherwise.
+    """
+
+    calls = 0
+
+    def do_GET(self) -> None:
+        _AuthHandler.calls += 1
+        ok = "token=" in self.path
+        self.send_response(200 if ok else 403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def ffmpeg_publishers(clip: str, urls: list[str], log: str) -> list[subprocess.Popen]:
+    """
+    One ffmpeg per URL, pinned to CPU 1, publishing C{clip} in real time in
+    a loop with C{-c copy}; started in small batches.
+    """
+    procs = []
+    with open(log, "ab") as err:
+        for i, url in enumerate(urls):
+            procs.append(subprocess.Popen(
+                pinned(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-re",
+                        "-stream_loop", "-1", "-i", clip, "-c", "copy", "-f", "flv", url], 1),
+                stdout=subprocess.DEVNULL, stderr=err))
+            if i % 10 == 9:
+                time.sleep(0.2)
+    return procs
+
+
+def user_system(pids: list[int]) -> tuple[float, float]:
+    """
+    User and system CPU seconds of processes, from /proc.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
+
+
+def measure_ffmpeg(procs: list[subprocess.Popen], pids: list[int], seconds: float,
+                   warmup: float) -> dict:
+    """
+    Server CPU per stream-second over C{seconds} after C{warmup}, with
+    every publisher still running at the end.
+    """
+    time.sleep(warmup)
+    u0, s0 = user_system(pids)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    u1, s1 = user_system(pids)
+    t1 = time.monotonic()
+    alive = sum(1 for p in procs if p.poll() is None)
+    used = (u1 - u0) + (s1 - s0)
+    per = 1000 / ((t1 - t0) * len(procs))
+    result = {"publishers": len(procs), "alive": alive, "cpu_seconds": used,
+              "wall": t1 - t0,
+              "cpu_ms_per_stream_second": used * per,
+              "user_ms_per_stream_second": (u1 - u0) * per,
+              "system_ms_per_stream_second": (s1 - s0) * per,
+              "cpu_fraction_of_core": used / (t1 - t0)}
+    if alive != len(procs):
+        result["error"] = "{} of {} publishers exited".format(len(procs) - alive, len(procs))
+    return result
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+def ffmpeg_tokengate(args, clip: str, hls: bool, tmp: str, root: str = ROOT) -> dict:
+    tg = Tokengate(tmp, root=root)
+    procs: list[subprocess.Popen] = []
+    try:
+        tg.settings(publishTokenControlEnabled=True, hlsMuxingEnabled=hls)
+        urls = ["rtmp://127.0.0.1:{}/LiveApp/f{}?token={}".format(
+            tg.rtmp, i, tg.token("f{}".format(i), "publish")) for i in range(args.publishers)]
+        procs = ffmpeg_publishers(clip, urls, os.path.join(tmp, "ffmpeg-tokengate.log"))
+        result = measure_ffmpeg(procs, [tg.pid], args.seconds, args.warmup)
+        text = urllib.request.urlopen(tg.base + "/metrics").read().decode()
+        m = re.search(r'tokengate_bytes_total\{direction="in",protocol="rtmp"\} ([0-9.e+]+)',
+                      text)
+        result["rtmp_bytes_in"] = float(m.group(1)) if m else 0.0
+        if hls:
+            # every stream packaged: its playlist is served
+            missing = 0
+            for i in range(args.publishers):
+                try:
+                    urllib.request.urlopen("{}/LiveApp/streams/f{}.m3u8".format(tg.base, i),
+                                           timeout=5).read()
+                except OSError:
+                    missing += 1
+            if missing:
+                result["error"] = "{} streams without a playlist".format(missing)
+        return result
+    finally:
+        stop_all(procs)
+        tg.stop()
+
+
+def ffmpeg_nginx(args, clip: str, hls: bool, tmp: str) -> dict:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    module = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+    if not os.path.exists(nginx) or not os.path.exists(module):
+        return {"error": "nginx with libnginx-mod-rtmp is not installed"}
+    rtmp = free_port()
+    auth = ThreadingHTTPServer(("127.0.0.1", 0), _AuthHandler)
+    threading.Thread(target=auth.serve_forever, daemon=True).start()
+    hls_dir = os.path.join(tmp, "hls")
+    os.makedirs(hls_dir, exist_ok=True)
+    os.chmod(tmp, 0o755)
+    os.chmod(hls_dir, 0o777)  # nginx workers may run as nobody
+    conf = os.path.join(tmp, "nginx-ffmpeg.conf")
+    with open(conf, "w") as f:
+        f.write("""
+load_module {module};
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+rtmp {{
+  server {{
+    listen 127.0.0.1:{rtmp};
+    chunk_size 4096;
+    application LiveApp {{
+      live on;
+      on_publish http://127.0.0.1:{auth}/auth;
+      notify_method get;
+      {hls}
+    }}
+  }}
+}}
+""".format(module=module, tmp=tmp, rtmp=rtmp, auth=auth.server_address[1],
+           hls="hls on; hls_path {}; hls_fragment 2s; hls_playlist_length 10s;".format(hls_dir)
+           if hls else "hls off;"))
+    proc = subprocess.Popen(pinned([nginx, "-c", conf, "-p", tmp], 0))
+    procs: list[subprocess.Popen] = []
+    try:
+        time.sleep(1)
+        _AuthHandler.calls = 0
+        urls = ["rtmp://127.0.0.1:{}/LiveApp/f{}?token=t{}".format(rtmp, i, i)
+                for i in range(args.publishers)]
+        procs = ffmpeg_publishers(clip, urls, os.path.join(tmp, "ffmpeg-nginx.log"))
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                             text=True).stdout
+        pids = [proc.pid] + [int(p) for p in out.split()]
+        result = measure_ffmpeg(procs, pids, args.seconds, args.warmup)
+        result["auth_calls"] = _AuthHandler.calls
+        if _AuthHandler.calls < args.publishers:
+            result["error"] = "only {} publishes were authorised".format(_AuthHandler.calls)
+        if hls:
+            playlists = [n for n in os.listdir(hls_dir) if n.endswith(".m3u8")]
+            if len(playlists) < args.publishers:
+                result["error"] = "{} of {} playlists written".format(
+                    len(playlists), args.publishers)
+        return result
+    finally:
+        stop_all(procs)
+        proc.terminate()
+        proc.wait(20)
+        auth.shutdown()
+        auth.server_close()
+
+
+def main_ffmpeg(args) -> None:
+    if not shutil.which("ffmpeg"):
+        raise SystemExit("ffmpeg is not installed")
+    clip = make_clip(args.clip_seconds)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.hls]
+    if args.ab:
+        return main_ab(args, clip, modes)
+    rows: dict[bool, list[tuple[float, float]]] = {m: [] for m in modes}
+    users: dict[bool, list[tuple[float, float]]] = {m: [] for m in modes}
+    for n in range(args.rounds):
+        for hls in modes:
+            # alternate which server goes first, round to round
+            pair = {}
+            for name in (("tokengate", "nginx") if n % 2 == 0 else ("nginx", "tokengate")):
+                tmp = tempfile.mkdtemp()
+                try:
+                    run = ffmpeg_tokengate if name == "tokengate" else ffmpeg_nginx
+                    pair[name] = run(args, clip, hls, tmp)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                print("round {} HLS {}: {}: {}".format(n + 1, "on" if hls else "off", name,
+                                                      json.dumps(pair[name])), flush=True)
+                if "error" in pair[name]:
+                    raise SystemExit(1)
+            rows[hls].append((pair["tokengate"]["cpu_ms_per_stream_second"],
+                              pair["nginx"]["cpu_ms_per_stream_second"]))
+            users[hls].append((pair["tokengate"]["user_ms_per_stream_second"],
+                               pair["nginx"]["user_ms_per_stream_second"]))
+    print("{} ffmpeg publishers (-re -c copy, {} s clip), {:g} s measured per run:".format(
+        args.publishers, args.clip_seconds, args.seconds))
+    for hls in modes:
+        tg = [t for t, _ in rows[hls]]
+        ng = [g for _, g in rows[hls]]
+        ratios = [t / g for t, g in rows[hls]]
+        print("  HLS {:3}: tokengate {} CPU-ms/stream-s, nginx-rtmp {}, ratio {} (per round)".format(
+            "on" if hls else "off", " ".join("{:.2f}".format(x) for x in tg),
+            " ".join("{:.2f}".format(x) for x in ng),
+            " ".join("{:.2f}".format(x) for x in ratios)))
+        print("           user time only: tokengate {}, nginx-rtmp {}".format(
+            " ".join("{:.2f}".format(t) for t, _ in users[hls]),
+            " ".join("{:.2f}".format(g) for _, g in users[hls])))
+
+
+def main_ab(args, clip: str, modes: list[bool]) -> None:
+    """
+    tokengate from another tree (C{--ab}, the base) and from this one, run
+    alternately under the same ffmpeg load: the paired ratio this / base
+    of CPU per stream-second, per round.
+    """
+    trees = {"base": os.path.abspath(args.ab), "this": ROOT}
+    rows: dict[bool, list[tuple[float, float]]] = {m: [] for m in modes}
+    for n in range(args.rounds):
+        for hls in modes:
+            pair = {}
+            for name in (("base", "this") if n % 2 == 0 else ("this", "base")):
+                tmp = tempfile.mkdtemp()
+                try:
+                    pair[name] = ffmpeg_tokengate(args, clip, hls, tmp, trees[name])
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                print("round {} HLS {}: {}: {}".format(n + 1, "on" if hls else "off", name,
+                                                      json.dumps(pair[name])), flush=True)
+                if "error" in pair[name]:
+                    raise SystemExit(1)
+            rows[hls].append((pair["base"]["cpu_ms_per_stream_second"],
+                              pair["this"]["cpu_ms_per_stream_second"]))
+    print("{} ffmpeg publishers, tokengate from {} (base) and {} (this):".format(
+        args.publishers, trees["base"], trees["this"]))
+    for hls in modes:
+        ratios = sorted(t / b for b, t in rows[hls])
+        print("  HLS {:3}: base {} CPU-ms/stream-s, this {}; this/base median {:.3f} ({})".format(
+            "on" if hls else "off", " ".join("{:.2f}".format(b) for b, _ in rows[hls]),
+            " ".join("{:.2f}".format(t) for _, t in rows[hls]),
+            ratios[len(ratios) // 2], " ".join("{:.3f}".format(r) for r in ratios)))
+
+
 def run_driver(port, names, players, slices, pids, seconds, bytes_in=None) -> dict:
     """
     Run the load from this process's reactor until done (the reactor runs
@@ -333,7 +611,20 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--clip-seconds", type=int, default=40)
+    parser.add_argument("--ffmpeg", action="store_true",
+                        help="real ffmpeg publishers (-re -c copy) instead of the replaying client")
+    parser.add_argument("--hls", choices=("off", "on", "both"), default="both",
+                        help="with --ffmpeg: HLS packaging on both servers")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --ffmpeg: rounds of the servers run alternately")
+    parser.add_argument("--ab", metavar="TREE",
+                        help="with --ffmpeg: compare tokengate from TREE (the base) with this "
+                             "tree's, alternately, instead of with nginx-rtmp")
+    parser.add_argument("--warmup", type=float, default=5,
+                        help="with --ffmpeg: seconds after the publishers start")
     args = parser.parse_args()
+    if args.ffmpeg:
+        return main_ffmpeg(args)
     if shutil.which("taskset"):
         os.sched_setaffinity(0, {1})
     clip = make_clip(args.clip_seconds)

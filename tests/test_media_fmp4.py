@@ -31,6 +31,7 @@ from tokengate.media.fmp4 import (
     SampleTable,
     Track,
     file_reader,
+    fragment,
     init_segment,
     media_segment,
     write_progressive_mp4,
@@ -471,6 +472,25 @@ class MediaSegmentTests(SynchronousTestCase):
         trun = root(data).child("moof/traf/trun")
         self.assertEqual((trun.version, trun.flags, len(trun.data)), (1, 0x701, 12 + 4 * 12))
         self.assertEqual(read_fragment(data)[2], 0)
+
+    def test_fragment_from_columns(self) -> None:
+        """
+        L{fragment} (the segmenter's form: a flat trun table and the
+        payloads, no object per sample) makes what L{media_segment} makes;
+        a table of the wrong length is refused.
+        """
+        track = small_video_track(5)
+        samples = [Sample(b"key", 900000, 3000, 6000, True), Sample(b"p", 903000, 3000, 0, False)]
+        table = [3000, 3, SYNC_SAMPLE_FLAGS, 6000, 3000, 1, NON_SYNC_SAMPLE_FLAGS, 0]
+        self.assertEqual(fragment(track, 7, 900000, table, [b"key", b"p"], True, False),
+                         media_segment(track, 7, samples, with_styp=False))
+        flat = [Sample(b"aa", 1024 * i, 1024) for i in range(3)]
+        table = [1024, 2, SYNC_SAMPLE_FLAGS, 0] * 3
+        self.assertEqual(fragment(track, 3, 0, table, [b"aa"] * 3, False),
+                         media_segment(track, 3, flat))
+        self.assertRaises(MediaError, fragment, track, 1, 0, [], [], False)
+        self.assertRaises(MediaError, fragment, track, 1, 0, [1, 1, 0], [b"x"], False)
+        self.assertRaises(MediaError, fragment, track, 1, 0, [1 << 32, 1, 0, 0], [b"x"], False)
 
     def test_errors(self) -> None:
         """Empty fragments and out-of-range fields raise MediaError."""

@@ -547,6 +547,77 @@ class CapturedFfmpegTests(SynchronousTestCase):
         self.assertEqual(replay(self.wire, cuts_to_pieces(cuts, len(self.wire))), expected)
 
 
+class ReceiveIntoTests(SynchronousTestCase):
+    """
+    C{receive_into} hands over what C{receive_data} returns, in the same
+    order, media as calls and no event objects.
+    """
+
+    def setUp(self):
+        with open(FIXTURE, "rb") as f:
+            self.wire = f.read()
+
+    def into(self, conn: RTMPConnection, data: bytes, pieces) -> list:
+        got: list = []
+
+        def media(type_id, stream_id, timestamp, payload):
+            self.assertIs(type(payload), bytes)
+            got.append(("media", type_id, stream_id, timestamp, payload))
+
+        for start, end in pieces:
+            conn.receive_into(data[start:end], media, got.append)
+        return got
+
+    @staticmethod
+    def flatten(events: list) -> list:
+        out: list = []
+        for e in events:
+            if isinstance(e, (AudioData, VideoData)):
+                out.append(("media", 9 if isinstance(e, VideoData) else 8, e.stream_id,
+                            e.timestamp, e.payload))
+            else:
+                out.append(e)
+        return out
+
+    def test_captured_ffmpeg(self):
+        expected = self.flatten(replay(self.wire))
+        self.assertEqual(sum(1 for e in expected if type(e) is tuple), 47)
+        got = self.into(RTMPConnection(SERVER, random_bytes=fixed_random), self.wire,
+                        [(0, len(self.wire))])
+        self.assertEqual(got, expected)
+
+    @given(st.lists(st.integers(0, 29232), max_size=40))
+    def test_any_split(self, cuts):
+        expected = self.flatten(replay(self.wire))
+        got = self.into(RTMPConnection(SERVER, random_bytes=fixed_random), self.wire,
+                        cuts_to_pieces(cuts, len(self.wire)))
+        self.assertEqual(got, expected)
+
+    def test_zero_length_media(self):
+        server = ready_server()
+        got = self.into(server, h0(6, 5, 0, 8, 1) + h0(7, 6, 0, 9, 1), [(0, 24)])
+        self.assertEqual(got, [("media", 8, 1, 5, b""), ("media", 9, 1, 6, b"")])
+
+    def test_error_keeps_what_was_handed_over(self):
+        server = ready_server(max_message_size=100)
+        data = h0(6, 1, 3, 8, 1) + b"abc" + h0(7, 2, 101, 9, 1)
+        got: list = []
+        self.assertRaises(RTMPProtocolError, server.receive_into, data,
+                          lambda *m: got.append(m), got.append)
+        self.assertEqual(got, [(8, 1, 1, b"abc")])
+        self.assertRaises(RTMPProtocolError, server.receive_into, b"x", got.append, got.append)
+
+    def test_callback_error_kills_the_connection(self):
+        server = ready_server()
+
+        def media(*args):
+            raise ZeroDivisionError()
+
+        self.assertRaises(ZeroDivisionError, server.receive_into, h0(6, 1, 1, 8, 1) + b"a",
+                          media, lambda e: None)
+        self.assertRaises(RTMPProtocolError, server.receive_data, h0(6, 1, 1, 8, 1) + b"a")
+
+
 class ChunkParsingTests(SynchronousTestCase):
     def test_chunk_stream_id_forms(self):
         for csid, size in ((3, 1), (63, 1), (64, 2), (319, 2), (320, 3), (65599, 3)):

@@ -15,10 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tokengate.access.names import isValidStreamId
 from tokengate.apps import Applications
+from tokengate.rtmp import protocol
 from tokengate.rtmp.core import CLIENT, AudioData, Command, RTMPConnection, VideoData
 from tokengate.rtmp.protocol import (
     DESC_PLAY_REFUSED,
     DESC_PUBLISH_REFUSED,
+    READ_PACING,
+    READ_SIZE,
     RTMPFactory,
     parse_stream_name,
 )
@@ -331,6 +334,57 @@ class ProtocolTests(SynchronousTestCase):
         stream.videoReceived(160, inter())
         self.assertEqual(len(writes), 2)
         self.assertFalse(stream.inBurst)
+
+    def test_publisherReadsArePaced(self):
+        """
+        With PACING_MIN_PUBLISHERS publishing, after a read shorter than a
+        full buffer an admitted publisher's transport pauses; one timer
+        wakes every publisher resting then, READ_PACING after the first
+        rested.  A full read does not pause; a player is never paused; a
+        closed publisher is not resumed; below PACING_MIN_PUBLISHERS no
+        publisher rests.
+        """
+        self.patch(protocol, "PACING_MIN_PUBLISHERS", 2)
+        a = Peer(self)
+        a.publish("s1?token=" + self.mint())
+        a.media(video=[(0, AVC_HEADER)])
+        self.assertEqual(a.transport.producerState, "producing")  # alone: never rests
+        b = Peer(self, "192.0.2.11")
+        b.publish("s2?token=" + self.mint("s2"))
+        self.clock.advance(READ_PACING)
+        self.assertEqual([a.transport.producerState, b.transport.producerState],
+                         ["producing", "producing"])
+        a.media(video=[(0, key())])
+        self.assertEqual(a.transport.producerState, "paused")
+        self.clock.advance(READ_PACING / 2)
+        b.media(video=[(0, AVC_HEADER)])
+        self.assertEqual(b.transport.producerState, "paused")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2 + 1)  # two idle timers, one pacer
+        self.clock.advance(READ_PACING / 2)
+        self.assertEqual([a.transport.producerState, b.transport.producerState],
+                         ["producing", "producing"])
+        self.assertEqual(len(self.server.hub.get("LiveApp", "s1").gop), 1)
+        # a full read: the publisher may have more queued, read on
+        a.client.send_video(1, 40, inter() * (READ_SIZE // len(inter()) + 1))
+        data = a.client.data_to_send()
+        self.assertGreaterEqual(len(data), READ_SIZE)
+        a.proto.dataReceived(data)
+        self.assertEqual(a.transport.producerState, "producing")
+        self.assertEqual(len(self.server.hub.get("LiveApp", "s1").gop), 2)
+        # a player's reads are not paced
+        player = Peer(self, "192.0.2.20")
+        player.connect()
+        player.command("play", 3, None, "s1", -2000.0, stream_id=1)
+        player.command("getStreamLength", 4, None, "s1")
+        self.assertEqual(player.transport.producerState, "producing")
+        # closed while resting: not resumed
+        b.media(video=[(0, key())])
+        b.transport.loseConnection()
+        self.clock.advance(READ_PACING)
+        self.assertEqual(b.transport.producerState, "paused")
+        # a alone again: it reads at once
+        a.media(video=[(80, inter())])
+        self.assertEqual(a.transport.producerState, "producing")
 
     def test_slowPlayer(self):
         pub = Peer(self)

@@ -84,3 +84,23 @@ class LargeBodyTests(TestCase):
             self.assertEqual(r.length, len(self.body))
             self.assertEqual(r.headers.getRawHeaders(b"content-type"), [b"video/mp4"])
             self.assertEqual(await r.content(), self.body)
+
+    async def test_offeredAtOnce(self):
+        """
+        The whole body is offered to the socket in one send, not 128 KiB
+        (Twisted's SEND_LIMIT) per reactor iteration.
+        """
+        from twisted.internet import tcp
+
+        offered = []
+        original = tcp.Connection.writeSomeData
+
+        def writeSomeData(transport, data):
+            offered.append(min(len(data), transport.SEND_LIMIT))
+            return original(transport, data)
+
+        self.patch(tcp.Connection, "writeSomeData", writeSomeData)
+        r = await self.http.get(self.url)
+        self.assertEqual(await r.content(), self.body)
+        self.assertGreater(len(self.body), tcp.Connection.SEND_LIMIT)
+        self.assertIn(len(self.body), offered)

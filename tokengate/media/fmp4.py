@@ -46,6 +46,7 @@ __all__ = [
     "Sample",
     "init_segment",
     "media_segment",
+    "fragment",
     "STYP",
     "SampleTable",
     "SampleSource",
@@ -469,39 +470,62 @@ def media_segment(
     zero, composition offset.  Without *with_styp* the result is an LL-HLS
     part (or a DASH chunk).
     """
-    n = len(samples)
-    if not n:
+    if not samples:
         raise MediaError("a fragment needs at least one sample")
-    entries: list[int] = []
-    add = entries.extend
-    payload = 0
+    table: list[int] = []
+    add = table.extend
     has_cto = False
-    try:
-        for s in samples:
-            size = len(s.data)
-            payload += size
-            cto = s.cts_offset
-            if cto:
-                if not -0x80000000 <= cto <= 0x7FFFFFFF:
-                    raise MediaError(f"composition offset {cto} out of range")
-                has_cto = True
-            add(
-                (
-                    s.duration,
-                    size,
-                    SYNC_SAMPLE_FLAGS if s.is_sync else NON_SYNC_SAMPLE_FLAGS,
-                    cto & 0xFFFFFFFF,
-                )
+    for s in samples:
+        cto = s.cts_offset
+        if cto:
+            if not -0x80000000 <= cto <= 0x7FFFFFFF:
+                raise MediaError(f"composition offset {cto} out of range")
+            has_cto = True
+        add(
+            (
+                s.duration,
+                len(s.data),
+                SYNC_SAMPLE_FLAGS if s.is_sync else NON_SYNC_SAMPLE_FLAGS,
+                cto & 0xFFFFFFFF,
             )
+        )
+    return fragment(
+        track, sequence_number, samples[0].dts, table, [s.data for s in samples], has_cto,
+        with_styp,
+    )  # fmt: skip
+
+
+def fragment(
+    track: Track,
+    sequence_number: int,
+    base_dts: int,
+    table: list[int],
+    payloads: Sequence[Buffer],
+    has_cto: bool,
+    with_styp: bool = True,
+) -> bytes:
+    """
+    L{media_segment} from columns, with no object per sample: C{table}
+    holds four integers per sample (duration, size, flags, composition
+    offset modulo 2**32: C{trun}'s fields in order), C{payloads} the
+    samples' bytes, C{base_dts} the first sample's DTS; C{has_cto} says
+    whether any composition offset is not zero.  C{table} is consumed
+    (its offsets are deleted when there are none).
+    """
+    n = len(payloads)
+    if not n or len(table) != 4 * n:
+        raise MediaError("a fragment needs at least one sample, and four fields for each")
+    try:
         if has_cto:
             trun_flags, per_sample = _TRUN_FLAGS_CTO, 16
-            table = struct.pack(">%dI" % (4 * n), *entries)
+            entries = struct.pack(">%dI" % (4 * n), *table)
         else:
             trun_flags, per_sample = _TRUN_FLAGS_NO_CTO, 12
-            del entries[3::4]
-            table = struct.pack(">%dI" % (3 * n), *entries)
+            del table[3::4]
+            entries = struct.pack(">%dI" % (3 * n), *table)
     except struct.error as e:
         raise MediaError(f"sample duration or size out of range: {e}") from e
+    payload = sum(map(len, payloads))
     trun_size = 20 + per_sample * n
     traf_size = 8 + 16 + 20 + trun_size
     moof_size = 8 + 16 + traf_size
@@ -515,15 +539,15 @@ def media_segment(
             16, b"mfhd", 0, sequence_number,
             traf_size, b"traf",
             16, b"tfhd", _TFHD_DEFAULT_BASE_IS_MOOF, track.track_id,
-            20, b"tfdt", 1 << 24, samples[0].dts,
+            20, b"tfdt", 1 << 24, base_dts,
             trun_size, b"trun", 1 << 24 | trun_flags, n, moof_size + len(mdat_head),
         )  # fmt: skip
     except struct.error as e:
         raise MediaError(
             f"sequence number, base decode time or data offset out of range: {e}"
         ) from e
-    parts: list[Buffer] = [STYP, head, table, mdat_head] if with_styp else [head, table, mdat_head]
-    parts.extend(s.data for s in samples)
+    parts: list[Buffer] = [STYP, head, entries, mdat_head] if with_styp else [head, entries, mdat_head]
+    parts.extend(payloads)
     return b"".join(parts)
 
 

@@ -22,6 +22,12 @@ input or when a limit is exceeded.  After an error the connection is dead:
 every later C{receive_data} raises again, drop the transport.  Events
 parsed earlier in the failing call are lost.
 
+C{receive_into(data, media, event)} parses the same way but hands over
+what it completes as it goes, in order: audio and video as
+C{media(type_id, stream_id, timestamp, payload)} calls, with no event
+object per message (a server's ingest path), everything else as
+C{event(ev)}.
+
 C{data_to_send() -> bytes} drains everything queued: handshake bytes,
 acknowledgements and whatever the C{send_*} methods queued.  Chunk-layer
 output queued before the handshake is complete (a client has queued C2, a
@@ -596,19 +602,57 @@ class RTMPConnection:
         @raise RTMPProtocolError: on malformed input or an exceeded limit;
             the connection is then dead.
         """
+        events: list[Event] = []
+        append = events.append
+
+        def media(type_id: int, stream_id: int, timestamp: int, payload: bytes) -> None:
+            if type_id == MSG_VIDEO:
+                append(VideoData(stream_id, timestamp, payload))
+            else:
+                append(AudioData(stream_id, timestamp, payload))
+
+        self._feed(data, media, append)
+        return events
+
+    def receive_into(
+        self,
+        data: bytes,
+        media: Callable[[int, int, int, bytes], None],
+        event: Callable[[Event], None],
+    ) -> None:
+        """
+        Feed bytes from the peer and hand over what they complete as it is
+        parsed, in the order of the stream: each audio or video message as
+        C{media(type_id, stream_id, timestamp, payload)} (C{type_id} 8 or
+        9; no event object is made for it) and every other event as
+        C{event(ev)}.  The callbacks may queue output and change limits;
+        they must not feed this connection again.  What was handed over
+        before an error stays handed over.
+
+        @raise RTMPProtocolError: on malformed input or an exceeded limit;
+            the connection is then dead.  An exception from a callback
+            also leaves the connection dead and propagates.
+        """
+        self._feed(data, media, event)
+
+    def _feed(
+        self,
+        data: bytes,
+        media: Callable[[int, int, int, bytes], None],
+        emit: Callable[[Event], None],
+    ) -> None:
         if self._dead:
             raise RTMPProtocolError("the connection already failed")
         if type(data) is not bytes:
             data = bytes(data)
         if not data:
-            return []
+            return
         self.bytes_received += len(data)
-        events: list[Event] = []
         try:
             if self._state != _CHUNKS:
-                data = self._receive_handshake(data, events)
+                data = self._receive_handshake(data, emit)
             if data:
-                self._receive_chunks(data, events)
+                self._receive_chunks(data, media, emit)
         except BaseException:
             self._dead = True
             raise
@@ -616,7 +660,6 @@ class RTMPConnection:
         if window and self.bytes_received - self._last_ack >= window:
             self._last_ack = self.bytes_received
             self.send_acknowledgement(self.bytes_received & _MASK32)
-        return events
 
     def data_to_send(self) -> bytes:
         """
@@ -763,7 +806,7 @@ class RTMPConnection:
             raise ValueError("random_bytes returned the wrong length")
         return bytes(8) + random
 
-    def _receive_handshake(self, data: bytes, events: list[Event]) -> bytes:
+    def _receive_handshake(self, data: bytes, emit: Callable[[Event], None]) -> bytes:
         """
         Consume handshake bytes; return what follows the handshake.
         """
@@ -792,14 +835,14 @@ class RTMPConnection:
                 self.handshake_echo_ok = packet == self._sent_hs
                 self._out_open = True
                 self._state = _CHUNKS
-                events.append(HandshakeComplete())
+                emit(HandshakeComplete())
             else:  # client, S0+S1+S2
                 s1 = packet[1 : 1 + HANDSHAKE_SIZE]
                 self.handshake_echo_ok = packet[1 + HANDSHAKE_SIZE :] == self._sent_hs
                 self._hs_out.append(s1)
                 self._out_open = True
                 self._state = _CHUNKS
-                events.append(HandshakeComplete())
+                emit(HandshakeComplete())
         return data[pos:]
 
     # ------------------------------------------------------ chunk layer
@@ -836,7 +879,12 @@ class RTMPConnection:
                 limit=True,
             )
 
-    def _receive_chunks(self, data: bytes, events: list[Event]) -> None:
+    def _receive_chunks(
+        self,
+        data: bytes,
+        media: Callable[[int, int, int, bytes], None],
+        emit: Callable[[Event], None],
+    ) -> None:
         if self._tail:
             data = self._tail + data
             self._tail = b""
@@ -896,12 +944,10 @@ class RTMPConnection:
                         pieces.clear()
                         cs.got = 0
                     type_id = cs.type_id
-                    if type_id == MSG_VIDEO:
-                        events.append(VideoData(cs.stream_id, cs.timestamp, payload))
-                    elif type_id == MSG_AUDIO:
-                        events.append(AudioData(cs.stream_id, cs.timestamp, payload))
+                    if type_id == MSG_VIDEO or type_id == MSG_AUDIO:
+                        media(type_id, cs.stream_id, cs.timestamp, payload)
                     else:
-                        self._message(cs, payload, events)
+                        self._message(cs, payload, emit)
                         chunk_size = self._in_chunk_size
                     continue
                 if avail:
@@ -1032,8 +1078,11 @@ class RTMPConnection:
                 left = remaining if remaining < chunk_size else chunk_size
             else:
                 # A zero-length message.
-                self._message(cs, b"", events)
-                chunk_size = self._in_chunk_size
+                if cs.type_id == MSG_VIDEO or cs.type_id == MSG_AUDIO:
+                    media(cs.type_id, cs.stream_id, cs.timestamp, b"")
+                else:
+                    self._message(cs, b"", emit)
+                    chunk_size = self._in_chunk_size
         if not left and pos < n:
             self._tail = data[pos:]
         self._cur = cs if left else None
@@ -1041,9 +1090,10 @@ class RTMPConnection:
 
     # --------------------------------------------------------- messages
 
-    def _message(self, cs: _InStream, payload: bytes, events: list[Event]) -> None:
+    def _message(self, cs: _InStream, payload: bytes, emit: Callable[[Event], None]) -> None:
         """
-        Turn one complete message into an event, applying protocol control.
+        Turn one complete message other than audio and video into an
+        event, applying protocol control.
         """
         type_id = cs.type_id
         if (
@@ -1058,7 +1108,7 @@ class RTMPConnection:
                 limit=True,
             )
         if type_id == MSG_COMMAND_AMF0 or type_id == MSG_COMMAND_AMF3:
-            events.append(
+            emit(
                 self._command(cs, payload, 1 if type_id == MSG_COMMAND_AMF3 else 0)
             )
         elif type_id == MSG_DATA_AMF0 or type_id == MSG_DATA_AMF3:
@@ -1068,15 +1118,11 @@ class RTMPConnection:
                 values = amf0.decode_all(memoryview(payload)[1:])
             else:
                 values = amf0.decode_all(payload)
-            events.append(DataMessage(cs.stream_id, cs.timestamp, tuple(values)))
-        elif type_id == MSG_VIDEO:
-            events.append(VideoData(cs.stream_id, cs.timestamp, payload))
-        elif type_id == MSG_AUDIO:
-            events.append(AudioData(cs.stream_id, cs.timestamp, payload))
+            emit(DataMessage(cs.stream_id, cs.timestamp, tuple(values)))
         elif 1 <= type_id <= 6:
-            events.append(self._control(type_id, payload))
+            emit(self._control(type_id, payload))
         else:
-            events.append(UnknownMessage(type_id, cs.stream_id, cs.timestamp, payload))
+            emit(UnknownMessage(type_id, cs.stream_id, cs.timestamp, payload))
 
     def _command(self, cs: _InStream, payload: bytes, skip: int) -> Command:
         if len(payload) <= skip:

@@ -62,14 +62,13 @@ from tokengate.tokens import PLAY, PUBLISH, Outcome
 from tokengate.rtmp import amf0
 from tokengate.rtmp.core import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    MSG_VIDEO,
     SERVER,
-    AudioData,
     Command,
     DataMessage,
     RTMPConnection,
     RTMPProtocolError,
     UserControl,
-    VideoData,
 )
 
 
@@ -97,6 +96,16 @@ MAX_PENDING = 2 * DEFAULT_MAX_MESSAGE_SIZE
 MAX_AMF_MESSAGE = 256 * 1024
 #: the largest C{onMetaData} kept and sent to players, AMF0-encoded
 MAX_METADATA_BYTES = 64 * 1024
+#: while at least PACING_MIN_PUBLISHERS publishers are admitted, after a
+#: read that did not fill the transport's buffer a publisher's socket rests
+#: this long (seconds) before it is read again: the publishers resting
+#: together are woken by one timer, so one wake-up of the server reads all
+#: of them, a few frames each, instead of a wake-up per frame per publisher
+#: (what it costs: at most this much latency, ingest only)
+READ_PACING = 0.02
+PACING_MIN_PUBLISHERS = 8
+#: Twisted's TCP read size, when the transport does not say
+READ_SIZE = 65536
 
 # Reference strings (Ant Media Server / Red5).
 DESC_PUBLISH_REFUSED = "You are not allowed to publish the stream."
@@ -232,6 +241,8 @@ class RTMPServerProtocol(Protocol):
         #: metadata or a sequence header changed while congested
         self._resync = False
         self._metadataRefused = False
+        #: reading is paused until the factory's pacer wakes this connection
+        self._resting = False
 
     # --- connection ---------------------------------------------------------------
 
@@ -315,21 +326,13 @@ class RTMPServerProtocol(Protocol):
         self._factory.bytesIn.inc(len(data))
         self._lastActivity = self._clock.seconds()
         burst = self.publishing
+        if burst is not None:
+            # Players write once for all the frames of this read.
+            burst.inBurst = True
         try:
-            events = self.conn.receive_data(data)
-            if burst is not None:
-                # Players write once for all the frames of this read.
-                burst.inBurst = True
-            for event in events:
-                # Media first, inline: nearly every event is one.
-                if type(event) is AudioData:
-                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                        self.publishing.audioReceived(event.timestamp, event.payload)
-                elif type(event) is VideoData:
-                    if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                        self.publishing.videoReceived(event.timestamp, event.payload)
-                else:
-                    self._dispatch(event)
+            # Media goes straight to the stream as it is parsed (no event
+            # object per message); everything else to _dispatch, in order.
+            self.conn.receive_into(data, self._media, self._dispatch)
         except RTMPProtocolError as e:
             self._log.info("bad RTMP from {peer}: {error}", peer=self.peerHost, error=str(e))
             self._drop("limit" if e.limit else "malformed")
@@ -338,6 +341,36 @@ class RTMPServerProtocol(Protocol):
             if burst is not None:
                 burst.burstEnded()
         self._flush()
+        if (self.publishing is not None and not self._resting and not self._closing
+                and len(data) < getattr(self._tcp, "bufferSize", READ_SIZE)):
+            # An admitted publisher that sent less than a full read: rest
+            # (when there are enough publishers for it to pay).
+            pacer = self._factory.pacer
+            if len(pacer.publishers) >= PACING_MIN_PUBLISHERS:
+                self._resting = True
+                self._tcp.pauseProducing()
+                pacer.rest(self)
+
+    def wake(self) -> None:
+        """
+        The pacer's timer: read again (unless an admission paused reading
+        meanwhile or the connection is closing).
+        """
+        self._resting = False
+        if not self._closing and not self._pendingLogin:
+            self._tcp.resumeProducing()
+
+    def _media(self, type_id: int, stream_id: int, timestamp: int, payload: bytes) -> None:
+        """
+        An audio (8) or video (9) message: to the published stream when it
+        came on the publishing message stream, else dropped.
+        """
+        publishing = self.publishing
+        if publishing is not None and stream_id == self.publishMessageStream:
+            if type_id == MSG_VIDEO:
+                publishing.videoReceived(timestamp, payload)
+            else:
+                publishing.audioReceived(timestamp, payload)
 
     def _flush(self) -> None:
         """
@@ -372,6 +405,7 @@ class RTMPServerProtocol(Protocol):
 
     def _endSession(self) -> None:
         self.publishing = None
+        self._factory.pacer.publishers.discard(self)
         if self.playing is not None:
             stream, self.playing = self.playing, None
             stream.unsubscribe(self)
@@ -430,13 +464,7 @@ class RTMPServerProtocol(Protocol):
 
     def _dispatch(self, event: Any) -> None:
         t = type(event)
-        if t is VideoData:
-            if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                self.publishing.videoReceived(event.timestamp, event.payload)
-        elif t is AudioData:
-            if self.publishing is not None and event.stream_id == self.publishMessageStream:
-                self.publishing.audioReceived(event.timestamp, event.payload)
-        elif t is Command:
+        if t is Command:
             self._command(event)
         elif t is DataMessage:
             self._data(event)
@@ -543,6 +571,7 @@ class RTMPServerProtocol(Protocol):
 
     def _stopPublishing(self) -> None:
         stream, self.publishing = self.publishing, None
+        self._factory.pacer.publishers.discard(self)
         session, self.session = self.session, None
         if session is not None:
             session.end()
@@ -663,6 +692,7 @@ class RTMPServerProtocol(Protocol):
             self._refuse(msid, PUBLISH, streamId, Outcome.IN_USE)
             return
         self.publishing = stream
+        self._factory.pacer.publishers.add(self)
         self.publishMessageStream = msid
         self._admitted = True
         self.conn.set_limits(max_message_size=MAX_MESSAGE, max_pending_bytes=MAX_PENDING,
@@ -794,6 +824,35 @@ class RTMPServerProtocol(Protocol):
         self.resumeProducing()
 
 
+class ReadPacer:
+    """
+    Wakes resting publishers together: the first to rest starts one timer
+    of C{interval} seconds; when it fires, every connection resting then is
+    woken (L{RTMPServerProtocol.wake}).  Holds only the connections resting
+    in the current interval.
+
+    @ivar publishers: the connections publishing now (whether to pace).
+    """
+
+    def __init__(self, clock: Any, interval: float) -> None:
+        self._clock = clock
+        self._interval = interval
+        self.publishers: set[RTMPServerProtocol] = set()
+        self._resting: list[RTMPServerProtocol] = []
+        self._call: Any = None
+
+    def rest(self, proto: RTMPServerProtocol) -> None:
+        self._resting.append(proto)
+        if self._call is None:
+            self._call = self._clock.callLater(self._interval, self._wake)
+
+    def _wake(self) -> None:
+        self._call = None
+        resting, self._resting = self._resting, []
+        for proto in resting:
+            proto.wake()
+
+
 class RTMPFactory(Factory):
     """
     The RTMP listener's factory.
@@ -807,6 +866,7 @@ class RTMPFactory(Factory):
     def __init__(self, access: IAccess, clock: Any, metrics: Metrics) -> None:
         self.access = access
         self.clock = clock
+        self.pacer = ReadPacer(clock, READ_PACING)
         self.bytesIn = metrics.bytes.labels("rtmp", "in")
         self.bytesOut = metrics.bytes.labels("rtmp", "out")
         self.metadataRefused = metrics.refusals.labels("rtmp", "metadata", "too_large")

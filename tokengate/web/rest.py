@@ -301,6 +301,19 @@ class RestAPI:
             503 when the C{jwksURL}'s keys are unavailable; counted in
             C{tokengate_rest_refusals{reason}}.
         """
+        jwt = self.screen(request)
+        if jwt is not None:
+            await self._checkJwt(request, *jwt)
+
+    def screen(self, request: IRequest) -> Optional[tuple[str, str]]:
+        """
+        The part of L{protect} that needs no waiting: the IP filter, and
+        whether a JWT check is due.
+
+        @return: L{None} when the request is allowed, or the C{(secret,
+            jwksURL)} its JWT must be checked with (L{protect} does).
+        @raise HTTPError: 403 C{Not allowed IP}, counted.
+        """
         settings = self.scopeOf(request)
         if settings is None:
             config = self._config
@@ -314,11 +327,12 @@ class RestAPI:
             self._metrics.http_refusals.labels("ip").inc()
             raise HTTPError(403, MSG_NOT_ALLOWED_IP)
         if jwtFilter:
-            await self._checkJwt(request, secret, jwksURL)
-        elif not ipFilter:
+            return secret, jwksURL
+        if not ipFilter:
             # the settings refuse this; were it stored anyway, nothing protects
             self._metrics.http_refusals.labels("no_filter").inc()
             raise HTTPError(403, MSG_NOT_ALLOWED_IP)
+        return None
 
     async def _checkJwt(self, request: IRequest, secret: str, jwksURL: str) -> None:
         token = _bearer(request)
@@ -970,9 +984,18 @@ class RestGuard(Resource):
 
     def render(self, request: IRequest) -> Any:
         gone: list[object] = []
+        try:
+            jwt = self._api.screen(request)
+        except Exception:
+            self._refused(Failure(), request, gone)
+            return NOT_DONE_YET
+        if jwt is None:
+            # decided without waiting (no JWT to check): route at once
+            self._allowed(None, request, gone)
+            return NOT_DONE_YET
         # IRequest does not declare it; every twisted.web Request has it
         request.notifyFinish().addBoth(gone.append)  # type: ignore[attr-defined]
-        d = Deferred.fromCoroutine(self._api.protect(request))
+        d = Deferred.fromCoroutine(self._api._checkJwt(request, *jwt))
         d.addCallbacks(self._allowed, self._refused, callbackArgs=(request, gone),
                        errbackArgs=(request, gone))
         return NOT_DONE_YET

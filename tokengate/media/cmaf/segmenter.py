@@ -37,7 +37,16 @@ from tokengate.media.cmaf.window import (
     trim,
 )
 from tokengate.media.errors import MediaError
-from tokengate.media.fmp4 import AUDIO, STYP, VIDEO, Sample, Track, init_segment, media_segment
+from tokengate.media.fmp4 import (
+    AUDIO,
+    NON_SYNC_SAMPLE_FLAGS,
+    STYP,
+    SYNC_SAMPLE_FLAGS,
+    VIDEO,
+    Track,
+    fragment,
+    init_segment,
+)
 from tokengate.media.hub import Frame
 
 __all__ = ["Segmenter", "VIDEO_TIMESCALE", "AAC_FRAME", "REANCHOR_MS", "HOLD_MS", "PART_MIN"]
@@ -451,7 +460,9 @@ class Segmenter:
         t.parts = []
         t.partInfo = []
         t.openBytes = 0
-        t.samples = []
+        t.table = []
+        t.payloads = []
+        t.hasCto = False
         t.partDur = 0
 
     def _trackEntersPeriod(self, t: TrackState, period: int, start: int) -> None:
@@ -501,16 +512,25 @@ class Segmenter:
 
     def _add(self, t: TrackState, data: Buffer, dts: int, duration: int, cto: int, sync: bool) -> None:
         """Append one sample to the open segment of C{t}, closing parts as needed."""
-        samples = t.samples
+        payloads = t.payloads
         target = t.partTicks
-        if samples and (
+        if payloads and (
             t.partDur + duration > target
             or dts != t.nextDts
             or (sync and t.kind == VIDEO and t.partDur >= PART_MIN * target)
         ):
             self._closePart(t)
-            samples = t.samples
-        samples.append(Sample(data, dts, duration, cto, sync))
+            payloads = t.payloads
+        if not payloads:
+            t.firstDts = dts
+            t.firstSync = sync
+        payloads.append(data)
+        # trun's fields (duration, size, flags, composition offset): no
+        # object per sample
+        t.table += (duration, len(data), SYNC_SAMPLE_FLAGS if sync else NON_SYNC_SAMPLE_FLAGS,
+                    cto & 0xFFFFFFFF)
+        if cto:
+            t.hasCto = True
         t.partDur += duration
         t.nextDts = dts + duration
         t.segFrames += 1
@@ -518,20 +538,22 @@ class Segmenter:
             self._closePart(t)
 
     def _closePart(self, t: TrackState) -> None:
-        samples = t.samples
-        if not samples:
+        payloads = t.payloads
+        if not payloads:
             return
         assert t.track is not None
         t.seq += 1
-        data = media_segment(t.track, t.seq, samples, with_styp=False)
+        data = fragment(t.track, t.seq, t.firstDts, t.table, payloads, t.hasCto, with_styp=False)
         t.parts.append(data)
-        t.partInfo.append((t.partDur, samples[0].is_sync))
+        t.partInfo.append((t.partDur, t.firstSync))
         t.openBytes += len(data)
         t.segDur += t.partDur
         seconds = t.partDur / t.timescale
         if seconds > self.longestPart:
             self.longestPart = seconds
-        t.samples = []
+        t.table = []
+        t.payloads = []
+        t.hasCto = False
         t.partDur = 0
         video, audio = self.video, self.audio
         if video.bytes + video.openBytes + audio.bytes + audio.openBytes > self.maxBytes:
@@ -548,7 +570,7 @@ class Segmenter:
             # Nothing arrived for it: a later segment fills it as a gap.
             t.lastPeriod = t.segments[-1].period if t.segments else None
             return
-        data = STYP + b"".join(t.parts)
+        data = b"".join([STYP, *t.parts])  # one copy of the segment
         pos = len(STYP)
         parts = []
         for part, (duration, independent) in zip(t.parts, t.partInfo):

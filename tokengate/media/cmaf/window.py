@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 from tokengate.media.codecs import AVCDecoderConfigurationRecord
 from tokengate.media.errors import MediaError
-from tokengate.media.fmp4 import Sample, Track
+from tokengate.media.fmp4 import Track
 
 __all__ = [
     "Buffer",
@@ -115,7 +115,11 @@ class TrackState:
         "parts",
         "partInfo",
         "openBytes",
-        "samples",
+        "table",
+        "payloads",
+        "firstDts",
+        "firstSync",
+        "hasCto",
         "partDur",
         "nextDts",
         "seq",
@@ -154,7 +158,14 @@ class TrackState:
         self.parts: list[bytes] = []
         self.partInfo: list[tuple[int, bool]] = []
         self.openBytes = 0
-        self.samples: list[Sample] = []
+        # the open part's samples as columns (L{tokengate.media.fmp4.fragment}):
+        # four trun fields per sample, the sample bytes, the first one's DTS
+        # and sync flag, whether any composition offset is not zero
+        self.table: list[int] = []
+        self.payloads: list[Buffer] = []
+        self.firstDts = 0
+        self.firstSync = False
+        self.hasCto = False
         self.partDur = 0
         self.nextDts: Optional[int] = None
         self.seq = 0
