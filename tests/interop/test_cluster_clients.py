@@ -27,7 +27,7 @@ from typing import Any
 from tests import browser as chromium
 from tests.fixtures import frames
 from tests.helpers import require
-from tests.interop.clusternodes import ClusterNodes, metric, sleep
+from tests.interop.clusternodes import SETTINGS, ClusterNodes, metric, sleep
 from tests.service import TokengateProcess
 
 #: video frames a play page's peer connection decoded (a page expression
@@ -197,6 +197,14 @@ class ThreeNodeClientsTests(ClusterNodes):
         self.assertEqual(result.code, 0, result.stderr[-2000:])
         self.assertGreater(frames(result.stderr), 25, result.stderr[-2000:])
         self.assertEqual(await webrtcB2.evaluate("window.tokengateState.status"), "playing")
+        # the settings changed through B before the outage are still in
+        # force everywhere (the empty Redis was seeded with them, not with
+        # the nodes' start-up settings): a play without a token is refused
+        for tg in self.nodes:
+            self.assertTrue(tg.get(SETTINGS)[1]["playTokenControlEnabled"])
+        tokenless = await self.player("rtmp://127.0.0.1:{}/LiveApp/cam1".format(self.b.rtmp),
+                                      2, timeout=30).done
+        self.assertNotEqual(tokenless.code, 0, tokenless.stderr[-1500:])
 
         # DELETE .../tokens at C kicks the publisher at A, and with it the
         # edges' viewers
