@@ -3,9 +3,9 @@ Three real tokengate processes (A, B, C: C{twistd tokengate} on distinct
 loopback ports, asyncio reactor) and one real redis-server; ffmpeg
 publishes RTMP at A, real clients play from the edges B and C:
 
- - ffmpeg plays DASH from B and from C; Chromium plays WebRTC (play.html,
-   WebSocket signalling) from B and WHEP (play.html C{playOrder=whep})
-   from C, decoding frames; each edge pulls the stream once;
+ - ffmpeg plays DASH from B and from C; Chromium (play.html) plays WebRTC
+   (WebSocket signalling) from B and WHEP from C, decoding frames; each
+   edge pulls the stream once;
  - a play token spent at B is refused at C;
  - C{DELETE .../sessions} at C ends the viewers at B and C (the publisher
    at A goes on);
@@ -16,7 +16,7 @@ publishes RTMP at A, real clients play from the edges B and C:
    plays;
  - C{DELETE .../tokens} at C kicks the publisher at A;
  - republished at C: a new viewer at B plays it (pulled from its new
-   origin).
+   origin); kill -9 C: RTMP viewers at A and B end within L{DEATH_BOUND}.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ WHEP_PC = "window.tokengateWHEP && window.tokengateWHEP.pc"
 #: seconds within which a revocation at one node ends sessions on another
 #: (a pub/sub message; generous for a loaded machine)
 REVOKE_BOUND = 10.0
+
+#: seconds from the origin's SIGKILL to the end of an edge's RTMP viewer
+#: (as in test_cluster_edge: 0.5 + 1 + 2 + 4 s of retries or the registry
+#: entry's 6 s expiry, whichever first, and ffmpeg noticing)
+DEATH_BOUND = 12.0
 
 
 class ThreeNodeClientsTests(ClusterNodes):
@@ -230,3 +235,18 @@ class ThreeNodeClientsTests(ClusterNodes):
         self.assertGreater(frames(result.stderr), 25, result.stderr[-2000:])
         self.assertEqual(metric(self.c, "tokengate_feed_requests_total", outcome="served"),
                          served + 1)
+
+        # kill -9 C, the origin now: the viewers at A and B end within the
+        # bound (the pulls' retries or the registry entry's expiry)
+        viewers = [self.player(self.rtmpUrl(tg, self.mint(tg, "play")), 60, timeout=90)
+                   for tg in (self.a, self.b)]
+        for viewer in viewers:
+            await self.eventually(lambda viewer=viewer: frames(viewer.stderrSoFar()) > 25, 30,
+                                  "the viewers at A and B play")
+        self.c.kill()
+        killed = time.monotonic()
+        for viewer in viewers:
+            result = await viewer.done
+            self.assertLess(time.monotonic() - killed, DEATH_BOUND, result.stderr[-1500:])
+            self.assertFalse(result.timedOut)
+        self.assertFalse(self.broadcasting(self.a) or self.broadcasting(self.b))
