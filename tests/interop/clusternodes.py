@@ -148,7 +148,7 @@ class ClusterNodes(TestCase):
         return self.broadcast(tg, streamId).get("status") == "broadcasting"
 
     def client(self, argv: Sequence[str], timeout: float,
-            env: Optional[dict] = None) -> procs.Running:
+            env: Optional[dict[str, str]] = None) -> procs.Running:
         r = procs.start(argv, timeout=timeout, env=env)
         self.running.append(r)
         return r
