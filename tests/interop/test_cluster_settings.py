@@ -124,6 +124,34 @@ class RedisApplicationsTests(TestCase):
         self.assertTrue(b.get("WebRTCAppEE").playTokenControlEnabled)
         self.assertIn(("LiveApp", None), b.changes)
 
+    async def test_emptyRedisKeepsTheClustersSettings(self):
+        """
+        Redis restarted empty (no persistence) after a change made through
+        the cluster: the nodes seed it again with the settings in force,
+        not with their start-up seed (which would switch token control off
+        on every node).
+        """
+        seed = Applications(None)
+        seed.create("Mine")
+        a, b = self.node(seed), self.node(seed)
+        await self.started(a, b)
+        await eventually(lambda: a.subscribed and b.subscribed)
+        await a.store("LiveApp", AppSettings(playTokenControlEnabled=True))
+        await b.remove("Mine")
+        await eventually(lambda: b.get("LiveApp").playTokenControlEnabled
+                         and a.get("Mine") is None)
+        self.redisServer.stop()
+        self.redisServer.start()
+        await eventually(lambda: self.raw.exists("tokengate:apps"))
+        await eventually(lambda: a.subscribed and b.subscribed)
+        await sleep(0.3)
+        for apps in (a, b):
+            self.assertEqual(sorted(apps), ["LiveApp", "WebRTCAppEE"])
+            self.assertTrue(apps.get("LiveApp").playTokenControlEnabled)
+        stored = self.raw.hgetall("tokengate:apps")
+        self.assertEqual(sorted(k.decode() for k in stored), ["LiveApp", "WebRTCAppEE"])
+        self.assertTrue(json.loads(stored[b"LiveApp"])["playTokenControlEnabled"])
+
     async def test_malformedIgnored(self):
         self.raw.hset("tokengate:apps", mapping={
             "LiveApp": "{not json", "rest": "{}", "Good": json.dumps({"hlsListSize": "7"})})

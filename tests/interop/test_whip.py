@@ -298,6 +298,8 @@ class WhipInterop(_WhipProcess):
                              self.mint("s1", "play"), "60", "100000"], 90)
         await self.waitFor(lambda: self.metric("tokengate_whep_sessions") == 1, 30,
                            "the WHEP viewer")
+        self.assertEqual(self.metric("tokengate_whip_sessions"), 1,
+                         "the WHIP publisher ended before the revocation")
         req = urllib.request.Request(self.tg.base + "/LiveApp/rest/v2/broadcasts/s1/tokens",
                                      method="DELETE")
         with urllib.request.urlopen(req, timeout=10) as r:

@@ -103,7 +103,9 @@ class RedisApplications(Applications):
                  seed: Optional[Applications] = None, keepalive: float = 15.0) -> None:
         """
         @param seed: the applications written to Redis if it has none yet
-            (this node's C{apps.json}); by default the defaults.
+            when this node first reads it (this node's C{apps.json}); by
+            default the defaults.  Afterwards an empty Redis is seeded with
+            the applications this node has in force.
         """
         super().__init__(None)
         self._apps.clear()
@@ -178,10 +180,16 @@ class RedisApplications(Applications):
         return Deferred.fromCoroutine(self._reloadAll())
 
     async def _reloadAll(self) -> None:
+        # Redis without the hash (restarted without persistence, flushed)
+        # is seeded with what this node has in force once it has read the
+        # cluster's settings, not with its start-up apps.json: that would
+        # undo every change made through REST since (token control
+        # switched on, say) on every node.
+        source: Applications = self if self.loaded else self._seed
         try:
             seed: list[str] = []
-            for name in self._seed:
-                settings = self._seed.get(name)
+            for name in source:
+                settings = source.get(name)
                 assert settings is not None
                 seed += [name, _encode(settings)]
             await self._client.eval(_SEED, [self.key], seed)
