@@ -485,3 +485,36 @@ class AdmissionRequiredTests(SynchronousTestCase):
                                 policies=[RecordingPolicy(actions=frozenset({PLAY}))])
         self.assertTrue(policed.admissionRequired("Open", PLAY))
         self.assertFalse(policed.admissionRequired("Open", PUBLISH))
+
+
+class KickCountTests(SynchronousTestCase):
+    """
+    L{SessionRegistry.kick} counts the sessions live when asked, also
+    those that end on their own while others are kicked.
+    """
+
+    def test_cascade(self):
+        from tokengate.access.sessions import Grant, SessionRegistry
+
+        clock = clock_at()
+        registry = SessionRegistry(Metrics(), clock)
+
+        def grant(action, mind):
+            g = Grant(app="LiveApp", streamId="s1", action=action, protocol="whip",
+                      peer="192.0.2.1", kind="onetime", digest=None, expires=None, mind=mind,
+                      registry=registry, started=clock.seconds())
+            registry.add(g)
+            return g
+
+        viewer = grant(PLAY, Mind())
+
+        class Publisher(Mind):
+            def kick(self, reason):
+                super().kick(reason)
+                viewer.logout()  # the stream ends: its player leaves
+
+        publisher = grant(PUBLISH, Publisher())
+        # the publisher first: the viewer ends before its turn, and counts
+        self.assertEqual(registry.kick([publisher, viewer], "revoked"), 2)
+        self.assertTrue(viewer.ended)
+        self.assertEqual(registry.kick([publisher, viewer], "revoked"), 0)

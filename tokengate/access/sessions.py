@@ -247,14 +247,14 @@ class SessionRegistry:
 
     def kick(self, grants: Iterable[Grant], reason: str) -> int:
         """
-        End C{grants} (L{Grant.kick}); the number that were still live.
+        End C{grants} (L{Grant.kick}); the number that were still live
+        when asked (kicking one may end another first: a publisher's end
+        ends its stream's players, which then log out).
         """
-        n = 0
-        for grant in list(grants):
-            if not grant.ended:
-                grant.kick(reason)
-                n += 1
-        return n
+        live = [grant for grant in grants if not grant.ended]
+        for grant in live:
+            grant.kick(reason)
+        return len(live)
 
     def kickSubscriber(self, app: str, streamId: str, subscriberId: str,
                        action: Optional[str] = None, reason: str = "blocked") -> int:
