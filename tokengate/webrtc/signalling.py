@@ -66,6 +66,8 @@ CLOSE_EXPIRED = 4001
 CLOSE_REVOKED = 4003
 CLOSE_SHUTDOWN = 4004
 CLOSE_ABUSE = 4008
+#: seconds a client has to answer the server's close
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
 _CLOSE_CODES = {"expired": CLOSE_EXPIRED, "revoked": CLOSE_REVOKED, "shutdown": CLOSE_SHUTDOWN}
 
 #: Commands that need no stream id.
@@ -625,6 +627,10 @@ class SignallingFactory(WebSocketServerFactory):
             maxFramePayloadSize=MAX_MESSAGE_SIZE,
             autoPingInterval=20.0,
             autoPingTimeout=20.0,
+            # a client told why it is closed (4003, 4008, ...) has this long
+            # to answer the close before the connection is dropped (1 s by
+            # default, which a busy client misses: it then sees only 1006)
+            closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             # the site's host and port are not known here; browsers send the
             # page's origin, which is checked by the token, not by origin
         )
