@@ -148,7 +148,9 @@ class EdgePullTests(TestCase):
                                 'result="started"'), 1)
         self.assertEqual(metric(self.a, "tokengate_feed_requests_total",
                                 'outcome="served"'), 1)
-        self.assertGreater(metric(self.b, "tokengate_edge_pull_bytes_total"), 100_000)
+        # media came through the pull (the RTMP viewer's 3 s of it: the
+        # edge's HLS is the origin's packager output, not the pulled copy)
+        self.assertGreater(metric(self.b, "tokengate_edge_pull_bytes_total"), 20_000)
         # B reports the stream as A's, pulled or not
         code, body = self.b.get("/LiveApp/rest/v2/broadcasts/cam1")
         self.assertEqual((code, body["status"], body["originAdress"], body["publishType"]),

@@ -198,8 +198,10 @@ class PublisherCodecs(_ScriptRun):
         # The clip's audio and video start together, and aiortc stamps its
         # sender reports as it sends both in step: audio second s lands at
         # video millisecond ~1000 s.  (Placed by arrival it came out about
-        # 120 ms late in runs here.)
-        self.assertLess(abs(out["audioOffset"]), 60)
+        # 120 ms late in runs here.)  The client's own timing on a busy
+        # machine moves it by tens of milliseconds (77 ms seen in a full run
+        # on two cores), so the bound is 100: still short of arrival's 120.
+        self.assertLess(abs(out["audioOffset"]), 100)
         self.assertEqual(out["second"], {"command": "error", "definition": "highResourceUsage",
                                          "streamId": "v2"})
         self.assertFalse(out["secondLive"])
