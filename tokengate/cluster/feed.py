@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from attrs import frozen
 
@@ -44,6 +44,7 @@ from tokengate.rtmp import amf0
 from tokengate.rtmp.errors import RTMPProtocolError
 
 __all__ = [
+    "checkNodeRequest",
     "FEED_PATH",
     "FEED_CONTENT_TYPE",
     "NODE_HEADER",
@@ -186,6 +187,27 @@ def checkFeedCredential(key: bytes, app: str, streamId: str, node: str, expiry: 
         return False
     expected = feedCredential(key, app, streamId, node, expiry, purpose)
     return hmac.compare_digest(expected, credential)
+
+
+def checkNodeRequest(key: Optional[bytes], request: Any, app: str, streamId: str, now: float,
+                     scheme: str = AUTH_SCHEME, purpose: str = "feed") -> bool:
+    """
+    Whether an HTTP request of another node carries a credential for
+    C{purpose} of C{app/streamId} (L{checkFeedCredential}): its node,
+    expiry and C{Authorization: <scheme><credential>} headers, bounded
+    before any HMAC.  Never, on a node without the cluster's key.
+    """
+    if key is None:
+        return False
+    node = request.getHeader(NODE_HEADER)
+    expires = request.getHeader(EXPIRES_HEADER)
+    auth = request.getHeader("authorization")
+    if not node or not expires or not auth or not auth.startswith(scheme):
+        return False
+    if len(node) > 256 or len(expires) > 20 or not (expires.isascii() and expires.isdigit()):
+        return False
+    return checkFeedCredential(key, app, streamId, node, int(expires), auth[len(scheme):],
+                               now, purpose)
 
 
 # --- origin side --------------------------------------------------------------

@@ -38,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from tokengate.access.names import isValidStreamId
-from tokengate.cluster.feed import EXPIRES_HEADER, NODE_HEADER, checkFeedCredential
+from tokengate.cluster.feed import checkNodeRequest
 from tokengate.cluster.media import (
     AUTH_SCHEME,
     LOCATION_MARKER,
@@ -114,17 +114,8 @@ class MediaResource(Resource):
         return NOT_DONE_YET
 
     def _authorized(self, request: Any, app: str, streamId: str) -> bool:
-        if self._key is None:
-            return False
-        node = request.getHeader(NODE_HEADER)
-        expires = request.getHeader(EXPIRES_HEADER)
-        auth = request.getHeader("authorization")
-        if not node or not expires or not auth or not auth.startswith(AUTH_SCHEME):
-            return False
-        if len(node) > 256 or len(expires) > 20 or not (expires.isascii() and expires.isdigit()):
-            return False
-        return checkFeedCredential(self._key, app, streamId, node, int(expires),
-                                   auth[len(AUTH_SCHEME):], self._clock.seconds(), PURPOSE)
+        return checkNodeRequest(self._key, request, app, streamId, self._clock.seconds(),
+                                scheme=AUTH_SCHEME, purpose=PURPOSE)
 
     # --- serving ---------------------------------------------------------------------
 

@@ -32,13 +32,10 @@ from zope.interface import implementer
 
 from tokengate.access.names import isValidStreamId
 from tokengate.cluster.feed import (
-    AUTH_SCHEME,
-    EXPIRES_HEADER,
     FEED_CONTENT_TYPE,
-    NODE_HEADER,
-    PUBLICATION_HEADER,
     FeedEncoder,
-    checkFeedCredential,
+    PUBLICATION_HEADER,
+    checkNodeRequest,
 )
 from tokengate.logsafe import Logger
 from tokengate.media.hub import AUDIO, PULLED, VIDEO, Frame, Hub, ISubscriber, LiveStream
@@ -256,14 +253,4 @@ class FeedResource(Resource):
         return NOT_DONE_YET
 
     def _authorized(self, request: Any, app: str, streamId: str) -> bool:
-        if self._key is None:
-            return False
-        node = request.getHeader(NODE_HEADER)
-        expires = request.getHeader(EXPIRES_HEADER)
-        auth = request.getHeader("authorization")
-        if not node or not expires or not auth or not auth.startswith(AUTH_SCHEME):
-            return False
-        if len(node) > 256 or len(expires) > 20 or not (expires.isascii() and expires.isdigit()):
-            return False
-        return checkFeedCredential(self._key, app, streamId, node, int(expires),
-                                   auth[len(AUTH_SCHEME):], self._clock.seconds())
+        return checkNodeRequest(self._key, request, app, streamId, self._clock.seconds())
