@@ -385,6 +385,38 @@ class StartingTests(PlaybackBase):
             r, body = await d
             self.assertEqual(r.code, 200, body)
 
+    async def test_mediaPlaylistWaitsForItsTrack(self):
+        """
+        The multivariant playlist is answered at the first video segment
+        and lists audio; the audio playlist asked for before the first
+        audio segment is made is answered once it is (not 404: ffmpeg
+        would play without sound).
+        """
+        stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
+        self.addCleanup(stream.end)
+        with open(self.clip, "rb") as f:
+            tags = list(iter_flv_tags(f.read()))
+        audio = [t for t in tags if t.tag_type == 8]
+        for tag in tags:
+            if tag.tag_type == 9 and tag.timestamp < 5000:
+                stream.videoReceived(tag.timestamp, bytes(tag.data))
+        for tag in audio:
+            if tag.timestamp < 300:
+                # the first audio segment begun, not complete
+                stream.audioReceived(tag.timestamp, bytes(tag.data))
+        r, body = await self.get("s1.m3u8")
+        self.assertEqual(r.code, 200, body)
+        self.assertIn(b"audio.m3u8", body)
+        pending = Deferred.fromCoroutine(self.get("s1/audio.m3u8"))
+        await task.deferLater(reactor, 0.3, lambda: None)
+        self.assertFalse(pending.called)
+        for tag in audio:
+            if 300 <= tag.timestamp < 5000:
+                stream.audioReceived(tag.timestamp, bytes(tag.data))
+        r, body = await pending
+        self.assertEqual(r.code, 200, body)
+        self.assertIn(b".m4s", body)
+
     async def test_noMediaIsAnsweredAtOnce(self):
         stream = self.server.hub.publish("LiveApp", "s1", "RTMP")
         self.addCleanup(stream.end)

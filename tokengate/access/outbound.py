@@ -32,7 +32,7 @@ from twisted.web.client import (
 )
 from treq.client import HTTPClient
 
-from tokengate.jsonvalue import MAX_URL, urlValue
+from tokengate.jsonvalue import urlValue
 
 _T = TypeVar("_T")
 
@@ -58,7 +58,7 @@ class _TooLarge(Exception):
 def checkURL(url: object, name: str = "URL") -> str:
     """
     @return: C{url} when it is an absolute C{http} or C{https} URL with a
-        host, printable ASCII, at most L{MAX_URL} characters
+        host, printable ASCII, at most L{tokengate.jsonvalue.MAX_URL} characters
         (L{tokengate.jsonvalue.urlValue}, which settings use too).
     @raise ValueError: naming C{name} otherwise (not quoting the URL, which
         may carry a key).

@@ -16,7 +16,8 @@ does not package is 404; counted in C{tokengate_media_requests_total{outcome}}.
 The waits are a viewer's (L{tokengate.web.playback}), bounded the same way:
 
  - a playlist or MPD of a stream with media but no complete segment yet
-   is answered once its first segment is made (at most twice the segment
+   is answered once its first segment is made (a media playlist: its
+   track's first segment) (at most twice the segment
    target plus a second, L{MAX_STARTING_WAIT} at most);
  - a media playlist with C{_HLS_msn} (and C{_HLS_part}) waits until it
    holds that part, at most C{blockTimeoutFactor} segment targets, then is
@@ -154,6 +155,10 @@ class MediaResource(Resource):
             return
         if what == "media":
             kind = details[0]
+            first = firstSegment(packager, kind)
+            if first is not None:
+                await self._waited(request, first,
+                                   min(2 * packager.segmentTarget + 1, MAX_STARTING_WAIT))
             msn = _int(request, b"_HLS_msn")
             part = _int(request, b"_HLS_part")
             if msn is not None:

@@ -104,15 +104,24 @@ ENDED_DOCUMENTS = 3
 #: first segment, seconds
 MAX_STARTING_WAIT = 15.0
 
-def firstSegment(packager: Any) -> "Optional[Deferred[bool]]":
+def firstSegment(packager: Any, kind: Optional[str] = None) -> "Optional[Deferred[bool]]":
     """
     When a live stream's packager has media but no complete segment yet:
     a Deferred firing once it has one (or never will); otherwise None.
+
+    @param kind: C{"video"} or C{"audio"}: that track's first segment (a
+        media playlist's; the other track's segments may come first); None:
+        the first segment of the stream's main track (video if any), which
+        the multivariant playlist and the MPD wait for.
     """
     if packager.ended:
         return None
     tracks = packager.segmenter
-    if tracks.video.track is not None:
+    if kind is not None:
+        track = tracks.video if kind == "video" else tracks.audio
+        if track.track is None:
+            return None
+    elif tracks.video.track is not None:
         kind, track = "video", tracks.video
     elif tracks.audio.track is not None:
         kind, track = "audio", tracks.audio
@@ -749,8 +758,11 @@ class PlaybackGate:
             if self.remote is not None:
                 return self._remoteDeliver(request, app, streamId, what, details, session)
             return _fail(request, 404, "Stream is not live: " + streamId)
-        if what in ("hls", "dash") and not waited:
-            first = self._firstSegment(packager)
+        if what in ("hls", "dash", "media") and not waited:
+            # a media playlist waits for its own track's first segment: the
+            # multivariant playlist lists audio once the first video segment
+            # is made, which may be before the first audio one
+            first = self._firstSegment(packager, details[0] if what == "media" else None)
             if first is not None:
                 # the stream is starting (just published, or just pulled
                 # from its origin): answer once its first segment is made
@@ -900,8 +912,9 @@ class PlaybackGate:
         d.addErrback(self._unexpected, request)
         return NOT_DONE_YET
 
-    def _firstSegment(self, packager: Any) -> "Optional[Deferred[bool]]":
-        return firstSegment(packager)
+    def _firstSegment(self, packager: Any,
+                      kind: Optional[str] = None) -> "Optional[Deferred[bool]]":
+        return firstSegment(packager, kind)
 
     def _futileKey(self, request: Any, app: str, streamId: str,
                    session: Optional[Session]) -> str:

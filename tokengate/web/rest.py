@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
 from klein import Klein
 from twisted.internet.defer import Deferred
