@@ -17,6 +17,7 @@ from tokengate.server import Server
 from tokengate.store import StoreUnavailable
 from tokengate.store.memory import MemoryTokenStore
 from tokengate.tokens import Outcome
+from tokengate.web.rest import RestAPI
 
 from .helpers import NOW, FromPeer, clock_at, json_body
 from tests.fixtures import restAPI
@@ -508,3 +509,72 @@ class BroadcastTests(RestBase):
         self.assertNotIn("unknown1", stored)
         self.assertNotIn("someUnknownField", stored)
         self.assertEqual(stored["timeTokenPeriod"], 60)
+
+
+class DirectRouteTests(RestBase):
+    """
+    The mints L{RestGuard} routes itself (L{RestAPI.directRoute}) are
+    answered as Klein answers them: every request below gets the same
+    status, headers and body (but for the fresh tokenId) both ways.
+    """
+
+    CASES = [
+        "/LiveApp/rest/v2/broadcasts/s1/token?expireDate={exp}&type=play",
+        "/LiveApp/rest/v2/broadcasts/s1/token?expireDate={exp}&type=publish&roomId=r1",
+        "/LiveApp/rest/v2/broadcasts/s1/token?type=play",
+        "/LiveApp/rest/v2/broadcasts/s1/token?expireDate=x&type=play",
+        "/LiveApp/rest/v2/broadcasts/s1/token?expireDate={exp}&type=Play",
+        "/LiveApp/rest/v2/broadcasts/s1/token?expireDate=1&type=play",
+        "/NoApp/rest/v2/broadcasts/s1/token?expireDate={exp}&type=play",
+        "/LiveApp/rest/v2/broadcasts/s%201/token?expireDate={exp}&type=play",
+        "/LiveApp/rest/v2/broadcasts/s1/jwt-token?expireDate={exp}&type=play",
+        "/LiveApp/rest/v2/broadcasts/s1/token/?expireDate={exp}&type=play",
+        "/LiveApp/rest/v2/broadcasts//token?expireDate={exp}&type=play",
+    ]
+
+    async def answers(self, treq=None):
+        out = []
+        for case in self.CASES:
+            r = await (treq or self.treq).get(BASE + case.format(exp=NOW + 60))
+            body = await r.content()
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = body
+            if isinstance(parsed, dict) and "tokenId" in parsed:
+                parsed["tokenId"] = len(parsed["tokenId"])
+            out.append((case, r.code, r.headers.getRawHeaders(b"content-type"), parsed))
+        return out
+
+    async def test_sameAsKlein(self):
+        self.server.apps.replace("LiveApp", jwtStreamSecretKey=KEY)
+        direct = await self.answers()
+        self.assertEqual([a[1] for a in direct],
+                         [200, 200, 400, 400, 400, 400, 404, 400, 200, 404, 404])
+        self.patch(RestAPI, "directRoute", lambda api, request: None)
+        self.assertEqual(await self.answers(), direct)
+
+    async def test_protected(self):
+        """
+        The address filter and the JWT filter apply to a direct mint as to
+        any call: refused from outside the filter, and without a valid
+        JWT when the application asks for one.
+        """
+        self.assertEqual((await self.mint())[0], 200)
+        code, _ = await self.get(self.CASES[0].format(exp=NOW + 60), treq=self.remote())
+        self.assertEqual(code, 403)
+        self.server.apps.replace("LiveApp", jwtControlEnabled=True, jwtSecretKey=KEY)
+        code, body = await self.mint()
+        self.assertEqual((code, body["message"]), (403, "Invalid App JWT Token"))
+        good = pyjwt.encode({"exp": NOW + 60}, KEY, algorithm="HS256")
+        code, _ = await self.get(self.CASES[0].format(exp=NOW + 60),
+                                 headers={"Authorization": "Bearer " + good})
+        self.assertEqual(code, 200)
+
+    async def test_storeDown(self):
+        async def down(token):
+            raise StoreUnavailable("down")
+        self.patch(self.server.store, "add", down)
+        self.assertEqual(await self.mint(),
+                         (503, {"success": False, "message": "Token store is unavailable, try again later",
+                                "dataId": "", "errorId": 0}))

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -274,6 +274,45 @@ class RestAPI:
         self._metrics.malformed.labels("rest", e.kind).inc()
         return send_json(request, result(False, str(e)), 400)
 
+    def directRoute(self, request: IRequest) -> Optional[tuple[str, Callable[[], Any]]]:
+        """
+        The calls L{RestGuard} serves without Klein's routing (the hot ones:
+        a token minted for every viewer), recognized by their route's exact
+        shape: C{GET /{appName}/rest/v2/broadcasts/{streamId}/token} and
+        C{.../jwt-token} with plain segments.  Anything else (another
+        method, a percent-escape, a segment that is not UTF-8) is left to
+        Klein, which routes it as before.
+
+        @return: the application the route names and the call, or None.
+        """
+        path = request.postpath
+        if request.method != b"GET" or path is None or len(path) != 6:
+            return None
+        handler = _DIRECT.get(path[5])
+        appPart, streamPart = path[0], path[4]
+        if (handler is None or path[1] != b"rest" or path[2] != b"v2"
+                or path[3] != b"broadcasts" or not appPart or not streamPart
+                or b"%" in appPart or b"%" in streamPart):
+            return None
+        try:
+            appName, streamId = appPart.decode("utf-8"), streamPart.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        method = getattr(self, handler)
+        return appName, lambda: method(request, appName, streamId)
+
+    def failed(self, request: IRequest, failure: Failure) -> Optional[bytes]:
+        """
+        What Klein's error handlers answer for a direct call's failure
+        (L{HTTPError}, L{JSONError}); None for any other.
+        """
+        answer: Optional[bytes] = None
+        if failure.check(HTTPError):
+            answer = self._httpError(request, failure)
+        elif failure.check(JSONError):
+            answer = self._jsonError(request, failure)
+        return answer
+
     def scopeOf(self, request: IRequest) -> Optional[AppSettings]:
         """
         Whose protection a request falls under, found as Klein routes it:
@@ -305,16 +344,20 @@ class RestAPI:
         if jwt is not None:
             await self._checkJwt(request, *jwt)
 
-    def screen(self, request: IRequest) -> Optional[tuple[str, str]]:
+    def screen(self, request: IRequest, appName: Optional[str] = None
+               ) -> Optional[tuple[str, str]]:
         """
         The part of L{protect} that needs no waiting: the IP filter, and
         whether a JWT check is due.
 
+        @param appName: the application the request's route names, when
+            already known (L{directRoute}); otherwise found by routing
+            (L{scopeOf}).
         @return: L{None} when the request is allowed, or the C{(secret,
             jwksURL)} its JWT must be checked with (L{protect} does).
         @raise HTTPError: 403 C{Not allowed IP}, counted.
         """
-        settings = self.scopeOf(request)
+        settings = self.scopeOf(request) if appName is None else self._apps.get(appName)
         if settings is None:
             config = self._config
             ipFilter, networks = True, config.restNetworks
@@ -967,12 +1010,19 @@ def _withBroadcast(found: tuple[Optional[BroadcastRecord], Optional[str]],
     return found[0], broadcast, found[1]
 
 
+#: the last path segment of each call L{RestAPI.directRoute} recognizes,
+#: and its method
+_DIRECT = {b"token": "mintToken", b"jwt-token": "mintJwt"}
+
+
 class RestGuard(Resource):
     """
     The REST API's front: every request is protected (L{RestAPI.protect})
     before Klein routes it, so no route can forget it.  A route of one
     application names it C{appName} (its protection is that
-    application's); every other request gets the server's.
+    application's); every other request gets the server's.  The token
+    mints are routed here directly (L{RestAPI.directRoute}), answered as
+    Klein would.
     """
 
     isLeaf = True
@@ -984,29 +1034,54 @@ class RestGuard(Resource):
 
     def render(self, request: IRequest) -> Any:
         gone: list[object] = []
+        direct = self._api.directRoute(request)
         try:
-            jwt = self._api.screen(request)
+            jwt = self._api.screen(request, direct[0] if direct is not None else None)
         except Exception:
             self._refused(Failure(), request, gone)
             return NOT_DONE_YET
+        if direct is not None or jwt is not None:
+            # IRequest does not declare it; every twisted.web Request has it
+            request.notifyFinish().addBoth(gone.append)  # type: ignore[attr-defined]
+        call = direct[1] if direct is not None else None
         if jwt is None:
             # decided without waiting (no JWT to check): route at once
-            self._allowed(None, request, gone)
+            self._allowed(None, request, gone, call)
             return NOT_DONE_YET
-        # IRequest does not declare it; every twisted.web Request has it
-        request.notifyFinish().addBoth(gone.append)  # type: ignore[attr-defined]
         d = Deferred.fromCoroutine(self._api._checkJwt(request, *jwt))
-        d.addCallbacks(self._allowed, self._refused, callbackArgs=(request, gone),
+        d.addCallbacks(self._allowed, self._refused, callbackArgs=(request, gone, call),
                        errbackArgs=(request, gone))
         return NOT_DONE_YET
 
-    def _allowed(self, _: None, request: IRequest, gone: list[object]) -> None:
+    def _allowed(self, _: None, request: IRequest, gone: list[object],
+                 call: Optional[Callable[[], Any]] = None) -> None:
         if gone:
             return  # the client left while its JWT was checked
+        if call is not None:
+            d = maybeDeferred(call)
+            d.addCallbacks(self._answer, self._failed, callbackArgs=(request, gone),
+                           errbackArgs=(request, gone))
+            return
         body = self._routes.render(request)
         if body is not NOT_DONE_YET:
             request.write(body)
             request.finish()
+
+    def _answer(self, body: bytes, request: IRequest, gone: list[object]) -> None:
+        if gone:
+            return  # the client left while it was answered
+        request.write(body)
+        request.finish()
+
+    def _failed(self, failure: Failure, request: IRequest, gone: list[object]) -> None:
+        if gone:
+            return
+        body = self._api.failed(request, failure)
+        if body is None:
+            self._api._log.failure("a REST call failed", failure)
+            body = send_json(request, result(False, "Internal error"), 500)
+        request.write(body)
+        request.finish()
 
     def _refused(self, failure: Failure, request: IRequest, gone: list[object]) -> None:
         if gone:
