@@ -5,6 +5,10 @@ request) and with token control off, and the same bytes served from disk by
 nginx and by a bare twisted.web static File, all measured with wrk.
 
     python bench/hls_serving.py [--seconds 4] [--rounds 5] [--connections 32]
+                                [--access-log off|file]
+
+nginx and tokengate both log no request (C{--access-log off}, the default)
+or both append a line per request to a file of their own (C{file}).
 
 All four servers run for the whole benchmark (each pinned to CPU 0, wrk and
 the publishing ffmpeg on CPU 1).  Each round picks the newest complete
@@ -95,6 +99,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of the four runs; medians over the rounds are reported")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--access-log", choices=("off", "file"), default="off",
+                        help="off: neither nginx nor tokengate logs requests; file: each "
+                             "appends a line per request to a file of its own")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "ffmpeg"):
         if not shutil.which(tool) and not os.path.exists("/usr/sbin/" + tool):
@@ -106,7 +113,8 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in NAMES}
     sizes = []
     try:
-        tg = Tokengate(tmp)
+        tg = Tokengate(tmp, "--access-log", "off" if args.access_log == "off"
+                       else os.path.join(tmp, "tokengate-access.log"))
         procs.append(tg.proc)
         base, rtmp = tg.base, tg.rtmp
         pub = subprocess.Popen(pinned(["ffmpeg", "-v", "error", "-nostdin", "-re",
@@ -130,8 +138,9 @@ def main() -> None:
             f.write("""
 worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err warn;
 events {{ worker_connections 4096; }}
-http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}; }} }}
-""".format(tmp=tmp, port=port, root=root))
+http {{ access_log {log}; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+""".format(tmp=tmp, port=port, root=root,
+           log="off" if args.access_log == "off" else tmp + "/nginx-access.log"))
         ngx = subprocess.Popen(pinned([shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf,
                                        "-p", tmp], 0))
         procs.append(ngx)
@@ -206,8 +215,9 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ro
                                      fmt.format(min(values)).strip(),
                                      fmt.format(max(values)).strip())
 
-    print("segment of {}–{} bytes, wrk -c{} for {:g} s each, {} rounds (medians, range)".format(
-        min(sizes), max(sizes), args.connections, args.seconds, args.rounds))
+    print("segment of {}–{} bytes, wrk -c{} for {:g} s each, {} rounds (medians, range), "
+          "access log {}".format(min(sizes), max(sizes), args.connections, args.seconds,
+                                 args.rounds, args.access_log))
     labels = {"session": "tokengate, session checked:  ",
               "plain": "tokengate, token control off:",
               "nginx": "nginx from disk:             ",

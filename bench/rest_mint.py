@@ -4,7 +4,7 @@ resource answering a token-sized JSON body, both measured with wrk in the
 same run, one after the other, each server in its own process, both run by
 twistd with its access log going to a file (as an operator runs them).
 
-    python bench/rest_mint.py [--seconds 8] [--connections 32]
+    python bench/rest_mint.py [--seconds 8] [--connections 32] [--access-log server|file]
 
 Needs wrk (Debian package wrk).  Prints requests/s of both and the ratio,
 and the server processes' CPU time per request (user + system, from /proc)
@@ -44,7 +44,8 @@ class Bare(Resource):
         return BODY
 
 application = service.Application("bare")
-internet.TCPServer(int(os.environ["BARE_PORT"]), Site(Bare()),
+internet.TCPServer(int(os.environ["BARE_PORT"]),
+                   Site(Bare(), logPath=os.environ.get("BARE_ACCESS_LOG") or None),
                    interface="127.0.0.1").setServiceParent(application)
 """
 
@@ -80,6 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--access-log", choices=("server", "file"), default="server",
+                        help="server: both servers log requests through twistd's log; "
+                             "file: each appends a line per request to a file of its own")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -93,14 +97,16 @@ def main() -> None:
         bare = subprocess.Popen(pinned(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
              "--pidfile=", "--logfile", os.path.join(tmp, "bare.log"), "-y", tac], 0),
-            env=dict(os.environ, BARE_PORT=str(port)))
+            env=dict(os.environ, BARE_PORT=str(port), BARE_ACCESS_LOG=(
+                os.path.join(tmp, "bare-access.log") if args.access_log == "file" else "")))
         procs.append(bare)
         url = "http://127.0.0.1:{}/".format(port)
         wait_http(url, bare)
         base, baseCpu = measured(bare.pid, url, args.seconds, args.connections)
         bare.terminate()
 
-        tg = Tokengate(tmp)
+        tg = Tokengate(tmp, *(["--access-log", os.path.join(tmp, "tokengate-access.log")]
+                              if args.access_log == "file" else []))
         procs.append(tg.proc)
         url = "{}/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}".format(
             tg.base, int(time.time()) + 3600)
@@ -116,7 +122,7 @@ def main() -> None:
     print("tokengate REST mint:       {:8.0f} requests/s, {:5.0f} us CPU/request "
           "(SQLite store)".format(mint, mintCpu * 1e6))
     print("ratio mint / bare:         {:8.3f} (requests/s), {:.3f} (CPU per request, "
-          "bare / mint)".format(mint / base, baseCpu / mintCpu))
+          "bare / mint), access log: {}".format(mint / base, baseCpu / mintCpu, args.access_log))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 The HTTP site: body caps, access-log redaction, over a real loopback port.
 """
 
+import os
+
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase, SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -104,3 +106,63 @@ class LargeBodyTests(TestCase):
         self.assertEqual(await r.content(), self.body)
         self.assertGreater(len(self.body), tcp.Connection.SEND_LIMIT)
         self.assertIn(len(self.body), offered)
+
+
+class AccessLogTests(TestCase):
+    """
+    C{--access-log}: the server's log by default, a file of its own (a
+    redacted line appended per request), or off.
+    """
+
+    async def served(self, accessLog):
+        server = Server.inMemory(clock=reactor)
+        server.config.accessLog = accessLog
+        port = reactor.listenTCP(0, buildSite(server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        base = "http://127.0.0.1:{}".format(port.getHost().port)
+        http = http_client(self)
+        for _ in range(3):
+            r = await http.get(base + "/LiveApp/streams/s1.m3u8?token=SECRET123")
+            await r.content()
+        return server
+
+    async def test_file(self):
+        path = self.mktemp()
+        await self.served(path)
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 3, lines)
+        for line in lines:
+            self.assertIn('"GET /LiveApp/streams/s1.m3u8?token=REDACTED HTTP/1.1" 404', line)
+            self.assertNotIn("SECRET", line)
+
+    async def test_off(self):
+        logged = []
+        from twisted.python import log
+        log.addObserver(logged.append)
+        self.addCleanup(log.removeObserver, logged.append)
+        await self.served("off")
+        def requests():
+            return [e for e in logged if "s1.m3u8" in str(log.textFromEventDict(e))]
+
+        self.assertEqual(requests(), [])
+        await self.served(None)
+        self.assertEqual(len(requests()), 3)
+
+    def test_option(self):
+        from twisted.python import usage
+
+        from tokengate.tap import Options
+
+        path = self.mktemp()
+        o = Options()
+        o.parseOptions(["--access-log", path])
+        self.assertEqual(o["access-log"], path)
+        o = Options()
+        o.parseOptions(["--access-log", "off"])
+        self.assertEqual(o["access-log"], "off")
+        o = Options()
+        o.parseOptions([])
+        self.assertEqual(o["access-log"], "")
+        self.assertRaises(usage.UsageError, Options().parseOptions,
+                          ["--access-log", os.path.join(path, "missing", "access.log")])

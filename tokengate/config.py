@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Optional
 
 from attrs import define, field
 
@@ -63,6 +64,10 @@ def defaultNodeAddress(http: str) -> str:
     return "{}:{}".format(interface, port)
 
 
+#: the access log's setting that turns it off (C{--access-log off})
+ACCESS_LOG_OFF = "off"
+
+
 @define
 class ServerConfig:
     """
@@ -116,6 +121,9 @@ class ServerConfig:
     offloadSecret: str = field(default="", repr=False)
     #: seconds an offload link stays valid
     offloadTtl: float = 30.0
+    #: the HTTP access log: a file path, L{ACCESS_LOG_OFF}, or None for the
+    #: server's log (L{tokengate.web.site.TokengateSite})
+    accessLog: Optional[str] = None
     #: ICE servers the server's own WebRTC peer connections use (STUN for a
     #: server-reflexive candidate behind 1:1 NAT): dicts with "urls" and,
     #: for TURN, "username" and "credential"

@@ -298,4 +298,4 @@ def buildSite(server: Server, engine: Any = None) -> "TokengateSite":
     root = Root(server.apps, server.clock, api.resource(), playback, webrtc, whip, feed,
                 media)
     return TokengateSite(root, maxBodySize=config.maxBodySize, metrics=server.metrics,
-                         requestTimeout=config.requestTimeout)
+                         requestTimeout=config.requestTimeout, accessLog=config.accessLog)

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "part-target": 0.5,
     "offload-secret": "",
     "offload-ttl": 30.0,
+    "access-log": "",
     "ice-servers": "",
     "turn-username": "",
     "turn-credential": "",
@@ -107,6 +108,9 @@ class Options(usage.Options):
         ["offload-ttl", None, None,
          "Seconds an offload link stays valid; each playlist reload carries fresh ones "
          "[default: 30]", float],
+        ["access-log", None, None,
+         "HTTP access log: a file the lines are appended to (tokens redacted; rotate it "
+         "with logrotate's copytruncate), or 'off' [default: the server's log]"],
         ["ice-servers", None, None,
          "STUN/TURN URIs handed to WebRTC browsers, comma-separated, e.g. "
          "stun:stun.example.com:3478,turn:turn.example.com:3478?transport=udp"],
@@ -197,6 +201,7 @@ class Options(usage.Options):
         if not 0.1 <= float(self["part-target"]) <= 2.0:
             raise usage.UsageError("--part-target must be between 0.1 and 2 seconds")
         self._checkOffload()
+        self._checkAccessLog()
         if self["rest-jwt-secret"] and len(self["rest-jwt-secret"]) < 32:
             raise usage.UsageError("--rest-jwt-secret must be at least 32 characters")
         from tokengate.apps import SettingsError, parse_cidrs
@@ -230,6 +235,25 @@ class Options(usage.Options):
                 OffloadLinks(self["offload-secret"], float(ttl))
             except OffloadError as e:
                 raise usage.UsageError("--offload-secret/--offload-ttl: {}".format(e))
+
+    def _checkAccessLog(self) -> None:
+        """
+        Refuse an access log that is neither C{off} nor a file that can be
+        appended to (checked now, not when the first request is logged).
+        """
+        from tokengate.config import ACCESS_LOG_OFF
+
+        path = self["access-log"]
+        if not isinstance(path, str):
+            raise usage.UsageError("--access-log must be a file path or 'off'")
+        if path in ("", ACCESS_LOG_OFF):
+            return
+        try:
+            with open(path, "a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            raise usage.UsageError("--access-log: cannot append to {}: {}".format(
+                path, e.strerror or e))
 
     def _checkLimits(self) -> None:
         """
@@ -560,6 +584,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> service.Mult
             partTarget=float(options["part-target"]),
             offloadSecret=options["offload-secret"],
             offloadTtl=float(options["offload-ttl"]),
+            accessLog=options["access-log"] or None,
             iceServers=list(options["ice-servers"]),
             turnUsername=options["turn-username"],
             turnCredential=options["turn-credential"],
