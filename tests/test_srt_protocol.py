@@ -158,6 +158,21 @@ class PublicationTests(ListenerHarness, SynchronousTestCase):
         self.assertEqual(self.server.hub.record("LiveApp", "s1").status, "finished")
         self.assertEqual(self.srt.sessions, {})
 
+    def test_tickerOnlyWithSessions(self) -> None:
+        """
+        The listener's 10 ms ticker runs while there are sessions: an idle
+        SRT port schedules nothing.
+        """
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        c, session = self.admitted()
+        self.assertTrue(self.srt._ticker.running)
+        c.media()
+        session.end("test")
+        self.assertFalse(self.srt._ticker.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        c, session = self.admitted()
+        self.assertTrue(self.srt._ticker.running)
+
     def test_kickAfterMedia(self) -> None:
         c, session = self.admitted()
         c.media()

@@ -237,9 +237,10 @@ class SRTListener(DatagramProtocol):
                 return sid
 
     def startProtocol(self) -> None:
+        # The ticker runs while there are sessions (it only serves them): a
+        # port nobody publishes to costs no wake-ups (it cost 100 a second).
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self.clock
-        self._ticker.start(TICK, now=False)
 
     def stopProtocol(self) -> None:
         if self._ticker is not None and self._ticker.running:
@@ -360,6 +361,9 @@ class SRTListener(DatagramProtocol):
             session.publication = publication
             session.conn = conn
             self.sessions[conn.socket_id] = session
+            ticker = self._ticker
+            if ticker is not None and not ticker.running:
+                ticker.start(TICK, now=False)
             self._send(reply, decision.peer)
 
         def refused(failure: Any) -> None:
@@ -380,6 +384,8 @@ class SRTListener(DatagramProtocol):
         self._count(conn.socket_id, conn)
         self.sessions.pop(conn.socket_id, None)
         self._last.pop(conn.socket_id, None)
+        if not self.sessions and self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
         self._ids.discard(conn.socket_id)
         if shutdown and self.transport is not None:
             try:
