@@ -50,6 +50,7 @@ from urllib.parse import parse_qsl, unquote
 from attrs import field, frozen
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 from tokengate.access.names import MAX_STREAM_ID, isValidStreamId
@@ -259,6 +260,14 @@ class RTMPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self._factory = cast(RTMPFactory, self.factory)
         self._tcp = cast(TCPTransport, self.transport)
+        # The socket under the connection limit's wrapper, which relays
+        # writes and closes but reaches these by a __getattr__ per call:
+        # read pacing pauses and resumes it about 50 times a second.
+        socket: Any = self.transport
+        while isinstance(socket, ProtocolWrapper):
+            socket = socket.transport
+        self._socket: IPushProducer = socket
+        self._readSize: int = getattr(socket, "bufferSize", READ_SIZE)
         self._clock = self._factory.clock
         self.peerHost = getattr(self._tcp.getPeer(), "host", "")
         self._connectedAt = self._clock.seconds()
@@ -342,13 +351,13 @@ class RTMPServerProtocol(Protocol):
                 burst.burstEnded()
         self._flush()
         if (self.publishing is not None and not self._resting and not self._closing
-                and len(data) < getattr(self._tcp, "bufferSize", READ_SIZE)):
+                and len(data) < self._readSize):
             # An admitted publisher that sent less than a full read: rest
             # (when there are enough publishers for it to pay).
             pacer = self._factory.pacer
             if len(pacer.publishers) >= PACING_MIN_PUBLISHERS:
                 self._resting = True
-                self._tcp.pauseProducing()
+                self._socket.pauseProducing()
                 pacer.rest(self)
 
     def wake(self) -> None:
@@ -358,7 +367,7 @@ class RTMPServerProtocol(Protocol):
         """
         self._resting = False
         if not self._closing and not self._pendingLogin:
-            self._tcp.resumeProducing()
+            self._socket.resumeProducing()
 
     def _media(self, type_id: int, stream_id: int, timestamp: int, payload: bytes) -> None:
         """
