@@ -16,9 +16,9 @@ does not package is 404; counted in C{tokengate_media_requests_total{outcome}}.
 The waits are a viewer's (L{tokengate.web.playback}), bounded the same way:
 
  - a playlist or MPD of a stream with media but no complete segment yet
-   is answered once its first segment is made (a media playlist: its
-   track's first segment) (at most twice the segment
-   target plus a second, L{MAX_STARTING_WAIT} at most);
+   is answered once its first segment is made, a media playlist once its
+   own track's is (at most twice the segment target plus a second,
+   L{MAX_STARTING_WAIT} at most);
  - a media playlist with C{_HLS_msn} (and C{_HLS_part}) waits until it
    holds that part, at most C{blockTimeoutFactor} segment targets, then is
    answered as it is (the packager bounds the waits, L{MAX_WAITERS});
