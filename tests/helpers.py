@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
@@ -15,6 +16,23 @@ from twisted.trial.unittest import SkipTest
 from twisted.web.resource import IResource, Resource
 
 NOW = 1_800_000_000
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0,
+                     interval: float = 0.02) -> None:
+    """
+    Wait (on the real reactor) until C{predicate()} is true.
+
+    @raise AssertionError: when it is not within C{timeout} seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("not true within {}s".format(timeout))
+        await deferLater(reactor, interval, lambda: None)
 
 
 def require(binary: str) -> str:

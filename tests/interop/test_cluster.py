@@ -31,7 +31,7 @@ from tokengate.server import Server
 from tokengate.store.redis import RedisTokenStore
 from tokengate.web.sessions import InvalidCredential
 
-from tests.helpers import json_body
+from tests.helpers import eventually, json_body
 from tests.redisserver import start_redis_server
 from tests.fixtures import restAPI
 
@@ -41,14 +41,6 @@ SECRET = "s" * 32
 
 async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
-
-
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("not true within {}s".format(timeout))
-        await sleep(interval)
 
 
 def counted(server, direction: str) -> float:
