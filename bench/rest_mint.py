@@ -1,10 +1,12 @@
 """
 REST mint requests/s (default SQLite store) against a bare twisted.web
 resource answering a token-sized JSON body, both measured with wrk in the
-same run, one after the other, each server in its own process, both run by
-twistd with its access log going to a file (as an operator runs them).
+same run, alternately for C{--rounds} (the ratios paired within a round,
+medians reported), each server in its own process pinned to CPU 0, both run
+by twistd with its log going to a file (as an operator runs them).
 
-    python bench/rest_mint.py [--seconds 8] [--connections 32] [--access-log server|file]
+    python bench/rest_mint.py [--seconds 5] [--rounds 3] [--connections 32]
+                              [--access-log server|file]
 
 Needs wrk (Debian package wrk).  Prints requests/s of both and the ratio,
 and the server processes' CPU time per request (user + system, from /proc)
@@ -18,6 +20,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,7 +82,10 @@ def measured(pid: int, url: str, seconds: int, connections: int) -> tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of both runs, alternating which goes first; "
+                             "ratios are paired within a round, medians reported")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--access-log", choices=("server", "file"), default="server",
                         help="server: both servers log requests through twistd's log; "
@@ -89,6 +95,7 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     tmp = tempfile.mkdtemp()
     procs = []
+    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "mint": []}
     try:
         port = free_port()
         tac = os.path.join(tmp, "bare.tac")
@@ -100,29 +107,43 @@ def main() -> None:
             env=dict(os.environ, BARE_PORT=str(port), BARE_ACCESS_LOG=(
                 os.path.join(tmp, "bare-access.log") if args.access_log == "file" else "")))
         procs.append(bare)
-        url = "http://127.0.0.1:{}/".format(port)
-        wait_http(url, bare)
-        base, baseCpu = measured(bare.pid, url, args.seconds, args.connections)
-        bare.terminate()
-
+        bareURL = "http://127.0.0.1:{}/".format(port)
+        wait_http(bareURL, bare)
         tg = Tokengate(tmp, *(["--access-log", os.path.join(tmp, "tokengate-access.log")]
                               if args.access_log == "file" else []))
         procs.append(tg.proc)
-        url = "{}/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}".format(
+        mintURL = "{}/LiveApp/rest/v2/broadcasts/s1/token?type=play&expireDate={}".format(
             tg.base, int(time.time()) + 3600)
-        mint, mintCpu = measured(tg.pid, url, args.seconds, args.connections)
+        targets = {"bare": (bare.pid, bareURL), "mint": (tg.pid, mintURL)}
+        # both warmed up, then measured alternately (both idle servers on
+        # CPU 0, wrk on CPU 1), so a drift of the machine falls on both
+        for name in ("bare", "mint"):
+            wrk(targets[name][1], 1, args.connections)
+        for n in range(args.rounds):
+            for name in (("bare", "mint") if n % 2 == 0 else ("mint", "bare")):
+                pid, url = targets[name]
+                runs[name].append(measured(pid, url, args.seconds, args.connections))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print("bare twisted.web resource: {:8.0f} requests/s, {:5.0f} us CPU/request".format(
-        base, baseCpu * 1e6))
-    print("tokengate REST mint:       {:8.0f} requests/s, {:5.0f} us CPU/request "
-          "(SQLite store)".format(mint, mintCpu * 1e6))
-    print("ratio mint / bare:         {:8.3f} (requests/s), {:.3f} (CPU per request, "
-          "bare / mint), access log: {}".format(mint / base, baseCpu / mintCpu, args.access_log))
+
+    def spread(values: list[float], fmt: str) -> str:
+        return "{} ({} … {})".format(fmt.format(statistics.median(values)),
+                                     fmt.format(min(values)), fmt.format(max(values)))
+
+    for name, label in (("bare", "bare twisted.web resource:"), ("mint", "tokengate REST mint:      ")):
+        print("{} {} requests/s, {} us CPU/request{}".format(
+            label, spread([r for r, _ in runs[name]], "{:.0f}"),
+            spread([c * 1e6 for _, c in runs[name]], "{:.0f}"),
+            " (SQLite store)" if name == "mint" else ""))
+    rates = [m[0] / b[0] for m, b in zip(runs["mint"], runs["bare"])]
+    cpus = [b[1] / m[1] for m, b in zip(runs["mint"], runs["bare"])]
+    print("ratio mint / bare, {} rounds: {} (requests/s), {} (CPU per request, bare / mint), "
+          "access log: {}".format(args.rounds, spread(rates, "{:.3f}"), spread(cpus, "{:.3f}"),
+                                  args.access_log))
 
 
 if __name__ == "__main__":
