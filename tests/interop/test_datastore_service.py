@@ -78,7 +78,11 @@ class DatastoreServiceTests(TestCase):
                                  "-c", "copy", "-f", "flv", url]).done
 
     async def srt(self, streamid: str) -> procs.Result:
-        url = "srt://127.0.0.1:{}?streamid={}".format(self.tg.srt, streamid)
+        # linger: libsrt's live mode closes at once by default, dropping what
+        # it has not sent yet; ffmpeg pushes a clip faster than real time, so
+        # on a loaded machine it could leave without sending any of it (the
+        # other SRT interop tests linger too)
+        url = "srt://127.0.0.1:{}?streamid={}&linger=3".format(self.tg.srt, streamid)
         return await self.start([self.ffmpeg, "-hide_banner", "-nostdin", "-i", ts_clip(3),
                                  "-c", "copy", "-f", "mpegts", url]).done
 
