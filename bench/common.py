@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +45,42 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             fields = f.read().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def spread(values: Sequence[float], fmt: str) -> str:
+    """
+    C{median (min … max)} of C{values}, each formatted by C{fmt}.
+    """
+    return "{} ({} … {})".format(fmt.format(statistics.median(values)),
+                                 fmt.format(min(values)).strip(),
+                                 fmt.format(max(values)).strip())
+
+
+def publish_clip(clip: str, rtmp: int) -> subprocess.Popen:
+    """
+    ffmpeg publishing C{clip} in a loop, in real time, to
+    C{rtmp://127.0.0.1:rtmp/LiveApp/s1} (on CPU 1).
+    """
+    return subprocess.Popen(pinned(["ffmpeg", "-v", "error", "-nostdin", "-re",
+                                    "-stream_loop", "-1", "-i", clip, "-c", "copy", "-f", "flv",
+                                    "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)], 1))
+
+
+def segment_file(tmp: str) -> tuple[str, str]:
+    """
+    C{(root, path)}: a directory under C{tmp} for nginx to serve and the
+    segment file in it (a placeholder, rewritten by the bench), both
+    readable by nginx workers running as another user (nobody).
+    """
+    root = os.path.join(tmp, "www")
+    os.makedirs(root)
+    disk = os.path.join(root, "seg.m4s")
+    with open(disk, "wb") as f:
+        f.write(b"not yet")
+    for path in (tmp, root):
+        os.chmod(path, 0o755)
+    os.chmod(disk, 0o644)
+    return root, disk
 
 
 def wait_http(url: str, proc: Optional[subprocess.Popen] = None, timeout: float = 30) -> None:

@@ -40,7 +40,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import Tokengate, cpu_seconds, free_port, pinned, wait_http  # noqa: E402
+from bench.common import (  # noqa: E402
+    Tokengate, cpu_seconds, free_port, pinned, publish_clip, segment_file, spread, wait_http)
 from bench.rtmp_ingest import make_clip  # noqa: E402
 
 STATIC = r"""
@@ -117,21 +118,10 @@ def main() -> None:
                        else os.path.join(tmp, "tokengate-access.log"))
         procs.append(tg.proc)
         base, rtmp = tg.base, tg.rtmp
-        pub = subprocess.Popen(pinned(["ffmpeg", "-v", "error", "-nostdin", "-re",
-                                       "-stream_loop", "-1", "-i", clip, "-c", "copy", "-f", "flv",
-                                       "rtmp://127.0.0.1:{}/LiveApp/s1".format(rtmp)], 1))
-        procs.append(pub)
+        procs.append(publish_clip(clip, rtmp))
 
         # the same bytes from disk (rewritten each round)
-        root = os.path.join(tmp, "www")
-        os.makedirs(root)
-        disk = os.path.join(root, "seg.m4s")
-        with open(disk, "wb") as f:
-            f.write(b"not yet")
-        # nginx workers may run as another user (nobody): let them read it
-        for path in (tmp, root):
-            os.chmod(path, 0o755)
-        os.chmod(disk, 0o644)
+        root, disk = segment_file(tmp)
         port = free_port()
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
@@ -209,11 +199,6 @@ http {{ access_log {log}; sendfile on; server {{ listen 127.0.0.1:{port}; root {
 
     def ratios(a: str, b: str) -> list[float]:
         return [x / y for x, y in zip(rps[a], rps[b])]
-
-    def spread(values: list[float], fmt: str) -> str:
-        return "{} ({} … {})".format(fmt.format(statistics.median(values)),
-                                     fmt.format(min(values)).strip(),
-                                     fmt.format(max(values)).strip())
 
     print("segment of {}–{} bytes, wrk -c{} for {:g} s each, {} rounds (medians, range), "
           "access log {}".format(min(sizes), max(sizes), args.connections, args.seconds,

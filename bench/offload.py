@@ -35,12 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import Tokengate, cpu_seconds, free_port, pinned, wait_http  # noqa: E402
+from bench.common import (  # noqa: E402
+    Tokengate, cpu_seconds, free_port, pinned, publish_clip, segment_file, spread, wait_http)
 from bench.hls_serving import children, get, lines, wrk  # noqa: E402
 from bench.rtmp_ingest import make_clip  # noqa: E402
 from tests import nginxedge  # noqa: E402
@@ -94,20 +94,10 @@ def main() -> None:
         tg = Tokengate(tmp, "--offload-secret", SECRET, "--offload-ttl", "600")
         procs.append(tg.proc)
         tg.settings(playTokenControlEnabled=True)
-        pub = subprocess.Popen(pinned(["ffmpeg", "-v", "error", "-nostdin", "-re",
-                                       "-stream_loop", "-1", "-i", clip, "-c", "copy", "-f", "flv",
-                                       "rtmp://127.0.0.1:{}/LiveApp/s1".format(tg.rtmp)], 1))
-        procs.append(pub)
+        procs.append(publish_clip(clip, tg.rtmp))
 
         edgeDir = os.path.join(tmp, "edge")
-        root = os.path.join(tmp, "www")
-        os.makedirs(root)
-        disk = os.path.join(root, "seg.m4s")
-        with open(disk, "wb") as f:
-            f.write(b"not yet")
-        for path in (tmp, root):
-            os.chmod(path, 0o755)
-        os.chmod(disk, 0o644)
+        root, disk = segment_file(tmp)
         edgePort, staticPort = free_port(), free_port()
         conf = nginxedge.writeConfig(edgeDir, edgePort, tg.http, SECRET, extra="""
     sendfile on;
@@ -157,11 +147,6 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ratios = [a / b for a, b in zip(rps["offload"], rps["static"])]
-
-    def spread(values: list[float], fmt: str) -> str:
-        return "{} ({} … {})".format(fmt.format(statistics.median(values)),
-                                     fmt.format(min(values)).strip(),
-                                     fmt.format(max(values)).strip())
 
     print("segment of {}–{} bytes, wrk -c{} for {:g} s each, {} rounds (medians, range)".format(
         min(sizes), max(sizes), args.connections, args.seconds, args.rounds))

@@ -20,7 +20,6 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import Tokengate, cpu_seconds, free_port, pinned, wait_http  # noqa: E402
+from bench.common import Tokengate, cpu_seconds, free_port, pinned, spread, wait_http  # noqa: E402
 
 BARE = r"""
 import os
@@ -129,10 +128,6 @@ def main() -> None:
                 p.terminate()
                 p.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-
-    def spread(values: list[float], fmt: str) -> str:
-        return "{} ({} … {})".format(fmt.format(statistics.median(values)),
-                                     fmt.format(min(values)), fmt.format(max(values)))
 
     for name, label in (("bare", "bare twisted.web resource:"), ("mint", "tokengate REST mint:      ")):
         print("{} {} requests/s, {} us CPU/request{}".format(
