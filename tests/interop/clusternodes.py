@@ -59,13 +59,15 @@ class ClusterNodes(TestCase):
     """
 
     nodeCount = 3
+    #: the nodes' reactor (None: twistd's default, without WebRTC media)
+    nodeReactor: Optional[str] = "asyncio"
     timeout = 240
 
     def setUp(self) -> None:
         self.redis: RedisServer = start_redis_server(self)
         self.nodes: list[TokengateProcess] = []
         for _ in range(self.nodeCount):
-            tg = TokengateProcess(self.mktemp(), reactor="asyncio", extra=(
+            tg = TokengateProcess(self.mktemp(), reactor=self.nodeReactor, extra=(
                 "--store", self.redis.url, "--cluster-secret", CLUSTER_SECRET,
                 "--session-secret", SESSION_SECRET))
             tg.extra = tg.extra + ("--node-address", "127.0.0.1:{}".format(tg.http))

@@ -16,23 +16,13 @@ players:
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
-
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
 
 from tests import procs
 from tests.fixtures import frames, test_clip
 from tests.helpers import require
-from tests.redisserver import start_redis_server
+from tests.interop.clusternodes import SETTINGS, ClusterNodes, metric, sleep
 from tests.service import TokengateProcess
-
-SETTINGS = "/rest/v2/applications/settings/LiveApp"
-CLUSTER_SECRET = "c" * 40
-SESSION_SECRET = "s" * 40
 
 #: seconds from the origin's SIGKILL to the end of an edge's RTMP viewer:
 #: the puller's retries (0.5 + 1 + 2 + 4 s of backoff, or the registry
@@ -40,90 +30,23 @@ SESSION_SECRET = "s" * 40
 DEATH_BOUND = 12.0
 
 
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-def metric(tg: TokengateProcess, name: str, labels: str = "") -> float:
-    with urllib.request.urlopen(tg.base + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") \
-        + r" ([0-9.e+]+)"
-    m = re.search(pattern, text)
-    return float(m.group(1)) if m else 0.0
-
-
-class EdgePullTests(TestCase):
-    timeout = 240
+class EdgePullTests(ClusterNodes):
+    nodeCount = 2
+    nodeReactor = None
 
     def setUp(self) -> None:
         self.ffmpeg = require("ffmpeg")
-        redis = start_redis_server(self)
-        self.nodes = {}
-        for name in "ab":
-            tg = TokengateProcess(self.mktemp(), extra=(
-                "--store", redis.url, "--cluster-secret", CLUSTER_SECRET,
-                "--session-secret", SESSION_SECRET))
-            tg.extra = tg.extra + ("--node-address", "127.0.0.1:{}".format(tg.http))
-            self.addCleanup(tg.kill)
-            tg.start(timeout=60)
-            self.nodes[name] = tg
-        self.a, self.b = self.nodes["a"], self.nodes["b"]
-        for tg in self.nodes.values():
-            self.waitUntil(lambda tg=tg: "LiveApp" in tg.get("/rest/v2/applications")[1].get(
-                "applications", []), 20, "the applications read from redis")
-        self.running: list[procs.Running] = []
-        self.addCleanup(self._killClients)
-
-    async def _killClients(self) -> None:
-        for r in self.running:
-            r.kill()
-        for r in self.running:
-            await r.done
-
-    def waitUntil(self, predicate, timeout: float, what: str) -> float:
-        started = time.monotonic()
-        while not predicate():
-            if time.monotonic() - started > timeout:
-                self.fail("not within {}s: {}".format(timeout, what))
-            time.sleep(0.1)
-        return time.monotonic() - started
-
-    async def eventually(self, predicate, timeout: float, what: str) -> None:
-        """
-        Wait (without blocking the reactor, which reads the clients'
-        output) until C{predicate}.
-        """
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail("not within {}s: {}".format(timeout, what))
-            await sleep(0.1)
-
-    def mint(self, tg: TokengateProcess, type: str, streamId: str = "cam1") -> str:
-        code, body = tg.get(
-            "/LiveApp/rest/v2/broadcasts/{}/token?expireDate={}&type={}".format(
-                streamId, int(time.time()) + 600, type))
-        self.assertEqual(code, 200, body)
-        return str(body["tokenId"])
-
-    def run_(self, argv, timeout: float) -> procs.Running:
-        r = procs.start(argv, timeout=timeout)
-        self.running.append(r)
-        return r
+        super().setUp()
+        self.a, self.b = self.nodes
 
     def publisher(self, tg: TokengateProcess, path: str) -> procs.Running:
         url = "rtmp://127.0.0.1:{}{}".format(tg.rtmp, path)
-        return self.run_([self.ffmpeg, "-hide_banner", "-nostdin", "-re", "-stream_loop", "-1",
-                          "-i", test_clip(), "-c", "copy", "-f", "flv", url], 150)
+        return self.client([self.ffmpeg, "-hide_banner", "-nostdin", "-re", "-stream_loop", "-1",
+                            "-i", test_clip(), "-c", "copy", "-f", "flv", url], 150)
 
     def player(self, url: str, seconds: float, timeout: float = 60) -> procs.Running:
-        return self.run_([self.ffmpeg, "-hide_banner", "-nostdin", "-i", url, "-t", str(seconds),
-                          "-f", "null", "-"], timeout)
-
-    def broadcasting(self, tg: TokengateProcess, streamId: str = "cam1") -> bool:
-        code, body = tg.get("/LiveApp/rest/v2/broadcasts/" + streamId)
-        return code == 200 and body["status"] == "broadcasting"
+        return self.client([self.ffmpeg, "-hide_banner", "-nostdin", "-i", url, "-t",
+                            str(seconds), "-f", "null", "-"], timeout)
 
     async def test_edgePull(self) -> None:
         code, body = self.b.post(SETTINGS, {"playTokenControlEnabled": True})
@@ -145,9 +68,9 @@ class EdgePullTests(TestCase):
             self.assertGreater(frames(result.stderr), 50, result.stderr[-2000:])
         # one pull, one feed, shared by both viewers
         self.assertEqual(metric(self.b, "tokengate_edge_pull_results_total",
-                                'result="started"'), 1)
+                                result="started"), 1)
         self.assertEqual(metric(self.a, "tokengate_feed_requests_total",
-                                'outcome="served"'), 1)
+                                outcome="served"), 1)
         # media came through the pull (the RTMP viewer's 3 s of it: the
         # edge's HLS is the origin's packager output, not the pulled copy)
         self.assertGreater(metric(self.b, "tokengate_edge_pull_bytes_total"), 20_000)
